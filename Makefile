@@ -1,0 +1,80 @@
+# smolvla-cls-edge — one target per stage. Every target installs what it needs (idempotent).
+SHELL := /bin/bash
+VENV ?= /opt/venvs/smolvla-cls
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+export PYTHONUNBUFFERED := 1
+
+PRESET ?= tiny
+DATASET_ROOT ?= data/reach
+EPISODES ?= 1000
+OUT ?= outputs/train/default
+STEPS ?=
+DEVICE ?= cpu
+CHECKPOINT ?= $(OUT)/checkpoints/last/pretrained_model
+ARTIFACTS ?= artifacts/onnx
+ENGINES ?= artifacts/engines
+PRECISION ?= fp16
+GATE ?= drift
+REPORT ?= reports
+
+.PHONY: install test test-all lint typecheck dataset train train-quick export parity engine eval gate-eval demo bench soak export-full parity-full clean
+
+install:
+	@bash scripts/ensure_env.sh
+
+test: install
+	$(PY) -m pytest -m "not slow"
+
+test-all: install
+	$(PY) -m pytest
+
+typecheck: install
+	$(PY) -m mypy --config-file mypy.ini
+
+dataset: install
+	$(PY) -m smolvla_cls.dataset_recording --root $(DATASET_ROOT) --episodes $(EPISODES) --seed 0
+
+train: dataset
+	$(PY) -m smolvla_cls.train --dataset-root $(DATASET_ROOT) --preset $(PRESET) --output-dir $(OUT) \
+	  --device $(DEVICE) $(if $(STEPS),--steps $(STEPS))
+
+train-quick: dataset
+	$(PY) -m smolvla_cls.train --dataset-root $(DATASET_ROOT) --preset $(PRESET) --output-dir $(OUT) \
+	  --device $(DEVICE) --quick $(if $(STEPS),--steps $(STEPS))
+
+export: install
+	$(PY) -m export.onnx_export --checkpoint $(CHECKPOINT) --out $(ARTIFACTS) --dataset-root $(DATASET_ROOT)
+
+parity: install
+	$(PY) -m export.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)
+
+engine: install
+	$(PY) -m export.build_engines --artifacts $(ARTIFACTS) --out $(ENGINES) --precision $(PRECISION)
+
+eval: install
+	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 20 --perturb --seed 0
+
+gate-eval: install
+	$(PY) -m runtime.gate_eval --artifacts $(ARTIFACTS) --out $(REPORT)/gate
+
+# The main job on the embedded default: train -> export -> parity -> closed loop with the gate -> report.
+demo: train export parity
+	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 50 --perturb --seed 0 \
+	  --report $(REPORT)/demo.json
+	@$(PY) -c "import tensorrt" 2>/dev/null && $(MAKE) engine || echo "[demo] TensorRT not present: engines skipped (build them on the Jetson/GPU with 'make engine')"
+
+bench: install
+	$(PY) -m scripts.bench --out $(REPORT)/bench
+
+soak: install
+	$(PY) -m runtime.soak --artifacts $(ARTIFACTS) --ticks 100000
+
+export-full: install
+	$(PY) -m export.onnx_export --preset full --out artifacts/onnx-full
+
+parity-full: install
+	$(PY) -m export.parity --preset full --artifacts artifacts/onnx-full
+
+clean:
+	rm -rf artifacts outputs reports

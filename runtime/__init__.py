@@ -1,0 +1,24 @@
+"""On-robot runtime for exported SmolVLA-CLS artifacts: numpy, `tokenizers` and one inference backend.
+
+Never imports torch, lerobot, transformers, smolvla_cls or export; everything it needs comes from the
+artifact folder (docs/artifact_contract.md). Entry points: `runtime.policy.EdgePolicy` and
+`python -m runtime run ...`. Heavy submodules load lazily so `import runtime` stays cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EdgePolicy", "TickInfo", "Counters", "Manifest", "ManifestError", "ObservationError", "BackendError"]
+
+_EXPORTS = {
+    "EdgePolicy": "runtime.policy", "TickInfo": "runtime.policy", "Counters": "runtime.policy",
+    "Manifest": "runtime.manifest", "ManifestError": "runtime.manifest",
+    "ObservationError": "runtime.observation", "BackendError": "runtime.backend",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -1,0 +1,165 @@
+"""onnxruntime backend: the reference (CPU) and CUDA execution of the three exported graphs.
+
+CPU: plain `session.run` with host arrays; the prefix K/V handle is the dict of host arrays.
+CUDA: IO binding; the prefix K/V/pad outputs stay on the GPU as OrtValues and are bound directly into
+both experts, so per tick only images/tokens/state go up and v_t/delta/CLS (a few KB) come down.
+Every graph output that reaches the host is checked finite (non-finite → BackendError); device-resident
+K/V are checked indirectly through the expert outputs that consume them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.backend import Backend, BackendError, PrefixState
+from runtime.manifest import GRAPH_NAMES, GraphSpec, Manifest
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool",
+              "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+_KV = ("prefix_k", "prefix_v", "prefix_pad")
+
+
+def _check_finite(graph: str, name: str, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise BackendError(f"graph '{graph}' produced non-finite values in output '{name}'")
+
+
+def check_session_io(session: ort.InferenceSession, spec: GraphSpec) -> None:
+    """The ONNX graph's I/O names, dtypes and static shapes must equal the manifest's (else refuse)."""
+    for kind, have, want in (("input", session.get_inputs(), spec.inputs), ("output", session.get_outputs(), spec.outputs)):
+        have_by_name = {a.name: a for a in have}
+        if set(have_by_name) != {s.name for s in want}:
+            raise BackendError(f"graph '{spec.name}' {kind} names {sorted(have_by_name)} differ from the manifest's "
+                               f"{sorted(s.name for s in want)}; re-export the artifacts with `make export`")
+        for s in want:
+            arg = have_by_name[s.name]
+            dtype = _ORT_TYPES.get(arg.type, arg.type)
+            if dtype != s.dtype:
+                raise BackendError(f"graph '{spec.name}' {kind} '{s.name}' has dtype {dtype}, manifest says {s.dtype}")
+            shape = tuple(arg.shape)
+            if len(shape) != len(s.shape) or any(isinstance(a, int) and a != b for a, b in zip(shape, s.shape)):
+                raise BackendError(f"graph '{spec.name}' {kind} '{s.name}' has shape {list(shape)}, manifest says {list(s.shape)}")
+
+
+class OnnxRuntimeBackend(Backend):
+    """Three onnxruntime sessions. device="cpu" | "cuda"; `strict_device` raises if CUDA did not load."""
+
+    name = "onnxruntime"
+
+    def __init__(self, artifacts_dir: str | Path, manifest: Manifest, device: str = "cpu",
+                 strict_device: bool = True, intra_op_threads: int = 0, device_id: int = 0):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.manifest = manifest
+        self.device_id = device_id
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        root = Path(artifacts_dir)
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        for g in GRAPH_NAMES:
+            spec = manifest.graphs[g]
+            try:
+                sess = ort.InferenceSession(str(root / spec.file), sess_options=opts, providers=providers)
+            except Exception as exc:
+                raise BackendError(f"onnxruntime could not load graph '{g}' from '{root / spec.file}': {exc}") from exc
+            check_session_io(sess, spec)
+            self.sessions[g] = sess
+        loaded = self.sessions["prefix"].get_providers()
+        self.on_gpu = device == "cuda" and "CUDAExecutionProvider" in loaded
+        if device == "cuda" and not self.on_gpu:
+            msg = (f"CUDAExecutionProvider did not load (session providers: {loaded}); install onnxruntime-gpu "
+                   f"with a matching CUDA/cuDNN, or run with device='cpu'")
+            if strict_device:
+                raise BackendError(msg)
+            warnings.warn(msg + " — running on CPU", RuntimeWarning, stacklevel=2)
+        self.providers = loaded
+        self._out_names = {g: [o.name for o in manifest.graphs[g].outputs] for g in GRAPH_NAMES}
+        self._t = np.zeros(1, dtype=np.float32)  # reused time input
+
+    # ----------------------------------------------------------------- graphs
+    def run_prefix(self, images, lang_tokens, lang_mask, state) -> PrefixState:
+        feed = {"images": images, "lang_tokens": lang_tokens, "lang_mask": lang_mask, "state": state}
+        if self.on_gpu:
+            return self._prefix_gpu(feed)
+        out = self._run("prefix", feed)
+        for name, arr in out.items():
+            _check_finite("prefix", name, arr)
+        return PrefixState(obs_cls=out["obs_cls"], handle={k: out[k] for k in _KV})
+
+    def run_main_expert(self, x_t, t, prefix: PrefixState) -> np.ndarray:
+        self._t[0] = t
+        feed = {"x_t": x_t, "t": self._t}
+        v = self._run_expert("main_expert", feed, prefix)["v_t"]
+        _check_finite("main_expert", "v_t", v)
+        return v
+
+    def run_delta_expert(self, actions, prefix: PrefixState):
+        out = self._run_expert("delta_expert", {"actions": actions}, prefix)
+        for name, arr in out.items():
+            _check_finite("delta_expert", name, arr)
+        return out["delta"], out["act_cls"]
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+    # ---------------------------------------------------------------- helpers
+    def _session(self, graph: str) -> ort.InferenceSession:
+        try:
+            return self.sessions[graph]
+        except KeyError:
+            raise BackendError("backend is closed") from None
+
+    def _run(self, graph: str, feed: dict) -> dict[str, np.ndarray]:
+        names = self._out_names[graph]
+        try:
+            outs = self._session(graph).run(names, feed)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"graph '{graph}' failed in onnxruntime: {exc}") from exc
+        return dict(zip(names, outs))
+
+    def _run_expert(self, graph: str, feed: dict, prefix: PrefixState) -> dict[str, np.ndarray]:
+        if not self.on_gpu:
+            return self._run(graph, {**feed, **prefix.handle})
+        sess = self._session(graph)
+        try:
+            io = sess.io_binding()
+            for name, arr in feed.items():
+                io.bind_cpu_input(name, np.ascontiguousarray(arr))
+            for name in _KV:  # device-resident K/V from the prefix pass, no host round trip
+                io.bind_ortvalue_input(name, prefix.handle[name])
+            for name in self._out_names[graph]:
+                io.bind_output(name, "cpu")
+            sess.run_with_iobinding(io)
+            outs = io.copy_outputs_to_cpu()
+        except Exception as exc:
+            raise BackendError(f"graph '{graph}' failed in onnxruntime (CUDA): {exc}") from exc
+        return dict(zip(self._out_names[graph], outs))
+
+    def _prefix_gpu(self, feed: dict) -> PrefixState:
+        sess = self._session("prefix")
+        try:
+            io = sess.io_binding()
+            for name, arr in feed.items():
+                io.bind_cpu_input(name, np.ascontiguousarray(arr))
+            for name in self._out_names["prefix"]:  # get_outputs() follows this binding order
+                if name in _KV:
+                    io.bind_output(name, "cuda", self.device_id)
+                else:
+                    io.bind_output(name, "cpu")
+            sess.run_with_iobinding(io)
+            values = dict(zip(self._out_names["prefix"], io.get_outputs()))
+            obs_cls = values["obs_cls"].numpy()
+        except Exception as exc:
+            raise BackendError(f"graph 'prefix' failed in onnxruntime (CUDA): {exc}") from exc
+        _check_finite("prefix", "obs_cls", obs_cls)
+        return PrefixState(obs_cls=obs_cls, handle={k: values[k] for k in _KV})

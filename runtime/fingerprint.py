@@ -1,0 +1,179 @@
+"""Engine fingerprint: the JSON next to each `<graph>.plan` that ties it to one ONNX file, GPU and TensorRT.
+
+A TensorRT engine only runs on the GPU model and TensorRT version that built it, and only matches the ONNX
+it was built from. Export writes this record (docs/artifact_contract.md, "Engine fingerprint"); the runtime
+reads it and refuses a stale or foreign engine with a message that says what differs. Stdlib only, so
+both `export` and `runtime` can import it without torch, TensorRT or CUDA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+REBUILD_HINT = "rebuild the engines with `make engine` on this device"
+
+
+class FingerprintError(ValueError):
+    """A fingerprint file is missing, unreadable, or has a missing / ill-typed field."""
+
+
+class FingerprintMismatch(RuntimeError):
+    """An engine was built from another ONNX file, on another GPU, or with another TensorRT version."""
+
+
+@dataclass(frozen=True)
+class EngineFingerprint:
+    """Exactly the fields of the contract's engine fingerprint (format version 1)."""
+
+    graph: str
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+    precision: str
+    strongly_typed: bool
+    builder_optimization_level: int
+    workspace_bytes: int
+    build_seconds: float
+    engine_bytes: int
+    engine_sha256: str
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in the contract's key order (format_version first)."""
+        body = dataclasses.asdict(self)
+        body["compute_capability"] = list(self.compute_capability)
+        return {"format_version": body.pop("format_version"), **body}
+
+    def write(self, path: str | Path) -> None:
+        """Write the fingerprint as pretty JSON (atomically: a half-written file would read as corrupt)."""
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(target)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "fingerprint") -> EngineFingerprint:
+        """Validate a decoded JSON object; the error names the first missing or ill-typed field."""
+        if not isinstance(data, dict):
+            raise FingerprintError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in data:
+                raise FingerprintError(f"{source}: missing field {field.name!r}")
+            values[field.name] = _checked(field.name, data[field.name], source)
+        if values["format_version"] != FORMAT_VERSION:
+            raise FingerprintError(
+                f"{source}: format_version {values['format_version']} is not supported "
+                f"(this runtime reads {FORMAT_VERSION}); {REBUILD_HINT}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | Path) -> EngineFingerprint:
+        """Load and validate `<graph>.fingerprint.json`."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FingerprintError(f"{p}: fingerprint file not found; {REBUILD_HINT}") from None
+        except json.JSONDecodeError as exc:
+            raise FingerprintError(f"{p}: not valid JSON ({exc}); {REBUILD_HINT}") from None
+        return cls.from_dict(data, source=str(p))
+
+    def differences(
+        self,
+        manifest_file_sha256: str,
+        trt_version: str,
+        gpu_name: str,
+        compute_capability: tuple[int, int] | list[int],
+    ) -> list[str]:
+        """Human-readable list of what differs from the running setup (empty when the engine fits)."""
+        found: list[str] = []
+        if self.onnx_sha256 != manifest_file_sha256:
+            found.append(
+                f"ONNX sha256 {self.onnx_sha256[:12]}… != manifest {manifest_file_sha256[:12]}… "
+                "(the ONNX artifacts changed since the engine was built)"
+            )
+        if self.tensorrt_version != trt_version:
+            found.append(f"TensorRT {self.tensorrt_version} (built) != {trt_version} (running)")
+        if self.gpu_name != gpu_name:
+            found.append(f"GPU {self.gpu_name!r} (built) != {gpu_name!r} (running)")
+        running_cc = (int(compute_capability[0]), int(compute_capability[1]))
+        if self.compute_capability != running_cc:
+            built = ".".join(map(str, self.compute_capability))
+            found.append(f"compute capability {built} (built) != {running_cc[0]}.{running_cc[1]} (running)")
+        return found
+
+    def check_against(
+        self,
+        manifest_file_sha256: str,
+        trt_version: str,
+        gpu_name: str,
+        compute_capability: tuple[int, int] | list[int],
+    ) -> None:
+        """Raise FingerprintMismatch naming every difference; return quietly when the engine fits."""
+        found = self.differences(manifest_file_sha256, trt_version, gpu_name, compute_capability)
+        if found:
+            raise FingerprintMismatch(
+                f"engine {self.graph!r} does not fit this setup: " + "; ".join(found) + f" — {REBUILD_HINT}"
+            )
+
+    def check_engine_bytes(self, plan: bytes) -> None:
+        """Raise FingerprintMismatch if the .plan on disk is not the one this fingerprint describes."""
+        if len(plan) != self.engine_bytes or sha256_bytes(plan) != self.engine_sha256:
+            raise FingerprintMismatch(
+                f"engine {self.graph!r}: the .plan file does not match its fingerprint "
+                f"({len(plan)} bytes vs {self.engine_bytes} recorded) — {REBUILD_HINT}"
+            )
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of an in-memory blob (engine plans)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed (ONNX external data can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checked(name: str, value: Any, source: str) -> Any:
+    """Type-check one decoded field; bools are rejected where ints are expected (JSON has no int/bool split)."""
+
+    def bad(expected: str) -> FingerprintError:
+        return FingerprintError(f"{source}: field {name!r} must be {expected}, got {value!r}")
+
+    if name == "compute_capability":
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise bad("a [major, minor] list of two ints")
+        return (value[0], value[1])
+    if name == "strongly_typed":
+        if not isinstance(value, bool):
+            raise bad("a bool")
+        return value
+    if name == "build_seconds":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if name in ("format_version", "builder_optimization_level", "workspace_bytes", "engine_bytes"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an int")
+        return value
+    if not isinstance(value, str):
+        raise bad("a string")
+    return value

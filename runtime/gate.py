@@ -1,0 +1,244 @@
+"""When to pay for a fresh action chunk: pure, unit-testable gate decision objects.
+
+A gate is consulted with the numbers of one tick (`GateInputs`) and answers resample or keep executing
+the queued plan. Two rules hold for every gate: a queue that ran out always resamples, and the gate's
+own test only runs every `check_every` ticks after a plan (in between, the queued plan is executed).
+Gates declare what they need (`needs_obs_cls`, `needs_act_cls`, `needs_state`) so the policy runs the
+prefix/delta graphs only when a decision depends on them.
+
+Spec strings (`make_gate`): always | never | interval:k | drift[:thr] | consistency[:thr] | random:p |
+state:thr. drift/consistency default to the manifest's calibrated `gate.<metric>.default_threshold`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.manifest import GateCalibration
+
+GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "random", "state")
+
+
+def embed(cls_tokens: np.ndarray) -> np.ndarray:
+    """[1, N, E] CLS tokens → unit vector [E] (mean over tokens, then L2-normalised; contract rule)."""
+    v = np.asarray(cls_tokens, dtype=np.float64).reshape(-1, cls_tokens.shape[-1]).mean(axis=0)
+    n = np.linalg.norm(v)
+    return v / n if n > 1e-12 else v
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - <a, b> for unit vectors (0 = same direction, 2 = opposite)."""
+    return float(1.0 - np.dot(a, b))
+
+
+@dataclass
+class GateInputs:
+    """What the policy knows at a tick; fields a gate does not declare a need for may be None."""
+
+    queue_left: int  # actions still queued before this tick's action is taken
+    ticks_since_plan: int  # actions executed from the current plan
+    obs_emb: np.ndarray | None = None  # unit obs-CLS embedding of the current observation
+    plan_obs_emb: np.ndarray | None = None  # unit obs-CLS embedding at planning time
+    act_emb: np.ndarray | None = None  # unit act-CLS embedding of the remaining plan (delta expert, current obs)
+    state: np.ndarray | None = None  # raw state now
+    plan_state: np.ndarray | None = None  # raw state at planning time
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    resample: bool
+    checked: bool  # the gate's own test ran this tick
+    distance: float | None = None
+    threshold: float | None = None
+    reason: str = ""
+
+
+class Gate(abc.ABC):
+    """Base: applies the queue-empty and check_every rules, then the subclass's test."""
+
+    name = "gate"
+    needs_obs_cls = False
+    needs_act_cls = False
+    needs_state = False
+
+    def __init__(self, check_every: int = 1):
+        if not isinstance(check_every, int) or check_every < 1:
+            raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
+        self.check_every = check_every
+
+    def will_check(self, queue_left: int, ticks_since_plan: int) -> bool:
+        """True when this tick runs the gate's own test (so its inputs must be computed)."""
+        return queue_left > 0 and ticks_since_plan % self.check_every == 0
+
+    def decide(self, inp: GateInputs) -> GateDecision:
+        if inp.queue_left <= 0:
+            return GateDecision(True, False, reason="queue_empty")
+        if not self.will_check(inp.queue_left, inp.ticks_since_plan):
+            return GateDecision(False, False, reason="not_checked")
+        return self._decide(inp)
+
+    @abc.abstractmethod
+    def _decide(self, inp: GateInputs) -> GateDecision: ...
+
+    def reset(self, seed: int | None = None) -> None:
+        """Episode start; stateless gates ignore it."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec})"
+
+    @property
+    def spec(self) -> str:
+        return self.name
+
+
+class AlwaysGate(Gate):
+    """Resample every tick (maximal compute; the reactive upper bound)."""
+
+    name = "always"
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        return GateDecision(True, True, reason="always")
+
+
+class NeverGate(Gate):
+    """Open-loop chunking: only the queue running out resamples."""
+
+    name = "never"
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        return GateDecision(False, True, reason="never")
+
+
+class IntervalGate(Gate):
+    """Fixed replan interval: resample once k actions of the plan were executed."""
+
+    name = "interval"
+
+    def __init__(self, k: int, check_every: int = 1):
+        super().__init__(check_every)
+        if k < 1:
+            raise ValueError(f"interval k must be >= 1, got {k}")
+        self.k = k
+
+    @property
+    def spec(self) -> str:
+        return f"interval:{self.k}"
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        fire = inp.ticks_since_plan >= self.k
+        return GateDecision(fire, True, float(inp.ticks_since_plan), float(self.k), "interval")
+
+
+class _ThresholdGate(Gate):
+    def __init__(self, threshold: float, check_every: int = 1):
+        super().__init__(check_every)
+        if not np.isfinite(threshold):
+            raise ValueError(f"{self.name} threshold must be finite, got {threshold}")
+        self.threshold = float(threshold)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.threshold:g}"
+
+    def _fire(self, distance: float) -> GateDecision:
+        return GateDecision(distance > self.threshold, True, distance, self.threshold, self.name)
+
+
+class DriftGate(_ThresholdGate):
+    """Resample when the observation's obs-CLS moved away from the one the plan was made from."""
+
+    name = "drift"
+    needs_obs_cls = True
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        return self._fire(cosine_distance(inp.obs_emb, inp.plan_obs_emb))
+
+
+class ConsistencyGate(_ThresholdGate):
+    """Resample when the remaining plan's act-CLS no longer matches the current obs-CLS."""
+
+    name = "consistency"
+    needs_obs_cls = True
+    needs_act_cls = True
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        return self._fire(cosine_distance(inp.obs_emb, inp.act_emb))
+
+
+class StateGate(_ThresholdGate):
+    """Resample when the raw state moved more than thr (L2) since planning (LeRobot-async-like baseline)."""
+
+    name = "state"
+    needs_state = True
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        d = float(np.linalg.norm(np.asarray(inp.state, np.float64) - np.asarray(inp.plan_state, np.float64)))
+        return self._fire(d)
+
+
+class RandomGate(Gate):
+    """Fires with probability p per check: the matched-budget baseline for any learned gate."""
+
+    name = "random"
+
+    def __init__(self, p: float, check_every: int = 1, seed: int = 0):
+        super().__init__(check_every)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"random gate p must be in [0, 1], got {p}")
+        self.p = float(p)
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def spec(self) -> str:
+        return f"random:{self.p:g}"
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        return GateDecision(bool(self._rng.random() < self.p), True, None, self.p, "random")
+
+
+def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = None, check_every: int = 1,
+              seed: int = 0) -> Gate:
+    """Parse a gate spec string; a missing drift/consistency threshold comes from `calibration`."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"gate spec must be a non-empty string, got {spec!r}")
+    name, _, arg = spec.strip().partition(":")
+    name = name.lower()
+
+    def number(kind: type, what: str):
+        if not arg:
+            raise ValueError(f"gate '{name}' needs {what}, e.g. '{name}:{'5' if kind is int else '0.1'}'")
+        try:
+            return kind(arg)
+        except ValueError:
+            raise ValueError(f"gate '{spec}': {what} must be {'an integer' if kind is int else 'a number'}, got {arg!r}") from None
+
+    if name == "always":
+        return AlwaysGate(check_every)
+    if name == "never":
+        return NeverGate(check_every)
+    if name == "interval":
+        return IntervalGate(number(int, "an interval k"), check_every)
+    if name in ("drift", "consistency"):
+        if arg:
+            thr = number(float, "a threshold")
+        else:
+            cal = (calibration or {}).get(name)
+            if cal is None or cal.default_threshold is None:
+                raise ValueError(f"gate '{name}' has no threshold: the manifest's gate.{name}.default_threshold "
+                                 f"is not set; pass one explicitly, e.g. '{name}:0.1'")
+            thr = cal.default_threshold
+        return (DriftGate if name == "drift" else ConsistencyGate)(thr, check_every)
+    if name == "random":
+        return RandomGate(number(float, "a firing probability p"), check_every, seed)
+    if name == "state":
+        return StateGate(number(float, "an L2 threshold in raw state units"), check_every)
+    raise ValueError(f"unknown gate {spec!r}; choose one of: always, never, interval:k, drift[:thr], "
+                     f"consistency[:thr], random:p, state:thr")

@@ -1,0 +1,74 @@
+"""Last line before the actuator: every emitted action is finite and inside the manifest's action bounds.
+
+Rules (in order):
+- a non-finite action is never emitted: it is replaced by the fallback action;
+- a finite action outside `action_bounds` (which already include the export-time margin) is clipped
+  into the bounds (`out_of_bounds="clip"`, default) or replaced by the fallback (`"fallback"`);
+- fallback `"hold"` repeats the last action this guard let through (the natural "keep doing what you
+  were doing" for position targets); before any safe action exists, and for `"stop"`, it is the
+  manifest's `safety.stop_action` (zero displacement when the manifest defines none), clipped into bounds.
+Every replacement is reported to the caller so it shows up in TickInfo and the counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.manifest import Bounds
+
+FALLBACKS = ("hold", "stop")
+OUT_OF_BOUNDS = ("clip", "fallback")
+
+
+@dataclass
+class GuardResult:
+    action: np.ndarray  # float32 [action_dim], finite, inside bounds
+    clipped: bool  # a finite out-of-bounds action was clipped
+    fallback: bool  # the fallback action was emitted instead of the policy's
+    reason: str | None  # why the action was altered (None when it passed untouched)
+
+
+class ActionGuard:
+    """Stateful (remembers the last safe action); call `reset()` at each episode start."""
+
+    def __init__(self, bounds: Bounds, stop_action: np.ndarray | None = None, fallback: str = "hold",
+                 out_of_bounds: str = "clip"):
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        if out_of_bounds not in OUT_OF_BOUNDS:
+            raise ValueError(f"out_of_bounds must be one of {OUT_OF_BOUNDS}, got {out_of_bounds!r}")
+        self.low = bounds.low.astype(np.float32)
+        self.high = bounds.high.astype(np.float32)
+        stop = np.zeros_like(self.low) if stop_action is None else np.asarray(stop_action, dtype=np.float32)
+        self.stop_action = np.clip(stop, self.low, self.high)
+        self.fallback_mode = fallback
+        self.out_of_bounds = out_of_bounds
+        self._last_safe: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._last_safe = None
+
+    def fallback_action(self) -> np.ndarray:
+        if self.fallback_mode == "hold" and self._last_safe is not None:
+            return self._last_safe.copy()
+        return self.stop_action.copy()
+
+    def check(self, action: np.ndarray | None) -> GuardResult:
+        """Vet one raw-unit action; `None` means the chain produced nothing usable (emit the fallback)."""
+        if action is None:
+            return GuardResult(self.fallback_action(), False, True, "no action available")
+        a = np.asarray(action, dtype=np.float32).reshape(-1)
+        if a.shape != self.low.shape:
+            return GuardResult(self.fallback_action(), False, True, f"action has shape {a.shape}, expected {self.low.shape}")
+        if not np.all(np.isfinite(a)):
+            return GuardResult(self.fallback_action(), False, True, "non-finite action")
+        if np.any(a < self.low) or np.any(a > self.high):
+            if self.out_of_bounds == "fallback":
+                return GuardResult(self.fallback_action(), False, True, "action outside action_bounds")
+            a = np.clip(a, self.low, self.high)
+            self._last_safe = a.copy()
+            return GuardResult(a, True, False, "action clipped into action_bounds")
+        self._last_safe = a.copy()
+        return GuardResult(a, False, False, None)

@@ -1,0 +1,70 @@
+"""Scripted expert: heads straight for the goal disc at full speed. It reads the environment's
+internals (not the observation), so it ignores language by construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simtask.reach_env import ReachEnv, clip_action
+
+
+class ScriptedExpert:
+    """``act`` gives the clean action (what to record); ``noisy`` adds Gaussian noise to it (what to
+    execute) so recorded states cover small deviations from the ideal path."""
+
+    def __init__(self, noise_std: float = 0.0, seed: int | None = None) -> None:
+        if not noise_std >= 0.0:
+            raise ValueError(f"ScriptedExpert.noise_std must be >= 0 (got {noise_std!r})")
+        self.noise_std = float(noise_std)
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, env: ReachEnv) -> np.ndarray:
+        """Displacement towards the goal centre, clipped to max_step; float32 [2]."""
+        return clip_action(env.goal_position - env.agent_position, env.config.max_step).astype(np.float32)
+
+    def noisy(self, action: np.ndarray, max_step: float) -> np.ndarray:
+        """``action`` plus N(0, noise_std^2) per axis, norm-clipped to ``max_step``; float32 [2]."""
+        if self.noise_std == 0.0:
+            return np.asarray(action, dtype=np.float32).copy()
+        noise = self._rng.normal(0.0, self.noise_std, size=2)
+        return clip_action(np.asarray(action, dtype=np.float64) + noise, max_step).astype(np.float32)
+
+
+@dataclass
+class ExpertEpisode:
+    """One recorded expert episode: observation i was followed by clean action i."""
+
+    seed: int
+    perturb: bool
+    perturb_tick: int | None
+    success: bool
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def run_expert_episode(
+    env: ReachEnv,
+    expert: ScriptedExpert,
+    seed: int,
+    perturb: bool = False,
+    instruction_target: int | None = None,
+    keep_observations: bool = True,
+) -> ExpertEpisode:
+    """Roll out one episode: record the clean action, execute the noisy one."""
+    obs = env.reset(seed=seed, perturb=perturb, instruction_target=instruction_target)
+    ep = ExpertEpisode(seed=seed, perturb=perturb, perturb_tick=env.perturb_tick, success=False)
+    done = False
+    while not done:
+        clean = expert.act(env)
+        if keep_observations:
+            ep.observations.append(obs)
+        ep.actions.append(clean)
+        obs, done, info = env.step(expert.noisy(clean, env.config.max_step))
+    ep.success = env.success
+    return ep

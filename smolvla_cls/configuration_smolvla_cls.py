@@ -1,0 +1,89 @@
+"""`SmolVLACLSConfig`: SmolVLA plus CLS tokens, a delta expert and a VICReg objective.
+
+Registered with lerobot as policy type `smolvla_cls`, so `lerobot-train --policy.type=smolvla_cls` and
+`PreTrainedConfig.from_pretrained` resolve it. Every field of the seed design is here; invalid
+combinations fail at construction with a message that names the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+SUFFIX_CLS_ATTENTION_MODES = ("all", "window")
+
+
+class ConfigError(ValueError):
+    """A SmolVLA-CLS config field holds an invalid value (the message names the field)."""
+
+
+@PreTrainedConfig.register_subclass("smolvla_cls")
+@dataclass
+class SmolVLACLSConfig(SmolVLAConfig):
+    # --- seed fields -------------------------------------------------------------------------
+    train_delta_expert: bool = False  # delta objective (delta expert + VICReg); main expert frozen
+    use_cls_head: bool = True  # prefix/suffix CLS tokens, projections, VICReg
+    num_cls_prefix: int = 2  # learnable tokens prepended to the VLM prefix
+    num_cls_suffix: int = 2  # learnable tokens appended to the delta expert's action suffix
+    vicreg_weight: float = 0.01  # weight of VICReg in the delta objective
+    vicreg_lambda: float = 25.0  # invariance weight
+    vicreg_mu: float = 25.0  # variance weight
+    vicreg_nu: float = 1.0  # covariance weight
+    cls_noise_scale: float = 0.01  # std of the noise added to the main expert's chunk for the delta expert
+
+    # --- what the design needs beyond the seed -----------------------------------------------
+    # What the suffix CLS tokens may attend to among the action tokens: "all", or "window" = only the
+    # first `suffix_cls_window` and the last `suffix_cls_window` action tokens. They never see the prefix.
+    suffix_cls_attention: str = "all"
+    suffix_cls_window: int = 2
+    vicreg_gamma: float = 1.0  # target std of the variance hinge
+    vicreg_eps: float = 1e-4  # inside the sqrt of the variance term
+    delta_time: float = 0.5  # fixed flow time at which the delta expert runs (train and inference)
+    # With train_delta_expert=True, also keep training the main expert's flow-matching loss in the same
+    # step ("joint" objective); False = the seed's delta-only stage (main expert frozen).
+    train_main_expert: bool = False
+    # Offline VLM preset ("tiny" | "full"); when set, `vlm_model_name` is materialised locally (no hub).
+    vlm_preset: str | None = None
+
+    def __post_init__(self):
+        if self.vlm_preset is not None:
+            from smolvla_cls.presets import materialize_preset
+
+            self.vlm_model_name = str(materialize_preset(self.vlm_preset))
+        super().__post_init__()
+        self._validate_cls_fields()
+
+    def _validate_cls_fields(self) -> None:
+        def fail(field: str, expected: str) -> None:
+            raise ConfigError(f"{field}={getattr(self, field)!r}: expected {expected}")
+
+        for name in ("num_cls_prefix", "num_cls_suffix", "suffix_cls_window"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                fail(name, "a non-negative integer")
+        if self.use_cls_head:
+            if self.num_cls_prefix < 1:
+                fail("num_cls_prefix", ">= 1 when use_cls_head=True")
+            if self.num_cls_suffix < 1:
+                fail("num_cls_suffix", ">= 1 when use_cls_head=True")
+            if self.num_cls_prefix != self.num_cls_suffix:
+                fail("num_cls_suffix", f"== num_cls_prefix ({self.num_cls_prefix}): VICReg pairs CLS token i of both")
+        if self.suffix_cls_attention not in SUFFIX_CLS_ATTENTION_MODES:
+            fail("suffix_cls_attention", f"one of {SUFFIX_CLS_ATTENTION_MODES}")
+        if self.suffix_cls_attention == "window":
+            if self.suffix_cls_window < 1:
+                fail("suffix_cls_window", ">= 1 with suffix_cls_attention='window'")
+            if 2 * self.suffix_cls_window > self.chunk_size:
+                fail("suffix_cls_window", f"<= chunk_size/2 ({self.chunk_size // 2}): first n + last n must fit the chunk")
+        for name in ("vicreg_weight", "vicreg_lambda", "vicreg_mu", "vicreg_nu", "cls_noise_scale", "vicreg_eps"):
+            if not float(getattr(self, name)) >= 0.0:
+                fail(name, "a finite number >= 0")
+        if not self.vicreg_gamma > 0.0:
+            fail("vicreg_gamma", "> 0")
+        if not 0.0 < self.delta_time <= 1.0:
+            fail("delta_time", "in (0, 1]")
+        if self.vlm_preset is not None and self.vlm_preset not in ("tiny", "full"):
+            fail("vlm_preset", "'tiny', 'full' or None")
+        if self.pad_language_to not in ("longest", "max_length"):
+            fail("pad_language_to", "'longest' or 'max_length'")

@@ -1,0 +1,129 @@
+"""Round trip of the expert recorder through a real lerobot 0.4.4 LeRobotDataset on disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simtask import IMAGE_KEY, STATE_KEY, ReachEnv, TaskConfig
+from smolvla_cls.dataset_recording import (
+    SIDECAR,
+    RecordingConfig,
+    _remove_dataset_dir,
+    main,
+    perturb_flags,
+    record_dataset,
+)
+
+lerobot_dataset = pytest.importorskip("lerobot.datasets.lerobot_dataset")
+REPO_ID = "test/simtask_reach"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rec") / "reach"
+    cfg = RecordingConfig(root=root, repo_id=REPO_ID, episodes=5, seed=3, perturb_fraction=0.4)
+    summary = record_dataset(cfg, progress=False)
+    return cfg, summary
+
+
+def test_round_trip_frames_features_tasks(recorded):
+    cfg, summary = recorded
+    ds = lerobot_dataset.LeRobotDataset(REPO_ID, root=cfg.root)
+    side = json.loads((cfg.root / SIDECAR).read_text())
+    assert ds.num_episodes == 5 and ds.meta.total_episodes == 5
+    assert ds.num_frames == summary.frames == sum(e["length"] for e in side["episodes"])
+    assert ds.fps == 10
+    feats = ds.meta.features
+    assert feats[IMAGE_KEY]["dtype"] == "image" and tuple(feats[IMAGE_KEY]["shape"]) == (64, 64, 3)
+    assert feats[STATE_KEY]["dtype"] == "float32" and tuple(feats[STATE_KEY]["shape"]) == (2,)
+    assert feats["action"]["dtype"] == "float32" and tuple(feats["action"]["shape"]) == (2,)
+    assert sum(e["perturb"] for e in side["episodes"]) == 2 == summary.perturbed_episodes
+    assert not list(cfg.root.parent.glob(".reach.partial-*"))
+
+    env = ReachEnv(TaskConfig())
+    start = 0
+    for ep in side["episodes"]:
+        first = ds[start]
+        obs = env.reset(seed=ep["seed"], perturb=ep["perturb"])
+        # Frame 0 of each episode is exactly the env's first observation (PNG storage is lossless).
+        img = (first[IMAGE_KEY].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        assert first[IMAGE_KEY].shape == (3, 64, 64)
+        assert np.array_equal(img, obs[IMAGE_KEY])
+        assert np.allclose(first[STATE_KEY].numpy(), obs[STATE_KEY])
+        assert first["task"] == obs["task"] == ep["task"]
+        assert int(first["episode_index"]) == ep["episode_index"] and int(first["frame_index"]) == 0
+        last = ds[start + ep["length"] - 1]
+        assert last["task"] == ep["task"] and int(last["frame_index"]) == ep["length"] - 1
+        if ep["perturb"]:
+            assert ep["length"] > ep["perturb_tick"]
+        start += ep["length"]
+
+
+def test_stats_match_the_data(recorded):
+    cfg, _ = recorded
+    ds = lerobot_dataset.LeRobotDataset(REPO_ID, root=cfg.root)
+    actions = np.stack([ds.hf_dataset[i]["action"].numpy() for i in range(len(ds))])
+    states = np.stack([ds.hf_dataset[i][STATE_KEY].numpy() for i in range(len(ds))])
+    stats = ds.meta.stats
+    assert np.allclose(stats["action"]["mean"], actions.mean(0), atol=1e-5)
+    assert np.allclose(stats["action"]["std"], actions.std(0), atol=1e-4)
+    assert np.allclose(stats[STATE_KEY]["min"], states.min(0)) and np.allclose(stats[STATE_KEY]["max"], states.max(0))
+    assert int(np.asarray(stats["action"]["count"]).item()) == len(ds)
+    # Recorded actions are the clean expert actions: never longer than max_step.
+    assert np.all(np.linalg.norm(actions, axis=1) <= TaskConfig().max_step + 1e-6)
+    img_mean = np.asarray(stats[IMAGE_KEY]["mean"])
+    assert img_mean.shape == (3, 1, 1) and np.all((img_mean > 0.3) & (img_mean < 0.7))  # mid-grey dominated
+
+
+def test_rerun_is_idempotent_and_mismatch_is_refused(recorded, capsys):
+    cfg, summary = recorded
+    info = cfg.root / "meta/info.json"
+    before = info.stat().st_mtime_ns
+    again = record_dataset(cfg, progress=False)
+    assert again.reused and again.frames == summary.frames and info.stat().st_mtime_ns == before
+    argv = ["--root", str(cfg.root), "--repo-id", REPO_ID, "--episodes", "5", "--seed", "3",
+            "--perturb-fraction", "0.4", "--quiet"]
+    assert main(argv) == 0
+    assert "already holds" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="seed"):
+        record_dataset(RecordingConfig(root=cfg.root, repo_id=REPO_ID, episodes=5, seed=4, perturb_fraction=0.4), progress=False)
+
+
+def test_force_rerecords(tmp_path):
+    root = tmp_path / "ds"
+    record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=2, seed=0), progress=False)
+    s = record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=3, seed=0, force=True), progress=False)
+    assert not s.reused and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 3
+
+
+def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="refusing"):
+        _remove_dataset_dir(tmp_path)
+    assert (tmp_path / "precious.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "flag,value,name",
+    [("--episodes", "0", "--episodes"), ("--perturb-fraction", "1.5", "--perturb-fraction"),
+     ("--image-size", "8", "--image-size"), ("--repo-id", "noslash", "--repo-id")],
+)
+def test_cli_bad_args_name_the_field(tmp_path, capsys, flag, value, name):
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(tmp_path / "x"), flag, value])
+    assert exc.value.code == 2
+    assert name in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 500), fraction=st.floats(0, 1), seed=st.integers(0, 2**31))
+def test_perturb_flags_exact_count_and_deterministic(n, fraction, seed):
+    flags = perturb_flags(n, fraction, seed)
+    assert flags.sum() == int(round(fraction * n))
+    assert np.array_equal(flags, perturb_flags(n, fraction, seed))

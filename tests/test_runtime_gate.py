@@ -1,0 +1,127 @@
+"""Gate decision objects: queue-empty rule, check_every cadence, thresholds, spec parsing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.gate import (ConsistencyGate, DriftGate, GateInputs, IntervalGate, RandomGate, StateGate,
+                          cosine_distance, embed, make_gate)
+from runtime.manifest import GateCalibration
+
+CAL = {"drift": GateCalibration({"p90": 0.05}, 0.05), "consistency": GateCalibration({}, 0.1)}
+SPECS = ["always", "never", "interval:3", "drift:0.1", "consistency:0.2", "random:0.5", "state:0.1"]
+
+
+def _unit(v):
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _inputs(queue_left=5, since=1, obs=(1, 0), plan_obs=(1, 0), act=(1, 0), state=(0, 0), plan_state=(0, 0)):
+    return GateInputs(queue_left, since, _unit(obs), _unit(plan_obs), _unit(act),
+                      np.array(state, np.float32), np.array(plan_state, np.float32))
+
+
+@settings(max_examples=100, deadline=None)
+@given(spec=st.sampled_from(SPECS), every=st.integers(1, 5), since=st.integers(0, 50),
+       obs=st.lists(st.floats(0.1, 1), min_size=2, max_size=2))
+def test_empty_queue_always_resamples(spec, every, since, obs):
+    g = make_gate(spec, CAL, check_every=every)
+    d = g.decide(_inputs(queue_left=0, since=since, obs=obs))
+    assert d.resample and d.reason == "queue_empty"
+
+
+@settings(max_examples=100, deadline=None)
+@given(spec=st.sampled_from(SPECS), every=st.integers(2, 6), since=st.integers(1, 40))
+def test_gate_only_checks_every_m_ticks(spec, every, since):
+    g = make_gate(spec, CAL, check_every=every)
+    # maximally "different" inputs: every checking gate would want to resample
+    d = g.decide(_inputs(since=since, obs=(1, 0), plan_obs=(-1, 0), act=(0, 1), state=(9, 9)))
+    if since % every:
+        assert not d.resample and not d.checked and d.reason == "not_checked"
+    else:
+        assert d.checked
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_interval_cadence(k):
+    g = IntervalGate(k)
+    fired = [g.decide(_inputs(since=s)).resample for s in range(1, 12)]
+    assert fired == [s >= k for s in range(1, 12)]
+    # simulated episode: replans exactly every k ticks
+    since, replans = 0, []
+    for tick in range(30):
+        if tick == 0 or g.decide(_inputs(since=since)).resample:
+            replans.append(tick)
+            since = 0
+        since += 1
+    assert np.diff(replans).tolist() == [k] * (len(replans) - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.floats(0, 2 * np.pi), b=st.floats(0, 2 * np.pi), thr=st.floats(0.0, 2.0))
+def test_drift_fires_iff_distance_exceeds_threshold(a, b, thr):
+    obs, plan = (np.cos(a), np.sin(a)), (np.cos(b), np.sin(b))
+    d = DriftGate(thr).decide(_inputs(obs=obs, plan_obs=plan))
+    dist = 1 - np.cos(a - b)
+    assert d.distance == pytest.approx(dist, abs=1e-9) and d.threshold == thr
+    if abs(dist - thr) > 1e-9:
+        assert d.resample == (dist > thr)
+
+
+def test_consistency_compares_obs_with_act_not_plan_obs():
+    g = ConsistencyGate(0.5)
+    assert not g.decide(_inputs(obs=(1, 0), plan_obs=(-1, 0), act=(1, 0.1))).resample
+    d = g.decide(_inputs(obs=(1, 0), plan_obs=(1, 0), act=(-1, 0)))
+    assert d.resample and d.distance == pytest.approx(2.0)
+    assert g.needs_act_cls and g.needs_obs_cls and not DriftGate(0.1).needs_act_cls
+
+
+def test_state_gate_l2():
+    g = StateGate(0.5)
+    assert not g.decide(_inputs(state=(0.3, 0.3), plan_state=(0, 0))).resample  # |d| = 0.42
+    d = g.decide(_inputs(state=(0.3, 0.4001), plan_state=(0, 0)))
+    assert d.resample and d.distance == pytest.approx(0.5, abs=1e-3)
+
+
+def test_random_gate_rate_and_reseed():
+    g = RandomGate(0.3, seed=1)
+    fires = [g.decide(_inputs()).resample for _ in range(4000)]
+    assert abs(np.mean(fires) - 0.3) < 0.03
+    g.reset(7)
+    a = [g.decide(_inputs()).resample for _ in range(50)]
+    g.reset(7)
+    assert a == [g.decide(_inputs()).resample for _ in range(50)]
+    assert not any(RandomGate(0.0).decide(_inputs()).resample for _ in range(100))
+
+
+def test_default_thresholds_come_from_calibration():
+    assert make_gate("drift", CAL).threshold == 0.05
+    assert make_gate("consistency", CAL).threshold == 0.1
+    assert make_gate("drift:0.3", CAL).threshold == 0.3
+    with pytest.raises(ValueError, match="default_threshold"):
+        make_gate("drift", {"drift": GateCalibration({}, None)})
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("interval", "needs an interval"), ("interval:x", "integer"), ("random", "probability"),
+    ("random:2", r"\[0, 1\]"), ("state", "threshold"), ("magic", "unknown gate"), ("", "non-empty"),
+    ("drift:nan", "finite"),
+])
+def test_bad_specs_are_explained(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        make_gate(spec, CAL)
+    with pytest.raises(ValueError, match="check_every"):
+        make_gate("always", CAL, check_every=0)
+
+
+def test_embedding_rule():
+    cls = np.array([[[3.0, 0.0], [1.0, 2.0]]], np.float32)  # mean (2, 1) → unit
+    e = embed(cls)
+    np.testing.assert_allclose(e, np.array([2, 1]) / np.sqrt(5))
+    assert cosine_distance(e, e) == pytest.approx(0.0)
+    assert cosine_distance(e, -e) == pytest.approx(2.0)
+    assert np.all(embed(np.zeros((1, 2, 4))) == 0)  # zero vector stays finite

@@ -1,0 +1,150 @@
+"""Manifest loading: valid folders load; stale, damaged or incomplete ones are refused by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+try:
+    from tests.fake_artifacts import build_fake_artifacts, cached_fake_artifacts, load_manifest_dict, write_manifest_dict
+except ImportError:
+    from fake_artifacts import build_fake_artifacts, cached_fake_artifacts, load_manifest_dict, write_manifest_dict
+
+from runtime.backend import BackendError
+from runtime.manifest import Manifest, ManifestError
+
+
+@pytest.fixture()
+def artifacts(tmp_path):
+    dst = tmp_path / "art"
+    shutil.copytree(cached_fake_artifacts(), dst)
+    return dst
+
+
+def test_valid_folder_loads_with_typed_accessors(artifacts):
+    m = Manifest.load(artifacts)
+    assert m.dims.chunk_size == 6 and m.dims.action_dim == 2 and m.dims.delta_time == 0.5
+    assert m.camera_keys == ("observation.images.top",)
+    assert (m.image.height, m.image.width, m.image.pad_side) == (32, 32, "left_top")
+    assert m.state_norm.mean.dtype == np.float32 and m.state_norm.mean.shape == (2,)
+    assert m.action_bounds.low.tolist() == pytest.approx([-0.08, -0.08])
+    assert m.gate_threshold("drift") == 0.05 and m.gate_threshold("consistency") == 0.1
+    assert m.graphs["prefix"].input("lang_mask").dtype == "bool"
+    assert m.graphs["main_expert"].output("v_t").shape == (1, 6, 4)
+    assert m.plan_shape == (1, 6, 4)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_other_format_version_is_refused_with_reexport_hint(artifacts, version):
+    raw = load_manifest_dict(artifacts)
+    raw["format_version"] = version
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match=r"format_version.*make export"):
+        Manifest.load(artifacts)
+
+
+@pytest.mark.parametrize("path", [
+    ("dims",), ("dims", "chunk_size"), ("dims", "delta_time"), ("cameras",), ("state_key",),
+    ("image_preprocess", "pad_side"), ("normalization", "action"), ("normalization", "action", "std"),
+    ("action_bounds", "high"), ("state_bounds",), ("tokenizer", "max_length"), ("delta_input",),
+    ("graphs", "delta_expert"), ("graphs", "prefix", "outputs"), ("gate", "consistency"), ("files",),
+])
+def test_missing_key_is_named(artifacts, path):
+    raw = load_manifest_dict(artifacts)
+    node = raw
+    for k in path[:-1]:
+        node = node[k]
+    del node[path[-1]]
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError) as exc:
+        Manifest.load(artifacts)
+    assert path[-1] in str(exc.value)
+
+
+@pytest.mark.parametrize("fname", ["prefix.onnx", "main_expert.onnx", "delta_expert.onnx", "tokenizer.json"])
+def test_flipped_byte_is_refused_naming_file(artifacts, fname):
+    path = artifacts / fname
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ManifestError) as exc:
+        Manifest.load(artifacts)
+    assert fname in str(exc.value) and "re-export" in str(exc.value)
+    Manifest.load(artifacts, verify_hashes=False)  # the check, not the parser, refused it
+
+
+def test_truncated_or_missing_file_is_refused(artifacts):
+    (artifacts / "main_expert.onnx").write_bytes(b"")
+    with pytest.raises(ManifestError, match="main_expert.onnx"):
+        Manifest.load(artifacts)
+    (artifacts / "main_expert.onnx").unlink()
+    with pytest.raises(ManifestError, match="main_expert.onnx.*missing"):
+        Manifest.load(artifacts)
+
+
+def test_used_file_must_be_hash_listed(artifacts):
+    raw = load_manifest_dict(artifacts)
+    del raw["files"]["tokenizer.json"]
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match="tokenizer.json.*not listed"):
+        Manifest.load(artifacts)
+
+
+def test_wrong_io_name_is_refused(artifacts):
+    raw = load_manifest_dict(artifacts)
+    raw["graphs"]["main_expert"]["inputs"][0]["name"] = "noisy_actions"
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match="graphs.main_expert.inputs"):
+        Manifest.load(artifacts)
+
+
+def test_graph_shape_must_agree_with_dims(artifacts):
+    raw = load_manifest_dict(artifacts)
+    raw["dims"]["prefix_len"] += 1
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match="prefix_k"):
+        Manifest.load(artifacts)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda r: r["dims"].__setitem__("chunk_size", 0), "dims.chunk_size"),
+    (lambda r: r["dims"].__setitem__("n_action_steps", 99), "n_action_steps"),
+    (lambda r: r["normalization"]["action"].__setitem__("mean", [0.0]), "normalization.action.mean"),
+    (lambda r: r["action_bounds"].__setitem__("low", [1.0, 1.0]), "action_bounds.low"),
+    (lambda r: r["graphs"]["prefix"]["inputs"][1].__setitem__("dtype", "int8"), "dtype"),
+    (lambda r: r["gate"]["drift"].__setitem__("default_threshold", "high"), "gate.drift.default_threshold"),
+    (lambda r: r.__setitem__("delta_input", "zeros"), "delta_input"),
+    (lambda r: r.__setitem__("safety", {"stop_action": [5.0, 0.0]}), "safety.stop_action"),
+])
+def test_bad_values_are_named(artifacts, edit, needle):
+    raw = load_manifest_dict(artifacts)
+    edit(raw)
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match=needle.replace(".", r"\.")):
+        Manifest.load(artifacts)
+
+
+def test_not_json_and_no_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        Manifest.load(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        Manifest.load(tmp_path)
+
+
+def test_backend_refuses_graph_that_disagrees_with_manifest(tmp_path):
+    """A graph file swapped for another (hash re-listed) is caught by the session I/O check."""
+    from runtime.backend_onnxruntime import OnnxRuntimeBackend
+
+    art = build_fake_artifacts(tmp_path / "a")
+    raw = load_manifest_dict(art)
+    # point main_expert at the delta graph and list its hash: names differ from the contract's
+    raw["graphs"]["main_expert"]["file"] = "delta_expert.onnx"
+    write_manifest_dict(art, raw)
+    m = Manifest.load(art)
+    with pytest.raises(BackendError, match="main_expert.*names"):
+        OnnxRuntimeBackend(art, m)
+    assert json.loads((art / "manifest.json").read_text())["format_version"] == 1
