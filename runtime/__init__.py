@@ -7,7 +7,7 @@ artifact folder (docs/artifact_contract.md). Entry points: `runtime.policy.EdgeP
 
 from __future__ import annotations
 
-__all__ = ["EdgePolicy", "TickInfo", "Counters", "Manifest", "ManifestError", "ObservationError", "BackendError"]
+__all__ = ["BackendError", "Counters", "EdgePolicy", "Manifest", "ManifestError", "ObservationError", "TickInfo"]
 
 _EXPORTS = {
     "EdgePolicy": "runtime.policy", "TickInfo": "runtime.policy", "Counters": "runtime.policy",

@@ -46,12 +46,17 @@ def check_session_io(session: ort.InferenceSession, spec: GraphSpec) -> None:
 
 
 class OnnxRuntimeBackend(Backend):
-    """Three onnxruntime sessions. device="cpu" | "cuda"; `strict_device` raises if CUDA did not load."""
+    """Three onnxruntime sessions. device="cpu" | "cuda"; `strict_device` raises if CUDA did not load.
+
+    `io_binding` (default: on exactly when CUDA loaded) selects the IO-binding path; forcing it on for
+    CPU keeps K/V as CPU OrtValues, which lets the binding code be tested on machines without a GPU.
+    """
 
     name = "onnxruntime"
 
     def __init__(self, artifacts_dir: str | Path, manifest: Manifest, device: str = "cpu",
-                 strict_device: bool = True, intra_op_threads: int = 0, device_id: int = 0):
+                 strict_device: bool = True, intra_op_threads: int = 0, device_id: int = 0,
+                 io_binding: bool | None = None):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.manifest = manifest
@@ -59,7 +64,7 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if device == "cuda":
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
         root = Path(artifacts_dir)
@@ -81,27 +86,30 @@ class OnnxRuntimeBackend(Backend):
                 raise BackendError(msg)
             warnings.warn(msg + " — running on CPU", RuntimeWarning, stacklevel=2)
         self.providers = loaded
+        self.io_binding = self.on_gpu if io_binding is None else bool(io_binding)
+        self._kv_device = "cuda" if self.on_gpu else "cpu"
         self._out_names = {g: [o.name for o in manifest.graphs[g].outputs] for g in GRAPH_NAMES}
         self._t = np.zeros(1, dtype=np.float32)  # reused time input
 
     # ----------------------------------------------------------------- graphs
-    def run_prefix(self, images, lang_tokens, lang_mask, state) -> PrefixState:
+    def run_prefix(self, images: np.ndarray, lang_tokens: np.ndarray, lang_mask: np.ndarray,
+                   state: np.ndarray) -> PrefixState:
         feed = {"images": images, "lang_tokens": lang_tokens, "lang_mask": lang_mask, "state": state}
-        if self.on_gpu:
-            return self._prefix_gpu(feed)
+        if self.io_binding:
+            return self._prefix_bound(feed)
         out = self._run("prefix", feed)
         for name, arr in out.items():
             _check_finite("prefix", name, arr)
         return PrefixState(obs_cls=out["obs_cls"], handle={k: out[k] for k in _KV})
 
-    def run_main_expert(self, x_t, t, prefix: PrefixState) -> np.ndarray:
+    def run_main_expert(self, x_t: np.ndarray, t: float, prefix: PrefixState) -> np.ndarray:
         self._t[0] = t
         feed = {"x_t": x_t, "t": self._t}
         v = self._run_expert("main_expert", feed, prefix)["v_t"]
         _check_finite("main_expert", "v_t", v)
         return v
 
-    def run_delta_expert(self, actions, prefix: PrefixState):
+    def run_delta_expert(self, actions: np.ndarray, prefix: PrefixState) -> tuple[np.ndarray, np.ndarray]:
         out = self._run_expert("delta_expert", {"actions": actions}, prefix)
         for name, arr in out.items():
             _check_finite("delta_expert", name, arr)
@@ -128,7 +136,7 @@ class OnnxRuntimeBackend(Backend):
         return dict(zip(names, outs))
 
     def _run_expert(self, graph: str, feed: dict, prefix: PrefixState) -> dict[str, np.ndarray]:
-        if not self.on_gpu:
+        if not self.io_binding:
             return self._run(graph, {**feed, **prefix.handle})
         sess = self._session(graph)
         try:
@@ -142,10 +150,10 @@ class OnnxRuntimeBackend(Backend):
             sess.run_with_iobinding(io)
             outs = io.copy_outputs_to_cpu()
         except Exception as exc:
-            raise BackendError(f"graph '{graph}' failed in onnxruntime (CUDA): {exc}") from exc
+            raise BackendError(f"graph '{graph}' failed in onnxruntime (IO binding): {exc}") from exc
         return dict(zip(self._out_names[graph], outs))
 
-    def _prefix_gpu(self, feed: dict) -> PrefixState:
+    def _prefix_bound(self, feed: dict) -> PrefixState:
         sess = self._session("prefix")
         try:
             io = sess.io_binding()
@@ -153,13 +161,13 @@ class OnnxRuntimeBackend(Backend):
                 io.bind_cpu_input(name, np.ascontiguousarray(arr))
             for name in self._out_names["prefix"]:  # get_outputs() follows this binding order
                 if name in _KV:
-                    io.bind_output(name, "cuda", self.device_id)
+                    io.bind_output(name, self._kv_device, self.device_id)
                 else:
                     io.bind_output(name, "cpu")
             sess.run_with_iobinding(io)
             values = dict(zip(self._out_names["prefix"], io.get_outputs()))
             obs_cls = values["obs_cls"].numpy()
         except Exception as exc:
-            raise BackendError(f"graph 'prefix' failed in onnxruntime (CUDA): {exc}") from exc
+            raise BackendError(f"graph 'prefix' failed in onnxruntime (IO binding): {exc}") from exc
         _check_finite("prefix", "obs_cls", obs_cls)
         return PrefixState(obs_cls=obs_cls, handle={k: values[k] for k in _KV})

@@ -52,9 +52,15 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"error: the simulated task package 'simtask' is not importable ({exc})", file=sys.stderr)
         return 2
+    options = {"engines": args.engines} if args.backend == "tensorrt" and args.engines else None
     policy = EdgePolicy(args.artifacts, backend=args.backend, gate=args.gate, refine=args.refine,
                         num_steps=args.num_steps, seed=args.seed, tick_budget_ms=args.tick_budget_ms,
-                        fallback=args.fallback, check_every=args.check_every, device=args.device)
+                        fallback=args.fallback, check_every=args.check_every, device=args.device,
+                        backend_options=options)
+    if args.warmup > 0:
+        from simtask import ReachEnv
+
+        policy.warmup(ReachEnv(TaskConfig()).reset(seed=2**31 - 1), runs=args.warmup)
     rec = _RecordingPolicy(policy)
     per_episode: list[dict] = []
     report = evaluate_policy(rec, n_episodes=args.episodes, seed=args.seed, perturb=args.perturb,
@@ -111,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--artifacts", default="artifacts/onnx", help="artifact folder (manifest.json, graphs, tokenizer)")
     run.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="onnxruntime execution provider")
+    run.add_argument("--engines", default=None,
+                     help="TensorRT engine folder (default: <artifacts>/../engines)")
     run.add_argument("--gate", default="drift",
                      help="always | never | interval:k | drift[:thr] | consistency[:thr] | random:p | state:thr")
     run.add_argument("--check-every", type=int, default=1, help="consult the gate every m ticks")
@@ -123,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--tick-budget-ms", type=float, default=None)
     run.add_argument("--fallback", default="hold", choices=["hold", "stop"])
+    run.add_argument("--warmup", type=int, default=3, help="untimed full resamples before the first episode")
     run.add_argument("--json", default=None, help="also write the summary as JSON here")
     run.set_defaults(func=_run)
     info = sub.add_parser("info", help="verify and summarise an artifact folder")
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ManifestError, ValueError) as exc:
+    except (ManifestError, ValueError, RuntimeError, ImportError) as exc:  # incl. BackendError, TensorRT missing
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,12 @@ def embed(cls_tokens: np.ndarray) -> np.ndarray:
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     """1 - <a, b> for unit vectors (0 = same direction, 2 = opposite)."""
     return float(1.0 - np.dot(a, b))
+
+
+def _need(value: np.ndarray | None, name: str) -> np.ndarray:
+    if value is None:
+        raise ValueError(f"gate input '{name}' is required by this gate but was not computed")
+    return value
 
 
 @dataclass
@@ -155,7 +162,7 @@ class DriftGate(_ThresholdGate):
     needs_obs_cls = True
 
     def _decide(self, inp: GateInputs) -> GateDecision:
-        return self._fire(cosine_distance(inp.obs_emb, inp.plan_obs_emb))
+        return self._fire(cosine_distance(_need(inp.obs_emb, "obs_emb"), _need(inp.plan_obs_emb, "plan_obs_emb")))
 
 
 class ConsistencyGate(_ThresholdGate):
@@ -166,7 +173,7 @@ class ConsistencyGate(_ThresholdGate):
     needs_act_cls = True
 
     def _decide(self, inp: GateInputs) -> GateDecision:
-        return self._fire(cosine_distance(inp.obs_emb, inp.act_emb))
+        return self._fire(cosine_distance(_need(inp.obs_emb, "obs_emb"), _need(inp.act_emb, "act_emb")))
 
 
 class StateGate(_ThresholdGate):
@@ -176,7 +183,8 @@ class StateGate(_ThresholdGate):
     needs_state = True
 
     def _decide(self, inp: GateInputs) -> GateDecision:
-        d = float(np.linalg.norm(np.asarray(inp.state, np.float64) - np.asarray(inp.plan_state, np.float64)))
+        now, then = _need(inp.state, "state"), _need(inp.plan_state, "plan_state")
+        d = float(np.linalg.norm(now.astype(np.float64) - then.astype(np.float64)))
         return self._fire(d)
 
 
@@ -212,7 +220,7 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
     name, _, arg = spec.strip().partition(":")
     name = name.lower()
 
-    def number(kind: type, what: str):
+    def number(kind: type, what: str) -> Any:
         if not arg:
             raise ValueError(f"gate '{name}' needs {what}, e.g. '{name}:{'5' if kind is int else '0.1'}'")
         try:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -180,7 +181,7 @@ class Manifest:
         self._parse()
 
     @classmethod
-    def load(cls, artifacts_dir: str | Path, verify_hashes: bool = True) -> "Manifest":
+    def load(cls, artifacts_dir: str | Path, verify_hashes: bool = True) -> Manifest:
         root = Path(artifacts_dir)
         path = root / "manifest.json"
         if not path.is_file():

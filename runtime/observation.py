@@ -130,6 +130,6 @@ class ObservationValidator:
             raise ObservationError(TASK_KEY, "instruction is empty")
         try:
             tokens, mask = self.tokenizer.encode(task)
-        except Exception as exc:  # too long, or a tokenizer failure on odd input
+        except Exception as exc:  # noqa: BLE001 — too long, or a tokenizer failure on odd input
             raise ObservationError(TASK_KEY, str(exc)) from None
         return task, tokens, mask

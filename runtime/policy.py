@@ -24,9 +24,10 @@ Reliability policy (what happens when something goes wrong):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -171,7 +172,9 @@ class EdgePolicy:
         if backend == "tensorrt":
             from runtime.backend_tensorrt import TensorRTBackend  # Jetson/GPU only; imported on demand
 
-            return TensorRTBackend(self.artifacts_dir, self.manifest, **options)
+            # engines live next to the ONNX folder by default (artifacts/onnx → artifacts/engines)
+            engines = Path(options.pop("engines", self.artifacts_dir.parent / "engines"))
+            return TensorRTBackend(self.artifacts_dir, engines, manifest=self.manifest.raw, **options)
         raise ValueError(f"unknown backend {backend!r}; choose 'onnxruntime' or 'tensorrt' (or pass a Backend)")
 
     def reset(self, seed: int | None = None) -> None:
@@ -188,13 +191,28 @@ class EdgePolicy:
         self._pending_resample = False
         self.episode_counters = Counters()
 
+    def warmup(self, observation: dict, runs: int = 3) -> None:
+        """Run `runs` full resample ticks on one observation so sessions/allocators warm up, then reset.
+
+        Counters are left untouched and the stage estimates keep only the last run's times, so the
+        deadline rule starts from realistic numbers instead of first-call outliers.
+        """
+        saved = (Counters(**self.counters.as_dict()), self.last_info, self._rng.bit_generator.state)
+        for _ in range(max(1, runs)):
+            self._ema.clear()
+            self.reset()
+            self.step(observation)
+        self.counters, self.last_info = saved[0], saved[1]
+        self._rng.bit_generator.state = saved[2]  # warm-up does not consume the episode noise stream
+        self.reset()
+
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "EdgePolicy":
+    def __enter__(self) -> EdgePolicy:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---------------------------------------------------------------- the tick
@@ -255,9 +273,10 @@ class EdgePolicy:
         if force:
             decision = GateDecision(True, False, reason="queue_empty" if self._queue_left == 0 else "pending")
         elif checks:
-            decision, delta = self._check_gate(obs, prefix, info)
-            if decision is None:  # fault while computing the gate's inputs → keep the plan
+            checked, delta = self._check_gate(obs, prefix, info)
+            if checked is None:  # fault while computing the gate's inputs → keep the plan
                 return self._pop()
+            decision = checked
         else:
             decision = self.gate.decide(GateInputs(self._queue_left, self._ticks_since_plan))
         info.gate_checked, info.gate_reason = decision.checked, decision.reason
@@ -313,6 +332,8 @@ class EdgePolicy:
         delta = None
         act_emb = None
         if g.needs_act_cls:
+            if prefix is None or self._plan is None:  # cannot happen: checks imply a queued plan and a prefix
+                return None, None
             delta = self._run_delta(self._plan, prefix, info)
             if delta is None:
                 return None, None

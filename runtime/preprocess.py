@@ -74,26 +74,30 @@ def resize_pad(chw: np.ndarray, spec: ImageSpec, out: np.ndarray | None = None) 
 
 
 class StateNormalizer:
-    """Raw state [state_dim] → normalised float32 [1, max_state_dim], zero-padded (LeRobot's formulas)."""
+    """Raw state [state_dim] → normalised float32 [1, max_state_dim], zero-padded (LeRobot's formulas).
+
+    Every mode is (x - sub) / div + add: mean_std (x - mean) / (std + eps) in LeRobot's op order (bit
+    parity), min_max 2 (x - min) / span - 1, identity x.
+    """
 
     def __init__(self, stats: NormStats, max_dim: int):
         self._buf = np.zeros((1, max_dim), dtype=np.float32)
-        self._mode = stats.mode
-        if stats.mode == "mean_std":  # (x - mean) / (std + eps), same op order as LeRobot for bit parity
-            self._sub, self._div = stats.mean, (stats.std + np.float32(stats.eps)).astype(np.float32)
-        elif stats.mode == "min_max":  # 2 (x - min) / span - 1
-            span = np.where(stats.max == stats.min, np.float32(stats.eps), stats.max - stats.min)
-            self._sub, self._div = stats.min, (0.5 * span).astype(np.float32)
+        n = max_dim
+        self._sub: np.ndarray = np.zeros(n, np.float32)
+        self._div: np.ndarray = np.ones(n, np.float32)
+        self._add = np.float32(0.0)
+        if stats.mode == "mean_std":
+            mean, std = _need(stats.mean, "mean"), _need(stats.std, "std")
+            self._sub, self._div = mean, (std + np.float32(stats.eps)).astype(np.float32)
+        elif stats.mode == "min_max":
+            lo, span = _need(stats.min, "min"), _span(stats)
+            self._sub, self._div, self._add = lo, (0.5 * span).astype(np.float32), np.float32(-1.0)
 
     def __call__(self, state: np.ndarray) -> np.ndarray:
         """Returns an internal buffer (reused every tick); copy it if you keep it past the next call."""
         x = state.astype(np.float32)
         n = x.shape[-1]
-        if self._mode == "mean_std":
-            x = (x - self._sub) / self._div
-        elif self._mode == "min_max":
-            x = (x - self._sub) / self._div - 1.0
-        self._buf[0, :n] = x
+        self._buf[0, :n] = (x - self._sub[:n]) / self._div[:n] + self._add
         return self._buf
 
 
@@ -102,15 +106,25 @@ class ActionUnnormalizer:
 
     def __init__(self, stats: NormStats, action_dim: int):
         self.action_dim = action_dim
+        self._mul: np.ndarray = np.ones(action_dim, np.float32)
+        self._add: np.ndarray = np.zeros(action_dim, np.float32)
         if stats.mode == "mean_std":  # LeRobot: normalise with (std + eps), unnormalise with std alone
-            self._mul, self._add = stats.std, stats.mean
+            self._mul, self._add = _need(stats.std, "std"), _need(stats.mean, "mean")
         elif stats.mode == "min_max":  # [-1, 1] → [min, max]
-            span = np.where(stats.max == stats.min, np.float32(stats.eps), stats.max - stats.min)
-            self._mul, self._add = 0.5 * span, stats.min + 0.5 * span
-        else:
-            self._mul, self._add = np.ones(action_dim), np.zeros(action_dim)
-        self._mul = np.asarray(self._mul, dtype=np.float32)
-        self._add = np.asarray(self._add, dtype=np.float32)
+            half = (0.5 * _span(stats)).astype(np.float32)
+            self._mul, self._add = half, (_need(stats.min, "min") + half).astype(np.float32)
 
     def __call__(self, actions: np.ndarray) -> np.ndarray:
         return actions[..., : self.action_dim].astype(np.float32) * self._mul + self._add
+
+
+def _need(arr: np.ndarray | None, name: str) -> np.ndarray:
+    if arr is None:  # the manifest parser guarantees this; kept as a clear error for hand-built stats
+        raise ValueError(f"normalisation stats lack '{name}'")
+    return arr.astype(np.float32)
+
+
+def _span(stats: NormStats) -> np.ndarray:
+    """max - min, with eps where the two coincide (LeRobot's guard against dividing by zero)."""
+    lo, hi = _need(stats.min, "min"), _need(stats.max, "max")
+    return np.where(hi == lo, np.float32(stats.eps), hi - lo).astype(np.float32)

@@ -67,8 +67,8 @@ class ActionGuard:
         if np.any(a < self.low) or np.any(a > self.high):
             if self.out_of_bounds == "fallback":
                 return GuardResult(self.fallback_action(), False, True, "action outside action_bounds")
-            a = np.clip(a, self.low, self.high)
-            self._last_safe = a.copy()
-            return GuardResult(a, True, False, "action clipped into action_bounds")
+            clipped = np.clip(a, self.low, self.high).astype(np.float32)
+            self._last_safe = clipped.copy()
+            return GuardResult(clipped, True, False, "action clipped into action_bounds")
         self._last_safe = a.copy()
         return GuardResult(a, False, False, None)

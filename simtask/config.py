@@ -6,8 +6,9 @@ names the field, so a typo in a CLI flag or a YAML file fails loudly and at the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 IMAGE_KEY = "observation.images.top"
 STATE_KEY = "observation.state"
@@ -45,7 +46,7 @@ class TaskConfig:
     # Layout: centre-to-centre distance between discs, distance of the agent start from every disc,
     # and the gap kept between a disc's edge and the image border.
     min_separation: float = 0.25
-    start_clearance: float = 0.2
+    start_clearance: float = 0.25
     edge_margin: float = 0.02
     # In a perturbed episode success is only counted from the jump on, so an agent that is already at
     # the target waits there and must then follow the jump (otherwise most episodes would end before
@@ -119,7 +120,7 @@ class TaskConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

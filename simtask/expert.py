@@ -65,6 +65,6 @@ def run_expert_episode(
         if keep_observations:
             ep.observations.append(obs)
         ep.actions.append(clean)
-        obs, done, info = env.step(expert.noisy(clean, env.config.max_step))
+        obs, done, _ = env.step(expert.noisy(clean, env.config.max_step))
     ep.success = env.success
     return ep

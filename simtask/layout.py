@@ -8,6 +8,7 @@ only on the seed and the agent's position then.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,10 +34,15 @@ def _far_from(point: np.ndarray, others: np.ndarray, min_dist: float) -> bool:
     return others.size == 0 or bool(np.all(np.linalg.norm(others - point, axis=1) >= min_dist))
 
 
+def _keeps_clear(rules: list[tuple[np.ndarray, float]]) -> Callable[[np.ndarray], bool]:
+    """Predicate: a point is at least ``d`` from every point of each (points, d) rule."""
+    return lambda p: all(_far_from(p, pts, d) for pts, d in rules)
+
+
 def _sample_targets(rng: np.random.Generator, cfg: TaskConfig) -> np.ndarray:
     lo, hi = cfg.target_low, cfg.target_high
     for _ in range(_MAX_TRIES):
-        placed = np.zeros((0, 2))
+        placed: np.ndarray = np.zeros((0, 2))
         for _ in range(cfg.n_targets):
             for _ in range(200):
                 p = rng.uniform(lo, hi, size=2)
@@ -48,7 +54,10 @@ def _sample_targets(rng: np.random.Generator, cfg: TaskConfig) -> np.ndarray:
     raise ValueError(f"TaskConfig.min_separation={cfg.min_separation}: cannot place {cfg.n_targets} discs")
 
 
-def _sample_point(rng: np.random.Generator, lo: float, hi: float, ok) -> np.ndarray | None:
+def _sample_point(
+    rng: np.random.Generator, lo: float, hi: float, ok: Callable[[np.ndarray], bool]
+) -> np.ndarray | None:
+    """First uniform point in [lo, hi]^2 that satisfies ``ok`` (None after _MAX_TRIES)."""
     for _ in range(_MAX_TRIES):
         p = rng.uniform(lo, hi, size=2)
         if ok(p):
@@ -65,14 +74,16 @@ def sample_scene(
     """Draw the scene for ``seed``. ``instruction_target`` fixes the goal disc (None = random);
     ``swap_instruction`` keeps the scene and goal but makes the instruction name another disc."""
     n = cfg.n_targets
-    if instruction_target is not None and not (isinstance(instruction_target, (int, np.integer)) and 0 <= instruction_target < n):
+    if instruction_target is not None and not (
+        isinstance(instruction_target, (int, np.integer)) and 0 <= instruction_target < n
+    ):
         raise ValueError(f"instruction_target must be None or an int in [0, {n}) (got {instruction_target!r})")
     if swap_instruction and n < 2:
         raise ValueError("swap_instruction needs TaskConfig.n_targets >= 2")
     rng = np.random.default_rng(seed)
     for _ in range(_MAX_TRIES):
         targets = _sample_targets(rng, cfg)
-        start = _sample_point(rng, 0.05, 0.95, lambda p: _far_from(p, targets, cfg.start_clearance))
+        start = _sample_point(rng, 0.05, 0.95, _keeps_clear([(targets, cfg.start_clearance)]))
         if start is not None:
             break
     else:
@@ -100,9 +111,7 @@ def sample_jump(seed: int, cfg: TaskConfig, positions: np.ndarray, goal: int, ag
             rng,
             cfg.target_low,
             cfg.target_high,
-            lambda p: np.linalg.norm(p - old) >= jump
-            and np.linalg.norm(p - agent) >= clearance
-            and _far_from(p, others, cfg.min_separation),
+            _keeps_clear([(old[None], jump), (agent[None], clearance), (others, cfg.min_separation)]),
         )
         if p is not None:
             return p

@@ -19,7 +19,7 @@ def instruction_for(color: str) -> str:
 
 def clip_action(action: Any, max_step: float) -> np.ndarray:
     """Validate ``action`` (exactly ACTION_DIM finite numbers) and clip its Euclidean norm."""
-    a = np.asarray(action, dtype=np.float64).reshape(-1)
+    a: np.ndarray = np.asarray(action, dtype=np.float64).reshape(-1)
     if a.shape != (ACTION_DIM,):
         raise ValueError(f"action: expected {ACTION_DIM} numbers, got shape {np.shape(action)}")
     if not np.all(np.isfinite(a)):
@@ -32,7 +32,7 @@ def clip_action(action: Any, max_step: float) -> np.ndarray:
 
 class ReachEnv:
     """2-D reaching with optional target jumps. Deterministic given the reset seed and actions
-(the jump destination keeps clear of wherever the agent is at the jump)."""
+    (the jump destination keeps clear of wherever the agent is at the jump)."""
 
     def __init__(self, config: TaskConfig | None = None) -> None:
         self.config = config if config is not None else TaskConfig()

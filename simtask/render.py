@@ -7,9 +7,9 @@ white core so it is distinct from every disc colour and from the background.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

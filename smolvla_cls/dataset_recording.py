@@ -60,7 +60,9 @@ class RecordingConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
         if self.task.image_size != self.image_size:
-            object.__setattr__(self, "task", TaskConfig.from_dict({**self.task.to_dict(), "image_size": self.image_size}))
+            object.__setattr__(
+                self, "task", TaskConfig.from_dict({**self.task.to_dict(), "image_size": self.image_size})
+            )
 
         def fail(name: str, why: str) -> None:
             raise ValueError(f"RecordingConfig.{name}: {why} (got {getattr(self, name)!r})")
@@ -115,7 +117,7 @@ def dataset_features(task: TaskConfig) -> dict[str, dict[str, Any]]:
 def perturb_flags(n: int, fraction: float, seed: int) -> np.ndarray:
     """Exactly round(fraction * n) perturbed episodes, at seed-determined positions."""
     flags = np.zeros(n, dtype=bool)
-    k = int(round(fraction * n))
+    k = round(fraction * n)
     flags[np.random.default_rng([seed, 0x70657274]).permutation(n)[:k]] = True
     return flags
 
@@ -167,8 +169,8 @@ def _remove_dataset_dir(root: Path) -> None:
 
 def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSummary:
     """Record ``cfg.episodes`` successful expert episodes into ``cfg.root`` (see module docstring)."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # heavy imports, only when recording
-    from lerobot.utils.utils import SuppressProgressBars
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # type: ignore[import-untyped]  # heavy imports, only when recording
+    from lerobot.utils.utils import SuppressProgressBars  # type: ignore[import-untyped]
 
     if cfg.root.exists() and not cfg.force:
         ok, why = _existing_matches(cfg)
@@ -176,8 +178,14 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
             info = json.loads((cfg.root / "meta/info.json").read_text())
             side = _read_sidecar(cfg.root) or {}
             return RecordingSummary(
-                str(cfg.root), cfg.episodes, int(info["total_frames"]), int(side.get("perturbed_episodes", -1)),
-                int(side.get("skipped_failed", -1)), 0.0, _dir_bytes(cfg.root), reused=True,
+                str(cfg.root),
+                cfg.episodes,
+                int(info["total_frames"]),
+                int(side.get("perturbed_episodes", -1)),
+                int(side.get("skipped_failed", -1)),
+                0.0,
+                _dir_bytes(cfg.root),
+                reused=True,
             )
         raise FileExistsError(f"{why}; pass --force to overwrite")
     if cfg.force:
@@ -220,7 +228,9 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
     (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1))
     tmp.rename(cfg.root)
     seconds = time.perf_counter() - t0
-    return RecordingSummary(str(cfg.root), cfg.episodes, frames, int(flags.sum()), skipped, seconds, _dir_bytes(cfg.root))
+    return RecordingSummary(
+        str(cfg.root), cfg.episodes, frames, int(flags.sum()), skipped, seconds, _dir_bytes(cfg.root)
+    )
 
 
 def _record_episodes(dataset: Any, cfg: RecordingConfig, bar: Any) -> tuple[list[dict[str, Any]], int]:
@@ -244,8 +254,16 @@ def _record_episodes(dataset: Any, cfg: RecordingConfig, bar: Any) -> tuple[list
                 {IMAGE_KEY: obs[IMAGE_KEY], STATE_KEY: obs[STATE_KEY], ACTION_KEY: action, "task": obs["task"]}
             )
         dataset.save_episode()
-        records.append({"episode_index": index, "seed": seed, "perturb": perturb, "perturb_tick": ep.perturb_tick,
-                        "length": len(ep), "task": ep.observations[0]["task"]})
+        records.append(
+            {
+                "episode_index": index,
+                "seed": seed,
+                "perturb": perturb,
+                "perturb_tick": ep.perturb_tick,
+                "length": len(ep),
+                "task": ep.observations[0]["task"],
+            }
+        )
         bar.update(1)
     return records, skipped
 
@@ -258,7 +276,7 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
@@ -281,8 +299,14 @@ def _parse_args(argv: list[str] | None) -> tuple[RecordingConfig, bool]:
     a = p.parse_args(argv)
     try:
         cfg = RecordingConfig(
-            root=a.root, repo_id=a.repo_id, episodes=a.episodes, seed=a.seed, perturb_fraction=a.perturb_fraction,
-            noise_std=a.noise_std, image_size=a.image_size, force=a.force,
+            root=a.root,
+            repo_id=a.repo_id,
+            episodes=a.episodes,
+            seed=a.seed,
+            perturb_fraction=a.perturb_fraction,
+            noise_std=a.noise_std,
+            image_size=a.image_size,
+            force=a.force,
         )
     except ValueError as e:
         p.error(str(e).replace("RecordingConfig.", "--").replace("TaskConfig.", "--").replace("_", "-"))
@@ -297,12 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if summary.reused:
-        print(f"{cfg.root} already holds this recording ({summary.episodes} episodes, {summary.frames} frames); "
-              "nothing to do (use --force to re-record)")
+        print(
+            f"{cfg.root} already holds this recording ({summary.episodes} episodes, {summary.frames} frames); "
+            "nothing to do (use --force to re-record)"
+        )
     else:
-        print(f"recorded {summary.episodes} episodes / {summary.frames} frames "
-              f"({summary.perturbed_episodes} perturbed, {summary.skipped_failed} failed rollouts skipped) "
-              f"in {summary.seconds:.1f} s; {summary.bytes_on_disk / 1e6:.1f} MB at {cfg.root}")
+        print(
+            f"recorded {summary.episodes} episodes / {summary.frames} frames "
+            f"({summary.perturbed_episodes} perturbed, {summary.skipped_failed} failed rollouts skipped) "
+            f"in {summary.seconds:.1f} s; {summary.bytes_on_disk / 1e6:.1f} MB at {cfg.root}"
+        )
     print(json.dumps(asdict(summary)))
     return 0
 

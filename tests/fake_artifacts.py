@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -237,11 +237,15 @@ _CACHE: dict[tuple, Path] = {}
 
 def cached_fake_artifacts(**kwargs) -> Path:
     """Build once per process per option set (tests that tamper must copy the folder first)."""
+    import atexit
+    import shutil
     import tempfile
 
     key = tuple(sorted(kwargs.items()))
     if key not in _CACHE or not (_CACHE[key] / "manifest.json").is_file():
-        _CACHE[key] = build_fake_artifacts(Path(tempfile.mkdtemp(prefix="fake_artifacts_")), **kwargs)
+        tmp = Path(tempfile.mkdtemp(prefix="fake_artifacts_"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        _CACHE[key] = build_fake_artifacts(tmp, **kwargs)
     return _CACHE[key]
 
 

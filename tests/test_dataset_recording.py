@@ -86,12 +86,25 @@ def test_rerun_is_idempotent_and_mismatch_is_refused(recorded, capsys):
     before = info.stat().st_mtime_ns
     again = record_dataset(cfg, progress=False)
     assert again.reused and again.frames == summary.frames and info.stat().st_mtime_ns == before
-    argv = ["--root", str(cfg.root), "--repo-id", REPO_ID, "--episodes", "5", "--seed", "3",
-            "--perturb-fraction", "0.4", "--quiet"]
+    argv = [
+        "--root",
+        str(cfg.root),
+        "--repo-id",
+        REPO_ID,
+        "--episodes",
+        "5",
+        "--seed",
+        "3",
+        "--perturb-fraction",
+        "0.4",
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert "already holds" in capsys.readouterr().out
     with pytest.raises(FileExistsError, match="seed"):
-        record_dataset(RecordingConfig(root=cfg.root, repo_id=REPO_ID, episodes=5, seed=4, perturb_fraction=0.4), progress=False)
+        record_dataset(
+            RecordingConfig(root=cfg.root, repo_id=REPO_ID, episodes=5, seed=4, perturb_fraction=0.4), progress=False
+        )
 
 
 def test_force_rerecords(tmp_path):
@@ -110,8 +123,12 @@ def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
 
 @pytest.mark.parametrize(
     "flag,value,name",
-    [("--episodes", "0", "--episodes"), ("--perturb-fraction", "1.5", "--perturb-fraction"),
-     ("--image-size", "8", "--image-size"), ("--repo-id", "noslash", "--repo-id")],
+    [
+        ("--episodes", "0", "--episodes"),
+        ("--perturb-fraction", "1.5", "--perturb-fraction"),
+        ("--image-size", "8", "--image-size"),
+        ("--repo-id", "noslash", "--repo-id"),
+    ],
 )
 def test_cli_bad_args_name_the_field(tmp_path, capsys, flag, value, name):
     with pytest.raises(SystemExit) as exc:
@@ -125,5 +142,5 @@ def test_cli_bad_args_name_the_field(tmp_path, capsys, flag, value, name):
 @given(n=st.integers(1, 500), fraction=st.floats(0, 1), seed=st.integers(0, 2**31))
 def test_perturb_flags_exact_count_and_deterministic(n, fraction, seed):
     flags = perturb_flags(n, fraction, seed)
-    assert flags.sum() == int(round(fraction * n))
+    assert flags.sum() == round(fraction * n)
     assert np.array_equal(flags, perturb_flags(n, fraction, seed))

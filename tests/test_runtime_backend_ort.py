@@ -62,6 +62,7 @@ def test_base_denoise_is_the_contract_euler_loop(setup):
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="needs a CPU-only onnxruntime")
+@pytest.mark.filterwarnings("ignore:Specified provider")
 def test_cuda_request_without_cuda_is_refused_or_warned(setup):
     art, m, _ = setup
     with pytest.raises(BackendError, match="CUDAExecutionProvider"):
@@ -95,3 +96,18 @@ def test_close_is_idempotent_and_later_calls_fail_cleanly():
     b.close()
     with pytest.raises(BackendError, match="closed"):
         b.run_prefix(*_inputs(m))
+
+
+def test_io_binding_path_matches_plain_run(setup):
+    """The CUDA code path (K/V kept as OrtValues, bound into both experts), exercised with CPU OrtValues."""
+    art, m, plain = setup
+    bound = OnnxRuntimeBackend(art, m, intra_op_threads=1, io_binding=True)
+    assert bound.io_binding and not plain.io_binding
+    pre_a, pre_b = plain.run_prefix(*_inputs(m)), bound.run_prefix(*_inputs(m))
+    assert isinstance(pre_b.handle["prefix_k"], ort.OrtValue)
+    np.testing.assert_array_equal(pre_a.obs_cls, pre_b.obs_cls)
+    np.testing.assert_array_equal(pre_a.handle["prefix_k"], pre_b.handle["prefix_k"].numpy())
+    x = np.random.default_rng(1).standard_normal((1, 6, 4)).astype(np.float32)
+    np.testing.assert_array_equal(plain.denoise(x, 4, pre_a), bound.denoise(x, 4, pre_b))
+    for a, b in zip(plain.run_delta_expert(x, pre_a), bound.run_delta_expert(x, pre_b)):
+        np.testing.assert_array_equal(a, b)

@@ -7,8 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.gate import (ConsistencyGate, DriftGate, GateInputs, IntervalGate, RandomGate, StateGate,
-                          cosine_distance, embed, make_gate)
+from runtime.gate import (
+    ConsistencyGate,
+    DriftGate,
+    GateInputs,
+    IntervalGate,
+    RandomGate,
+    StateGate,
+    cosine_distance,
+    embed,
+    make_gate,
+)
 from runtime.manifest import GateCalibration
 
 CAL = {"drift": GateCalibration({"p90": 0.05}, 0.05), "consistency": GateCalibration({}, 0.1)}

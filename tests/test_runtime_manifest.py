@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 try:
-    from tests.fake_artifacts import build_fake_artifacts, cached_fake_artifacts, load_manifest_dict, write_manifest_dict
+    from tests.fake_artifacts import (
+        build_fake_artifacts,
+        cached_fake_artifacts,
+        load_manifest_dict,
+        write_manifest_dict,
+    )
 except ImportError:
     from fake_artifacts import build_fake_artifacts, cached_fake_artifacts, load_manifest_dict, write_manifest_dict
 

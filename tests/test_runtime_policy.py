@@ -191,3 +191,11 @@ def test_constructor_validates_arguments():
                     ({"tick_budget_ms": -1}, "tick_budget_ms"), ({"on_bad_observation": "ignore"}, "on_bad_observation")]:
         with pytest.raises(ValueError, match=msg):
             EdgePolicy(art, **kw)
+
+
+def test_warmup_leaves_counters_noise_and_queue_untouched():
+    a, b = _policy("interval:2", seed=9), _policy("interval:2", seed=9)
+    b.warmup(make_observation(50), runs=2)
+    assert b.counters.ticks == 0 and b._queue_left == 0 and "denoise" in b.stage_estimates_ms
+    for k in range(4):
+        np.testing.assert_array_equal(a.step(make_observation(k)), b.step(make_observation(k)))

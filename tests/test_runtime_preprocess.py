@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.manifest import ImageSpec, NormStats
-from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_bilinear, resize_pad, resized_size, to_chw_float
+from runtime.preprocess import (
+    ActionUnnormalizer,
+    StateNormalizer,
+    resize_bilinear,
+    resize_pad,
+    resized_size,
+    to_chw_float,
+)
 
 
 def _reference_bilinear(img: np.ndarray, oh: int, ow: int) -> np.ndarray:

@@ -1,0 +1,193 @@
+"""`make train`: trains `smolvla_cls` with lerobot's own training loop, in two stages.
+
+Stage 1 "main"  — flow matching of the main expert with the prefix CLS tokens in place (they are pure
+                  read-outs, see masks.py), VLM and vision trained from scratch (tiny preset).
+Stage 2 "delta" — the seed's delta objective: main expert and VLM frozen; delta expert, CLS tokens and
+                  both CLS projections trained with denoising + vicreg_weight · VICReg.
+Each stage is a plain `lerobot.scripts.lerobot_train.train(cfg)` run with its own lerobot output folder;
+`<output>/checkpoints` points at the last stage's checkpoints, so
+`<output>/checkpoints/last/pretrained_model` is the final policy in lerobot's layout.
+Loss components of every step are recorded to `<output>/<stage>/loss_log.jsonl` (lerobot only sends
+them to wandb) and plotted next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STAGES = ("main", "delta")
+
+
+@dataclass
+class StagePlan:
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    batch_size: int
+
+
+def plan_stages(preset: str, quick: bool, steps: int | None) -> list[StagePlan]:
+    """Step budgets per stage (defaults sized for ≤ 30 min on 2 CPU cores for the tiny preset)."""
+    main_steps, delta_steps = (300, 40) if quick else (6000, 400)
+    if steps is not None:  # total budget: 15/16 main, 1/16 delta (at least 1 step each)
+        delta_steps = max(1, steps // 16)
+        main_steps = max(1, steps - delta_steps)
+    batch = 32 if preset == "tiny" else 8
+    return [StagePlan("main", main_steps, 1e-3 if preset == "tiny" else 1e-4, min(200, main_steps // 10), batch),
+            StagePlan("delta", delta_steps, 1e-3 if preset == "tiny" else 1e-4, min(50, delta_steps // 10), batch)]
+
+
+def check_dataset(root: Path) -> dict:
+    """Fail early, naming what is missing, instead of deep inside lerobot's loader."""
+    info_path = root / "meta" / "info.json"
+    if not root.exists():
+        raise SystemExit(f"train: dataset root {root} does not exist (record it with `make dataset`)")
+    if not info_path.exists():
+        raise SystemExit(f"train: {info_path} is missing: {root} is not a LeRobotDataset")
+    info = json.loads(info_path.read_text())
+    features = info.get("features", {})
+    need = {"action": None, "observation.state": None}
+    for key in need:
+        if key not in features:
+            raise SystemExit(f"train: dataset feature {key!r} is missing in {info_path}")
+    if not any(k.startswith("observation.images.") for k in features):
+        raise SystemExit(f"train: dataset has no camera feature 'observation.images.*' in {info_path}")
+    for key in ("action", "observation.state"):
+        if len(features[key].get("shape", [])) != 1:
+            raise SystemExit(f"train: feature {key!r} must be a vector, got shape {features[key].get('shape')}")
+    return info
+
+
+def policy_config(preset: str, stage: str, device: str, chunk: int):
+    from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
+    from smolvla_cls.presets import POLICY_OVERRIDES
+
+    return SmolVLACLSConfig(
+        vlm_preset=preset, **POLICY_OVERRIDES[preset], device=device, push_to_hub=False,
+        chunk_size=chunk, n_action_steps=chunk, num_steps=10,
+        train_expert_only=(stage == "delta"), freeze_vision_encoder=(stage == "delta"),
+        train_delta_expert=(stage == "delta"), use_cls_head=True,
+    )
+
+
+def _recording_update(update_policy, log_path: Path):
+    """Wrap lerobot's `update_policy` to append each step's loss components to a JSONL file."""
+    handle = log_path.open("a")
+    step = [sum(1 for _ in log_path.open())]
+
+    def wrapped(*args, **kwargs):
+        tracker, output = update_policy(*args, **kwargs)
+        step[0] += 1
+        record = {"step": step[0], **{k: float(v) for k, v in (output or {}).items() if isinstance(v, (int, float))}}
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        return tracker, output
+
+    return wrapped
+
+
+def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:
+    """One lerobot training run; returns its last pretrained_model folder."""
+    from lerobot.configs.default import DatasetConfig, WandBConfig
+    from lerobot.configs.train import TrainPipelineConfig
+    from lerobot.scripts import lerobot_train
+
+    import smolvla_cls.modeling_smolvla_cls  # noqa: F401  (policy class for lerobot's lookup)
+
+    stage_dir = out_dir / f"stage_{plan.name}"
+    last = stage_dir / "checkpoints" / "last" / "pretrained_model"
+    if last.exists() and (stage_dir / "DONE").exists():
+        print(f"[train] stage {plan.name}: already done ({last})")
+        return last
+    policy = policy_config(args.preset, plan.name, args.device, args.chunk_size)
+    policy.optimizer_lr = plan.lr
+    policy.scheduler_warmup_steps = plan.warmup
+    policy.scheduler_decay_steps = plan.steps
+    policy.scheduler_decay_lr = plan.lr * 0.05
+    policy.optimizer_grad_clip_norm = 1.0
+    if init_from is not None:
+        policy.pretrained_path = init_from
+    resume = args.resume and (stage_dir / "checkpoints" / "last").exists()
+    cfg = TrainPipelineConfig(
+        dataset=DatasetConfig(repo_id=info.get("repo_id", "local/simtask_reach"), root=str(args.dataset_root)),
+        policy=policy, output_dir=stage_dir, job_name=f"smolvla_cls_{plan.name}", seed=args.seed,
+        steps=plan.steps, batch_size=plan.batch_size, num_workers=args.num_workers,
+        log_freq=max(1, plan.steps // 20), save_freq=max(1, plan.steps // 2), eval_freq=0,
+        wandb=WandBConfig(enable=False), resume=resume,
+    )
+    if resume:
+        cfg.checkpoint_path = stage_dir / "checkpoints" / "last"
+        policy.pretrained_path = cfg.checkpoint_path / "pretrained_model"
+        sys.argv = [sys.argv[0], f"--config_path={policy.pretrained_path / 'train_config.json'}"]
+    else:
+        sys.argv = [sys.argv[0]]  # lerobot's validate() re-reads CLI args: give it none of ours
+    stage_dir.parent.mkdir(parents=True, exist_ok=True)
+    original = lerobot_train.update_policy
+    if not resume:
+        (stage_dir.parent / f"loss_{plan.name}.jsonl").unlink(missing_ok=True)
+    lerobot_train.update_policy = _recording_update(original, stage_dir.parent / f"loss_{plan.name}.jsonl")
+    started = time.time()
+    try:
+        lerobot_train.train(cfg)
+    finally:
+        lerobot_train.update_policy = original
+    (stage_dir / "DONE").write_text(json.dumps({"seconds": time.time() - started, "steps": plan.steps}))
+    print(f"[train] stage {plan.name}: {plan.steps} steps in {time.time() - started:.0f} s")
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset-root", type=Path, default=Path("data/reach"))
+    parser.add_argument("--preset", choices=("tiny", "full"), default="tiny")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/train/default"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="total optimiser steps over both stages")
+    parser.add_argument("--quick", action="store_true", help="same pipeline, few steps (smoke/demo)")
+    parser.add_argument("--chunk-size", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="continue interrupted stages (lerobot resume)")
+    parser.add_argument("--stages", default="main,delta")
+    parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 2:
+        parser.error(f"--steps={args.steps}: expected >= 2 (one per stage)")
+    stages = [s for s in args.stages.split(",") if s]
+    for s in stages:
+        if s not in STAGES:
+            parser.error(f"--stages: unknown stage {s!r} (expected {STAGES})")
+    info = check_dataset(args.dataset_root)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    init = None
+    for plan in plan_stages(args.preset, args.quick, args.steps):
+        if plan.name not in stages:
+            continue
+        init = run_stage(plan, args, out, init, info)
+    link = out / "checkpoints"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path(f"stage_{stages[-1]}") / "checkpoints")
+    final = out / "checkpoints" / "last" / "pretrained_model"
+    print(f"[train] final policy: {final}")
+    if not args.no_report:
+        from smolvla_cls.train_report import write_training_report
+
+        write_training_report(out, final, args.dataset_root, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
