@@ -1,0 +1,1 @@
+"""ONNX export (three graphs + manifest), parity checks, and TensorRT engine builds."""

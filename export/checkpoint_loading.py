@@ -1,0 +1,84 @@
+"""Load what the export needs — a trained checkpoint (lerobot layout) or an offline preset with random
+weights — refusing anything else with one clear line (`ExportInputError`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ExportInputError(RuntimeError):
+    """The export cannot start: the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class LoadedPolicy:
+    policy: object  # SmolVLACLSPolicy
+    source: str  # checkpoint path or "preset:<name>"
+    preset: str | None
+    stats: dict[str, dict[str, np.ndarray]]  # normalisation stats per feature
+
+
+def _normalizer_stats(checkpoint: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Stats of lerobot's saved normaliser step (the exact numbers training used)."""
+    from safetensors.numpy import load_file
+
+    files = sorted(checkpoint.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))
+    if not files:
+        raise ExportInputError(f"{checkpoint}: no policy_preprocessor normaliser stats (not a lerobot training checkpoint?)")
+    flat = load_file(str(files[0]))
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in flat.items():
+        feature, _, stat = key.rpartition(".")
+        stats.setdefault(feature, {})[stat] = value.astype(np.float64)
+    return stats
+
+
+def load_checkpoint(checkpoint: Path) -> LoadedPolicy:
+    checkpoint = Path(checkpoint)
+    config_file = checkpoint / "config.json"
+    if not checkpoint.is_dir():
+        raise ExportInputError(f"checkpoint {checkpoint} does not exist (train one with `make train`)")
+    if not config_file.is_file() or not (checkpoint / "model.safetensors").is_file():
+        raise ExportInputError(f"checkpoint {checkpoint} lacks config.json or model.safetensors")
+    try:
+        policy_type = json.loads(config_file.read_text()).get("type")
+    except json.JSONDecodeError as exc:
+        raise ExportInputError(f"checkpoint {config_file} is not valid JSON ({exc.msg})") from exc
+    if policy_type != "smolvla_cls":
+        raise ExportInputError(f"checkpoint {checkpoint} is a {policy_type!r} policy; export needs 'smolvla_cls'")
+    from smolvla_cls.modeling_smolvla_cls import SmolVLACLSPolicy
+
+    try:
+        policy = SmolVLACLSPolicy.from_pretrained(str(checkpoint))
+    except Exception as exc:  # corrupt safetensors, shape mismatch, ...
+        raise ExportInputError(f"checkpoint {checkpoint} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    policy.eval()
+    return LoadedPolicy(policy, str(checkpoint), policy.config.vlm_preset, _normalizer_stats(checkpoint))
+
+
+def load_preset(preset: str, seed: int = 0) -> LoadedPolicy:
+    """A random-weight policy of the preset at real scale (full: 2 cameras 512², state/action 6, chunk 50)."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
+    from smolvla_cls.modeling_smolvla_cls import SmolVLACLSPolicy
+    from smolvla_cls.presets import POLICY_OVERRIDES, _VISION
+
+    if preset not in POLICY_OVERRIDES:
+        raise ExportInputError(f"--preset {preset!r}: expected one of {sorted(POLICY_OVERRIDES)}")
+    size = _VISION[preset]["image_size"]
+    cams, dim, chunk = (2, 6, 50) if preset == "full" else (1, 2, 10)
+    inputs = {f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, (3, size, size)) for i in range(cams)}
+    inputs["observation.state"] = PolicyFeature(FeatureType.STATE, (dim,))
+    config = SmolVLACLSConfig(vlm_preset=preset, **POLICY_OVERRIDES[preset], input_features=inputs,
+                              output_features={"action": PolicyFeature(FeatureType.ACTION, (dim,))},
+                              chunk_size=chunk, n_action_steps=chunk, device="cpu", push_to_hub=False)
+    torch.manual_seed(seed)
+    policy = SmolVLACLSPolicy(config).eval()
+    unit = {"mean": np.zeros(dim), "std": np.ones(dim), "min": -3 * np.ones(dim), "max": 3 * np.ones(dim)}
+    return LoadedPolicy(policy, f"preset:{preset}", preset, {"observation.state": dict(unit), "action": dict(unit)})
