@@ -38,6 +38,7 @@ class TorchPolicy:
                  noise_seed: int | None = 0, untrained: bool = False, init_seed: int = 0) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
+        from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import make_pre_post_processors
 
         from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
@@ -45,7 +46,9 @@ class TorchPolicy:
 
         self.checkpoint_dir = Path(checkpoint_dir)
         _require_checkpoint(self.checkpoint_dir)
-        config = SmolVLACLSConfig.from_pretrained(self.checkpoint_dir)
+        config = PreTrainedConfig.from_pretrained(self.checkpoint_dir)  # dispatches on the saved "type"
+        if not isinstance(config, SmolVLACLSConfig):
+            raise SystemExit(f"TorchPolicy: {self.checkpoint_dir} holds a {config.type!r} policy, not smolvla_cls")
         config.device = device
         if n_action_steps is not None:
             if not 1 <= int(n_action_steps) <= config.chunk_size:

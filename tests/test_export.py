@@ -1,0 +1,173 @@
+"""Export of the tiny preset: TensorRT readiness, ORT-vs-PyTorch parity (fresh inputs every run),
+determinism, runtime-vs-PyTorch actions, and bad-input handling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from export.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint
+from export.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PrefixGraph
+from export.onnx_checks import check_graph_file, graph_problems
+from export.onnx_export import NORM_EPS, export_artifacts
+from export.parity import OrtRunner, chunk, run_parity
+from tests.model_fixtures import tiny_policy
+
+GRAPHS = ("prefix", "main_expert", "delta_expert")
+
+
+def _loaded(seed=0):
+    policy = tiny_policy(seed=seed, chunk=8)
+    with torch.no_grad():  # a trained-looking delta expert (its output projection starts at zero)
+        torch.nn.init.normal_(policy.model.delta_action_out_proj.weight, std=0.05)
+    policy.eval()
+    stats = {"observation.state": {"mean": np.array([0.5, 0.5]), "std": np.array([0.2, 0.2]),
+                                   "min": np.array([0.0, 0.0]), "max": np.array([1.0, 1.0])},
+             "action": {"mean": np.array([0.0, 0.001]), "std": np.array([0.04, 0.03]),
+                        "min": np.array([-0.06, -0.06]), "max": np.array([0.06, 0.06])}}
+    return LoadedPolicy(policy, "test", "tiny", stats)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    loaded = _loaded()
+    out = tmp_path_factory.mktemp("art") / "onnx"
+    manifest = export_artifacts(loaded, out, calibrate=True, calib_episodes=2, progress=False)
+    return loaded, out, manifest
+
+
+def test_graphs_are_tensorrt_ready(exported):
+    _, out, manifest = exported
+    for g in GRAPHS:
+        assert check_graph_file(out / f"{g}.onnx") == []
+        assert manifest["graphs"][g]["file"] == f"{g}.onnx"
+    assert manifest["versions"]["opset"] >= 17
+
+
+def test_checker_catches_float64_and_unsupported_ops():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [1, 1])
+    nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE), helper.make_node("NonZero", ["d"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+    problems = " ".join(graph_problems(model))
+    assert "float64" in problems and "NonZero" in problems
+
+
+def test_parity_fresh_inputs(exported):
+    loaded, out, _ = exported
+    report = run_parity(loaded.policy.model, out, loaded.stats["action"]["std"], trials=2, seed=None)
+    bad = [r for r in report["results"] if not r["ok"]]
+    assert report["ok"], bad
+    assert {r["what"].split("#")[0] for r in report["results"]} >= {"prefix.obs_cls", "delta_expert.act_cls", "main_expert.v_t"}
+
+
+def test_manifest_contract(exported):
+    loaded, out, manifest = exported
+    d = manifest["dims"]
+    assert d["chunk_size"] == 8 and d["num_cls_prefix"] == 2 and d["action_dim"] == 2
+    assert manifest["normalization"]["action"]["std"] == [0.04, 0.03]
+    low, high = manifest["action_bounds"]["low"], manifest["action_bounds"]["high"]
+    assert low[0] < -0.06 and high[0] > 0.06
+    assert set(manifest["files"]) >= {f"{g}.onnx" for g in GRAPHS} | {"tokenizer.json"}
+    for name, entry in manifest["files"].items():
+        assert (out / name).stat().st_size == entry["bytes"]
+    for metric in ("drift", "consistency"):
+        assert manifest["gate"][metric]["default_threshold"] > 0
+    k_shape = manifest["graphs"]["prefix"]["outputs"][0]["shape"]
+    assert k_shape == [d["num_layers"], 1, d["prefix_len"], d["kv_heads"], d["head_dim"]]
+
+
+def test_export_is_deterministic(exported, tmp_path):
+    loaded, out, _ = exported
+    again = tmp_path / "again"
+    export_artifacts(loaded, again, calibrate=False, progress=False)
+    a, b = OrtRunner(out), OrtRunner(again)
+    rng = np.random.default_rng()
+    cfg = loaded.policy.config
+    inputs = (rng.random((1, 1, 3, 64, 64), dtype=np.float32), rng.integers(7, 40, (1, 16)).astype(np.int64),
+              np.arange(16)[None] < 9, rng.standard_normal((1, 32), dtype=np.float32))
+    noise = rng.standard_normal((1, cfg.chunk_size, cfg.max_action_dim)).astype(np.float32)
+    for x, y in zip(chunk(a, inputs, noise, cfg.num_steps), chunk(b, inputs, noise, cfg.num_steps), strict=True):
+        assert np.array_equal(x, y)
+
+
+def test_runtime_actions_equal_pytorch(exported):
+    """The edge runtime (onnxruntime backend) emits the PyTorch chain's actions for the same obs + noise."""
+    from runtime.policy import EdgePolicy
+    from simtask import ReachEnv, TaskConfig
+
+    loaded, out, _ = exported
+    cfg, model = loaded.policy.config, loaded.policy.model
+    obs = ReachEnv(TaskConfig()).reset(seed=3)
+    noise = np.random.default_rng().standard_normal((1, cfg.chunk_size, cfg.max_action_dim)).astype(np.float32)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.vlm_model_name)
+    enc = tok(obs["task"] + "\n", padding="max_length", max_length=cfg.tokenizer_max_length, return_tensors="pt")
+    st = loaded.stats["observation.state"]
+    state = np.zeros((1, cfg.max_state_dim), np.float32)
+    state[0, :2] = (obs["observation.state"] - st["mean"]) / (st["std"] + NORM_EPS)
+    image = torch.from_numpy(obs["observation.images.top"]).permute(2, 0, 1).float()[None, None] / 255.0
+    with torch.no_grad():
+        k, v, pad, _ = PrefixGraph(model)(image, enc["input_ids"], enc["attention_mask"].bool(), torch.from_numpy(state))
+        x = torch.from_numpy(noise)
+        for i in range(cfg.num_steps):
+            t = torch.tensor([1.0 - i / cfg.num_steps])
+            x = x - MainExpertGraph(model)(x, t, k, v, pad) / cfg.num_steps
+        refined = x + DeltaExpertGraph(model)(x, k, v, pad)[0]
+    act = loaded.stats["action"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    low, high = manifest["action_bounds"]["low"], manifest["action_bounds"]["high"]
+    for refine, plan in ((False, x), (True, refined)):
+        want = np.clip(plan[0, :, :2].numpy() * act["std"] + act["mean"], low, high)  # runtime safety clip
+        policy = EdgePolicy(out, backend="onnxruntime", gate="interval:8", refine=refine)
+        policy.next_noise = noise
+        got = np.stack([policy.step(obs) for _ in range(3)])
+        # with refine, kept ticks refine the plan again against the new K/V: only the resample tick is comparable
+        n = 1 if refine else 3
+        np.testing.assert_allclose(got[:n], want[:n], atol=1e-3)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "export.onnx_export", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bad_checkpoints_fail_with_one_line(tmp_path):
+    missing = _cli("--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o1"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr.strip().splitlines()[-1]
+    other = tmp_path / "act"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"type": "act"}))
+    (other / "model.safetensors").write_bytes(b"x")
+    res = _cli("--checkpoint", str(other), "--out", str(tmp_path / "o2"))
+    assert res.returncode == 2 and "'act'" in res.stderr
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    with pytest.raises(ExportInputError, match="corrupt|could not be loaded|normaliser"):
+        corrupt = tmp_path / "corrupt"
+        tiny_policy().save_pretrained(corrupt)
+        (corrupt / "model.safetensors").write_bytes(b"not safetensors")
+        load_checkpoint(corrupt)
+
+
+def test_failed_export_leaves_no_folder(tmp_path, monkeypatch):
+    import export.onnx_export as mod
+
+    calls = {"n": 0}
+    original = mod.export_graph
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "export_graph", flaky)
+    with pytest.raises(RuntimeError, match="injected"):
+        export_artifacts(_loaded(), tmp_path / "onnx", calibrate=False, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,92 @@
+"""CI smoke test of `make train`: record a tiny dataset, both lerobot stages for a few steps, the report
+(quick mode, 1 episode per condition), and the early, named failures on bad dataset roots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smolvla_cls.train import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], timeout: int, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    data, out = root / "reach", root / "train"
+    rec = _run(["-m", "smolvla_cls.dataset_recording", "--root", str(data), "--episodes", "6", "--seed", "5"], 60)
+    assert rec.returncode == 0, rec.stderr[-3000:]
+    res = _run(["-m", "smolvla_cls.train", "--dataset-root", str(data), "--output-dir", str(out), "--steps", "4",
+                "--quick", "--num-workers", "0"], 120, SMOLVLA_CLS_REPORT_EPISODES="1")
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    return out, res.stdout
+
+
+def test_checkpoint_folder_in_lerobot_layout(trained):
+    out, _ = trained
+    final = out / "checkpoints" / "last" / "pretrained_model"
+    for name in ("config.json", "model.safetensors", "train_config.json"):
+        assert (final / name).exists(), name
+    assert list(final.glob("policy_preprocessor*.json")) and list(final.glob("policy_postprocessor*.json"))
+    config = json.loads((final / "config.json").read_text())
+    assert config["type"] == "smolvla_cls" and config["train_delta_expert"] is True
+    assert (out / "stage_main" / "DONE").exists() and (out / "stage_delta" / "DONE").exists()
+
+
+def test_loss_logs_have_vicreg_components(trained):
+    out, _ = trained
+    main_rows = [json.loads(x) for x in (out / "loss_main.jsonl").read_text().splitlines()]
+    delta_rows = [json.loads(x) for x in (out / "loss_delta.jsonl").read_text().splitlines()]
+    assert len(main_rows) >= 1 and all("main_loss" in r for r in main_rows)
+    assert len(delta_rows) >= 1
+    for key in ("delta_loss", "vicreg_invariance", "vicreg_variance", "vicreg_covariance"):
+        assert all(key in r for r in delta_rows), key
+
+
+def test_report_plots_and_numbers(trained):
+    out, stdout = trained
+    report_dir = out / "report"
+    for name in ("loss_main.png", "loss_delta.png", "cls_pca.png", "report.md", "report.json"):
+        assert (report_dir / name).stat().st_size > 0, name
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report["closed_loop"]) == {"unperturbed", "perturbed", "swapped", "untrained"}
+    assert all(r["n_episodes"] == 1 for r in report["closed_loop"].values())
+    al = report["alignment"]
+    assert 0.0 <= al["retrieval_top1"] <= 1.0 and al["chance_top1"] == 1.0 / al["n_pairs"]
+    assert "[report]" in stdout
+
+
+def test_missing_dataset_root_is_named(tmp_path):
+    missing = tmp_path / "no_such_dataset"
+    with pytest.raises(SystemExit, match="no_such_dataset.*does not exist"):
+        train_main(["--dataset-root", str(missing), "--output-dir", str(tmp_path / "out"), "--no-report"])
+
+
+def test_dataset_without_info_is_named(tmp_path):
+    (tmp_path / "ds").mkdir()
+    with pytest.raises(SystemExit, match="info.json is missing"):
+        train_main(["--dataset-root", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "out"), "--no-report"])
+
+
+@pytest.mark.parametrize("drop", ["action", "observation.state", "observation.images.top"])
+def test_dataset_lacking_a_feature_is_named(tmp_path, drop):
+    features = {"action": {"dtype": "float32", "shape": [2]}, "observation.state": {"dtype": "float32", "shape": [2]},
+                "observation.images.top": {"dtype": "image", "shape": [64, 64, 3]}}
+    del features[drop]
+    (tmp_path / "ds" / "meta").mkdir(parents=True)
+    (tmp_path / "ds" / "meta" / "info.json").write_text(json.dumps({"features": features}))
+    expected = "observation.images" if drop.startswith("observation.images") else drop
+    with pytest.raises(SystemExit, match=expected):
+        train_main(["--dataset-root", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "out"), "--no-report"])
