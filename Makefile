@@ -30,6 +30,7 @@ test-all: install
 	$(PY) -m pytest
 
 typecheck: install
+	$(PY) scripts/patch_tensorrt_stubs.py
 	$(PY) -m mypy --config-file mypy.ini
 
 dataset: install
@@ -61,7 +62,7 @@ gate-eval: install
 # The main job on the embedded default: train -> export -> parity -> closed loop with the gate -> report.
 demo: train export parity
 	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 50 --perturb --seed 0 \
-	  --report $(REPORT)/demo.json
+	  --json $(REPORT)/demo.json
 	@$(PY) -c "import tensorrt" 2>/dev/null && $(MAKE) engine || echo "[demo] TensorRT not present: engines skipped (build them on the Jetson/GPU with 'make engine')"
 
 bench: install

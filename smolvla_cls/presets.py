@@ -2,7 +2,8 @@
 
 SmolVLA always calls `AutoConfig/AutoProcessor/AutoTokenizer.from_pretrained(vlm_model_name)`; a local
 folder is a valid name, so a preset is just a folder we write once and cache:
-- `tiny`: ~0.5 M-parameter SmolVLM that trains in minutes on 2 CPU cores (64 px images, 16 tokens each).
+- `tiny`: ~0.5 M-parameter SmolVLM that trains in minutes on 2 CPU cores (64 px images, 16 tokens each,
+  instructions of up to 8 words).
 - `full`: the SmolVLM2-500M-Video-Instruct architecture with random weights (export/benchmarks at scale).
 """
 
@@ -25,23 +26,32 @@ _VOCAB_WORDS = (
 ).split()
 _SPECIAL = ["<pad>", "<unk>", "<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>", "<video>"]
 
+# Weight init std of the tiny VLM and expert. transformers' default 0.02 is sized for ~1000-wide layers;
+# at width 64 it makes every layer's output ~6x too small (near-uniform attention, vanishing updates),
+# which slowed training from scratch markedly (measured: loss 0.93 vs 0.82 after 700 steps, see
+# the training notes). 0.08 ~ 0.6 / sqrt(64), the GPT-2 rule scaled to this width.
+TINY_INIT_STD = 0.08
+
 _TEXT = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=512),
+                 num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=512,
+                 initializer_range=TINY_INIT_STD),
     "full": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
                  num_key_value_heads=5, head_dim=64, vocab_size=49280, max_position_embeddings=8192),
 }
 _VISION = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 image_size=64, patch_size=8),
+                 image_size=64, patch_size=16, initializer_range=TINY_INIT_STD),
     "full": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                  image_size=512, patch_size=16),
 }
-_SCALE_FACTOR = {"tiny": 2, "full": 4}  # SmolVLM2-500M uses 4 (transformers' default of 2 is wrong there)
+# tiny: 16 px patches, no pixel shuffle -> 16 image tokens (the same count as 8 px patches shuffled by 2,
+# with 4x fewer vision-encoder tokens: ~20 % faster per training step, and learns at least as fast).
+_SCALE_FACTOR = {"tiny": 1, "full": 4}  # SmolVLM2-500M uses 4 (transformers' default of 2 is wrong there)
 
 # SmolVLA-side settings that belong with each preset (image size, layer count, language length).
 POLICY_OVERRIDES = {
-    "tiny": dict(resize_imgs_with_padding=(64, 64), num_vlm_layers=4, tokenizer_max_length=16,
+    "tiny": dict(resize_imgs_with_padding=(64, 64), num_vlm_layers=4, tokenizer_max_length=8,
                  pad_language_to="max_length"),
     "full": dict(resize_imgs_with_padding=(512, 512), num_vlm_layers=16, tokenizer_max_length=48,
                  pad_language_to="max_length"),
