@@ -129,14 +129,17 @@ def base_policies(manifest: Manifest, max_step: float, quick: bool = False,
 
 def matched_random(results: Sequence[dict], max_n: int = 6, quick: bool = False) -> list[PolicySpec]:
     """random:p at the per-check firing rates the CLS gates (m=1) showed on perturbed episodes."""
-    rates = sorted({round(r["perturbed"]["fire_rate"], 3) for r in results
-                    if r["family"] in CLS_FAMILIES and r["check_every"] == 1
-                    and r["perturbed"]["fire_rate"] is not None and r["perturbed"]["fire_rate"] > 0})
+    raw = [r["perturbed"]["fire_rate"] for r in results if r["family"] in CLS_FAMILIES and r["check_every"] == 1]
+    rates = sorted({round(x, 3) for x in raw if x is not None} - {0.0})
     if not rates:
         rates = [0.1] if quick else [0.05, 0.1, 0.2, 0.5]
-    if len(rates) > max_n:
-        idx = np.unique(np.round(np.linspace(0, len(rates) - 1, max_n)).astype(int))
-        rates = [rates[i] for i in idx]
+    if len(rates) > max_n:  # spread over the range in log space (low rates are crowded by high thresholds)
+        targets = np.geomspace(rates[0], rates[-1], max_n)
+        picked: list[float] = []
+        for tgt in targets:
+            left = [r for r in rates if r not in picked]
+            picked.append(min(left, key=lambda r: abs(math.log(r) - math.log(tgt))))
+        rates = sorted(picked)
     if quick:
         rates = rates[:1]
     return [PolicySpec("random", f"random:{p:g}", 1, f"{p:g}", float(p)) for p in rates]
@@ -565,15 +568,26 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
         "headline": compute_headline(results),
         "plots": {},
     }
+    report["elapsed_s"] = time.perf_counter() - t_start
+    _write(out, report)  # results first: a plotting problem must not lose a long run
     if plots:
         from runtime import plots as plotmod
 
-        report["plots"]["pareto"] = plotmod.pareto_plot(results, out / "gate_pareto.png", report["headline"])
-        report["plots"]["timeline"] = plotmod.timeline_plot(_timeline_panels(report), out / "gate_timeline.png")
-    report["elapsed_s"] = time.perf_counter() - t_start
+        for key, fn in (("pareto", lambda: plotmod.pareto_plot(results, out / "gate_pareto.png", report["headline"])),
+                        ("timeline", lambda: plotmod.timeline_plot(_timeline_panels(report), out / "gate_timeline.png"))):
+            try:
+                report["plots"][key] = fn()
+            except Exception as exc:  # noqa: BLE001 — plots are a convenience; the numbers are already written
+                report["plots"][key] = None
+                print(f"warning: {key} plot failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        report["elapsed_s"] = time.perf_counter() - t_start
+        _write(out, report)
+    return report
+
+
+def _write(out: Path, report: dict) -> None:
     (out / "gate_eval.json").write_text(json.dumps(report, indent=1, default=_json_default))
     (out / "gate_eval.md").write_text(markdown_report(report))
-    return report
 
 
 def _json_default(o: Any) -> Any:

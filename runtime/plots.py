@@ -44,7 +44,8 @@ def pareto_plot(results: Sequence[dict], path: str | Path, headline: dict | None
     for (fam, m), rs in sorted(groups.items()):
         colour, marker = _STYLE.get(fam, ("tab:red", "o"))
         for ax, xkey in zip(axes, ("resamples_per_episode", "ms_per_tick")):
-            pts = sorted((r["perturbed"][xkey], r["perturbed"]["success_rate"], r) for r in rs)
+            pts = sorted(((r["perturbed"][xkey], r["perturbed"]["success_rate"], r) for r in rs),
+                         key=lambda q: (q[0], q[1]))
             xs = [p[0] for p in pts]
             ys = [p[1] for p in pts]
             label = fam if m == 1 else f"{fam} (m={m})"

@@ -220,3 +220,28 @@ def test_batch_errors_name_the_field():
 
 def test_kinds_constant_is_zero():
     assert PREFIX_CLS == 0
+
+
+def test_lerobot_train_cli_resolves_policy_type(tmp_path):
+    """`lerobot-train --policy.type=smolvla_cls` (plugin discovery) trains and writes a lerobot checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from smolvla_cls.dataset_recording import RecordingConfig, record_dataset
+
+    root = tmp_path / "ds"
+    record_dataset(RecordingConfig(root=root, episodes=3, seed=1), progress=False)
+    exe = Path(sys.executable).with_name("lerobot-train")
+    args = [str(exe), "--policy.type=smolvla_cls", "--policy.discover_packages_path=smolvla_cls",
+            "--policy.vlm_preset=tiny", "--policy.resize_imgs_with_padding=[64,64]", "--policy.num_vlm_layers=4",
+            "--policy.tokenizer_max_length=16", "--policy.pad_language_to=max_length", "--policy.chunk_size=4",
+            "--policy.n_action_steps=4", "--policy.push_to_hub=false", "--policy.device=cpu",
+            "--dataset.repo_id=local/simtask_reach", f"--dataset.root={root}", "--steps=1", "--batch_size=2",
+            "--num_workers=0", f"--output_dir={tmp_path / 'out'}", "--save_freq=1"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved = tmp_path / "out" / "checkpoints" / "last" / "pretrained_model" / "config.json"
+    assert '"type": "smolvla_cls"' in saved.read_text()
