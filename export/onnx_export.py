@@ -105,7 +105,8 @@ def _bounds(stats: dict, key: str, margin: float) -> dict:
     return {"low": (lo - margin * span).tolist(), "high": (hi + margin * span).tolist(), "margin": margin}
 
 
-def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, files: dict, seconds: float) -> dict:
+def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, files: dict, seconds: float,
+                   stop_action: list[float] | None = None) -> dict:
     policy = loaded.policy
     cfg, model = policy.config, policy.model
     vlm_text = model.vlm_with_expert.config.text_config
@@ -149,6 +150,10 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
                       "pad_token_id": int(tokenizer.pad_token_id), "padding_side": "right",
                       "append_newline": True, "truncation": False},
         "delta_input": "shift_remaining_repeat_last",
+        # What the runtime emits when it must stop (fallback="stop", or before any safe action exists).
+        # Zero displacement suits delta-action datasets like the default task; robots commanded in absolute
+        # positions must pass their own rest pose (`--stop-action`).
+        "safety": {"stop_action": stop_action if stop_action is not None else [0.0] * cfg.action_feature.shape[0]},
         "graphs": graphs,
         "gate": gate,
         "export_seconds": round(seconds, 2),
@@ -157,12 +162,15 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
 
 
 def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, stop_action: list[float] | None = None) -> dict:
     """Write the artifact folder atomically; returns the manifest."""
     from tqdm import tqdm
 
     started = time.time()
     out = Path(out)
+    action_dim = loaded.policy.config.action_feature.shape[0]
+    if stop_action is not None and len(stop_action) != action_dim:
+        raise ExportInputError(f"--stop-action: expected {action_dim} values (action_dim), got {len(stop_action)}")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -185,7 +193,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         else:
             gate = uncalibrated(model)
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
-        manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started)
+        manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -205,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-root", type=Path, default=None, help="(unused: stats come from the checkpoint)")
     parser.add_argument("--no-calibration", action="store_true")
     parser.add_argument("--calib-episodes", type=int, default=24)
+    parser.add_argument("--stop-action", type=float, nargs="+", default=None,
+                        help="raw action the runtime emits to stop (default: zeros = no displacement)")
     args = parser.parse_args(argv)
     try:
         if args.preset is not None:
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             loaded = load_checkpoint(args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
         manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
-                                    calib_episodes=args.calib_episodes)
+                                    calib_episodes=args.calib_episodes, stop_action=args.stop_action)
     except ExportInputError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2

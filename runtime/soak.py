@@ -41,7 +41,7 @@ def rss_kb() -> int | None:
 
 
 def soak(artifacts: str | Path, ticks: int = 100_000, gate: str = "drift", check_every: int = 1,
-         refine: bool = False, seed: int = 0, backend: str = "onnxruntime", device: str = "cpu", threads: int = 0,
+         refine: bool = False, seed: int = 0, backend: str = "onnxruntime", device: str = "cpu", threads: int = 1,
          rss_every: int = 10_000, max_seconds: float | None = None, progress: bool = True,
          max_error_examples: int = 10) -> dict[str, Any]:
     """Run the soak and return its summary dict (see the module docstring)."""
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = library default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="onnxruntime intra-op threads (0 = library default; 1 is fastest on a shared CPU)")
     p.add_argument("--rss-every", type=int, default=10_000, help="sample VmRSS every this many ticks")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this long (reported as truncated)")
     p.add_argument("--out", default="reports/soak.json")

@@ -41,6 +41,7 @@ CONFIGS = ("tiny", "full")
 DEFAULT_REPS = {"tiny": 30, "full": 5}
 INSTRUCTION = "reach the red disc"
 GATES = ("always", "interval:10", "drift", "consistency")
+PARITY_WARN = 1e-3  # max |chunk difference| above which the two sides cannot carry the same weights
 TARGET_SPEEDUP = 2.0  # full-size full resample (ORT CPU) vs LeRobot eager predict_action_chunk
 
 
@@ -94,12 +95,49 @@ def reps_for(cfg: str, reps: int | None, smoke: bool) -> tuple[int, int, int]:
     return big, small, warm
 
 
-def artifacts_intact(folder: Path, preset: str) -> bool:
+# The code that decides what a preset's weights and graphs are: a cached export is reused only when these
+# files (and the torch/lerobot versions) are unchanged since it was written.
+_STAMP_SOURCES = ("smolvla_cls/presets.py", "smolvla_cls/configuration_smolvla_cls.py",
+                  "smolvla_cls/modeling_smolvla_cls.py", "smolvla_cls/attention.py", "smolvla_cls/masks.py",
+                  "export/checkpoint_loading.py", "export/graph_wrappers.py",
+                  "export/onnx_export.py", "export/gate_calibration.py", "export/onnx_checks.py")
+
+
+def code_stamp() -> str:
+    import hashlib
+    import importlib.metadata as md
+
+    h = hashlib.sha256()
+    for pattern in _STAMP_SOURCES:
+        for f in sorted(ROOT.glob(pattern)):
+            h.update(f.relative_to(ROOT).as_posix().encode())
+            h.update(f.read_bytes())
+    for pkg in ("torch", "lerobot", "transformers", "onnx", "onnxscript"):
+        try:
+            h.update(f"{pkg}={md.version(pkg)}".encode())
+        except md.PackageNotFoundError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def stamp_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".bench-stamp.json")
+
+
+def write_stamp(folder: Path, calibrated: bool) -> None:
+    stamp_path(folder).write_text(json.dumps({"code": code_stamp(), "calibrated": calibrated}))
+
+
+def artifacts_reusable(folder: Path, preset: str, need_calibration: bool) -> bool:
+    """An intact export of `preset` written by the current code (and calibrated, when that is needed)."""
     from runtime.manifest import Manifest
 
     try:
+        stamp = json.loads(stamp_path(folder).read_text())
         m = Manifest.load(folder, verify_hashes=True)
     except Exception:  # noqa: BLE001 — missing/stale folder → re-export
+        return False
+    if stamp.get("code") != code_stamp() or (need_calibration and not stamp.get("calibrated")):
         return False
     return m.raw.get("model", {}).get("preset") == preset
 
@@ -131,8 +169,10 @@ def child_export(args) -> dict:
     t0 = time.perf_counter()
     loaded = load_preset(args.config, seed=0)
     build_s = time.perf_counter() - t0
-    manifest = export_artifacts(loaded, Path(args.artifacts), calibrate=args.config == "tiny",
-                                calib_episodes=args.calib_episodes, progress=False)
+    calibrate = args.config == "tiny" and args.calib_episodes > 0
+    manifest = export_artifacts(loaded, Path(args.artifacts), calibrate=calibrate,
+                                calib_episodes=max(1, args.calib_episodes), progress=False)
+    write_stamp(Path(args.artifacts), calibrate)
     return {"build_s": build_s, "export_s": time.perf_counter() - t0 - build_s,
             "manifest_export_s": manifest["export_seconds"], "memory": rss_mb()}
 
@@ -450,7 +490,8 @@ def render_markdown(report: dict) -> str:
     lines = ["# make bench: SmolVLA-CLS onnxruntime chain vs LeRobot SmolVLA eager (CPU)", "",
              f"Machine: {meta['cpu']}, {meta['cpu_count']} logical CPUs (shared with other jobs: timings are "
              f"indicative), python {meta['python']}, torch {meta['torch']}, onnxruntime {meta['onnxruntime']}, "
-             f"lerobot {meta['lerobot']}. Date {meta['date_utc']}. Smoke: {meta['smoke']}. "
+             f"lerobot {meta['lerobot']}. Load average (1 min) {meta['loadavg_start'][0]:.1f} at start, "
+             f"{meta.get('loadavg_end', [float('nan')])[0]:.1f} at end. Date {meta['date_utc']}. Smoke: {meta['smoke']}. "
              f"Total wall {meta['total_s']:.0f} s.", "",
              "Ratio = ours / baseline (< 1: ours is faster); speedup = baseline / ours. Random weights (seed 0), "
              "batch 1, warm-up excluded.", ""]
@@ -468,8 +509,9 @@ def render_markdown(report: dict) -> str:
                          f"{_fmt(r['speedup'])}× | {r['note']} |".replace("| —× |", "| — |"))
         ex = res["export"]
         sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in res["artifact_bytes"].items())
+        ok = res["parity_max_abs"] <= PARITY_WARN
         lines += ["", f"Same weights check: max |LeRobot chunk − ours| = {res['parity_max_abs']:.2e} "
-                      f"(same inputs, same noise, no delta step).",
+                      f"(same inputs, same noise, no delta step){'' if ok else ' — **MISMATCH: not the same model**'}.",
                   f"Artifacts `{res['artifacts']}`: {sizes}; total {sum(res['artifact_bytes'].values()) / 1e6:.1f} MB. "
                   f"Export: {_fmt(ex.get('export_s'), 1)} s"
                   + (" (reused folder; time from its manifest)" if ex.get("reused") else "")
@@ -555,13 +597,14 @@ def machine_meta(smoke: bool) -> dict:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": ver("torch"),
             "onnxruntime": ver("onnxruntime"), "lerobot": ver("lerobot"), "smoke": smoke,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "note": "2 shared CPU cores unless stated; one subprocess per side and configuration"}
+            "loadavg_start": list(os.getloadavg()),
+            "note": "one subprocess per side and configuration; other jobs may share the CPUs (see loadavg)"}
 
 
 def bench_config(cfg: str, args, out: Path, log) -> dict:
     art = Path(args.artifacts_root) / f"onnx-bench-{cfg}"
     res: dict[str, Any] = {"artifacts": str(art)}
-    if artifacts_intact(art, cfg):
+    if artifacts_reusable(art, cfg, need_calibration=cfg == "tiny" and not args.smoke):
         man = json.loads((art / "manifest.json").read_text())
         res["export"] = {"reused": True, "export_s": man.get("export_seconds")}
         log(f"[bench] {cfg}: reusing {art}")
@@ -569,7 +612,7 @@ def bench_config(cfg: str, args, out: Path, log) -> dict:
         log(f"[bench] {cfg}: exporting the preset to {art} ...")
         res["export"] = {"reused": False, **run_child("export", cfg, out / f".export-{cfg}.json", args,
                                                        ["--artifacts", str(art), "--calib-episodes",
-                                                        str(4 if args.smoke else 12)])}
+                                                        str(0 if args.smoke else 12)])}
         log(f"[bench] {cfg}: export {res['export']['export_s']:.1f} s")
     man = json.loads((art / "manifest.json").read_text())
     res["artifact_bytes"] = {k: v["bytes"] for k, v in man["files"].items()}
@@ -590,6 +633,9 @@ def bench_config(cfg: str, args, out: Path, log) -> dict:
                                  common + ["--episodes", str(args.episodes if not args.smoke else 2)])
     a, b = np.asarray(res["lerobot"].pop("chunk")), np.asarray(res["ort"].pop("chunk"))
     res["parity_max_abs"] = float(np.max(np.abs(a - b)))
+    if res["parity_max_abs"] > PARITY_WARN:
+        log(f"[bench] WARNING {cfg}: LeRobot and ours disagree by {res['parity_max_abs']:.3g} on the same inputs/noise "
+            f"(stale artifacts? delete {art} and rerun)")
     res["rows"] = build_rows(res)
     return res
 
@@ -631,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in configs:
         report["configs"][cfg] = bench_config(cfg, args, out, log)
     report["meta"]["total_s"] = time.perf_counter() - started
+    report["meta"]["loadavg_end"] = list(os.getloadavg())
     if "full" in report["configs"]:
         row = next(r for r in report["configs"]["full"]["rows"] if r["metric"].startswith("full resample:"))
         met = row["speedup"] is not None and row["speedup"] >= TARGET_SPEEDUP

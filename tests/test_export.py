@@ -89,8 +89,9 @@ def test_export_is_deterministic(exported, tmp_path):
     a, b = OrtRunner(out), OrtRunner(again)
     rng = np.random.default_rng()
     cfg = loaded.policy.config
-    inputs = (rng.random((1, 1, 3, 64, 64), dtype=np.float32), rng.integers(7, 40, (1, 16)).astype(np.int64),
-              np.arange(16)[None] < 9, rng.standard_normal((1, 32), dtype=np.float32))
+    length = cfg.tokenizer_max_length
+    inputs = (rng.random((1, 1, 3, 64, 64), dtype=np.float32), rng.integers(7, 40, (1, length)).astype(np.int64),
+              np.arange(length)[None] < max(1, length // 2), rng.standard_normal((1, 32), dtype=np.float32))
     noise = rng.standard_normal((1, cfg.chunk_size, cfg.max_action_dim)).astype(np.float32)
     for x, y in zip(chunk(a, inputs, noise, cfg.num_steps), chunk(b, inputs, noise, cfg.num_steps), strict=True):
         assert np.array_equal(x, y)

@@ -245,3 +245,11 @@ def test_lerobot_train_cli_resolves_policy_type(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     saved = tmp_path / "out" / "checkpoints" / "last" / "pretrained_model" / "config.json"
     assert '"type": "smolvla_cls"' in saved.read_text()
+
+
+def test_non_finite_loss_stops_with_components():
+    policy = tiny_policy()
+    batch = random_batch(policy.config)
+    batch["observation.state"][0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite.*main_loss"):
+        policy.forward(batch)

@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     rec = _run(["-m", "smolvla_cls.dataset_recording", "--root", str(data), "--episodes", "6", "--seed", "5"], 60)
     assert rec.returncode == 0, rec.stderr[-3000:]
     res = _run(["-m", "smolvla_cls.train", "--dataset-root", str(data), "--output-dir", str(out), "--steps", "4",
-                "--quick", "--num-workers", "0"], 120, SMOLVLA_CLS_REPORT_EPISODES="1")
+                "--quick", "--num-workers", "0"], 300, SMOLVLA_CLS_REPORT_EPISODES="1")
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     return out, res.stdout
 
