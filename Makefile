@@ -15,6 +15,9 @@ CHECKPOINT ?= $(OUT)/checkpoints/last/pretrained_model
 ARTIFACTS ?= artifacts/onnx
 ENGINES ?= artifacts/engines
 PRECISION ?= fp16
+# The exported graphs are fp32: with TensorRT 10 (JetPack 6/7) fp16/bf16 engines come from a weakly typed
+# build with softmax/norms pinned to fp32. For PRECISION=fp32, strongly typed works (ENGINE_FLAGS=).
+ENGINE_FLAGS ?= $(if $(filter fp32,$(PRECISION)),,--weakly-typed)
 GATE ?= drift
 REPORT ?= reports
 
@@ -51,7 +54,7 @@ parity: install
 	$(PY) -m export.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)
 
 engine: install
-	$(PY) -m export.build_engines --artifacts $(ARTIFACTS) --out $(ENGINES) --precision $(PRECISION)
+	$(PY) -m export.build_engines --artifacts $(ARTIFACTS) --out $(ENGINES) --precision $(PRECISION) $(ENGINE_FLAGS)
 
 eval: install
 	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 20 --perturb --seed 0
