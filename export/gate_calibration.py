@@ -15,17 +15,15 @@ import numpy as np
 import torch
 
 from export.graph_wrappers import DeltaExpertGraph, PrefixGraph
+from runtime.gate import cosine_distance as unit_cosine_distance
+from runtime.gate import embed
 
 QUANTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
 
 
-def cls_unit(embedding: np.ndarray) -> np.ndarray:
-    v = embedding.reshape(embedding.shape[0], -1, embedding.shape[-1]).mean(axis=1)
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(1.0 - (cls_unit(a) * cls_unit(b)).sum())
+    """The runtime's gate distance between two [1, N, E] CLS outputs (same code, so same numbers)."""
+    return unit_cosine_distance(embed(a), embed(b))
 
 
 def shift_remaining(plan: np.ndarray, consumed: int) -> np.ndarray:

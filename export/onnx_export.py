@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import shutil
 import sys
@@ -23,6 +22,7 @@ from export.gate_calibration import calibrate_on_simtask, uncalibrated
 from export.graph_wrappers import (DELTA_INPUTS, DELTA_OUTPUTS, MAIN_INPUTS, MAIN_OUTPUTS, PREFIX_INPUTS,
                                    PREFIX_OUTPUTS, DeltaExpertGraph, MainExpertGraph, PrefixGraph, example_inputs)
 from export.onnx_checks import graph_problems
+from runtime.fingerprint import sha256_file
 
 FORMAT_VERSION = 1
 OPSET = 18
@@ -36,14 +36,6 @@ GRAPHS = {
     "delta_expert": (DeltaExpertGraph, DELTA_INPUTS, DELTA_OUTPUTS),
 }
 _DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.bool: "bool", torch.int32: "int32"}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _spec(names, tensors) -> list[dict]:

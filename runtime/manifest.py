@@ -8,7 +8,6 @@ stale or damaged artifact folder never reaches the robot.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runtime.fingerprint import sha256_file  # noqa: F401  (re-exported: one file-hash function for the contract)
 
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("prefix", "main_expert", "delta_expert")
@@ -162,14 +163,6 @@ def _vector(value: Any, where: str, length: int) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ManifestError(f"manifest: '{where}' contains non-finite values")
     return arr.astype(np.float32)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Manifest:
