@@ -228,10 +228,13 @@ def make_inputs(config, device: str, seed: int = 0) -> dict[str, Any]:
     h, w = config.resize_imgs_with_padding
     length = config.tokenizer_max_length
     cams = len(config.image_features)
+    state = torch.zeros(1, config.max_state_dim)
+    dim = config.robot_state_feature.shape[0]
+    state[:, :dim] = torch.randn(1, dim, generator=g)  # zero-padded, as LeRobot's prepare_state pads it
     return {"images": torch.rand(1, cams, 3, h, w, generator=g).to(device),
             "lang_tokens": torch.randint(7, 40, (1, length), generator=g).to(device),
             "lang_mask": (torch.arange(length)[None] < max(1, length // 3)).to(device),
-            "state": torch.randn(1, config.max_state_dim, generator=g).to(device),
+            "state": state.to(device),
             "noise": torch.randn(1, config.chunk_size, config.max_action_dim, generator=g).to(device)}
 
 
@@ -453,6 +456,27 @@ def bench_tensorrt(artifacts: Path, engines: Path, reps: int, warmup: int) -> di
     return out
 
 
+# ------------------------------------------------------------------------------------- offline wheels
+_NOT_WHEELS = ("torch", "triton", "nvidia-", "cuda-", "smolvla-cls-edge", "setuptools", "pip")
+
+
+def wheel_requirements() -> list[str]:
+    """`name==version` of every distribution this script imports besides torch/CUDA (run where it works,
+    e.g. the project venv): what a bare GPU machine needs as wheels (docs/bench.md)."""
+    import importlib.metadata as md
+
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy  # noqa: F401
+
+    import export.checkpoint_loading
+    import export.graph_wrappers  # noqa: F401
+    import scripts.bench  # noqa: F401
+    from smolvla_cls.modeling_smolvla_cls import SmolVLACLSPolicy  # noqa: F401
+
+    dists = md.packages_distributions()
+    names = {d for m in list(sys.modules) for d in dists.get(m.split(".")[0], [])}
+    return sorted(f"{n}=={md.version(n)}" for n in names if not n.lower().startswith(_NOT_WHEELS))
+
+
 # ------------------------------------------------------------------------------------------ report
 def render_markdown(report: dict) -> str:
     meta = report["meta"]
@@ -511,7 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/onnx-bench-full"),
                    help="ONNX folder the TensorRT engines were built from")
     p.add_argument("--engines", type=Path, default=Path("artifacts/engines-bench"), help="folder of <graph>.plan")
+    p.add_argument("--print-wheel-requirements", action="store_true",
+                   help="print the pinned non-torch distributions this script imports (for `pip download`) and exit")
     args = p.parse_args(argv)
+    if args.print_wheel_requirements:
+        print("\n".join(wheel_requirements()))
+        return 0
 
     import torch
 

@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-action-steps", type=int, default=None, help="replan every N steps (default: config)")
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the summaries here")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: batch-1 inference of the tiny model gains nothing from more, "
+                             "and extra threads stall badly on a loaded machine)")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes={args.episodes}: expected >= 1")
@@ -80,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"closed_loop_eval: checkpoint folder {args.checkpoint} does not exist")
     common = dict(episodes=args.episodes, seed=args.seed, perturb=args.perturb, n_action_steps=args.n_action_steps,
                   noise_seed=args.noise_seed)
+    import torch
+
     from smolvla_cls.torch_policy import TorchPolicy
 
+    torch.set_num_threads(max(1, args.threads))
     policy = TorchPolicy(args.checkpoint, n_action_steps=args.n_action_steps, noise_seed=args.noise_seed)
     runs = [evaluate_checkpoint(args.checkpoint, swap_instruction=args.swap_instruction, policy=policy, **common)]
     if args.language_control and not args.swap_instruction:

@@ -35,9 +35,10 @@ class StagePlan:
 
 def plan_stages(preset: str, quick: bool, steps: int | None) -> list[StagePlan]:
     """Step budgets per stage (defaults sized for ≤ 30 min on 2 CPU cores for the tiny preset)."""
-    # tiny on 2 CPU cores: ~0.19 s per main step and ~0.5 s per delta step at batch 32 (measured, 1 torch
-    # thread + 1 loader worker), so 5000 + 300 steps take ~16 + ~3 min, leaving the recording and the
-    # report inside the 30 min of `make train`.
+    # tiny on 2 CPU cores, batch 32, 1 torch thread + 1 loader worker (measured): ~0.1 s per main step on an
+    # idle machine, 0.2-0.35 s while other jobs load it; delta ~0.25 s per step. 5000 + 300 steps took
+    # 1134 s + 77 s on the loaded machine (64 % closed-loop success), leaving room for the recording and
+    # the report inside the 30 min of `make train`.
     main_steps, delta_steps = (300, 40) if quick else (5000, 300)
     if steps is not None:  # total budget: 15/16 main, 1/16 delta (at least 1 step each)
         delta_steps = max(1, steps // 16)

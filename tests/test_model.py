@@ -38,7 +38,7 @@ def test_main_expert_reproduces_plain_smolvla(use_cls_head):
     noise = torch.randn(2, policy.config.chunk_size, policy.config.max_action_dim)
     ours = policy.predict_action_chunk(dict(obs), noise=noise.clone())
     theirs = plain.predict_action_chunk(dict(obs), noise=noise.clone())
-    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5), (ours - theirs).abs().max()
     time = torch.tensor([0.3, 0.8])
     actions = policy.prepare_action(batch)
     ours_l = policy.model.forward(*_inputs(policy, batch), actions, noise, time)
