@@ -26,9 +26,19 @@ def _all_graphs(graph: onnx.GraphProto):
                 yield from _all_graphs(sub)
 
 
+def _bool_where_nodes(model: onnx.ModelProto) -> list[str]:
+    """Where nodes selecting between bool tensors: onnxruntime-CPU has no kernel for them."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    return [n.name for n in inferred.graph.node
+            if n.op_type == "Where" and types.get(n.output[0]) == onnx.TensorProto.BOOL]
+
+
 def graph_problems(model: onnx.ModelProto) -> list[str]:
-    """Human-readable problems (empty list = TensorRT-ready by these rules)."""
-    problems: list[str] = []
+    """Human-readable problems (empty list = TensorRT-ready and onnxruntime-loadable by these rules)."""
+    problems: list[str] = [f"node {n}: Where on bool tensors (onnxruntime-CPU has no kernel; use &, |, ~)"
+                           for n in _bool_where_nodes(model)]
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < MIN_OPSET:
         problems.append(f"opset {opset} < {MIN_OPSET}")

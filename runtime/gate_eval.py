@@ -92,7 +92,7 @@ def threshold_sweep(cal: GateCalibration | None, quick: bool = False) -> list[tu
             pts.append(("default", cal.default_threshold))
     out: list[tuple[str, float]] = []
     for label, thr in sorted(pts, key=lambda p: p[1]):
-        if not math.isfinite(thr):
+        if not math.isfinite(thr) or thr >= 2.0:  # cosine distance is <= 2: such a gate never fires
             continue
         if any(abs(thr - t) <= 1e-9 * max(1.0, abs(t)) for _, t in out):
             continue  # e.g. default == p95: keep the stats label

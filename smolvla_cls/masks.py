@@ -83,7 +83,9 @@ def make_att_2d_masks_with_cls(
     kinds = token_kinds(prefix_len, num_prefix_cls, suffix_len, num_suffix_cls, device)
     row, col = kinds[:, None], kinds[None, :]
     # Rule 1: prefix CLS rows see the whole prefix (CLS, images, language, state), nothing of the suffix.
-    allowed = torch.where((row == PREFIX_CLS)[None], (col <= PREFIX).expand(n, n)[None], base)
+    # (boolean algebra instead of torch.where: onnxruntime-CPU has no Where kernel for bool tensors)
+    pc_row = (row == PREFIX_CLS)[None]
+    allowed = (pc_row & (col <= PREFIX)[None]) | (~pc_row & base)
     # Rule 2: prefix CLS columns only for prefix CLS rows.
     allowed = allowed & ~((col == PREFIX_CLS) & (row != PREFIX_CLS))[None]
     if num_suffix_cls:
@@ -93,7 +95,7 @@ def make_att_2d_masks_with_cls(
         sc_row = (row == SUFFIX_CLS)
         # Rule 3: suffix CLS rows see their action window and each other, never the prefix.
         sc_allowed = act_cols[None, :] | (col == SUFFIX_CLS)
-        allowed = torch.where(sc_row[None], sc_allowed[None], allowed)
+        allowed = (sc_row[None] & sc_allowed[None]) | (~sc_row[None] & allowed)
         # Rule 4: suffix CLS columns only for suffix CLS rows.
         allowed = allowed & ~((col == SUFFIX_CLS) & ~sc_row)[None]
     return allowed & pad[:, None, :] & pad[:, :, None]

@@ -39,7 +39,7 @@ def plan_stages(preset: str, quick: bool, steps: int | None) -> list[StagePlan]:
     # idle machine, 0.2-0.35 s while other jobs load it; delta ~0.25 s per step. 5000 + 300 steps took
     # 1134 s + 77 s on the loaded machine (64 % closed-loop success), leaving room for the recording and
     # the report inside the 30 min of `make train`.
-    main_steps, delta_steps = (300, 40) if quick else (5000, 300)
+    main_steps, delta_steps = (300, 40) if quick else (10000, 300)
     if steps is not None:  # total budget: 15/16 main, 1/16 delta (at least 1 step each)
         delta_steps = max(1, steps // 16)
         main_steps = max(1, steps - delta_steps)

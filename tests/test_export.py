@@ -56,6 +56,12 @@ def test_checker_catches_float64_and_unsupported_ops():
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
     problems = " ".join(graph_problems(model))
     assert "float64" in problems and "NonZero" in problems
+    b = helper.make_tensor_value_info("b", TensorProto.BOOL, [2])
+    where = helper.make_node("Where", ["b", "b", "b"], ["w"])
+    w_out = helper.make_tensor_value_info("w", TensorProto.BOOL, [2])
+    bool_model = helper.make_model(helper.make_graph([where], "g", [b], [w_out]),
+                                   opset_imports=[helper.make_opsetid("", 18)])
+    assert "Where on bool" in " ".join(graph_problems(bool_model))
 
 
 def test_parity_fresh_inputs(exported):
