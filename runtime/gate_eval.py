@@ -157,6 +157,7 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, perturb: bool, timeline
     done = False
     i = 0
     while not done:
+        goal_distance = float(np.linalg.norm(env.agent_position - env.goal_position)) if timeline else 0.0
         action = policy.step(obs)
         info = policy.last_info
         if not (action.shape == (policy.manifest.dims.action_dim,) and np.all(np.isfinite(action))):
@@ -168,12 +169,12 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, perturb: bool, timeline
                 forced += 1
             else:
                 gated += 1
-        obs, done, env_info = env.step(action)
+        obs, done, _ = env.step(action)
         if timeline:
             ticks.append({"tick": i, "resampled": info.resampled, "reason": info.gate_reason,
                           "checked": info.gate_checked, "distance": info.gate_distance,
                           "threshold": info.gate_threshold, "prefix": info.prefix_ran,
-                          "total_ms": round(info.total_ms, 3), "goal_distance": round(float(env_info["distance"]), 5)})
+                          "total_ms": round(info.total_ms, 3), "goal_distance": round(goal_distance, 5)})  # as observed this tick
         i += 1
     c = policy.episode_counters
     ptick = env.perturb_tick
@@ -196,6 +197,17 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, perturb: bool, timeline
     if timeline:
         rec["_timeline"] = ticks
     return rec
+
+
+def pick_timeline_episode(env: Any, seeds: Sequence[int], chunk: int) -> int:
+    """First perturbed episode whose jump falls mid-chunk (not where an open-loop plan runs out anyway), so the
+    timeline shows whether the gate itself reacts; 0 when none does."""
+    for j, s in enumerate(seeds):
+        env.reset(seed=s, perturb=True)
+        t = env.perturb_tick
+        if t is not None and min(3, chunk // 2) <= t % chunk <= chunk - min(3, chunk // 2):
+            return j
+    return 0
 
 
 def _mean(vals: Sequence[float | int | None]) -> float | None:
@@ -255,11 +267,22 @@ def _paired(a: dict, b: dict) -> dict:
     sa = {e["seed"]: e["success"] for e in a["perturbed_episodes"]}
     sb = {e["seed"]: e["success"] for e in b["perturbed_episodes"]}
     common = [s for s in sa if s in sb]
+    only_this = sum(sa[s] and not sb[s] for s in common)
+    only_other = sum(sb[s] and not sa[s] for s in common)
     return {"vs": b["name"], "n": len(common),
             "both": sum(sa[s] and sb[s] for s in common),
-            "only_this": sum(sa[s] and not sb[s] for s in common),
-            "only_other": sum(sb[s] and not sa[s] for s in common),
-            "neither": sum(not sa[s] and not sb[s] for s in common)}
+            "only_this": only_this, "only_other": only_other,
+            "neither": sum(not sa[s] and not sb[s] for s in common),
+            "mcnemar_p": mcnemar_exact_p(only_this, only_other)}
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar test on the discordant pair counts (binomial, p = 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
 
 
 def compute_headline(results: Sequence[dict], success_tol: float = SUCCESS_TOL,
@@ -289,6 +312,7 @@ def compute_headline(results: Sequence[dict], success_tol: float = SUCCESS_TOL,
                    "ms_per_tick": always["perturbed"]["ms_per_tick"]},
         "budget_resamples_per_episode": budget,
         "qualifying": [r["name"] for r in sorted(qualifying, key=key, reverse=True)],
+        "n_cls_configs": len(cls),
         "found": best is not None,
         "gate": None,
     }
@@ -325,6 +349,15 @@ def compute_headline(results: Sequence[dict], success_tol: float = SUCCESS_TOL,
                                          "points": sorted(iv_curve)}
     out["random_at_matched_budget"] = {"success_rate": rd_s, "extrapolated": rd_extra, "points": sorted(rnd_curve)}
     out["delta_vs_interval"] = None if iv_s is None else p["success_rate"] - iv_s
+    # reaction to the jump at the same budget (ticks from the perturbation to the first resample)
+    lat_iv = [(r["perturbed"]["resamples_per_episode"], r["perturbed"]["perturb_to_resample_ticks"]) for r in interval
+              if r["perturbed"]["perturb_to_resample_ticks"] is not None]
+    lat_rd = [(r["perturbed"]["resamples_per_episode"], r["perturbed"]["perturb_to_resample_ticks"]) for r in rnd
+              if r["perturbed"]["perturb_to_resample_ticks"] is not None]
+    out["latency_at_matched_budget"] = {"gate": p["perturb_to_resample_ticks"],
+                                        "interval": interp_curve(lat_iv, x)[0], "random": interp_curve(lat_rd, x)[0]}
+    n_ep = always["perturbed"].get("n_episodes") or 0
+    out["success_standard_error"] = (math.sqrt(max(a_s * (1 - a_s), 1e-12) / n_ep) if n_ep else None)
     out["delta_vs_random"] = None if rd_s is None else p["success_rate"] - rd_s
     # paired per-episode comparisons: always, and the interval runs bracketing the gate's budget
     paired = [_paired(pick, always)]
@@ -425,9 +458,20 @@ def markdown_report(report: dict) -> str:
                      f"{' (extrapolated)' if iv['extrapolated'] else ''} → gate − interval = {_fmt(h['delta_vs_interval'], 3)}.")
         lines.append(f"- `random:p` interpolated at the same budget: success {_fmt(rd['success_rate'], 3)}"
                      f"{' (extrapolated)' if rd['extrapolated'] else ''} → gate − random = {_fmt(h['delta_vs_random'], 3)}.")
+        lat = h.get("latency_at_matched_budget")
+        if lat:
+            lines.append(f"- perturbation→first resample at that budget: gate {_fmt(lat['gate'])} ticks, interval "
+                         f"{_fmt(lat['interval'])}, random {_fmt(lat['random'])}.")
         for pr in h.get("paired", []):
             lines.append(f"- paired vs `{pr['vs']}` ({pr['n']} episodes): both succeed {pr['both']}, only the gate "
-                         f"{pr['only_this']}, only `{pr['vs']}` {pr['only_other']}, neither {pr['neither']}.")
+                         f"{pr['only_this']}, only `{pr['vs']}` {pr['only_other']}, neither {pr['neither']} "
+                         f"(exact McNemar p = {pr.get('mcnemar_p', float('nan')):.2f}).")
+        se = h.get("success_standard_error")
+        if se:
+            lines.append(f"- sampling noise: one success rate near always's has a standard error of ≈ {se:.3f} "
+                         f"(95 % ≈ ±{1.96 * se:.2f}); the headline is the best of "
+                         f"{h.get('n_cls_configs', '?')} CLS configurations on the same episodes, so its margin is "
+                         "optimistic (winner's curse) — trust the paired counts and p-values.")
     else:
         lines.append("- no CLS gate ran within the resample budget.")
     for fam, b in h.get("best_under_budget_per_family", {}).items():
@@ -492,7 +536,7 @@ def _timeline_panels(report: dict) -> list[dict]:
 def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, unperturbed: int | None = None,
                   seed: int = 0, quick: bool = False, backend: str = "onnxruntime", device: str = "cpu",
                   threads: int = 1, refine: bool = False, check_everys: Sequence[int] = (1, 2),
-                  families: Iterable[str] = DEFAULT_FAMILIES, timeline_episode: int = 0, plots: bool = True,
+                  families: Iterable[str] = DEFAULT_FAMILIES, timeline_episode: int = -1, plots: bool = True,
                   progress: bool = True, max_random: int = 6) -> dict:
     """Run the whole sweep and write gate_eval.json / gate_eval.md / plots under `out`; returns the report."""
     from simtask import ReachEnv, TaskConfig, episode_seeds  # numpy-only task package
@@ -508,13 +552,15 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
     env = ReachEnv(task)
     pert_seeds = episode_seeds(seed, episodes, stream="eval")
     unpert_seeds = episode_seeds(seed + 1, n_unpert, stream="eval") if n_unpert else []
-    timeline_episode = min(max(timeline_episode, 0), episodes - 1)
 
     options: dict[str, Any] = {}
     if backend == "onnxruntime":
         options["intra_op_threads"] = threads
     first = EdgePolicy(artifacts, backend=backend, gate="always", device=device, backend_options=options, seed=seed)
     manifest, shared_backend = first.manifest, first.backend
+    if timeline_episode < 0:
+        timeline_episode = pick_timeline_episode(env, pert_seeds, chunk=manifest.dims.n_action_steps)
+    timeline_episode = min(max(timeline_episode, 0), episodes - 1)
     first.warmup(env.reset(seed=2**31 - 1), runs=3)
 
     def make_policy(spec: PolicySpec) -> EdgePolicy:
@@ -585,6 +631,21 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
     return report
 
 
+def rerender(json_path: str | Path, plots: bool = True) -> dict:
+    """Recompute the headline, markdown and plots from an existing gate_eval.json (no episodes are run)."""
+    path = Path(json_path)
+    report = json.loads(path.read_text())
+    report["headline"] = compute_headline(report["policies"])
+    out = path.parent
+    if plots:
+        from runtime import plots as plotmod
+
+        report["plots"] = {"pareto": plotmod.pareto_plot(report["policies"], out / "gate_pareto.png", report["headline"]),
+                           "timeline": plotmod.timeline_plot(_timeline_panels(report), out / "gate_timeline.png")}
+    _write(out, report)
+    return report
+
+
 def _write(out: Path, report: dict) -> None:
     (out / "gate_eval.json").write_text(json.dumps(report, indent=1, default=_json_default))
     (out / "gate_eval.md").write_text(markdown_report(report))
@@ -617,14 +678,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-every", type=int, nargs="+", default=[1, 2], help="m values for the CLS gates")
     p.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), choices=list(FAMILIES))
     p.add_argument("--max-random", type=int, default=6, help="number of matched-rate random gates")
-    p.add_argument("--timeline-episode", type=int, default=0, help="perturbed episode index drawn in the timeline plot")
+    p.add_argument("--timeline-episode", type=int, default=-1,
+                   help="perturbed episode index drawn in the timeline plot (-1: first with a mid-chunk jump)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rerender", metavar="GATE_EVAL_JSON", default=None,
+                   help="only recompute headline/markdown/plots from an existing gate_eval.json")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.rerender:
+        rerender(args.rerender, not args.no_plots)
+        print((Path(args.rerender).parent / "gate_eval.md").read_text())
+        return 0
     if args.episodes < 1:
         print("error: --episodes must be >= 1", file=sys.stderr)
         return 2

@@ -81,7 +81,7 @@ def pareto_plot(results: Sequence[dict], path: str | Path, headline: dict | None
     axes[1].set_title("success vs wall time")
     handles, labels = axes[0].get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
-    axes[0].legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
+    axes[0].legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -161,9 +161,13 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
         wandb=WandBConfig(enable=False), resume=resume,
     )
     if resume:
-        cfg.checkpoint_path = stage_dir / "checkpoints" / "last"
-        policy.pretrained_path = cfg.checkpoint_path / "pretrained_model"
-        sys.argv = [sys.argv[0], f"--config_path={policy.pretrained_path / 'train_config.json'}"]
+        # lerobot's own resume: the saved train_config.json (optimizer, scheduler, step budget) + the
+        # checkpoint's optimizer/scheduler state; validate() reads --config_path from the CLI args.
+        saved = stage_dir / "checkpoints" / "last" / "pretrained_model"
+        cfg = TrainPipelineConfig.from_pretrained(str(saved))
+        cfg.resume = True
+        cfg.output_dir = stage_dir  # the run folder may have been moved since it was saved
+        sys.argv = [sys.argv[0], f"--config_path={saved / 'train_config.json'}"]
     else:
         sys.argv = [sys.argv[0]]  # lerobot's validate() re-reads CLI args: give it none of ours
     stage_dir.parent.mkdir(parents=True, exist_ok=True)

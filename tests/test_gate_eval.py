@@ -156,3 +156,24 @@ def test_gate_eval_and_soak_do_not_import_matplotlib_or_training_stacks():
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_mcnemar_exact_p():
+    from runtime.gate_eval import mcnemar_exact_p
+
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(5, 2) == pytest.approx(0.453125)
+    assert mcnemar_exact_p(10, 0) == pytest.approx(2 / 1024)
+
+
+def test_rerender_recomputes_from_json(quick_report, tmp_path):
+    import shutil
+
+    from runtime.gate_eval import rerender
+
+    _, out = quick_report
+    shutil.copy(out / "gate_eval.json", tmp_path / "gate_eval.json")
+    report = rerender(tmp_path / "gate_eval.json", plots=False)
+    assert (tmp_path / "gate_eval.md").is_file()
+    assert report["headline"]["always"]["resamples_per_episode"] > 0
+    assert all("mcnemar_p" in p for p in report["headline"].get("paired", []))

@@ -90,3 +90,24 @@ def test_dataset_lacking_a_feature_is_named(tmp_path, drop):
     expected = "observation.images" if drop.startswith("observation.images") else drop
     with pytest.raises(SystemExit, match=expected):
         train_main(["--dataset-root", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "out"), "--no-report"])
+
+
+def test_interrupted_stage_resumes_from_its_last_checkpoint(trained, tmp_path):
+    """Simulate a crash after the first checkpoint: `--resume` continues it with lerobot's resume."""
+    import shutil
+
+    src, _ = trained
+    out = tmp_path / "out"
+    shutil.copytree(src, out, symlinks=True)
+    ckpts = out / "stage_main" / "checkpoints"
+    steps = sorted(p.name for p in ckpts.iterdir() if p.name.isdigit())
+    assert len(steps) >= 2, steps
+    shutil.rmtree(ckpts / steps[-1])
+    (ckpts / "last").unlink()
+    (ckpts / "last").symlink_to(steps[0])
+    (out / "stage_main" / "DONE").unlink()
+    res = _run(["-m", "smolvla_cls.train", "--dataset-root", str(src.parent / "reach"), "--output-dir", str(out),
+                "--steps", "4", "--stages", "main", "--no-report", "--num-workers", "0", "--resume"], 300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (ckpts / steps[-1] / "pretrained_model" / "model.safetensors").exists()
+    assert (out / "stage_main" / "DONE").exists()
