@@ -48,7 +48,7 @@ train-quick: dataset
 	  --device $(DEVICE) --quick $(if $(STEPS),--steps $(STEPS))
 
 export: install
-	$(PY) -m export.onnx_export --checkpoint $(CHECKPOINT) --out $(ARTIFACTS) --dataset-root $(DATASET_ROOT)
+	$(PY) -m export.onnx_export --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)
 
 parity: install
 	$(PY) -m export.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)

@@ -202,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--checkpoint", type=Path, default=None, help="lerobot pretrained_model folder")
     src.add_argument("--preset", default=None, help="export a random-weight preset instead (tiny | full)")
     parser.add_argument("--out", type=Path, default=Path("artifacts/onnx"))
-    parser.add_argument("--dataset-root", type=Path, default=None, help="(unused: stats come from the checkpoint)")
     parser.add_argument("--no-calibration", action="store_true")
     parser.add_argument("--calib-episodes", type=int, default=24)
     parser.add_argument("--stop-action", type=float, nargs="+", default=None,
