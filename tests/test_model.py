@@ -236,7 +236,7 @@ def test_lerobot_train_cli_resolves_policy_type(tmp_path):
     exe = Path(sys.executable).with_name("lerobot-train")
     args = [str(exe), "--policy.type=smolvla_cls", "--policy.discover_packages_path=smolvla_cls",
             "--policy.vlm_preset=tiny", "--policy.resize_imgs_with_padding=[64,64]", "--policy.num_vlm_layers=4",
-            "--policy.tokenizer_max_length=16", "--policy.pad_language_to=max_length", "--policy.chunk_size=4",
+            "--policy.tokenizer_max_length=8", "--policy.pad_language_to=max_length", "--policy.chunk_size=4",
             "--policy.n_action_steps=4", "--policy.push_to_hub=false", "--policy.device=cpu",
             "--dataset.repo_id=local/simtask_reach", f"--dataset.root={root}", "--steps=1", "--batch_size=2",
             "--num_workers=0", f"--output_dir={tmp_path / 'out'}", "--save_freq=1"]
