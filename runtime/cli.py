@@ -92,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     for stage, row in lat.items():
         print(f"{stage:<11}{row['n']:>7}{row['median_ms']:>11.3f}{row['p90_ms']:>9.3f}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
     return 0
