@@ -81,10 +81,9 @@ def policy_config(preset: str, stage: str, device: str, chunk: int):
     )
 
 
-def _recording_update(update_policy, log_path: Path):
-    """Wrap lerobot's `update_policy` to append each step's loss components to a JSONL file."""
-    handle = log_path.open("a")
-    step = [sum(1 for _ in log_path.open())]
+def _recording_update(update_policy, handle, first_step: int):
+    """Wrap lerobot's `update_policy` to append each step's loss components to an open JSONL file."""
+    step = [first_step]
 
     def wrapped(*args, **kwargs):
         tracker, output = update_policy(*args, **kwargs)
@@ -174,15 +173,18 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
     original = lerobot_train.update_policy
     original_make_dataset = lerobot_train.make_dataset
     lerobot_train.make_dataset = lambda c: _fast_chunk_queries(original_make_dataset(c))
+    log_path = stage_dir.parent / f"loss_{plan.name}.jsonl"
     if not resume:
-        (stage_dir.parent / f"loss_{plan.name}.jsonl").unlink(missing_ok=True)
-    lerobot_train.update_policy = _recording_update(original, stage_dir.parent / f"loss_{plan.name}.jsonl")
+        log_path.unlink(missing_ok=True)
+    logged = len(log_path.read_text().splitlines()) if log_path.exists() else 0  # resume continues the count
     started = time.time()
-    try:
-        lerobot_train.train(cfg)
-    finally:
-        lerobot_train.update_policy = original
-        lerobot_train.make_dataset = original_make_dataset
+    with log_path.open("a") as log:
+        lerobot_train.update_policy = _recording_update(original, log, logged)
+        try:
+            lerobot_train.train(cfg)
+        finally:
+            lerobot_train.update_policy = original
+            lerobot_train.make_dataset = original_make_dataset
     (stage_dir / "DONE").write_text(json.dumps({"seconds": time.time() - started, "steps": plan.steps}))
     print(f"[train] stage {plan.name}: {plan.steps} steps in {time.time() - started:.0f} s")
     return last
