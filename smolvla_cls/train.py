@@ -130,6 +130,22 @@ def _fast_chunk_queries(dataset):
     return dataset
 
 
+def _augmented(dataset, args):
+    """Symmetry augmentation (smolvla_cls/augmentation.py) per `--augment`: auto = on for simtask recordings."""
+    from smolvla_cls.augmentation import enable, simtask_colours
+
+    if args.augment == "off":
+        return dataset
+    colours = simtask_colours(args.dataset_root)
+    if colours is None:
+        if args.augment == "on":
+            raise SystemExit(f"train: --augment on needs a simtask recording ({args.dataset_root}/meta/"
+                             "simtask_recording.json is missing); real-robot data has no such symmetry")
+        return dataset
+    print(f"[train] symmetry augmentation on ({len(colours)} colours)")
+    return enable(dataset, colours)
+
+
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:
     """One lerobot training run; returns its last pretrained_model folder."""
     from lerobot.configs.default import DatasetConfig, WandBConfig
@@ -172,7 +188,7 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
     original = lerobot_train.update_policy
     original_make_dataset = lerobot_train.make_dataset
-    lerobot_train.make_dataset = lambda c: _fast_chunk_queries(original_make_dataset(c))
+    lerobot_train.make_dataset = lambda c: _augmented(_fast_chunk_queries(original_make_dataset(c)), args)
     log_path = stage_dir.parent / f"loss_{plan.name}.jsonl"
     if not resume:
         log_path.unlink(missing_ok=True)
@@ -203,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue interrupted stages (lerobot resume)")
     parser.add_argument("--stages", default="main,delta")
+    parser.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
+                        help="task-symmetry augmentation (auto: on for simtask recordings, off otherwise)")
     parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:

@@ -55,6 +55,22 @@ def test_loss_logs_have_vicreg_components(trained):
         assert all(key in r for r in delta_rows), key
 
 
+def test_symmetry_augmentation_follows_the_dataset(trained, tmp_path):
+    """auto: on for a simtask recording (the smoke run), off for other data; `on` refuses other data."""
+    from types import SimpleNamespace
+
+    from smolvla_cls.train import _augmented
+
+    _, stdout = trained
+    assert "[train] symmetry augmentation on (3 colours)" in stdout
+    (tmp_path / "meta").mkdir()
+    sentinel = object()
+    assert _augmented(sentinel, SimpleNamespace(augment="auto", dataset_root=tmp_path)) is sentinel
+    assert _augmented(sentinel, SimpleNamespace(augment="off", dataset_root=tmp_path)) is sentinel
+    with pytest.raises(SystemExit, match="simtask_recording.json is missing"):
+        _augmented(sentinel, SimpleNamespace(augment="on", dataset_root=tmp_path))
+
+
 def test_report_plots_and_numbers(trained):
     out, stdout = trained
     report_dir = out / "report"
