@@ -263,21 +263,32 @@ def interp_curve(points: Sequence[tuple[float, float]], x: float) -> tuple[float
 
 
 def _paired(a: dict, b: dict) -> dict:
-    """Per-episode success pairs of two policies on the same (perturbed) seeds."""
+    """Per-episode pairs of two policies on the same (perturbed) seeds: success (McNemar) and, where both
+    succeed, recovery time from the jump to success (sign test). When every policy succeeds, recovery time
+    is what still separates a gate that reacts from one that waits for its interval."""
     sa = {e["seed"]: e["success"] for e in a["perturbed_episodes"]}
     sb = {e["seed"]: e["success"] for e in b["perturbed_episodes"]}
+    ra = {e["seed"]: e.get("recovery_ticks") for e in a["perturbed_episodes"]}
+    rb = {e["seed"]: e.get("recovery_ticks") for e in b["perturbed_episodes"]}
     common = [s for s in sa if s in sb]
     only_this = sum(sa[s] and not sb[s] for s in common)
     only_other = sum(sb[s] and not sa[s] for s in common)
+    both_rec = [(ra[s], rb[s]) for s in common if ra.get(s) is not None and rb.get(s) is not None]
+    faster = sum(x < y for x, y in both_rec)
+    slower = sum(x > y for x, y in both_rec)
     return {"vs": b["name"], "n": len(common),
             "both": sum(sa[s] and sb[s] for s in common),
             "only_this": only_this, "only_other": only_other,
             "neither": sum(not sa[s] and not sb[s] for s in common),
-            "mcnemar_p": mcnemar_exact_p(only_this, only_other)}
+            "mcnemar_p": mcnemar_exact_p(only_this, only_other),
+            "recovery": {"n": len(both_rec), "faster": faster, "slower": slower, "equal": len(both_rec) - faster - slower,
+                         "mean_this": _mean([x for x, _ in both_rec]), "mean_other": _mean([y for _, y in both_rec]),
+                         "sign_test_p": mcnemar_exact_p(faster, slower)}}
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
-    """Two-sided exact McNemar test on the discordant pair counts (binomial, p = 1/2)."""
+    """Two-sided exact McNemar test on the discordant pair counts (binomial, p = 1/2); the same
+    computation is the exact sign test on paired wins/losses."""
     n = b + c
     if n == 0:
         return 1.0
@@ -436,7 +447,8 @@ def markdown_report(report: dict) -> str:
         (f"Artifacts `{cfg['artifacts']}` · backend {cfg['backend']}/{cfg['device']} · {cfg['n_perturbed']} perturbed "
         f"+ {cfg['n_unperturbed']} unperturbed episodes (same seeds for every policy, base seed {cfg['seed']}) · "
         f"chunk {cfg['chunk_size']} (execute {cfg['n_action_steps']}), {cfg['num_steps']} Euler steps · "
-        f"refine {cfg['refine']} · {report['elapsed_s'] / 60:.1f} min on {cfg['host']}."),
+        f"refine {cfg['refine']} · episode limit {cfg.get('task', {}).get('max_steps', '?')} ticks · "
+        f"{report['elapsed_s'] / 60:.1f} min on {cfg['host']}."),
         "",
     ]
     h = report["headline"]
@@ -466,6 +478,12 @@ def markdown_report(report: dict) -> str:
             lines.append(f"- paired vs `{pr['vs']}` ({pr['n']} episodes): both succeed {pr['both']}, only the gate "
                          f"{pr['only_this']}, only `{pr['vs']}` {pr['only_other']}, neither {pr['neither']} "
                          f"(exact McNemar p = {pr.get('mcnemar_p', float('nan')):.2f}).")
+            rec = pr.get("recovery")
+            if rec and rec["n"]:
+                lines.append(f"  - recovery (jump → success) where both succeed ({rec['n']} episodes): gate faster in "
+                             f"{rec['faster']}, slower in {rec['slower']}, equal in {rec['equal']}; mean "
+                             f"{_fmt(rec['mean_this'], 1)} vs {_fmt(rec['mean_other'], 1)} ticks "
+                             f"(exact sign test p = {rec['sign_test_p']:.3g}).")
         se = h.get("success_standard_error")
         if se:
             lines.append(f"- sampling noise: one success rate near always's has a standard error of ≈ {se:.3f} "
@@ -537,7 +555,7 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
                   seed: int = 0, quick: bool = False, backend: str = "onnxruntime", device: str = "cpu",
                   threads: int = 1, refine: bool = False, check_everys: Sequence[int] = (1, 2),
                   families: Iterable[str] = DEFAULT_FAMILIES, timeline_episode: int = -1, plots: bool = True,
-                  progress: bool = True, max_random: int = 6) -> dict:
+                  progress: bool = True, max_random: int = 6, max_steps: int | None = None) -> dict:
     """Run the whole sweep and write gate_eval.json / gate_eval.md / plots under `out`; returns the report."""
     from simtask import ReachEnv, TaskConfig, episode_seeds  # numpy-only task package
 
@@ -548,7 +566,9 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
         episodes = min(episodes, 2)
         unperturbed = 1 if unperturbed is None else min(unperturbed, 1)
     n_unpert = max(1, episodes // 3) if unperturbed is None else unperturbed
-    task = TaskConfig()
+    # max_steps: a deadline variant (e.g. 40: a jump at tick 30 leaves 10 ticks) where reaction time decides
+    # success instead of only recovery time; TaskConfig validates it against the perturbation window.
+    task = TaskConfig() if max_steps is None else TaskConfig(max_steps=max_steps)
     env = ReachEnv(task)
     pert_seeds = episode_seeds(seed, episodes, stream="eval")
     unpert_seeds = episode_seeds(seed + 1, n_unpert, stream="eval") if n_unpert else []
@@ -680,6 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-random", type=int, default=6, help="number of matched-rate random gates")
     p.add_argument("--timeline-episode", type=int, default=-1,
                    help="perturbed episode index drawn in the timeline plot (-1: first with a mid-chunk jump)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="episode limit in ticks (default: the task's 60); e.g. 40 makes reaction time decide success")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--rerender", metavar="GATE_EVAL_JSON", default=None,
@@ -700,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_gate_eval(args.artifacts, args.out, args.episodes, args.unperturbed, args.seed, args.quick,
                                args.backend, args.device, args.threads, args.refine, tuple(args.check_every),
                                args.families, args.timeline_episode, not args.no_plots, not args.no_progress,
-                               args.max_random)
+                               args.max_random, args.max_steps)
     except (ValueError, RuntimeError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.gate_eval import (
     PolicySpec,
@@ -177,3 +179,34 @@ def test_rerender_recomputes_from_json(quick_report, tmp_path):
     assert (tmp_path / "gate_eval.md").is_file()
     assert report["headline"]["always"]["resamples_per_episode"] > 0
     assert all("mcnemar_p" in p for p in report["headline"].get("paired", []))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(0, 30), st.integers(0, 30)), min_size=1,
+                max_size=40))
+def test_paired_recovery_counts_follow_the_episodes(rows):
+    """Recovery is compared only where both succeed; faster + slower + equal = that count; the sign test
+    is symmetric in the two policies."""
+    from runtime.gate_eval import _paired
+
+    def res(name, idx):
+        return {"name": name, "perturbed_episodes": [
+            {"seed": i, "success": r[idx], "recovery_ticks": r[2 + idx] if r[idx] else None}
+            for i, r in enumerate(rows)]}
+
+    a, b = res("gate", 0), res("interval:10", 1)
+    ab, ba = _paired(a, b), _paired(b, a)
+    both = [(r[2], r[3]) for r in rows if r[0] and r[1]]
+    rec = ab["recovery"]
+    assert rec["n"] == len(both) == ab["both"]
+    assert rec["faster"] == sum(x < y for x, y in both) and rec["slower"] == sum(x > y for x, y in both)
+    assert rec["faster"] + rec["slower"] + rec["equal"] == rec["n"]
+    assert ba["recovery"]["faster"] == rec["slower"] and ba["recovery"]["sign_test_p"] == rec["sign_test_p"]
+    assert 0.0 < rec["sign_test_p"] <= 1.0
+
+
+def test_max_steps_option_is_validated(tmp_path, capsys):
+    art = cached_fake_artifacts()
+    rc = main(["--artifacts", str(art), "--out", str(tmp_path), "--quick", "--no-progress", "--max-steps", "20"])
+    assert rc == 2
+    assert "max_steps" in capsys.readouterr().err
