@@ -123,10 +123,10 @@ def markdown(report: dict) -> str:
     base = {r["name"].split(" (")[0]: r for r in rows if r["side"] == "lerobot"}
     reactive, open_loop = base.get("LeRobot reactive"), base.get("LeRobot open loop")
     lines = ["# The price of reactivity (perturbed simtask, trained default model)", "",
-             f"{report['episodes']} perturbed episodes per row, same seeds and weights; {report['machine']}; "
-             f"torch / onnxruntime threads {report['threads']}; {report['date']}.", "",
-             "| policy | success | ms / tick (mean) | median | p90 | full resamples / ep | jump → success (ticks) "
-             "| LeRobot reactive / this (per tick) | this − LeRobot open loop (ms / tick) |",
+             (f"{report['episodes']} perturbed episodes per row, same seeds and weights; {report['machine']}; "
+              f"torch / onnxruntime threads {report['threads']}; {report['date']}."), "",
+             ("| policy | success | ms / tick (mean) | median | p90 | full resamples / ep | jump → success (ticks) "
+              "| LeRobot reactive / this (per tick) | this − LeRobot open loop (ms / tick) |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speed = f"{reactive['mean_ms_per_tick'] / r['mean_ms_per_tick']:.1f}×" if reactive else "–"
