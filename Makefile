@@ -21,7 +21,7 @@ ENGINE_FLAGS ?= $(if $(filter fp32,$(PRECISION)),,--weakly-typed)
 GATE ?= drift
 REPORT ?= reports
 
-.PHONY: install test test-all lint typecheck dataset train train-quick export parity engine eval gate-eval demo bench soak export-full parity-full clean
+.PHONY: install test test-all lint typecheck dataset train train-quick export quantize parity engine eval gate-eval demo bench soak export-full parity-full clean
 
 install:
 	@bash scripts/ensure_env.sh
@@ -49,6 +49,10 @@ train-quick: dataset
 
 export: install
 	$(PY) -m export.onnx_export --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)
+
+# int8 dynamic quantization for CPU deployment (onnxruntime only; TensorRT builds from $(ARTIFACTS))
+quantize: install
+	$(PY) -m export.quantization --src $(ARTIFACTS) --dst $(ARTIFACTS)-int8
 
 parity: install
 	$(PY) -m export.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)

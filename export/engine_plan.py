@@ -18,6 +18,11 @@ from runtime.fingerprint import EngineFingerprint, sha256_bytes
 GRAPHS = ("prefix", "main_expert", "delta_expert")
 TIMING_CACHE_NAME = "timing.cache"
 MAX_OPT_LEVEL = 5
+# Ops of onnxruntime's dynamic quantization (export.quantization): TensorRT's ONNX parser has none of them.
+ORT_INTEGER_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+                             "MatMulIntegerToFloat", "QGemm"})
+QUANTIZED_HINT = ("build engines from the fp32 folder `make export` wrote; reduced precision on the GPU comes from "
+                  "--precision fp16/bf16, not from onnxruntime's int8 graphs")
 
 
 class PlanError(ValueError):
@@ -126,7 +131,27 @@ def load_manifest(artifacts: Path) -> dict[str, Any]:
         raise PlanError(f"{path} has no 'graphs' section")
     if manifest.get("format_version") != 1:
         raise PlanError(f"{path}: format_version {manifest.get('format_version')!r} is not supported (expected 1)")
+    quantization = manifest.get("quantization")
+    if quantization:
+        mode = quantization.get("mode", "quantized") if isinstance(quantization, dict) else "quantized"
+        source = quantization.get("source") if isinstance(quantization, dict) else None
+        raise PlanError(f"{artifacts} holds onnxruntime {mode} graphs (export.quantization): TensorRT needs the "
+                        f"fp32 export ({QUANTIZED_HINT}){f', e.g. --artifacts {source}' if source else ''}")
     return manifest
+
+
+def onnx_quantization_ops(onnx_path: Path) -> list[str]:
+    """onnxruntime-only integer ops (dynamic quantization) in an ONNX file; [] when it has none or when the
+    `onnx` package is absent / the file cannot be parsed (TensorRT's parser then has the last word)."""
+    try:
+        import onnx
+    except ImportError:
+        return []
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 — not parseable here: leave it to TensorRT's parser
+        return []
+    return sorted({n.op_type for n in model.graph.node if n.op_type in ORT_INTEGER_OPS})
 
 
 def is_dynamic(dim: Any) -> bool:
@@ -189,6 +214,10 @@ def plan_jobs(
         data_file = entry.get("data_file")
         if data_file and not (artifacts / data_file).is_file():
             raise PlanError(f"{artifacts / data_file} is missing (external weights of {entry['file']})")
+        integer_ops = onnx_quantization_ops(onnx_path)
+        if integer_ops:
+            raise PlanError(f"{onnx_path} is an onnxruntime dynamically quantized graph ({', '.join(integer_ops)}); "
+                            f"TensorRT cannot parse it: {QUANTIZED_HINT}")
         sha = manifest.get("files", {}).get(entry["file"], {}).get("sha256")
         if not isinstance(sha, str):
             raise PlanError(f"manifest.json has no files[{entry['file']!r}].sha256 (needed for the fingerprint)")

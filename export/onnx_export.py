@@ -17,10 +17,21 @@ import numpy as np
 import onnx
 import torch
 
+from export.atomic_folder import atomic_folder
 from export.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
 from export.gate_calibration import calibrate_on_simtask, uncalibrated
-from export.graph_wrappers import (DELTA_INPUTS, DELTA_OUTPUTS, MAIN_INPUTS, MAIN_OUTPUTS, PREFIX_INPUTS,
-                                   PREFIX_OUTPUTS, DeltaExpertGraph, MainExpertGraph, PrefixGraph, example_inputs)
+from export.graph_wrappers import (
+    DELTA_INPUTS,
+    DELTA_OUTPUTS,
+    MAIN_INPUTS,
+    MAIN_OUTPUTS,
+    PREFIX_INPUTS,
+    PREFIX_OUTPUTS,
+    DeltaExpertGraph,
+    MainExpertGraph,
+    PrefixGraph,
+    example_inputs,
+)
 from export.onnx_checks import graph_problems
 from runtime.fingerprint import sha256_file
 
@@ -163,10 +174,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
     action_dim = loaded.policy.config.action_feature.shape[0]
     if stop_action is not None and len(stop_action) != action_dim:
         raise ExportInputError(f"--stop-action: expected {action_dim} values (action_dim), got {len(stop_action)}")
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         model = loaded.policy.model.eval()
         n_cams = len(loaded.policy.config.image_features)
         inputs = example_inputs(model, n_cams, torch.Generator().manual_seed(0))
@@ -187,13 +195,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,9 @@ Per configuration (preset `tiny` and/or `full`, random weights, seed 0) the pare
    - `ort`: the three exported graphs under onnxruntime CPU (the runtime's own `OnnxRuntimeBackend`) —
      each graph alone, full resample (prefix + N main steps + delta), a gated tick that keeps the plan
      (prefix + gate [+ delta]), and `EdgePolicy.step` ticks (gate always = reactive, gate never = open loop);
+   - `ort` again on the int8 dynamically quantized copy `artifacts/onnx-bench-<cfg>-int8` (export.quantization,
+     reused while its stamp matches the fp32 folder's manifest and the quantization code; `--no-int8` skips
+     it), plus its accuracy cost: |chunk_int8 − chunk_fp32| for the same inputs and noise;
    - `gates` (tiny only): `EdgePolicy` on simtask perturbed episodes per gate policy (mean ms/tick, success);
 4. writes `<out>/bench.json`, `<out>/bench.md` (ratios ours/baseline in the same table) and
    `<out>/latency_breakdown.png` (stacked bars per stage).
@@ -126,6 +129,36 @@ def stamp_path(folder: Path) -> Path:
 
 def write_stamp(folder: Path, calibrated: bool) -> None:
     stamp_path(folder).write_text(json.dumps({"code": code_stamp(), "calibrated": calibrated}))
+
+
+def int8_stamp(source: Path) -> dict:
+    """What an int8 folder depends on: the fp32 folder's manifest (its hashes name every graph) and the
+    quantization code / onnxruntime version."""
+    import hashlib
+    import importlib.metadata as md
+
+    code = hashlib.sha256((ROOT / "export" / "quantization.py").read_bytes())
+    code.update(f"onnxruntime={md.version('onnxruntime')}".encode())
+    return {"source_manifest_sha256": hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest(),
+            "code": code.hexdigest()[:16]}
+
+
+def write_int8_stamp(folder: Path, source: Path) -> None:
+    stamp_path(folder).write_text(json.dumps(int8_stamp(source)))
+
+
+def int8_reusable(folder: Path, source: Path) -> bool:
+    """An intact int8 copy of the current fp32 folder, written by the current quantization code."""
+    from runtime.manifest import Manifest
+
+    try:
+        stamp = json.loads(stamp_path(folder).read_text())
+        m = Manifest.load(folder, verify_hashes=True)
+    except Exception:  # noqa: BLE001 — missing/stale folder → re-quantize
+        return False
+    q = m.raw.get("quantization") or {}
+    want = int8_stamp(source)
+    return stamp == want and q.get("source_manifest_sha256") == want["source_manifest_sha256"]
 
 
 def artifacts_reusable(folder: Path, preset: str, need_calibration: bool) -> bool:
@@ -291,6 +324,8 @@ def child_ort(args) -> dict:
         resample()
     x_ref, pre, _ = resample(with_delta=False)  # same noise as lerobot → parity
     chunk = x_ref[0, :, : d.action_dim].tolist()
+    x_full, _, _ = resample()  # full resample (with the delta step), same noise: the int8-vs-fp32 comparison
+    chunk_resample = x_full[0, :, : d.action_dim].tolist()
     sec = big if args.config != "full" else max(2, big - 2)  # secondary full-size rows: fewer reps (time budget)
     prefix_ms = timed(lambda: backend.run_prefix(images, tokens, mask, state), sec)
     rng = np.random.default_rng(0)
@@ -340,7 +375,8 @@ def child_ort(args) -> dict:
         "resample_no_delta": summarize(np.asarray(stages["prefix"]) + np.asarray(stages["denoise"])),
         "gated_keep_drift": summarize(drift_ms), "gated_keep_consistency": summarize(cons_ms),
         "edge_reactive": out_ticks["always"], "edge_open_loop": out_ticks["never"],
-        "chunk": chunk, "memory": {"after_load": mem_loaded, "end": rss_mb()},
+        "chunk": chunk, "chunk_resample": chunk_resample, "obs_emb": embed(pre.obs_cls).tolist(),
+        "quantization": m.raw.get("quantization"), "memory": {"after_load": mem_loaded, "end": rss_mb()},
     }
 
 
@@ -395,7 +431,20 @@ def child_gates(args) -> dict:
             "weights": m.raw.get("model", {}).get("source"), "gates": out, "memory": rss_mb()}
 
 
-CHILDREN = {"export": child_export, "lerobot": child_lerobot, "ort": child_ort, "gates": child_gates}
+# --------------------------------------------------------------------------------------- child: quantize
+def child_quantize(args) -> dict:
+    from export.quantization import quantize_artifacts
+
+    t0 = time.perf_counter()
+    manifest = quantize_artifacts(Path(args.source), Path(args.artifacts), progress=False)
+    write_int8_stamp(Path(args.artifacts), Path(args.source))
+    return {"quantize_s": time.perf_counter() - t0, "options": {k: manifest["quantization"][k] for k in
+                                                                ("weight_type", "per_channel", "ops", "exclude")},
+            "memory": rss_mb()}
+
+
+CHILDREN = {"export": child_export, "lerobot": child_lerobot, "ort": child_ort, "gates": child_gates,
+            "quantize": child_quantize}
 
 
 # ---------------------------------------------------------------------------------------------- parent
@@ -450,39 +499,47 @@ def _peak(side: dict) -> float:
 
 
 def build_rows(res: dict) -> list[dict]:
-    """(metric, baseline, ours) rows of one configuration; ratio = ours / baseline (< 1: ours is faster)."""
-    lr, o = res["lerobot"], res["ort"]
+    """(metric, baseline, ours[, ours int8]) rows of one configuration; ratio = ours / baseline (< 1: ours is
+    faster). The int8 columns are None when the int8 variant did not run."""
+    lr, o, o8 = res["lerobot"], res["ort"], res.get("ort_int8")
     n, t = lr["num_steps"], lr["chunk_size"]
     chunk = lr["predict_action_chunk"]
     rows = [
-        (f"chunk: prefix + {n} steps (median ms)", chunk["median_ms"], o["resample_no_delta"]["median_ms"],
+        (f"chunk: prefix + {n} steps (median ms)", chunk["median_ms"], lambda s: s["resample_no_delta"]["median_ms"],
          "LeRobot predict_action_chunk | ours prefix + denoise"),
-        ("full resample: + delta step (median ms)", chunk["median_ms"], o["resample"]["total"]["median_ms"],
+        ("full resample: + delta step (median ms)", chunk["median_ms"], lambda s: s["resample"]["total"]["median_ms"],
          "LeRobot predict_action_chunk | ours prefix + N steps + delta"),
-        ("full resample p90 (ms)", chunk["p90_ms"], o["resample"]["total"]["p90_ms"], ""),
-        ("prefix (median ms)", lr["prefix"]["median_ms"], o["prefix"]["median_ms"],
+        ("full resample p90 (ms)", chunk["p90_ms"], lambda s: s["resample"]["total"]["p90_ms"], ""),
+        ("prefix (median ms)", lr["prefix"]["median_ms"], lambda s: s["prefix"]["median_ms"],
          "LeRobot: chunk − denoise loop (incl. image prep)"),
-        ("one main-expert step (median ms)", lr["denoise_step"]["median_ms"], o["main_step"]["median_ms"], ""),
-        (f"{n}-step denoise loop (median ms)", lr["denoise_loop"]["median_ms"], o["resample"]["denoise"]["median_ms"], ""),
-        ("delta-expert step (median ms)", None, o["delta"]["median_ms"], "no LeRobot counterpart"),
+        ("one main-expert step (median ms)", lr["denoise_step"]["median_ms"], lambda s: s["main_step"]["median_ms"], ""),
+        (f"{n}-step denoise loop (median ms)", lr["denoise_loop"]["median_ms"],
+         lambda s: s["resample"]["denoise"]["median_ms"], ""),
+        ("delta-expert step (median ms)", None, lambda s: s["delta"]["median_ms"], "no LeRobot counterpart"),
         ("gated tick, plan kept: prefix + drift gate (median ms)", lr["select_action_reactive"]["median_ms"],
-         o["gated_keep_drift"]["median_ms"], "vs LeRobot reactive tick (a chunk per tick)"),
+         lambda s: s["gated_keep_drift"]["median_ms"], "vs LeRobot reactive tick (a chunk per tick)"),
         ("gated tick, plan kept: prefix + delta + consistency gate (median ms)",
-         lr["select_action_reactive"]["median_ms"], o["gated_keep_consistency"]["median_ms"],
+         lr["select_action_reactive"]["median_ms"], lambda s: s["gated_keep_consistency"]["median_ms"],
          "= cost of a refined kept tick"),
-        ("per tick, reactive (ms/tick)", lr["select_action_reactive"]["amortised_ms"], o["edge_reactive"]["amortised_ms"],
-         "select_action n_action_steps=1 | EdgePolicy gate always"),
+        ("per tick, reactive (ms/tick)", lr["select_action_reactive"]["amortised_ms"],
+         lambda s: s["edge_reactive"]["amortised_ms"], "select_action n_action_steps=1 | EdgePolicy gate always"),
         (f"per tick, open loop (ms/tick, amortised over {t})", lr["select_action_open_loop"]["amortised_ms"],
-         o["edge_open_loop"]["amortised_ms"], "select_action n_action_steps=chunk | EdgePolicy gate never"),
-        ("peak RSS of the process (MB)", _peak(lr), _peak(o),
-         "ru_maxrss; LeRobot side includes building the policy"),
-        ("RSS with model loaded (MB)", lr["memory"]["after_load"].get("rss_mb"), o["memory"]["after_load"].get("rss_mb"), ""),
-        ("peak RSS during inference (MB)", lr["memory"]["end"].get("hwm_mb"), o["memory"]["end"].get("hwm_mb"),
+         lambda s: s["edge_open_loop"]["amortised_ms"], "select_action n_action_steps=chunk | EdgePolicy gate never"),
+        ("peak RSS of the process (MB)", _peak(lr), _peak, "ru_maxrss; LeRobot side includes building the policy"),
+        ("RSS with model loaded (MB)", lr["memory"]["after_load"].get("rss_mb"),
+         lambda s: s["memory"]["after_load"].get("rss_mb"), ""),
+        ("peak RSS during inference (MB)", lr["memory"]["end"].get("hwm_mb"), lambda s: s["memory"]["end"].get("hwm_mb"),
          "VmHWM reset after loading"),
-        ("load time (s)", lr["build_s"], o["session_load_s"], "build policy + copy weights | create 3 ORT sessions"),
+        ("load time (s)", lr["build_s"], lambda s: s["session_load_s"], "build policy + copy weights | create 3 ORT sessions"),
     ]
-    return [{"metric": m_, "baseline": b, "ours": v, "ratio": ratio(v, b),
-             "speedup": (1 / r) if (r := ratio(v, b)) else None, "note": note} for m_, b, v, note in rows]
+    out = []
+    for m_, b, get, note in rows:
+        v = get(o)
+        v8 = get(o8) if o8 is not None else None
+        r, r8 = ratio(v, b), ratio(v8, b)
+        out.append({"metric": m_, "baseline": b, "ours": v, "ratio": r, "speedup": (1 / r) if r else None,
+                    "int8": v8, "int8_ratio": r8, "int8_speedup": (1 / r8) if r8 else None, "note": note})
+    return out
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -491,6 +548,25 @@ def _fmt(v: Any, digits: int = 2) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
+
+
+def int8_markdown(res: dict) -> list[str]:
+    acc, q = res["int8_accuracy"], res["ort_int8"].get("quantization") or {}
+    graphs = q.get("graphs", {})
+    done = ", ".join(f"{g} {v['quantized_nodes']}/{v['weight_nodes']}" for g, v in graphs.items())
+    kept = sorted({s for v in graphs.values() for s in v.get("excluded_scopes", [])})
+    sizes = res["artifact_bytes_int8"]
+    qz = res["quantize"]
+    return [(f"int8 (`{res['artifacts_int8']}`, export.quantization: {q.get('mode')}, weights {q.get('weights')}, "
+             f"activations {q.get('activations')}): weight MatMuls quantized {done}; kept float32: "
+             f"{', '.join(kept) or 'none'} and every activation·activation MatMul (attention). "
+             f"Files {sum(sizes.values()) / 1e6:.1f} MB; quantization {_fmt(qz.get('quantize_s'), 1)} s"
+             + (" (reused folder)" if qz.get("reused") else "") + "."),
+            (f"int8 accuracy cost (same inputs, same noise; normalised action units): prefix + {res['lerobot']['num_steps']}"
+             f" steps max |int8 − fp32| = {acc['chunk_max_abs']:.2e}, mean {acc['chunk_mean_abs']:.2e} (fp32 chunk std "
+             f"{acc['chunk_fp32_std']:.2f}); full resample incl. delta max {acc['resample_max_abs']:.2e}, mean "
+             f"{acc['resample_mean_abs']:.2e}; max |int8 − LeRobot| = {acc['chunk_vs_lerobot_max_abs']:.2e}; obs-CLS "
+             f"cosine distance int8 vs fp32 {acc['obs_cls_cosine_distance']:.2e}."), ""]
 
 
 def render_markdown(report: dict) -> str:
@@ -510,11 +586,13 @@ def render_markdown(report: dict) -> str:
                   f"{lr['predict_action_chunk']['n']} chunk reps; ours: onnxruntime {o['onnxruntime']} CPU, "
                   f"{o['graph_optimization_level']}, intra_op_threads {o['intra_op_threads']} (0 = ORT default), "
                   f"{o['resample']['total']['n']} resample reps. Chunk {lr['chunk_size']}, {lr['num_steps']} steps."), "",
-                  "| metric | LeRobot eager | ours (ORT CPU) | ours/baseline | speedup | note |",
-                  "|---|---:|---:|---:|---:|---|"]
+                  ("| metric | LeRobot eager | ours (ORT CPU) | ours/baseline | speedup | ours int8 (ORT CPU) "
+                   "| int8/baseline | int8 speedup | note |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in res["rows"]:
             lines.append(f"| {r['metric']} | {_fmt(r['baseline'])} | {_fmt(r['ours'])} | {_fmt(r['ratio'], 3)} | "
-                         f"{_fmt(r['speedup'])}× | {r['note']} |".replace("| —× |", "| — |"))
+                         f"{_fmt(r['speedup'])}× | {_fmt(r.get('int8'))} | {_fmt(r.get('int8_ratio'), 3)} | "
+                         f"{_fmt(r.get('int8_speedup'))}× | {r['note']} |".replace("| —× |", "| — |"))
         ex = res["export"]
         sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in res["artifact_bytes"].items())
         ok = res["parity_max_abs"] <= PARITY_WARN
@@ -524,6 +602,8 @@ def render_markdown(report: dict) -> str:
                   f"Export: {_fmt(ex.get('export_s'), 1)} s"
                   + (" (reused folder; time from its manifest)" if ex.get("reused") else "")
                   + (f", peak RSS {ex['memory']['ru_maxrss_mb']:.0f} MB" if ex.get("memory") else "") + ".", ""]
+        if "int8_accuracy" in res:
+            lines += int8_markdown(res)
         if "gates" in res:
             g = res["gates"]
             lines += [(f"### {cfg}: EdgePolicy on simtask, {g['episodes']} perturbed episodes per gate "
@@ -575,6 +655,10 @@ def plot(report: dict, path: Path) -> None:
             "ours ORT\nfull resample": {"prefix": o["resample"]["prefix"]["median_ms"],
                                         "denoise loop": o["resample"]["denoise"]["median_ms"],
                                         "delta": o["resample"]["delta"]["median_ms"]},
+            **({"ours ORT int8\nfull resample": {"prefix": o8["resample"]["prefix"]["median_ms"],
+                                                "denoise loop": o8["resample"]["denoise"]["median_ms"],
+                                                "delta": o8["resample"]["delta"]["median_ms"]}}
+               if (o8 := report["configs"][cfg].get("ort_int8")) else {}),
             "ours ORT\nkept tick (drift)": _kept(o["gated_keep_drift"]["median_ms"], o["prefix"]["median_ms"], 0.0),
             "ours ORT\nkept tick (consist.)": _kept(o["gated_keep_consistency"]["median_ms"], o["prefix"]["median_ms"],
                                                     o["delta"]["median_ms"]),
@@ -620,6 +704,45 @@ def machine_meta(smoke: bool) -> dict:
             "note": "one subprocess per side and configuration; other jobs may share the CPUs (see loadavg)"}
 
 
+def int8_accuracy(fp32: dict, int8: dict, lerobot_chunk: np.ndarray) -> dict:
+    """Accuracy cost of int8 (same inputs, same noise), in normalised action units; pops the raw arrays."""
+    out: dict[str, Any] = {}
+    for key, name in (("chunk", "chunk"), ("chunk_resample", "resample")):
+        ref = np.asarray(fp32[key] if key == "chunk" else fp32.pop(key))  # fp32 "chunk" is the parity check's
+        q = np.asarray(int8.pop(key))
+        diff = np.abs(q - ref)
+        out[f"{name}_max_abs"], out[f"{name}_mean_abs"] = float(diff.max()), float(diff.mean())
+        out[f"{name}_fp32_std"] = float(ref.std())
+        if key == "chunk":
+            out["chunk_vs_lerobot_max_abs"] = float(np.max(np.abs(q - lerobot_chunk)))
+    e32, e8 = np.asarray(fp32.pop("obs_emb")), np.asarray(int8.pop("obs_emb"))
+    out["obs_cls_cosine_distance"] = float(1.0 - np.dot(e32, e8))
+    return out
+
+
+def bench_int8(cfg: str, art: Path, args, out: Path, common: list[str], log) -> dict:
+    """Quantize the fp32 folder (or reuse an up-to-date int8 copy) and run the ort child on it."""
+    q_art = art.with_name(art.name + "-int8")
+    res: dict[str, Any] = {"artifacts_int8": str(q_art)}
+    if int8_reusable(q_art, art):
+        man = json.loads((q_art / "manifest.json").read_text())
+        res["quantize"] = {"reused": True, "quantize_s": man["quantization"].get("seconds")}
+        log(f"[bench] {cfg}: reusing {q_art}")
+    else:
+        log(f"[bench] {cfg}: int8 dynamic quantization to {q_art} ...")
+        res["quantize"] = {"reused": False, **run_child("quantize", cfg, out / f".quantize-{cfg}.json", args,
+                                                         ["--artifacts", str(q_art), "--source", str(art)])}
+        log(f"[bench] {cfg}: quantization {res['quantize']['quantize_s']:.1f} s")
+    man = json.loads((q_art / "manifest.json").read_text())
+    res["artifact_bytes_int8"] = {k: v["bytes"] for k, v in man["files"].items()}
+    log(f"[bench] {cfg}: onnxruntime int8 ...")
+    res["ort_int8"] = run_child("ort", cfg, out / f".ort-int8-{cfg}.json", args,
+                                ["--artifacts", str(q_art), *common[2:]])
+    log(f"[bench] {cfg}: ours int8 full resample median {res['ort_int8']['resample']['total']['median_ms']:.1f} ms "
+        f"({res['ort_int8']['wall_s']:.0f} s)")
+    return res
+
+
 def bench_config(cfg: str, args, out: Path, log) -> dict:
     art = Path(args.artifacts_root) / f"onnx-bench-{cfg}"
     res: dict[str, Any] = {"artifacts": str(art)}
@@ -646,12 +769,18 @@ def bench_config(cfg: str, args, out: Path, log) -> dict:
     res["ort"] = run_child("ort", cfg, out / f".ort-{cfg}.json", args, common)
     log(f"[bench] {cfg}: ours full resample median {res['ort']['resample']['total']['median_ms']:.1f} ms "
         f"({res['ort']['wall_s']:.0f} s)")
+    if not args.no_int8:
+        res.update(bench_int8(cfg, art, args, out, common, log))
     if cfg == "tiny":
         log(f"[bench] {cfg}: gate policies on simtask ...")
         res["gates"] = run_child("gates", cfg, out / f".gates-{cfg}.json", args,
                                  common + ["--episodes", str(args.episodes if not args.smoke else 2)])
+    if "ort_int8" in res:
+        res["int8_accuracy"] = int8_accuracy(res["ort"], res["ort_int8"], np.asarray(res["lerobot"]["chunk"]))
     a, b = np.asarray(res["lerobot"].pop("chunk")), np.asarray(res["ort"].pop("chunk"))
     res["parity_max_abs"] = float(np.max(np.abs(a - b)))
+    for key in ("chunk_resample", "obs_emb"):
+        res["ort"].pop(key, None)
     if res["parity_max_abs"] > PARITY_WARN:
         log(f"[bench] WARNING {cfg}: LeRobot and ours disagree by {res['parity_max_abs']:.3g} on the same inputs/noise "
             f"(stale artifacts? delete {art} and rerun)")
@@ -669,12 +798,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra_op_num_threads (0 = ORT default)")
     p.add_argument("--episodes", type=int, default=10, help="simtask episodes per gate (tiny)")
     p.add_argument("--artifacts-root", default="artifacts", help="where artifacts/onnx-bench-<cfg> live")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 dynamically quantized variant")
     # internal: one measurement side in its own process
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--config", default="tiny", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--artifacts", help=argparse.SUPPRESS)
     p.add_argument("--inputs", help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
     p.add_argument("--calib-episodes", type=int, default=12, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -705,6 +836,16 @@ def main(argv: list[str] | None = None) -> int:
                             "text": (f"Full-size full resample (prefix + N steps + delta) with onnxruntime CPU vs LeRobot "
                                      f"eager predict_action_chunk on the same machine: {row['speedup']:.2f}× faster "
                                      f"(target ≥ {TARGET_SPEEDUP:.0f}×: {'met' if met else 'NOT met'}).")}
+        if row.get("int8_speedup") is not None:
+            met8 = row["int8_speedup"] >= TARGET_SPEEDUP
+            acc = report["configs"]["full"]["int8_accuracy"]
+            report["target"].update(
+                speedup_int8_full_resample_vs_lerobot_chunk=row["int8_speedup"], met_int8=met8,
+                text=report["target"]["text"] + (
+                    f" With int8 dynamic quantization (onnxruntime CPU): {row['int8_speedup']:.2f}× "
+                    f"(target: {'met' if met8 else 'NOT met'}), at an accuracy cost of max |Δ chunk| "
+                    f"{acc['resample_max_abs']:.2e} (mean {acc['resample_mean_abs']:.2e}) normalised action units "
+                    f"vs fp32."))
     (out / "bench.json").write_text(json.dumps(report, indent=1, default=float))
     plot(report, out / "latency_breakdown.png")
     (out / "bench.md").write_text(render_markdown(report))

@@ -41,6 +41,12 @@ def test_bench_smoke(tmp_path):
     assert tiny["parity_max_abs"] < 1e-3, "LeRobot and the ONNX chain must carry the same weights"
     assert set(tiny["gates"]["gates"]) == {"always", "interval:10", "drift", "consistency"}
     assert "full" not in report["configs"]  # --smoke never exports/benches the full model
+    # the int8 dynamically quantized variant (export.quantization) runs too, with its accuracy cost reported
+    assert "| ours int8 (ORT CPU) |" in md and "int8 accuracy cost" in md
+    assert chunk["int8"] > 0 and math.isclose(chunk["int8_ratio"], chunk["int8"] / chunk["baseline"], rel_tol=1e-9)
+    acc = tiny["int8_accuracy"]
+    assert 0 < acc["chunk_max_abs"] < 0.25 and acc["resample_mean_abs"] < 0.1, acc
+    assert tiny["ort_int8"]["quantization"]["mode"] == "int8-dynamic"
 
 
 def test_bench_gpu_help():

@@ -302,6 +302,19 @@ def test_cli_missing_artifacts_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "manifest.json is missing" in result.stderr
 
 
+def test_cli_refuses_quantized_artifacts_one_line(tmp_path: Path) -> None:
+    """onnxruntime's dynamic-int8 folders (export.quantization) are not TensorRT input: refused before any build."""
+    art = make_artifacts(tmp_path / "onnx-int8")
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["quantization"] = {"mode": "int8-dynamic", "source": "artifacts/onnx"}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    result = _cli("--artifacts", str(art), "--out", str(tmp_path / "e"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "int8-dynamic" in lines[0] and "--artifacts artifacts/onnx" in lines[0], result.stderr
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.mark.skipif(NO_TRT is None, reason="TensorRT is installed here; the missing-TensorRT path cannot be shown")
 def test_cli_without_tensorrt_says_where_to_build(tmp_path: Path) -> None:
     art = make_artifacts(tmp_path / "onnx")
