@@ -74,6 +74,9 @@ demo: train export parity
 
 bench: install
 	$(PY) -m scripts.bench --out $(REPORT)/bench
+	@if [ -f $(CHECKPOINT)/config.json ] && [ -f $(ARTIFACTS)/manifest.json ]; then \
+	  $(PY) -m scripts.bench_reactivity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS) --out $(REPORT)/bench; \
+	else echo "[bench] no trained model in $(CHECKPOINT) / $(ARTIFACTS): the reactivity table needs 'make train export'"; fi
 
 soak: install
 	$(PY) -m runtime.soak --artifacts $(ARTIFACTS) --ticks 100000
