@@ -15,6 +15,12 @@ By default the small projections in and out of action space (`action_in_proj`, `
 time MLP, the delta expert's projections, `state_proj`) stay float32; they cost nothing and set the
 error floor of the action chunk.
 
+After quantizing, `export.graph_optimization` rewrites the float32 remainder of each graph for onnxruntime's
+CPU provider (`--rewrites`, default `DEFAULT_REWRITES`; `--no-graph-optimization` skips it): the vision
+tower's all-zero attention-mask Add is dropped, the rotary embeddings' ScatterND pairs become a Concat,
+the decomposed tanh-GELU becomes `com.microsoft.FastGelu`, and the unmasked vision attention becomes
+`com.microsoft.MultiHeadAttention` (a tiled kernel that never materialises the [12,1024,1024] scores).
+
 The new manifest.json keeps everything of the source except the graph files, `files` (fresh SHA-256s),
 `producer` / `created_utc`, and a `quantization` record (mode, options, source manifest SHA-256, per-graph
 node counts), so `python -m runtime info <dst>` verifies it and the runtime runs it unchanged. The
@@ -47,12 +53,14 @@ import onnx
 from onnx import numpy_helper
 
 from export.atomic_folder import atomic_folder
+from export.graph_optimization import ORT_REWRITES, REWRITES, optimize_file
 from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 MODE = "int8-dynamic"
 DEFAULT_OPS = ("MatMul",)
 SUPPORTED_OPS = ("MatMul", "Conv", "Gather")
+DEFAULT_REWRITES = ORT_REWRITES
 WEIGHT_TYPES = ("int8", "uint8")
 # Module scopes (as recorded by the dynamo exporter in each node's `pkg.torch.onnx.name_scopes`) that stay
 # float32 by default: the small projections in and out of action/state space.
@@ -194,7 +202,10 @@ def _check_destination(src: Path, dst: Path) -> None:
                                          f"choose another --dst (only an earlier quantized folder is replaced)")
 
 
-def _check_options(weight_type: str, ops: Sequence[str], exclude: Sequence[str]) -> None:
+def _check_options(weight_type: str, ops: Sequence[str], exclude: Sequence[str], rewrites: Sequence[str]) -> None:
+    unknown_rw = [r for r in rewrites if r not in REWRITES]
+    if unknown_rw:
+        raise QuantizationInputError(f"--rewrites {','.join(unknown_rw)!r}: choose from {', '.join(REWRITES)}")
     if weight_type not in WEIGHT_TYPES:
         raise QuantizationInputError(f"--weight-type {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
     unknown = [o for o in ops if o not in SUPPORTED_OPS]
@@ -226,7 +237,8 @@ def _quiet_preprocess_hint() -> Iterator[None]:
 
 
 def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, weight_type: str, per_channel: bool,
-                    ops: Sequence[str], exclude: Sequence[str]) -> dict[str, Any]:
+                    ops: Sequence[str], exclude: Sequence[str],
+                    rewrites: Sequence[str] = DEFAULT_REWRITES) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src_file))  # with its external data
@@ -248,6 +260,8 @@ def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, 
                          extra_options={"MatMulConstBOnly": True})
     for f in work.iterdir():
         f.unlink()
+    # float32 remainder → onnxruntime-CPU-friendly ops (rewrites the .onnx next to its data; see module doc)
+    rewritten = optimize_file(out_file, rewrites=rewrites) if rewrites else {}
     quantized = onnx.load(str(out_file), load_external_data=False)
     counts = op_counts(quantized)
     integer = {k: v for k, v in counts.items() if k in INTEGER_OPS}
@@ -255,7 +269,8 @@ def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, 
         raise RuntimeError(f"{src_file.name}: quantize_dynamic changed no node (no {'/'.join(ops)} with constant weights)")
     return {"weight_nodes": len(candidates), "quantized_nodes": len(candidates) - len(excluded),
             "float_weight_nodes": len(excluded), "excluded_scopes": sorted({node_scope(n) or n.name for n in excluded}),
-            "folded_transposes": folded, "integer_ops": integer, "nodes": len(quantized.graph.node)}
+            "folded_transposes": folded, "integer_ops": integer, "graph_rewrites": rewritten,
+            "nodes": len(quantized.graph.node)}
 
 
 def _check_loads(folder: Path, manifest: Manifest) -> None:
@@ -272,14 +287,15 @@ def _check_loads(folder: Path, manifest: Manifest) -> None:
 
 def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_channel: bool = False,
                        ops: Sequence[str] = DEFAULT_OPS, exclude: Iterable[str] = DEFAULT_EXCLUDE,
-                       check_load: bool = True, progress: bool = True) -> dict[str, Any]:
+                       rewrites: Sequence[str] = DEFAULT_REWRITES, check_load: bool = True,
+                       progress: bool = True) -> dict[str, Any]:
     """Quantize the artifact folder `src` into `dst` (written atomically); returns the new manifest."""
     import onnxruntime
 
     started = time.time()
     src, dst = Path(src), Path(dst)
-    ops, exclude = tuple(ops), tuple(exclude)
-    _check_options(weight_type, ops, exclude)
+    ops, exclude, rewrites = tuple(ops), tuple(exclude), tuple(rewrites)
+    _check_options(weight_type, ops, exclude, rewrites)
     manifest = _check_source(src)
     _check_destination(src, dst)
     with atomic_folder(dst) as tmp:
@@ -294,7 +310,7 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
             if progress:
                 print(f"[quantize] {g} ...", flush=True)
             per_graph[g] = _quantize_graph(src / spec.file, tmp / spec.file, work, spec.data_file is not None,
-                                           weight_type, per_channel, ops, exclude)
+                                           weight_type, per_channel, ops, exclude, rewrites)
             data = tmp / f"{spec.file}.data"
             raw["graphs"][g]["data_file"] = data.name if data.is_file() else None
             raw["graphs"][g]["nodes"] = per_graph[g]["nodes"]
@@ -315,6 +331,7 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
                        f"{'symmetric' if weight_type == 'int8' else 'asymmetric'}",
             "activations": "uint8, per tensor, dynamic (computed at run time)",
             "weight_type": weight_type, "per_channel": per_channel, "ops": list(ops), "exclude": list(exclude),
+            "graph_rewrites": list(rewrites),
             "source": str(src), "source_manifest_sha256": sha256_file(src / "manifest.json"),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
@@ -336,13 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="module scope (e.g. 'model.action_out_proj') to keep float32; repeatable")
     p.add_argument("--no-default-exclude", action="store_true", help="also quantize the action/state projections")
+    p.add_argument("--rewrites", default=",".join(DEFAULT_REWRITES),
+                   help=f"comma list of export.graph_optimization rewrites (default {','.join(DEFAULT_REWRITES)})")
+    p.add_argument("--no-graph-optimization", action="store_true", help="quantize only; no graph rewrites")
     args = p.parse_args(argv)
     dst = args.dst or args.src.with_name(args.src.name + "-int8")
     exclude = ([] if args.no_default_exclude else list(DEFAULT_EXCLUDE)) + list(args.exclude)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    rewrites = [] if args.no_graph_optimization else [r.strip() for r in args.rewrites.split(",") if r.strip()]
     try:
         manifest = quantize_artifacts(args.src, dst, weight_type=args.weight_type, per_channel=args.per_channel,
-                                      ops=ops, exclude=exclude)
+                                      ops=ops, exclude=exclude, rewrites=rewrites)
     except QuantizationInputError as exc:
         print(f"quantization: {exc}", file=sys.stderr)
         return 2

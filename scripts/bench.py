@@ -12,9 +12,10 @@ Per configuration (preset `tiny` and/or `full`, random weights, seed 0) the pare
    - `ort`: the three exported graphs under onnxruntime CPU (the runtime's own `OnnxRuntimeBackend`) —
      each graph alone, full resample (prefix + N main steps + delta), a gated tick that keeps the plan
      (prefix + gate [+ delta]), and `EdgePolicy.step` ticks (gate always = reactive, gate never = open loop);
-   - `ort` again on the int8 dynamically quantized copy `artifacts/onnx-bench-<cfg>-int8` (export.quantization,
-     reused while its stamp matches the fp32 folder's manifest and the quantization code; `--no-int8` skips
-     it), plus its accuracy cost: |chunk_int8 − chunk_fp32| for the same inputs and noise;
+   - `ort` again on the int8 dynamically quantized copy `artifacts/onnx-bench-<cfg>-int8` (export.quantization
+     with its default graph rewrites, reused while its stamp matches the fp32 folder's manifest and the code of
+     export/quantization.py + export/graph_optimization.py; `--no-int8` skips it), plus its accuracy cost:
+     |chunk_int8 − chunk_fp32| for the same inputs and noise;
    - `gates` (tiny only): `EdgePolicy` on simtask perturbed episodes per gate policy (mean ms/tick, success);
 4. writes `<out>/bench.json`, `<out>/bench.md` (ratios ours/baseline in the same table) and
    `<out>/latency_breakdown.png` (stacked bars per stage).
@@ -133,11 +134,12 @@ def write_stamp(folder: Path, calibrated: bool) -> None:
 
 def int8_stamp(source: Path) -> dict:
     """What an int8 folder depends on: the fp32 folder's manifest (its hashes name every graph) and the
-    quantization code / onnxruntime version."""
+    quantization + graph-rewrite code / onnxruntime version."""
     import hashlib
     import importlib.metadata as md
 
     code = hashlib.sha256((ROOT / "export" / "quantization.py").read_bytes())
+    code.update((ROOT / "export" / "graph_optimization.py").read_bytes())
     code.update(f"onnxruntime={md.version('onnxruntime')}".encode())
     return {"source_manifest_sha256": hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest(),
             "code": code.hexdigest()[:16]}
