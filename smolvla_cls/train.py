@@ -33,16 +33,18 @@ class StagePlan:
     batch_size: int
 
 
-def plan_stages(preset: str, quick: bool, steps: int | None) -> list[StagePlan]:
+def plan_stages(preset: str, quick: bool, steps: int | None,
+                delta_steps_override: int | None = None) -> list[StagePlan]:
     """Step budgets per stage (defaults sized for ≤ 30 min on 2 CPU cores for the tiny preset)."""
-    # tiny on 2 CPU cores, batch 32, 1 torch thread + 1 loader worker (measured): ~0.1 s per main step on an
-    # idle machine, 0.2-0.35 s while other jobs load it; delta ~0.25 s per step. 5000 + 300 steps took
-    # 1134 s + 77 s on the loaded machine (64 % closed-loop success), leaving room for the recording and
-    # the report inside the 30 min of `make train`.
+    # tiny on 2 CPU cores, batch 32, 1 torch thread + 1 loader worker (measured): ~0.1 s per main step,
+    # ~0.2 s per delta step. A fresh `make train` (10000 + 300 steps, augmented) took 21 min 14 s wall:
+    # recording 58 s, main 1104 s, delta 60 s, report 38 s.
     main_steps, delta_steps = (300, 40) if quick else (10000, 300)
     if steps is not None:  # total budget: 15/16 main, 1/16 delta (at least 1 step each)
         delta_steps = max(1, steps // 16)
         main_steps = max(1, steps - delta_steps)
+    if delta_steps_override is not None:
+        delta_steps = delta_steps_override
     batch = 32 if preset == "tiny" else 8
     return [StagePlan("main", main_steps, 1e-3 if preset == "tiny" else 1e-4, min(100, main_steps // 10), batch),
             StagePlan("delta", delta_steps, 1e-3 if preset == "tiny" else 1e-4, min(30, delta_steps // 10), batch)]
@@ -214,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps over both stages")
     parser.add_argument("--quick", action="store_true", help="same pipeline, few steps (smoke/demo)")
+    parser.add_argument("--delta-steps", type=int, default=None,
+                        help="steps of the delta stage (overrides the default 300 / the --steps split)")
     parser.add_argument("--chunk-size", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--num-workers", type=int, default=1)
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         parser.error(f"--steps={args.steps}: expected >= 2 (one per stage)")
+    if args.delta_steps is not None and args.delta_steps < 1:
+        parser.error(f"--delta-steps={args.delta_steps}: expected >= 1")
     stages = [s for s in args.stages.split(",") if s]
     for s in stages:
         if s not in STAGES:
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     init = None
-    for plan in plan_stages(args.preset, args.quick, args.steps):
+    for plan in plan_stages(args.preset, args.quick, args.steps, args.delta_steps):
         if plan.name not in stages:
             continue
         init = run_stage(plan, args, out, init, info)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smolvla_cls.train import main as train_main
 
@@ -18,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(args: list[str], timeout: int, **env) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **env}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, check=False,
                           timeout=timeout)
 
 
@@ -127,3 +129,20 @@ def test_interrupted_stage_resumes_from_its_last_checkpoint(trained, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert (ckpts / steps[-1] / "pretrained_model" / "model.safetensors").exists()
     assert (out / "stage_main" / "DONE").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(quick=st.booleans(), steps=st.one_of(st.none(), st.integers(2, 50000)),
+       delta=st.one_of(st.none(), st.integers(1, 5000)))
+def test_plan_stages_budgets(quick, steps, delta):
+    from smolvla_cls.train import plan_stages
+
+    main, dl = plan_stages("tiny", quick, steps, delta)
+    assert (main.name, dl.name) == ("main", "delta") and main.steps >= 1 and dl.steps >= 1
+    if steps is not None:
+        assert main.steps == max(1, steps - max(1, steps // 16))  # 15/16 of the budget goes to main
+    if delta is not None:
+        assert dl.steps == delta
+    elif steps is None:
+        assert dl.steps == (40 if quick else 300)
+    assert 0 <= dl.warmup <= dl.steps and 0 <= main.warmup <= main.steps
