@@ -13,26 +13,26 @@ dataset has no such symmetry, and `--augment auto` leaves it untouched.
 
 from __future__ import annotations
 
-import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from simtask.config import ACTION_KEY, IMAGE_KEY, STATE_KEY
 from simtask.symmetry import Symmetry, symmetry_group
-
-SIDECAR = "simtask_recording.json"
+from smolvla_cls.dataset_recording import SIDECAR, read_sidecar
 
 
 def simtask_colours(dataset_root: Path) -> list[str] | None:
     """The disc colours of a simtask recording at ``dataset_root``; None if it is not one."""
-    path = Path(dataset_root) / "meta" / SIDECAR
+    path = Path(dataset_root) / SIDECAR
     if not path.exists():
         return None
-    task = json.loads(path.read_text()).get("identity", {}).get("task", {})
-    colours = task.get("colors")
+    side = read_sidecar(Path(dataset_root))
+    colours = (side or {}).get("identity", {}).get("task", {}).get("colors")
     if not colours:
         raise ValueError(f"augmentation: {path} has no identity.task.colors")
     return list(colours)
@@ -40,37 +40,24 @@ def simtask_colours(dataset_root: Path) -> list[str] | None:
 
 def apply_symmetry(item: dict[str, Any], sym: Symmetry, colours: list[str]) -> dict[str, Any]:
     """``item`` (one lerobot sample: float CHW image, state [2] or [S,2], action [T,2], task str) under
-    ``sym``; other keys are passed through. Returns a new dict."""
+    ``sym``, transformed by `simtask.symmetry` itself; other keys are passed through. Returns a new dict."""
     out = dict(item)
     img = item[IMAGE_KEY]
-    if img.ndim < 3 or img.shape[-3] != 3:
-        raise ValueError(f"augmentation: {IMAGE_KEY} must be [..., 3, H, W], got {tuple(img.shape)}")
-    if sym.transpose:
-        img = img.transpose(-1, -2)
-    if sym.flip_x:
-        img = img.flip(-1)
-    if sym.flip_y:
-        img = img.flip(-2)
-    out[IMAGE_KEY] = img[..., list(sym.channels), :, :].contiguous()
-    out[STATE_KEY] = _transform_xy(item[STATE_KEY], sym, point=True)
-    out[ACTION_KEY] = _transform_xy(item[ACTION_KEY], sym, point=False)
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"augmentation: {IMAGE_KEY} must be [3, H, W], got {tuple(img.shape)}")
+    out[IMAGE_KEY] = torch.from_numpy(sym.image(img.numpy(), channels_first=True))
+    out[STATE_KEY] = _xy(item[STATE_KEY], sym.point)
+    out[ACTION_KEY] = _xy(item[ACTION_KEY], sym.vector)
     if "task" in item:
         out["task"] = sym.instruction(item["task"], colours)
     return out
 
 
-def _transform_xy(t: torch.Tensor, sym: Symmetry, point: bool) -> torch.Tensor:
-    """Positions (point=True: flips reflect about 0.5) or displacements (flips negate), last dim 2."""
+def _xy(t: torch.Tensor, transform: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
+    """Positions or displacements (last dim (x, y)) through the numpy transform, in the tensor's dtype."""
     if t.shape[-1] != 2:
         raise ValueError(f"augmentation: expected (x, y) in the last dimension, got shape {tuple(t.shape)}")
-    if sym.transpose:
-        t = t.flip(-1)
-    x, y = t[..., 0], t[..., 1]
-    if sym.flip_x:
-        x = 1.0 - x if point else -x
-    if sym.flip_y:
-        y = 1.0 - y if point else -y
-    return torch.stack([x, y], dim=-1)
+    return torch.from_numpy(transform(t.numpy())).to(t.dtype)
 
 
 def _augmented_getitem(self, idx):  # type: ignore[no-untyped-def]

@@ -131,7 +131,8 @@ def _remove_empty_dirs(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _read_sidecar(root: Path) -> dict[str, Any] | None:
+def read_sidecar(root: Path) -> dict[str, Any] | None:
+    """The recording's sidecar (identity, task config, per-episode records); None if absent or unreadable."""
     try:
         return json.loads((root / SIDECAR).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -140,7 +141,7 @@ def _read_sidecar(root: Path) -> dict[str, Any] | None:
 
 def _existing_matches(cfg: RecordingConfig) -> tuple[bool, str]:
     """Whether ``cfg.root`` already holds exactly this recording; the string says why not."""
-    side = _read_sidecar(cfg.root)
+    side = read_sidecar(cfg.root)
     if side is None:
         return False, f"{cfg.root} exists but has no {SIDECAR} (not a simtask recording)"
     old, new = side.get("identity", {}), cfg.identity()
@@ -176,7 +177,7 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
         ok, why = _existing_matches(cfg)
         if ok:
             info = json.loads((cfg.root / "meta/info.json").read_text())
-            side = _read_sidecar(cfg.root) or {}
+            side = read_sidecar(cfg.root) or {}
             return RecordingSummary(
                 str(cfg.root),
                 cfg.episodes,

@@ -135,14 +135,15 @@ def _fast_chunk_queries(dataset):
 def _augmented(dataset, args):
     """Symmetry augmentation (smolvla_cls/augmentation.py) per `--augment`: auto = on for simtask recordings."""
     from smolvla_cls.augmentation import enable, simtask_colours
+    from smolvla_cls.dataset_recording import SIDECAR
 
     if args.augment == "off":
         return dataset
     colours = simtask_colours(args.dataset_root)
     if colours is None:
         if args.augment == "on":
-            raise SystemExit(f"train: --augment on needs a simtask recording ({args.dataset_root}/meta/"
-                             "simtask_recording.json is missing); real-robot data has no such symmetry")
+            raise SystemExit(f"train: --augment on needs a simtask recording ({Path(args.dataset_root) / SIDECAR} "
+                             "is missing); real-robot data has no such symmetry")
         return dataset
     print(f"[train] symmetry augmentation on ({len(colours)} colours)")
     return enable(dataset, colours)
