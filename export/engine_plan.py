@@ -20,7 +20,7 @@ TIMING_CACHE_NAME = "timing.cache"
 MAX_OPT_LEVEL = 5
 # Ops of onnxruntime's dynamic quantization (export.quantization): TensorRT's ONNX parser has none of them.
 ORT_INTEGER_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-                             "MatMulIntegerToFloat", "QGemm"})
+                             "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv", "QGemm"})
 QUANTIZED_HINT = ("build engines from the fp32 folder `make export` wrote; reduced precision on the GPU comes from "
                   "--precision fp16/bf16, not from onnxruntime's int8 graphs")
 

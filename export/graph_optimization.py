@@ -299,29 +299,44 @@ def _match_gelu_tail(idx: GraphIndex, tanh: onnx.NodeProto, x: str) -> tuple[str
     return None
 
 
-def fuse_tanh_gelu(idx: GraphIndex) -> int:
-    """The decomposed tanh-GELU → com.microsoft.FastGelu(x) (float32 only)."""
+def _fuse_patterns(idx: GraphIndex, anchor: str,
+                   match: Callable[[GraphIndex, onnx.NodeProto], tuple[onnx.NodeProto, list[onnx.NodeProto]] | None],
+                   ) -> int:
+    """Replace every match of a pattern anchored at an `anchor`-type node with one com.microsoft node.
+    `match` returns (the fused node, the pattern's nodes) or None; overlapping matches are skipped."""
     graph = idx.graph
     position = {_key(n): i for i, n in enumerate(graph.node)}
     dead: set[tuple[str, ...]] = set()
     # each fused node takes the place of its pattern's last node, so the node list stays topologically sorted
     at: dict[tuple[str, ...], onnx.NodeProto] = {}
     for node in list(graph.node):
-        if node.op_type != "Tanh" or not _is_std(node) or _key(node) in dead:
+        if node.op_type != anchor or not _is_std(node) or _key(node) in dead:
             continue
-        m = _match_tanh_gelu(idx, node)
-        if m is None:
+        m = match(idx, node)
+        if m is None or any(_key(n) in dead for n in m[1]):
             continue
-        x, out, nodes = m
-        if idx.shapes.get(out) is not None and idx.shapes.get(out) != idx.shapes.get(x):
-            continue
-        at[max((_key(n) for n in nodes), key=position.__getitem__)] = helper.make_node(
-            "FastGelu", [x], [out], name=f"{node.name or out}_FastGelu", domain=MS_DOMAIN)
+        fused, nodes = m
+        at[max((_key(n) for n in nodes), key=position.__getitem__)] = fused
         dead.update(_key(n) for n in nodes)
     _rebuild(graph, dead, at)
     if at:
         _ensure_opset(idx.model, MS_DOMAIN, 1)
     return len(at)
+
+
+def _fast_gelu(idx: GraphIndex, tanh: onnx.NodeProto) -> tuple[onnx.NodeProto, list[onnx.NodeProto]] | None:
+    m = _match_tanh_gelu(idx, tanh)
+    if m is None:
+        return None
+    x, out, nodes = m
+    if idx.shapes.get(out) is not None and idx.shapes.get(out) != idx.shapes.get(x):
+        return None
+    return helper.make_node("FastGelu", [x], [out], name=f"{tanh.name or out}_FastGelu", domain=MS_DOMAIN), nodes
+
+
+def fuse_tanh_gelu(idx: GraphIndex) -> int:
+    """The decomposed tanh-GELU → com.microsoft.FastGelu(x) (float32 only)."""
+    return _fuse_patterns(idx, "Tanh", _fast_gelu)
 
 
 def _row_range(idx: GraphIndex, node: onnx.NodeProto) -> tuple[int, int] | None:
@@ -490,23 +505,7 @@ def _match_attention(idx: GraphIndex, softmax: onnx.NodeProto) -> tuple[onnx.Nod
 def fuse_attention(idx: GraphIndex) -> int:
     """Unmasked scaled-dot-product attention with head split/merge → com.microsoft.MultiHeadAttention, whose CPU
     kernel runs a tiled (flash) attention without materialising the [B,N,S,L] scores (float32 only)."""
-    graph = idx.graph
-    position = {_key(n): i for i, n in enumerate(graph.node)}
-    dead: set[tuple[str, ...]] = set()
-    at: dict[tuple[str, ...], onnx.NodeProto] = {}
-    for node in list(graph.node):
-        if node.op_type != "Softmax" or not _is_std(node) or _key(node) in dead:
-            continue
-        m = _match_attention(idx, node)
-        if m is None or any(_key(n) in dead for n in m[1]):
-            continue
-        mha, used = m
-        at[max((_key(n) for n in used), key=position.__getitem__)] = mha
-        dead.update(_key(n) for n in used)
-    _rebuild(graph, dead, at)
-    if at:
-        _ensure_opset(idx.model, MS_DOMAIN, 1)
-    return len(at)
+    return _fuse_patterns(idx, "Softmax", _match_attention)
 
 
 def rsqrt_mul_to_div(idx: GraphIndex) -> int:

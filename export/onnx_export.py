@@ -33,7 +33,7 @@ from export.graph_wrappers import (
     example_inputs,
 )
 from export.onnx_checks import graph_problems
-from runtime.fingerprint import sha256_file
+from runtime.fingerprint import file_records
 
 FORMAT_VERSION = 1
 OPSET = 18
@@ -192,7 +192,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
             gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress)
         else:
             gate = uncalibrated(model)
-        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        files = file_records(tmp)
         manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

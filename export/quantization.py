@@ -53,8 +53,9 @@ import onnx
 from onnx import numpy_helper
 
 from export.atomic_folder import atomic_folder
-from export.graph_optimization import ORT_REWRITES, REWRITES, optimize_file
-from runtime.fingerprint import sha256_file
+from export.engine_plan import ORT_INTEGER_OPS as INTEGER_OPS  # one set: what TensorRT refuses
+from export.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
+from runtime.fingerprint import file_records, sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 MODE = "int8-dynamic"
@@ -66,9 +67,6 @@ WEIGHT_TYPES = ("int8", "uint8")
 # float32 by default: the small projections in and out of action/state space.
 DEFAULT_EXCLUDE = (r"(^|\.)action_in_proj$", r"(^|\.)action_out_proj$", r"(^|\.)action_time_mlp_(in|out)$",
                    r"(^|\.)delta_action_\w+$", r"(^|\.)delta_time_mlp_\w+$", r"(^|\.)state_proj$")
-# Ops that only onnxruntime runs: their presence marks a dynamically quantized graph.
-INTEGER_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-                         "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv", "QGemm"})
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -157,14 +155,6 @@ def quantizable_nodes(model: onnx.ModelProto, ops: Sequence[str]) -> list[onnx.N
     return [n for n in model.graph.node if n.op_type in chosen and n.domain in ("", "ai.onnx")
             and (n.op_type != "Gemm" or _is_plain_gemm(n))
             and len(n.input) > weight_input[n.op_type] and n.input[weight_input[n.op_type]] in inits]
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
-
-
-def is_quantized_graph(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in INTEGER_OPS for n in model.graph.node)
 
 
 # ---------------------------------------------------------------------------------------------- folder
@@ -263,7 +253,7 @@ def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, 
     # float32 remainder → onnxruntime-CPU-friendly ops (rewrites the .onnx next to its data; see module doc)
     rewritten = optimize_file(out_file, rewrites=rewrites) if rewrites else {}
     quantized = onnx.load(str(out_file), load_external_data=False)
-    counts = op_counts(quantized)
+    counts = dict(sorted(op_counts(quantized).items()))
     integer = {k: v for k, v in counts.items() if k in INTEGER_OPS}
     if not integer:
         raise RuntimeError(f"{src_file.name}: quantize_dynamic changed no node (no {'/'.join(ops)} with constant weights)")
@@ -320,8 +310,7 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
                 shutil.copyfile(src / fname, tmp / fname)
         for p in tmp.iterdir():
             p.chmod(0o644)  # onnx writes external data owner-only; the folder is read like the export's
-        raw["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                        for p in sorted(tmp.iterdir()) if p.is_file()}
+        raw["files"] = file_records(tmp)
         raw["producer"] = "smolvla-cls-edge export.quantization"
         raw["created_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         raw.setdefault("versions", {})["onnxruntime_quantization"] = onnxruntime.__version__

@@ -177,3 +177,9 @@ def _checked(name: str, value: Any, source: str) -> Any:
     if not isinstance(value, str):
         raise bad("a string")
     return value
+
+
+def file_records(folder: str | Path) -> dict[str, dict[str, int | str]]:
+    """The manifest's `files` section: {name: {sha256, bytes}} for every file directly in `folder`."""
+    return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(Path(folder).iterdir()) if p.is_file()}

@@ -107,16 +107,18 @@ _STAMP_SOURCES = ("smolvla_cls/presets.py", "smolvla_cls/configuration_smolvla_c
                   "export/onnx_export.py", "export/gate_calibration.py", "export/onnx_checks.py")
 
 
-def code_stamp() -> str:
+def code_stamp(sources: tuple[str, ...] = _STAMP_SOURCES,
+               packages: tuple[str, ...] = ("torch", "lerobot", "transformers", "onnx", "onnxscript")) -> str:
+    """Hash of the code (and package versions) an artifact folder was written by."""
     import hashlib
     import importlib.metadata as md
 
     h = hashlib.sha256()
-    for pattern in _STAMP_SOURCES:
+    for pattern in sources:
         for f in sorted(ROOT.glob(pattern)):
             h.update(f.relative_to(ROOT).as_posix().encode())
             h.update(f.read_bytes())
-    for pkg in ("torch", "lerobot", "transformers", "onnx", "onnxscript"):
+    for pkg in packages:
         try:
             h.update(f"{pkg}={md.version(pkg)}".encode())
         except md.PackageNotFoundError:
@@ -135,14 +137,10 @@ def write_stamp(folder: Path, calibrated: bool) -> None:
 def int8_stamp(source: Path) -> dict:
     """What an int8 folder depends on: the fp32 folder's manifest (its hashes name every graph) and the
     quantization + graph-rewrite code / onnxruntime version."""
-    import hashlib
-    import importlib.metadata as md
+    from runtime.fingerprint import sha256_file
 
-    code = hashlib.sha256((ROOT / "export" / "quantization.py").read_bytes())
-    code.update((ROOT / "export" / "graph_optimization.py").read_bytes())
-    code.update(f"onnxruntime={md.version('onnxruntime')}".encode())
-    return {"source_manifest_sha256": hashlib.sha256((source / "manifest.json").read_bytes()).hexdigest(),
-            "code": code.hexdigest()[:16]}
+    return {"source_manifest_sha256": sha256_file(source / "manifest.json"),
+            "code": code_stamp(("export/quantization.py", "export/graph_optimization.py"), ("onnxruntime",))}
 
 
 def write_int8_stamp(folder: Path, source: Path) -> None:
@@ -383,7 +381,7 @@ def child_ort(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ child: gates
-class _SimAdapter:
+class SimtaskAdapter:
     """simtask policy adapter: renames simtask's camera key to the artifact's and records TickInfos."""
 
     def __init__(self, policy, camera_key: str):
@@ -418,7 +416,7 @@ def child_gates(args) -> dict:
     for gate in GATES:
         pol = EdgePolicy(args.artifacts, backend=backend, gate=gate, seed=0, verify_hashes=False)
         pol.warmup(warm_obs, runs=2)
-        rec = _SimAdapter(pol, cam)
+        rec = SimtaskAdapter(pol, cam)
         rep = evaluate_policy(rec, n_episodes=args.episodes, seed=0, perturb=True, config=cfg)
         ms = [i.total_ms for i in rec.infos]
         c = pol.counters

@@ -89,6 +89,7 @@ def ours_rows(artifacts: Path, episodes: int, threads: int) -> list[dict]:
     from runtime.backend_onnxruntime import OnnxRuntimeBackend
     from runtime.manifest import Manifest
     from runtime.policy import EdgePolicy
+    from scripts.bench import SimtaskAdapter
     from simtask import IMAGE_KEY, TaskConfig, evaluate_policy
 
     m = Manifest.load(artifacts, verify_hashes=True)
@@ -98,11 +99,8 @@ def ours_rows(artifacts: Path, episodes: int, threads: int) -> list[dict]:
     rows = []
     for gate, every in (("always", 1), (f"interval:{chunk}", 1), ("drift", 1), ("drift", 2)):
         pol = EdgePolicy(artifacts, backend=backend, gate=gate, check_every=every, seed=0, verify_hashes=False)
-
-        def act(obs: dict, pol=pol) -> np.ndarray:
-            return pol.step(obs if cam in obs else {**obs, cam: obs[IMAGE_KEY]})
-
-        timed = _Timed(act, pol.reset, lambda pol=pol: pol.last_info.resampled)
+        sim = SimtaskAdapter(pol, cam)  # simtask's camera key -> the artifact's
+        timed = _Timed(sim.act, sim.reset, lambda pol=pol: pol.last_info.resampled)
         warm = _warm_obs()
         pol.warmup(warm if cam in warm else {**warm, cam: warm[IMAGE_KEY]}, runs=3)
         rep = evaluate_policy(timed, n_episodes=episodes, seed=0, perturb=True, config=TaskConfig())
