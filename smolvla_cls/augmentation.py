@@ -43,9 +43,12 @@ def apply_symmetry(item: dict[str, Any], sym: Symmetry, colours: list[str]) -> d
     ``sym``, transformed by `simtask.symmetry` itself; other keys are passed through. Returns a new dict."""
     out = dict(item)
     img = item[IMAGE_KEY]
-    if img.ndim != 3 or img.shape[0] != 3:
-        raise ValueError(f"augmentation: {IMAGE_KEY} must be [3, H, W], got {tuple(img.shape)}")
-    out[IMAGE_KEY] = torch.from_numpy(sym.image(img.numpy(), channels_first=True))
+    if img.ndim < 3 or img.shape[-3] != 3:
+        raise ValueError(f"augmentation: {IMAGE_KEY} must be [..., 3, H, W], got {tuple(img.shape)}")
+    # lerobot's training items carry a leading time axis ([1, 3, H, W]); transform frame by frame
+    frames = img.numpy().reshape(-1, *img.shape[-3:])
+    out[IMAGE_KEY] = torch.from_numpy(
+        np.stack([sym.image(f, channels_first=True) for f in frames]).reshape(img.shape))
     out[STATE_KEY] = _xy(item[STATE_KEY], sym.point)
     out[ACTION_KEY] = _xy(item[ACTION_KEY], sym.vector)
     if "task" in item:
@@ -60,13 +63,6 @@ def _xy(t: torch.Tensor, transform: Callable[[np.ndarray], np.ndarray]) -> torch
     return torch.from_numpy(transform(t.numpy())).to(t.dtype)
 
 
-def _augmented_getitem(self, idx):  # type: ignore[no-untyped-def]
-    """`__getitem__` of an augmented dataset: the base class's item under a random task symmetry."""
-    item = super(type(self), self).__getitem__(idx)
-    sym = random.choice(self._augment_group)  # torch's DataLoader seeds python's RNG in each worker
-    return item if sym.is_identity else apply_symmetry(item, sym, self._augment_colours)
-
-
 _CLASSES: dict[type, type] = {}
 
 
@@ -74,8 +70,14 @@ def _augmented_class(base: type) -> type:
     if base not in _CLASSES:
         # A subclass that adds no instance layout (`__slots__ = ()`), so an existing instance can take it
         # by `__class__` assignment and lerobot's loop keeps every attribute it reads (meta, episodes...).
+        def getitem(self, idx):  # type: ignore[no-untyped-def]
+            """The base class's item under a random task symmetry."""
+            item = base.__getitem__(self, idx)
+            sym = random.choice(self._augment_group)  # torch's DataLoader seeds python's RNG in each worker
+            return item if sym.is_identity else apply_symmetry(item, sym, self._augment_colours)
+
         cls = type(f"SymmetryAugmented{base.__name__}", (base,),
-                   {"__module__": __name__, "__slots__": (), "__getitem__": _augmented_getitem})
+                   {"__module__": __name__, "__slots__": (), "__getitem__": getitem})
         globals()[cls.__name__] = cls  # module-level name: picklable for DataLoader workers
         _CLASSES[base] = cls
     return _CLASSES[base]

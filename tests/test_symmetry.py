@@ -101,6 +101,25 @@ def test_torch_augmentation_matches_the_numpy_symmetry(sym, chunk, seed):
     assert item["task"] == "reach the blue target"  # the input item is not modified
 
 
+@settings(max_examples=20, deadline=None)
+@given(sym=elements, frames=st.integers(1, 3))
+def test_torch_augmentation_keeps_a_leading_time_axis(sym, frames):
+    """lerobot's training items hold images as [T, 3, H, W] (T = 1) and states as [T, 2]."""
+    from smolvla_cls.augmentation import apply_symmetry
+
+    rng = np.random.default_rng(frames)
+    image = rng.uniform(size=(frames, 3, 8, 8)).astype(np.float32)
+    state = rng.uniform(size=(frames, 2)).astype(np.float32)
+    item = {"observation.images.top": torch.from_numpy(image), "observation.state": torch.from_numpy(state),
+            "action": torch.zeros(4, 2)}
+    out = apply_symmetry(item, sym, list(CFG.colors))
+    assert tuple(out["observation.images.top"].shape) == image.shape
+    for t in range(frames):
+        np.testing.assert_array_equal(out["observation.images.top"][t].numpy(),
+                                      sym.image(image[t], channels_first=True))
+    np.testing.assert_allclose(out["observation.state"].numpy(), sym.point(state), atol=1e-6)
+
+
 def test_augmented_dataset_items_are_valid_frames(tmp_path):
     """On a real recording: augmented items are transformed copies of the stored frame, the dataset
     keeps lerobot's attributes, survives pickling (DataLoader workers), and non-simtask roots are refused."""
