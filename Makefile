@@ -15,13 +15,15 @@ CHECKPOINT ?= $(OUT)/checkpoints/last/pretrained_model
 ARTIFACTS ?= artifacts/onnx
 ENGINES ?= artifacts/engines
 PRECISION ?= fp16
-# The exported graphs are fp32: with TensorRT 10 (JetPack 6/7) fp16/bf16 engines come from a weakly typed
-# build with softmax/norms pinned to fp32. For PRECISION=fp32, strongly typed works (ENGINE_FLAGS=).
-ENGINE_FLAGS ?= $(if $(filter fp32,$(PRECISION)),,--weakly-typed)
+# fp16/bf16 engines are built strongly typed from the calibrated mixed-precision folder $(ARTIFACTS)-$(PRECISION)
+# (`make mixed-precision`, redone only when the export changed). ENGINE_FLAGS=--weakly-typed builds from the fp32
+# export instead and lets TensorRT 10 pick precisions (weak typing: deprecated in 10.12, gone in 11).
+ENGINE_FLAGS ?=
+ENGINE_SRC := $(if $(or $(filter fp32,$(PRECISION)),$(filter --weakly-typed,$(ENGINE_FLAGS))),$(ARTIFACTS),$(ARTIFACTS)-$(PRECISION))
 GATE ?= drift
 REPORT ?= reports
 
-.PHONY: install test test-all lint typecheck dataset train train-quick export quantize parity engine eval gate-eval demo bench soak export-full parity-full clean
+.PHONY: install test test-all lint typecheck dataset train train-quick export quantize mixed-precision parity engine eval gate-eval demo bench soak export-full parity-full clean
 
 install:
 	@bash scripts/ensure_env.sh
@@ -57,8 +59,12 @@ quantize: install
 parity: install
 	$(PY) -m export.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)
 
-engine: install
-	$(PY) -m export.build_engines --artifacts $(ARTIFACTS) --out $(ENGINES) --precision $(PRECISION) $(ENGINE_FLAGS)
+# fp16/bf16 graphs with calibrated fp32 islands (norms, rotary, large activations) and fp32 I/O, checked against fp32
+mixed-precision: install
+	$(PY) -m export.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-$(PRECISION) --precision $(PRECISION)
+
+engine: install $(if $(filter $(ARTIFACTS),$(ENGINE_SRC)),,mixed-precision)
+	$(PY) -m export.build_engines --artifacts $(ENGINE_SRC) --out $(ENGINES) --precision $(PRECISION) $(ENGINE_FLAGS)
 
 eval: install
 	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 20 --perturb --seed 0

@@ -90,15 +90,29 @@ def report(rows: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def random_inputs(manifest: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Fresh prefix inputs with the manifest's shapes: images in [0,1], a left-aligned language mask."""
+def vocab_size(artifacts: Path, manifest: dict[str, Any]) -> int:
+    """Token ids the artifact's tokenizer can produce (1 + its largest id); 1000 when it records none."""
+    path = artifacts / manifest.get("tokenizer", {}).get("file", "tokenizer.json")
+    try:
+        tok = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return 1000
+    vocab = tok.get("model", {}).get("vocab", {})
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [a.get("id", 0) for a in tok.get("added_tokens", [])]
+    return max(ids, default=999) + 1
+
+
+def random_inputs(manifest: dict[str, Any], rng: np.random.Generator, vocab: int = 1000) -> dict[str, np.ndarray]:
+    """Fresh prefix inputs with the manifest's shapes: images in [0,1], a left-aligned language mask,
+    token ids below `vocab` (pass `vocab_size(...)`: a tiny model's embedding table is small)."""
     specs = {s["name"]: s for s in manifest["graphs"]["prefix"]["inputs"]}
     images = rng.random(specs["images"]["shape"], dtype=np.float32)
     lang_shape = specs["lang_tokens"]["shape"]
     length = lang_shape[-1]
     real = int(rng.integers(1, length + 1))
     tokens = np.zeros(lang_shape, dtype=np.int64)
-    tokens[..., :real] = rng.integers(1, 1000, size=real)
+    tokens[..., :real] = rng.integers(1, max(vocab, 2), size=real)
     mask = np.zeros(lang_shape, dtype=np.bool_)
     mask[..., :real] = True
     state = rng.standard_normal(specs["state"]["shape"]).astype(np.float32)
@@ -122,6 +136,24 @@ class _Reference:
         return dict(zip(names, session.run(names, feeds)))
 
 
+def reference_folder(artifacts: Path, manifest: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The fp32 truth for these engines: a mixed-precision folder is judged against the export it was lowered
+    from (when that folder is still there and unchanged), not against its own fp16/bf16 graphs."""
+    from runtime.fingerprint import sha256_file
+
+    lowered = manifest.get("mixed_precision")
+    if not isinstance(lowered, dict) or not lowered.get("source"):
+        return artifacts, manifest
+    src = Path(lowered["source"])
+    if not src.is_absolute() and not src.exists():
+        src = artifacts.parent / src.name
+    if not (src / "manifest.json").is_file() or sha256_file(src / "manifest.json") != lowered.get("source_manifest_sha256"):
+        raise FileNotFoundError(f"{artifacts} is {lowered.get('precision')} mixed precision; its fp32 source "
+                                f"{lowered['source']} (the accuracy reference) is missing or changed — re-run "
+                                "`make mixed-precision` from the current export")
+    return src, json.loads((src / "manifest.json").read_text(encoding="utf-8"))
+
+
 def check(artifacts: Path, engines: Path, trials: int, seed: int) -> tuple[list[Comparison], str]:
     """Run every comparison (needs TensorRT + a GPU); returns the rows and the engines' precision."""
     from runtime.backend_tensorrt import TensorRTBackend
@@ -133,13 +165,14 @@ def check(artifacts: Path, engines: Path, trials: int, seed: int) -> tuple[list[
     dims = manifest["dims"]
     shape = (1, dims["chunk_size"], dims["max_action_dim"])
     steps, action_dim = int(dims["num_steps"]), int(dims["action_dim"])
-    ref = _Reference(artifacts, manifest)
+    ref = _Reference(*reference_folder(artifacts, manifest))
     backend = TensorRTBackend(artifacts, engines, manifest=manifest)
     rng = np.random.default_rng(seed)
+    vocab = vocab_size(artifacts, manifest)
     rows: list[Comparison] = []
     try:
         for _ in range(trials):
-            feeds = random_inputs(manifest, rng)
+            feeds = random_inputs(manifest, rng, vocab)
             expected = ref.run("prefix", feeds)
             prefix = backend.run_prefix(feeds["images"], feeds["lang_tokens"], feeds["lang_mask"], feeds["state"])
             rows.append(compare("prefix", "obs_cls", prefix.obs_cls, expected["obs_cls"], precision))

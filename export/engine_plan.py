@@ -21,8 +21,8 @@ MAX_OPT_LEVEL = 5
 # Ops of onnxruntime's dynamic quantization (export.quantization): TensorRT's ONNX parser has none of them.
 ORT_INTEGER_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
                              "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv", "QGemm"})
-QUANTIZED_HINT = ("build engines from the fp32 folder `make export` wrote; reduced precision on the GPU comes from "
-                  "--precision fp16/bf16, not from onnxruntime's int8 graphs")
+QUANTIZED_HINT = ("build engines from the fp32 folder `make export` wrote, or from its fp16/bf16 folder "
+                  "(`make mixed-precision`), not from onnxruntime's int8 graphs")
 
 
 class PlanError(ValueError):
@@ -137,6 +137,10 @@ def load_manifest(artifacts: Path) -> dict[str, Any]:
         source = quantization.get("source") if isinstance(quantization, dict) else None
         raise PlanError(f"{artifacts} holds onnxruntime {mode} graphs (export.quantization): TensorRT needs the "
                         f"fp32 export ({QUANTIZED_HINT}){f', e.g. --artifacts {source}' if source else ''}")
+    lowered = manifest.get("mixed_precision")
+    if isinstance(lowered, dict) and lowered.get("emulated"):
+        raise PlanError(f"{artifacts} holds the fp32 emulation of {lowered.get('precision')} graphs (CPU checks only); "
+                        f"build from the folder written without --emulated")
     return manifest
 
 
@@ -203,6 +207,11 @@ def plan_jobs(
     artifacts: Path, out: Path, graphs: tuple[str, ...], manifest: dict[str, Any], options: BuildOptions
 ) -> list[GraphJob]:
     """One GraphJob per requested graph; checks that each ONNX file (and its external data) exists."""
+    lowered = manifest.get("mixed_precision")
+    if isinstance(lowered, dict) and options.strongly_typed and lowered.get("precision") != options.precision:
+        raise PlanError(f"{artifacts} holds {lowered.get('precision')} mixed-precision graphs: a strongly typed build "
+                        f"takes its precision from them, so pass --precision {lowered.get('precision')} "
+                        f"(or build --precision {options.precision} from {lowered.get('source', 'the fp32 export')})")
     jobs = []
     for graph in graphs:
         entry = manifest["graphs"].get(graph)

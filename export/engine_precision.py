@@ -100,6 +100,7 @@ def check_strongly_typed_dtypes(precision: str, graph: str, dtypes_seen: set[str
     if wanted not in dtypes_seen:
         raise PrecisionError(
             f"{graph}: a strongly typed {precision} build takes its precision from the ONNX types, but the ONNX "
-            f"has no {precision} tensors (export the graphs in {precision}, keeping norms/softmax in fp32), "
-            "or pass --weakly-typed to let TensorRT < 11 lower precision itself"
+            f"has no {precision} tensors: build from the calibrated {precision} folder (`make mixed-precision "
+            f"PRECISION={precision}`, i.e. python -m export.mixed_precision --precision {precision}), "
+            "or pass --weakly-typed to let TensorRT 10 lower precision itself"
         )

@@ -36,11 +36,9 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import datetime as dt
 import json
 import logging
 import re
-import shutil
 import sys
 import time
 from collections import Counter
@@ -53,10 +51,18 @@ import onnx
 from onnx import numpy_helper
 
 from export.atomic_folder import atomic_folder
+from export.derived_artifacts import (
+    DerivationInputError,
+    check_destination,
+    check_loads,
+    check_source,
+    copy_unchanged,
+    finish_manifest,
+)
 from export.engine_plan import ORT_INTEGER_OPS as INTEGER_OPS  # one set: what TensorRT refuses
 from export.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
-from runtime.fingerprint import file_records, sha256_file
-from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
+from runtime.fingerprint import sha256_file
+from runtime.manifest import GRAPH_NAMES
 
 MODE = "int8-dynamic"
 DEFAULT_OPS = ("MatMul",)
@@ -70,8 +76,7 @@ DEFAULT_EXCLUDE = (r"(^|\.)action_in_proj$", r"(^|\.)action_out_proj$", r"(^|\.)
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
 
-class QuantizationInputError(ValueError):
-    """The source / destination / options cannot be used; the message names the problem (CLI: exit 2)."""
+QuantizationInputError = DerivationInputError  # one error type for every derived folder (CLI: exit 2)
 
 
 # --------------------------------------------------------------------------------------- graph helpers
@@ -158,40 +163,6 @@ def quantizable_nodes(model: onnx.ModelProto, ops: Sequence[str]) -> list[onnx.N
 
 
 # ---------------------------------------------------------------------------------------------- folder
-def _check_source(src: Path) -> Manifest:
-    if not src.exists():
-        raise QuantizationInputError(f"--src {src} does not exist (export it first: `make export`)")
-    if not src.is_dir():
-        raise QuantizationInputError(f"--src {src} is not a folder (expected an artifact folder with manifest.json)")
-    if not (src / "manifest.json").is_file():
-        raise QuantizationInputError(f"--src {src} has no manifest.json: not an artifact folder (`make export` writes one)")
-    try:
-        manifest = Manifest.load(src, verify_hashes=True)
-    except ManifestError as exc:
-        raise QuantizationInputError(f"--src {src} is not a usable artifact folder: {exc}") from None
-    if manifest.raw.get("quantization"):
-        raise QuantizationInputError(f"--src {src} is already quantized ({manifest.raw['quantization'].get('mode')}); "
-                                     f"quantize the fp32 export it came from")
-    return manifest
-
-
-def _check_destination(src: Path, dst: Path) -> None:
-    s, d = src.resolve(), dst.resolve()
-    if d == s or s in d.parents or d in s.parents:
-        raise QuantizationInputError(f"--dst {dst} must be a new folder outside --src {src}")
-    if dst.exists():
-        man = dst / "manifest.json"
-        replaceable = False
-        if dst.is_dir() and man.is_file():
-            try:
-                replaceable = bool(json.loads(man.read_text()).get("quantization"))
-            except (json.JSONDecodeError, AttributeError):
-                replaceable = False
-        if not replaceable and not (dst.is_dir() and not any(dst.iterdir())):
-            raise QuantizationInputError(f"--dst {dst} exists and is not a quantized artifact folder; "
-                                         f"choose another --dst (only an earlier quantized folder is replaced)")
-
-
 def _check_options(weight_type: str, ops: Sequence[str], exclude: Sequence[str], rewrites: Sequence[str]) -> None:
     unknown_rw = [r for r in rewrites if r not in REWRITES]
     if unknown_rw:
@@ -263,18 +234,6 @@ def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, 
             "nodes": len(quantized.graph.node)}
 
 
-def _check_loads(folder: Path, manifest: Manifest) -> None:
-    """Every quantized graph must load in onnxruntime (CPU) with exactly the manifest's I/O."""
-    import onnxruntime as ort
-
-    from runtime.backend_onnxruntime import check_session_io
-
-    for g in GRAPH_NAMES:
-        sess = ort.InferenceSession(str(folder / manifest.graphs[g].file), providers=["CPUExecutionProvider"])
-        check_session_io(sess, manifest.graphs[g])
-        del sess
-
-
 def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_channel: bool = False,
                        ops: Sequence[str] = DEFAULT_OPS, exclude: Iterable[str] = DEFAULT_EXCLUDE,
                        rewrites: Sequence[str] = DEFAULT_REWRITES, check_load: bool = True,
@@ -286,17 +245,15 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
     src, dst = Path(src), Path(dst)
     ops, exclude, rewrites = tuple(ops), tuple(exclude), tuple(rewrites)
     _check_options(weight_type, ops, exclude, rewrites)
-    manifest = _check_source(src)
-    _check_destination(src, dst)
+    manifest = check_source(src)
+    check_destination(src, dst)
     with atomic_folder(dst) as tmp:
         work = tmp / ".work"
         work.mkdir()
         raw = json.loads(json.dumps(manifest.raw))
-        graph_files: set[str] = set()
         per_graph: dict[str, Any] = {}
         for g in GRAPH_NAMES:
             spec = manifest.graphs[g]
-            graph_files.update(f for f in (spec.file, spec.data_file) if f)
             if progress:
                 print(f"[quantize] {g} ...", flush=True)
             per_graph[g] = _quantize_graph(src / spec.file, tmp / spec.file, work, spec.data_file is not None,
@@ -305,16 +262,9 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
             raw["graphs"][g]["data_file"] = data.name if data.is_file() else None
             raw["graphs"][g]["nodes"] = per_graph[g]["nodes"]
         work.rmdir()
-        for fname in manifest.files:
-            if fname not in graph_files:
-                shutil.copyfile(src / fname, tmp / fname)
-        for p in tmp.iterdir():
-            p.chmod(0o644)  # onnx writes external data owner-only; the folder is read like the export's
-        raw["files"] = file_records(tmp)
-        raw["producer"] = "smolvla-cls-edge export.quantization"
-        raw["created_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        copy_unchanged(src, tmp, manifest)
         raw.setdefault("versions", {})["onnxruntime_quantization"] = onnxruntime.__version__
-        raw["quantization"] = {
+        record = {
             "mode": MODE, "backend": "onnxruntime (CPU)",
             "weights": f"{weight_type}, {'per output channel' if per_channel else 'per tensor'}, "
                        f"{'symmetric' if weight_type == 'int8' else 'asymmetric'}",
@@ -324,10 +274,9 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
             "source": str(src), "source_manifest_sha256": sha256_file(src / "manifest.json"),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
-        (tmp / "manifest.json").write_text(json.dumps(raw, indent=2))
-        new_manifest = Manifest.load(tmp, verify_hashes=True)
+        new_manifest = finish_manifest(tmp, raw, "smolvla-cls-edge export.quantization", "quantization", record)
         if check_load:
-            _check_loads(tmp, new_manifest)
+            check_loads(tmp, new_manifest)
     return raw
 
 

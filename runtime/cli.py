@@ -106,10 +106,13 @@ def _info(args: argparse.Namespace) -> int:
     print(f"cameras {[c.key for c in m.cameras]} → {m.image.height}x{m.image.width}; state {m.state_key} ({d.state_dim})")
     print(f"chunk {d.chunk_size} (execute {d.n_action_steps}), {d.num_steps} steps, action_dim {d.action_dim}, "
           f"lang_len {d.lang_len}, prefix_len {d.prefix_len}")
-    q = m.raw.get("quantization")
+    q, mp = m.raw.get("quantization"), m.raw.get("mixed_precision")
     if isinstance(q, dict):
         print(f"precision: {q.get('mode')} (weights {q.get('weights', q.get('weight_type'))}; onnxruntime CPU only, "
               f"from {q.get('source')})")
+    elif isinstance(mp, dict):
+        print(f"precision: {mp.get('precision')} mixed (fp32 I/O; for strongly typed TensorRT builds; "
+              f"from {mp.get('source')})")
     else:
         print("precision: float32 graphs")
     for metric, cal in m.gate_calibration.items():

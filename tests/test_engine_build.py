@@ -142,7 +142,7 @@ def test_fp32_pinning_rule(layer_type: str, name: str, pinned: bool) -> None:
 def test_strongly_typed_build_needs_matching_onnx_dtypes() -> None:
     check_strongly_typed_dtypes("fp16", "prefix", {"FLOAT", "HALF", "BOOL"})
     check_strongly_typed_dtypes("fp32", "prefix", {"FLOAT", "INT64"})
-    with pytest.raises(PrecisionError, match="export the graphs in fp16.*--weakly-typed"):
+    with pytest.raises(PrecisionError, match="make mixed-precision.*--weakly-typed"):
         check_strongly_typed_dtypes("fp16", "prefix", {"FLOAT", "INT64"})
     with pytest.raises(PrecisionError, match="no bf16 tensors"):
         check_strongly_typed_dtypes("bf16", "main_expert", {"FLOAT", "HALF"})

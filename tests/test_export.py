@@ -177,3 +177,24 @@ def test_failed_export_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         export_artifacts(_loaded(), tmp_path / "onnx", calibrate=False, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_folder_of_the_real_export_passes_its_gates_and_stays_tensorrt_ready(exported, tmp_path):
+    """The calibrated fp16 lowering of a real SmolVLA-CLS export: every gate met against fp32, graphs still
+    TensorRT-ready (op coverage, no float64), norm statistics and rotary phases kept fp32, weights in fp16."""
+    from export.mixed_precision import lower_artifacts
+
+    _, out, _ = exported
+    raw = lower_artifacts(out, tmp_path / "onnx-fp16", samples=2, trials=2, progress=False)
+    rec = raw["mixed_precision"]
+    assert all(v["cosine"] >= v["gate"] for v in rec["validation"]["worst"].values())
+    for g in GRAPHS:
+        path = tmp_path / "onnx-fp16" / f"{g}.onnx"
+        assert check_graph_file(path) == []
+        stats = rec["graphs"][g]
+        assert stats["low_nodes"] > stats["fp32_nodes"] > 0
+        assert {"Pow", "ReduceMean", "Sqrt"} <= set(stats["fp32_ops"])
+        import onnx
+
+        model = onnx.load(str(path))
+        assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)

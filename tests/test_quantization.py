@@ -187,7 +187,7 @@ def test_bad_input_is_named(tmp_path: Path, folders: tuple[Path, Path, dict]) ->
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    cases.append((src, other, "is not a quantized artifact folder"))
+    cases.append((src, other, "is not a derived artifact folder"))
     cases.append((src, src / "int8", "outside --src"))
     for s, d, needle in cases:
         with pytest.raises(QuantizationInputError, match=needle):

@@ -1,0 +1,106 @@
+"""A new artifact folder derived from an exported one (int8 for onnxruntime, fp16/bf16 for TensorRT):
+the checks on source and destination, and the manifest bookkeeping both derivations share.
+
+A derived folder keeps the source's contract (docs/artifact_contract.md) — same I/O names, dtypes, shapes,
+normalisation, tokenizer, gate calibration — and records how it was made under one key (`quantization`,
+`mixed_precision`), which also marks it as derived: a derived folder is never derived again, and only a
+folder carrying some derivation key is ever replaced at the destination.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from runtime.fingerprint import file_records
+from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
+
+DERIVATION_KEYS = ("quantization", "mixed_precision")
+
+
+class DerivationInputError(ValueError):
+    """Source / destination cannot be used; the message names the option and the problem (CLI: exit 2)."""
+
+
+def derivation_of(raw: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(key, record) of the derivation that made this manifest, or None for a plain export."""
+    for key in DERIVATION_KEYS:
+        record = raw.get(key)
+        if isinstance(record, dict) and record:
+            return key, record
+    return None
+
+
+def check_source(src: Path) -> Manifest:
+    """An intact, underived artifact folder (hashes verified)."""
+    if not src.exists():
+        raise DerivationInputError(f"--src {src} does not exist (export it first: `make export`)")
+    if not src.is_dir():
+        raise DerivationInputError(f"--src {src} is not a folder (expected an artifact folder with manifest.json)")
+    if not (src / "manifest.json").is_file():
+        raise DerivationInputError(f"--src {src} has no manifest.json: not an artifact folder (`make export` writes one)")
+    try:
+        manifest = Manifest.load(src, verify_hashes=True)
+    except ManifestError as exc:
+        raise DerivationInputError(f"--src {src} is not a usable artifact folder: {exc}") from None
+    derived = derivation_of(manifest.raw)
+    if derived:
+        key, record = derived
+        what = "quantized" if key == "quantization" else "mixed precision"
+        raise DerivationInputError(f"--src {src} is already {what} ({record.get('mode', record.get('precision'))}); "
+                                   f"start from the float32 export it came from ({record.get('source', '?')})")
+    return manifest
+
+
+def check_destination(src: Path, dst: Path) -> None:
+    """`dst` must be outside `src`, and new, empty, or an earlier derived folder (which is replaced)."""
+    s, d = src.resolve(), dst.resolve()
+    if d == s or s in d.parents or d in s.parents:
+        raise DerivationInputError(f"--dst {dst} must be a new folder outside --src {src}")
+    if not dst.exists():
+        return
+    replaceable = False
+    man = dst / "manifest.json"
+    if dst.is_dir() and man.is_file():
+        try:
+            replaceable = derivation_of(json.loads(man.read_text())) is not None
+        except (json.JSONDecodeError, AttributeError):
+            replaceable = False
+    if not replaceable and not (dst.is_dir() and not any(dst.iterdir())):
+        raise DerivationInputError(f"--dst {dst} exists and is not a derived artifact folder; choose another --dst "
+                                   "(only an earlier quantized or mixed-precision folder is replaced)")
+
+
+def copy_unchanged(src: Path, tmp: Path, manifest: Manifest) -> None:
+    """Copy every recorded file that is not a graph (tokenizer, calibration, plots) into the new folder."""
+    graph_files = {f for g in GRAPH_NAMES for f in (manifest.graphs[g].file, manifest.graphs[g].data_file) if f}
+    for fname in manifest.files:
+        if fname not in graph_files:
+            shutil.copyfile(src / fname, tmp / fname)
+
+
+def finish_manifest(tmp: Path, raw: dict[str, Any], producer: str, key: str, record: dict[str, Any]) -> Manifest:
+    """Stamp hashes, producer and the derivation record; write manifest.json and load it back verified."""
+    for p in tmp.iterdir():
+        p.chmod(0o644)  # onnx writes external data owner-only; the folder is read like the export's
+    raw["files"] = file_records(tmp)
+    raw["producer"] = producer
+    raw["created_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    raw[key] = record
+    (tmp / "manifest.json").write_text(json.dumps(raw, indent=2))
+    return Manifest.load(tmp, verify_hashes=True)
+
+
+def check_loads(folder: Path, manifest: Manifest) -> None:
+    """Every graph of the new folder must load in onnxruntime (CPU) with exactly the manifest's I/O."""
+    import onnxruntime as ort
+
+    from runtime.backend_onnxruntime import check_session_io
+
+    for g in GRAPH_NAMES:
+        sess = ort.InferenceSession(str(folder / manifest.graphs[g].file), providers=["CPUExecutionProvider"])
+        check_session_io(sess, manifest.graphs[g])
+        del sess

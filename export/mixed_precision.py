@@ -1,0 +1,320 @@
+"""fp16 / bf16 artifact folder for strongly typed TensorRT builds (`make mixed-precision`, used by `make engine`).
+
+    python -m export.mixed_precision --src artifacts/onnx --dst artifacts/onnx-fp16 [--precision fp16|bf16]
+        [--data-max 512] [--keep-fp32 REGEX ...] [--samples 4] [--trials 3] [--seed 0]
+
+One job: read an intact fp32 export, measure every activation's range on chained random observations
+(`export.tensor_ranges`), decide per node what may run in the low type and rewrite the graphs with explicit
+Casts (`export.precision_lowering`), then check the result against the fp32 folder on fresh inputs before
+writing anything: every graph in isolation (same K/V into both), the whole chunk, and the obs-CLS embedding
+the gate reads — with the same cosine gates the TensorRT engines must later meet (`export.engine_accuracy`),
+plus one more: the embedding may move by at most a tenth of the drift gate's threshold, so a precision
+change never fires the gate. fp16 is checked by running the lowered graphs on onnxruntime CPU; bf16 (no
+CPU kernels) by running the same plan emulated in fp32 with every low tensor rounded through bf16.
+
+Graph inputs and outputs stay float32, so the manifest's I/O contract, the runtime and `runtime info` are
+unchanged; the manifest gains a `mixed_precision` record (rule counts, validation table, source SHA-256).
+The folder is written under a temporary name and renamed into place only when it passed. The idea of
+calibrated per-node typing follows NVIDIA ModelOpt's AutoCast; no code of it is used.
+
+Exit codes: 0 written, 1 the lowered graphs miss an accuracy gate (nothing written; lower --data-max or
+--keep-fp32 the offending scope), 2 bad input (one line naming the option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from export.atomic_folder import atomic_folder
+from export.derived_artifacts import (
+    DerivationInputError,
+    check_destination,
+    check_loads,
+    check_source,
+    copy_unchanged,
+    finish_manifest,
+)
+from export.engine_accuracy import CHUNK, Comparison, compare, random_inputs, report, vocab_size
+from export.precision_lowering import DEFAULT_DATA_MAX, LOW_TYPES, NodeDecision, lower_graph, plan_nodes
+from export.tensor_ranges import KV_NAMES, calibrate, euler_inputs, float_tensor_types
+from runtime.fingerprint import sha256_file
+from runtime.manifest import GRAPH_NAMES
+
+PROG = "mixed precision"
+EMBEDDING_SHARE = 0.1  # the lowered obs-CLS embedding may move by at most this share of the drift threshold
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class AccuracyGateError(RuntimeError):
+    """The lowered graphs miss a gate; the message carries the comparison table."""
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed (or duplicate-named) node a unique name: decisions are keyed by node name."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _session(path: Path) -> Runner:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(names, feeds)))
+
+
+def _embedding(obs_cls: np.ndarray) -> np.ndarray:
+    """The gate's view of obs_cls: mean over CLS tokens, L2-normalised (runtime.gate)."""
+    v = np.asarray(obs_cls, np.float64).reshape(-1, obs_cls.shape[-1]).mean(axis=0)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """One validation observation and the random expert inputs that go with it."""
+
+    feeds: dict[str, np.ndarray]  # prefix inputs
+    x: np.ndarray  # main expert x_t, in isolation
+    t: np.ndarray
+    plan: np.ndarray  # delta expert input, in isolation
+    noise: np.ndarray  # whole-chunk starting noise
+
+
+def validate(ref: dict[str, Path], low: dict[str, Path], manifest: dict[str, Any], precision: str,
+             trials: int, seed: int, vocab: int) -> list[Comparison]:
+    """Lowered vs fp32 graphs (file per graph) on fresh random observations: each graph in isolation (both
+    experts read the reference K/V), the whole chunk (each side its own K/V and Euler loop, same noise), and
+    the gate's embedding. One graph pair is loaded at a time."""
+    dims = manifest["dims"]
+    action_dim = int(dims["action_dim"])
+    shape = (1, int(dims["chunk_size"]), int(dims["max_action_dim"]))
+    drift = float(manifest.get("gate", {}).get("drift", {}).get("default_threshold", 0.0) or 0.0)
+    rng = np.random.default_rng(seed)
+    draws = [_Draw(random_inputs(manifest, rng, vocab), rng.standard_normal(shape).astype(np.float32),
+                   np.array([rng.uniform(0.05, 1.0)], np.float32), rng.standard_normal(shape).astype(np.float32),
+                   rng.standard_normal(shape).astype(np.float32)) for _ in range(trials)]
+    rows: list[Comparison] = []
+
+    want_run, got_run = _session(ref["prefix"]), _session(low["prefix"])
+    kv_want, kv_got = [], []
+    for d in draws:
+        want, got = want_run(d.feeds), got_run(d.feeds)
+        for name in ("obs_cls", *KV_NAMES):
+            rows.append(compare("prefix", name, got[name], want[name], precision))
+        if drift > 0:
+            shift = float(1.0 - _embedding(got["obs_cls"]) @ _embedding(want["obs_cls"]))
+            rows.append(Comparison("prefix", "obs_emb", 1.0 - shift, shift, 1.0 - EMBEDDING_SHARE * drift))
+        kv_want.append({n: want[n] for n in KV_NAMES})
+        kv_got.append({n: got[n] for n in KV_NAMES})
+
+    want_run, got_run = _session(ref["main_expert"]), _session(low["main_expert"])
+    for d, kw, kg in zip(draws, kv_want, kv_got):
+        feeds = {"x_t": d.x, "t": d.t, **kw}
+        rows.append(compare("main_expert", "v_t", got_run(feeds)["v_t"], want_run(feeds)["v_t"], precision))
+        a = euler_inputs(dims, kg, d.noise, got_run)[1]
+        b = euler_inputs(dims, kw, d.noise, want_run)[1]
+        rows.append(compare(CHUNK, "actions", a[..., :action_dim], b[..., :action_dim], precision))
+
+    want_run, got_run = _session(ref["delta_expert"]), _session(low["delta_expert"])
+    for d, kw in zip(draws, kv_want):
+        feeds = {"actions": d.plan, **kw}
+        want, got = want_run(feeds), got_run(feeds)
+        for name in ("delta", "act_cls"):
+            rows.append(compare("delta_expert", name, got[name], want[name], precision))
+    return rows
+
+
+def _lower_one(src_file: Path, ranges: dict[str, float], precision: str, data_max: float, keep: Sequence[str],
+               emulate: bool) -> tuple[onnx.ModelProto, list[NodeDecision], dict[str, int]]:
+    model = onnx.load(str(src_file))  # with its external data
+    name_nodes(model)
+    types = float_tensor_types(model)
+    decisions = plan_nodes(model, types, ranges, precision, data_max, keep)
+    counts = lower_graph(model, decisions, types, precision, emulate=emulate)
+    return model, decisions, counts
+
+
+def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _check_options(precision: str, data_max: float, samples: int, trials: int, keep: Sequence[str]) -> None:
+    import re
+
+    if precision not in LOW_TYPES:
+        raise DerivationInputError(f"--precision {precision!r}: choose one of {', '.join(LOW_TYPES)}")
+    if not (np.isfinite(data_max) and data_max > 0):
+        raise DerivationInputError(f"--data-max {data_max}: expected a positive number (default {DEFAULT_DATA_MAX:g})")
+    if samples < 1:
+        raise DerivationInputError(f"--samples {samples}: expected at least 1 calibration observation")
+    if trials < 1:
+        raise DerivationInputError(f"--trials {trials}: expected at least 1 validation observation")
+    for pattern in keep:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise DerivationInputError(f"--keep-fp32 {pattern!r} is not a valid regular expression ({exc})") from None
+
+
+def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: float = DEFAULT_DATA_MAX,
+                    keep: Sequence[str] = (), samples: int = 4, trials: int = 3, seed: int = 0,
+                    emulated: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Lower the fp32 artifact folder `src` into `dst` (written atomically, only if it passes); returns the manifest.
+
+    `emulated=True` writes the fp32 emulation instead of the low graphs: a folder for closed-loop checks on
+    the CPU of what fp16/bf16 storage does to the task (the engine plan refuses it)."""
+    started = time.time()
+    src, dst = Path(src), Path(dst)
+    keep = tuple(keep)
+    _check_options(precision, data_max, samples, trials, keep)
+    manifest = check_source(src)
+    check_destination(src, dst)
+    with atomic_folder(dst) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
+        raw = json.loads(json.dumps(manifest.raw))
+        ranges = calibrate(src, raw, samples, seed, progress=progress)
+        per_graph: dict[str, Any] = {}
+        checked_files: dict[str, Path] = {}
+        for g in GRAPH_NAMES:
+            spec = manifest.graphs[g]
+            if progress:
+                print(f"[mixed precision] lowering {g} to {precision} ...", flush=True)
+            external = spec.data_file is not None
+            model, decisions, counts = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, emulated)
+            _save(model, tmp / spec.file, external)
+            raw["graphs"][g]["data_file"] = f"{spec.file}.data" if external else None
+            raw["graphs"][g]["nodes"] = len(model.graph.node)
+            del model
+            checked_files[g] = tmp / spec.file
+            if not emulated:  # checked as emulated: onnxruntime CPU runs fp16 nodes in fp32, has no bf16 kernels
+                model, _, _ = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, True)
+                _save(model, work / spec.file, external)
+                del model
+                checked_files[g] = work / spec.file
+            fp32_rules = Counter(d.rule for d in decisions if d.precision == "fp32")
+            per_graph[g] = {**counts, "fp32_by_rule": dict(sorted(fp32_rules.items())),
+                            "fp32_ops": dict(Counter(d.op_type for d in decisions if d.precision == "fp32").most_common()),
+                            "max_activation": round(max(ranges[g].values(), default=0.0), 3)}
+        if progress:
+            print(f"[mixed precision] checking against fp32 on {trials} fresh observation(s) ...", flush=True)
+        ref = {g: src / manifest.graphs[g].file for g in GRAPH_NAMES}
+        rows = validate(ref, checked_files, raw, precision, trials, seed + 1, vocab_size(src, raw))
+        table = report(rows)
+        failed = [r for r in rows if not r.passed]
+        if failed:
+            raise AccuracyGateError(f"{len(failed)} comparison(s) under the gate; nothing written\n{table}")
+        for f in work.iterdir():
+            f.unlink()
+        work.rmdir()
+        copy_unchanged(src, tmp, manifest)
+        import onnxruntime
+
+        raw.setdefault("versions", {})["onnxruntime_validation"] = onnxruntime.__version__
+        record = {
+            "precision": precision, "emulated": emulated,
+            "mode": f"{precision} emulated in fp32 (CPU checks only)" if emulated else f"{precision} mixed (strongly typed)",
+            "io": "float32 (unchanged contract)", "data_max": data_max, "keep_fp32": list(keep),
+            "calibration": {"samples": samples, "seed": seed, "inputs": "chained random observations"},
+            "validation": {"trials": trials, "seed": seed + 1, "by": f"onnxruntime CPU, {precision} storage emulated",
+                           "worst": _worst(rows), "table": table.splitlines()},
+            "source": str(src), "source_manifest_sha256": sha256_file(src / "manifest.json"),
+            "seconds": round(time.time() - started, 2), "graphs": per_graph,
+        }
+        new_manifest = finish_manifest(tmp, raw, "smolvla-cls-edge export.mixed_precision", "mixed_precision", record)
+        if precision == "fp16" or emulated:  # the graphs must load with the manifest's I/O (no bf16 CPU kernels)
+            check_loads(tmp, new_manifest)
+    return raw
+
+
+def _worst(rows: list[Comparison]) -> dict[str, dict[str, float]]:
+    worst: dict[str, Comparison] = {}
+    for r in rows:
+        key = f"{r.graph}.{r.tensor}"
+        if key not in worst or r.cosine < worst[key].cosine:
+            worst[key] = r
+    return {k: {"cosine": round(r.cosine, 7), "max_abs": float(f"{r.max_abs:.4g}"), "gate": r.gate}
+            for k, r in worst.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.mixed_precision",
+                                description="fp16/bf16 artifact folder for strongly typed TensorRT builds.")
+    p.add_argument("--src", type=Path, default=Path("artifacts/onnx"), help="fp32 artifact folder (make export)")
+    p.add_argument("--dst", type=Path, default=None, help="new folder (default: <src>-<precision>)")
+    p.add_argument("--precision", default="fp16", help=f"one of {', '.join(LOW_TYPES)} (default fp16)")
+    p.add_argument("--data-max", type=float, default=DEFAULT_DATA_MAX,
+                   help=f"activations above this stay fp32 (default {DEFAULT_DATA_MAX:g})")
+    p.add_argument("--keep-fp32", action="append", default=[], metavar="REGEX",
+                   help="node name or torch module scope to keep fp32; repeatable")
+    p.add_argument("--samples", type=int, default=4, help="calibration observations (default 4)")
+    p.add_argument("--trials", type=int, default=3, help="validation observations (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="redo even when --dst is up to date with --src")
+    p.add_argument("--emulated", action="store_true",
+                   help="write the fp32 emulation (closed-loop checks on the CPU; not for engines)")
+    args = p.parse_args(argv)
+    suffix = f"{args.precision}-emulated" if args.emulated else args.precision
+    dst = args.dst or args.src.with_name(f"{args.src.name}-{suffix}")
+    if not args.force and up_to_date(args.src, dst, args.precision, args.data_max, args.keep_fp32, args.emulated):
+        print(f"[mixed precision] {dst} is up to date with {args.src} (same source manifest and options; --force redoes it)")
+        return 0
+    try:
+        manifest = lower_artifacts(args.src, dst, precision=args.precision, data_max=args.data_max,
+                                   keep=args.keep_fp32, samples=args.samples, trials=args.trials, seed=args.seed,
+                                   emulated=args.emulated)
+    except DerivationInputError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except AccuracyGateError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    rec = manifest["mixed_precision"]
+    share = ", ".join(f"{g} {v['low_nodes']}/{v['low_nodes'] + v['fp32_nodes']}" for g, v in rec["graphs"].items())
+    size = sum(v["bytes"] for v in manifest["files"].values()) / 1e6
+    print(f"[mixed precision] wrote {dst} in {rec['seconds']:.1f} s ({precision_line(rec)}; low/float nodes {share}; "
+          f"{size:.1f} MB)")
+    print("\n".join(rec["validation"]["table"]))
+    return 0
+
+
+def up_to_date(src: Path, dst: Path, precision: str, data_max: float, keep: Sequence[str], emulated: bool) -> bool:
+    """True when `dst` is an intact lowering of the current `src` with the same options (make skips the work)."""
+    from runtime.manifest import Manifest, ManifestError
+
+    try:
+        rec = Manifest.load(dst, verify_hashes=True).raw.get("mixed_precision") or {}
+        source_sha = sha256_file(src / "manifest.json")
+    except (ManifestError, OSError):
+        return False
+    return (rec.get("source_manifest_sha256") == source_sha and rec.get("precision") == precision
+            and rec.get("data_max") == data_max and rec.get("keep_fp32") == list(keep)
+            and bool(rec.get("emulated")) == emulated)
+
+
+def precision_line(record: dict[str, Any]) -> str:
+    """One line for humans: what was lowered and how it was checked."""
+    return (f"{record['mode']}, fp32 I/O, data_max {record['data_max']:g}, "
+            f"checked {record['validation']['by']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

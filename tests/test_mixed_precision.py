@@ -1,0 +1,140 @@
+"""fp16/bf16 artifact folder (export/mixed_precision.py) on tiny fake artifacts: contract and hashes, fp16
+weights inside with float32 I/O, the runtime runs it unchanged, the accuracy gate refuses a bad lowering and
+leaves nothing behind, bad input is named in one line, and the TensorRT plan accepts it for a strongly typed build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from export.derived_artifacts import DerivationInputError
+from export.engine_accuracy import random_inputs, vocab_size
+from export.engine_plan import BuildOptions, load_manifest, plan_jobs
+from export.engine_precision import check_strongly_typed_dtypes
+from export.mixed_precision import AccuracyGateError, lower_artifacts
+from export.quantization import quantize_artifacts
+from runtime.fingerprint import sha256_file
+from runtime.manifest import GRAPH_NAMES, Manifest
+from runtime.policy import EdgePolicy
+from tests.fake_artifacts import build_fake_artifacts, make_observation
+
+ROOT = Path(__file__).resolve().parents[1]
+_TRT_DTYPE = {TensorProto.FLOAT16: "HALF", TensorProto.BFLOAT16: "BF16", TensorProto.FLOAT: "FLOAT"}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("mp")
+    src = build_fake_artifacts(root / "onnx")
+    manifest = lower_artifacts(src, root / "onnx-fp16", samples=2, trials=2, progress=False)
+    return src, root / "onnx-fp16", manifest
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_folder_keeps_the_contract_and_records_the_lowering(folders: tuple[Path, Path, dict]) -> None:
+    src, dst, _ = folders
+    m = Manifest.load(dst, verify_hashes=True)
+    src_raw = json.loads((src / "manifest.json").read_text())
+    rec = m.raw["mixed_precision"]
+    assert rec["precision"] == "fp16" and rec["source_manifest_sha256"] == sha256_file(src / "manifest.json")
+    for g in GRAPH_NAMES:
+        assert m.raw["graphs"][g]["inputs"] == src_raw["graphs"][g]["inputs"]
+        assert m.raw["graphs"][g]["outputs"] == src_raw["graphs"][g]["outputs"]
+        assert rec["graphs"][g]["low_nodes"] >= 1
+    for key in ("dims", "cameras", "normalization", "action_bounds", "tokenizer", "gate", "delta_input"):
+        assert m.raw[key] == src_raw[key], key
+    assert all(v["cosine"] >= v["gate"] for v in rec["validation"]["worst"].values())
+    assert {"prefix.obs_cls", "chunk.actions", "delta_expert.delta"} <= set(rec["validation"]["worst"])
+    info = _run("-m", "runtime", "info", "--artifacts", str(dst))
+    assert info.returncode == 0, info.stderr
+    assert "fp16 mixed" in info.stdout
+
+
+def test_graphs_hold_fp16_weights_behind_float32_io(folders: tuple[Path, Path, dict]) -> None:
+    src, dst, _ = folders
+    for g in GRAPH_NAMES:
+        model = onnx.load(str(dst / f"{g}.onnx"))
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        assert {i.type.tensor_type.elem_type for i in model.graph.input} <= {TensorProto.FLOAT, TensorProto.INT64,
+                                                                            TensorProto.BOOL}
+        assert TensorProto.FLOAT16 not in {o.type.tensor_type.elem_type for o in model.graph.output}
+        assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer), g
+        # what a strongly typed fp16 build checks before building (engine_precision), on the ONNX types
+        seen = {_TRT_DTYPE.get(i.data_type, "OTHER") for i in model.graph.initializer}
+        check_strongly_typed_dtypes("fp16", g, seen)
+    assert (dst / "prefix.onnx").stat().st_size < 0.7 * (src / "prefix.onnx").stat().st_size
+    plans = plan_jobs(dst, dst.parent / "engines", GRAPH_NAMES, load_manifest(dst), BuildOptions(precision="fp16"))
+    assert len(plans) == 3  # the engine plan takes a mixed-precision folder (it refuses only int8 ones)
+
+
+def test_runtime_runs_the_fp16_folder_and_agrees_with_fp32(folders: tuple[Path, Path, dict]) -> None:
+    src, dst, _ = folders
+    runs = {}
+    for name, folder in (("fp32", src), ("fp16", dst)):
+        policy = EdgePolicy(folder, backend="onnxruntime", gate="drift", refine=True, seed=0,
+                            backend_options={"intra_op_threads": 1})
+        m = policy.manifest
+        actions = []
+        for i in range(2 * m.dims.chunk_size):
+            action = policy.step(make_observation(i))
+            assert np.all(np.isfinite(action)) and policy.last_info.fault is None
+            assert np.all(action >= m.action_bounds.low) and np.all(action <= m.action_bounds.high)
+            actions.append(action)
+        runs[name] = (np.array(actions), policy.counters.resamples)
+    assert np.max(np.abs(runs["fp16"][0] - runs["fp32"][0])) < 0.05 * np.ptp(runs["fp32"][0]) + 1e-3
+    assert runs["fp16"][1] == runs["fp32"][1]  # the gate decides the same: the embedding barely moves
+
+
+def test_accuracy_gate_refuses_and_leaves_nothing(tmp_path: Path, folders: tuple[Path, Path, dict],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.engine_accuracy as accuracy
+
+    src, _, _ = folders
+    monkeypatch.setitem(accuracy.GATES, "fp16", accuracy.Gate(1.0 + 1e-9, 1.0 + 1e-9))  # unreachable
+    with pytest.raises(AccuracyGateError, match="nothing written"):
+        lower_artifacts(src, tmp_path / "fp16", samples=1, trials=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_is_named(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
+    src, dst, _ = folders
+    int8 = tmp_path / "int8"
+    quantize_artifacts(src, int8, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    cases = [((tmp_path / "nope", tmp_path / "o1"), {}, "does not exist"),
+             ((dst, tmp_path / "o2"), {}, "already mixed precision"),
+             ((int8, tmp_path / "o3"), {}, "already quantized"),
+             ((src, other), {}, "not a derived artifact folder"),
+             ((src, tmp_path / "o4"), {"precision": "fp8"}, "--precision"),
+             ((src, tmp_path / "o5"), {"data_max": 0.0}, "--data-max"),
+             ((src, tmp_path / "o6"), {"keep": ["("]}, "--keep-fp32"),
+             ((src, tmp_path / "o7"), {"samples": 0}, "--samples")]
+    for (s, d), kw, needle in cases:
+        with pytest.raises(DerivationInputError, match=needle):
+            lower_artifacts(s, d, progress=False, **kw)
+    assert (other / "keep.txt").read_text() == "mine"
+    r = _run("-m", "export.mixed_precision", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("mixed precision: --src"), r.stderr
+
+
+def test_random_inputs_respect_the_tokenizer_vocabulary(folders: tuple[Path, Path, dict]) -> None:
+    src, _, _ = folders
+    raw = json.loads((src / "manifest.json").read_text())
+    vocab = vocab_size(src, raw)
+    assert 2 < vocab < 100  # the fake WordLevel vocabulary
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        feeds = random_inputs(raw, rng, vocab)
+        assert feeds["lang_tokens"].max() < vocab and feeds["lang_mask"][..., 0].all()
