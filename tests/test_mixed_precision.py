@@ -138,3 +138,49 @@ def test_random_inputs_respect_the_tokenizer_vocabulary(folders: tuple[Path, Pat
     for _ in range(20):
         feeds = random_inputs(raw, rng, vocab)
         assert feeds["lang_tokens"].max() < vocab and feeds["lang_mask"][..., 0].all()
+
+
+def test_engine_plan_and_accuracy_reference_follow_the_record(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
+    """A strongly typed build must ask for the folder's own precision; an emulated folder is never built; engine
+    accuracy is judged against the unchanged fp32 source."""
+    from export.engine_accuracy import reference_folder
+    from export.engine_plan import PlanError
+
+    src, dst, _ = folders
+    with pytest.raises(PlanError, match="--precision fp16"):
+        plan_jobs(dst, tmp_path / "e", GRAPH_NAMES, load_manifest(dst), BuildOptions(precision="bf16"))
+    weak = BuildOptions(precision="fp16", strongly_typed=False)
+    assert len(plan_jobs(dst, tmp_path / "e", ("prefix",), load_manifest(dst), weak)) == 1
+    emulated = tmp_path / "emulated"
+    lower_artifacts(src, emulated, samples=1, trials=1, emulated=True, progress=False)
+    model = onnx.load(str(emulated / "prefix.onnx"))
+    assert not any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
+    with pytest.raises(PlanError, match="emulation"):
+        load_manifest(emulated)
+    ref, raw = reference_folder(dst, load_manifest(dst))
+    assert ref.resolve() == src.resolve() and "mixed_precision" not in raw
+    assert reference_folder(src, load_manifest(src))[0] == src
+    moved = tmp_path / "moved"
+    import shutil
+
+    shutil.copytree(dst, moved)
+    rec = json.loads((moved / "manifest.json").read_text())
+    rec["mixed_precision"]["source"] = str(tmp_path / "gone")
+    (moved / "manifest.json").write_text(json.dumps(rec))
+    with pytest.raises(FileNotFoundError, match="accuracy reference"):
+        reference_folder(moved, rec)
+
+
+def test_cli_skips_an_up_to_date_folder(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
+    src, _, _ = folders
+    args = ["-m", "export.mixed_precision", "--src", str(src), "--dst", str(tmp_path / "fp16"), "--samples", "1",
+            "--trials", "1"]
+    first = _run(*args)
+    assert first.returncode == 0 and "wrote" in first.stdout, first.stderr
+    stamp = (tmp_path / "fp16" / "manifest.json").read_text()
+    again = _run(*args)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert (tmp_path / "fp16" / "manifest.json").read_text() == stamp
+    other = _run(*args, "--data-max", "64")  # other options: redone
+    assert other.returncode == 0 and "wrote" in other.stdout
+    assert json.loads((tmp_path / "fp16" / "manifest.json").read_text())["mixed_precision"]["data_max"] == 64.0
