@@ -19,6 +19,10 @@ PRECISION ?= fp16
 # (`make mixed-precision`, redone only when the export changed). ENGINE_FLAGS=--weakly-typed builds from the fp32
 # export instead and lets TensorRT 10 pick precisions (weak typing: deprecated in 10.12, gone in 11).
 ENGINE_FLAGS ?=
+# On the Jetson: `make engine ENGINE_PY=python3` uses JetPack's Python (TensorRT bindings) and installs nothing;
+# it needs only numpy, onnx, onnxruntime, ml_dtypes, tqdm, tokenizers and cuda-python (no torch / lerobot).
+ENGINE_PY ?= $(PY)
+ENGINE_INSTALL := $(if $(filter $(PY),$(ENGINE_PY)),install,)
 ENGINE_SRC := $(if $(or $(filter fp32,$(PRECISION)),$(filter --weakly-typed,$(ENGINE_FLAGS))),$(ARTIFACTS),$(ARTIFACTS)-$(PRECISION))
 GATE ?= drift
 REPORT ?= reports
@@ -60,11 +64,11 @@ parity: install
 	$(PY) -m export.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)
 
 # fp16/bf16 graphs with calibrated fp32 islands (norms, rotary, large activations) and fp32 I/O, checked against fp32
-mixed-precision: install
-	$(PY) -m export.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-$(PRECISION) --precision $(PRECISION)
+mixed-precision: $(ENGINE_INSTALL)
+	$(ENGINE_PY) -m export.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-$(PRECISION) --precision $(PRECISION)
 
-engine: install $(if $(filter $(ARTIFACTS),$(ENGINE_SRC)),,mixed-precision)
-	$(PY) -m export.build_engines --artifacts $(ENGINE_SRC) --out $(ENGINES) --precision $(PRECISION) $(ENGINE_FLAGS)
+engine: $(ENGINE_INSTALL) $(if $(filter $(ARTIFACTS),$(ENGINE_SRC)),,mixed-precision)
+	$(ENGINE_PY) -m export.build_engines --artifacts $(ENGINE_SRC) --out $(ENGINES) --precision $(PRECISION) $(ENGINE_FLAGS)
 
 eval: install
 	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 20 --perturb --seed 0

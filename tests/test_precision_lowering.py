@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from export.precision_lowering import LoweringError, lower_graph, plan_nodes
-from export.tensor_ranges import RANGE_SUFFIX, float_tensor_types, instrument, measured_tensors
-from smolvla_cls.attention import MASK_FILL
+from export.tensor_ranges import MASK_FILL, RANGE_SUFFIX, float_tensor_types, instrument, measured_tensors
 
 OPSET = 18
 
@@ -179,6 +178,24 @@ def test_instrumented_ranges_equal_numpy_and_skip_the_mask_fill(seed, scale):
     kept = np.where(mask, y, 0.0)
     assert values["z" + RANGE_SUFFIX] == pytest.approx(float(np.max(np.abs(kept))), rel=1e-6, abs=1e-12)
     assert np.array_equal(values["z"], np.where(mask, y, np.float32(MASK_FILL)))  # the graph's own output intact
+
+
+def test_mask_fill_matches_the_model_and_lowering_needs_no_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import export.tensor_ranges as ranges
+    from smolvla_cls.attention import MASK_FILL as model_fill
+
+    assert ranges.MASK_FILL == model_fill
+    assert np.float16(model_fill) == model_fill and np.isfinite(np.float16(model_fill))
+    code = ("import sys, export.mixed_precision, export.build_engines, export.engine_accuracy; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lerobot', 'transformers', 'smolvla_cls'}); "
+            "assert not bad, bad; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_constants_that_do_not_fit_keep_their_node_fp32():
