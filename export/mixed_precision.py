@@ -46,12 +46,15 @@ from export.derived_artifacts import (
     finish_manifest,
 )
 from export.engine_accuracy import CHUNK, Comparison, compare, random_inputs, report, vocab_size
-from export.precision_lowering import DEFAULT_DATA_MAX, LOW_TYPES, NodeDecision, lower_graph, plan_nodes
+from export.precision_fallback import best_section, sections_with
+from export.precision_lowering import DEFAULT_DATA_MAX, LOW_TYPES, UNSCOPED, NodeDecision, lower_graph, plan_nodes
 from export.tensor_ranges import KV_NAMES, calibrate, euler_inputs, float_tensor_types
 from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES
 
 PROG = "mixed precision"
+HELD_OUT_SEED = 1001  # offset of the confirmation draws' seed
+DEFAULT_FALLBACK_ROUNDS = 6  # module groups kept fp32 automatically before a missed gate is final
 EMBEDDING_SHARE = 0.1  # the lowered obs-CLS embedding may move by at most this share of the drift threshold
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -94,22 +97,23 @@ class _Draw:
     noise: np.ndarray  # whole-chunk starting noise
 
 
-def validate(ref: dict[str, Path], low: dict[str, Path], manifest: dict[str, Any], precision: str,
-             trials: int, seed: int, vocab: int) -> list[Comparison]:
-    """Lowered vs fp32 graphs (file per graph) on fresh random observations: each graph in isolation (both
-    experts read the reference K/V), the whole chunk (each side its own K/V and Euler loop, same noise), and
-    the gate's embedding. One graph pair is loaded at a time."""
-    dims = manifest["dims"]
-    action_dim = int(dims["action_dim"])
-    shape = (1, int(dims["chunk_size"]), int(dims["max_action_dim"]))
-    drift = float(manifest.get("gate", {}).get("drift", {}).get("default_threshold", 0.0) or 0.0)
-    rng = np.random.default_rng(seed)
-    draws = [_Draw(random_inputs(manifest, rng, vocab), rng.standard_normal(shape).astype(np.float32),
-                   np.array([rng.uniform(0.05, 1.0)], np.float32), rng.standard_normal(shape).astype(np.float32),
-                   rng.standard_normal(shape).astype(np.float32)) for _ in range(trials)]
-    rows: list[Comparison] = []
+KV = dict[str, np.ndarray]
 
-    want_run, got_run = _session(ref["prefix"]), _session(low["prefix"])
+
+def _draws(manifest: dict[str, Any], trials: int, seed: int, vocab: int) -> list[_Draw]:
+    dims = manifest["dims"]
+    shape = (1, int(dims["chunk_size"]), int(dims["max_action_dim"]))
+    rng = np.random.default_rng(seed)
+    return [_Draw(random_inputs(manifest, rng, vocab), rng.standard_normal(shape).astype(np.float32),
+                  np.array([rng.uniform(0.05, 1.0)], np.float32), rng.standard_normal(shape).astype(np.float32),
+                  rng.standard_normal(shape).astype(np.float32)) for _ in range(trials)]
+
+
+def _prefix_rows(want_run: Runner, got_run: Runner, draws: list[_Draw], manifest: dict[str, Any],
+                 precision: str) -> tuple[list[Comparison], list[KV], list[KV]]:
+    """Prefix outputs and the gate's embedding; also each side's K/V for the experts."""
+    drift = float(manifest.get("gate", {}).get("drift", {}).get("default_threshold", 0.0) or 0.0)
+    rows: list[Comparison] = []
     kv_want, kv_got = [], []
     for d in draws:
         want, got = want_run(d.feeds), got_run(d.feeds)
@@ -120,30 +124,55 @@ def validate(ref: dict[str, Path], low: dict[str, Path], manifest: dict[str, Any
             rows.append(Comparison("prefix", "obs_emb", 1.0 - shift, shift, 1.0 - EMBEDDING_SHARE * drift))
         kv_want.append({n: want[n] for n in KV_NAMES})
         kv_got.append({n: got[n] for n in KV_NAMES})
+    return rows, kv_want, kv_got
 
-    want_run, got_run = _session(ref["main_expert"]), _session(low["main_expert"])
+
+def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[_Draw], kv_want: list[KV],
+                 kv_got: list[KV], manifest: dict[str, Any], precision: str) -> list[Comparison]:
+    """An expert in isolation (both sides read the reference K/V); for the main expert also the whole chunk
+    (each side its own K/V and Euler loop, same noise)."""
+    dims = manifest["dims"]
+    action_dim = int(dims["action_dim"])
+    rows: list[Comparison] = []
     for d, kw, kg in zip(draws, kv_want, kv_got):
-        feeds = {"x_t": d.x, "t": d.t, **kw}
-        rows.append(compare("main_expert", "v_t", got_run(feeds)["v_t"], want_run(feeds)["v_t"], precision))
-        a = euler_inputs(dims, kg, d.noise, got_run)[1]
-        b = euler_inputs(dims, kw, d.noise, want_run)[1]
-        rows.append(compare(CHUNK, "actions", a[..., :action_dim], b[..., :action_dim], precision))
-
-    want_run, got_run = _session(ref["delta_expert"]), _session(low["delta_expert"])
-    for d, kw in zip(draws, kv_want):
-        feeds = {"actions": d.plan, **kw}
-        want, got = want_run(feeds), got_run(feeds)
-        for name in ("delta", "act_cls"):
-            rows.append(compare("delta_expert", name, got[name], want[name], precision))
+        if graph == "main_expert":
+            feeds = {"x_t": d.x, "t": d.t, **kw}
+            rows.append(compare(graph, "v_t", got_run(feeds)["v_t"], want_run(feeds)["v_t"], precision))
+            a = euler_inputs(dims, kg, d.noise, got_run)[1]
+            b = euler_inputs(dims, kw, d.noise, want_run)[1]
+            rows.append(compare(CHUNK, "actions", a[..., :action_dim], b[..., :action_dim], precision))
+        else:
+            feeds = {"actions": d.plan, **kw}
+            want, got = want_run(feeds), got_run(feeds)
+            for name in ("delta", "act_cls"):
+                rows.append(compare(graph, name, got[name], want[name], precision))
     return rows
 
 
+def validate(ref: dict[str, Path], low: dict[str, Path], manifest: dict[str, Any], precision: str,
+             trials: int, seed: int, vocab: int) -> list[Comparison]:
+    """Lowered vs fp32 graphs (file per graph) on fresh random observations: each graph in isolation, the
+    whole chunk, and the gate's embedding. One graph pair is loaded at a time."""
+    draws = _draws(manifest, trials, seed, vocab)
+    rows, kv_want, kv_got = _prefix_rows(_session(ref["prefix"]), _session(low["prefix"]), draws, manifest, precision)
+    for graph in ("main_expert", "delta_expert"):
+        rows += _expert_rows(graph, _session(ref[graph]), _session(low[graph]), draws, kv_want, kv_got, manifest,
+                             precision)
+    return rows
+
+
+def _margin(rows: list[Comparison]) -> float:
+    """The worst row's distance above its gate (negative: a miss)."""
+    return min(r.cosine - r.gate for r in rows)
+
+
 def _lower_one(src_file: Path, ranges: dict[str, float], precision: str, data_max: float, keep: Sequence[str],
-               emulate: bool) -> tuple[onnx.ModelProto, list[NodeDecision], dict[str, int]]:
+               emulate: bool, keep_sections: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, list[NodeDecision],
+                                                                                     dict[str, int]]:
     model = onnx.load(str(src_file))  # with its external data
     name_nodes(model)
     types = float_tensor_types(model)
-    decisions = plan_nodes(model, types, ranges, precision, data_max, keep)
+    decisions = plan_nodes(model, types, ranges, precision, data_max, keep, keep_sections)
     counts = lower_graph(model, decisions, types, precision, emulate=emulate)
     return model, decisions, counts
 
@@ -174,17 +203,25 @@ def _check_options(precision: str, data_max: float, samples: int, trials: int, k
             raise DerivationInputError(f"--keep-fp32 {pattern!r} is not a valid regular expression ({exc})") from None
 
 
+_GRAPH_OF_ROW = {"prefix": "prefix", "main_expert": "main_expert", "delta_expert": "delta_expert", CHUNK: "main_expert"}
+
+
 def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: float = DEFAULT_DATA_MAX,
                     keep: Sequence[str] = (), samples: int = 4, trials: int = 3, seed: int = 0,
-                    emulated: bool = False, progress: bool = True) -> dict[str, Any]:
+                    fallback_rounds: int = DEFAULT_FALLBACK_ROUNDS, emulated: bool = False,
+                    progress: bool = True) -> dict[str, Any]:
     """Lower the fp32 artifact folder `src` into `dst` (written atomically, only if it passes); returns the manifest.
 
+    When a gate is missed, up to `fallback_rounds` times the module section of each failing graph whose fp32
+    island helps most (`export.precision_fallback`) is kept fp32, and everything is lowered and checked again.
     `emulated=True` writes the fp32 emulation instead of the low graphs: a folder for closed-loop checks on
     the CPU of what fp16/bf16 storage does to the task (the engine plan refuses it)."""
     started = time.time()
     src, dst = Path(src), Path(dst)
     keep = tuple(keep)
     _check_options(precision, data_max, samples, trials, keep)
+    if fallback_rounds < 0:
+        raise DerivationInputError(f"--fallback-rounds {fallback_rounds}: expected 0 (off) or more")
     manifest = check_source(src)
     check_destination(src, dst)
     with atomic_folder(dst) as tmp:
@@ -192,36 +229,69 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
         work.mkdir()
         raw = json.loads(json.dumps(manifest.raw))
         ranges = calibrate(src, raw, samples, seed, progress=progress)
-        per_graph: dict[str, Any] = {}
-        checked_files: dict[str, Path] = {}
-        for g in GRAPH_NAMES:
-            spec = manifest.graphs[g]
-            if progress:
-                print(f"[mixed precision] lowering {g} to {precision} ...", flush=True)
-            external = spec.data_file is not None
-            model, decisions, counts = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, emulated)
-            _save(model, tmp / spec.file, external)
-            raw["graphs"][g]["data_file"] = f"{spec.file}.data" if external else None
-            raw["graphs"][g]["nodes"] = len(model.graph.node)
-            del model
-            checked_files[g] = tmp / spec.file
-            if not emulated:  # checked as emulated: onnxruntime CPU runs fp16 nodes in fp32, has no bf16 kernels
-                model, _, _ = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, True)
-                _save(model, work / spec.file, external)
-                del model
-                checked_files[g] = work / spec.file
-            fp32_rules = Counter(d.rule for d in decisions if d.precision == "fp32")
-            per_graph[g] = {**counts, "fp32_by_rule": dict(sorted(fp32_rules.items())),
-                            "fp32_ops": dict(Counter(d.op_type for d in decisions if d.precision == "fp32").most_common()),
-                            "max_activation": round(max(ranges[g].values(), default=0.0), 3)}
-        if progress:
-            print(f"[mixed precision] checking against fp32 on {trials} fresh observation(s) ...", flush=True)
+        vocab = vocab_size(src, raw)
         ref = {g: src / manifest.graphs[g].file for g in GRAPH_NAMES}
-        rows = validate(ref, checked_files, raw, precision, trials, seed + 1, vocab_size(src, raw))
-        table = report(rows)
-        failed = [r for r in rows if not r.passed]
-        if failed:
-            raise AccuracyGateError(f"{len(failed)} comparison(s) under the gate; nothing written\n{table}")
+        auto: list[dict[str, Any]] = []
+        for attempt in range(fallback_rounds + 1):
+            kept = {g: frozenset(a["section"] for a in auto if a["graph"] == g) for g in GRAPH_NAMES}
+            per_graph: dict[str, Any] = {}
+            checked_files: dict[str, Path] = {}
+            low_sections: dict[str, set[str]] = {}
+            for g in GRAPH_NAMES:
+                spec = manifest.graphs[g]
+                if progress:
+                    print(f"[mixed precision] lowering {g} to {precision} ...", flush=True)
+                external = spec.data_file is not None
+                model, decisions, counts = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, emulated,
+                                                      kept[g])
+                _save(model, tmp / spec.file, external)
+                raw["graphs"][g]["data_file"] = f"{spec.file}.data" if external else None
+                raw["graphs"][g]["nodes"] = len(model.graph.node)
+                del model
+                checked_files[g] = tmp / spec.file
+                if not emulated:  # checked as emulated: onnxruntime CPU runs fp16 nodes in fp32, has no bf16 kernels
+                    model, _, _ = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, True, kept[g])
+                    _save(model, work / spec.file, external)
+                    del model
+                    checked_files[g] = work / spec.file
+                source = onnx.load(str(src / spec.file), load_external_data=False)
+                name_nodes(source)
+                low_sections[g] = sections_with(source, (d.name for d in decisions if d.precision == "low"))
+                fp32_rules = Counter(d.rule for d in decisions if d.precision == "fp32")
+                per_graph[g] = {**counts, "fp32_by_rule": dict(sorted(fp32_rules.items())),
+                                "fp32_ops": dict(Counter(d.op_type for d in decisions
+                                                         if d.precision == "fp32").most_common()),
+                                "max_activation": round(max(ranges[g].values(), default=0.0), 3)}
+            if progress:
+                print(f"[mixed precision] checking against fp32 on {trials} fresh observation(s) ...", flush=True)
+            rows = validate(ref, checked_files, raw, precision, trials, seed + 1, vocab)
+            table = report(rows)
+            failed = [r for r in rows if not r.passed]
+            if not failed and auto:  # sections were chosen on these draws: confirm on held-out ones
+                held_out = validate(ref, checked_files, raw, precision, trials, seed + HELD_OUT_SEED, vocab)
+                table += "\nheld-out observations (the fp32 sections were chosen on the ones above):\n" + report(held_out)
+                if any(not r.passed for r in held_out):
+                    raise AccuracyGateError(f"the fallback sections pass the validation observations but not held-out "
+                                            f"ones; nothing written\n{table}")
+                rows += held_out
+            if not failed:
+                break
+            failing = sorted({_GRAPH_OF_ROW[r.graph] for r in failed}, key=GRAPH_NAMES.index)
+            if attempt == fallback_rounds or not any(low_sections[g] for g in failing):
+                raise AccuracyGateError(f"{len(failed)} comparison(s) under the gate after {attempt} fallback "
+                                        f"round(s) ({len(auto)} section(s) kept fp32); nothing written\n{table}")
+            for g in failing:
+                if progress:
+                    print(f"[mixed precision] {g} misses a gate: trying its {len(low_sections[g])} section(s) "
+                          "in fp32 ...", flush=True)
+                best = _fallback_section(g, src, raw, ranges[g], precision, data_max, keep, kept[g], low_sections[g],
+                                         trials, seed + 1, vocab, work)
+                if best:
+                    auto.append({"graph": g, "section": best[0], "margin": float(f"{best[1]:.3g}"),
+                                 "round": attempt + 1})
+                    if progress:
+                        print(f"[mixed precision] keeping {best[0] or UNSCOPED} fp32 (worst margin then {best[1]:+.2e}); "
+                              "lowering again", flush=True)
         for f in work.iterdir():
             f.unlink()
         work.rmdir()
@@ -233,6 +303,7 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
             "precision": precision, "emulated": emulated,
             "mode": f"{precision} emulated in fp32 (CPU checks only)" if emulated else f"{precision} mixed (strongly typed)",
             "io": "float32 (unchanged contract)", "data_max": data_max, "keep_fp32": list(keep),
+            "fallback_rounds": fallback_rounds, "auto_kept_fp32": auto,
             "calibration": {"samples": samples, "seed": seed, "inputs": "chained random observations"},
             "validation": {"trials": trials, "seed": seed + 1, "by": f"onnxruntime CPU, {precision} storage emulated",
                            "worst": _worst(rows), "table": table.splitlines()},
@@ -243,6 +314,35 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
         if precision == "fp16" or emulated:  # the graphs must load with the manifest's I/O (no bf16 CPU kernels)
             check_loads(tmp, new_manifest)
     return raw
+
+
+def _fallback_section(graph: str, src: Path, manifest: dict[str, Any], ranges: dict[str, float], precision: str,
+                      data_max: float, keep: Sequence[str], kept: frozenset[str], candidates: set[str], trials: int,
+                      seed: int, vocab: int, work: Path) -> tuple[str, float] | None:
+    """The section of `graph` whose fp32 island gives the best worst-row margin on the validation's observations
+    (the ones that missed: misses depend on the observation). Held-out draws confirm the choice afterwards."""
+    spec = manifest["graphs"][graph]
+    draws = _draws(manifest, trials, seed, vocab)
+    want_run = _session(src / spec["file"])
+    kv_want: list[KV] = []
+    if graph != "prefix":
+        kv_want = _prefix_rows(_session(src / manifest["graphs"]["prefix"]["file"]),
+                               _session(src / manifest["graphs"]["prefix"]["file"]), draws, manifest, precision)[1]
+    external = bool(spec.get("data_file"))
+
+    def margin_with(section: str) -> float:
+        model = _lower_one(src / spec["file"], ranges, precision, data_max, keep, True, kept | {section})[0]
+        path = work / f"candidate-{spec['file']}"
+        _save(model, path, external)
+        del model
+        got_run = _session(path)
+        if graph == "prefix":
+            rows = _prefix_rows(want_run, got_run, draws, manifest, precision)[0]
+        else:
+            rows = _expert_rows(graph, want_run, got_run, draws, kv_want, kv_want, manifest, precision)
+        return _margin(rows)
+
+    return best_section(candidates, margin_with)
 
 
 def _worst(rows: list[Comparison]) -> dict[str, dict[str, float]]:
@@ -268,19 +368,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=4, help="calibration observations (default 4)")
     p.add_argument("--trials", type=int, default=3, help="validation observations (default 3)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fallback-rounds", type=int, default=DEFAULT_FALLBACK_ROUNDS,
+                   help=f"when a gate is missed, keep the module section that helps most fp32 and retry, this many times "
+                        f"(default {DEFAULT_FALLBACK_ROUNDS}; 0: fail at once)")
     p.add_argument("--force", action="store_true", help="redo even when --dst is up to date with --src")
     p.add_argument("--emulated", action="store_true",
                    help="write the fp32 emulation (closed-loop checks on the CPU; not for engines)")
     args = p.parse_args(argv)
     suffix = f"{args.precision}-emulated" if args.emulated else args.precision
     dst = args.dst or args.src.with_name(f"{args.src.name}-{suffix}")
-    if not args.force and up_to_date(args.src, dst, args.precision, args.data_max, args.keep_fp32, args.emulated):
+    if not args.force and up_to_date(args.src, dst, args.precision, args.data_max, args.keep_fp32, args.emulated,
+                                     args.fallback_rounds):
         print(f"[mixed precision] {dst} is up to date with {args.src} (same source manifest and options; --force redoes it)")
         return 0
     try:
         manifest = lower_artifacts(args.src, dst, precision=args.precision, data_max=args.data_max,
                                    keep=args.keep_fp32, samples=args.samples, trials=args.trials, seed=args.seed,
-                                   emulated=args.emulated)
+                                   fallback_rounds=args.fallback_rounds, emulated=args.emulated)
     except DerivationInputError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
@@ -296,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def up_to_date(src: Path, dst: Path, precision: str, data_max: float, keep: Sequence[str], emulated: bool) -> bool:
+def up_to_date(src: Path, dst: Path, precision: str, data_max: float, keep: Sequence[str], emulated: bool,
+               fallback_rounds: int = DEFAULT_FALLBACK_ROUNDS) -> bool:
     """True when `dst` is an intact lowering of the current `src` with the same options (make skips the work)."""
     from runtime.manifest import Manifest, ManifestError
 
@@ -307,7 +412,7 @@ def up_to_date(src: Path, dst: Path, precision: str, data_max: float, keep: Sequ
         return False
     return (rec.get("source_manifest_sha256") == source_sha and rec.get("precision") == precision
             and rec.get("data_max") == data_max and rec.get("keep_fp32") == list(keep)
-            and bool(rec.get("emulated")) == emulated)
+            and bool(rec.get("emulated")) == emulated and rec.get("fallback_rounds") == fallback_rounds)
 
 
 def precision_line(record: dict[str, Any]) -> str:

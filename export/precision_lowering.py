@@ -7,7 +7,8 @@ rules, in order (the first that matches decides; `NodeDecision.reason` records i
 1. nodes with no float32 tensor, and type-producing ops (Cast, Shape, Constant, ...) are left alone;
 2. numerically sensitive ops stay fp32: norm statistics (Pow, ReduceMean, Sqrt, Reciprocal), Exp/Log,
    Sin/Cos/Range/CumSum (rotary and sinusoidal time embeddings lose their phase in 10 mantissa bits);
-3. ops outside the default ONNX domain, and nodes the user names (`keep` regexes on name or torch scope);
+3. ops outside the default ONNX domain, nodes the user names (`keep` regexes on name or torch scope), and
+   nodes of the module sections the accuracy fallback chose (`keep_sections`, see `node_section`);
 4. a node any of whose float activations exceeded `data_max` in calibration stays fp32 (sums of squares
    and residual streams grow past fp16's 65504 long before the values themselves do);
 5. a node reading a constant that would overflow, or (for small constants like an epsilon) underflow to
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -46,6 +47,8 @@ TYPE_PRODUCING_OPS = frozenset({"Cast", "Shape", "Size", "Constant", "ConstantOf
 # (op, input index) whose type the ONNX spec fixes to float32 whatever the data type.
 FIXED_FP32_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+_SECTION_DEPTH = 6  # dotted components kept: 'model.vlm_with_expert.vlm.model.vision_model.embeddings'
+UNSCOPED = "(no module)"  # how the section '' is shown
 _SMALL_CONSTANT = 16  # elements; constants this small are checked for underflow too (epsilons, scales)
 
 
@@ -60,8 +63,21 @@ class NodeDecision:
     name: str
     op_type: str
     precision: str  # "low" | "fp32" | "untouched"
-    rule: str  # which rule decided: no-float | type-op | sensitive | domain | user | range | constant | low
+    rule: str  # no-float | type-op | sensitive | domain | user | fallback | range | constant | low
     reason: str
+
+
+def node_section(node: onnx.NodeProto) -> str:
+    """A node's module section: its torch scope cut before `.layers.`, to at most six components, without a
+    trailing index — the vision encoder, the text model, the expert, one projection head ... ('' for
+    exporter-internal nodes that came from no module: index arithmetic, RoPE tables, concatenations)."""
+    scope = node_scope(node)
+    if "." not in scope:
+        return ""
+    parts = scope.split(".layers.")[0].split(".")[:_SECTION_DEPTH]
+    while len(parts) > 1 and parts[-1].isdigit():
+        parts.pop()
+    return ".".join(parts)
 
 
 def _low_range(precision: str) -> tuple[float, float]:
@@ -85,7 +101,8 @@ def _constant_issue(values: np.ndarray, precision: str) -> str | None:
 
 
 def plan_nodes(model: onnx.ModelProto, types: Mapping[str, int], absmax: Mapping[str, float], precision: str,
-               data_max: float = DEFAULT_DATA_MAX, keep: Sequence[str] = ()) -> list[NodeDecision]:
+               data_max: float = DEFAULT_DATA_MAX, keep: Sequence[str] = (),
+               keep_sections: Collection[str] = ()) -> list[NodeDecision]:
     """One decision per node, in graph order (rules in the module docstring)."""
     if precision not in LOW_TYPES:
         raise LoweringError(f"precision {precision!r}: choose one of {', '.join(LOW_TYPES)}")
@@ -113,6 +130,8 @@ def plan_nodes(model: onnx.ModelProto, types: Mapping[str, int], absmax: Mapping
             decide("fp32", "domain", f"custom domain {node.domain}")
         elif any(p.search(node.name) or p.search(node_scope(node)) for p in patterns):
             decide("fp32", "user", "kept by --keep-fp32")
+        elif keep_sections and node_section(node) in keep_sections:
+            decide("fp32", "fallback", f"section {node_section(node) or UNSCOPED!r} kept by the accuracy fallback")
         else:
             over = max((absmax.get(t, 0.0) for t in floats), default=0.0)
             issues = [_constant_issue(numpy_helper.to_array(src), precision) for t in node.input

@@ -5,6 +5,8 @@ the real fp16 graph."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -222,6 +224,11 @@ def test_keep_regex_and_unknown_precision_and_control_flow():
     _, decisions, _ = _lowered(model, ranges, "fp16", 512.0, keep=("^mm0$",))
     assert decisions["mm0"].precision == "fp32" and decisions["mm0"].rule == "user"
     assert decisions["scores0"].precision == "low"
+    # the fallback's sections: the block graph's nodes have no module, i.e. all belong to section ''
+    types = float_tensor_types(model)
+    kept = {d.name: d for d in plan_nodes(model, types, ranges, "fp16", keep_sections={""})}
+    assert kept["mm0"].rule == "fallback" and kept["tanh0"].precision == "fp32"
+    assert kept["pow0"].rule == "sensitive"  # earlier rules still decide first
     with pytest.raises(LoweringError, match="fp8"):
         plan_nodes(model, float_tensor_types(model), ranges, "fp8")
     then = helper.make_graph([helper.make_node("Identity", ["x"], ["o"])], "then", [],
@@ -232,3 +239,40 @@ def test_keep_regex_and_unknown_precision_and_control_flow():
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])])
     with pytest.raises(LoweringError, match="control flow"):
         plan_nodes(flow, {"x": TensorProto.FLOAT, "y": TensorProto.FLOAT}, {}, "fp16")
+
+
+def _scoped(name: str, scope: list[str]) -> onnx.NodeProto:
+    node = helper.make_node("Relu", ["x"], [name], name=name)
+    prop = node.metadata_props.add()
+    prop.key, prop.value = "pkg.torch.onnx.name_scopes", repr(scope)
+    return node
+
+
+@given(depth=st.integers(0, 5), layer=st.integers(0, 40), tail=st.lists(st.sampled_from(["mlp", "k_proj", "0", "act"]),
+                                                                          max_size=3))
+def test_sections_cut_layers_and_indices(depth, layer, tail):
+    from export.precision_lowering import node_section
+
+    base = ["model", "vlm_with_expert", "vlm", "model", "vision_model", "encoder"][: depth + 1]
+    scope = ".".join(base + ["layers", str(layer)] + tail)
+    section = node_section(_scoped("n", ["", scope, "linear_3"]))
+    assert section == ".".join(base)[: len(section)] and section.count(".") <= 5 and "layers" not in section
+    assert scope.startswith(section + ".") and not re.search(r"\.\d+$", section)
+
+
+def test_section_examples_and_best_choice():
+    from export.precision_fallback import best_section, sections_with
+    from export.precision_lowering import node_section
+
+    assert node_section(_scoped("a", ["model.obs_cls_proj.1", "gelu"])) == "model.obs_cls_proj"
+    assert node_section(_scoped("b", ["model.vlm_with_expert.vlm.model.vision_model.embeddings.patch_embedding",
+                                      "conv2d"])) == "model.vlm_with_expert.vlm.model.vision_model.embeddings"
+    assert node_section(_scoped("c", ["slice_scatter_5"])) == ""  # exporter-internal, not a module
+    model = _model([_scoped("a", ["model.state_proj", "linear"]), _scoped("c", ["slice_scatter_5"])], [],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                   [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])])
+    assert sections_with(model, ["a", "c"]) == {"model.state_proj", ""}  # '' = the nodes of no module
+    assert sections_with(model, ["a"]) == {"model.state_proj"}
+    margins = {"s1": -0.2, "s2": 0.01, "s3": -0.0001}
+    assert best_section(margins, margins.__getitem__) == ("s2", 0.01)
+    assert best_section([], margins.__getitem__) is None
