@@ -178,6 +178,9 @@ def _lower_one(src_file: Path, ranges: dict[str, float], precision: str, data_ma
 
 
 def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
+    """Write a graph (weights to `<file>.data` when external). onnx *appends* to an existing data file, so a
+    fallback round's rewrite would keep every earlier round's weights in it: remove it first."""
+    (path.parent / (path.name + ".data")).unlink(missing_ok=True)
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)

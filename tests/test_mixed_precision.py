@@ -184,3 +184,24 @@ def test_cli_skips_an_up_to_date_folder(tmp_path: Path, folders: tuple[Path, Pat
     other = _run(*args, "--data-max", "64")  # other options: redone
     assert other.returncode == 0 and "wrote" in other.stdout
     assert json.loads((tmp_path / "fp16" / "manifest.json").read_text())["mixed_precision"]["data_max"] == 64.0
+
+
+def test_rewriting_a_graph_with_external_weights_does_not_grow_its_data_file(tmp_path: Path) -> None:
+    """Each fallback round rewrites the graphs; onnx appends to an existing data file unless it is removed."""
+    from onnx import helper, numpy_helper
+
+    from export.mixed_precision import _save
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "g.onnx"
+    sizes = []
+    for _ in range(3):
+        _save(onnx.ModelProto.FromString(model.SerializeToString()), path, external=True)
+        sizes.append((tmp_path / "g.onnx.data").stat().st_size)
+    assert sizes[0] == sizes[1] == sizes[2] == 64 * 64 * 4
+    loaded = onnx.load(str(path))
+    assert np.array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), np.ones((64, 64), np.float32))
