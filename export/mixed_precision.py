@@ -50,7 +50,7 @@ from export.precision_fallback import best_section, sections_with
 from export.precision_lowering import DEFAULT_DATA_MAX, LOW_TYPES, UNSCOPED, NodeDecision, lower_graph, plan_nodes
 from export.tensor_ranges import KV_NAMES, calibrate, euler_inputs, float_tensor_types
 from runtime.fingerprint import sha256_file
-from runtime.manifest import GRAPH_NAMES
+from runtime.manifest import GRAPH_NAMES, Manifest
 
 PROG = "mixed precision"
 HELD_OUT_SEED = 1001  # offset of the confirmation draws' seed
@@ -206,6 +206,41 @@ def _check_options(precision: str, data_max: float, samples: int, trials: int, k
             raise DerivationInputError(f"--keep-fp32 {pattern!r} is not a valid regular expression ({exc})") from None
 
 
+def _lower_folder(src: Path, manifest: Manifest, raw: dict[str, Any], tmp: Path, work: Path,
+                  ranges: dict[str, dict[str, float]], precision: str, data_max: float, keep: Sequence[str],
+                  kept: dict[str, frozenset[str]], emulated: bool,
+                  progress: bool) -> tuple[dict[str, Any], dict[str, Path], dict[str, set[str]]]:
+    """Lower the three graphs into `tmp` (their emulations into `work`: what validation runs), updating `raw`'s
+    graph entries; returns the per-graph record, the files to check, and the sections still low."""
+    per_graph: dict[str, Any] = {}
+    checked_files: dict[str, Path] = {}
+    low_sections: dict[str, set[str]] = {}
+    for g in GRAPH_NAMES:
+        spec = manifest.graphs[g]
+        if progress:
+            print(f"[mixed precision] lowering {g} to {precision} ...", flush=True)
+        external = spec.data_file is not None
+        model, decisions, counts = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, emulated, kept[g])
+        _save(model, tmp / spec.file, external)
+        raw["graphs"][g]["data_file"] = f"{spec.file}.data" if external else None
+        raw["graphs"][g]["nodes"] = len(model.graph.node)
+        del model
+        checked_files[g] = tmp / spec.file
+        if not emulated:  # checked as emulated: onnxruntime CPU runs fp16 nodes in fp32, has no bf16 kernels
+            model, _, _ = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, True, kept[g])
+            _save(model, work / spec.file, external)
+            del model
+            checked_files[g] = work / spec.file
+        source = onnx.load(str(src / spec.file), load_external_data=False)
+        name_nodes(source)
+        low_sections[g] = sections_with(source, (d.name for d in decisions if d.precision == "low"))
+        fp32_rules = Counter(d.rule for d in decisions if d.precision == "fp32")
+        per_graph[g] = {**counts, "fp32_by_rule": dict(sorted(fp32_rules.items())),
+                        "fp32_ops": dict(Counter(d.op_type for d in decisions if d.precision == "fp32").most_common()),
+                        "max_activation": round(max(ranges[g].values(), default=0.0), 3)}
+    return per_graph, checked_files, low_sections
+
+
 _GRAPH_OF_ROW = {"prefix": "prefix", "main_expert": "main_expert", "delta_expert": "delta_expert", CHUNK: "main_expert"}
 
 
@@ -237,34 +272,8 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
         auto: list[dict[str, Any]] = []
         for attempt in range(fallback_rounds + 1):
             kept = {g: frozenset(a["section"] for a in auto if a["graph"] == g) for g in GRAPH_NAMES}
-            per_graph: dict[str, Any] = {}
-            checked_files: dict[str, Path] = {}
-            low_sections: dict[str, set[str]] = {}
-            for g in GRAPH_NAMES:
-                spec = manifest.graphs[g]
-                if progress:
-                    print(f"[mixed precision] lowering {g} to {precision} ...", flush=True)
-                external = spec.data_file is not None
-                model, decisions, counts = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, emulated,
-                                                      kept[g])
-                _save(model, tmp / spec.file, external)
-                raw["graphs"][g]["data_file"] = f"{spec.file}.data" if external else None
-                raw["graphs"][g]["nodes"] = len(model.graph.node)
-                del model
-                checked_files[g] = tmp / spec.file
-                if not emulated:  # checked as emulated: onnxruntime CPU runs fp16 nodes in fp32, has no bf16 kernels
-                    model, _, _ = _lower_one(src / spec.file, ranges[g], precision, data_max, keep, True, kept[g])
-                    _save(model, work / spec.file, external)
-                    del model
-                    checked_files[g] = work / spec.file
-                source = onnx.load(str(src / spec.file), load_external_data=False)
-                name_nodes(source)
-                low_sections[g] = sections_with(source, (d.name for d in decisions if d.precision == "low"))
-                fp32_rules = Counter(d.rule for d in decisions if d.precision == "fp32")
-                per_graph[g] = {**counts, "fp32_by_rule": dict(sorted(fp32_rules.items())),
-                                "fp32_ops": dict(Counter(d.op_type for d in decisions
-                                                         if d.precision == "fp32").most_common()),
-                                "max_activation": round(max(ranges[g].values(), default=0.0), 3)}
+            per_graph, checked_files, low_sections = _lower_folder(src, manifest, raw, tmp, work, ranges, precision,
+                                                                   data_max, keep, kept, emulated, progress)
             if progress:
                 print(f"[mixed precision] checking against fp32 on {trials} fresh observation(s) ...", flush=True)
             rows = validate(ref, checked_files, raw, precision, trials, seed + 1, vocab)
