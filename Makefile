@@ -38,6 +38,9 @@ test: install
 test-all: install
 	$(PY) -m pytest
 
+lint: install
+	$(VENV)/bin/ruff check smolvla_cls export runtime simtask scripts tests
+
 typecheck: install
 	$(PY) scripts/patch_tensorrt_stubs.py
 	$(PY) -m mypy --config-file mypy.ini

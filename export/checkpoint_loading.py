@@ -67,7 +67,7 @@ def load_preset(preset: str, seed: int = 0) -> LoadedPolicy:
 
     from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
     from smolvla_cls.modeling_smolvla_cls import SmolVLACLSPolicy
-    from smolvla_cls.presets import POLICY_OVERRIDES, _VISION
+    from smolvla_cls.presets import _VISION, POLICY_OVERRIDES
 
     if preset not in POLICY_OVERRIDES:
         raise ExportInputError(f"--preset {preset!r}: expected one of {sorted(POLICY_OVERRIDES)}")

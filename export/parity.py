@@ -115,7 +115,7 @@ def chunk_parity(model, artifacts: Path, action_std: np.ndarray, seed: int | Non
     a = chunk(OrtRunner(artifacts), inputs, noise, cfg.num_steps)
     b = chunk(TorchRunner(model), inputs, noise, cfg.num_steps)
     dim = len(action_std)
-    units = lambda x: x[..., :dim] * action_std  # noqa: E731  (normalised -> action units, mean cancels)
+    units = lambda x: x[..., :dim] * action_std  # normalised -> action units, mean cancels
     return [compare("chunk.actions[action units]", units(a[0]), units(b[0]), CHUNK_ATOL, 0.9999),
             compare("chunk.obs_cls", a[1], b[1], GRAPH_ATOL, GRAPH_COSINE),
             compare("chunk.act_cls", a[2], b[2], CHUNK_ATOL, 0.9999)]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.fingerprint import sha256_file  # noqa: F401  (re-exported: one file-hash function for the contract)
+from runtime.fingerprint import sha256_file  # re-exported: one file-hash function for the contract
 
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("prefix", "main_expert", "delta_expert")

@@ -24,7 +24,6 @@ def evaluate_checkpoint(checkpoint: str | Path, episodes: int = 50, seed: int = 
                         noise_seed: int = 0, policy=None, progress: bool = True, label: str = "") -> dict[str, Any]:
     """One evaluation run -> summary dict (success_rate, counts, timings, per-episode outcomes)."""
     from simtask import TaskConfig, evaluate_policy
-
     from smolvla_cls.torch_policy import TorchPolicy
 
     if policy is None:

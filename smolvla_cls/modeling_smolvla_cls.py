@@ -11,7 +11,7 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatching
 from lerobot.utils.constants import ACTION, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 from torch import Tensor, nn
@@ -284,7 +284,7 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         from safetensors import safe_open
 
         with safe_open(model_file, framework="pt") as f:
-            has_delta = any(k.startswith("model.delta_expert.") for k in f.keys())
+            has_delta = any(k.startswith("model.delta_expert.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
         model = super()._load_as_safetensor(model, model_file, map_location, strict)
         if not has_delta:
             model.model.reset_delta_from_main()

@@ -154,9 +154,9 @@ def _markdown(report: dict[str, Any]) -> str:
             ticks = r["mean_ticks_to_success"]
             lines.append(f"| {label} | {r['n_episodes']} | {r['success_rate']:.2f} | "
                          f"{'-' if ticks is None else f'{ticks:.1f}'} |")
-    lines += ["", f"A policy that ignores the instruction keeps its unperturbed score under the swap; one that "
-              f"follows it drops towards 0 on the intended disc (picking a disc at random would give "
-              f"{report['chance_random_disc']:.2f}).", ""]
+    lines += ["", (f"A policy that ignores the instruction keeps its unperturbed score under the swap; one that "
+                   f"follows it drops towards 0 on the intended disc (picking a disc at random would give "
+                   f"{report['chance_random_disc']:.2f})."), ""]
     if al:
         lines += ["## CLS alignment on held-out frames", "",
                   f"{al['n_pairs']} held-out (frame, ground-truth chunk) pairs, one per fresh expert episode.", "",
@@ -164,10 +164,10 @@ def _markdown(report: dict[str, Any]) -> str:
                   f"| retrieval top-1 (obs -> act) | {al['retrieval_top1']:.3f} | chance {al['chance_top1']:.4f} |",
                   f"| retrieval top-5 | {al['retrieval_top5']:.3f} | chance {al['chance_top5']:.4f} |",
                   f"| AUROC matched vs mismatched | {al['auroc_matched_vs_mismatched']:.3f} | chance 0.5 |",
-                  f"| min per-dim std obs / act | {al['obs_std_min']:.4f} / {al['act_std_min']:.4f} | "
-                  f"collapse floor {al['collapse_std_floor']} |",
-                  f"| effective rank obs / act | {al['obs_effective_rank']:.1f} / {al['act_effective_rank']:.1f} | "
-                  f"of {al['dims']} dims |", ""]
+                  (f"| min per-dim std obs / act | {al['obs_std_min']:.4f} / {al['act_std_min']:.4f} | "
+                   f"collapse floor {al['collapse_std_floor']} |"),
+                  (f"| effective rank obs / act | {al['obs_effective_rank']:.1f} / {al['act_effective_rank']:.1f} | "
+                   f"of {al['dims']} dims |"), ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
 

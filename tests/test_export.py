@@ -72,7 +72,7 @@ def test_parity_fresh_inputs(exported):
 
 
 def test_manifest_contract(exported):
-    loaded, out, manifest = exported
+    _loaded, out, manifest = exported
     d = manifest["dims"]
     assert d["chunk_size"] == 8 and d["num_cls_prefix"] == 2 and d["action_dim"] == 2
     assert manifest["normalization"]["action"]["std"] == [0.04, 0.03]
@@ -140,8 +140,8 @@ def test_runtime_actions_equal_pytorch(exported):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "export.onnx_export", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "export.onnx_export", *args], check=False, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_bad_checkpoints_fail_with_one_line(tmp_path):

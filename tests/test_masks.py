@@ -5,8 +5,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lerobot.policies.smolvla.modeling_smolvla import make_att_2d_masks
 
-from smolvla_cls.masks import (ACTION, PREFIX, PREFIX_CLS, SUFFIX_CLS, make_att_2d_masks_with_cls,
-                               position_ids_with_cls, token_kinds)
+from smolvla_cls.masks import (
+    ACTION,
+    PREFIX,
+    PREFIX_CLS,
+    SUFFIX_CLS,
+    make_att_2d_masks_with_cls,
+    position_ids_with_cls,
+    token_kinds,
+)
 
 
 @st.composite
@@ -40,9 +47,9 @@ def build(b, np_, img, lang, chunk, ns, window, lang_valid):
 @settings(max_examples=120, deadline=None)
 @given(layouts())
 def test_cls_rows_and_columns(layout):
-    b, np_, img, lang, chunk, ns, window, lang_valid = layout
-    mask, pad, att, kinds, prefix_len = build(*layout)
-    pc, pr, ac, sc = (kinds == k for k in (PREFIX_CLS, PREFIX, ACTION, SUFFIX_CLS))
+    b, _, _, _, chunk, ns, window, _ = layout
+    mask, pad, _, kinds, prefix_len = build(*layout)
+    pc, pr, _, sc = (kinds == k for k in (PREFIX_CLS, PREFIX, ACTION, SUFFIX_CLS))
     for i in range(b):
         m, valid = mask[i], pad[i]
         # prefix CLS rows: exactly the valid prefix (CLS + images + language + state), nothing after it

@@ -23,7 +23,7 @@ def _plain_smolvla_from(policy):
     fields = {k: getattr(cfg, k) for k in SmolVLAConfig.__dataclass_fields__ if k not in ("type",) and hasattr(cfg, k)}
     fields.pop("vlm_preset", None)
     plain = SmolVLAPolicy(SmolVLAConfig(**{k: v for k, v in fields.items() if k in SmolVLAConfig.__dataclass_fields__}))
-    missing, unexpected = plain.load_state_dict(policy.state_dict(), strict=False)
+    missing, _unexpected = plain.load_state_dict(policy.state_dict(), strict=False)
     assert not missing, missing
     return plain
 
@@ -97,7 +97,7 @@ def test_prefix_cls_is_a_pure_readout():
     """Changing the prefix CLS parameters changes the obs-CLS but not the K/V of the real tokens."""
     policy = tiny_policy()
     batch = random_batch(policy.config)
-    kv1, pad, cls1 = policy.model.encode_prefix(*_inputs(policy, batch))
+    kv1, _pad, cls1 = policy.model.encode_prefix(*_inputs(policy, batch))
     with torch.no_grad():
         policy.model.pre_cls_param.add_(1.0)
     kv2, _, cls2 = policy.model.encode_prefix(*_inputs(policy, batch))
@@ -241,7 +241,7 @@ def test_lerobot_train_cli_resolves_policy_type(tmp_path):
             "--dataset.repo_id=local/simtask_reach", f"--dataset.root={root}", "--steps=1", "--batch_size=2",
             "--num_workers=0", f"--output_dir={tmp_path / 'out'}", "--save_freq=1"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    res = subprocess.run(args, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     saved = tmp_path / "out" / "checkpoints" / "last" / "pretrained_model" / "config.json"
     assert '"type": "smolvla_cls"' in saved.read_text()
