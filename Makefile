@@ -83,6 +83,10 @@ gate-eval: install
 demo: train export parity
 	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 50 --perturb --seed 0 \
 	  --json $(REPORT)/demo.json
+	@# what fp16 TensorRT engines would do to the task: the calibrated fp16 plan, emulated in fp32, in the same loop
+	$(PY) -m export.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-fp16-emulated --emulated
+	$(PY) -m runtime run --artifacts $(ARTIFACTS)-fp16-emulated --backend onnxruntime --gate $(GATE) --episodes 50 \
+	  --perturb --seed 0 --json $(REPORT)/demo-fp16.json
 	@$(PY) -c "import tensorrt" 2>/dev/null && $(MAKE) engine || echo "[demo] TensorRT not present: engines skipped (build them on the Jetson/GPU with 'make engine')"
 
 bench: install
