@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,17 @@ def random_inputs(manifest: dict[str, Any], rng: np.random.Generator, vocab: int
     return {"images": images, "lang_tokens": tokens, "lang_mask": mask, "state": state}
 
 
+def euler_chunk(num_steps: int, kv: dict[str, np.ndarray], noise: np.ndarray,
+                run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> np.ndarray:
+    """The chunk from `noise` after the main expert's Euler loop (t = 1 → 0); `run(feeds) -> outputs` is one
+    main-expert call (onnxruntime session, instrumented session, ...), `kv` the prefix K/V/pad it reads."""
+    x = noise
+    for i in range(num_steps):
+        v = run({"x_t": x, "t": np.array([1.0 - i / num_steps], np.float32), **kv})["v_t"]
+        x = (x - np.float32(1.0 / num_steps) * v).astype(np.float32)
+    return x
+
+
 class _Reference:
     """The three ONNX graphs on onnxruntime CPU, fp32 (the ground truth)."""
 
@@ -197,12 +209,7 @@ def check(artifacts: Path, engines: Path, trials: int, seed: int) -> tuple[list[
             prefix = backend.run_prefix(feeds["images"], feeds["lang_tokens"], feeds["lang_mask"], feeds["state"])
             noise = rng.standard_normal(shape).astype(np.float32)
             got = backend.denoise(noise, steps, prefix)
-            kv = {n: expected[n] for n in ("prefix_k", "prefix_v", "prefix_pad")}
-            x = noise.copy()
-            for i in range(steps):
-                t_i = np.array([1.0 - i / steps], np.float32)
-                v = ref.run("main_expert", {"x_t": x, "t": t_i, **kv})["v_t"]
-                x = (x - np.float32(1.0 / steps) * v).astype(np.float32)
+            x = euler_chunk(steps, kv, noise, lambda feeds: ref.run("main_expert", feeds))
             rows.append(compare(CHUNK, "actions", got[..., :action_dim], x[..., :action_dim], precision))
             # Again: from the second call on the loop replays a captured CUDA graph; it must agree too.
             again = backend.denoise(noise, steps, prefix)

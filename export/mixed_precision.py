@@ -1,7 +1,8 @@
 """fp16 / bf16 artifact folder for strongly typed TensorRT builds (`make mixed-precision`, used by `make engine`).
 
     python -m export.mixed_precision --src artifacts/onnx --dst artifacts/onnx-fp16 [--precision fp16|bf16]
-        [--data-max 512] [--keep-fp32 REGEX ...] [--samples 4] [--trials 3] [--seed 0]
+        [--data-max 512] [--keep-fp32 REGEX ...] [--samples 4] [--trials 3] [--seed 0] [--fallback-rounds 6]
+        [--emulated] [--force]
 
 One job: read an intact fp32 export, measure every activation's range on chained random observations
 (`export.tensor_ranges`), decide per node what may run in the low type and rewrite the graphs with explicit
@@ -9,26 +10,29 @@ Casts (`export.precision_lowering`), then check the result against the fp32 fold
 writing anything: every graph in isolation (same K/V into both), the whole chunk, and the obs-CLS embedding
 the gate reads — with the same cosine gates the TensorRT engines must later meet (`export.engine_accuracy`),
 plus one more: the embedding may move by at most a tenth of the drift gate's threshold, so a precision
-change never fires the gate. fp16 is checked by running the lowered graphs on onnxruntime CPU; bf16 (no
-CPU kernels) by running the same plan emulated in fp32 with every low tensor rounded through bf16.
+change never fires the gate. The check runs the plan emulated in fp32 with every low tensor rounded through
+fp16/bf16, as TensorRT stores it (onnxruntime's CPU provider computes fp16 nodes in fp32, and has no bf16
+kernels). On a miss, the module section whose fp32 island helps most is kept fp32 and the folder lowered
+and checked again (`--fallback-rounds`), the choice confirmed on held-out observations.
 
 Graph inputs and outputs stay float32, so the manifest's I/O contract, the runtime and `runtime info` are
 unchanged; the manifest gains a `mixed_precision` record (rule counts, validation table, source SHA-256).
 The folder is written under a temporary name and renamed into place only when it passed. The idea of
 calibrated per-node typing follows NVIDIA ModelOpt's AutoCast; no code of it is used.
 
-Exit codes: 0 written, 1 the lowered graphs miss an accuracy gate (nothing written; lower --data-max or
---keep-fp32 the offending scope), 2 bad input (one line naming the option).
+Exit codes: 0 written, 1 the lowered graphs still miss an accuracy gate after the fallback (nothing written;
+the table says where), 2 bad input (one line naming the option).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +49,20 @@ from export.derived_artifacts import (
     copy_unchanged,
     finish_manifest,
 )
-from export.engine_accuracy import CHUNK, Comparison, compare, random_inputs, report, vocab_size
-from export.precision_fallback import best_section, sections_with
-from export.precision_lowering import DEFAULT_DATA_MAX, LOW_TYPES, UNSCOPED, NodeDecision, lower_graph, plan_nodes
-from export.tensor_ranges import KV_NAMES, calibrate, euler_inputs, float_tensor_types
+from export.engine_accuracy import CHUNK, Comparison, compare, euler_chunk, random_inputs, report, vocab_size
+from export.precision_lowering import (
+    DEFAULT_DATA_MAX,
+    LOW_TYPES,
+    UNSCOPED,
+    NodeDecision,
+    lower_graph,
+    plan_nodes,
+    sections_with,
+)
+from export.tensor_ranges import KV_NAMES, calibrate, float_tensor_types
 from runtime.fingerprint import sha256_file
-from runtime.manifest import GRAPH_NAMES, Manifest
+from runtime.gate import cosine_distance, embed
+from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 PROG = "mixed precision"
 HELD_OUT_SEED = 1001  # offset of the confirmation draws' seed
@@ -78,12 +90,6 @@ def _session(path: Path) -> Runner:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return lambda feeds: dict(zip(names, session.run(names, feeds)))
-
-
-def _embedding(obs_cls: np.ndarray) -> np.ndarray:
-    """The gate's view of obs_cls: mean over CLS tokens, L2-normalised (runtime.gate)."""
-    v = np.asarray(obs_cls, np.float64).reshape(-1, obs_cls.shape[-1]).mean(axis=0)
-    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def _prefix_rows(want_run: Runner, got_run: Runner, draws: list[_Draw], manifest
         for name in ("obs_cls", *KV_NAMES):
             rows.append(compare("prefix", name, got[name], want[name], precision))
         if drift > 0:
-            shift = float(1.0 - _embedding(got["obs_cls"]) @ _embedding(want["obs_cls"]))
+            shift = cosine_distance(embed(got["obs_cls"]), embed(want["obs_cls"]))  # what the drift gate sees
             rows.append(Comparison("prefix", "obs_emb", 1.0 - shift, shift, 1.0 - EMBEDDING_SHARE * drift))
         kv_want.append({n: want[n] for n in KV_NAMES})
         kv_got.append({n: got[n] for n in KV_NAMES})
@@ -138,8 +144,8 @@ def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[_Dra
         if graph == "main_expert":
             feeds = {"x_t": d.x, "t": d.t, **kw}
             rows.append(compare(graph, "v_t", got_run(feeds)["v_t"], want_run(feeds)["v_t"], precision))
-            a = euler_inputs(dims, kg, d.noise, got_run)[1]
-            b = euler_inputs(dims, kw, d.noise, want_run)[1]
+            a = euler_chunk(int(dims["num_steps"]), kg, d.noise, got_run)
+            b = euler_chunk(int(dims["num_steps"]), kw, d.noise, want_run)
             rows.append(compare(CHUNK, "actions", a[..., :action_dim], b[..., :action_dim], precision))
         else:
             feeds = {"actions": d.plan, **kw}
@@ -189,8 +195,6 @@ def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
 
 
 def _check_options(precision: str, data_max: float, samples: int, trials: int, keep: Sequence[str]) -> None:
-    import re
-
     if precision not in LOW_TYPES:
         raise DerivationInputError(f"--precision {precision!r}: choose one of {', '.join(LOW_TYPES)}")
     if not (np.isfinite(data_max) and data_max > 0):
@@ -208,14 +212,14 @@ def _check_options(precision: str, data_max: float, samples: int, trials: int, k
 
 def _lower_folder(src: Path, manifest: Manifest, raw: dict[str, Any], tmp: Path, work: Path,
                   ranges: dict[str, dict[str, float]], precision: str, data_max: float, keep: Sequence[str],
-                  kept: dict[str, frozenset[str]], emulated: bool,
-                  progress: bool) -> tuple[dict[str, Any], dict[str, Path], dict[str, set[str]]]:
-    """Lower the three graphs into `tmp` (their emulations into `work`: what validation runs), updating `raw`'s
-    graph entries; returns the per-graph record, the files to check, and the sections still low."""
+                  kept: dict[str, frozenset[str]], emulated: bool, progress: bool,
+                  graphs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Path], dict[str, set[str]]]:
+    """Lower `graphs` into `tmp` (their emulations into `work`: what validation runs), updating `raw`'s graph
+    entries; returns, per graph, its record, the file to check, and its sections still low."""
     per_graph: dict[str, Any] = {}
     checked_files: dict[str, Path] = {}
     low_sections: dict[str, set[str]] = {}
-    for g in GRAPH_NAMES:
+    for g in graphs:
         spec = manifest.graphs[g]
         if progress:
             print(f"[mixed precision] lowering {g} to {precision} ...", flush=True)
@@ -251,7 +255,7 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
     """Lower the fp32 artifact folder `src` into `dst` (written atomically, only if it passes); returns the manifest.
 
     When a gate is missed, up to `fallback_rounds` times the module section of each failing graph whose fp32
-    island helps most (`export.precision_fallback`) is kept fp32, and everything is lowered and checked again.
+    island helps most (`_fallback_section`) is kept fp32, and everything is lowered and checked again.
     `emulated=True` writes the fp32 emulation instead of the low graphs: a folder for closed-loop checks on
     the CPU of what fp16/bf16 storage does to the task (the engine plan refuses it)."""
     started = time.time()
@@ -270,10 +274,19 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
         vocab = vocab_size(src, raw)
         ref = {g: src / manifest.graphs[g].file for g in GRAPH_NAMES}
         auto: list[dict[str, Any]] = []
+        per_graph: dict[str, Any] = {}
+        checked_files: dict[str, Path] = {}
+        low_sections: dict[str, set[str]] = {}
+        lowered_with: dict[str, frozenset[str]] = {}  # the fp32 sections each graph was last lowered with
         for attempt in range(fallback_rounds + 1):
             kept = {g: frozenset(a["section"] for a in auto if a["graph"] == g) for g in GRAPH_NAMES}
-            per_graph, checked_files, low_sections = _lower_folder(src, manifest, raw, tmp, work, ranges, precision,
-                                                                   data_max, keep, kept, emulated, progress)
+            stale = [g for g in GRAPH_NAMES if lowered_with.get(g) != kept[g]]  # only what a fallback changed
+            records, files, sections = _lower_folder(src, manifest, raw, tmp, work, ranges, precision, data_max, keep,
+                                                     kept, emulated, progress, stale)
+            per_graph.update(records)
+            checked_files.update(files)
+            low_sections.update(sections)
+            lowered_with.update({g: kept[g] for g in stale})
             if progress:
                 print(f"[mixed precision] checking against fp32 on {trials} fresh observation(s) ...", flush=True)
             rows = validate(ref, checked_files, raw, precision, trials, seed + 1, vocab)
@@ -328,18 +341,34 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
     return raw
 
 
+def best_section(candidates: Iterable[str], margin_with: Callable[[str], float]) -> tuple[str, float] | None:
+    """The candidate whose fp32 island gives the largest worst-row margin (cosine − gate), and that margin."""
+    scored = [(margin_with(section), section) for section in sorted(candidates)]
+    if not scored:
+        return None
+    margin, section = max(scored)
+    return section, margin
+
+
 def _fallback_section(graph: str, src: Path, manifest: dict[str, Any], ranges: dict[str, float], precision: str,
                       data_max: float, keep: Sequence[str], kept: frozenset[str], candidates: set[str], trials: int,
                       seed: int, vocab: int, work: Path) -> tuple[str, float] | None:
     """The section of `graph` whose fp32 island gives the best worst-row margin on the validation's observations
-    (the ones that missed: misses depend on the observation). Held-out draws confirm the choice afterwards."""
+    (the ones that missed: misses depend on the observation). Held-out draws confirm the choice afterwards.
+
+    Sections (`precision_lowering.node_section`) are the vision embeddings, the vision encoder (all its
+    layers), the connector, the text model, the expert, each head, and the exporter's module-less nodes
+    (attention core, RoPE). Each one still low is tried fp32, alone, and scored by this graph's own gate rows.
+    Errors in these networks build up over many layers, so per-layer attribution points at the wrong place
+    (a text layer, when the drift comes from the whole vision tower); trying sections measures the effect on
+    exactly the rows that failed."""
     spec = manifest["graphs"][graph]
     draws = _draws(manifest, trials, seed, vocab)
     want_run = _session(src / spec["file"])
     kv_want: list[KV] = []
     if graph != "prefix":
-        kv_want = _prefix_rows(_session(src / manifest["graphs"]["prefix"]["file"]),
-                               _session(src / manifest["graphs"]["prefix"]["file"]), draws, manifest, precision)[1]
+        prefix = _session(src / manifest["graphs"]["prefix"]["file"])
+        kv_want = [{n: out[n] for n in KV_NAMES} for out in (prefix(d.feeds) for d in draws)]
     external = bool(spec.get("data_file"))
 
     def margin_with(section: str) -> float:
@@ -415,8 +444,6 @@ def main(argv: list[str] | None = None) -> int:
 def up_to_date(src: Path, dst: Path, precision: str, data_max: float, keep: Sequence[str], emulated: bool,
                fallback_rounds: int = DEFAULT_FALLBACK_ROUNDS) -> bool:
     """True when `dst` is an intact lowering of the current `src` with the same options (make skips the work)."""
-    from runtime.manifest import Manifest, ManifestError
-
     try:
         rec = Manifest.load(dst, verify_hashes=True).raw.get("mixed_precision") or {}
         source_sha = sha256_file(src / "manifest.json")

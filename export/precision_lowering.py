@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -78,6 +78,12 @@ def node_section(node: onnx.NodeProto) -> str:
     while len(parts) > 1 and parts[-1].isdigit():
         parts.pop()
     return ".".join(parts)
+
+
+def sections_with(model: onnx.ModelProto, node_names: Iterable[str]) -> set[str]:
+    """The sections the named nodes belong to ('' stands for the nodes of no module, a section too)."""
+    names = set(node_names)
+    return {node_section(n) for n in model.graph.node if n.name in names}
 
 
 def _low_range(precision: str) -> tuple[float, float]:
@@ -165,10 +171,12 @@ def lower_graph(model: onnx.ModelProto, decisions: Sequence[NodeDecision], types
 
     def wanted(node: onnx.NodeProto, index: int) -> int | None:
         """The type input `index` of `node` must have (None: any type is fine)."""
-        d = by_name[node.name]
-        if d.precision == "untouched" or (node.op_type, index) in FIXED_FP32_INPUTS:
-            return None if d.precision == "untouched" else TensorProto.FLOAT
-        return low if d.precision == "low" else TensorProto.FLOAT
+        where = by_name[node.name].precision
+        if where == "untouched":
+            return None
+        if where == "fp32" or (node.op_type, index) in FIXED_FP32_INPUTS:
+            return TensorProto.FLOAT
+        return low
 
     # Initializers read only by low nodes are converted in place (emulation: rounded, still float32).
     readers: dict[str, set[int | None]] = {}
@@ -196,20 +204,24 @@ def lower_graph(model: onnx.ModelProto, decisions: Sequence[NodeDecision], types
     casts: dict[tuple[str, int], str] = {}
     new_nodes: list[onnx.NodeProto] = []
 
+    def round_trip(src: str, dst: str) -> None:
+        """Emulation: dst = src rounded through the low type, still float32."""
+        new_nodes.append(helper.make_node("Cast", [src], [f"{dst}::rounded"], to=low, name=f"{dst}::round"))
+        new_nodes.append(helper.make_node("Cast", [f"{dst}::rounded"], [dst], to=TensorProto.FLOAT,
+                                          name=f"{dst}::unround"))
+
     def cast(tensor: str, to: int) -> str:
         key = (tensor, to)
         if key not in casts:
-            suffix = precision if to == low else "fp32"
-            out = f"{tensor}::{suffix}"
-            casts[key] = out
-            if emulate and to == low:  # round through the low type, stay float32
-                mid = f"{out}::rounded"
-                new_nodes.append(helper.make_node("Cast", [tensor], [mid], to=low, name=f"{out}::cast_in"))
-                new_nodes.append(helper.make_node("Cast", [mid], [out], to=TensorProto.FLOAT, name=f"{out}::cast"))
-            elif not emulate:
-                new_nodes.append(helper.make_node("Cast", [tensor], [out], to=to, name=f"{out}::cast"))
-            else:  # emulated low tensor going back to fp32: it already is fp32
+            if emulate and to != low:  # an emulated low tensor already is float32
                 casts[key] = tensor
+                return tensor
+            out = f"{tensor}::{precision if to == low else 'fp32'}"
+            casts[key] = out
+            if emulate:
+                round_trip(tensor, out)
+            else:
+                new_nodes.append(helper.make_node("Cast", [tensor], [out], to=to, name=f"{out}::cast"))
         return casts[key]
 
     for node in list(graph.node):
@@ -225,12 +237,9 @@ def lower_graph(model: onnx.ModelProto, decisions: Sequence[NodeDecision], types
             # the low node's outputs are stored in the low type: round each one right after it
             for j, o in enumerate(node.output):
                 if o in low_tensors:
-                    raw = f"{o}::unrounded"
-                    node.output[j] = raw
-                    new_nodes.append(helper.make_node("Cast", [raw], [f"{o}::rounded"], to=low, name=f"{o}::round"))
-                    new_nodes.append(helper.make_node("Cast", [f"{o}::rounded"], [o], to=TensorProto.FLOAT,
-                                                      name=f"{o}::unround"))
-    for out, orig in ((v, k) for k, v in renamed.items()):
+                    node.output[j] = f"{o}::unrounded"
+                    round_trip(node.output[j], o)
+    for orig, out in renamed.items():
         new_nodes.append(helper.make_node("Cast", [out], [orig], to=TensorProto.FLOAT, name=f"{orig}::to_fp32"))
     del graph.node[:]
     graph.node.extend(new_nodes)

@@ -15,7 +15,7 @@ actions it really sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from export.engine_accuracy import random_inputs, vocab_size
+from export.engine_accuracy import euler_chunk, random_inputs, vocab_size
 
 RANGE_SUFFIX = "::absmax"
 # = smolvla_cls.attention.MASK_FILL (tests keep them equal). Not imported: that pulls torch and lerobot, and the
@@ -143,17 +143,9 @@ class RangeRecorder:
             self.absmax[name] = max(self.absmax[name], v)
         return {k: values[k] for k in self.outputs}
 
-
-def euler_inputs(dims: dict[str, Any], kv: dict[str, np.ndarray], noise: np.ndarray,
-                 run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """The main expert's feeds over one chunk's Euler loop from `noise` (t = 1 → 0), and the finished chunk."""
-    steps = int(dims["num_steps"])
-    x, feeds = noise, []
-    for i in range(steps):
-        feed = {"x_t": x, "t": np.array([1.0 - i / steps], np.float32), **kv}
-        feeds.append(feed)
-        x = (x - np.float32(1.0 / steps) * run(feed)["v_t"]).astype(np.float32)
-    return feeds, x
+    def close(self) -> None:
+        """Free the session (the ranges stay): the full-size prefix session alone holds ~1.2 GB."""
+        self.session = None
 
 
 def calibrate(artifacts: Path, manifest: dict[str, Any], samples: int, seed: int,
@@ -161,7 +153,7 @@ def calibrate(artifacts: Path, manifest: dict[str, Any], samples: int, seed: int
     """Max |value| per float32 activation of each graph over `samples` chained observations.
 
     One graph at a time (prefix for every observation, then the main expert over every chunk, then the
-    delta expert), so only one instrumented session is alive: the full-size prefix alone holds ~1.2 GB."""
+    delta expert), so only one instrumented session is alive at a time."""
     dims = manifest["dims"]
     shape = (1, int(dims["chunk_size"]), int(dims["max_action_dim"]))
     rng = np.random.default_rng(seed)
@@ -178,24 +170,18 @@ def calibrate(artifacts: Path, manifest: dict[str, Any], samples: int, seed: int
             bar.update(1)
         return out
 
-    ranges: dict[str, dict[str, float]] = {}
-    recorder = RangeRecorder.open(files["prefix"])
+    prefix = RangeRecorder.open(files["prefix"])
     kvs = [{n: out[n] for n in KV_NAMES} for out in
-           (tick(recorder.run(random_inputs(manifest, rng, vocab))) for _ in range(samples))]
-    ranges["prefix"] = recorder.absmax
-    recorder = RangeRecorder.open(files["main_expert"])
-    main_expert = recorder
-
-    def expert(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return tick(main_expert.run(feeds))
-
-    chunks = [euler_inputs(dims, kv, rng.standard_normal(shape).astype(np.float32), expert)[1] for kv in kvs]
-    ranges["main_expert"] = recorder.absmax
-    recorder = RangeRecorder.open(files["delta_expert"])
+           (tick(prefix.run(random_inputs(manifest, rng, vocab))) for _ in range(samples))]
+    prefix.close()  # one instrumented session alive at a time
+    main = RangeRecorder.open(files["main_expert"])
+    chunks = [euler_chunk(int(dims["num_steps"]), kv, rng.standard_normal(shape).astype(np.float32),
+                          lambda feeds: tick(main.run(feeds))) for kv in kvs]
+    main.close()
+    delta = RangeRecorder.open(files["delta_expert"])
     for kv, chunk in zip(kvs, chunks):
-        tick(recorder.run({"actions": chunk, **kv}))
-    ranges["delta_expert"] = recorder.absmax
-    del recorder
+        tick(delta.run({"actions": chunk, **kv}))
+    delta.close()
     if bar is not None:
         bar.close()
-    return ranges
+    return {"prefix": prefix.absmax, "main_expert": main.absmax, "delta_expert": delta.absmax}

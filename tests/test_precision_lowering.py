@@ -261,8 +261,8 @@ def test_sections_cut_layers_and_indices(depth, layer, tail):
 
 
 def test_section_examples_and_best_choice():
-    from export.precision_fallback import best_section, sections_with
-    from export.precision_lowering import node_section
+    from export.mixed_precision import best_section
+    from export.precision_lowering import node_section, sections_with
 
     assert node_section(_scoped("a", ["model.obs_cls_proj.1", "gelu"])) == "model.obs_cls_proj"
     assert node_section(_scoped("b", ["model.vlm_with_expert.vlm.model.vision_model.embeddings.patch_embedding",
