@@ -194,7 +194,7 @@ def lower_graph(model: onnx.ModelProto, decisions: Sequence[NodeDecision], types
             converted += 1
 
     # Graph outputs stay float32: a low producer writes `<out>::<precision>`, and a Cast restores the name.
-    renamed = {o: f"{o}::{precision}" for o in graph_outputs if o in low_tensors}
+    renamed = {o.name: f"{o.name}::{precision}" for o in graph.output if o.name in low_tensors}  # graph order
     for node in graph.node:
         node.output[:] = [renamed.get(o, o) for o in node.output]
         node.input[:] = [renamed.get(t, t) for t in node.input]

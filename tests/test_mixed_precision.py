@@ -205,3 +205,20 @@ def test_rewriting_a_graph_with_external_weights_does_not_grow_its_data_file(tmp
     assert sizes[0] == sizes[1] == sizes[2] == 64 * 64 * 4
     loaded = onnx.load(str(path))
     assert np.array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), np.ones((64, 64), np.float32))
+
+
+def test_lowering_is_byte_reproducible_across_processes(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
+    """Same source, same options → same graph bytes, whatever the interpreter's hash seed (the manifest's
+    SHA-256s and the engines' fingerprints depend on it)."""
+    import os
+
+    src, _, _ = folders
+    hashes = []
+    for seed in ("1", "2"):
+        dst = tmp_path / f"fp16-{seed}"
+        r = subprocess.run([sys.executable, "-m", "export.mixed_precision", "--src", str(src), "--dst", str(dst),
+                            "--samples", "1", "--trials", "1"], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                           check=False, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert r.returncode == 0, r.stderr
+        hashes.append({g: sha256_file(dst / f"{g}.onnx") for g in GRAPH_NAMES})
+    assert hashes[0] == hashes[1]
