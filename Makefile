@@ -57,35 +57,35 @@ train-quick: dataset
 	  --device $(DEVICE) --quick $(if $(STEPS),--steps $(STEPS))
 
 export: install
-	$(PY) -m export.onnx_export --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)
+	$(PY) -m export.graphs.onnx_export --checkpoint $(CHECKPOINT) --out $(ARTIFACTS)
 
 # int8 dynamic quantization for CPU deployment (onnxruntime only; TensorRT builds from $(ARTIFACTS))
 quantize: install
-	$(PY) -m export.quantization --src $(ARTIFACTS) --dst $(ARTIFACTS)-int8
+	$(PY) -m export.int8.quantization --src $(ARTIFACTS) --dst $(ARTIFACTS)-int8
 
 parity: install
-	$(PY) -m export.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)
+	$(PY) -m export.graphs.parity --checkpoint $(CHECKPOINT) --artifacts $(ARTIFACTS)
 
 # fp16/bf16 graphs with calibrated fp32 islands (norms, rotary, large activations) and fp32 I/O, checked against fp32
 mixed-precision: $(ENGINE_INSTALL)
-	$(ENGINE_PY) -m export.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-$(PRECISION) --precision $(PRECISION)
+	$(ENGINE_PY) -m export.precision.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-$(PRECISION) --precision $(PRECISION)
 
 engine: $(ENGINE_INSTALL) $(if $(filter $(ARTIFACTS),$(ENGINE_SRC)),,mixed-precision)
-	$(ENGINE_PY) -m export.build_engines --artifacts $(ENGINE_SRC) --out $(ENGINES) --precision $(PRECISION) $(ENGINE_FLAGS)
+	$(ENGINE_PY) -m export.trt.build_engines --artifacts $(ENGINE_SRC) --out $(ENGINES) --precision $(PRECISION) $(ENGINE_FLAGS)
 
 eval: install
-	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 20 --perturb --seed 0
+	$(PY) -m evaluation run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 20 --perturb --seed 0
 
 gate-eval: install
-	$(PY) -m runtime.gate_eval --artifacts $(ARTIFACTS) --out $(REPORT)/gate
+	$(PY) -m evaluation.gate_eval --artifacts $(ARTIFACTS) --out $(REPORT)/gate
 
 # The main job on the embedded default: train -> export -> parity -> closed loop with the gate -> report.
 demo: train export parity
-	$(PY) -m runtime run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 50 --perturb --seed 0 \
+	$(PY) -m evaluation run --artifacts $(ARTIFACTS) --backend onnxruntime --gate $(GATE) --episodes 50 --perturb --seed 0 \
 	  --json $(REPORT)/demo.json
 	@# what fp16 TensorRT engines would do to the task: the calibrated fp16 plan, emulated in fp32, in the same loop
-	$(PY) -m export.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-fp16-emulated --emulated
-	$(PY) -m runtime run --artifacts $(ARTIFACTS)-fp16-emulated --backend onnxruntime --gate $(GATE) --episodes 50 \
+	$(PY) -m export.precision.mixed_precision --src $(ARTIFACTS) --dst $(ARTIFACTS)-fp16-emulated --emulated
+	$(PY) -m evaluation run --artifacts $(ARTIFACTS)-fp16-emulated --backend onnxruntime --gate $(GATE) --episodes 50 \
 	  --perturb --seed 0 --json $(REPORT)/demo-fp16.json
 	@$(PY) -c "import tensorrt" 2>/dev/null && $(MAKE) engine || echo "[demo] TensorRT not present: engines skipped (build them on the Jetson/GPU with 'make engine')"
 
@@ -96,13 +96,13 @@ bench: install
 	else echo "[bench] no trained model in $(CHECKPOINT) / $(ARTIFACTS): the reactivity table needs 'make train export'"; fi
 
 soak: install
-	$(PY) -m runtime.soak --artifacts $(ARTIFACTS) --ticks 100000
+	$(PY) -m evaluation.soak --artifacts $(ARTIFACTS) --ticks 100000
 
 export-full: install
-	$(PY) -m export.onnx_export --preset full --out artifacts/onnx-full
+	$(PY) -m export.graphs.onnx_export --preset full --out artifacts/onnx-full
 
 parity-full: install
-	$(PY) -m export.parity --preset full --artifacts artifacts/onnx-full
+	$(PY) -m export.graphs.parity --preset full --artifacts artifacts/onnx-full
 
 clean:
 	rm -rf artifacts outputs reports

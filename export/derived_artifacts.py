@@ -1,7 +1,7 @@
 """A new artifact folder derived from an exported one (int8 for onnxruntime, fp16/bf16 for TensorRT):
 the checks on source and destination, and the manifest bookkeeping both derivations share.
 
-A derived folder keeps the source's contract (docs/artifact_contract.md) — same I/O names, dtypes, shapes,
+A derived folder keeps the source's contract (docs/10-artifact-contract.md) — same I/O names, dtypes, shapes,
 normalisation, tokenizer, gate calibration — and records how it was made under one key (`quantization`,
 `mixed_precision`), which also marks it as derived: a derived folder is never derived again, and only a
 folder carrying some derivation key is ever replaced at the destination.
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,15 @@ def derivation_of(raw: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         if isinstance(record, dict) and record:
             return key, record
     return None
+
+
+def check_patterns(flag: str, patterns: Sequence[str]) -> None:
+    """Every module/node-name pattern of `flag` must compile; the error names the flag and the pattern."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise DerivationInputError(f"{flag} {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 def check_source(src: Path) -> Manifest:

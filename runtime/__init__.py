@@ -1,8 +1,8 @@
 """On-robot runtime for exported SmolVLA-CLS artifacts: numpy, `tokenizers` and one inference backend.
 
 Never imports torch, lerobot, transformers, smolvla_cls or export; everything it needs comes from the
-artifact folder (docs/artifact_contract.md). Entry points: `runtime.policy.EdgePolicy` and
-`python -m runtime run ...`. Heavy submodules load lazily so `import runtime` stays cheap.
+artifact folder (docs/10-artifact-contract.md). Entry points: `runtime.policy.EdgePolicy` and
+`python -m runtime info`. Heavy submodules load lazily so `import runtime` stays cheap.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class BackendError(RuntimeError):
 
 
 class Backend(abc.ABC):
-    """Runs the three exported graphs. Shapes and names follow docs/artifact_contract.md."""
+    """Runs the three exported graphs. Shapes and names follow docs/10-artifact-contract.md."""
 
     name: str = "abstract"
 

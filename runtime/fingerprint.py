@@ -1,7 +1,7 @@
 """Engine fingerprint: the JSON next to each `<graph>.plan` that ties it to one ONNX file, GPU and TensorRT.
 
 A TensorRT engine only runs on the GPU model and TensorRT version that built it, and only matches the ONNX
-it was built from. Export writes this record (docs/artifact_contract.md, "Engine fingerprint"); the runtime
+it was built from. Export writes this record (docs/10-artifact-contract.md, "Engine fingerprint"); the runtime
 reads it and refuses a stale or foreign engine with a message that says what differs. Stdlib only, so
 both `export` and `runtime` can import it without torch, TensorRT or CUDA.
 """

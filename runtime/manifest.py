@@ -1,4 +1,4 @@
-"""Load, verify and expose the artifact folder's manifest.json (docs/artifact_contract.md, format 1).
+"""Load, verify and expose the artifact folder's manifest.json (docs/10-artifact-contract.md, format 1).
 
 The manifest is the runtime's only source of truth: dims, cameras, normalisation, bounds, gate
 calibration and graph I/O specs. Loading refuses anything that does not match the contract (missing

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.engine_accuracy import GATES, compare, cosine, random_inputs, report
+from export.accuracy_gates import GATES, compare, cosine, random_inputs, report
 from runtime.backend import Backend, BackendError, PrefixState
 from runtime.backend_tensorrt import TensorRTBackend, _DevicePrefix
 from runtime.trt_env import TensorRTUnavailable, tensorrt_missing_reason
@@ -70,7 +70,7 @@ def test_stale_prefix_is_refused() -> None:
         backend._check_prefix(PrefixState(obs, _DevicePrefix(2)))
 
 
-# ------------------------------------------------------------------ accuracy maths (export.engine_accuracy)
+# ------------------------------------------------------------------ accuracy maths (export.accuracy_gates)
 
 
 def test_cosine_and_gates() -> None:
@@ -149,7 +149,7 @@ def test_engines_run_and_device_loop_matches_host_loop() -> None:
     manifest = json.loads((art / "manifest.json").read_text())
     backend = TensorRTBackend(art, eng, manifest=manifest)
     try:
-        from export.engine_accuracy import random_inputs as make
+        from export.accuracy_gates import random_inputs as make
 
         feeds = make(manifest, np.random.default_rng(0))
         prefix = backend.run_prefix(feeds["images"], feeds["lang_tokens"], feeds["lang_mask"], feeds["state"])

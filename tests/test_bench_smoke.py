@@ -1,7 +1,7 @@
 """`make bench` smoke (tiny, 2 reps) and the GPU bench script's CPU-independent parts.
 
 The smoke run reuses `artifacts/onnx-bench-tiny` when it is current (first run on a machine exports it,
-~20-40 s); scripts/bench_gpu.py cannot run its CUDA paths here, so its helpers and a `--device cpu` dry
+~20-40 s); scripts/bench_gpu/ cannot run its CUDA paths here, so its helpers and a `--device cpu` dry
 run (eager LeRobot and eager graph chain, tiny preset) are what is tested.
 """
 
@@ -41,7 +41,7 @@ def test_bench_smoke(tmp_path):
     assert tiny["parity_max_abs"] < 1e-3, "LeRobot and the ONNX chain must carry the same weights"
     assert set(tiny["gates"]["gates"]) == {"always", "interval:10", "drift", "consistency"}
     assert "full" not in report["configs"]  # --smoke never exports/benches the full model
-    # the int8 dynamically quantized variant (export.quantization) runs too, with its accuracy cost reported
+    # the int8 dynamically quantized variant (export.int8.quantization) runs too, with its accuracy cost reported
     assert "| ours int8 (ORT CPU) |" in md and "int8 accuracy cost" in md
     assert chunk["int8"] > 0 and math.isclose(chunk["int8_ratio"], chunk["int8"] / chunk["baseline"], rel_tol=1e-9)
     acc = tiny["int8_accuracy"]
@@ -50,7 +50,7 @@ def test_bench_smoke(tmp_path):
 
 
 def test_bench_gpu_help():
-    for cmd in ([sys.executable, "scripts/bench_gpu.py", "--help"], [sys.executable, "-m", "scripts.bench_gpu", "--help"]):
+    for cmd in ([sys.executable, "scripts/bench_gpu", "--help"], [sys.executable, "-m", "scripts.bench_gpu", "--help"]):
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "--variants" in proc.stdout and "graphs-bf16" in proc.stdout
@@ -58,7 +58,7 @@ def test_bench_gpu_help():
 
 # ----------------------------------------------------------------------- bench_gpu helpers on the CPU
 def test_chunk_floor_roofline():
-    from scripts.bench_gpu import chunk_floor
+    from scripts.bench_gpu.roofline import chunk_floor
 
     f = chunk_floor(weight_bytes=2.5e9, flops=0.5e12, copy_gbps=4000, matmul_tflops=500)
     assert f["bandwidth_ms"] == pytest.approx(0.625) and f["compute_ms"] == pytest.approx(1.0)
@@ -69,7 +69,7 @@ def test_chunk_floor_roofline():
 def test_const_tensors_cache_only_python_data_on_the_device():
     import torch
 
-    from scripts.bench_gpu import ConstTensors
+    from scripts.bench_gpu.chain import ConstTensors
 
     consts = ConstTensors("cpu")
     with consts.active():
@@ -84,14 +84,15 @@ def test_const_tensors_cache_only_python_data_on_the_device():
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    from scripts.bench_gpu import build_models, make_inputs
+    from scripts.bench_gpu.models import build_models, make_inputs
 
     model, plain = build_models("tiny", "cpu")
     return model, plain, make_inputs(plain.config, "cpu")
 
 
 def test_weight_traffic_and_flops(tiny_models):
-    from scripts.bench_gpu import GraphChain, count_flops, weight_traffic
+    from scripts.bench_gpu.chain import GraphChain
+    from scripts.bench_gpu.roofline import count_flops, weight_traffic
 
     model, plain, inp = tiny_models
     m = model.model
@@ -108,7 +109,8 @@ def test_weight_traffic_and_flops(tiny_models):
 def test_graph_chain_matches_lerobot_on_cpu(tiny_models):
     import torch
 
-    from scripts.bench_gpu import GraphChain, lerobot_batch
+    from scripts.bench_gpu.chain import GraphChain
+    from scripts.bench_gpu.lerobot_side import lerobot_batch
 
     model, plain, inp = tiny_models
     chain = GraphChain(model.model, inp, num_steps=plain.config.num_steps)
@@ -122,7 +124,7 @@ def test_graph_chain_matches_lerobot_on_cpu(tiny_models):
 
 def test_bench_gpu_cpu_dry_run(tmp_path):
     """The whole script on the CPU (tiny; eager fp32 + bf16 variants; CUDA-only variants are skipped)."""
-    proc = subprocess.run([sys.executable, "scripts/bench_gpu.py", "--device", "cpu", "--preset", "tiny", "--reps", "1",
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench_gpu", "--device", "cpu", "--preset", "tiny", "--reps", "1",
                            "--warmup", "0", "--out", str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=300, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

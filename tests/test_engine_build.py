@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from export.engine_plan import (
+from export.trt.engine_plan import (
     GRAPHS,
     BuildOptions,
     PlanError,
@@ -28,7 +28,7 @@ from export.engine_plan import (
     trtexec_command,
     validate_options,
 )
-from export.engine_precision import (
+from export.trt.engine_precision import (
     PrecisionError,
     check_strongly_typed_dtypes,
     must_stay_fp32,
@@ -40,9 +40,9 @@ from runtime.trt_env import tensorrt_missing_reason
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 MYPY_FILES = [
-    "export/engine_build.py",
-    "export/build_engines.py",
-    "export/engine_accuracy.py",
+    "export/trt/engine_build.py",
+    "export/trt/build_engines.py",
+    "export/trt/engine_accuracy.py",
     "runtime/backend_tensorrt.py",
     "runtime/fingerprint.py",
 ]
@@ -271,7 +271,7 @@ def test_assemble_fingerprint(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PY, "-m", "export.build_engines", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120
+        [PY, "-m", "export.trt.build_engines", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
 
 
@@ -303,7 +303,7 @@ def test_cli_missing_artifacts_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_quantized_artifacts_one_line(tmp_path: Path) -> None:
-    """onnxruntime's dynamic-int8 folders (export.quantization) are not TensorRT input: refused before any build."""
+    """onnxruntime's dynamic-int8 folders (export.int8.quantization) are not TensorRT input: refused before any build."""
     art = make_artifacts(tmp_path / "onnx-int8")
     manifest = json.loads((art / "manifest.json").read_text())
     manifest["quantization"] = {"mode": "int8-dynamic", "source": "artifacts/onnx"}
@@ -365,7 +365,7 @@ def test_real_build_from_artifacts(tmp_path: Path) -> None:
     if not (art / "manifest.json").is_file():
         pytest.skip("no artifacts/onnx here (run `make export` first)")
     result = subprocess.run(
-        [PY, "-m", "export.build_engines", "--artifacts", str(art), "--out", str(tmp_path), "--precision", "fp32"],
+        [PY, "-m", "export.trt.build_engines", "--artifacts", str(art), "--out", str(tmp_path), "--precision", "fp32"],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -376,7 +376,7 @@ def test_real_build_from_artifacts(tmp_path: Path) -> None:
     for g in GRAPHS:
         assert (tmp_path / f"{g}.plan").is_file() and (tmp_path / f"{g}.fingerprint.json").is_file()
     check = subprocess.run(
-        [PY, "-m", "export.engine_accuracy", "--artifacts", str(art), "--engines", str(tmp_path), "--trials", "1"],
+        [PY, "-m", "export.trt.engine_accuracy", "--artifacts", str(art), "--engines", str(tmp_path), "--trials", "1"],
         check=False,
         cwd=ROOT,
         capture_output=True,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint
-from export.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PrefixGraph
-from export.onnx_checks import check_graph_file, graph_problems
-from export.onnx_export import NORM_EPS, export_artifacts
-from export.parity import OrtRunner, chunk, run_parity
+from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint
+from export.graphs.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PrefixGraph
+from export.graphs.onnx_checks import check_graph_file, graph_problems
+from export.graphs.onnx_export import NORM_EPS, export_artifacts
+from export.graphs.parity import OrtRunner, chunk, run_parity
 from tests.model_fixtures import tiny_policy
 
 GRAPHS = ("prefix", "main_expert", "delta_expert")
@@ -140,7 +140,7 @@ def test_runtime_actions_equal_pytorch(exported):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "export.onnx_export", *args], check=False, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "export.graphs.onnx_export", *args], check=False, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -162,7 +162,7 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path):
 
 
 def test_failed_export_leaves_no_folder(tmp_path, monkeypatch):
-    import export.onnx_export as mod
+    import export.graphs.onnx_export as mod
 
     calls = {"n": 0}
     original = mod.export_graph
@@ -182,7 +182,7 @@ def test_failed_export_leaves_no_folder(tmp_path, monkeypatch):
 def test_fp16_folder_of_the_real_export_passes_its_gates_and_stays_tensorrt_ready(exported, tmp_path):
     """The calibrated fp16 lowering of a real SmolVLA-CLS export: every gate met against fp32, graphs still
     TensorRT-ready (op coverage, no float64), norm statistics and rotary phases kept fp32, weights in fp16."""
-    from export.mixed_precision import lower_artifacts
+    from export.precision.mixed_precision import lower_artifacts
 
     _, out, _ = exported
     raw = lower_artifacts(out, tmp_path / "onnx-fp16", samples=2, trials=2, progress=False)
@@ -205,8 +205,8 @@ def test_bf16_folder_falls_back_to_fp32_sections_until_held_out_gates_pass(expor
     on held-out observations, and the kept sections really are fp32 in the written graphs."""
     import onnx
 
-    from export.mixed_precision import AccuracyGateError, lower_artifacts
-    from export.precision_lowering import LOW_TYPES, node_section
+    from export.precision.mixed_precision import AccuracyGateError, lower_artifacts
+    from export.precision.precision_lowering import LOW_TYPES, node_section
 
     _, out, _ = exported
     try:

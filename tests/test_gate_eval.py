@@ -1,4 +1,4 @@
-"""Closed-loop gate evaluation (runtime.gate_eval) in --quick mode on the fake artifacts, plus its pure helpers."""
+"""Closed-loop gate evaluation (evaluation.gate_eval) in --quick mode on the fake artifacts, plus its pure helpers."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.gate_eval import (
-    PolicySpec,
-    compute_headline,
-    interp_curve,
-    main,
-    matched_random,
-    threshold_sweep,
-)
+from evaluation.gate_eval import main
+from evaluation.gate_headline import compute_headline
+from evaluation.gate_policies import PolicySpec, matched_random, threshold_sweep
+from evaluation.gate_stats import interp_curve
 from runtime.manifest import GateCalibration
 from tests.fake_artifacts import cached_fake_artifacts
 
@@ -152,7 +148,7 @@ def test_matched_random_uses_cls_fire_rates():
 
 
 def test_gate_eval_and_soak_do_not_import_matplotlib_or_training_stacks():
-    code = ("import sys, runtime.gate_eval, runtime.soak, runtime.plots; "
+    code = ("import sys, evaluation.gate_eval, evaluation.soak, evaluation.plots; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & "
             "{'matplotlib', 'torch', 'lerobot', 'transformers', 'smolvla_cls', 'export'}); "
             "assert not bad, bad; print('ok')")
@@ -161,7 +157,7 @@ def test_gate_eval_and_soak_do_not_import_matplotlib_or_training_stacks():
 
 
 def test_mcnemar_exact_p():
-    from runtime.gate_eval import mcnemar_exact_p
+    from evaluation.gate_stats import mcnemar_exact_p
 
     assert mcnemar_exact_p(0, 0) == 1.0
     assert mcnemar_exact_p(5, 2) == pytest.approx(0.453125)
@@ -171,7 +167,7 @@ def test_mcnemar_exact_p():
 def test_rerender_recomputes_from_json(quick_report, tmp_path):
     import shutil
 
-    from runtime.gate_eval import rerender
+    from evaluation.gate_eval import rerender
 
     _, out = quick_report
     shutil.copy(out / "gate_eval.json", tmp_path / "gate_eval.json")
@@ -187,7 +183,7 @@ def test_rerender_recomputes_from_json(quick_report, tmp_path):
 def test_paired_recovery_counts_follow_the_episodes(rows):
     """Recovery is compared only where both succeed; faster + slower + equal = that count; the sign test
     is symmetric in the two policies."""
-    from runtime.gate_eval import _paired
+    from evaluation.gate_stats import paired_comparison
 
     def res(name, idx):
         return {"name": name, "perturbed_episodes": [
@@ -195,7 +191,7 @@ def test_paired_recovery_counts_follow_the_episodes(rows):
             for i, r in enumerate(rows)]}
 
     a, b = res("gate", 0), res("interval:10", 1)
-    ab, ba = _paired(a, b), _paired(b, a)
+    ab, ba = paired_comparison(a, b), paired_comparison(b, a)
     both = [(r[2], r[3]) for r in rows if r[0] and r[1]]
     rec = ab["recovery"]
     assert rec["n"] == len(both) == ab["both"]

@@ -1,11 +1,11 @@
-"""Graph rewrites for onnxruntime CPU (export/graph_optimization.py).
+"""Graph rewrites for onnxruntime CPU (export/int8/graph_optimization.py).
 
 Each rewrite on a small synthetic graph built the way the exporter writes the pattern: it fires (the
 pattern's ops are gone, the replacement is there) and the rewritten graph computes the same outputs as the
 original for random inputs (hypothesis); near-misses (a wrong constant, an intermediate read elsewhere, a
 non-zero mask, a partial scatter) are left alone. Then on a real tiny SmolVLA-CLS export: every rewrite
 fires on the graphs it targets, the rewritten fp32 graphs pass the `make parity` checks against PyTorch, and
-an int8 folder written by export.quantization carries the rewrites and its record.
+an int8 folder written by export.int8.quantization carries the rewrites and its record.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from export.graph_optimization import (
-    MS_DOMAIN,
+from export.int8.graph_optimization import (
     REWRITES,
     STANDARD_REWRITES,
     main,
@@ -31,6 +30,7 @@ from export.graph_optimization import (
     optimize_file,
     optimize_model,
 )
+from export.int8.ort_fusions import MS_DOMAIN
 
 OPSET = 18
 ALL_REWRITES = tuple(REWRITES)  # registry order: the zero-mask Add goes before attention is matched
@@ -316,7 +316,7 @@ def test_standard_rewrites_keep_standard_onnx() -> None:
 # ------------------------------------------------------------------------------- real tiny SmolVLA export
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory):
-    from export.onnx_export import export_artifacts
+    from export.graphs.onnx_export import export_artifacts
     from tests.test_export import _loaded
 
     loaded = _loaded()
@@ -326,7 +326,7 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_rewrites_fire_on_the_export_and_keep_parity(tiny_export, tmp_path: Path) -> None:
-    from export.parity import chunk_parity, graph_parity
+    from export.graphs.parity import chunk_parity, graph_parity
 
     loaded, src = tiny_export
     dst = tmp_path / "onnx-opt"
@@ -361,7 +361,7 @@ def test_cli_rewrites_in_place(tiny_export, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_quantization_applies_and_records_the_rewrites(tiny_export, tmp_path: Path) -> None:
-    from export.quantization import DEFAULT_REWRITES, QuantizationInputError, quantize_artifacts
+    from export.int8.quantization import DEFAULT_REWRITES, QuantizationInputError, quantize_artifacts
     from runtime.manifest import Manifest
 
     _, src = tiny_export

@@ -1,4 +1,4 @@
-"""fp16/bf16 artifact folder (export/mixed_precision.py) on tiny fake artifacts: contract and hashes, fp16
+"""fp16/bf16 artifact folder (export/precision/mixed_precision.py) on tiny fake artifacts: contract and hashes, fp16
 weights inside with float32 I/O, the runtime runs it unchanged, the accuracy gate refuses a bad lowering and
 leaves nothing behind, bad input is named in one line, and the TensorRT plan accepts it for a strongly typed build."""
 
@@ -14,12 +14,12 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from export.accuracy_gates import random_inputs, vocab_size
 from export.derived_artifacts import DerivationInputError
-from export.engine_accuracy import random_inputs, vocab_size
-from export.engine_plan import BuildOptions, load_manifest, plan_jobs
-from export.engine_precision import check_strongly_typed_dtypes
-from export.mixed_precision import AccuracyGateError, lower_artifacts
-from export.quantization import quantize_artifacts
+from export.int8.quantization import quantize_artifacts
+from export.precision.mixed_precision import AccuracyGateError, lower_artifacts
+from export.trt.engine_plan import BuildOptions, load_manifest, plan_jobs
+from export.trt.engine_precision import check_strongly_typed_dtypes
 from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest
 from runtime.policy import EdgePolicy
@@ -97,7 +97,7 @@ def test_runtime_runs_the_fp16_folder_and_agrees_with_fp32(folders: tuple[Path, 
 
 def test_accuracy_gate_refuses_and_leaves_nothing(tmp_path: Path, folders: tuple[Path, Path, dict],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import export.engine_accuracy as accuracy
+    import export.accuracy_gates as accuracy
 
     src, _, _ = folders
     monkeypatch.setitem(accuracy.GATES, "fp16", accuracy.Gate(1.0 + 1e-9, 1.0 + 1e-9))  # unreachable
@@ -125,7 +125,7 @@ def test_bad_input_is_named(tmp_path: Path, folders: tuple[Path, Path, dict]) ->
         with pytest.raises(DerivationInputError, match=needle):
             lower_artifacts(s, d, progress=False, **kw)
     assert (other / "keep.txt").read_text() == "mine"
-    r = _run("-m", "export.mixed_precision", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x"))
+    r = _run("-m", "export.precision.mixed_precision", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("mixed precision: --src"), r.stderr
 
 
@@ -143,8 +143,8 @@ def test_random_inputs_respect_the_tokenizer_vocabulary(folders: tuple[Path, Pat
 def test_engine_plan_and_accuracy_reference_follow_the_record(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
     """A strongly typed build must ask for the folder's own precision; an emulated folder is never built; engine
     accuracy is judged against the unchanged fp32 source."""
-    from export.engine_accuracy import reference_folder
-    from export.engine_plan import PlanError
+    from export.trt.engine_accuracy import reference_folder
+    from export.trt.engine_plan import PlanError
 
     src, dst, _ = folders
     with pytest.raises(PlanError, match="--precision fp16"):
@@ -173,7 +173,7 @@ def test_engine_plan_and_accuracy_reference_follow_the_record(tmp_path: Path, fo
 
 def test_cli_skips_an_up_to_date_folder(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
     src, _, _ = folders
-    args = ["-m", "export.mixed_precision", "--src", str(src), "--dst", str(tmp_path / "fp16"), "--samples", "1",
+    args = ["-m", "export.precision.mixed_precision", "--src", str(src), "--dst", str(tmp_path / "fp16"), "--samples", "1",
             "--trials", "1"]
     first = _run(*args)
     assert first.returncode == 0 and "wrote" in first.stdout, first.stderr
@@ -190,7 +190,7 @@ def test_rewriting_a_graph_with_external_weights_does_not_grow_its_data_file(tmp
     """Each fallback round rewrites the graphs; onnx appends to an existing data file unless it is removed."""
     from onnx import helper, numpy_helper
 
-    from export.mixed_precision import _save
+    from export.precision.mixed_precision import _save
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
@@ -216,7 +216,7 @@ def test_lowering_is_byte_reproducible_across_processes(tmp_path: Path, folders:
     hashes = []
     for seed in ("1", "2"):
         dst = tmp_path / f"fp16-{seed}"
-        r = subprocess.run([sys.executable, "-m", "export.mixed_precision", "--src", str(src), "--dst", str(dst),
+        r = subprocess.run([sys.executable, "-m", "export.precision.mixed_precision", "--src", str(src), "--dst", str(dst),
                             "--samples", "1", "--trials", "1"], cwd=ROOT, capture_output=True, text=True, timeout=180,
                            check=False, env={**os.environ, "PYTHONHASHSEED": seed})
         assert r.returncode == 0, r.stderr

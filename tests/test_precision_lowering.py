@@ -1,4 +1,4 @@
-"""The per-node precision pass (export/precision_lowering.py) and its calibration (export/tensor_ranges.py) on
+"""The per-node precision pass (export/precision/precision_lowering.py) and its calibration (export/precision/tensor_ranges.py) on
 random small graphs: the lowered graph is type-correct (strict shape inference, onnxruntime loads it), keeps
 float32 I/O, stays within fp16 rounding of the fp32 graph, follows each rule, and its fp32 emulation matches
 the real fp16 graph."""
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from export.precision_lowering import LoweringError, lower_graph, plan_nodes
-from export.tensor_ranges import MASK_FILL, RANGE_SUFFIX, float_tensor_types, instrument, measured_tensors
+from export.precision.precision_lowering import LoweringError, lower_graph, plan_nodes
+from export.precision.tensor_ranges import MASK_FILL, RANGE_SUFFIX, float_tensor_types, instrument, measured_tensors
 
 OPSET = 18
 
@@ -187,12 +187,12 @@ def test_mask_fill_matches_the_model_and_lowering_needs_no_torch():
     import sys
     from pathlib import Path
 
-    import export.tensor_ranges as ranges
+    import export.precision.tensor_ranges as ranges
     from smolvla_cls.attention import MASK_FILL as model_fill
 
     assert ranges.MASK_FILL == model_fill
     assert np.float16(model_fill) == model_fill and np.isfinite(np.float16(model_fill))
-    code = ("import sys, export.mixed_precision, export.build_engines, export.engine_accuracy; "
+    code = ("import sys, export.precision.mixed_precision, export.trt.build_engines, export.trt.engine_accuracy; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lerobot', 'transformers', 'smolvla_cls'}); "
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
@@ -251,7 +251,7 @@ def _scoped(name: str, scope: list[str]) -> onnx.NodeProto:
 @given(depth=st.integers(0, 5), layer=st.integers(0, 40), tail=st.lists(st.sampled_from(["mlp", "k_proj", "0", "act"]),
                                                                           max_size=3))
 def test_sections_cut_layers_and_indices(depth, layer, tail):
-    from export.precision_lowering import node_section
+    from export.precision.precision_lowering import node_section
 
     base = ["model", "vlm_with_expert", "vlm", "model", "vision_model", "encoder"][: depth + 1]
     scope = ".".join(base + ["layers", str(layer)] + tail)
@@ -261,8 +261,8 @@ def test_sections_cut_layers_and_indices(depth, layer, tail):
 
 
 def test_section_examples_and_best_choice():
-    from export.mixed_precision import best_section
-    from export.precision_lowering import node_section, sections_with
+    from export.precision.mixed_precision import best_section
+    from export.precision.precision_lowering import node_section, sections_with
 
     assert node_section(_scoped("a", ["model.obs_cls_proj.1", "gelu"])) == "model.obs_cls_proj"
     assert node_section(_scoped("b", ["model.vlm_with_expert.vlm.model.vision_model.embeddings.patch_embedding",

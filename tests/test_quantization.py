@@ -1,4 +1,4 @@
-"""int8 dynamic quantization of an artifact folder (export/quantization.py) on tiny fake artifacts:
+"""int8 dynamic quantization of an artifact folder (export/int8/quantization.py) on tiny fake artifacts:
 contract and hashes, integer ops present, the runtime runs it unchanged (and without torch), the chunk stays
 within a stated bound of fp32 for random inputs, bad input is named, and the TensorRT builder refuses it."""
 
@@ -17,17 +17,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.engine_plan import BuildOptions, PlanError, load_manifest, plan_jobs
-from export.quantization import (
+from export.graphs.node_scope import node_scope
+from export.int8.quantization import (
     DEFAULT_EXCLUDE,
     INTEGER_OPS,
     MODE,
     QuantizationInputError,
     fold_weight_transposes,
-    node_scope,
     quantizable_nodes,
     quantize_artifacts,
 )
+from export.trt.engine_plan import BuildOptions, PlanError, load_manifest, plan_jobs
 from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest
 from runtime.policy import EdgePolicy, delta_input
@@ -202,19 +202,19 @@ def test_bad_input_is_named(tmp_path: Path, folders: tuple[Path, Path, dict]) ->
 
 def test_cli_one_line_exit_2(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
     src, _, _ = folders
-    r = _run("-m", "export.quantization", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "q"))
+    r = _run("-m", "export.int8.quantization", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "q"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("quantization: --src") and "does not exist" in r.stderr
-    ok = _run("-m", "export.quantization", "--src", str(src), "--dst", str(tmp_path / "q"))
+    ok = _run("-m", "export.int8.quantization", "--src", str(src), "--dst", str(tmp_path / "q"))
     assert ok.returncode == 0, ok.stderr
     assert "[quantize] wrote" in ok.stdout and Manifest.load(tmp_path / "q").raw["quantization"]["mode"] == MODE
-    again = _run("-m", "export.quantization", "--src", str(src), "--dst", str(tmp_path / "q"), "--per-channel")
+    again = _run("-m", "export.int8.quantization", "--src", str(src), "--dst", str(tmp_path / "q"), "--per-channel")
     assert again.returncode == 0, again.stderr  # an earlier quantized folder is replaced
     assert Manifest.load(tmp_path / "q").raw["quantization"]["per_channel"] is True
 
 
 def test_failure_leaves_no_folder(tmp_path: Path, folders: tuple[Path, Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
-    import export.quantization as q
+    import export.int8.quantization as q
 
     src, _, _ = folders
     real = q._quantize_graph
@@ -235,7 +235,7 @@ def test_failure_leaves_no_folder(tmp_path: Path, folders: tuple[Path, Path, dic
 # ---------------------------------------------------------------------------- TensorRT builder refuses
 def test_engine_builder_refuses_quantized_folder(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
     src, dst, _ = folders
-    r = _run("-m", "export.build_engines", "--artifacts", str(dst), "--out", str(tmp_path / "e"))
+    r = _run("-m", "export.trt.build_engines", "--artifacts", str(dst), "--out", str(tmp_path / "e"))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "int8-dynamic" in lines[0] and "TensorRT needs the fp32 export" in lines[0]
@@ -297,7 +297,7 @@ def test_fold_weight_transposes_is_exact_and_shares_weights() -> None:
 def test_default_exclusions_keep_action_projections_float(tmp_path: Path) -> None:
     import re
 
-    from export.quantization import _quantize_graph
+    from export.int8.quantization import _quantize_graph
 
     model = _linear_graph(["model.vlm.layers.0.mlp.up_proj", "model.action_out_proj"])
     assert [node_scope(n) for n in model.graph.node if n.op_type == "MatMul"][:2] == \

@@ -1,4 +1,4 @@
-"""`python -m runtime` on the fake artifacts: closed-loop run on simtask and the info command."""
+"""`python -m evaluation run` (closed loop on simtask) and `python -m runtime info` on the fake artifacts."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ try:
 except ImportError:
     from fake_artifacts import cached_fake_artifacts
 
+from evaluation.episodes import main as run_main
 from runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_run_reports_success_resamples_and_latency(tmp_path, capsys):
-    pytest.importorskip("simtask")
     out = tmp_path / "summary.json"
-    rc = main(["run", "--artifacts", str(cached_fake_artifacts()), "--gate", "interval:3", "--episodes", "2",
+    rc = run_main(["run", "--artifacts", str(cached_fake_artifacts()), "--gate", "interval:3", "--episodes", "2",
                "--perturb", "--seed", "0", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -45,3 +45,11 @@ def test_module_entry_point_and_info():
 def test_bad_artifacts_give_a_clear_error(tmp_path, capsys):
     assert main(["info", "--artifacts", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_evaluation_module_entry_point(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "evaluation", "run", "--artifacts", str(cached_fake_artifacts()),
+                          "--gate", "always", "--episodes", "1", "--warmup", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "success rate" in out.stdout

@@ -1,38 +1,74 @@
-"""The runtime is deployable alone: it must not pull in torch, lerobot, transformers, smolvla_cls or export."""
+"""The runtime is deployable alone, and the evaluation tools stay torch-free.
+
+- `runtime/` (what a robot installs) must not pull in torch, lerobot, transformers, smolvla_cls, export,
+  nor the development packages evaluation/simtask/scripts.
+- `evaluation/` (simulated episodes, gate sweep, soak, plots) may use runtime and simtask, never the
+  training or export side.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"torch", "lerobot", "transformers", "smolvla_cls", "export"}
+TRAINING_SIDE = {"torch", "lerobot", "transformers", "smolvla_cls", "export"}
+FORBIDDEN = {
+    "runtime": TRAINING_SIDE | {"evaluation", "simtask", "scripts", "tests"},
+    "evaluation": TRAINING_SIDE | {"scripts", "tests"},
+}
 
 
-def test_runtime_import_graph_is_clean():
-    forbidden = repr(sorted(FORBIDDEN))
+def _modules(package: str) -> list[str]:
+    return sorted(f"{package}." + ".".join(p.relative_to(ROOT / package).with_suffix("").parts)
+                  for p in (ROOT / package).rglob("*.py") if p.name not in {"__init__.py", "__main__.py"})
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_import_graph_is_clean(package):
+    """Import every module of the package in a clean interpreter and list the top-level packages it loaded."""
+    forbidden = repr(sorted(FORBIDDEN[package]))
+    mods = [package, *_modules(package)]
     code = (
-        "import runtime, runtime.policy, runtime.backend_onnxruntime, runtime.gate, runtime.cli, runtime.safety; "
-        f"import sys; bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidden})); "
-        "assert not bad, bad; print('ok')"
+        "import importlib, sys\n"
+        f"for m in {mods!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "    except ImportError as exc:\n"  # an optional backend (tensorrt, cuda) missing here is fine
+        "        if exc.name and exc.name.split('.')[0] in ('tensorrt', 'cuda'): continue\n"
+        "        raise\n"
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({forbidden}))\n"
+        "assert not bad, bad\n"
+        "print('ok', len(" + repr(mods) + "))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert out.stdout.startswith("ok ")
 
 
-def test_runtime_sources_do_not_import_forbidden_packages():
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_sources_do_not_import_forbidden_packages(package):
     """Static check too: a lazy import inside a function would escape the subprocess test."""
-    import ast
-
     offenders = []
-    for path in sorted((ROOT / "runtime").glob("*.py")):
+    for path in sorted((ROOT / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in FORBIDDEN[package]]
     assert not offenders, offenders
+
+
+def test_forbidden_import_would_be_caught(tmp_path):
+    """The static check is not vacuous: a planted lazy torch import is found."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    import torch\n    return torch\n")
+    tree = ast.parse(planted.read_text())
+    found = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert "torch" in found and "torch" in FORBIDDEN["runtime"]

@@ -1,10 +1,10 @@
-"""Soak harness (runtime.soak): a short run on the fake artifacts must record RSS and emit only safe actions."""
+"""Soak harness (evaluation.soak): a short run on the fake artifacts must record RSS and emit only safe actions."""
 
 from __future__ import annotations
 
 import json
 
-from runtime.soak import main, rss_kb, soak
+from evaluation.soak import main, rss_kb, soak
 from tests.fake_artifacts import cached_fake_artifacts
 
 

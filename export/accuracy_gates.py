@@ -1,0 +1,119 @@
+"""Accuracy gates shared by the fp16/bf16 lowering and the TensorRT engine check: cosine gates per precision,
+fresh random prefix inputs, and the Euler chunk — so a lowered folder and an engine are judged the same way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHUNK = "chunk"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Minimum cosine similarity for one engine's outputs and for the whole chunk."""
+
+    per_engine: float
+    chunk: float
+
+
+GATES = {"fp32": Gate(0.9999, 0.9999), "fp16": Gate(0.999, 0.99), "bf16": Gate(0.999, 0.99)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One compared tensor: where it comes from, its cosine, its max abs error, and the gate it must meet."""
+
+    graph: str
+    tensor: str
+    cosine: float
+    max_abs: float
+    gate: float
+
+    @property
+    def passed(self) -> bool:
+        return self.cosine >= self.gate
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two tensors, flattened in float64; two all-zero tensors count as identical."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0.0 and ny == 0.0:
+        return 1.0
+    if nx == 0.0 or ny == 0.0:
+        return 0.0
+    return float(np.dot(x, y) / (nx * ny))
+
+
+def compare(graph: str, tensor: str, got: np.ndarray, ref: np.ndarray, precision: str) -> Comparison:
+    """Compare one output; bool tensors (prefix_pad) must match exactly (cosine 1 or 0)."""
+    gate = GATES[precision]
+    limit = gate.chunk if graph == CHUNK else gate.per_engine
+    if ref.dtype == np.bool_:
+        same = bool(np.array_equal(got.astype(bool), ref))
+        return Comparison(graph, tensor, 1.0 if same else 0.0, 0.0 if same else 1.0, limit)
+    diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+    return Comparison(graph, tensor, cosine(got, ref), diff, limit)
+
+
+def report(rows: list[Comparison]) -> str:
+    """A fixed-width table, worst cosine per (graph, tensor) over all trials."""
+    worst: dict[tuple[str, str], Comparison] = {}
+    for row in rows:
+        key = (row.graph, row.tensor)
+        if key not in worst or row.cosine < worst[key].cosine:
+            worst[key] = row
+    lines = [f"{'graph':<14}{'tensor':<12}{'cosine':>12}{'max |err|':>12}{'gate':>10}  result"]
+    for row in worst.values():
+        verdict = "ok" if row.passed else "FAIL"
+        lines.append(
+            f"{row.graph:<14}{row.tensor:<12}{row.cosine:>12.6f}{row.max_abs:>12.3e}{row.gate:>10.4f}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def vocab_size(artifacts: Path, manifest: dict[str, Any]) -> int:
+    """Token ids the artifact's tokenizer can produce (1 + its largest id); 1000 when it records none."""
+    path = artifacts / manifest.get("tokenizer", {}).get("file", "tokenizer.json")
+    try:
+        tok = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return 1000
+    vocab = tok.get("model", {}).get("vocab", {})
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [a.get("id", 0) for a in tok.get("added_tokens", [])]
+    return max(ids, default=999) + 1
+
+
+def random_inputs(manifest: dict[str, Any], rng: np.random.Generator, vocab: int = 1000) -> dict[str, np.ndarray]:
+    """Fresh prefix inputs with the manifest's shapes: images in [0,1], a left-aligned language mask,
+    token ids below `vocab` (pass `vocab_size(...)`: a tiny model's embedding table is small)."""
+    specs = {s["name"]: s for s in manifest["graphs"]["prefix"]["inputs"]}
+    images = rng.random(specs["images"]["shape"], dtype=np.float32)
+    lang_shape = specs["lang_tokens"]["shape"]
+    length = lang_shape[-1]
+    real = int(rng.integers(1, length + 1))
+    tokens = np.zeros(lang_shape, dtype=np.int64)
+    tokens[..., :real] = rng.integers(1, max(vocab, 2), size=real)
+    mask = np.zeros(lang_shape, dtype=np.bool_)
+    mask[..., :real] = True
+    state = rng.standard_normal(specs["state"]["shape"]).astype(np.float32)
+    return {"images": images, "lang_tokens": tokens, "lang_mask": mask, "state": state}
+
+
+def euler_chunk(num_steps: int, kv: dict[str, np.ndarray], noise: np.ndarray,
+                run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> np.ndarray:
+    """The chunk from `noise` after the main expert's Euler loop (t = 1 → 0); `run(feeds) -> outputs` is one
+    main-expert call (onnxruntime session, instrumented session, ...), `kv` the prefix K/V/pad it reads."""
+    x = noise
+    for i in range(num_steps):
+        v = run({"x_t": x, "t": np.array([1.0 - i / num_steps], np.float32), **kv})["v_t"]
+        x = (x - np.float32(1.0 / num_steps) * v).astype(np.float32)
+    return x

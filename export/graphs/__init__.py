@@ -1,0 +1,1 @@
+"""The ONNX export itself: graph wrappers, checkpoint loading, op checks, parity and gate calibration."""

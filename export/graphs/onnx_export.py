@@ -1,0 +1,228 @@
+"""`make export`: checkpoint (or offline preset) -> artifact folder with three ONNX graphs, the tokenizer
+and manifest.json (docs/10-artifact-contract.md). The folder is written under a temporary name and renamed
+into place only when complete, so a failed export never leaves a folder that looks valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export.atomic_folder import atomic_folder
+from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
+from export.graphs.gate_calibration import calibrate_on_simtask, uncalibrated
+from export.graphs.graph_wrappers import (
+    DELTA_INPUTS,
+    DELTA_OUTPUTS,
+    MAIN_INPUTS,
+    MAIN_OUTPUTS,
+    PREFIX_INPUTS,
+    PREFIX_OUTPUTS,
+    DeltaExpertGraph,
+    MainExpertGraph,
+    PrefixGraph,
+    example_inputs,
+)
+from export.graphs.onnx_checks import graph_problems
+from runtime.fingerprint import file_records
+
+FORMAT_VERSION = 1
+OPSET = 18
+EXTERNAL_DATA_BYTES = 256 << 20  # graphs with more weight bytes than this keep weights in <name>.onnx.data
+NORM_EPS = 1e-8  # lerobot's MEAN_STD normaliser: (x - mean) / (std + eps)
+BOUNDS_MARGIN = 0.1  # action bounds = dataset [min, max] widened by 10 % of the span on each side
+
+GRAPHS = {
+    "prefix": (PrefixGraph, PREFIX_INPUTS, PREFIX_OUTPUTS),
+    "main_expert": (MainExpertGraph, MAIN_INPUTS, MAIN_OUTPUTS),
+    "delta_expert": (DeltaExpertGraph, DELTA_INPUTS, DELTA_OUTPUTS),
+}
+_DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.bool: "bool", torch.int32: "int32"}
+
+
+def _spec(names, tensors) -> list[dict]:
+    return [{"name": n, "shape": list(t.shape), "dtype": _DTYPE_NAMES[t.dtype]} for n, t in zip(names, tensors, strict=True)]
+
+
+def export_graph(module: torch.nn.Module, inputs: tuple, names_in, names_out, path: Path) -> dict:
+    """Dynamo-export one wrapper (static shapes), check it for TensorRT, return its manifest entry."""
+    with torch.no_grad():
+        outputs = module(*inputs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    program = torch.onnx.export(module, inputs, dynamo=True, input_names=list(names_in),
+                                output_names=list(names_out), opset_version=OPSET, verbose=False)
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    program.save(str(path), external_data=external)
+    model = onnx.load(str(path), load_external_data=False)
+    problems = graph_problems(model)
+    if problems:
+        raise RuntimeError(f"{path.name} is not TensorRT-ready: " + "; ".join(problems[:5]))
+    data_file = f"{path.name}.data" if external and (path.parent / f"{path.name}.data").exists() else None
+    return {"file": path.name, "data_file": data_file, "inputs": _spec(names_in, inputs),
+            "outputs": _spec(names_out, outputs), "nodes": len(model.graph.node)}
+
+
+class Normalizer:
+    """MEAN_STD (de)normalisation with the checkpoint's stats, zero-padded to the model's max dims."""
+
+    def __init__(self, stats: dict, state_key: str, max_state: int, max_action: int):
+        self.state_mean, self.state_std = stats[state_key]["mean"], stats[state_key]["std"]
+        self.action_mean, self.action_std = stats["action"]["mean"], stats["action"]["std"]
+        self.max_state, self.max_action = max_state, max_action
+
+    def state(self, raw: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.max_state, dtype=np.float32)
+        out[: len(self.state_mean)] = (raw - self.state_mean) / (self.state_std + NORM_EPS)
+        return out
+
+    def action(self, raw: np.ndarray) -> np.ndarray:
+        return ((raw - self.action_mean) / (self.action_std + NORM_EPS)).astype(np.float32)
+
+
+def _tokenizer_fn(vlm_dir: Path, max_length: int):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(vlm_dir))
+
+    def tokenize(text: str):
+        enc = tok(text if text.endswith("\n") else text + "\n", padding="max_length", max_length=max_length,
+                  truncation=False, return_tensors="pt", padding_side="right")
+        return enc["input_ids"].long(), enc["attention_mask"].bool()
+
+    return tok, tokenize
+
+
+def _bounds(stats: dict, key: str, margin: float) -> dict:
+    lo, hi = np.asarray(stats[key]["min"], dtype=np.float64), np.asarray(stats[key]["max"], dtype=np.float64)
+    span = np.maximum(hi - lo, 1e-6)
+    return {"low": (lo - margin * span).tolist(), "high": (hi + margin * span).tolist(), "margin": margin}
+
+
+def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, files: dict, seconds: float,
+                   stop_action: list[float] | None = None) -> dict:
+    policy = loaded.policy
+    cfg, model = policy.config, policy.model
+    vlm_text = model.vlm_with_expert.config.text_config
+    state_key = "observation.state"
+    prefix_k = graphs["prefix"]["outputs"][0]["shape"]
+    import lerobot
+    import onnxruntime
+
+    cams = [{"key": k, "height": int(f.shape[1]), "width": int(f.shape[2]), "channels": int(f.shape[0])}
+            for k, f in cfg.image_features.items()]
+    h, w = cfg.resize_imgs_with_padding
+    return {
+        "format_version": FORMAT_VERSION,
+        "producer": "smolvla-cls-edge export.graphs.onnx_export",
+        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": {"torch": torch.__version__, "lerobot": lerobot.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+        "model": {"policy_type": "smolvla_cls", "preset": loaded.preset, "source": loaded.source,
+                  "config": json.loads(json.dumps(cfg.__dict__, default=str))},
+        "dims": {"chunk_size": cfg.chunk_size, "n_action_steps": cfg.n_action_steps, "num_steps": cfg.num_steps,
+                 "action_dim": cfg.action_feature.shape[0], "state_dim": cfg.robot_state_feature.shape[0],
+                 "max_action_dim": cfg.max_action_dim, "max_state_dim": cfg.max_state_dim,
+                 "lang_len": cfg.tokenizer_max_length, "prefix_len": prefix_k[2], "num_layers": prefix_k[0],
+                 "kv_heads": prefix_k[3], "head_dim": prefix_k[4], "num_cls_prefix": model.num_prefix_cls,
+                 "num_cls_suffix": model.num_suffix_cls, "cls_dim": model.vlm_with_expert.expert_hidden_size,
+                 "delta_time": cfg.delta_time, "vlm_hidden": vlm_text.hidden_size},
+        "cameras": cams,
+        "state_key": state_key,
+        "image_preprocess": {"height": h, "width": w, "resize": "keep_aspect_pad", "pad_side": "left_top",
+                             "pad_value": 0.0, "input_range": [0.0, 1.0], "interpolation": "bilinear",
+                             "input_dtype": "float32 CHW or uint8 HWC", "graph_applies": "x * 2 - 1"},
+        "normalization": {
+            state_key: {"mode": "mean_std", "mean": loaded.stats[state_key]["mean"].tolist(),
+                        "std": loaded.stats[state_key]["std"].tolist(), "eps": NORM_EPS},
+            "action": {"mode": "mean_std", "mean": loaded.stats["action"]["mean"].tolist(),
+                       "std": loaded.stats["action"]["std"].tolist(), "eps": NORM_EPS},
+        },
+        "action_bounds": _bounds(loaded.stats, "action", BOUNDS_MARGIN),
+        "state_bounds": _bounds(loaded.stats, state_key, 0.0),
+        "tokenizer": {"file": "tokenizer.json", "max_length": cfg.tokenizer_max_length,
+                      "pad_token_id": int(tokenizer.pad_token_id), "padding_side": "right",
+                      "append_newline": True, "truncation": False},
+        "delta_input": "shift_remaining_repeat_last",
+        # What the runtime emits when it must stop (fallback="stop", or before any safe action exists).
+        # Zero displacement suits delta-action datasets like the default task; robots commanded in absolute
+        # positions must pass their own rest pose (`--stop-action`).
+        "safety": {"stop_action": stop_action if stop_action is not None else [0.0] * cfg.action_feature.shape[0]},
+        "graphs": graphs,
+        "gate": gate,
+        "export_seconds": round(seconds, 2),
+        "files": files,
+    }
+
+
+def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
+                     progress: bool = True, stop_action: list[float] | None = None) -> dict:
+    """Write the artifact folder atomically; returns the manifest."""
+    from tqdm import tqdm
+
+    started = time.time()
+    out = Path(out)
+    action_dim = loaded.policy.config.action_feature.shape[0]
+    if stop_action is not None and len(stop_action) != action_dim:
+        raise ExportInputError(f"--stop-action: expected {action_dim} values (action_dim), got {len(stop_action)}")
+    with atomic_folder(out) as tmp:
+        model = loaded.policy.model.eval()
+        n_cams = len(loaded.policy.config.image_features)
+        inputs = example_inputs(model, n_cams, torch.Generator().manual_seed(0))
+        graphs = {}
+        bar = tqdm(GRAPHS.items(), desc="export", unit="graph", disable=not progress)
+        for name, (wrapper, names_in, names_out) in bar:
+            bar.set_postfix_str(name)
+            graphs[name] = export_graph(wrapper(model).eval(), inputs[name], names_in, names_out, tmp / f"{name}.onnx")
+        vlm_dir = Path(loaded.policy.config.vlm_model_name)
+        shutil.copyfile(vlm_dir / "tokenizer.json", tmp / "tokenizer.json")
+        tokenizer, tokenize = _tokenizer_fn(vlm_dir, loaded.policy.config.tokenizer_max_length)
+        if calibrate and loaded.preset == "tiny":
+            norm = Normalizer(loaded.stats, "observation.state", loaded.policy.config.max_state_dim,
+                              loaded.policy.config.max_action_dim)
+            gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress)
+        else:
+            gate = uncalibrated(model)
+        files = file_records(tmp)
+        manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export SmolVLA-CLS to three ONNX graphs + manifest.")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, default=None, help="lerobot pretrained_model folder")
+    src.add_argument("--preset", default=None, help="export a random-weight preset instead (tiny | full)")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/onnx"))
+    parser.add_argument("--no-calibration", action="store_true")
+    parser.add_argument("--calib-episodes", type=int, default=24)
+    parser.add_argument("--stop-action", type=float, nargs="+", default=None,
+                        help="raw action the runtime emits to stop (default: zeros = no displacement)")
+    args = parser.parse_args(argv)
+    try:
+        if args.preset is not None:
+            loaded = load_preset(args.preset)
+        else:
+            loaded = load_checkpoint(args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
+        manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
+                                    calib_episodes=args.calib_episodes, stop_action=args.stop_action)
+    except ExportInputError as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return 2
+    sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in manifest["files"].items())
+    print(f"[export] wrote {args.out} in {manifest['export_seconds']:.1f} s ({sizes})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""ORT-vs-PyTorch parity (Polygraphy-style: two runners, one comparator).
+
+Per graph: fresh random inputs, onnxruntime CPU vs the PyTorch wrapper in fp32 — every output within
+max |Δ| ≤ 1e-4 and cosine ≥ 0.99999 (bool outputs exactly equal). Whole chunk: prefix → N main-expert
+Euler steps → one delta step from the same initial noise, compared in action units (≤ 1e-3), plus the
+obs-CLS and act-CLS embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.graphs.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PrefixGraph, example_inputs
+
+GRAPH_ATOL, GRAPH_COSINE, CHUNK_ATOL = 1e-4, 0.99999, 1e-3
+
+
+@dataclass
+class Comparison:
+    what: str
+    max_abs: float
+    cosine: float
+    ok: bool
+
+
+def compare(what: str, got: np.ndarray, want: np.ndarray, atol: float, min_cos: float) -> Comparison:
+    if got.shape != want.shape:
+        return Comparison(what, float("inf"), 0.0, False)
+    if want.dtype == np.bool_:
+        same = bool(np.array_equal(got, want))
+        return Comparison(what, 0.0 if same else 1.0, 1.0 if same else 0.0, same)
+    g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+    max_abs = float(np.abs(g - w).max()) if g.size else 0.0
+    denom = np.linalg.norm(g) * np.linalg.norm(w)
+    cosine = float(g @ w / denom) if denom > 0 else (1.0 if max_abs == 0 else 0.0)
+    ok = bool(np.isfinite(g).all() and max_abs <= atol and cosine >= min_cos)
+    return Comparison(what, max_abs, cosine, ok)
+
+
+class OrtRunner:
+    """The three graphs in onnxruntime (CPU, fp32 — the reference TensorRT is compared against too)."""
+
+    def __init__(self, artifacts: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sessions = {n: ort.InferenceSession(str(Path(artifacts) / f"{n}.onnx"), opts,
+                                                 providers=["CPUExecutionProvider"])
+                         for n in ("prefix", "main_expert", "delta_expert")}
+
+    def run(self, graph: str, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        sess = self.sessions[graph]
+        return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), inputs, strict=True)})
+
+
+class TorchRunner:
+    def __init__(self, model):
+        self.mods = {"prefix": PrefixGraph(model).eval(), "main_expert": MainExpertGraph(model).eval(),
+                     "delta_expert": DeltaExpertGraph(model).eval()}
+
+    @torch.no_grad()
+    def run(self, graph: str, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        out = self.mods[graph](*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+        return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def _np(inputs) -> tuple[np.ndarray, ...]:
+    return tuple(x.numpy() for x in inputs)
+
+
+def graph_parity(model, artifacts: Path, trials: int = 2, seed: int | None = None) -> list[Comparison]:
+    seed = int(time.time_ns() % 2**31) if seed is None else seed
+    ort_r, torch_r = OrtRunner(artifacts), TorchRunner(model)
+    names = {"prefix": ("prefix_k", "prefix_v", "prefix_pad", "obs_cls"), "main_expert": ("v_t",),
+             "delta_expert": ("delta", "act_cls")}
+    results = []
+    n_cams = len(model.config.image_features)
+    for trial in range(trials):
+        g = torch.Generator().manual_seed(seed + trial)
+        lang_valid = int(torch.randint(1, model.config.tokenizer_max_length + 1, (1,), generator=g))
+        inputs = example_inputs(model, n_cams, g, lang_valid=lang_valid)
+        for graph, outs in names.items():
+            a, b = ort_r.run(graph, _np(inputs[graph])), torch_r.run(graph, _np(inputs[graph]))
+            for name, x, y in zip(outs, a, b, strict=True):
+                results.append(compare(f"{graph}.{name}#{trial}", x, y, GRAPH_ATOL, GRAPH_COSINE))
+    return results
+
+
+def chunk(runner, inputs, noise: np.ndarray, num_steps: int):
+    """prefix -> Euler loop -> delta step; returns (normalised chunk, obs_cls, act_cls)."""
+    k, v, pad, obs_cls = runner.run("prefix", inputs)
+    x, dt = noise.astype(np.float32), -1.0 / num_steps
+    for i in range(num_steps):
+        t = np.array([1.0 + i * dt], dtype=np.float32)
+        x = (x + dt * runner.run("main_expert", (x, t, k, v, pad))[0]).astype(np.float32)
+    delta, act_cls = runner.run("delta_expert", (x, k, v, pad))
+    return x + delta, obs_cls, act_cls
+
+
+def chunk_parity(model, artifacts: Path, action_std: np.ndarray, seed: int | None = None) -> list[Comparison]:
+    seed = int(time.time_ns() % 2**31) if seed is None else seed
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    inputs = _np(example_inputs(model, len(cfg.image_features), g, lang_valid=max(1, cfg.tokenizer_max_length // 2))["prefix"])
+    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g).numpy()
+    a = chunk(OrtRunner(artifacts), inputs, noise, cfg.num_steps)
+    b = chunk(TorchRunner(model), inputs, noise, cfg.num_steps)
+    dim = len(action_std)
+    units = lambda x: x[..., :dim] * action_std  # normalised -> action units, mean cancels
+    return [compare("chunk.actions[action units]", units(a[0]), units(b[0]), CHUNK_ATOL, 0.9999),
+            compare("chunk.obs_cls", a[1], b[1], GRAPH_ATOL, GRAPH_COSINE),
+            compare("chunk.act_cls", a[2], b[2], CHUNK_ATOL, 0.9999)]
+
+
+def run_parity(model, artifacts: Path, action_std: np.ndarray, trials: int = 2, seed: int | None = None) -> dict:
+    results = graph_parity(model, artifacts, trials, seed) + chunk_parity(model, artifacts, action_std, seed)
+    return {"ok": all(r.ok for r in results), "results": [asdict(r) for r in results]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.graphs.checkpoint_loading import ExportInputError, load_checkpoint, load_preset
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path)
+    src.add_argument("--preset")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/onnx"))
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        loaded = load_preset(args.preset) if args.preset else load_checkpoint(
+            args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
+    except ExportInputError as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
+    if not (args.artifacts / "manifest.json").is_file():
+        print(f"parity: {args.artifacts}/manifest.json is missing (run `make export`)", file=sys.stderr)
+        return 2
+    report = run_parity(loaded.policy.model, args.artifacts, np.asarray(loaded.stats["action"]["std"]), args.trials)
+    print(f"{'comparison':42s} {'max|Δ|':>10s} {'cosine':>10s}  ok")
+    for r in report["results"]:
+        print(f"{r['what']:42s} {r['max_abs']:10.2e} {r['cosine']:10.7f}  {'yes' if r['ok'] else 'NO'}")
+    print("parity:", "PASS" if report["ok"] else "FAIL")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""CPU deployment: int8 dynamic quantisation and onnxruntime graph rewrites (a derived artifact folder)."""

@@ -1,0 +1,1 @@
+"""TensorRT: build plan, engine builder, precision flags and the engine accuracy check."""

@@ -1,0 +1,60 @@
+"""Per-role install lists: the requirement files and pyproject extras agree, and each package imports only
+what its role installs (so 'what do I install on the robot' is answered by one file)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLES = {  # extra -> (requirement files, the package that role runs, the other backend's modules it never loads)
+    "robot-ort": (["runtime/requirements.txt"], "runtime", {"cuda"}),
+    "robot-trt": (["runtime/requirements-tensorrt.txt"], "runtime", {"onnxruntime"}),
+    "eval": (["runtime/requirements.txt", "evaluation/requirements.txt"], "evaluation", {"cuda"}),
+}
+# distribution name -> import name, for those that differ; tensorrt comes from JetPack, not pip
+IMPORT_NAME = {"cuda-python": "cuda", "onnxruntime": "onnxruntime"}
+FIRST_PARTY = {"runtime", "evaluation", "simtask"}
+OUTSIDE_PIP = {"tensorrt"}  # JetPack's bindings
+
+
+def _names(lines: list[str]) -> set[str]:
+    out = set()
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.add(re.split(r"[<>=!~\[ ;]", line, maxsplit=1)[0].lower())
+    return out
+
+
+def _imports(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"__future__"}
+
+
+@pytest.mark.parametrize("extra", sorted(ROLES))
+def test_requirement_files_match_pyproject_extras(extra):
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    files = ROLES[extra][0]
+    listed = _names([ln for f in files for ln in (ROOT / f).read_text().splitlines()])
+    assert listed == _names(extras[extra]), f"{extra}: {files} list {sorted(listed)}, pyproject {sorted(extras[extra])}"
+
+
+@pytest.mark.parametrize("extra", sorted(ROLES))
+def test_role_installs_everything_its_package_imports(extra):
+    files, package, other_backend = ROLES[extra]
+    installed = {IMPORT_NAME.get(n, n) for n in _names([ln for f in files for ln in (ROOT / f).read_text().splitlines()])}
+    used = _imports(package) | (_imports("runtime") | _imports("simtask") if package == "evaluation" else set())
+    missing = used - installed - FIRST_PARTY - OUTSIDE_PIP - other_backend
+    assert not missing, f"{package} imports {sorted(missing)}, which role {extra} does not install"
