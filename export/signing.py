@@ -17,21 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.artifact_identity import artifact_digest, signature_record
+from runtime.artifact_identity import stamp_identity
 from runtime.manifest import Manifest, ManifestError
 
 
 class SigningError(ValueError):
     """A key or folder cannot be used; the message names the option and the problem (CLI: exit 2)."""
-
-
-def stamp_identity(raw: dict[str, Any], private_key: Any = None) -> str:
-    """Set `raw["identity"]` to the digest of `raw` (and its signature when a key is given); return the digest."""
-    digest = artifact_digest(raw)
-    raw["identity"] = {"digest": digest}
-    if private_key is not None:
-        raw["identity"]["signature"] = signature_record(private_key, digest)
-    return digest
 
 
 def load_private_key(path: str | Path) -> Any:

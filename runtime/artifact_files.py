@@ -65,12 +65,11 @@ def verify_file(root: Path, name: str, record: Mapping[str, Any]) -> Path:
 def external_data_locations(graph_path: Path) -> set[str]:
     """Every external-data `location` an ONNX file refers to (initializers, attributes, subgraphs)."""
     import onnx
-    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load_model(str(graph_path), load_external_data=False)
-    except (DecodeError, ValueError, OSError) as exc:
-        raise ArtifactFileError(f"artifact file '{graph_path.name}' is not a readable ONNX model ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 — protobuf's DecodeError, onnx's own errors, OSError
+        raise ArtifactFileError(f"artifact file '{graph_path.name}' is not a readable ONNX model ({str(exc)[:200]})") from None
     found: set[str] = set()
     stack = [model.graph]
     while stack:

@@ -88,6 +88,15 @@ def signature_record(private_key: Any, digest: str) -> dict[str, str]:
             "value": base64.b64encode(value).decode("ascii")}
 
 
+def stamp_identity(raw: dict[str, Any], private_key: Any = None) -> str:
+    """Set `raw["identity"]` to the digest of `raw` (and its signature when a key is given); return the digest."""
+    digest = artifact_digest(raw)
+    raw["identity"] = {"digest": digest}
+    if private_key is not None:
+        raw["identity"]["signature"] = signature_record(private_key, digest)
+    return digest
+
+
 def verify_identity(raw: Mapping[str, Any], *, expected_digest: str | None = None,
                     trusted_keys: Iterable[Any] = ()) -> str:
     """Check the recorded digest, an expected digest and (when keys are given) the signature; return the digest.

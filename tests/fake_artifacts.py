@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.signing import stamp_identity
+from runtime.artifact_identity import stamp_identity
 
 OPSET = 18
 VOCAB = ["[PAD]", "[UNK]", "<s>", "reach", "the", "red", "green", "blue", "target", "\n"]
