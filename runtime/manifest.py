@@ -160,6 +160,13 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed (JSON numbers must be finite)")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):  # 1e400 parses to inf
+        raise ValueError(f"number {text[:40]} is not finite")
+    return value
+
+
 def read_manifest_json(path: Path) -> dict[str, Any]:
     """Decoded manifest.json, bounded in size and depth; ManifestError naming the file otherwise."""
     where = f"manifest.json in '{path.parent}'"
@@ -167,7 +174,8 @@ def read_manifest_json(path: Path) -> dict[str, Any]:
     if size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{where} has {size} bytes, more than {MAX_MANIFEST_BYTES}; {REEXPORT_HINT}")
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+        raw = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant,
+                         parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{where} is not UTF-8 text (byte {exc.start}); {REEXPORT_HINT}") from None
     except RecursionError:
@@ -192,7 +200,7 @@ def _check_version(raw: Mapping[str, Any]) -> None:
     if version == 1:
         raise ManifestError(f"manifest format_version is 1 (no identity digest, no schema); this runtime reads "
                             f"version {FORMAT_VERSION} only: {REEXPORT_HINT} (or derive it again from a new export)")
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ManifestError(f"manifest format_version is {str(version)[:40]!r}, this runtime reads version "
                             f"{FORMAT_VERSION}; {REEXPORT_HINT}")
 
