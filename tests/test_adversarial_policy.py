@@ -30,7 +30,7 @@ from runtime.policy_arguments import PolicyArgumentError
 from runtime.tokenizer import MAX_INSTRUCTION_BYTES
 
 ART = cached_fake_artifacts()
-ZERO_NOISE = lambda shape, rng: np.zeros(shape, dtype=np.float32)  # noqa: E731
+ZERO_NOISE = lambda shape, rng: np.zeros(shape, dtype=np.float32)
 
 
 # ------------------------------------------------------------------ constructor arguments
