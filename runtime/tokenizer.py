@@ -19,7 +19,7 @@ from runtime.fingerprint import sha256_bytes
 from runtime.manifest import ManifestError, TokenizerSpec
 
 MAX_INSTRUCTION_BYTES = 2048  # ~300 words; exported lang_len is 16..64 tokens, so longer can never fit
-_QUOTE = 60  # characters of an instruction quoted in an error message
+_QUOTE = 120  # characters of an instruction quoted in an error message
 
 
 class InstructionTooLongError(ValueError):
