@@ -2,6 +2,7 @@
 
     python -m export.signing keygen --out keys/export            # keys/export.key (private, 0600) + .pub
     python -m export.signing sign --artifacts artifacts/onnx --key keys/export.key
+    python -m export.signing sign-engines --engines artifacts/engines --artifacts artifacts/onnx-fp16 --key …
 
 Copy only the `.pub` file to the robot and run it with `--trusted-key keys/export.pub` (or
 `EdgePolicy(..., trusted_keys=[...])`): it then runs only folders signed by this machine. The digest and the
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.artifact_identity import stamp_identity
-from runtime.manifest import Manifest, ManifestError
+from runtime.engine_identity import write_engine_record
+from runtime.fingerprint import EngineFingerprint, FingerprintError, FingerprintMismatch
+from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 
 class SigningError(ValueError):
@@ -84,6 +87,27 @@ def sign_folder(folder: str | Path, key_path: str | Path) -> str:
     return digest
 
 
+def sign_engines(engines: str | Path, artifacts: str | Path, key_path: str | Path) -> str:
+    """Check each engine against its fingerprint and the verified ONNX folder, then sign the engine set."""
+    engines, key = Path(engines), load_private_key(key_path)
+    try:
+        manifest = Manifest.load(artifacts, verify_hashes=True)
+    except ManifestError as exc:
+        raise SigningError(f"--artifacts {artifacts}: not an intact artifact folder: {exc}") from None
+    built = [g for g in GRAPH_NAMES if (engines / f"{g}.fingerprint.json").exists()]
+    if not built:
+        raise SigningError(f"--engines {engines}: no <graph>.fingerprint.json here (build with `make engine`)")
+    for g in built:
+        try:
+            fp = EngineFingerprint.read(engines / f"{g}.fingerprint.json")
+            if fp.onnx_sha256 != manifest.files[manifest.graphs[g].file]["sha256"]:
+                raise SigningError(f"--engines {engines}: {g} was built from another ONNX than --artifacts {artifacts}")
+            fp.check_engine_bytes((engines / f"{g}.plan").read_bytes())
+        except (FingerprintError, FingerprintMismatch, OSError) as exc:
+            raise SigningError(f"--engines {engines}: {exc}") from None
+    return write_engine_record(engines, manifest.digest, built, key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.signing", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,14 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     sg = sub.add_parser("sign", help="sign an artifact folder's digest in place")
     sg.add_argument("--artifacts", type=Path, default=Path("artifacts/onnx"))
     sg.add_argument("--key", type=Path, required=True, help="private key written by keygen")
+    se = sub.add_parser("sign-engines", help="sign a TensorRT engine folder (fingerprints + artifact digest)")
+    se.add_argument("--engines", type=Path, default=Path("artifacts/engines"))
+    se.add_argument("--artifacts", type=Path, default=Path("artifacts/onnx"), help="the folder the engines came from")
+    se.add_argument("--key", type=Path, required=True, help="private key written by keygen")
     args = parser.parse_args(argv)
     try:
         if args.command == "keygen":
             private, public = generate_keypair(args.out)
             print(f"[signing] wrote {private} (private: keep on this machine) and {public} (copy to the robot)")
-        else:
+        elif args.command == "sign":
             digest = sign_folder(args.artifacts, args.key)
             print(f"[signing] signed {args.artifacts}: {digest}")
+        else:
+            digest = sign_engines(args.engines, args.artifacts, args.key)
+            print(f"[signing] signed engine set {args.engines}: {digest}")
     except SigningError as exc:
         print(f"signing: {exc}", file=sys.stderr)
         return 2

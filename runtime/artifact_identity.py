@@ -27,16 +27,16 @@ class IdentityError(ValueError):
     """The folder is not the one expected: digest differs, signature missing / wrong / from an untrusted key."""
 
 
-def canonical_bytes(raw: Mapping[str, Any]) -> bytes:
-    """The bytes the digest covers: the manifest minus `identity`, canonically serialised."""
+def canonical_bytes(raw: Mapping[str, Any], domain: bytes = DOMAIN) -> bytes:
+    """The bytes the digest covers: the record minus `identity`, canonically serialised after a domain prefix."""
     body = {k: v for k, v in raw.items() if k != "identity"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return DOMAIN + text.encode("ascii")
+    return domain + text.encode("ascii")
 
 
-def artifact_digest(raw: Mapping[str, Any]) -> str:
+def artifact_digest(raw: Mapping[str, Any], domain: bytes = DOMAIN) -> str:
     """`sha256:<hex>` identifying this manifest and every file it lists."""
-    return "sha256:" + hashlib.sha256(canonical_bytes(raw)).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical_bytes(raw, domain)).hexdigest()
 
 
 def check_digest_text(value: str, what: str) -> str:
@@ -88,17 +88,17 @@ def signature_record(private_key: Any, digest: str) -> dict[str, str]:
             "value": base64.b64encode(value).decode("ascii")}
 
 
-def stamp_identity(raw: dict[str, Any], private_key: Any = None) -> str:
+def stamp_identity(raw: dict[str, Any], private_key: Any = None, domain: bytes = DOMAIN) -> str:
     """Set `raw["identity"]` to the digest of `raw` (and its signature when a key is given); return the digest."""
-    digest = artifact_digest(raw)
+    digest = artifact_digest(raw, domain)
     raw["identity"] = {"digest": digest}
     if private_key is not None:
         raw["identity"]["signature"] = signature_record(private_key, digest)
     return digest
 
 
-def verify_identity(raw: Mapping[str, Any], *, expected_digest: str | None = None,
-                    trusted_keys: Iterable[Any] = ()) -> str:
+def verify_identity(raw: Mapping[str, Any], *, expected_digest: str | None = None, trusted_keys: Iterable[Any] = (),
+                    domain: bytes = DOMAIN, what: str = "manifest.json") -> str:
     """Check the recorded digest, an expected digest and (when keys are given) the signature; return the digest.
 
     `trusted_keys` are Ed25519 public keys (see `load_public_key`); with any given, an unsigned folder or one
@@ -106,10 +106,10 @@ def verify_identity(raw: Mapping[str, Any], *, expected_digest: str | None = Non
     """
     from cryptography.exceptions import InvalidSignature
 
-    digest = artifact_digest(raw)
-    identity = raw.get("identity") or {}
+    digest = artifact_digest(raw, domain)
+    identity = raw.get("identity") if isinstance(raw.get("identity"), Mapping) else {}
     if identity.get("digest") != digest:
-        raise IdentityError(f"manifest.json was changed after export: its contents hash to {digest[:19]}…, "
+        raise IdentityError(f"{what} was changed after export: its contents hash to {digest[:19]}…, "
                             f"its recorded digest is {str(identity.get('digest'))[:19]}…")
     if expected_digest is not None and check_digest_text(expected_digest, "expected digest") != digest:
         raise IdentityError(f"artifact digest {digest} is not the expected "
@@ -117,16 +117,18 @@ def verify_identity(raw: Mapping[str, Any], *, expected_digest: str | None = Non
     keys = {key_id(public_raw(k)): k for k in trusted_keys}
     if keys:
         sig = identity.get("signature")
+        if isinstance(sig, Mapping) and not (isinstance(sig.get("key_id"), str) and isinstance(sig.get("value"), str)):
+            sig = None  # malformed records are refused as unsigned (the manifest schema already refuses them)
         if not sig:
-            raise IdentityError("manifest.json is unsigned but a trusted key is required "
+            raise IdentityError(f"{what} is unsigned but a trusted key is required "
                                 "(sign it on the export machine: python -m export.signing sign)")
         key = keys.get(sig["key_id"])
         if key is None:
-            raise IdentityError(f"manifest.json is signed by key {sig['key_id']}, which is not a trusted key "
+            raise IdentityError(f"{what} is signed by key {sig['key_id']}, which is not a trusted key "
                                 f"({', '.join(sorted(keys))})")
         try:
-            key.verify(base64.b64decode(sig["value"]), SIGNED_PREFIX + digest.encode("ascii"))
-        except InvalidSignature:
-            raise IdentityError(f"manifest.json: the signature by key {sig['key_id']} does not verify "
+            key.verify(base64.b64decode(sig["value"], validate=True), SIGNED_PREFIX + digest.encode("ascii"))
+        except (InvalidSignature, ValueError):
+            raise IdentityError(f"{what}: the signature by key {sig['key_id']} does not verify "
                                 "(signature or contents altered)") from None
     return digest

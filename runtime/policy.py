@@ -40,8 +40,9 @@ import numpy as np
 from runtime import policy_arguments as args
 from runtime.backend import Backend, PrefixState
 from runtime.backend_outputs import checked, checked_delta, checked_prefix
+from runtime.engine_identity import verify_engine_record
 from runtime.gate import Gate, GateDecision, GateInputs, embed, make_gate
-from runtime.manifest import Manifest
+from runtime.manifest import GRAPH_NAMES, Manifest
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
 from runtime.safety import ActionGuard
@@ -93,13 +94,13 @@ class EdgePolicy:
         seed = args.integer("seed", seed, 0, 2**63 - 1)
         check_every = args.integer("check_every", check_every, 1, args.MAX_CHECK_EVERY)
         state_tolerance = args.optional("state_tolerance", state_tolerance, args.number, 0.0, args.MAX_STATE_TOLERANCE)
-        if noise_fn is not None and not callable(noise_fn):
-            raise args.PolicyArgumentError(f"noise_fn must be callable, got {type(noise_fn).__name__}")
+        args.optional("noise_fn", noise_fn, args.function)
         options = args.backend_options(backend_options)
         self.artifacts_dir = args.artifacts_path(artifacts_dir)
+        self._trusted_keys = args.trusted_keys(trusted_keys)
         self.manifest = m = Manifest.load(self.artifacts_dir, verify_hashes=args.boolean("verify_hashes", verify_hashes),
                                           expected_digest=args.expected_digest(expected_digest),
-                                          trusted_keys=args.trusted_keys(trusted_keys))
+                                          trusted_keys=self._trusted_keys)
         d = m.dims
         self.num_steps = d.num_steps if num_steps is None else num_steps
         self.refine = args.boolean("refine", refine)
@@ -145,6 +146,8 @@ class EdgePolicy:
 
             # engines live next to the ONNX folder by default (artifacts/onnx → artifacts/engines)
             engines = Path(options.pop("engines", self.artifacts_dir.parent / "engines"))
+            # fingerprints pinned to this artifact digest (IdentityError otherwise); signed when keys are required
+            verify_engine_record(engines, self.manifest.digest, GRAPH_NAMES, self._trusted_keys)
             return TensorRTBackend(self.artifacts_dir, engines, manifest=self.manifest.raw, **options)
         raise args.PolicyArgumentError(f"unknown backend {str(backend)[:40]!r}; choose 'onnxruntime' or 'tensorrt' "
                                        "(or pass a Backend)")

@@ -69,6 +69,12 @@ def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
     return value
 
 
+def function(name: str, value: Any) -> Any:
+    if not callable(value):
+        raise PolicyArgumentError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
 def artifacts_path(value: Any) -> Path:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise PolicyArgumentError(f"artifacts_dir must be a folder path, got {_shown(value)}")
