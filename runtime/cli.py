@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ManifestError, ValueError, RuntimeError, ImportError) as exc:  # incl. BackendError, TensorRT missing
+    except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, no TensorRT
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

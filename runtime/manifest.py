@@ -237,6 +237,9 @@ class Manifest:
                 manifest.verify_files()
         except (ArtifactFileError, IdentityError) as exc:
             raise ManifestError(str(exc)) from None
+        except OSError as exc:  # unreadable file or folder (permissions, I/O error)
+            raise ManifestError(f"artifact file '{Path(exc.filename or '?').name}' in '{root}' cannot be read "
+                                f"({exc.strerror})") from None
         return manifest
 
     # ---------------------------------------------------------------- parsing

@@ -349,3 +349,12 @@ def test_digest_ignores_formatting_and_key_order_but_not_identity_contents():
     raw = load_manifest_dict(cached_fake_artifacts())
     reordered = json.loads(json.dumps(dict(reversed(list(raw.items())))))
     assert artifact_digest(reordered) == artifact_digest(raw) == raw["identity"]["digest"]
+
+
+@pytest.mark.parametrize("name", ["prefix.onnx", "manifest.json", "tokenizer.json"])
+def test_a_folder_where_a_file_should_be_is_refused_naming_it(folder, name):
+    (folder / name).unlink()
+    (folder / name).mkdir()
+    with pytest.raises(ManifestError) as exc:
+        Manifest.load(folder)
+    _one_line_naming(exc, name)
