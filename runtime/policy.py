@@ -39,10 +39,10 @@ import numpy as np
 
 from runtime import policy_arguments as args
 from runtime.backend import Backend, PrefixState
+from runtime.backend_factory import make_backend
 from runtime.backend_outputs import checked, checked_delta, checked_prefix
-from runtime.engine_identity import verify_engine_record
 from runtime.gate import Gate, GateDecision, GateInputs, embed, make_gate
-from runtime.manifest import GRAPH_NAMES, Manifest
+from runtime.manifest import Manifest
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
 from runtime.safety import ActionGuard
@@ -119,9 +119,8 @@ class EdgePolicy:
         self._lock = threading.RLock()
         self._obs_cls_shape = (1, d.num_cls_prefix, d.cls_dim)
         self._act_cls_shape = (1, d.num_cls_suffix, d.cls_dim)
-        if backend == "onnxruntime":
-            options.setdefault("verify", verify_hashes)
-        self.backend = self._make_backend(backend, args.choice("device", device, ("cpu", "cuda")), options)
+        self.backend = make_backend(backend, m, args.choice("device", device, ("cpu", "cuda")), options,
+                                    verify_hashes, self._trusted_keys)
         self.noise_fn = noise_fn
         self.next_noise: np.ndarray | None = None  # test hook: consumed by the next resample
         self._rng = np.random.default_rng(seed)
@@ -134,24 +133,6 @@ class EdgePolicy:
         self.reset()
 
     # ------------------------------------------------------------------ setup
-    def _make_backend(self, backend: str | Backend, device: str, options: dict) -> Backend:
-        if isinstance(backend, Backend):
-            return backend
-        if backend == "onnxruntime":
-            from runtime.backend_onnxruntime import OnnxRuntimeBackend
-
-            return OnnxRuntimeBackend(self.artifacts_dir, self.manifest, device=device, **options)
-        if backend == "tensorrt":
-            from runtime.backend_tensorrt import TensorRTBackend  # Jetson/GPU only; imported on demand
-
-            # engines live next to the ONNX folder by default (artifacts/onnx → artifacts/engines)
-            engines = Path(options.pop("engines", self.artifacts_dir.parent / "engines"))
-            # fingerprints pinned to this artifact digest (IdentityError otherwise); signed when keys are required
-            verify_engine_record(engines, self.manifest.digest, GRAPH_NAMES, self._trusted_keys)
-            return TensorRTBackend(self.artifacts_dir, engines, manifest=self.manifest.raw, **options)
-        raise args.PolicyArgumentError(f"unknown backend {str(backend)[:40]!r}; choose 'onnxruntime' or 'tensorrt' "
-                                       "(or pass a Backend)")
-
     def reset(self, seed: int | None = None) -> None:
         """Episode start: drop the queued plan and per-episode state; `seed` re-seeds noise and gate."""
         with self._lock:
