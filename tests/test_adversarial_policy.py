@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 try:
     from tests.fake_artifacts import cached_fake_artifacts, make_observation
@@ -308,3 +310,27 @@ def test_evaluation_refuses_a_foreign_digest(capsys):
 def test_unknown_or_ill_typed_backend_option_is_named(options):
     with pytest.raises(PolicyArgumentError, match="backend_options"):
         EdgePolicy(ART, backend_options=options)
+
+
+ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8),
+                      st.lists(st.integers(), max_size=2), st.builds(np.float32, st.floats(width=32)),
+                      st.builds(np.int64, st.integers(-2**63, 2**63 - 1)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["num_steps", "tick_budget_ms", "check_every", "state_tolerance", "seed"]), value=ANY_VALUE)
+def test_any_argument_value_is_accepted_in_range_or_named(name, value):
+    from runtime import policy_arguments as pa
+
+    checks = {"num_steps": pa.num_steps,
+              "tick_budget_ms": lambda v: pa.optional("tick_budget_ms", v, pa.number, 0.0, pa.MAX_TICK_BUDGET_MS,
+                                                      low_open=True),
+              "check_every": lambda v: pa.integer("check_every", v, 1, pa.MAX_CHECK_EVERY),
+              "state_tolerance": lambda v: pa.optional("state_tolerance", v, pa.number, 0.0, pa.MAX_STATE_TOLERANCE),
+              "seed": lambda v: pa.integer("seed", v, 0, 2**63 - 1)}
+    try:
+        out = checks[name](value)
+    except PolicyArgumentError as exc:
+        assert name in str(exc) and len(str(exc)) < 200
+        return
+    assert out is None or (type(out) in (int, float) and np.isfinite(out) and out >= 0)
