@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from runtime.cli import add_identity_arguments
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy, TickInfo
 from simtask import ReachEnv, TaskConfig, evaluate_policy
@@ -47,12 +49,30 @@ def latency_table(infos: list[TickInfo]) -> dict[str, dict[str, float]]:
     return out
 
 
+def check_json_target(path: str) -> Path:
+    """--json must name a writable file path (checked before any episode runs, not after all of them)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--json {path}: is a folder; give a file path such as {target / 'summary.json'}")
+    folder = target.parent
+    while not folder.exists():  # the nearest existing ancestor decides whether the parents can be created
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"--json {path}: {folder} is a file, so the folder cannot be created")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"--json {path}: not writable by this user")
+    return target
+
+
 def _run(args: argparse.Namespace) -> int:
-    options = {"engines": args.engines} if args.backend == "tensorrt" and args.engines else None
+    json_target = check_json_target(args.json) if args.json else None
+    options: dict = {"engines": args.engines} if args.backend == "tensorrt" and args.engines else {}
+    if args.run_timeout_ms is not None:
+        options["run_timeout_ms"] = args.run_timeout_ms
     policy = EdgePolicy(args.artifacts, backend=args.backend, gate=args.gate, refine=args.refine,
                         num_steps=args.num_steps, seed=args.seed, tick_budget_ms=args.tick_budget_ms,
                         fallback=args.fallback, check_every=args.check_every, device=args.device,
-                        backend_options=options)
+                        backend_options=options, expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
     if args.warmup > 0:
         policy.warmup(ReachEnv(TaskConfig()).reset(seed=2**31 - 1), runs=args.warmup)
     rec = _RecordingPolicy(policy)
@@ -85,10 +105,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{'stage':<11}{'ticks':>7}{'median ms':>11}{'p90 ms':>9}")
     for stage, row in lat.items():
         print(f"{stage:<11}{row['n']:>7}{row['median_ms']:>11.3f}{row['p90_ms']:>9.3f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.json}")
+    if json_target is not None:
+        json_target.parent.mkdir(parents=True, exist_ok=True)
+        json_target.write_text(json.dumps(summary, indent=2))
+        print(f"wrote {json_target}")
     return 0
 
 
@@ -113,6 +133,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fallback", default="hold", choices=["hold", "stop"])
     p.add_argument("--warmup", type=int, default=3, help="untimed full resamples before the first episode")
     p.add_argument("--json", default=None, help="also write the summary as JSON here")
+    p.add_argument("--run-timeout-ms", type=float, default=None,
+                   help="onnxruntime: terminate a graph call after this long (fault + safe action, not a hang)")
+    add_identity_arguments(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return _run(args)
-    except (ManifestError, ValueError, RuntimeError, ImportError) as exc:  # incl. BackendError, TensorRT missing
+    except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, TensorRT missing
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

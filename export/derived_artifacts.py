@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from export.signing import stamp_identity
 from runtime.fingerprint import file_records
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
@@ -94,13 +95,15 @@ def copy_unchanged(src: Path, tmp: Path, manifest: Manifest) -> None:
 
 
 def finish_manifest(tmp: Path, raw: dict[str, Any], producer: str, key: str, record: dict[str, Any]) -> Manifest:
-    """Stamp hashes, producer and the derivation record; write manifest.json and load it back verified."""
+    """Stamp hashes, producer, the derivation record and the identity digest (unsigned: sign the new folder
+    with `python -m export.signing sign`); write manifest.json and load it back verified."""
     for p in tmp.iterdir():
         p.chmod(0o644)  # onnx writes external data owner-only; the folder is read like the export's
     raw["files"] = file_records(tmp)
     raw["producer"] = producer
     raw["created_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     raw[key] = record
+    stamp_identity(raw)
     (tmp / "manifest.json").write_text(json.dumps(raw, indent=2))
     return Manifest.load(tmp, verify_hashes=True)
 

@@ -47,11 +47,13 @@ class Backend(abc.ABC):
 
     def denoise(self, noise: np.ndarray, num_steps: int, prefix: PrefixState) -> np.ndarray:
         """Euler integration from t=1 (noise) to t=0 (actions); backends may override (CUDA graphs)."""
+        from runtime.backend_outputs import checked  # each velocity is checked: a custom backend may return anything
+
         x = noise.astype(np.float32, copy=True)
         dt = -1.0 / num_steps
         for i in range(num_steps):
             t = 1.0 + i * dt
-            x = x + dt * self.run_main_expert(x, t, prefix)
+            x = x + dt * checked("v_t", self.run_main_expert(x, t, prefix), x.shape)
         return x
 
     def close(self) -> None:

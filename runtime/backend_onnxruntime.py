@@ -9,14 +9,19 @@ K/V are checked indirectly through the expert outputs that consume them.
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from runtime.artifact_files import ArtifactFileError, confined_path
 from runtime.backend import Backend, BackendError, PrefixState
-from runtime.manifest import GRAPH_NAMES, GraphSpec, Manifest
+from runtime.fingerprint import sha256_bytes
+from runtime.manifest import GRAPH_NAMES, GraphSpec, Manifest, ManifestError
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool",
               "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(double)": "float64"}
@@ -50,15 +55,23 @@ class OnnxRuntimeBackend(Backend):
 
     `io_binding` (default: on exactly when CUDA loaded) selects the IO-binding path; forcing it on for
     CPU keeps K/V as CPU OrtValues, which lets the binding code be tested on machines without a GPU.
+    `verify` (default on): a graph without external data is loaded from the bytes whose SHA-256 was checked;
+    one with external data is loaded from its files and both are checked again after the session opened them.
+    `run_timeout_ms`: each graph call is terminated (onnxruntime RunOptions.terminate) after this long and
+    raises BackendError, which the policy turns into a fault and a safe action instead of a hang.
     """
 
     name = "onnxruntime"
 
     def __init__(self, artifacts_dir: str | Path, manifest: Manifest, device: str = "cpu",
                  strict_device: bool = True, intra_op_threads: int = 0, device_id: int = 0,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, verify: bool = True, run_timeout_ms: float | None = None):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if run_timeout_ms is not None and (isinstance(run_timeout_ms, bool) or not isinstance(run_timeout_ms, (int, float))
+                                           or not 0 < run_timeout_ms <= 600_000):
+            raise ValueError(f"run_timeout_ms must be a number in (0, 600000] ms or None, got {run_timeout_ms!r}")
+        self.run_timeout_ms = run_timeout_ms
         self.manifest = manifest
         self.device_id = device_id
         opts = ort.SessionOptions()
@@ -72,9 +85,14 @@ class OnnxRuntimeBackend(Backend):
         for g in GRAPH_NAMES:
             spec = manifest.graphs[g]
             try:
-                sess = ort.InferenceSession(str(root / spec.file), sess_options=opts, providers=providers)
+                sess = ort.InferenceSession(self._model_source(root, spec, verify), sess_options=opts,
+                                            providers=providers)
+            except (BackendError, ManifestError):
+                raise
             except Exception as exc:
                 raise BackendError(f"onnxruntime could not load graph '{g}' from '{root / spec.file}': {exc}") from exc
+            if verify and spec.data_file:
+                manifest.verify_files([spec.file, spec.data_file])  # what the session read is what was verified
             check_session_io(sess, spec)
             self.sessions[g] = sess
         loaded = self.sessions["prefix"].get_providers()
@@ -119,6 +137,40 @@ class OnnxRuntimeBackend(Backend):
         self.sessions.clear()
 
     # ---------------------------------------------------------------- helpers
+    def _model_source(self, root: Path, spec: GraphSpec, verify: bool) -> str | bytes:
+        """The verified bytes of a self-contained graph, else its confined path (verified again after loading)."""
+        try:
+            path = confined_path(root, spec.file)
+        except ArtifactFileError as exc:
+            raise ManifestError(str(exc)) from None
+        if not verify or spec.data_file:
+            return str(path)
+        data = path.read_bytes()
+        if sha256_bytes(data) != self.manifest.files[spec.file]["sha256"]:
+            raise ManifestError(f"artifact file '{spec.file}' changed after the manifest check (SHA-256 differs): "
+                                "refused; re-export the artifacts with `make export`")
+        return data
+
+    @contextmanager
+    def _watchdog(self, graph: str) -> Iterator[ort.RunOptions | None]:
+        """RunOptions that a timer terminates after run_timeout_ms (None when no timeout is set)."""
+        if self.run_timeout_ms is None:
+            yield None
+            return
+        options = ort.RunOptions()
+        timer = threading.Timer(self.run_timeout_ms / 1e3, setattr, (options, "terminate", True))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield options
+        except Exception as exc:
+            if options.terminate:
+                raise BackendError(f"graph '{graph}' ran longer than run_timeout_ms={self.run_timeout_ms:g} "
+                                   "and was terminated") from exc
+            raise
+        finally:
+            timer.cancel()
+
     def _session(self, graph: str) -> ort.InferenceSession:
         try:
             return self.sessions[graph]
@@ -128,7 +180,8 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, graph: str, feed: dict) -> dict[str, np.ndarray]:
         names = self._out_names[graph]
         try:
-            outs = self._session(graph).run(names, feed)
+            with self._watchdog(graph) as options:
+                outs = self._session(graph).run(names, feed, options)
         except BackendError:
             raise
         except Exception as exc:
@@ -147,8 +200,11 @@ class OnnxRuntimeBackend(Backend):
                 io.bind_ortvalue_input(name, prefix.handle[name])
             for name in self._out_names[graph]:
                 io.bind_output(name, "cpu")
-            sess.run_with_iobinding(io)
+            with self._watchdog(graph) as options:
+                sess.run_with_iobinding(io, options)
             outs = io.copy_outputs_to_cpu()
+        except BackendError:
+            raise
         except Exception as exc:
             raise BackendError(f"graph '{graph}' failed in onnxruntime (IO binding): {exc}") from exc
         return dict(zip(self._out_names[graph], outs))
@@ -164,9 +220,12 @@ class OnnxRuntimeBackend(Backend):
                     io.bind_output(name, self._kv_device, self.device_id)
                 else:
                     io.bind_output(name, "cpu")
-            sess.run_with_iobinding(io)
+            with self._watchdog("prefix") as options:
+                sess.run_with_iobinding(io, options)
             values = dict(zip(self._out_names["prefix"], io.get_outputs()))
             obs_cls = values["obs_cls"].numpy()
+        except BackendError:
+            raise
         except Exception as exc:
             raise BackendError(f"graph 'prefix' failed in onnxruntime (IO binding): {exc}") from exc
         _check_finite("prefix", "obs_cls", obs_cls)

@@ -1,6 +1,7 @@
 """`python -m runtime`: commands that run on the robot's computer.
 
     python -m runtime info --artifacts artifacts/onnx     # verify and summarise an artifact folder
+    python -m runtime info --artifacts artifacts/onnx --expect-digest sha256:… --trusted-key keys/export.pub
 
 Closed-loop evaluation on the simulated task is a development tool: `python -m evaluation run ...`.
 """
@@ -10,14 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runtime import policy_arguments
 from runtime.manifest import Manifest, ManifestError
 
 
 def _info(args: argparse.Namespace) -> int:
-    m = Manifest.load(args.artifacts)
+    m = Manifest.load(args.artifacts, expected_digest=policy_arguments.expected_digest(args.expect_digest),
+                      trusted_keys=policy_arguments.trusted_keys(args.trusted_key))
     d = m.dims
     print(f"{args.artifacts}: format {m.raw['format_version']}, producer {m.raw.get('producer', '?')}; "
-          f"{len(m.files)} files verified (SHA-256)")
+          f"{len(m.files)} files verified (SHA-256, inside the folder)")
+    signed = f"signed by key {m.signed_by}" if m.signed_by else "unsigned"
+    trusted = " (signature verified against a trusted key)" if args.trusted_key else ""
+    print(f"digest {m.digest}; {signed}{trusted}")
     print(f"cameras {[c.key for c in m.cameras]} → {m.image.height}x{m.image.width}; state {m.state_key} ({d.state_dim})")
     print(f"chunk {d.chunk_size} (execute {d.n_action_steps}), {d.num_steps} steps, action_dim {d.action_dim}, "
           f"lang_len {d.lang_len}, prefix_len {d.prefix_len}")
@@ -35,11 +41,20 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_identity_arguments(p: argparse.ArgumentParser) -> None:
+    """--expect-digest / --trusted-key: which export this machine accepts (shared with `python -m evaluation`)."""
+    p.add_argument("--expect-digest", default=None, metavar="SHA256",
+                   help="refuse any artifact folder whose digest differs (printed by export and `info`)")
+    p.add_argument("--trusted-key", action="append", default=None, metavar="PEM",
+                   help="require a signature by this Ed25519 public key (repeatable; python -m export.signing)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="verify and summarise an artifact folder")
     info.add_argument("--artifacts", default="artifacts/onnx")
+    add_identity_arguments(info)
     info.set_defaults(func=_info)
     return p
 
@@ -48,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ManifestError, ValueError, RuntimeError, ImportError) as exc:  # incl. BackendError, TensorRT missing
+    except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, no TensorRT
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

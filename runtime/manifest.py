@@ -1,33 +1,32 @@
-"""Load, verify and expose the artifact folder's manifest.json (docs/10-artifact-contract.md, format 1).
+"""Load, verify and expose the artifact folder's manifest.json (docs/10-artifact-contract.md, format 2).
 
-The manifest is the runtime's only source of truth: dims, cameras, normalisation, bounds, gate
-calibration and graph I/O specs. Loading refuses anything that does not match the contract (missing
-key, wrong format version, a file whose SHA-256 differs) with a message naming what is wrong, so a
-stale or damaged artifact folder never reaches the robot.
+The manifest is the runtime's only source of truth: dims, cameras, normalisation, bounds, gate calibration and
+graph I/O specs. Loading refuses anything that does not match the contract with one line naming the key path or
+file: the schema (`runtime.manifest_schema`: types, ranges, sizes), the cross-field rules below (lengths and
+graph shapes against dims), the identity digest and signature (`runtime.artifact_identity`), and path
+confinement plus SHA-256 of every file (`runtime.artifact_files`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from runtime.fingerprint import sha256_file  # re-exported: one file-hash function for the contract
+from runtime.artifact_files import ArtifactFileError, check_external_data, confined_path, verify_file
+from runtime.artifact_identity import IdentityError, verify_identity
+from runtime.fingerprint import sha256_file  # noqa: F401  re-exported: one file-hash function for the contract
+from runtime.manifest_schema import FORMAT_VERSION, ManifestModel, NormModel, describe
 
-FORMAT_VERSION = 1
 GRAPH_NAMES = ("prefix", "main_expert", "delta_expert")
 REEXPORT_HINT = "re-export the artifacts with `make export`"
-
-# dims the runtime reads; each must be a positive int except delta_time (a float)
-_INT_DIMS = (
-    "chunk_size", "n_action_steps", "num_steps", "action_dim", "state_dim", "max_action_dim",
-    "max_state_dim", "lang_len", "prefix_len", "num_layers", "kv_heads", "head_dim",
-    "num_cls_prefix", "num_cls_suffix", "cls_dim",
-)
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is ~100 KB; more is not a manifest
+MAX_DEPTH = 32  # JSON nesting; the contract's own keys nest 5 deep
 _DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "int32": np.int32, "float16": np.float16}
 
 
@@ -144,25 +143,66 @@ CONTRACT_IO = {
 }
 
 
-def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
-    if not isinstance(d, Mapping):
-        raise ManifestError(f"manifest: '{where}' must be an object; {REEXPORT_HINT}")
-    if key not in d:
-        path = f"{where}.{key}" if where else key
-        raise ManifestError(f"manifest: missing required key '{path}'; {REEXPORT_HINT}")
-    return d[key]
+def _depth(value: Any) -> int:
+    """Nesting depth of decoded JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(node, dict):
+            stack += [(v, d + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, d + 1) for v in node]
+    return deepest
 
 
-def _vector(value: Any, where: str, length: int) -> np.ndarray:
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed (JSON numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):  # 1e400 parses to inf
+        raise ValueError(f"number {text[:40]} is not finite")
+    return value
+
+
+def read_manifest_json(path: Path) -> dict[str, Any]:
+    """Decoded manifest.json, bounded in size and depth; ManifestError naming the file otherwise."""
+    where = f"manifest.json in '{path.parent}'"
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{where} has {size} bytes, more than {MAX_MANIFEST_BYTES}; {REEXPORT_HINT}")
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ManifestError(f"manifest: '{where}' must be a list of numbers ({exc})") from None
-    if arr.shape != (length,):
-        raise ManifestError(f"manifest: '{where}' must have {length} entries, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ManifestError(f"manifest: '{where}' contains non-finite values")
-    return arr.astype(np.float32)
+        raw = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant,
+                         parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{where} is not UTF-8 text (byte {exc.start}); {REEXPORT_HINT}") from None
+    except RecursionError:
+        raise ManifestError(f"{where} nests deeper than {MAX_DEPTH} levels; {REEXPORT_HINT}") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity constants
+        raise ManifestError(f"{where} is not valid JSON ({str(exc)[:200]}); {REEXPORT_HINT}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where} must be a JSON object; {REEXPORT_HINT}")
+    if _depth(raw) > MAX_DEPTH:
+        raise ManifestError(f"{where} nests deeper than {MAX_DEPTH} levels; {REEXPORT_HINT}")
+    return raw
+
+
+def _vector(values: list[float], where: str, length: int) -> np.ndarray:
+    if len(values) != length:
+        raise ManifestError(f"manifest: '{where}' must have {length} entries, got {len(values)}")
+    return np.asarray(values, dtype=np.float32)
+
+
+def _check_version(raw: Mapping[str, Any]) -> None:
+    version = raw.get("format_version")
+    if version == 1:
+        raise ManifestError(f"manifest format_version is 1 (no identity digest, no schema); this runtime reads "
+                            f"version {FORMAT_VERSION} only: {REEXPORT_HINT} (or derive it again from a new export)")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ManifestError(f"manifest format_version is {str(version)[:40]!r}, this runtime reads version "
+                            f"{FORMAT_VERSION}; {REEXPORT_HINT}")
 
 
 class Manifest:
@@ -171,189 +211,108 @@ class Manifest:
     def __init__(self, raw: dict, root: Path):
         self.raw = raw
         self.root = root
-        self._parse()
+        _check_version(raw)
+        try:
+            model = ManifestModel.model_validate(raw)
+        except ValidationError as exc:
+            raise ManifestError(f"manifest: {describe(exc)}; {REEXPORT_HINT}") from None
+        self._parse(model)
+        self.digest = model.identity.digest
+        self.signed_by = model.identity.signature.key_id if model.identity.signature else None
 
     @classmethod
-    def load(cls, artifacts_dir: str | Path, verify_hashes: bool = True) -> Manifest:
+    def load(cls, artifacts_dir: str | Path, verify_hashes: bool = True, *, expected_digest: str | None = None,
+             trusted_keys: Iterable[Any] = ()) -> Manifest:
+        """Read, validate and verify a folder. `expected_digest` / `trusted_keys` pin which export is accepted."""
         root = Path(artifacts_dir)
-        path = root / "manifest.json"
-        if not path.is_file():
+        if not (root / "manifest.json").exists():
             raise ManifestError(f"no manifest.json in '{root}'; {REEXPORT_HINT}")
         try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"manifest.json in '{root}' is not valid JSON ({exc}); {REEXPORT_HINT}") from None
-        if not isinstance(raw, dict):
-            raise ManifestError(f"manifest.json in '{root}' must be a JSON object; {REEXPORT_HINT}")
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ManifestError(
-                f"manifest format_version is {version!r}, this runtime reads version {FORMAT_VERSION}; "
-                f"{REEXPORT_HINT}"
-            )
-        manifest = cls(raw, root)
-        if verify_hashes:
-            manifest.verify_files()
+            raw = read_manifest_json(confined_path(root, "manifest.json"))
+            manifest = cls(raw, root)
+            manifest.digest = verify_identity(raw, expected_digest=expected_digest, trusted_keys=trusted_keys)
+            for fname in manifest.files:
+                confined_path(root, fname)
+            if verify_hashes:
+                manifest.verify_files()
+        except (ArtifactFileError, IdentityError) as exc:
+            raise ManifestError(str(exc)) from None
+        except OSError as exc:  # unreadable file or folder (permissions, I/O error)
+            raise ManifestError(f"artifact file '{Path(exc.filename or '?').name}' in '{root}' cannot be read "
+                                f"({exc.strerror})") from None
         return manifest
 
     # ---------------------------------------------------------------- parsing
-    def _parse(self) -> None:
-        raw = self.raw
-        d = _require(raw, "dims", "")
-        vals = {}
-        for k in _INT_DIMS:
-            v = _require(d, k, "dims")
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ManifestError(f"manifest: 'dims.{k}' must be a positive integer, got {v!r}")
-            vals[k] = v
-        dt = _require(d, "delta_time", "dims")
-        if not isinstance(dt, (int, float)) or isinstance(dt, bool):
-            raise ManifestError(f"manifest: 'dims.delta_time' must be a number, got {dt!r}")
-        self.dims = Dims(**vals, delta_time=float(dt))
-        dims = self.dims
-        if dims.action_dim > dims.max_action_dim:
-            raise ManifestError("manifest: 'dims.action_dim' exceeds 'dims.max_action_dim'")
-        if dims.state_dim > dims.max_state_dim:
-            raise ManifestError("manifest: 'dims.state_dim' exceeds 'dims.max_state_dim'")
-        if dims.n_action_steps > dims.chunk_size:
-            raise ManifestError("manifest: 'dims.n_action_steps' exceeds 'dims.chunk_size'")
-
-        cams = _require(raw, "cameras", "")
-        if not isinstance(cams, list) or not cams:
-            raise ManifestError("manifest: 'cameras' must be a non-empty list")
-        self.cameras = tuple(
-            CameraSpec(
-                key=str(_require(c, "key", f"cameras[{i}]")),
-                height=int(_require(c, "height", f"cameras[{i}]")),
-                width=int(_require(c, "width", f"cameras[{i}]")),
-                channels=int(_require(c, "channels", f"cameras[{i}]")),
-            )
-            for i, c in enumerate(cams)
-        )
-        for cam in self.cameras:
-            if cam.channels != 3:
-                raise ManifestError(f"manifest: camera '{cam.key}' has {cam.channels} channels; only 3 (RGB) is supported")
-        self.state_key = str(_require(raw, "state_key", ""))
-
-        ip = _require(raw, "image_preprocess", "")
-        self.image = ImageSpec(
-            height=int(_require(ip, "height", "image_preprocess")),
-            width=int(_require(ip, "width", "image_preprocess")),
-            resize=str(_require(ip, "resize", "image_preprocess")),
-            pad_side=str(_require(ip, "pad_side", "image_preprocess")),
-            pad_value=float(_require(ip, "pad_value", "image_preprocess")),
-        )
-        if self.image.resize not in ("keep_aspect_pad", "none"):
-            raise ManifestError(f"manifest: 'image_preprocess.resize' {self.image.resize!r} unsupported (keep_aspect_pad, none)")
-        if self.image.pad_side not in ("left_top", "right_bottom"):
-            raise ManifestError(f"manifest: 'image_preprocess.pad_side' {self.image.pad_side!r} unsupported (left_top, right_bottom)")
-
-        norm = _require(raw, "normalization", "")
-        self.state_norm = self._norm(_require(norm, self.state_key, "normalization"), f"normalization.{self.state_key}", dims.state_dim)
-        self.action_norm = self._norm(_require(norm, "action", "normalization"), "normalization.action", dims.action_dim)
-
-        ab = _require(raw, "action_bounds", "")
-        self.action_bounds = Bounds(
-            low=_vector(_require(ab, "low", "action_bounds"), "action_bounds.low", dims.action_dim),
-            high=_vector(_require(ab, "high", "action_bounds"), "action_bounds.high", dims.action_dim),
-        )
-        if np.any(self.action_bounds.low > self.action_bounds.high):
-            raise ManifestError("manifest: 'action_bounds.low' exceeds 'action_bounds.high'")
-        sb = _require(raw, "state_bounds", "")
-        self.state_bounds = Bounds(
-            low=_vector(_require(sb, "low", "state_bounds"), "state_bounds.low", dims.state_dim),
-            high=_vector(_require(sb, "high", "state_bounds"), "state_bounds.high", dims.state_dim),
-        )
-        # optional: a designated safe "stop" action in raw units (e.g. zero velocity); default zeros
-        safety = raw.get("safety") or {}
-        stop = safety.get("stop_action") if isinstance(safety, Mapping) else None
-        if stop is None:
-            self.stop_action = None
-        else:
-            self.stop_action = _vector(stop, "safety.stop_action", dims.action_dim)
-            if np.any(self.stop_action < self.action_bounds.low) or np.any(self.stop_action > self.action_bounds.high):
-                raise ManifestError("manifest: 'safety.stop_action' lies outside 'action_bounds'")
-
-        tk = _require(raw, "tokenizer", "")
-        self.tokenizer = TokenizerSpec(
-            file=str(_require(tk, "file", "tokenizer")),
-            max_length=int(_require(tk, "max_length", "tokenizer")),
-            pad_token_id=int(_require(tk, "pad_token_id", "tokenizer")),
-            padding_side=str(tk.get("padding_side", "right")),
-            append_newline=bool(_require(tk, "append_newline", "tokenizer")),
-            truncation=bool(tk.get("truncation", False)),
-        )
-        if self.tokenizer.max_length != dims.lang_len:
+    def _parse(self, m: ManifestModel) -> None:
+        d = m.dims
+        self.dims = dims = Dims(**{f: getattr(d, f) for f in Dims.__dataclass_fields__})
+        self.cameras = tuple(CameraSpec(c.key, c.height, c.width, c.channels) for c in m.cameras)
+        if len(set(self.camera_keys)) != len(self.cameras):
+            raise ManifestError("manifest: 'cameras' lists a key twice")
+        self.state_key = m.state_key
+        ip = m.image_preprocess
+        self.image = ImageSpec(ip.height, ip.width, ip.resize, ip.pad_side, ip.pad_value)
+        for key in (self.state_key, "action"):
+            if key not in m.normalization:
+                raise ManifestError(f"manifest: missing required key 'normalization.{key}'; {REEXPORT_HINT}")
+        self.state_norm = self._norm(m.normalization[self.state_key], f"normalization.{self.state_key}", dims.state_dim)
+        self.action_norm = self._norm(m.normalization["action"], "normalization.action", dims.action_dim)
+        self.action_bounds = Bounds(_vector(m.action_bounds.low, "action_bounds.low", dims.action_dim),
+                                    _vector(m.action_bounds.high, "action_bounds.high", dims.action_dim))
+        self.state_bounds = Bounds(_vector(m.state_bounds.low, "state_bounds.low", dims.state_dim),
+                                   _vector(m.state_bounds.high, "state_bounds.high", dims.state_dim))
+        stop = m.safety.stop_action if m.safety is not None else None
+        self.stop_action = None if stop is None else _vector(stop, "safety.stop_action", dims.action_dim)
+        if self.stop_action is not None and (np.any(self.stop_action < self.action_bounds.low)
+                                             or np.any(self.stop_action > self.action_bounds.high)):
+            raise ManifestError("manifest: 'safety.stop_action' lies outside 'action_bounds'")
+        t = m.tokenizer
+        self.tokenizer = TokenizerSpec(t.file, t.max_length, t.pad_token_id, t.padding_side, t.append_newline,
+                                       t.truncation)
+        if t.max_length != dims.lang_len:
             raise ManifestError("manifest: 'tokenizer.max_length' differs from 'dims.lang_len'")
-        if self.tokenizer.padding_side not in ("right", "left"):
-            raise ManifestError(f"manifest: 'tokenizer.padding_side' {self.tokenizer.padding_side!r} must be right or left")
-
-        self.delta_input = str(_require(raw, "delta_input", ""))
-        if self.delta_input != "shift_remaining_repeat_last":
-            raise ManifestError(f"manifest: 'delta_input' {self.delta_input!r} unsupported (shift_remaining_repeat_last)")
-
-        graphs = _require(raw, "graphs", "")
-        self.graphs = {name: self._graph(name, _require(graphs, name, "graphs")) for name in GRAPH_NAMES}
+        self.delta_input = m.delta_input
+        self.graphs = {name: self._graph(name, getattr(m.graphs, name)) for name in GRAPH_NAMES}
         self._check_graph_shapes()
-
-        gate = _require(raw, "gate", "")
-        self.gate_calibration = {}
-        for metric in ("drift", "consistency"):
-            g = _require(gate, metric, "gate")
-            thr = g.get("default_threshold") if isinstance(g, Mapping) else None
-            if thr is not None and (not isinstance(thr, (int, float)) or not np.isfinite(thr)):
-                raise ManifestError(f"manifest: 'gate.{metric}.default_threshold' must be a finite number or null")
-            stats = g.get("stats") or {}
-            self.gate_calibration[metric] = GateCalibration(
-                stats={str(k): float(v) for k, v in stats.items() if isinstance(v, (int, float))},
-                default_threshold=None if thr is None else float(thr),
-            )
-
-        files = _require(raw, "files", "")
-        if not isinstance(files, Mapping) or not files:
-            raise ManifestError("manifest: 'files' must be a non-empty object")
-        for fname, entry in files.items():
-            _require(entry, "sha256", f"files.{fname}")
+        self.gate_calibration = {
+            metric: GateCalibration(stats=dict(g.stats), default_threshold=g.default_threshold)
+            for metric, g in (("drift", m.gate.drift), ("consistency", m.gate.consistency))
+        }
+        self.files = {k: v.model_dump() for k, v in m.files.items()}
         # every file the runtime opens must be hash-listed, or tampering would go unnoticed
-        needed = [self.tokenizer.file] + [g.file for g in self.graphs.values()]
-        needed += [g.data_file for g in self.graphs.values() if g.data_file]
-        for fname in needed:
-            if fname not in files:
+        needed = [t.file] + [g.file for g in self.graphs.values()] + [g.data_file for g in self.graphs.values()]
+        for fname in filter(None, needed):
+            if fname not in self.files:
                 raise ManifestError(f"manifest: file '{fname}' is used but not listed under 'files'; {REEXPORT_HINT}")
-        self.files = {str(k): dict(v) for k, v in files.items()}
+        self.robot = m.robot
+        if m.robot is not None:
+            self._check_robot(m)
+
+    def _check_robot(self, m: ManifestModel) -> None:
+        r, d = m.robot, self.dims
+        assert r is not None
+        for key, names, dim in (("action_names", r.action_names, d.action_dim), ("state_names", r.state_names,
+                                                                               d.state_dim)):
+            if len(names) != dim:
+                raise ManifestError(f"manifest: 'robot.{key}' has {len(names)} names, dims say {dim}")
+        if set(r.cameras) != set(self.camera_keys):
+            raise ManifestError(f"manifest: 'robot.cameras' keys {sorted(r.cameras)[:8]} differ from the "
+                                f"cameras {list(self.camera_keys)}")
 
     @staticmethod
-    def _norm(entry: Any, where: str, dim: int) -> NormStats:
-        mode = str(_require(entry, "mode", where)).lower()
-        eps = float(entry.get("eps", 1e-8))
-        if mode == "mean_std":
-            return NormStats(mode, _vector(_require(entry, "mean", where), f"{where}.mean", dim),
-                             _vector(_require(entry, "std", where), f"{where}.std", dim), None, None, eps)
-        if mode == "min_max":
-            return NormStats(mode, None, None, _vector(_require(entry, "min", where), f"{where}.min", dim),
-                             _vector(_require(entry, "max", where), f"{where}.max", dim), eps)
-        if mode == "identity":
-            return NormStats(mode, None, None, None, None, eps)
-        raise ManifestError(f"manifest: '{where}.mode' {mode!r} unsupported (mean_std, min_max, identity)")
+    def _norm(entry: NormModel, where: str, dim: int) -> NormStats:
+        def vec(key: str) -> np.ndarray | None:
+            values = getattr(entry, key)
+            return None if values is None or entry.mode == "identity" else _vector(values, f"{where}.{key}", dim)
+
+        return NormStats(entry.mode, vec("mean"), vec("std"), vec("min"), vec("max"), entry.eps)
 
     @staticmethod
     def _graph(name: str, entry: Any) -> GraphSpec:
         where = f"graphs.{name}"
-
-        def specs(kind: str) -> tuple[TensorSpec, ...]:
-            out = []
-            for i, s in enumerate(_require(entry, kind, where)):
-                w = f"{where}.{kind}[{i}]"
-                dtype = str(_require(s, "dtype", w))
-                if dtype not in _DTYPES:
-                    raise ManifestError(f"manifest: '{w}.dtype' {dtype!r} unsupported ({', '.join(_DTYPES)})")
-                shape = _require(s, "shape", w)
-                if not isinstance(shape, list) or not all(isinstance(x, int) and x > 0 for x in shape):
-                    raise ManifestError(f"manifest: '{w}.shape' must be a list of positive ints (static shapes), got {shape!r}")
-                out.append(TensorSpec(str(_require(s, "name", w)), tuple(shape), dtype))
-            return tuple(out)
-
-        spec = GraphSpec(name, str(_require(entry, "file", where)), entry.get("data_file"), specs("inputs"), specs("outputs"))
+        spec = GraphSpec(name, entry.file, entry.data_file,
+                         tuple(TensorSpec(s.name, tuple(s.shape), s.dtype) for s in entry.inputs),
+                         tuple(TensorSpec(s.name, tuple(s.shape), s.dtype) for s in entry.outputs))
         want_in, want_out = CONTRACT_IO[name]
         for kind, want, have in (("inputs", want_in, spec.inputs), ("outputs", want_out, spec.outputs)):
             names = tuple(s.name for s in have)
@@ -393,18 +352,19 @@ class Manifest:
                 raise ManifestError(f"manifest: graphs.{graph} tensor '{tensor}' has dtype {spec.dtype}, the contract says {want}")
 
     # ------------------------------------------------------------ integrity
-    def verify_files(self) -> None:
-        """SHA-256 (and size) of every listed file; a mismatch names the file and says to re-export."""
-        for fname, entry in self.files.items():
-            path = self.root / fname
-            if not path.is_file():
-                raise ManifestError(f"artifact file '{fname}' listed in the manifest is missing from '{self.root}'; {REEXPORT_HINT}")
-            size = entry.get("bytes")
-            if size is not None and path.stat().st_size != size:
-                raise ManifestError(f"artifact file '{fname}' has {path.stat().st_size} bytes, the manifest says {size}: "
-                                    f"the file is damaged or stale; {REEXPORT_HINT}")
-            if sha256_file(path) != str(entry["sha256"]).lower():
-                raise ManifestError(f"artifact file '{fname}' fails its SHA-256 check: the file is damaged or stale; {REEXPORT_HINT}")
+    def verify_files(self, names: Iterable[str] | None = None) -> None:
+        """Confinement, size and SHA-256 of the listed files (all by default) and each graph's external data.
+
+        Called at load, and by a backend again after it opened the files (what ran is what was verified).
+        """
+        try:
+            for fname in self.files if names is None else names:
+                verify_file(self.root, fname, self.files[fname])
+            for g in self.graphs.values():
+                if names is None or g.file in names:
+                    check_external_data(self.root, g.name, g.file, g.data_file)
+        except ArtifactFileError as exc:
+            raise ManifestError(str(exc)) from None
 
     # ------------------------------------------------------------ accessors
     def path(self, fname: str) -> Path:
@@ -412,6 +372,11 @@ class Manifest:
 
     def graph_path(self, name: str) -> Path:
         return self.root / self.graphs[name].file
+
+    @property
+    def graph_files(self) -> tuple[str, ...]:
+        """Every graph and external-data file (what an ONNX backend opens)."""
+        return tuple(f for g in self.graphs.values() for f in (g.file, g.data_file) if f)
 
     @property
     def tokenizer_path(self) -> Path:

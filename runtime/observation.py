@@ -20,6 +20,13 @@ MAX_IMAGE_SIDE = 8192  # anything larger is a driver bug, not a camera frame
 _FLOAT_RANGE_TOL = 1e-3  # float images may overshoot [0,1] by rounding noise, not by a 0..255 scale
 
 
+def _refuse_masked(key: str, value: object) -> None:
+    """A masked array's hidden entries (NaN, stale values) would be used as data: the driver must fill them."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise ObservationError(key, "masked arrays are not accepted; fill the masked entries explicitly "
+                                    "(e.g. value.filled(...)) before calling the policy")
+
+
 class ObservationError(ValueError):
     """An observation field is missing or malformed; `field` names it."""
 
@@ -71,6 +78,7 @@ class ObservationValidator:
         if key not in obs:
             raise ObservationError(key, "missing camera image")
         img = obs[key]
+        _refuse_masked(key, img)
         if not isinstance(img, np.ndarray):
             raise ObservationError(key, f"expected a numpy array (uint8 HWC or float32 CHW), got {type(img).__name__}")
         if img.ndim != 3:
@@ -100,6 +108,7 @@ class ObservationValidator:
         if key not in obs:
             raise ObservationError(key, "missing robot state")
         raw = obs[key]
+        _refuse_masked(key, raw)
         if not isinstance(raw, (np.ndarray, list, tuple)):
             raise ObservationError(key, f"expected a numeric array of {self.state_dim} values, got {type(raw).__name__}")
         try:

@@ -19,77 +19,38 @@ Reliability policy (what happens when something goes wrong):
   resample is deferred: this tick executes the queued plan and the next tick resamples unconditionally
   (a deferred resample is never deferred twice, and a resample forced by an empty queue is never
   deferred). Ticks whose measured time exceeds the budget are counted as deadline misses.
+- Backend outputs are checked at this boundary (`runtime.backend_outputs`: array, shape, dtype, finite) and a
+  hung graph call can be cut off (`backend_options={"run_timeout_ms": ...}` for onnxruntime): both → fault.
+- A changed instruction forces a resample on the tick it arrives (the old plan served the old instruction).
+- Threads: `step()`, `reset()`, `warmup()` and `close()` serialise on one lock, so concurrent callers never
+  mix observations; each call sees the policy state the previous call left (one robot, one control loop).
+- Identity: `expected_digest` and/or `trusted_keys` pin which export is accepted (`runtime.artifact_identity`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime import policy_arguments as args
 from runtime.backend import Backend, PrefixState
+from runtime.backend_factory import make_backend
+from runtime.backend_outputs import checked, checked_delta, checked_prefix
 from runtime.gate import Gate, GateDecision, GateInputs, embed, make_gate
 from runtime.manifest import Manifest
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
 from runtime.safety import ActionGuard
+from runtime.tick_report import Counters, TickInfo
 from runtime.tokenizer import InstructionTokenizer
 
 BAD_OBSERVATION_MODES = ("raise", "fallback")
 _EMA_ALPHA = 0.2
-
-
-@dataclass
-class TickInfo:
-    """What happened in the last `step()`; stage times in milliseconds (0.0 when the stage did not run)."""
-
-    tick: int = 0
-    resampled: bool = False
-    gate_checked: bool = False
-    gate_reason: str = ""
-    gate_distance: float | None = None
-    gate_threshold: float | None = None
-    prefix_ran: bool = False
-    refined: bool = False
-    queue_left: int = 0  # actions still queued after this tick's action
-    deferred: bool = False  # a due resample was postponed to the next tick for the tick budget
-    deadline_missed: bool = False
-    fault: str | None = None  # a chain fault (bad observation in fallback mode, backend error/non-finite output)
-    fallback: bool = False  # the emitted action is the safety fallback, not the plan's
-    clipped: bool = False
-    safety: str | None = None  # why the safety guard altered the action (clip or fallback), else None
-    preprocess_ms: float = 0.0
-    prefix_ms: float = 0.0
-    gate_ms: float = 0.0
-    denoise_ms: float = 0.0
-    delta_ms: float = 0.0
-    post_ms: float = 0.0
-    total_ms: float = 0.0
-
-    STAGES = ("preprocess", "prefix", "gate", "denoise", "delta", "post", "total")
-
-
-@dataclass
-class Counters:
-    ticks: int = 0
-    resamples: int = 0  # full denoising runs
-    prefix_passes: int = 0
-    delta_passes: int = 0
-    gate_checks: int = 0
-    refines: int = 0
-    faults: int = 0
-    observation_errors: int = 0
-    fallbacks: int = 0
-    clipped: int = 0
-    deadline_misses: int = 0
-    deferred_resamples: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def delta_input(plan: np.ndarray, chunk_size: int) -> np.ndarray:
@@ -99,12 +60,6 @@ def delta_input(plan: np.ndarray, chunk_size: int) -> np.ndarray:
     out[0, :r] = plan
     out[0, r:] = plan[-1]
     return out
-
-
-def _finite(name: str, arr: np.ndarray) -> np.ndarray:
-    if not np.all(np.isfinite(arr)):
-        raise FloatingPointError(f"{name} is non-finite")
-    return arr
 
 
 class EdgePolicy:
@@ -129,27 +84,43 @@ class EdgePolicy:
         noise_fn: Callable[[tuple[int, ...], np.random.Generator], np.ndarray] | None = None,
         verify_hashes: bool = True,
         backend_options: dict[str, Any] | None = None,
+        expected_digest: str | None = None,
+        trusted_keys: Iterable[Any] | None = None,
     ):
-        if on_bad_observation not in BAD_OBSERVATION_MODES:
-            raise ValueError(f"on_bad_observation must be one of {BAD_OBSERVATION_MODES}, got {on_bad_observation!r}")
-        if tick_budget_ms is not None and not tick_budget_ms > 0:
-            raise ValueError(f"tick_budget_ms must be positive, got {tick_budget_ms!r}")
-        self.artifacts_dir = Path(artifacts_dir)
-        self.manifest = m = Manifest.load(self.artifacts_dir, verify_hashes=verify_hashes)
+        on_bad_observation = args.choice("on_bad_observation", on_bad_observation, BAD_OBSERVATION_MODES)
+        tick_budget_ms = args.optional("tick_budget_ms", tick_budget_ms, args.number, 0.0, args.MAX_TICK_BUDGET_MS,
+                                       low_open=True)
+        num_steps = args.num_steps(num_steps)
+        seed = args.integer("seed", seed, 0, 2**63 - 1)
+        check_every = args.integer("check_every", check_every, 1, args.MAX_CHECK_EVERY)
+        state_tolerance = args.optional("state_tolerance", state_tolerance, args.number, 0.0, args.MAX_STATE_TOLERANCE)
+        args.optional("noise_fn", noise_fn, args.function)
+        options = args.backend_options(backend_options)
+        self.artifacts_dir = args.artifacts_path(artifacts_dir)
+        self._trusted_keys = args.trusted_keys(trusted_keys)
+        self.manifest = m = Manifest.load(self.artifacts_dir, verify_hashes=args.boolean("verify_hashes", verify_hashes),
+                                          expected_digest=args.expected_digest(expected_digest),
+                                          trusted_keys=self._trusted_keys)
         d = m.dims
-        self.num_steps = d.num_steps if num_steps is None else int(num_steps)
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps!r}")
-        self.refine = bool(refine)
+        self.num_steps = d.num_steps if num_steps is None else num_steps
+        self.refine = args.boolean("refine", refine)
         self.tick_budget_ms = tick_budget_ms
         self.on_bad_observation = on_bad_observation
-        self.tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer)
+        self.tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer, expected_sha256=(
+            m.files[m.tokenizer.file]["sha256"] if verify_hashes else None))
         self.validator = ObservationValidator(m, self.tokenizer, state_tolerance)
-        self.gate = gate if isinstance(gate, Gate) else make_gate(gate, m.gate_calibration, check_every, seed)
-        self.guard = ActionGuard(m.action_bounds, m.stop_action, fallback, out_of_bounds)
+        self.gate = gate if isinstance(gate, Gate) else make_gate(args.gate_spec(gate), m.gate_calibration,
+                                                                  check_every, seed)
+        args.check_gate_threshold(self.gate)
+        self.guard = ActionGuard(m.action_bounds, m.stop_action, args.choice("fallback", fallback, ("hold", "stop")),
+                                 args.choice("out_of_bounds", out_of_bounds, ("clip", "fallback")))
         self.state_norm = StateNormalizer(m.state_norm, d.max_state_dim)
         self.unnormalize = ActionUnnormalizer(m.action_norm, d.action_dim)
-        self.backend = self._make_backend(backend, device, backend_options or {})
+        self._lock = threading.RLock()
+        self._obs_cls_shape = (1, d.num_cls_prefix, d.cls_dim)
+        self._act_cls_shape = (1, d.num_cls_suffix, d.cls_dim)
+        self.backend = make_backend(backend, m, args.choice("device", device, ("cpu", "cuda")), options,
+                                    verify_hashes, self._trusted_keys)
         self.noise_fn = noise_fn
         self.next_noise: np.ndarray | None = None  # test hook: consumed by the next resample
         self._rng = np.random.default_rng(seed)
@@ -162,23 +133,12 @@ class EdgePolicy:
         self.reset()
 
     # ------------------------------------------------------------------ setup
-    def _make_backend(self, backend: str | Backend, device: str, options: dict) -> Backend:
-        if isinstance(backend, Backend):
-            return backend
-        if backend == "onnxruntime":
-            from runtime.backend_onnxruntime import OnnxRuntimeBackend
-
-            return OnnxRuntimeBackend(self.artifacts_dir, self.manifest, device=device, **options)
-        if backend == "tensorrt":
-            from runtime.backend_tensorrt import TensorRTBackend  # Jetson/GPU only; imported on demand
-
-            # engines live next to the ONNX folder by default (artifacts/onnx → artifacts/engines)
-            engines = Path(options.pop("engines", self.artifacts_dir.parent / "engines"))
-            return TensorRTBackend(self.artifacts_dir, engines, manifest=self.manifest.raw, **options)
-        raise ValueError(f"unknown backend {backend!r}; choose 'onnxruntime' or 'tensorrt' (or pass a Backend)")
-
     def reset(self, seed: int | None = None) -> None:
         """Episode start: drop the queued plan and per-episode state; `seed` re-seeds noise and gate."""
+        with self._lock:
+            self._reset(args.optional("seed", seed, args.integer, 0, 2**63 - 1))
+
+    def _reset(self, seed: int | None) -> None:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self.gate.reset(seed)
@@ -188,6 +148,7 @@ class EdgePolicy:
         self._ticks_since_plan = 0
         self._plan_obs_emb: np.ndarray | None = None
         self._plan_state: np.ndarray | None = None
+        self._plan_task: str | None = None
         self._pending_resample = False
         self.episode_counters = Counters()
 
@@ -197,8 +158,13 @@ class EdgePolicy:
         Counters are left untouched and the stage estimates keep only the last run's times, so the
         deadline rule starts from realistic numbers instead of first-call outliers.
         """
+        runs = args.integer("runs", runs, 1, 1000)
+        with self._lock:
+            self._warmup(observation, runs)
+
+    def _warmup(self, observation: dict, runs: int) -> None:
         saved = (Counters(**self.counters.as_dict()), self.last_info, self._rng.bit_generator.state)
-        for _ in range(max(1, runs)):
+        for _ in range(runs):
             self._ema.clear()
             self.reset()
             self.step(observation)
@@ -207,7 +173,8 @@ class EdgePolicy:
         self.reset()
 
     def close(self) -> None:
-        self.backend.close()
+        with self._lock:
+            self.backend.close()
 
     def __enter__(self) -> EdgePolicy:  # noqa: PYI034
         return self
@@ -217,6 +184,11 @@ class EdgePolicy:
 
     # ---------------------------------------------------------------- the tick
     def step(self, observation: dict) -> np.ndarray:
+        """One tick: one safe raw action [action_dim]. Thread-safe: concurrent calls run one after another."""
+        with self._lock:
+            return self._step(observation)
+
+    def _step(self, observation: dict) -> np.ndarray:
         t_start = time.perf_counter()
         info = TickInfo(tick=self.counters.ticks)
         self._count("ticks")
@@ -259,7 +231,8 @@ class EdgePolicy:
         finally:
             info.preprocess_ms = self._stage_ms("validate", t0)
 
-        force = self._queue_left == 0 or self._pending_resample
+        new_task = self._plan_task is not None and obs.task != self._plan_task
+        force = self._queue_left == 0 or self._pending_resample or new_task
         checks = not force and self.gate.will_check(self._queue_left, self._ticks_since_plan)
         prefix: PrefixState | None = None
         if force or (checks and (self.gate.needs_obs_cls or self.gate.needs_act_cls)):
@@ -271,7 +244,8 @@ class EdgePolicy:
         # gate (the consistency gate also computes the remaining plan's delta, reused for refinement)
         delta = None
         if force:
-            decision = GateDecision(True, False, reason="queue_empty" if self._queue_left == 0 else "pending")
+            reason = "queue_empty" if self._queue_left == 0 else ("instruction_changed" if new_task else "pending")
+            decision = GateDecision(True, False, reason=reason)
         elif checks:
             checked, delta = self._check_gate(obs, prefix, info)
             if checked is None:  # fault while computing the gate's inputs → keep the plan
@@ -314,8 +288,8 @@ class EdgePolicy:
     def _run_prefix(self, obs: ValidatedObservation, state: np.ndarray, info: TickInfo) -> PrefixState | None:
         t0 = time.perf_counter()
         try:
-            prefix = self.backend.run_prefix(self._images, obs.lang_tokens, obs.lang_mask, state)
-            _finite("obs_cls", prefix.obs_cls)
+            prefix = checked_prefix(self.backend.run_prefix(self._images, obs.lang_tokens, obs.lang_mask, state),
+                                    self._obs_cls_shape)
         except Exception as exc:  # noqa: BLE001 — any backend failure becomes a reported fault
             self._fault(info, f"prefix: {exc}")
             return None
@@ -355,9 +329,8 @@ class EdgePolicy:
     def _run_delta(self, plan: np.ndarray, prefix: PrefixState, info: TickInfo) -> tuple[np.ndarray, np.ndarray] | None:
         t0 = time.perf_counter()
         try:
-            d, act_cls = self.backend.run_delta_expert(delta_input(plan, self.manifest.dims.chunk_size), prefix)
-            _finite("delta", d)
-            _finite("act_cls", act_cls)
+            d, act_cls = checked_delta(self.backend.run_delta_expert(delta_input(plan, self.manifest.dims.chunk_size),
+                                                                     prefix), self._noise_shape, self._act_cls_shape)
         except Exception as exc:  # noqa: BLE001
             self._fault(info, f"delta_expert: {exc}")
             return None
@@ -371,7 +344,7 @@ class EdgePolicy:
         noise = self._draw_noise()  # outside the fault handler: a bad test hook must raise, not degrade
         t0 = time.perf_counter()
         try:
-            x = _finite("denoised plan", self.backend.denoise(noise, self.num_steps, prefix))
+            x = checked("denoised plan", self.backend.denoise(noise, self.num_steps, prefix), self._noise_shape)
         except Exception as exc:  # noqa: BLE001
             self._fault(info, f"main_expert: {exc}")
             return False
@@ -389,6 +362,7 @@ class EdgePolicy:
         self._ticks_since_plan = 0
         self._plan_obs_emb = embed(prefix.obs_cls)
         self._plan_state = obs.state.copy()
+        self._plan_task = obs.task
         self._pending_resample = False
         info.resampled = True
         self._count("resamples")

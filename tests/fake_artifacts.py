@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from runtime.artifact_identity import stamp_identity
+
 OPSET = 18
 VOCAB = ["[PAD]", "[UNK]", "<s>", "reach", "the", "red", "green", "blue", "target", "\n"]
 CAMERA_KEY = "observation.images.top"
@@ -177,8 +179,10 @@ def fake_manifest_dims(chunk_size: int = 6, n_action_steps: int | None = None, n
 
 def build_fake_artifacts(out_dir: str | Path, *, seed: int = 0, chunk_size: int = 6, n_action_steps: int | None = None,
                          num_steps: int = 4, image_size: int = 32, camera_size: tuple[int, int] = (64, 64),
-                         action_bound: float = 0.08, edit_manifest: Callable[[dict], None] | None = None) -> Path:
-    """Write the folder and return its path. `edit_manifest(m)` may alter the manifest before it is hashed."""
+                         action_bound: float = 0.08, edit_manifest: Callable[[dict], None] | None = None,
+                         signing_key=None) -> Path:
+    """Write the folder and return its path. `edit_manifest(m)` may alter the manifest before it is hashed;
+    the identity digest is stamped last (signed when `signing_key`, an Ed25519 private key, is given)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     d = fake_manifest_dims(chunk_size, n_action_steps, num_steps)
@@ -190,7 +194,7 @@ def build_fake_artifacts(out_dir: str | Path, *, seed: int = 0, chunk_size: int 
         graphs[name] = {"file": f"{name}.onnx", "data_file": None, "inputs": ins, "outputs": outs}
     (out / "tokenizer.json").write_text(_tokenizer_json())
     manifest = {
-        "format_version": 1,
+        "format_version": 2,
         "producer": "smolvla-cls-edge tests/fake_artifacts",
         "created_utc": "2026-01-01T00:00:00Z",
         "versions": {"onnx": onnx.__version__, "opset": OPSET},
@@ -220,6 +224,7 @@ def build_fake_artifacts(out_dir: str | Path, *, seed: int = 0, chunk_size: int 
     manifest.setdefault("files", {})
     for fname in ["tokenizer.json"] + [g["file"] for g in graphs.values()]:
         manifest["files"].setdefault(fname, _sha(out / fname))
+    stamp_identity(manifest, signing_key)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
 
@@ -228,7 +233,10 @@ def load_manifest_dict(artifacts: str | Path) -> dict:
     return copy.deepcopy(json.loads((Path(artifacts) / "manifest.json").read_text()))
 
 
-def write_manifest_dict(artifacts: str | Path, manifest: dict) -> None:
+def write_manifest_dict(artifacts: str | Path, manifest: dict, restamp: bool = True, signing_key=None) -> None:
+    """Write an edited manifest; `restamp` re-computes its digest as export would (False: a tampered manifest)."""
+    if restamp:
+        stamp_identity(manifest, signing_key)
     (Path(artifacts) / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 

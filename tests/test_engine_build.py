@@ -81,7 +81,7 @@ def make_artifacts(folder: Path, dynamic: bool = False) -> Path:
     for g in GRAPHS:
         (folder / f"{g}.onnx").write_bytes(b"not really onnx " + g.encode())
         files[f"{g}.onnx"] = {"sha256": sha256_bytes(b"not really onnx " + g.encode()), "bytes": 1}
-    manifest = {"format_version": 1, "dims": {"lang_len": 16, "chunk_size": 10}, "graphs": graphs, "files": files}
+    manifest = {"format_version": 2, "dims": {"lang_len": 16, "chunk_size": 10}, "graphs": graphs, "files": files}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

@@ -1,6 +1,7 @@
 """`make export`: checkpoint (or offline preset) -> artifact folder with three ONNX graphs, the tokenizer
 and manifest.json (docs/10-artifact-contract.md). The folder is written under a temporary name and renamed
-into place only when complete, so a failed export never leaves a folder that looks valid.
+into place only when complete, so a failed export never leaves a folder that looks valid. The manifest carries
+the folder's identity digest (signed with `--sign-key`, see export/signing.py), printed at the end.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from export.graphs.graph_wrappers import (
     example_inputs,
 )
 from export.graphs.onnx_checks import graph_problems
+from export.signing import SigningError, load_private_key, stamp_identity
 from runtime.fingerprint import file_records
+from runtime.manifest_schema import FORMAT_VERSION
 
-FORMAT_VERSION = 1
 OPSET = 18
 EXTERNAL_DATA_BYTES = 256 << 20  # graphs with more weight bytes than this keep weights in <name>.onnx.data
 NORM_EPS = 1e-8  # lerobot's MEAN_STD normaliser: (x - mean) / (std + eps)
@@ -165,8 +167,8 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
 
 
 def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
-                     progress: bool = True, stop_action: list[float] | None = None) -> dict:
-    """Write the artifact folder atomically; returns the manifest."""
+                     progress: bool = True, stop_action: list[float] | None = None, signing_key: object = None) -> dict:
+    """Write the artifact folder atomically; returns the manifest (identity signed when `signing_key` is given)."""
     from tqdm import tqdm
 
     started = time.time()
@@ -194,6 +196,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
             gate = uncalibrated(model)
         files = file_records(tmp)
         manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action)
+        stamp_identity(manifest, signing_key)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -208,19 +211,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-episodes", type=int, default=24)
     parser.add_argument("--stop-action", type=float, nargs="+", default=None,
                         help="raw action the runtime emits to stop (default: zeros = no displacement)")
+    parser.add_argument("--sign-key", type=Path, default=None,
+                        help="Ed25519 private key (python -m export.signing keygen) to sign the artifact digest")
     args = parser.parse_args(argv)
     try:
+        key = load_private_key(args.sign_key) if args.sign_key is not None else None
         if args.preset is not None:
             loaded = load_preset(args.preset)
         else:
             loaded = load_checkpoint(args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
         manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
-                                    calib_episodes=args.calib_episodes, stop_action=args.stop_action)
-    except ExportInputError as exc:
+                                    calib_episodes=args.calib_episodes, stop_action=args.stop_action,
+                                    signing_key=key)
+    except (ExportInputError, SigningError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2
     sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in manifest["files"].items())
     print(f"[export] wrote {args.out} in {manifest['export_seconds']:.1f} s ({sizes})")
+    signed = f", signed by key {manifest['identity']['signature']['key_id']}" if key is not None else " (unsigned)"
+    print(f"[export] digest {manifest['identity']['digest']}{signed}")
     return 0
 
 

@@ -109,7 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         _fail(EXIT_USAGE, str(exc))
     except BuildError as exc:
         _fail(EXIT_BUILD, str(exc))
+    _write_engine_identity(Path(args.out), manifest)
     return 0
+
+
+def _write_engine_identity(out: Path, manifest: dict) -> None:
+    """engines.identity.json: the fingerprints and the artifact digest they were built from (unsigned here)."""
+    from runtime.engine_identity import write_engine_record
+    from runtime.manifest import GRAPH_NAMES
+
+    built = [g for g in GRAPH_NAMES if (out / f"{g}.fingerprint.json").exists()]
+    digest = write_engine_record(out, manifest["identity"]["digest"], built)
+    print(f"{PROG}: engine set {digest} (sign it: python -m export.signing sign-engines --engines {out})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 
 from export.trt.engine_precision import PRECISIONS
 from runtime.fingerprint import EngineFingerprint, sha256_bytes
+from runtime.manifest_schema import FORMAT_VERSION as MANIFEST_FORMAT
 
 GRAPHS = ("prefix", "main_expert", "delta_expert")
 TIMING_CACHE_NAME = "timing.cache"
@@ -129,8 +130,9 @@ def load_manifest(artifacts: Path) -> dict[str, Any]:
         raise PlanError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("graphs"), dict):
         raise PlanError(f"{path} has no 'graphs' section")
-    if manifest.get("format_version") != 1:
-        raise PlanError(f"{path}: format_version {manifest.get('format_version')!r} is not supported (expected 1)")
+    if manifest.get("format_version") != MANIFEST_FORMAT:
+        raise PlanError(f"{path}: format_version {manifest.get('format_version')!r} is not supported "
+                        f"(expected {MANIFEST_FORMAT}; re-export with `make export`)")
     quantization = manifest.get("quantization")
     if quantization:
         mode = quantization.get("mode", "quantized") if isinstance(quantization, dict) else "quantized"

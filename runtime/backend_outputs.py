@@ -1,0 +1,40 @@
+"""Backend outputs checked at the policy boundary: type, shape, dtype and finiteness of what reaches the chain.
+
+The onnxruntime backend already checks its own outputs, but TensorRT and custom backends may hand back a short
+plan, a resized `obs_cls`, a list or a float64 array. Each such case is a `BackendError` naming the output,
+which the policy reports as a fault and answers with a safe action.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime.backend import BackendError, PrefixState
+
+
+def checked(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` as a float32 host array of exactly `shape`, all finite; BackendError naming `name` otherwise."""
+    if not isinstance(value, np.ndarray) or isinstance(value, np.ma.MaskedArray):
+        raise BackendError(f"backend output '{name}' must be a numpy array, got {type(value).__name__}")
+    if value.shape != shape:
+        raise BackendError(f"backend output '{name}' has shape {value.shape}, expected {shape}")
+    if value.dtype.kind != "f":
+        raise BackendError(f"backend output '{name}' has dtype {value.dtype}, expected float32")
+    if not np.all(np.isfinite(value)):
+        raise BackendError(f"backend output '{name}' is non-finite")
+    return value if value.dtype == np.float32 else value.astype(np.float32)
+
+
+def checked_prefix(prefix: Any, obs_cls_shape: tuple[int, ...]) -> PrefixState:
+    if not isinstance(prefix, PrefixState):
+        raise BackendError(f"backend run_prefix must return a PrefixState, got {type(prefix).__name__}")
+    prefix.obs_cls = checked("obs_cls", prefix.obs_cls, obs_cls_shape)
+    return prefix
+
+
+def checked_delta(out: Any, plan_shape: tuple[int, ...], act_cls_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise BackendError(f"backend run_delta_expert must return (delta, act_cls), got {type(out).__name__}")
+    return checked("delta", out[0], plan_shape), checked("act_cls", out[1], act_cls_shape)
