@@ -146,3 +146,15 @@ def test_thor_compiles_with_cuda_python_13(monkeypatch: pytest.MonkeyPatch, tmp_
         assert backend._euler is not None and cuda.compile_options == [b"--gpu-architecture=sm_110"]
     finally:
         backend.close()
+
+
+def test_gpu_bench_times_the_experts_on_a_fresh_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       folders: dict[str, Path]) -> None:
+    """Timing the prefix reps+warmup times leaves only the latest K/V on the GPU; the expert rows must use it."""
+    from scripts.bench_gpu.trt_engines import bench_tensorrt
+
+    _install(monkeypatch, "10.3")
+    assert _build(folders, tmp_path, "fp32") == 0
+    rows = bench_tensorrt(folders["fp32"], tmp_path, reps=3, warmup=1)
+    assert set(rows) == {"prefix", "main_step", "denoise", "delta", "chunk"}
+    assert all(isinstance(v, dict) and v for v in rows.values())
