@@ -158,3 +158,30 @@ def test_gpu_bench_times_the_experts_on_a_fresh_prefix(monkeypatch: pytest.Monke
     rows = bench_tensorrt(folders["fp32"], tmp_path, reps=3, warmup=1)
     assert set(rows) == {"prefix", "main_step", "denoise", "delta", "chunk"}
     assert all(isinstance(v, dict) and v for v in rows.values())
+
+
+def test_make_engine_refuses_nodes_the_installed_parser_rejects(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-version parser check runs for the installed TensorRT before any build: one line per node."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    art = build_fake_artifacts(tmp_path / "onnx")
+    path = art / json.loads((art / "manifest.json").read_text())["graphs"]["prefix"]["file"]
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([[1, 0, 1]], np.int64), "planted_ids"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64), "planted_axis"))
+    model.graph.node.append(helper.make_node("CumSum", ["planted_ids", "planted_axis"], ["planted_pos"],
+                                             name="planted_cumsum"))
+    model.graph.output.append(helper.make_tensor_value_info("planted_pos", TensorProto.INT64, [1, 3]))
+    onnx.save(model, str(path))
+    for surface, code in (("10.3", 2), ("10.13", 0)):
+        _install(monkeypatch, surface)
+        capsys.readouterr()
+        assert _build({"fp32": art}, tmp_path / surface, "fp32") == code
+        err = capsys.readouterr().err
+        assert ("node 'planted_cumsum' (CumSum): INT64 input not supported — accepted from TensorRT 10.8" in err) \
+            == (code == 2)
+        assert (tmp_path / surface / "prefix.plan").is_file() == (code == 0)

@@ -33,6 +33,7 @@ from export.graphs.graph_wrappers import (
     example_inputs,
 )
 from export.graphs.onnx_checks import graph_problems
+from export.graphs.tensorrt_rewrites import make_tensorrt_portable
 from runtime.fingerprint import file_records
 
 FORMAT_VERSION = 1
@@ -64,6 +65,10 @@ def export_graph(module: torch.nn.Module, inputs: tuple, names_in, names_out, pa
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)
     model = onnx.load(str(path), load_external_data=False)
+    # Exact rewrites so that every supported TensorRT parses the graph (ScatterND's explicit reduction, integer
+    # CumSum: rejected before 10.9 / 10.8); weights stay in the external data file, only the proto is rewritten.
+    make_tensorrt_portable(model, base_dir=str(path.parent))
+    onnx.save_model(model, str(path))
     problems = graph_problems(model)
     if problems:
         raise RuntimeError(f"{path.name} is not TensorRT-ready: " + "; ".join(problems[:5]))
