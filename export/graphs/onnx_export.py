@@ -34,6 +34,7 @@ from export.graphs.graph_wrappers import (
 )
 from export.graphs.onnx_checks import graph_problems
 from export.graphs.tensorrt_rewrites import make_tensorrt_portable
+from export.trt.parser_compat import check_model, rules
 from runtime.fingerprint import file_records
 
 FORMAT_VERSION = 1
@@ -70,6 +71,8 @@ def export_graph(module: torch.nn.Module, inputs: tuple, names_in, names_out, pa
     make_tensorrt_portable(model, base_dir=str(path.parent))
     onnx.save_model(model, str(path))
     problems = graph_problems(model)
+    # ... and every TensorRT we support parses it (ops, attributes, dtypes per version: export.trt.parser_compat).
+    problems += [r.line() for r in check_model(model, path.stem, list(rules()["checked_versions"]))]
     if problems:
         raise RuntimeError(f"{path.name} is not TensorRT-ready: " + "; ".join(problems[:5]))
     data_file = f"{path.name}.data" if external and (path.parent / f"{path.name}.data").exists() else None

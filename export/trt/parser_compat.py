@@ -21,11 +21,11 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from export.graphs.onnx_checks import tensorrt_supported_ops
 from runtime.trt_api import TensorRTApiError
 from runtime.trt_api import major_minor as version_key
 
 RULES_FILE = Path(__file__).with_name("parser_rules.json")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ class Rejection:
 @lru_cache(maxsize=1)
 def rules() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(RULES_FILE.read_text(encoding="utf-8"))
-    ops = (ROOT / data["ops_file"]).read_text(encoding="utf-8").splitlines()
-    data["supported_ops"] = frozenset(ln.strip() for ln in ops if ln.strip() and not ln.startswith("#"))
+    data["supported_ops"] = tensorrt_supported_ops()  # the 10.x parser's op list (export/graphs/...ops.txt)
     return data
 
 
