@@ -56,11 +56,6 @@ def apply_builder_flags(trt: Any, config: Any, set_names: tuple[str, ...], clear
         config.clear_flag(member(trt, "BuilderFlag", name))
 
 
-def supports_layer_precision(trt: Any) -> bool:
-    """Weak typing's per-layer precision (`ILayer.precision`, `set_output_type`): TensorRT 10 only."""
-    return major_minor(str(trt.__version__))[0] <= 10
-
-
 def host_dtype(trt: Any, dtype: Any, name: str) -> np.dtype[Any]:
     """numpy dtype for an engine I/O tensor, or TensorRTApiError naming the tensor and its TensorRT type."""
     for member_name, np_type in _HOST_DTYPES.items():
