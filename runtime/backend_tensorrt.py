@@ -53,21 +53,12 @@ def _dims(dims: trt.Dims) -> tuple[int, ...]:
 def _numpy_dtype(dtype: trt.DataType, name: str) -> np.dtype[Any]:
     import tensorrt as trt
 
-    table = {
-        trt.DataType.FLOAT: np.float32,
-        trt.DataType.HALF: np.float16,
-        trt.DataType.INT32: np.int32,
-        trt.DataType.INT64: np.int64,
-        trt.DataType.BOOL: np.bool_,
-        trt.DataType.INT8: np.int8,
-        trt.DataType.UINT8: np.uint8,
-    }
-    if dtype not in table:
-        raise BackendError(
-            f"engine tensor {name!r} has dtype {dtype.name}, which the host side cannot hold; "
-            "the contract keeps graph inputs/outputs in float32/int64/bool"
-        )
-    return np.dtype(table[dtype])
+    from runtime.trt_api import TensorRTApiError, host_dtype
+
+    try:
+        return host_dtype(trt, dtype, name)
+    except TensorRTApiError as exc:
+        raise BackendError(str(exc)) from None
 
 
 class _Logger:
@@ -139,7 +130,7 @@ class TensorRTBackend(Backend):
         if all(self._tensors[n].dtype == np.float32 for n in ("x_t", "t", "v_t")):
             try:
                 self._euler = EulerKernel(device.compute_capability)
-            except CudaError as exc:
+            except CudaError as exc:  # EulerKernel turns every NVRTC / module-load failure into one CudaError
                 print(
                     f"TensorRTBackend: no device Euler kernel ({exc}); the loop updates x on the host", file=sys.stderr
                 )
@@ -188,18 +179,16 @@ class TensorRTBackend(Backend):
         """Contexts sharing one scratch allocation (TensorRT >= 10.1), all tensors bound once."""
         import tensorrt as trt
 
+        from runtime.trt_api import device_memory_size, user_managed_context
+
         contexts: dict[str, trt.IExecutionContext] = {}
-        try:
-            size = max(engine.device_memory_size_v2 for engine in self._engines.values())
+        sizes = [device_memory_size(engine) for engine in self._engines.values()]
+        if all(size is not None for size in sizes):
+            size = max(s for s in sizes if s is not None)
             self._scratch = buffer_cls(size)
             for graph, engine in self._engines.items():
-                ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-                ctx.set_device_memory(self._scratch.ptr, size)
-                contexts[graph] = ctx
-        except AttributeError:  # older TensorRT: let each context own its activation memory
-            if self._scratch is not None:
-                self._scratch.free()
-                self._scratch = None
+                contexts[graph] = user_managed_context(trt, engine, self._scratch.ptr, size)
+        else:  # a TensorRT without device_memory_size_v2: each context owns its activation memory
             contexts = {graph: engine.create_execution_context() for graph, engine in self._engines.items()}
         for graph, engine in self._engines.items():
             ctx = contexts[graph]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from export.accuracy_gates import GATES, compare, cosine, random_inputs, report
+from export.trt.engine_plan import artifacts_for_engines
 from runtime.backend import Backend, BackendError, PrefixState
 from runtime.backend_tensorrt import TensorRTBackend, _DevicePrefix
 from runtime.trt_env import TensorRTUnavailable, tensorrt_missing_reason
@@ -138,14 +139,36 @@ def test_patch_source_repairs_only_invalid_signatures() -> None:
     assert "'''in: docs stay'''" in fixed and "def h(self, x: int) -> int:" in fixed
 
 
+def test_device_check_loads_the_folder_the_engines_were_built_from(tmp_path: Path) -> None:
+    """fp16 engines come from artifacts/onnx-fp16; comparing them against artifacts/onnx fails the fingerprint."""
+    from export.trt.engine_plan import PlanError
+
+    folders = {}
+    for name in ("onnx", "onnx-fp16"):
+        folder = tmp_path / name
+        folder.mkdir()
+        manifest = {"graphs": {"prefix": {"file": "prefix.onnx"}}, "files": {"prefix.onnx": {"sha256": name * 4}}}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        folders[name] = folder
+    eng = tmp_path / "engines"
+    eng.mkdir()
+    (eng / "prefix.fingerprint.json").write_text(json.dumps({"onnx_sha256": "onnx-fp16" * 4}))
+    assert artifacts_for_engines(eng, list(folders.values())) == folders["onnx-fp16"]
+    (eng / "prefix.fingerprint.json").write_text(json.dumps({"onnx_sha256": "other"}))
+    with pytest.raises(PlanError, match="rebuild them with `make engine`"):
+        artifacts_for_engines(eng, list(folders.values()))
+
+
 # ------------------------------------------------------------------ device only
 
 
 @pytest.mark.skipif(NO_TRT is not None, reason="TensorRT not installed: engines are built on the Jetson/GPU")
 def test_engines_run_and_device_loop_matches_host_loop() -> None:
-    art, eng = ROOT / "artifacts" / "onnx", ROOT / "artifacts" / "engines"
+    eng = ROOT / "artifacts" / "engines"
     if not (eng / "prefix.plan").is_file():
         pytest.skip("no engines in artifacts/engines (run `make engine` first)")
+    # `make engine` builds fp16/bf16 from artifacts/onnx-<precision>: load the folder the engines came from.
+    art = artifacts_for_engines(eng, sorted((ROOT / "artifacts").glob("onnx*")))
     manifest = json.loads((art / "manifest.json").read_text())
     backend = TensorRTBackend(art, eng, manifest=manifest)
     try:

@@ -45,6 +45,9 @@ MYPY_FILES = [
     "export/trt/engine_accuracy.py",
     "runtime/backend_tensorrt.py",
     "runtime/fingerprint.py",
+    "runtime/trt_api.py",
+    "runtime/cuda_euler.py",
+    "export/trt/parser_compat.py",
 ]
 NO_TRT = tensorrt_missing_reason()
 

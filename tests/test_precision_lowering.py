@@ -200,6 +200,26 @@ def test_mask_fill_matches_the_model_and_lowering_needs_no_torch():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_fused_softmax_and_layernorm_stay_fp32(precision):
+    """Strongly typed TensorRT computes Softmax / LayerNormalization in their input type; the CPU emulation
+    would compute them in fp32 — so the lowering keeps them fp32 and the gate predicts the engine."""
+    width = 8
+    inits = [numpy_helper.from_array(np.ones(width, np.float32), "g"),
+             numpy_helper.from_array(np.zeros(width, np.float32), "b"),
+             numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"], axis=-1, name="ln"),
+             helper.make_node("Softmax", ["n"], ["y"], axis=-1, name="sm")]
+    model = _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, width])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, width])])
+    types = float_tensor_types(model)
+    by_name = {d.name: d for d in plan_nodes(model, types, {}, precision)}
+    assert by_name["mm"].precision == "low"
+    assert by_name["ln"].precision == by_name["sm"].precision == "fp32"
+    assert by_name["ln"].rule == by_name["sm"].rule == "sensitive"
+
+
 def test_constants_that_do_not_fit_keep_their_node_fp32():
     big = numpy_helper.from_array(np.array(1e5, np.float32), "big")
     tiny = numpy_helper.from_array(np.array(1e-9, np.float32), "tiny")

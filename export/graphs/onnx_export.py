@@ -34,7 +34,9 @@ from export.graphs.graph_wrappers import (
     example_inputs,
 )
 from export.graphs.onnx_checks import graph_problems
+from export.graphs.tensorrt_rewrites import make_tensorrt_portable
 from export.signing import SigningError, load_private_key, stamp_identity
+from export.trt.parser_compat import check_model, rules
 from runtime.fingerprint import file_records
 from runtime.manifest_schema import FORMAT_VERSION
 
@@ -66,7 +68,13 @@ def export_graph(module: torch.nn.Module, inputs: tuple, names_in, names_out, pa
     external = weight_bytes > EXTERNAL_DATA_BYTES
     program.save(str(path), external_data=external)
     model = onnx.load(str(path), load_external_data=False)
+    # Exact rewrites so that every supported TensorRT parses the graph (ScatterND's explicit reduction, integer
+    # CumSum: rejected before 10.9 / 10.8); weights stay in the external data file, only the proto is rewritten.
+    make_tensorrt_portable(model, base_dir=str(path.parent))
+    onnx.save_model(model, str(path))
     problems = graph_problems(model)
+    # ... and every TensorRT we support parses it (ops, attributes, dtypes per version: export.trt.parser_compat).
+    problems += [r.line() for r in check_model(model, path.stem, list(rules()["checked_versions"]))]
     if problems:
         raise RuntimeError(f"{path.name} is not TensorRT-ready: " + "; ".join(problems[:5]))
     data_file = f"{path.name}.data" if external and (path.parent / f"{path.name}.data").exists() else None

@@ -1,16 +1,19 @@
 """The rewrites that keep a graph standard ONNX (and TensorRT-parsable): the vision tower's zero attention mask
-dropped, RoPE ScatterND pairs → Concat, RMSNorm in onnxruntime's fusable Div form, masked_fill with a scalar fill."""
+dropped, RoPE ScatterND pairs → Concat (`export.graphs.tensorrt_rewrites`, shared with the export), RMSNorm
+in onnxruntime's fusable Div form, masked_fill with a scalar fill."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from export.graphs.tensorrt_rewrites import scatter_rows_to_concat
 from export.int8.graph_editing import GraphIndex, is_standard, node_key, other_input, rebuild, replace_uses, same_node
+
+__all__ = ["remove_zero_adds", "rsqrt_mul_to_div", "scatter_rows_to_concat", "uniform_where_fill"]
 
 
 def remove_zero_adds(idx: GraphIndex) -> int:
@@ -40,69 +43,6 @@ def remove_zero_adds(idx: GraphIndex) -> int:
             break
     rebuild(graph, dead)
     return fired
-
-
-def _row_range(idx: GraphIndex, node: onnx.NodeProto) -> tuple[int, int] | None:
-    """[start, stop) when a ScatterND writes whole rows of axis 0 at constant, contiguous ascending indices."""
-    if node.op_type != "ScatterND" or not is_standard(node) or len(node.input) != 3:
-        return None
-    reduction = next((a.s for a in node.attribute if a.name == "reduction"), b"none")
-    if reduction not in (b"none", b""):
-        return None
-    ind = idx.const(node.input[1])
-    if ind is None or ind.dtype.kind not in "iu" or ind.ndim != 2 or ind.shape[1] != 1 or ind.shape[0] == 0:
-        return None
-    rows = ind[:, 0].astype(np.int64)
-    if np.any(rows < 0) or np.any(np.diff(rows) != 1):
-        return None
-    return int(rows[0]), int(rows[-1]) + 1
-
-
-def scatter_rows_to_concat(idx: GraphIndex) -> int:
-    """A chain of ScatterNDs that together overwrite every row of their data (axis 0) with contiguous blocks
-    → Concat(updates, axis=0). The exporter writes `x[:d] = a; x[d:] = b` (rotary embeddings) this way:
-    a zero tensor, two ScatterNDs and transposes around them; Concat is the same data movement in one op."""
-    graph = idx.graph
-    position = {node_key(n): i for i, n in enumerate(graph.node)}
-    dead: set[tuple[str, ...]] = set()
-    at: dict[tuple[str, ...], onnx.NodeProto] = {}
-    for end in list(graph.node):
-        if _row_range(idx, end) is None:
-            continue
-        nxt = idx.single_consumer(end.output[0])
-        if nxt is not None and _row_range(idx, nxt) is not None and nxt.input[0] == end.output[0]:
-            continue  # not the end of its chain
-        chain = [end]
-        while True:
-            prev = idx.producer.get(chain[-1].input[0])
-            if prev is None or _row_range(idx, prev) is None \
-                    or not same_node(idx.single_consumer(prev.output[0]), chain[-1]):
-                break
-            chain.append(prev)
-        data_shape = idx.shapes.get(chain[-1].input[0])
-        if data_shape is None or len(data_shape) < 1:
-            continue
-        ranges: list[tuple[tuple[int, int], onnx.NodeProto]] = []
-        for n in chain:
-            r = _row_range(idx, n)
-            assert r is not None  # checked while walking the chain
-            ranges.append((r, n))
-        ranges.sort(key=lambda rn: rn[0])
-        starts = [r for r, _ in ranges]
-        if starts[0][0] != 0 or starts[-1][1] != data_shape[0] \
-                or any(a[1] != b[0] for a, b in itertools.pairwise(starts)):
-            continue  # overlapping writes or rows left from the data tensor
-        if any(idx.shapes.get(n.input[2]) is None or idx.shapes[n.input[2]][1:] != data_shape[1:] for n in chain):
-            continue
-        updates = [n.input[2] for _, n in ranges]
-        out = end.output[0]
-        name = f"{end.name or out}_{'Concat' if len(updates) > 1 else 'Identity'}"
-        fused = (helper.make_node("Concat", updates, [out], name=name, axis=0) if len(updates) > 1
-                 else helper.make_node("Identity", updates, [out], name=name))
-        at[max((node_key(n) for n in chain), key=position.__getitem__)] = fused
-        dead.update(node_key(n) for n in chain)
-    rebuild(graph, dead, at)
-    return len(at)
 
 
 def rsqrt_mul_to_div(idx: GraphIndex) -> int:

@@ -6,7 +6,8 @@ rules, in order (the first that matches decides; `NodeDecision.reason` records i
 
 1. nodes with no float32 tensor, and type-producing ops (Cast, Shape, Constant, ...) are left alone;
 2. numerically sensitive ops stay fp32: norm statistics (Pow, ReduceMean, Sqrt, Reciprocal), Exp/Log,
-   Sin/Cos/Range/CumSum (rotary and sinusoidal time embeddings lose their phase in 10 mantissa bits);
+   Sin/Cos/Range/CumSum (rotary and sinusoidal time embeddings lose their phase in 10 mantissa bits), and the
+   fused Softmax / LayerNormalization / *Normalization ops (TensorRT runs them in their input precision);
 3. ops outside the default ONNX domain, nodes the user names (`keep` regexes on name or torch scope), and
    nodes of the module sections the accuracy fallback chose (`keep_sections`, see `node_section`);
 4. a node any of whose float activations exceeded `data_max` in calibration stays fp32 (sums of squares
@@ -40,7 +41,13 @@ LOW_TYPES = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 _NUMPY_LOW = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 DEFAULT_DATA_MAX = 512.0  # NVIDIA ModelOpt AutoCast's default activation bound for fp16 (docs, 2025)
 SENSITIVE_OPS = frozenset({"Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceProd",
-                           "ReduceLogSumExp", "Sqrt", "Reciprocal", "Exp", "Log", "Sin", "Cos", "Range", "CumSum"})
+                           "ReduceLogSumExp", "Sqrt", "Reciprocal", "Exp", "Log", "Sin", "Cos", "Range", "CumSum",
+                           *("Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization",
+                             "InstanceNormalization", "RMSNormalization", "BatchNormalization")})
+# The fused ops in the second row run in their *input* precision in a strongly typed TensorRT network (no
+# fp32 statistics inside), while the CPU emulation would compute them in fp32 and round only the output; kept
+# fp32, the gate and the engine agree (TensorRT developer guide, "Strong Typing": layers compute in the types
+# of their inputs).
 # Ops whose output type is fixed by an attribute or is not a float: never re-typed, never need a Cast in.
 TYPE_PRODUCING_OPS = frozenset({"Cast", "Shape", "Size", "Constant", "ConstantOfShape", "EyeLike",
                                 "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"})

@@ -4,7 +4,8 @@
         [--workspace-gb 4] [--opt-level 3] [--weakly-typed] [--graphs prefix,main_expert,delta_expert]
 
 Every failure that is not a TensorRT build log ends in ONE line on stderr and a non-zero exit: bad
-arguments (2), an unusable artifact folder (2), no TensorRT / no GPU here (3), build failure (1).
+arguments (2), an unusable artifact folder (2), no TensorRT / no GPU here (3), build failure (1). Nodes the
+installed TensorRT's ONNX parser would reject (export.trt.parser_compat) get one line each, then exit 2.
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         device = gpu()
     except TensorRTUnavailable as exc:
         _fail(EXIT_UNAVAILABLE, f"{exc} — {where}")
+
+    # Fail fast, one line per node, on what this TensorRT's ONNX parser would reject (export.trt.parser_compat).
+    import tensorrt as trt
+
+    from export.trt.parser_compat import check_folder
+
+    rejected = check_folder(args.artifacts, [str(trt.__version__)])
+    if rejected:
+        for rejection in rejected:
+            print(f"{PROG}: {rejection.line()}", file=sys.stderr)
+        _fail(EXIT_USAGE, f"{len(rejected)} node(s) in {args.artifacts} would not parse; re-export with `make export` "
+              "(its rewrites make the graphs portable) or use a TensorRT that accepts them")
 
     from export.trt.engine_build import BuildError, build_all
     from export.trt.engine_precision import PrecisionError

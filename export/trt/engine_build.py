@@ -26,6 +26,7 @@ from export.trt.engine_plan import (
 from export.trt.engine_precision import PrecisionPlan, check_strongly_typed_dtypes, must_stay_fp32, plan_precision
 from runtime.cuda_memory import DeviceInfo
 from runtime.fingerprint import EngineFingerprint
+from runtime.trt_api import apply_builder_flags, network_flags
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -111,26 +112,14 @@ def _make_progress(graph: str) -> trt.IProgressMonitor:
 def _network_flags(plan: PrecisionPlan) -> int:
     import tensorrt as trt
 
-    known = {"STRONGLY_TYPED": trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED}
-    flags = 0
-    for name in plan.network_flags:
-        flags |= 1 << int(known[name])
-    return flags
+    return network_flags(trt, plan.network_flags)
 
 
 def _apply_builder_flags(config: trt.IBuilderConfig, plan: PrecisionPlan) -> None:
+    """Only the flags the plan names are looked up: TensorRT 11 has no FP16/BF16/OBEY_PRECISION_CONSTRAINTS."""
     import tensorrt as trt
 
-    known = {
-        "FP16": trt.BuilderFlag.FP16,
-        "BF16": trt.BuilderFlag.BF16,
-        "TF32": trt.BuilderFlag.TF32,
-        "OBEY_PRECISION_CONSTRAINTS": trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS,
-    }
-    for name in plan.builder_flags:
-        config.set_flag(known[name])
-    for name in plan.cleared_builder_flags:
-        config.clear_flag(known[name])
+    apply_builder_flags(trt, config, plan.builder_flags, plan.cleared_builder_flags)
 
 
 def _network_dtypes(network: trt.INetworkDefinition) -> set[str]:

@@ -294,3 +294,22 @@ def tensorrt_major(version: str) -> int:
         return int(version.split(".")[0])
     except ValueError:
         raise PlanError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def artifacts_for_engines(engines: Path, candidates: list[Path]) -> Path:
+    """The artifact folder these engines were built from: the candidate whose prefix ONNX hash is the one in
+    `prefix.fingerprint.json` (`make engine` builds fp16/bf16 from `<artifacts>-<precision>`, not `<artifacts>`)."""
+    fingerprint = engines / "prefix.fingerprint.json"
+    if not fingerprint.is_file():
+        raise PlanError(f"{fingerprint} is missing (run `make engine` first)")
+    wanted = json.loads(fingerprint.read_text(encoding="utf-8")).get("onnx_sha256")
+    for folder in candidates:
+        path = folder / "manifest.json"
+        if not path.is_file():
+            continue
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        prefix_file = manifest.get("graphs", {}).get("prefix", {}).get("file")
+        if manifest.get("files", {}).get(prefix_file, {}).get("sha256") == wanted:
+            return folder
+    raise PlanError(f"none of {', '.join(map(str, candidates))} holds the ONNX the engines in {engines} were built "
+                    "from; rebuild them with `make engine`")

@@ -1,0 +1,80 @@
+"""Every TensorRT Python API difference the builder and the backend meet, in one place (10.3 JetPack 6 … 11.x).
+
+Enum members are looked up by name, only when needed, so a build never touches a member its TensorRT lacks:
+TensorRT 11 removed `BuilderFlag.FP16/BF16/INT8/OBEY_PRECISION_CONSTRAINTS/PREFER_PRECISION_CONSTRAINTS`,
+`NetworkDefinitionCreationFlag.EXPLICIT_BATCH`, `ILayer.precision` / `set_output_type` and
+`ICudaEngine.device_memory_size` (NVIDIA/TensorRT python/src/infer/pyCore.cpp, tags v10.3.0, v10.13.0, v11.0).
+`tensorrt` is passed in, never imported here, so tests drive this module with fake modules of each version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# TensorRT DataType member -> numpy dtype the host side can hold (BF16/FP8/INT4 cannot cross the contract).
+_HOST_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
+                "INT8": np.int8, "UINT8": np.uint8}
+
+
+class TensorRTApiError(RuntimeError):
+    """The installed TensorRT lacks an API member this code needs (named, with the version)."""
+
+
+def major_minor(version: str) -> tuple[int, int]:
+    """'10.3.0.30' -> (10, 3); '11.x' -> (11, 0)."""
+    parts = (version.split(".") + ["0"])[:2]
+    try:
+        return int(parts[0]), int(parts[1]) if parts[1].isdigit() else 0
+    except ValueError:
+        raise TensorRTApiError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def member(trt: Any, enum: str, name: str) -> Any:
+    """`trt.<enum>.<name>`, or a TensorRTApiError naming the version that lacks it."""
+    holder = getattr(trt, enum, None)
+    value = getattr(holder, name, None) if holder is not None else None
+    if value is None:
+        raise TensorRTApiError(f"TensorRT {getattr(trt, '__version__', '?')} has no {enum}.{name}")
+    return value
+
+
+def network_flags(trt: Any, names: tuple[str, ...]) -> int:
+    """The `create_network` bit mask for NetworkDefinitionCreationFlag member names."""
+    flags = 0
+    for name in names:
+        flags |= 1 << int(member(trt, "NetworkDefinitionCreationFlag", name))
+    return flags
+
+
+def apply_builder_flags(trt: Any, config: Any, set_names: tuple[str, ...], clear_names: tuple[str, ...]) -> None:
+    """Set / clear BuilderFlag members by name; only the members asked for are looked up."""
+    for name in set_names:
+        config.set_flag(member(trt, "BuilderFlag", name))
+    for name in clear_names:
+        config.clear_flag(member(trt, "BuilderFlag", name))
+
+
+def host_dtype(trt: Any, dtype: Any, name: str) -> np.dtype[Any]:
+    """numpy dtype for an engine I/O tensor, or TensorRTApiError naming the tensor and its TensorRT type."""
+    for member_name, np_type in _HOST_DTYPES.items():
+        if getattr(trt.DataType, member_name, None) == dtype:
+            return np.dtype(np_type)
+    raise TensorRTApiError(f"engine tensor {name!r} has dtype {getattr(dtype, 'name', dtype)}, which the host side "
+                           "cannot hold; the contract keeps graph inputs/outputs in float32/int64/bool")
+
+
+def device_memory_size(engine: Any) -> int | None:
+    """Scratch bytes an execution context needs (`device_memory_size_v2`, 10.1+), None when not exposed."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    return None if size is None else int(size)
+
+
+def user_managed_context(trt: Any, engine: Any, ptr: int, size: int) -> Any:
+    """An execution context on caller-owned scratch memory (10.1+: USER_MANAGED + set_device_memory(ptr, size))."""
+    strategy = member(trt, "ExecutionContextAllocationStrategy", "USER_MANAGED")
+    ctx = engine.create_execution_context(strategy)
+    if ctx is not None:
+        ctx.set_device_memory(ptr, size)
+    return ctx
