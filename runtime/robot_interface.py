@@ -118,9 +118,8 @@ class RobotInterface:
             missing = [n for n in self.state_names if n not in names]
             extra = [n for n in names if n not in self.state_names]
             if missing or extra:
-                key = (missing or extra)[0]
-                raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}']: motor '{key}' "
-                                          f"{'missing' if missing else 'not in the artifact'}; "
+                what = [f"motor '{n}' missing" for n in missing] + [f"motor '{n}' not in the artifact" for n in extra]
+                raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}']: {', '.join(what)}; "
                                           f"the artifact expects {list(self.state_names)}")
         elif len(names) != self.state_dim:
             raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}']: {len(names)} motors, "

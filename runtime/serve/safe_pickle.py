@@ -95,7 +95,15 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order="F" if order == "F" else "C").copy()
 
 
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """Protocol-2 pickles spell bytes as `_codecs.encode(str, 'latin1')`; only that form is admitted."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise PayloadError("_codecs.encode refused (only str → latin1 bytes)")
+    return text.encode("latin1")
+
+
 _ADMITTED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1,
     (_HELPERS, "RemotePolicyConfig"): RemotePolicyConfig,
     (_HELPERS, "TimedObservation"): TimedObservation,
     ("numpy", "ndarray"): _NdarrayType,
