@@ -4,6 +4,7 @@ truncated streams, wrong feature sets, a client vanishing mid-stream, a missing 
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import threading
 import time
@@ -75,6 +76,19 @@ def good_client_is_served(port: int) -> None:
         c.close()
 
 
+@contextlib.contextmanager
+def then_good_client(port: int, setup: bool = True):
+    """A client for the bad input; afterwards a second, well-behaved client must still be served."""
+    c = Client(port)
+    if setup:
+        c.setup()
+    try:
+        yield c
+    finally:
+        c.close()
+    good_client_is_served(port)
+
+
 def refused(call, code: grpc.StatusCode, *words: str) -> str:
     with pytest.raises(grpc.RpcError) as err:
         call()
@@ -123,28 +137,20 @@ def test_code_running_pickle_never_runs(server, tmp_path):
     {"x": __import__("collections").OrderedDict(a=1)},
 ])
 def test_unknown_classes_refused(server, payload):
-    _, port = server
-    c = Client(port)
-    c.setup()
     data = pickle.dumps(helpers.TimedObservation(0.0, 0, payload, True))
-    refused(lambda: c.observe(data), grpc.StatusCode.INVALID_ARGUMENT, "refused")
-    c.close()
-    good_client_is_served(port)
+    with then_good_client(server[1]) as c:
+        refused(lambda: c.observe(data), grpc.StatusCode.INVALID_ARGUMENT, "refused")
 
 
 def test_oversize_and_truncated_streams(server):
-    _, port = server
-    c = Client(port)
-    c.setup()
     big = b"\0" * (3 << 20)  # 3 MB in 512 kB chunks > the 1 MB bound of this server
-    refused(lambda: c.stub.SendObservations(chunks(big, 512 << 10)), grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds")
-    refused(lambda: c.stub.SendObservations(chunks(b"\0" * (5 << 20), 5 << 20)), grpc.StatusCode.RESOURCE_EXHAUSTED)
-    refused(lambda: c.stub.SendObservations(chunks(observation_bytes(), 4096, end=False)),
-            grpc.StatusCode.INVALID_ARGUMENT, "truncated")
     cut = observation_bytes()[:-100]
-    refused(lambda: c.observe(cut), grpc.StatusCode.INVALID_ARGUMENT, "undecodable")
-    c.close()
-    good_client_is_served(port)
+    with then_good_client(server[1]) as c:
+        refused(lambda: c.stub.SendObservations(chunks(big, 512 << 10)), grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds")
+        refused(lambda: c.stub.SendObservations(chunks(b"\0" * (5 << 20), 5 << 20)), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        refused(lambda: c.stub.SendObservations(chunks(observation_bytes(), 4096, end=False)),
+                grpc.StatusCode.INVALID_ARGUMENT, "truncated")
+        refused(lambda: c.observe(cut), grpc.StatusCode.INVALID_ARGUMENT, "undecodable")
 
 
 @pytest.mark.parametrize(("kw", "key"), [
@@ -154,22 +160,15 @@ def test_oversize_and_truncated_streams(server):
     ({"cameras": ()}, "observation.images.top"),
 ])
 def test_wrong_feature_sets_name_the_key(server, kw, key):
-    _, port = server
-    c = Client(port)
-    refused(lambda: c.setup(setup_bytes(**kw)), grpc.StatusCode.INVALID_ARGUMENT, key)
-    c.close()
-    good_client_is_served(port)
+    with then_good_client(server[1], setup=False) as c:
+        refused(lambda: c.setup(setup_bytes(**kw)), grpc.StatusCode.INVALID_ARGUMENT, key)
 
 
 def test_observation_missing_a_motor_is_refused(server):
-    _, port = server
-    c = Client(port)
-    c.setup()
     obs = {"x": 0.1, "top": np.zeros((64, 64, 3), np.uint8), "task": "reach the red target"}
-    c.observe(pickle.dumps(helpers.TimedObservation(0.0, 0, obs, True)))
-    refused(c.actions, grpc.StatusCode.INVALID_ARGUMENT, "'y'")
-    c.close()
-    good_client_is_served(port)
+    with then_good_client(server[1]) as c:
+        c.observe(pickle.dumps(helpers.TimedObservation(0.0, 0, obs, True)))
+        refused(c.actions, grpc.StatusCode.INVALID_ARGUMENT, "'y'")
 
 
 def test_client_vanishing_mid_stream(server):
