@@ -60,6 +60,7 @@ class SimReachRobot:
         self.finished = threading.Event()
         self._lock = threading.Lock()
         self._obs: dict[str, Any] | None = None
+        self._start(0)
 
     # ----------------------------------------------------------- LeRobot Robot API
     @property
@@ -81,7 +82,6 @@ class SimReachRobot:
 
     def connect(self, calibrate: bool = True) -> None:
         self.connected = True
-        self._start(0)
 
     def calibrate(self) -> None:
         pass
