@@ -111,7 +111,7 @@ def test_repeated_faults_stop_safely(on_stop):
 
 
 def test_interface_maps_robot_dicts_both_ways():
-    policy, _, robot, iface = make()
+    _, _, robot, iface = make()
     robot.connect()
     obs = iface.observation(robot.get_observation())
     assert set(obs) == {"observation.images.top", "observation.state", "task"}
