@@ -208,3 +208,19 @@ def test_token_and_public_bind():
         ok.observe()
         assert len(ok.actions()) == 10
         ok.close()
+
+
+def test_reconnecting_and_idle_clients_release_their_sessions():
+    with running_server(session_idle_s=0.2) as (svc, port):
+        a = Client(port)
+        a.setup()
+        a.observe()
+        assert len(a.actions()) == 10
+        a.setup()  # the same client sets up again: its session is replaced, its counters kept
+        assert svc.stats()["sessions"] == 1 and svc.stats()["policy"]["resamples"] == 1
+        time.sleep(0.3)
+        b = Client(port)
+        b.setup()  # a's session went idle: dropped when b sets up
+        assert svc.stats()["sessions"] == 1 and svc.stats()["policy"]["ticks"] == 1
+        a.close()
+        b.close()

@@ -51,6 +51,7 @@ class ServeConfig:
     max_observation_bytes: int = 32 << 20
     get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
     max_workers: int = 16
+    session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
     seed: int = 0
 
 
@@ -73,7 +74,7 @@ class InferenceServicer:
         self._sessions_lock = threading.Lock()
         self._infer_lock = threading.Lock()  # one backend: inference runs one session at a time
         self.counters: Counter[str] = Counter()
-        self._retired: list[EdgePolicy] = []
+        self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
 
     # ----------------------------------------------------------------- helpers
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
@@ -88,8 +89,9 @@ class InferenceServicer:
     def stats(self) -> dict[str, Any]:
         """Server counters plus the summed EdgePolicy counters of every session (gate savings show here)."""
         with self._sessions_lock:
-            policies = [s.policy for s in self.sessions.values()] + self._retired
-        pol = session_counters(policies)
+            pol = session_counters([s.policy for s in self.sessions.values()])
+            for k, v in self._retired.items():
+                pol[k] = pol.get(k, 0) + v
         gated = self.counters["observations_processed"]
         return {**dict(self.counters), "policy": pol, "sessions": len(self.sessions),
                 "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None}
@@ -115,10 +117,12 @@ class InferenceServicer:
                             verify_hashes=False)
         session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps)
         with self._sessions_lock:
-            old = self.sessions.pop(peer, None)
-            if old is not None:
+            now = time.monotonic()
+            stale = [p for p, s in self.sessions.items() if p == peer or now - s.last_seen > self.cfg.session_idle_s]
+            for p in stale:  # a reconnecting client, or clients gone quiet for session_idle_s
+                old = self.sessions.pop(p)
                 old.close()
-                self._retired.append(old.policy)
+                self._retired.update(old.policy.counters.as_dict())
             self.sessions[peer] = session
         self.counters["setups"] += 1
         log.info("client %s: policy_type=%r, %d actions per chunk, motors %s (requested %r is served by %s)",
