@@ -51,13 +51,14 @@ def served(port: int, episodes: int, *, seed: int = 0, action_bound: float | Non
 
 
 def direct(artifacts: str | Path, episodes: int, *, seed: int = 0, gate: str = "drift",
-           action_bound: float | None = None) -> SimReachRobot:
+           action_bound: float | None = None) -> tuple[SimReachRobot, dict[str, int]]:
+    """The same episodes with EdgePolicy stepped on the loop thread; returns the robot and the policy counters."""
     robot = SimReachRobot(SimReachSettings(episodes=episodes, seed=seed, perturb=True, action_bound=action_bound))
     with EdgePolicy(artifacts, gate=gate) as policy:
         interface = RobotInterface.from_manifest(policy.manifest)
         run_robot(robot, SyncSource(policy, interface), interface, policy.guard.stop_action, fps=1e6,
                   should_stop=robot.finished.is_set)
-    return robot
+        return robot, policy.counters.as_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,11 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         stats = svc.stats()
     finally:
         server.stop(grace=None).wait()
-    d = direct(args.artifacts, args.episodes, gate=args.gate, action_bound=max(bound))
+    d, direct_counters = direct(args.artifacts, args.episodes, gate=args.gate, action_bound=max(bound))
     res = {"episodes": args.episodes, "gate": args.gate, "fps": args.fps, "served_success": s.success_rate,
            "direct_success": d.success_rate, "served_unsafe": s.unsafe, "direct_unsafe": d.unsafe,
            "served_steps_mean": sum(o.steps for o in s.outcomes) / len(s.outcomes),
-           "direct_steps_mean": sum(o.steps for o in d.outcomes) / len(d.outcomes), "server": stats}
+           "direct_steps_mean": sum(o.steps for o in d.outcomes) / len(d.outcomes),
+           "served_resamples_per_observation": stats["policy"]["resamples"] / max(1, stats["observations_processed"]),
+           "direct_resamples_per_tick": direct_counters["resamples"] / max(1, direct_counters["ticks"]),
+           "server": stats, "direct": direct_counters}
     print(json.dumps(res, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ class EpisodeOutcome:
     seed: int
     success: bool
     steps: int
+    final_distance: float
 
 
 class SimReachRobot:
@@ -116,7 +117,8 @@ class SimReachRobot:
                 return dict(zip(ACTION_NAMES, a.tolist(), strict=True))
             self._obs, done, _ = self.env.step(a)
             if done:
-                self.outcomes.append(EpisodeOutcome(self.env.seed, bool(self.env.success), self.env.t))
+                dist = float(np.linalg.norm(self.env.agent_position - self.env.goal_position))
+                self.outcomes.append(EpisodeOutcome(self.env.seed, bool(self.env.success), self.env.t, dist))
                 self._start(len(self.outcomes))
         return dict(zip(ACTION_NAMES, a.tolist(), strict=True))
 
