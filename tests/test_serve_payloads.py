@@ -63,3 +63,22 @@ def test_replies_unpickle_as_lerobot_timed_actions(acts, first, t0, dt):
         a = ta.get_action()
         assert isinstance(a, torch.Tensor) and a.dtype == torch.float32 and a.device.type == "cpu"
         np.testing.assert_array_equal(a.numpy(), acts[i])
+
+
+def test_shared_references_cannot_blow_up_the_check():
+    tree = [0.0] * 4000
+    for _ in range(3):  # 60 kB of pickle, 6.4e13 values once expanded
+        tree = [tree] * 4000
+    data = pickle.dumps(helpers.TimedObservation(0.0, 0, {"a": tree}, True))
+    assert len(data) < 100_000
+    with pytest.raises(safe_pickle.PayloadError, match="more than"):
+        safe_pickle.loads(data, safe_pickle.TimedObservation)
+
+
+def test_a_pickle_cannot_retune_numpys_shared_dtypes():
+    # dtype("f4") then BUILD with a big-endian state: whatever numpy does with it, float32 stays native
+    evil = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f4\x89\x88\x87R"
+            b"(K\x03X\x01\x00\x00\x00>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.")
+    with pytest.raises(safe_pickle.PayloadError):
+        safe_pickle.loads(evil, safe_pickle.TimedObservation)
+    assert np.dtype("f4").byteorder == "=" and np.zeros(1, np.float32).dtype.isnative

@@ -20,6 +20,7 @@ _HELPERS = "lerobot.async_inference.helpers"
 _DTYPES = {"b1", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8"}
 MAX_ARRAY_BYTES = 64 << 20
 MAX_ITEMS = 4096  # keys in an observation / features dict
+MAX_NODES = 100_000  # values visited when checking one payload (memo references can nest a small pickle into a huge tree)
 
 
 class PayloadError(ValueError):
@@ -72,7 +73,7 @@ class _NdarrayType:
 def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
     if not isinstance(spec, str) or spec not in _DTYPES:
         raise PayloadError(f"numpy dtype {spec!r} refused (numeric dtypes only)")
-    return np.dtype(spec)
+    return np.dtype(spec, copy=True)  # a copy: the pickle's BUILD must never touch numpy's shared descriptors
 
 
 def _reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
@@ -142,8 +143,12 @@ def loads(data: bytes, expect: type) -> Any:
     return obj
 
 
-def _plain(value: Any, where: str, depth: int = 0) -> None:
+def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> None:
     """Plain data only: str/int/float/bool/None, numeric arrays, and lists/tuples/dicts of them."""
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PayloadError(f"{where}: more than {MAX_NODES} values")
     if depth > 8:
         raise PayloadError(f"{where}: nested too deep")
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -156,7 +161,7 @@ def _plain(value: Any, where: str, depth: int = 0) -> None:
         if len(value) > MAX_ITEMS:
             raise PayloadError(f"{where}: {len(value)} items exceed {MAX_ITEMS}")
         for i, v in enumerate(value):
-            _plain(v, f"{where}[{i}]", depth + 1)
+            _plain(v, f"{where}[{i}]", depth + 1, budget)
         return
     if isinstance(value, Mapping):
         if len(value) > MAX_ITEMS:
@@ -164,7 +169,7 @@ def _plain(value: Any, where: str, depth: int = 0) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise PayloadError(f"{where}: key {k!r} is not a string")
-            _plain(v, f"{where}.{k}", depth + 1)
+            _plain(v, f"{where}.{k}", depth + 1, budget)
         return
     raise PayloadError(f"{where}: type {type(value).__name__} refused")
 
