@@ -138,6 +138,10 @@ class InferenceServicer:
                 raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, "no policy setup from this client (call SendPolicyInstructions first)")
             obs = loads(data, TimedObservation)
         except _Refused as exc:
+            if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
+                self.counters["streams_broken"] += 1
+                log.warning("observation stream from %s ended with the client gone: %s", context.peer(), exc.reason)
+                return wire.Empty()
             self._refuse(context, exc.code, exc.reason)
             return wire.Empty()
         except PayloadError as exc:
