@@ -75,6 +75,7 @@ class ThreadedSource:
         self._busy = False
         self._last = SourceAction(None)
         self._stop = False
+        self._error: str | None = None  # the worker's last failure, raised by the next tick (a loop fault)
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._work, name="runtime-robot-inference", daemon=True)
         self._thread.start()
@@ -86,6 +87,9 @@ class ThreadedSource:
 
     def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
         with self._lock:
+            error, self._error = self._error, None
+            if error is not None:
+                raise RuntimeError(f"inference: {error}")
             for t in [t for t in self._buf if t < tick]:
                 del self._buf[t]
             if not self._busy:  # the worker takes the newest observation; the robot executed up to tick - 1
@@ -112,9 +116,10 @@ class ThreadedSource:
                     for i, row in enumerate(chunk.actions):  # a new chunk replaces the old plan from its start
                         self._buf[chunk.first_timestep + i] = row
                     self._last = SourceAction(None, chunk.gate_reason, chunk.resampled, chunk.latency_ms)
-            except Exception as exc:  # noqa: BLE001 — reported per tick; the loop's fault rule decides
+            except Exception as exc:  # noqa: BLE001 — raised on the next tick; the loop's fault rule decides
                 self.errors.append(str(exc))
-                log.warning("inference failed: %s", exc)
+                with self._lock:
+                    self._error = str(exc)
             finally:
                 with self._lock:
                     self._busy = False
@@ -165,11 +170,11 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
             try:
                 obs = robot.get_observation()
                 sa = source.next_action(tick, obs)
-                if sa.action is None:
+                if sa.action is None:  # nothing ready: the robot holds; neither a fault nor a recovery
                     rep.starved += 1
                 else:
                     robot.send_action(interface.action_dict(sa.action))
-                consecutive = 0
+                    consecutive = 0
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 — a fault: counted, the loop's fault rule decides

@@ -121,3 +121,14 @@ def test_interface_maps_robot_dicts_both_ways():
         iface.observation({"x": 0.1, "top": np.zeros((64, 64, 3), np.uint8)})
     with pytest.raises(RobotInterfaceError, match="'x' must be a number"):
         iface.observation({"x": "0.1", "y": 0.2, "top": np.zeros((64, 64, 3), np.uint8)})
+
+
+def test_worker_inference_failures_count_as_faults():
+    policy, _, robot, iface = make()
+    real_obs = robot.get_observation
+    robot.get_observation = lambda: {**real_obs(), "x": float("nan")}  # the policy refuses a NaN state
+    source = ThreadedSource(policy, iface)
+    rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=100, max_ticks=200, max_faults=3)
+    assert "consecutive faults" in rep.stop_reason and "observation.state" in rep.stop_reason
+    assert rep.stops_sent == 1 and robot.sent and np.array_equal(robot.sent[-1], policy.guard.stop_action)
+    assert len(robot.sent) == 1  # nothing but the stop action ever reached the robot
