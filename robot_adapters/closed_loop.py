@@ -7,12 +7,13 @@ Used by the tests and by `python -m robot_adapters.closed_loop` (the numbers in 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import threading
 from pathlib import Path
 
-from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
+from robot_adapters.sim_reach import ACTION_NAMES, STATE_NAMES, SimReachRobot, SimReachSettings
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
 from runtime.robot_loop import SyncSource, run_robot
@@ -56,6 +57,8 @@ def direct(artifacts: str | Path, episodes: int, *, seed: int = 0, gate: str = "
     robot = SimReachRobot(SimReachSettings(episodes=episodes, seed=seed, perturb=True, action_bound=action_bound))
     with EdgePolicy(artifacts, gate=gate) as policy:
         interface = RobotInterface.from_manifest(policy.manifest)
+        if interface.state_names is None:  # an export without a robot section: the sim robot's names
+            interface = dataclasses.replace(interface, state_names=STATE_NAMES, action_names=ACTION_NAMES)
         run_robot(robot, SyncSource(policy, interface), interface, policy.guard.stop_action, fps=1e6,
                   should_stop=robot.finished.is_set)
         return robot, policy.counters.as_dict()
