@@ -6,8 +6,9 @@ robot registered, so path (a) of docs/07-robot.md runs without hardware:
         --actions_per_chunk=10 --chunk_size_threshold=1.0 --fps=10
 """
 
-import robot_adapters.config_sim_reach  # noqa: F401  (registers --robot.type=sim_reach)
 from lerobot.async_inference.robot_client import async_client
+
+import robot_adapters.config_sim_reach  # noqa: F401  (registers --robot.type=sim_reach)
 
 if __name__ == "__main__":
     async_client()
