@@ -74,7 +74,7 @@ def test_rate_holds_at_30hz_with_100ms_inference():
           f"{slow.denoises} resamples of >= 100 ms, {rep.starved} starved ticks of {rep.ticks}")
     assert abs(rate - FPS) / FPS <= 0.05
     assert slow.denoises >= 10  # inference really was slow and ran all along
-    assert rep.starved <= 10  # only the first chunk is waited for
+    assert rep.starved <= 15  # only the first chunk is waited for (about 4 ticks when the CPU is idle)
     assert robot.unsafe == 0 and rec.disconnects == 1 and rep.stops_sent == 0
 
 
