@@ -47,10 +47,13 @@ def test_dataset_mismatch_names_the_feature(dataset_root, tmp_path):
         robot_section(tmp_path, 2, 2, [])
 
 
-def test_dataset_root_from_train_config(tmp_path):
+def test_dataset_root_from_train_config(tmp_path, dataset_root, capsys):
     assert dataset_root_from_checkpoint(tmp_path) is None
-    (tmp_path / "train_config.json").write_text(json.dumps({"dataset": {"repo_id": "local/reach", "root": "data/reach"}}))
-    assert str(dataset_root_from_checkpoint(tmp_path)) == "data/reach"
+    (tmp_path / "train_config.json").write_text(json.dumps({"dataset": {"repo_id": "local/reach", "root": str(dataset_root)}}))
+    assert dataset_root_from_checkpoint(tmp_path) == dataset_root
+    (tmp_path / "train_config.json").write_text(json.dumps({"dataset": {"repo_id": "local/reach", "root": "elsewhere/reach"}}))
+    assert dataset_root_from_checkpoint(tmp_path) is None  # trained on another machine: no section, a warning
+    assert "--dataset-root" in capsys.readouterr().err
 
 
 def test_runtime_reads_it_and_the_sim_robot_matches(dataset_root, tmp_path):

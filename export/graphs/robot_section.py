@@ -6,6 +6,7 @@ The dataset is `--dataset-root`, else the `dataset.root` in the checkpoint's tra
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from export.graphs.checkpoint_loading import ExportInputError
@@ -14,11 +15,18 @@ IMAGES_PREFIX = "observation.images."
 
 
 def dataset_root_from_checkpoint(checkpoint: Path | None) -> Path | None:
-    """`dataset.root` from lerobot's train_config.json next to the weights (None when absent)."""
+    """`dataset.root` from lerobot's train_config.json next to the weights, if that dataset is here (else None:
+    the export then has no robot section, and says so)."""
     if checkpoint is None or not (Path(checkpoint) / "train_config.json").is_file():
         return None
     root = (json.loads((Path(checkpoint) / "train_config.json").read_text()).get("dataset") or {}).get("root")
-    return Path(root) if root else None
+    if not root:
+        return None
+    if not (Path(root) / "meta" / "info.json").is_file():
+        print(f"[export] train_config's dataset '{root}' is not here: no robot section (pass --dataset-root)",
+              file=sys.stderr)
+        return None
+    return Path(root)
 
 
 def robot_section(dataset_root: Path, action_dim: int, state_dim: int, camera_keys: list[str],
