@@ -12,6 +12,7 @@ faults the loop sends the manifest's stop action once (`on_stop="stop"`) or send
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +64,12 @@ class SyncSource:
 
 
 class ThreadedSource:
-    """Chunks planned on a worker thread from the latest observation; the loop pops one action per tick."""
+    """Chunks planned on a worker thread from the latest observation; the loop pops one action per tick.
+
+    The gate runs on every observation the worker takes. A resample is forced early enough that the next
+    chunk lands before the queued one runs out: when fewer actions are left than a resample takes ticks
+    (measured: EMA of resample latency over the loop period, plus one).
+    """
 
     def __init__(self, policy: EdgePolicy, interface: RobotInterface, task: str | None = None):
         self.planner = ChunkPlanner(policy, interface)
@@ -76,6 +82,9 @@ class ThreadedSource:
         self._last = SourceAction(None)
         self._stop = False
         self._error: str | None = None  # the worker's last failure, raised by the next tick (a loop fault)
+        self._resample_ms: float | None = None  # EMAs: resample latency, loop period
+        self._period_ms: float | None = None
+        self._last_call: float | None = None
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._work, name="runtime-robot-inference", daemon=True)
         self._thread.start()
@@ -90,13 +99,18 @@ class ThreadedSource:
             error, self._error = self._error, None
             if error is not None:
                 raise RuntimeError(f"inference: {error}")
+            now = time.perf_counter()
+            if self._last_call is not None:
+                self._period_ms = _ema(self._period_ms, (now - self._last_call) * 1e3)
+            self._last_call = now
             for t in [t for t in self._buf if t < tick]:
                 del self._buf[t]
             if not self._busy:  # the worker takes the newest observation; the robot executed up to tick - 1
                 obs = dict(robot_obs)
                 if self.task is not None:
                     obs["task"] = self.task
-                self._job, self._busy = (obs, tick - 1, tick not in self._buf), True
+                must_go = len(self._buf) < self.lead_ticks  # refill before the queue runs dry
+                self._job, self._busy = (obs, tick - 1, must_go), True
                 self._wake.notify()
             a = self._buf.pop(tick, None)
             last = self._last
@@ -116,6 +130,8 @@ class ThreadedSource:
                     for i, row in enumerate(chunk.actions):  # a new chunk replaces the old plan from its start
                         self._buf[chunk.first_timestep + i] = row
                     self._last = SourceAction(None, chunk.gate_reason, chunk.resampled, chunk.latency_ms)
+                    if chunk.resampled:
+                        self._resample_ms = _ema(self._resample_ms, chunk.latency_ms)
             except Exception as exc:  # noqa: BLE001 — raised on the next tick; the loop's fault rule decides
                 self.errors.append(str(exc))
                 with self._lock:
@@ -124,11 +140,22 @@ class ThreadedSource:
                 with self._lock:
                     self._busy = False
 
+    @property
+    def lead_ticks(self) -> int:
+        """Actions that must still be queued when a resample starts (≥ 1: an empty queue always resamples)."""
+        if self._resample_ms is None or not self._period_ms:
+            return 1
+        return math.ceil(self._resample_ms / self._period_ms) + 1
+
     def close(self) -> None:
         with self._lock:
             self._stop = True
             self._wake.notify_all()
         self._thread.join(timeout=5)
+
+
+def _ema(prev: float | None, x: float, alpha: float = 0.2) -> float:
+    return x if prev is None else prev + alpha * (x - prev)
 
 
 @dataclass
