@@ -2,6 +2,8 @@
 
     python -m runtime info --artifacts artifacts/onnx     # verify and summarise an artifact folder
     python -m runtime info --artifacts artifacts/onnx --expect-digest sha256:… --trusted-key keys/export.pub
+    python -m runtime serve --artifacts artifacts/onnx --port 8080   # LeRobot's robot client talks to this
+    python -m runtime robot --artifacts artifacts/onnx --robot.type=so101_follower --robot.port=...
 
 Closed-loop evaluation on the simulated task is a development tool: `python -m evaluation run ...`.
 """
@@ -11,8 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime import policy_arguments
+from runtime import policy_arguments, robot_command
 from runtime.manifest import Manifest, ManifestError
+from runtime.serve import command as serve_command
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -56,13 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--artifacts", default="artifacts/onnx")
     add_identity_arguments(info)
     info.set_defaults(func=_info)
+    serve_command.add_parser(sub)
+    robot_command.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    robot_args = [a for a in rest if a.startswith("--robot.")]
+    if rest and (args.command != "robot" or len(robot_args) != len(rest)):
+        build_parser().parse_args(argv)  # unknown flags: argparse's own error
     try:
-        return args.func(args)
+        return args.func(args, robot_args) if args.command == "robot" else args.func(args)
     except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, no TensorRT
         print(f"error: {exc}", file=sys.stderr)
         return 2

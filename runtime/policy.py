@@ -176,6 +176,20 @@ class EdgePolicy:
         with self._lock:
             self.backend.close()
 
+    # --------------------------------------------- plans executed elsewhere (runtime.serve)
+    def advance(self, n: int) -> int:
+        """Drop up to `n` queued actions a remote robot already executed; returns how many were dropped."""
+        k = max(0, min(int(n), self._queue_left))
+        for _ in range(k):
+            self._pop()
+        return k
+
+    def queued_actions(self) -> np.ndarray:
+        """The queued plan in raw action units [R, action_dim] (to send ahead; not yet through the guard)."""
+        if self._plan is None or self._queue_left == 0:
+            return np.zeros((0, self.manifest.dims.action_dim), dtype=np.float32)
+        return self.unnormalize(self._plan[: self._queue_left])
+
     def __enter__(self) -> EdgePolicy:  # noqa: PYI034
         return self
 

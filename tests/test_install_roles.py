@@ -18,7 +18,7 @@ ROLES = {  # extra -> (requirement files, the package that role runs, the other 
     "eval": (["runtime/requirements.txt", "evaluation/requirements.txt"], "evaluation", {"cuda"}),
 }
 # distribution name -> import name, for those that differ; tensorrt comes from JetPack, not pip
-IMPORT_NAME = {"cuda-python": "cuda", "onnxruntime": "onnxruntime"}
+IMPORT_NAME = {"cuda-python": "cuda", "onnxruntime": "onnxruntime", "grpcio": "grpc", "protobuf": "google"}
 FIRST_PARTY = {"runtime", "evaluation", "simtask"}
 OUTSIDE_PIP = {"tensorrt"}  # JetPack's bindings
 

@@ -72,3 +72,15 @@ def test_forbidden_import_would_be_caught(tmp_path):
     tree = ast.parse(planted.read_text())
     found = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert "torch" in found and "torch" in FORBIDDEN["runtime"]
+
+
+def test_serve_and_the_simulated_robot_import_without_torch():
+    """`runtime serve`, `runtime robot` and the simulated robot (and its factory) load no training side."""
+    mods = ["runtime.serve.server", "runtime.serve.command", "runtime.robot_command", "runtime.cli",
+            "robot_adapters.sim_reach", "robot_adapters.factory"]
+    code = (f"import importlib, sys\nfor m in {mods!r}: importlib.import_module(m)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lerobot', 'transformers'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert {"runtime.serve.server", "runtime.serve.safe_pickle"} <= set(_modules("runtime"))  # covered above too

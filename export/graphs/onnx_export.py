@@ -34,6 +34,7 @@ from export.graphs.graph_wrappers import (
     example_inputs,
 )
 from export.graphs.onnx_checks import graph_problems
+from export.graphs.robot_section import dataset_root_from_checkpoint, robot_section
 from export.graphs.tensorrt_rewrites import make_tensorrt_portable
 from export.signing import SigningError, load_private_key, stamp_identity
 from export.trt.parser_compat import check_model, rules
@@ -119,7 +120,7 @@ def _bounds(stats: dict, key: str, margin: float) -> dict:
 
 
 def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, files: dict, seconds: float,
-                   stop_action: list[float] | None = None) -> dict:
+                   stop_action: list[float] | None = None, robot: dict | None = None) -> dict:
     policy = loaded.policy
     cfg, model = policy.config, policy.model
     vlm_text = model.vlm_with_expert.config.text_config
@@ -131,7 +132,7 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
     cams = [{"key": k, "height": int(f.shape[1]), "width": int(f.shape[2]), "channels": int(f.shape[0])}
             for k, f in cfg.image_features.items()]
     h, w = cfg.resize_imgs_with_padding
-    return {
+    manifest = {
         "format_version": FORMAT_VERSION,
         "producer": "smolvla-cls-edge export.graphs.onnx_export",
         "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -172,10 +173,14 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
         "export_seconds": round(seconds, 2),
         "files": files,
     }
+    if robot is not None:  # optional: motor names, cameras, fps from the LeRobotDataset (docs/07-robot.md)
+        manifest["robot"] = robot
+    return manifest
 
 
 def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
-                     progress: bool = True, stop_action: list[float] | None = None, signing_key: object = None) -> dict:
+                     progress: bool = True, stop_action: list[float] | None = None, signing_key: object = None,
+                     dataset_root: Path | None = None) -> dict:
     """Write the artifact folder atomically; returns the manifest (identity signed when `signing_key` is given)."""
     from tqdm import tqdm
 
@@ -184,6 +189,10 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
     action_dim = loaded.policy.config.action_feature.shape[0]
     if stop_action is not None and len(stop_action) != action_dim:
         raise ExportInputError(f"--stop-action: expected {action_dim} values (action_dim), got {len(stop_action)}")
+    cfg = loaded.policy.config
+    root = dataset_root or (None if loaded.preset else dataset_root_from_checkpoint(Path(loaded.source)))
+    robot = None if root is None else robot_section(root, action_dim, cfg.robot_state_feature.shape[0],
+                                                    list(cfg.image_features))
     with atomic_folder(out) as tmp:
         model = loaded.policy.model.eval()
         n_cams = len(loaded.policy.config.image_features)
@@ -203,7 +212,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         else:
             gate = uncalibrated(model)
         files = file_records(tmp)
-        manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action)
+        manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action, robot)
         stamp_identity(manifest, signing_key)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -221,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="raw action the runtime emits to stop (default: zeros = no displacement)")
     parser.add_argument("--sign-key", type=Path, default=None,
                         help="Ed25519 private key (python -m export.signing keygen) to sign the artifact digest")
+    parser.add_argument("--dataset-root", type=Path, default=None,
+                        help="LeRobotDataset for the manifest's robot section (default: the checkpoint's train_config)")
     args = parser.parse_args(argv)
     try:
         key = load_private_key(args.sign_key) if args.sign_key is not None else None
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_checkpoint(args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
         manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
                                     calib_episodes=args.calib_episodes, stop_action=args.stop_action,
-                                    signing_key=key)
+                                    signing_key=key, dataset_root=args.dataset_root)
     except (ExportInputError, SigningError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,46 @@
+"""Build a robot from `--robot.type=... --robot.<field>=...` flags (what `runtime robot` passes on).
+
+`sim_reach` is built here without lerobot; any other type goes through lerobot's own config parser
+(draccus) and `make_robot_from_config`, with lerobot's cameras and third-party robot plugins registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
+
+
+def _sim(args: list[str]) -> SimReachRobot:
+    p = argparse.ArgumentParser(prog="--robot.type=sim_reach")
+    p.add_argument("--robot.type", dest="type")
+    p.add_argument("--robot.episodes", dest="episodes", type=int, default=40)
+    p.add_argument("--robot.seed", dest="seed", type=int, default=0)
+    p.add_argument("--robot.perturb", dest="perturb", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--robot.task_color", dest="task_color", default="red")
+    ns = p.parse_args(args)
+    return SimReachRobot(SimReachSettings(episodes=ns.episodes, seed=ns.seed, perturb=ns.perturb, task_color=ns.task_color))
+
+
+def make_robot(args: list[str]) -> Any:
+    """A connected-on-demand robot object with LeRobot's Robot interface."""
+    types = [a.split("=", 1)[1] for a in args if a.startswith("--robot.type=")]
+    if not types:
+        raise ValueError("no robot given: pass --robot.type=<lerobot robot type or sim_reach> and its --robot.* flags")
+    if types[-1] == "sim_reach":
+        return _sim(args)
+    import draccus  # lerobot's config parser
+    from lerobot.cameras.opencv.configuration_opencv import OpenCVCameraConfig  # noqa: F401  (registers 'opencv')
+    from lerobot.robots import RobotConfig, make_robot_from_config
+    from lerobot.utils.import_utils import register_third_party_plugins
+
+    register_third_party_plugins()
+
+    @dataclass
+    class _Args:
+        robot: RobotConfig
+
+    cfg = draccus.parse(config_class=_Args, args=args)
+    return make_robot_from_config(cfg.robot)

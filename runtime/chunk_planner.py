@@ -1,0 +1,65 @@
+"""Chunks for a robot that executes actions itself (LeRobot's robot client, or `runtime robot`'s worker):
+one EdgePolicy tick per observation, its plan lined up with the robot's action timesteps.
+
+Timesteps: an observation is stamped with the last action the robot executed (t). The action the policy
+emits for it is numbered t + 1 (the next one the robot runs), the queued rest t + 2, …; the robot drops
+any that elapsed meanwhile. Before gating, the policy's queue is advanced past the actions the robot
+executed since the last chunk, so the gate compares against what is left of the plan the robot runs.
+The gate keeps the plan → an empty chunk (the robot keeps its queue); a resample or a refined plan →
+the whole remaining plan; `must_go` (the robot's queue ran dry) forces a resample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.policy import EdgePolicy
+from runtime.robot_interface import RobotInterface
+from runtime.safety import ActionGuard
+
+
+@dataclass
+class Chunk:
+    actions: np.ndarray  # [n, action_dim] raw, inside action_bounds; n == 0 → keep the plan
+    first_timestep: int
+    resampled: bool
+    forced: bool
+    gate_reason: str
+    latency_ms: float
+
+
+class ChunkPlanner:
+    def __init__(self, policy: EdgePolicy, interface: RobotInterface, state_names: tuple[str, ...] | None = None,
+                 max_actions: int | None = None):
+        self.policy = policy
+        self.interface = interface
+        self.state_names = state_names
+        self.max_actions = max_actions
+        m = policy.manifest
+        # vets the queued rows sent ahead; separate from the policy's guard so its "last safe" stays the emitted one
+        self._ahead_guard = ActionGuard(m.action_bounds, m.stop_action, "hold", "clip")
+        self._next_timestep: int | None = None  # timestep of the policy queue's head
+
+    def plan(self, robot_obs: Mapping[str, Any], timestep: int, must_go: bool) -> Chunk:
+        t0 = time.perf_counter()
+        p = self.policy
+        obs = self.interface.observation(robot_obs, state_names=self.state_names)
+        nxt = timestep + 1  # the next action the robot will execute
+        if must_go or self._next_timestep is None:
+            p.advance(p.manifest.dims.chunk_size)  # queue dry on the robot → empty here too → resample
+        else:
+            p.advance(nxt - self._next_timestep)
+        action = p.step(obs)
+        info = p.last_info
+        self._next_timestep = nxt + 1
+        if info.resampled or info.refined:
+            ahead = [self._ahead_guard.check(a).action for a in p.queued_actions()]
+            rows = np.stack([action, *ahead])[: self.max_actions]
+        else:
+            rows = np.zeros((0, action.shape[0]), dtype=np.float32)
+        return Chunk(rows, nxt, info.resampled, bool(must_go), info.gate_reason, (time.perf_counter() - t0) * 1e3)

@@ -1,0 +1,72 @@
+"""`python -m runtime robot`: drive a robot with the runtime in a paced loop (see runtime.robot_loop).
+
+The robot comes from `--robot.type=...` plus `--robot.<field>=...` flags: `sim_reach` (the simulated
+reach robot, numpy only) or any lerobot robot built by lerobot's own factory (`robot_adapters.factory`,
+which imports lerobot; the runtime core does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+
+from runtime.policy import EdgePolicy
+from runtime.robot_interface import RobotInterface
+from runtime.robot_loop import SourceAction, SyncSource, ThreadedSource, run_robot
+
+ADAPTERS = "robot_adapters.factory"  # outside the runtime core; loaded only when a robot is asked for
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("robot", help="run the policy on a robot (LeRobot Robot interface) in a paced loop",
+                       epilog="robot flags: --robot.type=so101_follower --robot.port=/dev/ttyACM0 "
+                              "--robot.cameras='{top: {type: opencv, index_or_path: 0, width: 640, height: 480, fps: 30}}' "
+                              "(any lerobot robot), or --robot.type=sim_reach [--robot.episodes=N]")
+    p.add_argument("--artifacts", default="artifacts/onnx")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--gate", default="drift")
+    p.add_argument("--refine", action="store_true")
+    p.add_argument("--task", default=None, help="instruction (default: the robot's own `task`, if it has one)")
+    p.add_argument("--fps", type=float, default=None, help="loop rate (default: the manifest's robot.fps, else 30)")
+    p.add_argument("--inference", choices=["thread", "inline"], default="thread",
+                   help="plan chunks on a worker thread (holds the rate through slow resamples) or inline")
+    p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
+                   help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
+    p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
+    p.add_argument("--max-ticks", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=30, help="log one tick in N (1: every tick)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, robot_args: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("runtime.robot")
+    policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine)
+    iface = RobotInterface.from_manifest(policy.manifest)
+    if iface.state_names is None:
+        raise ValueError(f"{args.artifacts}: the manifest has no 'robot' section (motor names); re-export with "
+                         "a LeRobotDataset (export --dataset-root) to drive a robot")
+    robot = importlib.import_module(ADAPTERS).make_robot(robot_args)
+    task = args.task if args.task is not None else getattr(robot, "task", None)
+    if task is None:
+        raise ValueError("--task is required: the instruction sent with every observation")
+    source = (ThreadedSource if args.inference == "thread" else SyncSource)(policy, iface, task=args.task)
+    fps = args.fps or iface.fps or 30.0
+    log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
+             args.artifacts, args.backend, args.gate, args.inference, task)
+
+    def on_tick(tick: int, sa: SourceAction, period_ms: float) -> None:
+        if tick % max(1, args.log_every) == 0:
+            log.info("tick %d: period %.1f ms, gate %s, resampled %s, inference %.1f ms%s", tick, period_ms,
+                     sa.gate_reason or "-", sa.resampled, sa.latency_ms, "" if sa.action is not None else ", no action (held)")
+
+    rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=fps, max_ticks=args.max_ticks,
+                    max_faults=args.max_faults, on_stop=args.on_stop, on_tick=on_tick)
+    print(json.dumps({"ticks": rep.ticks, "seconds": round(rep.seconds, 2), "rate_hz": round(rep.rate_hz, 2),
+                      "starved": rep.starved, "faults": rep.faults, "stop": rep.stop_reason or "end",
+                      "stops_sent": rep.stops_sent, "policy": policy.counters.as_dict()}))
+    policy.close()
+    return 0 if not rep.faults else 1

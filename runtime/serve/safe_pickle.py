@@ -1,0 +1,202 @@
+"""Restricted unpickling of the two payloads LeRobot's robot client sends: `RemotePolicyConfig` (setup) and
+`TimedObservation` (one robot observation). Plain `pickle.loads` on network bytes runs whatever callable the
+sender names; here `find_class` admits exactly the classes the protocol carries, each mapped to a local
+stand-in (no lerobot import), plus numpy's array/scalar reconstruction restricted to numeric dtypes. The
+decoded object is then checked field by field. Anything else raises `PayloadError` naming what was refused.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+_HELPERS = "lerobot.async_inference.helpers"
+# dtype codes numpy's pickles name: numbers and bools only (no object 'O', void 'V' or strings)
+_DTYPES = {"b1", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8"}
+MAX_ARRAY_BYTES = 64 << 20
+MAX_ITEMS = 4096  # keys in an observation / features dict
+MAX_NODES = 100_000  # values visited when checking one payload (memo references can nest a small pickle into a huge tree)
+
+
+class PayloadError(ValueError):
+    """A network payload was refused; the message says which class, field or limit."""
+
+
+@dataclass
+class RemotePolicyConfig:
+    """Local stand-in for lerobot's RemotePolicyConfig (the client's setup message)."""
+
+    policy_type: str = ""
+    pretrained_name_or_path: str = ""
+    lerobot_features: dict = field(default_factory=dict)
+    actions_per_chunk: int = 0
+    device: str = "cpu"
+    rename_map: dict = field(default_factory=dict)
+
+    def __setstate__(self, state: Any) -> None:
+        _set_fields(self, state, "RemotePolicyConfig")
+
+
+@dataclass
+class TimedObservation:
+    """Local stand-in for lerobot's TimedObservation (one raw robot observation plus `task`)."""
+
+    timestamp: float = 0.0
+    timestep: int = 0
+    observation: dict = field(default_factory=dict)
+    must_go: bool = False
+
+    def __setstate__(self, state: Any) -> None:
+        _set_fields(self, state, "TimedObservation")
+
+
+def _set_fields(obj: Any, state: Any, name: str) -> None:
+    if not isinstance(state, dict):
+        raise PayloadError(f"{name}: state must be a dict of fields, got {type(state).__name__}")
+    known = set(obj.__dataclass_fields__)
+    unknown = sorted(str(k) for k in state if k not in known)
+    if unknown:
+        raise PayloadError(f"{name}: unknown field(s) {unknown}")
+    for k, v in state.items():
+        setattr(obj, k, v)
+
+
+class _NdarrayType:
+    """What `numpy.ndarray` resolves to: a token `_reconstruct` accepts, never callable by the pickle."""
+
+
+def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    if not isinstance(spec, str) or spec not in _DTYPES:
+        raise PayloadError(f"numpy dtype {spec!r} refused (numeric dtypes only)")
+    return np.dtype(spec, copy=True)  # a copy: the pickle's BUILD must never touch numpy's shared descriptors
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
+    if subtype is not _NdarrayType:
+        raise PayloadError("numpy _reconstruct: only plain ndarray is admitted")
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)  # BUILD → __setstate__ checks size against data
+
+
+def _scalar(dtype: Any, data: Any) -> Any:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise PayloadError("numpy scalar refused (numeric dtype and matching byte count required)")
+    return np.frombuffer(data, dtype=dtype)[0].item()
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(buf, (bytes, bytearray)):
+        raise PayloadError("numpy _frombuffer refused (numeric dtype over bytes required)")
+    if len(buf) > MAX_ARRAY_BYTES:
+        raise PayloadError(f"numpy array of {len(buf)} bytes exceeds {MAX_ARRAY_BYTES}")
+    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order="F" if order == "F" else "C").copy()
+
+
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """Protocol-2 pickles spell bytes as `_codecs.encode(str, 'latin1')`; only that form is admitted."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise PayloadError("_codecs.encode refused (only str → latin1 bytes)")
+    return text.encode("latin1")
+
+
+_ADMITTED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1,
+    (_HELPERS, "RemotePolicyConfig"): RemotePolicyConfig,
+    (_HELPERS, "TimedObservation"): TimedObservation,
+    ("numpy", "ndarray"): _NdarrayType,
+    ("numpy", "dtype"): _dtype,
+}
+for _mod in ("numpy.core", "numpy._core"):
+    _ADMITTED[(f"{_mod}.multiarray", "_reconstruct")] = _reconstruct
+    _ADMITTED[(f"{_mod}.multiarray", "scalar")] = _scalar
+    _ADMITTED[(f"{_mod}.numeric", "_frombuffer")] = _frombuffer
+# copyreg.__newobj__ is never named by protocol >= 2 pickles (NEWOBJ opcode); nothing else is admitted.
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ADMITTED[(module, name)]
+        except KeyError:
+            raise PayloadError(f"class {module}.{name} is not part of the protocol; refused") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise PayloadError("persistent ids are not part of the protocol; refused")
+
+
+def loads(data: bytes, expect: type) -> Any:
+    """Decode `data` as an instance of `expect` (RemotePolicyConfig or TimedObservation), or raise PayloadError."""
+    try:
+        obj = _Unpickler(io.BytesIO(data)).load()
+    except PayloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — truncated/corrupt pickles raise many types
+        raise PayloadError(f"undecodable payload ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, expect):
+        raise PayloadError(f"expected a {expect.__name__}, got {type(obj).__name__}")
+    check = _check_setup if expect is RemotePolicyConfig else _check_observation
+    check(obj)
+    return obj
+
+
+def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> None:
+    """Plain data only: str/int/float/bool/None, numeric arrays, and lists/tuples/dicts of them."""
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PayloadError(f"{where}: more than {MAX_NODES} values")
+    if depth > 8:
+        raise PayloadError(f"{where}: nested too deep")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject or value.dtype.kind not in "biuf":
+            raise PayloadError(f"{where}: array dtype {value.dtype} refused")
+        return
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_ITEMS:
+            raise PayloadError(f"{where}: {len(value)} items exceed {MAX_ITEMS}")
+        for i, v in enumerate(value):
+            _plain(v, f"{where}[{i}]", depth + 1, budget)
+        return
+    if isinstance(value, Mapping):
+        if len(value) > MAX_ITEMS:
+            raise PayloadError(f"{where}: {len(value)} keys exceed {MAX_ITEMS}")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise PayloadError(f"{where}: key {k!r} is not a string")
+            _plain(v, f"{where}.{k}", depth + 1, budget)
+        return
+    raise PayloadError(f"{where}: type {type(value).__name__} refused")
+
+
+def _typed(obj: Any, name: str, types: tuple[type, ...], where: str) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        raise PayloadError(f"{where}.{name}: expected {'/'.join(t.__name__ for t in types)}, got {type(v).__name__}")
+
+
+def _check_setup(cfg: RemotePolicyConfig) -> None:
+    for name in ("policy_type", "pretrained_name_or_path", "device"):
+        _typed(cfg, name, (str,), "RemotePolicyConfig")
+    _typed(cfg, "actions_per_chunk", (int,), "RemotePolicyConfig")
+    _typed(cfg, "lerobot_features", (dict,), "RemotePolicyConfig")
+    _typed(cfg, "rename_map", (dict,), "RemotePolicyConfig")
+    _plain(cfg.lerobot_features, "RemotePolicyConfig.lerobot_features")
+    _plain(cfg.rename_map, "RemotePolicyConfig.rename_map")
+    if cfg.actions_per_chunk < 1:
+        raise PayloadError(f"RemotePolicyConfig.actions_per_chunk must be >= 1, got {cfg.actions_per_chunk}")
+
+
+def _check_observation(obs: TimedObservation) -> None:
+    _typed(obs, "timestamp", (float, int), "TimedObservation")
+    _typed(obs, "timestep", (int,), "TimedObservation")
+    _typed(obs, "must_go", (bool,), "TimedObservation")
+    _typed(obs, "observation", (dict,), "TimedObservation")
+    if obs.timestep < 0:
+        raise PayloadError(f"TimedObservation.timestep must be >= 0, got {obs.timestep}")
+    _plain(obs.observation, "TimedObservation.observation")

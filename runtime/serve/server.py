@@ -1,0 +1,247 @@
+"""The gRPC server: `transport.AsyncInference` (Ready, SendPolicyInstructions, SendObservations as a chunked
+stream, GetActions) over EdgePolicy, so LeRobot's stock robot client drives the runtime.
+
+Safety of the service itself: payloads go through `safe_pickle` (never plain pickle), a refused payload
+is logged and answered with an error to that client only; assembled observations are bounded in size;
+each client has its own session and only inference is serialised (one backend), so a slow or vanished
+client holds no lock; binds 127.0.0.1 unless told otherwise; an optional shared token is checked in the
+call metadata (`authorization: Bearer <token>` or `x-runtime-token: <token>`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections import Counter
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from runtime.chunk_planner import ChunkPlanner
+from runtime.observation import ObservationError
+from runtime.policy import EdgePolicy
+from runtime.robot_interface import RobotInterface, RobotInterfaceError
+from runtime.serve import wire
+from runtime.serve.action_pickle import timed_actions
+from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
+from runtime.serve.session import ServeSession, session_counters
+
+log = logging.getLogger("runtime.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+MAX_MESSAGE_BYTES = 4 << 20  # one gRPC message: the client sends 2 MB chunks
+MAX_SETUP_BYTES = 1 << 20
+
+
+@dataclass
+class ServeConfig:
+    artifacts: str | Path
+    backend: str = "onnxruntime"
+    gate: str = "drift"
+    refine: bool = False
+    fallback: str = "hold"
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_observation_bytes: int = 32 << 20
+    get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
+    max_workers: int = 16
+    session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
+    seed: int = 0
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str):
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class InferenceServicer:
+    """The service methods; one `ServeSession` per client peer."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.template = EdgePolicy(cfg.artifacts, backend=cfg.backend, gate=cfg.gate, refine=cfg.refine,
+                                   fallback=cfg.fallback, device=cfg.device, seed=cfg.seed)
+        self.interface = RobotInterface.from_manifest(self.template.manifest)
+        self.fps = self.interface.fps or 30.0
+        self.sessions: dict[str, ServeSession] = {}
+        self._sessions_lock = threading.Lock()
+        self._infer_lock = threading.Lock()  # one backend: inference runs one session at a time
+        self.counters: Counter[str] = Counter()
+        self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
+
+    # ----------------------------------------------------------------- helpers
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
+        self.counters["refused"] += 1
+        log.warning("refused %s: %s", context.peer(), reason)
+        context.abort(code, reason)
+
+    def _session(self, context: grpc.ServicerContext) -> ServeSession | None:
+        with self._sessions_lock:
+            return self.sessions.get(context.peer())
+
+    def stats(self) -> dict[str, Any]:
+        """Server counters plus the summed EdgePolicy counters of every session (gate savings show here)."""
+        with self._sessions_lock:
+            pol = session_counters([s.policy for s in self.sessions.values()])
+            for k, v in self._retired.items():
+                pol[k] = pol.get(k, 0) + v
+        gated = self.counters["observations_processed"]
+        return {**dict(self.counters), "policy": pol, "sessions": len(self.sessions),
+                "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None}
+
+    # ----------------------------------------------------------------- service
+    def Ready(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.counters["ready"] += 1
+        log.info("client %s ready", context.peer())
+        return wire.Empty()
+
+    def SendPolicyInstructions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        peer = context.peer()
+        if len(request.data) > MAX_SETUP_BYTES:
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"policy setup of {len(request.data)} bytes exceeds {MAX_SETUP_BYTES}")
+        try:
+            setup = loads(request.data, RemotePolicyConfig)
+            state_names = self.interface.check_lerobot_features(setup.lerobot_features)
+        except (PayloadError, RobotInterfaceError) as exc:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"policy setup: {exc}")
+            return wire.Empty()
+        policy = EdgePolicy(self.cfg.artifacts, backend=self.template.backend, gate=self.cfg.gate,
+                            refine=self.cfg.refine, fallback=self.cfg.fallback, seed=self.cfg.seed,
+                            verify_hashes=False)
+        session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps)
+        with self._sessions_lock:
+            now = time.monotonic()
+            stale = [p for p, s in self.sessions.items() if p == peer or now - s.last_seen > self.cfg.session_idle_s]
+            for p in stale:  # a reconnecting client, or clients gone quiet for session_idle_s
+                old = self.sessions.pop(p)
+                old.close()
+                self._retired.update(old.policy.counters.as_dict())
+            self.sessions[peer] = session
+        self.counters["setups"] += 1
+        log.info("client %s: policy_type=%r, %d actions per chunk, motors %s (requested %r is served by %s)",
+                 peer, setup.policy_type, setup.actions_per_chunk, list(state_names),
+                 setup.pretrained_name_or_path, self.cfg.artifacts)
+        return wire.Empty()
+
+    def SendObservations(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        session = self._session(context)
+        try:
+            data = self._assemble(request_iterator)
+            if session is None:
+                raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, "no policy setup from this client (call SendPolicyInstructions first)")
+            obs = loads(data, TimedObservation)
+        except _Refused as exc:
+            if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
+                self.counters["streams_broken"] += 1
+                log.warning("observation stream from %s ended with the client gone: %s", context.peer(), exc.reason)
+                return wire.Empty()
+            self._refuse(context, exc.code, exc.reason)
+            return wire.Empty()
+        except PayloadError as exc:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation: {exc}")
+            return wire.Empty()
+        except grpc.RpcError as exc:  # the client vanished mid-stream
+            self.counters["streams_broken"] += 1
+            log.warning("observation stream from %s broke: %s", context.peer(), exc)
+            return wire.Empty()
+        self.counters["observations_received"] += 1
+        session.put(obs)
+        return wire.Empty()
+
+    def _assemble(self, chunks: Any) -> bytes:
+        """Join TRANSFER_BEGIN/MIDDLE/END chunks; refuse oversize, unknown states and streams with no END."""
+        parts: list[bytes] = []
+        size = 0
+        done = None
+        for msg in chunks:
+            if msg.transfer_state == wire.TRANSFER_BEGIN:
+                parts, size = [], 0
+            elif msg.transfer_state not in (wire.TRANSFER_MIDDLE, wire.TRANSFER_END):
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"unknown transfer_state {msg.transfer_state}")
+            size += len(msg.data)
+            if size > self.cfg.max_observation_bytes:
+                raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"observation exceeds {self.cfg.max_observation_bytes} bytes (--max-observation-mb)")
+            parts.append(msg.data)
+            if msg.transfer_state == wire.TRANSFER_END:
+                done = b"".join(parts)  # the client sends one observation per stream; later chunks are ignored
+                break
+        if done is None:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"truncated observation stream ({size} bytes, no TRANSFER_END)")
+        return done
+
+    def GetActions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        session = self._session(context)
+        if session is None:
+            time.sleep(min(self.cfg.get_actions_wait_s, 0.1))  # no busy loop for a client without setup
+            return wire.Actions()
+        obs = session.take(self.cfg.get_actions_wait_s)
+        if obs is None:
+            return wire.Actions()
+        try:
+            with self._infer_lock:
+                reply = session.infer(obs)
+        except (ObservationError, RobotInterfaceError) as exc:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation #{obs.timestep}: {exc}")
+            return wire.Actions()
+        self.counters["observations_processed"] += 1
+        self.counters["must_go"] += reply.forced
+        self.counters["chunks_sent" if len(reply.actions) else "kept_plan"] += 1
+        info = session.policy.last_info
+        log.debug("obs #%d %s: gate %s (d=%s thr=%s) %d actions, %.1f ms", obs.timestep, context.peer(),
+                  info.gate_reason, info.gate_distance, info.gate_threshold, len(reply.actions), reply.latency_ms)
+        if not len(reply.actions):
+            return wire.Actions()
+        return wire.Actions(data=timed_actions(reply.actions, reply.first_timestep, float(obs.timestamp) + session.dt, session.dt))
+
+
+def _token_interceptor(token: str) -> grpc.ServerInterceptor:
+    class _Check(grpc.ServerInterceptor):
+        def intercept_service(self, continuation: Any, details: Any) -> Any:
+            md = dict(details.invocation_metadata or ())
+            given = md.get("x-runtime-token") or md.get("authorization", "").removeprefix("Bearer ").strip()
+            if given and hmac.compare_digest(given.encode(), token.encode()):
+                return continuation(details)
+            log.warning("refused %s: missing or wrong token", details.method)
+
+            def deny(request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+
+            return grpc.unary_unary_rpc_method_handler(deny)
+
+    return _Check()
+
+
+def _handlers(svc: InferenceServicer) -> grpc.GenericRpcHandler:
+    E, O, A, S = wire.Empty, wire.Observation, wire.Actions, wire.PolicySetup
+    return grpc.method_handlers_generic_handler(wire.SERVICE, {
+        "Ready": grpc.unary_unary_rpc_method_handler(svc.Ready, E.FromString, E.SerializeToString),
+        "SendPolicyInstructions": grpc.unary_unary_rpc_method_handler(svc.SendPolicyInstructions, S.FromString, E.SerializeToString),
+        "SendObservations": grpc.stream_unary_rpc_method_handler(svc.SendObservations, O.FromString, E.SerializeToString),
+        "GetActions": grpc.unary_unary_rpc_method_handler(svc.GetActions, E.FromString, A.SerializeToString),
+    })
+
+
+def build_server(cfg: ServeConfig, allow_public: bool = False) -> tuple[grpc.Server, InferenceServicer, int]:
+    """Create (not start) the server; returns it, the servicer and the bound port (cfg.port 0 → any free)."""
+    if cfg.host not in LOOPBACK and not (cfg.token or allow_public):
+        raise ValueError(f"refusing to bind {cfg.host!r} without --token (or --allow-unauthenticated): "
+                         "anyone on that network could drive the robot")
+    svc = InferenceServicer(cfg)
+    interceptors = [_token_interceptor(cfg.token)] if cfg.token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), interceptors=interceptors,
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                         maximum_concurrent_rpcs=4 * cfg.max_workers)
+    server.add_generic_rpc_handlers((_handlers(svc),))
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
+    return server, svc, port
