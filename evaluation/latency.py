@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     cells = []
     for gate, mode, latency in plan:
         policy = EdgePolicy(args.artifacts, gate=gate, seed=args.seed, num_steps=args.num_steps)
-        loop = LatencyLoop(policy, mode if latency else "aligned", latency, blend_width=args.blend_width)
+        loop = LatencyLoop(policy, mode if latency else "aligned", latency, seam_width=args.seam_width)
         eps = []
         for s in seeds:
             eps.append(loop.episode(env, s, perturb=True))
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--max-steps", type=int, default=60, help="episode tick limit (the task's deadline)")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the manifest's)")
-    p.add_argument("--blend-width", type=int, default=3, help="rows cross-faded by the blend seam mode")
+    p.add_argument("--seam-width", type=int, default=3, help="rows after the delay over which blend/inpaint fade out")
     args = p.parse_args(argv)
     try:
         report = run(args)

@@ -30,12 +30,12 @@ class PlanResult:
 class ChunkPlanner:
     """Owns the policy while running: only one thread may call `plan` (the worker)."""
 
-    def __init__(self, policy: EdgePolicy, seam: str = "inpaint", blend_width: int = 3):
+    def __init__(self, policy: EdgePolicy, seam: str = "inpaint", seam_width: int = 3):
         self.policy = policy
         self.seam = check_seam_mode(seam)
-        if blend_width < 1:
-            raise ValueError(f"blend_width must be >= 1, got {blend_width!r}")
-        self.blend_width = int(blend_width)
+        if seam_width < 1:
+            raise ValueError(f"seam_width must be >= 1, got {seam_width!r}")
+        self.seam_width = int(seam_width)
         if seam == "inpaint" and not isinstance(policy.backend, InpaintingBackend):
             policy.backend = InpaintingBackend(policy.backend)
         self._ids = itertools.count()
@@ -52,7 +52,7 @@ class ChunkPlanner:
         self.policy.sync_plan(left, ran + delay)
         backend = self.policy.backend
         if isinstance(backend, InpaintingBackend):
-            backend.set_prior(executing if self.seam == "inpaint" else None, delay)
+            backend.set_prior(executing if self.seam == "inpaint" else None, delay, self.seam_width)
         try:
             self.policy.step(observation)
         finally:
@@ -63,6 +63,6 @@ class ChunkPlanner:
         if not info.resampled or chunk is None:
             return PlanResult(None, info)
         chunk = chunk[: self.policy.manifest.dims.n_action_steps]  # the same horizon as the synchronous queue
-        if self.seam == "blend" and executing is not None:
-            chunk = blend(chunk, executing, delay, self.blend_width)
+        if self.seam == "blend" and executing is not None and delay >= 1:
+            chunk = blend(chunk, executing, delay, self.seam_width)
         return PlanResult(TimedChunk(tick, np.array(chunk, dtype=np.float32), next(self._ids)), info)

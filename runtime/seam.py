@@ -5,9 +5,11 @@ robot executed d actions of the old plan meanwhile. Without care the new chunk's
 jumps away from the old plan (lerobot #4223, #4454). Two fixes, compared with `none`:
 - `inpaint` (the inpainting form of real-time chunking): at every Euler step the first rows of x_t are
   pulled toward the flow-matching interpolation of the old plan, `t·noise + (1−t)·old` — fully for the d
-  rows that execute during inference, with weights decaying to 0 over the rest of the overlap. It needs no
+  rows that execute during inference, with weights decaying to 0 over the next `width` rows. It needs no
   autograd and runs the exported main-expert graph as is (`InpaintingBackend` wraps any backend).
-- `blend`: after denoising, cross-fade the new chunk from the old plan over a few rows after the seam.
+- `blend`: after denoising, cross-fade the new chunk from the old plan over `width` rows after the seam.
+Both act only when d >= 1: with no delay nothing of the old plan runs during inference, and pulling a chunk
+the gate asked for (the world changed) toward the old plan would only slow the reaction.
 Flow-matching convention of SmolVLA (and `Backend.denoise`): x_t = t·noise + (1−t)·actions, t from 1 to 0.
 """
 
@@ -60,13 +62,14 @@ class InpaintingBackend(Backend):
         self._prior: tuple[np.ndarray, np.ndarray] | None = None
         self.inpainted = 0  # denoise runs that used a prior (for tests and reports)
 
-    def set_prior(self, old_plan: np.ndarray | None, delay: int) -> None:
+    def set_prior(self, old_plan: np.ndarray | None, delay: int, width: int = 3) -> None:
         """`old_plan` [R, A]: normalised rows of the executing plan from the planning tick on; `delay`: ticks
-        (rows) executed before the new chunk can take over."""
-        if old_plan is None or len(old_plan) == 0 or delay < 0:
+        (rows) executed before the new chunk can take over; `width`: soft rows after them."""
+        if old_plan is None or len(old_plan) == 0 or delay < 1:
             self._prior = None
             return
-        self._prior = (np.asarray(old_plan, dtype=np.float32), overlap_weights(len(old_plan), delay, len(old_plan)))
+        rows = len(old_plan)
+        self._prior = (np.asarray(old_plan, dtype=np.float32), overlap_weights(rows, delay, min(rows, delay + width)))
 
     def denoise(self, noise: np.ndarray, num_steps: int, prefix: PrefixState) -> np.ndarray:
         prior, self._prior = self._prior, None
