@@ -56,6 +56,34 @@ def markdown(cells: list[dict], episodes: int, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def targets(cells: list[dict], latency: int = 5, mode: str = "aligned+inpaint") -> list[str]:
+    """The issue's acceptance numbers at `latency`, measured from the cells (met / not met, with the values)."""
+    cell = {(c["gate"], c["mode"], c["latency"]): c["summary"] for c in cells}
+    out = []
+    for gate in dict.fromkeys(c["gate"] for c in cells):
+        base, best, unaligned = (cell.get((gate, "any (L=0)", 0)), cell.get((gate, mode, latency)),
+                                 cell.get((gate, "async", latency)))
+        if not (base and best):
+            continue
+        s0, s1 = base["success_rate"], best["success_rate"]
+        out.append(f"- {gate}: {mode} at L={latency} success {s1:.2f} vs L=0 {s0:.2f} "
+                   f"({'met' if s1 >= s0 - 0.05 else 'not met'}: within 5 points)")
+        if unaligned:
+            su = unaligned["success_rate"]
+            out.append(f"- {gate}: vs async without alignment {su:.2f} "
+                       f"({'met' if s1 >= su + 0.10 else 'not met'}: >= 10 points better)")
+        if best["seam_jump_mean"] is not None and best["within_step_mean"]:
+            r = best["seam_jump_mean"] / best["within_step_mean"]
+            out.append(f"- {gate}: seam jump / within-chunk step {r:.2f} ({'met' if r <= 2 else 'not met'}: <= 2)")
+    drift, always = cell.get(("drift", mode, latency)), cell.get(("always", mode, latency))
+    if drift and always and always["resamples_per_episode"]:
+        frac = drift["resamples_per_episode"] / always["resamples_per_episode"]
+        ok = frac <= 0.40 and drift["success_rate"] >= always["success_rate"] - 0.05
+        out.append(f"- drift at L={latency}: {frac:.0%} of always's resamples, success {drift['success_rate']:.2f} vs "
+                   f"{always['success_rate']:.2f} ({'met' if ok else 'not met'}: <= 40 % within 5 points)")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     from simtask import ReachEnv, TaskConfig, episode_seeds  # numpy-only task package
 
@@ -67,7 +95,8 @@ def run(args: argparse.Namespace) -> dict:
     bar = _bar(len(plan) * len(seeds))
     cells = []
     for gate, mode, latency in plan:
-        policy = EdgePolicy(args.artifacts, gate=gate, seed=args.seed, num_steps=args.num_steps)
+        policy = EdgePolicy(args.artifacts, gate=gate, seed=args.seed, num_steps=args.num_steps,
+                            backend_options={"intra_op_threads": args.threads})
         loop = LatencyLoop(policy, mode if latency else "aligned", latency, seam_width=args.seam_width)
         eps = []
         for s in seeds:
@@ -80,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     if bar is not None:
         bar.close()
     return {"artifacts": str(args.artifacts), "episodes": args.episodes, "seed": args.seed,
-            "task": {"max_steps": args.max_steps}, "cells": cells}
+            "task": {"max_steps": args.max_steps}, "seam_width": args.seam_width, "cells": cells}
 
 
 def _bar(total: int):
@@ -102,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--max-steps", type=int, default=60, help="episode tick limit (the task's deadline)")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the manifest's)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     p.add_argument("--seam-width", type=int, default=3, help="rows after the delay over which blend/inpaint fade out")
     args = p.parse_args(argv)
     try:
@@ -113,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.json").write_text(json.dumps(report, indent=1))
     md = markdown(report["cells"], args.episodes, report["task"])
+    md += "\n## Targets\n" + "\n".join(targets(report["cells"])) + "\n"
     (out / "latency.md").write_text(md)
     print(md)
     print(f"wrote {out / 'latency.json'} and {out / 'latency.md'}")

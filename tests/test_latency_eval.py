@@ -33,3 +33,20 @@ def test_bad_flags_name_the_flag(tmp_path, capsys):
     assert "--modes" in capsys.readouterr().err
     assert main(["--artifacts", str(art), "--out", str(tmp_path), "--latencies", "1,x"]) == 2
     assert "--latencies" in capsys.readouterr().err
+
+
+def test_targets_mark_met_and_not_met_from_the_cells():
+    from evaluation.latency import targets
+
+    def cell(gate, mode, latency, success, resamples, seam=0.02, within=0.02):
+        return {"gate": gate, "mode": mode, "latency": latency,
+                "summary": {"success_rate": success, "resamples_per_episode": resamples,
+                            "seam_jump_mean": seam, "within_step_mean": within}}
+
+    cells = [cell("always", "any (L=0)", 0, 1.0, 30), cell("always", "aligned+inpaint", 5, 0.96, 10),
+             cell("always", "async", 5, 0.80, 10), cell("drift", "any (L=0)", 0, 1.0, 5),
+             cell("drift", "aligned+inpaint", 5, 0.90, 5, seam=0.05), cell("drift", "async", 5, 0.85, 5)]
+    lines = targets(cells)
+    assert "met: within 5 points" in lines[0] and "(met: >= 10 points" in lines[1] and "(met: <= 2)" in lines[2]
+    assert "not met: within 5 points" in lines[3] and "not met: >= 10" in lines[4] and "not met: <= 2" in lines[5]
+    assert "50% of always's resamples" in lines[6] and "not met" in lines[6]
