@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> dict:
     for gate, mode, latency in plan:
         policy = EdgePolicy(args.artifacts, gate=gate, seed=args.seed, num_steps=args.num_steps,
                             backend_options={"intra_op_threads": args.threads})
-        loop = LatencyLoop(policy, mode if latency else "aligned", latency, seam_width=args.seam_width)
+        loop = LatencyLoop(policy, mode if latency else "aligned", latency, seam_width=args.seam_width,
+                           waypoints=args.waypoints)
         eps = []
         for s in seeds:
             eps.append(loop.episode(env, s, perturb=True))
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     if bar is not None:
         bar.close()
     return {"artifacts": str(args.artifacts), "episodes": args.episodes, "seed": args.seed,
-            "task": {"max_steps": args.max_steps}, "seam_width": args.seam_width, "cells": cells}
+            "task": {"max_steps": args.max_steps, "waypoints": args.waypoints}, "seam_width": args.seam_width, "cells": cells}
 
 
 def _bar(total: int):
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--max-steps", type=int, default=60, help="episode tick limit (the task's deadline)")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the manifest's)")
+    p.add_argument("--waypoints", action="store_true",
+                   help="position-controlled robot: chunks become absolute waypoints (the latency-sensitive variant)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     p.add_argument("--seam-width", type=int, default=3, help="rows after the delay over which blend/inpaint fade out")
     args = p.parse_args(argv)

@@ -9,6 +9,9 @@ of tick k is installed at tick k + L instead of when a thread finishes. Executio
   (no alignment: actions planned for tick k run at k + L);
 - `aligned`: as `async`, but the L rows that elapsed are skipped;
 - `aligned+blend`, `aligned+inpaint`: aligned, with seam handling (`runtime.seam`).
+`waypoints=True` is the latency-sensitive variant: the simulated robot is position-controlled (like an SO-100
+arm) — a chunk becomes absolute waypoints (planning-time position + the cumulated, clipped displacements) and
+each tick moves toward its row's waypoint, so a late row drives the robot back to where it was planned to be.
 Cost model: a resample occupies the worker for L ticks (at least one); a job where the gate keeps the plan
 costs one tick (its prefix pass is small next to the resample). At L = 0 every mode is the synchronous runtime.
 """
@@ -47,7 +50,7 @@ def parse_mode(name: str) -> Mode:
 class LatencyLoop:
     """One policy under one execution mode and latency; `episode()` returns a per-episode record."""
 
-    def __init__(self, policy: EdgePolicy, mode: str, latency: int, seam_width: int = 3):
+    def __init__(self, policy: EdgePolicy, mode: str, latency: int, seam_width: int = 3, waypoints: bool = False):
         if latency < 0:
             raise ValueError(f"latency must be >= 0 ticks, got {latency!r}")
         self.mode = parse_mode(mode)
@@ -56,12 +59,16 @@ class LatencyLoop:
         self.timeline = ActionTimeline(align=self.mode.align)
         self.emitter = ActionEmitter(policy, self.timeline)
         self.stop = policy.guard.stop_action
+        self.waypoints = bool(waypoints)
+        self.state_key = policy.manifest.state_key
+        self._paths: dict[int, np.ndarray] = {}
 
     def episode(self, env: Any, seed: int, perturb: bool) -> dict:
         obs = env.reset(seed=seed, perturb=perturb)
         self.planner.reset(seed)  # the same noise stream for every mode and latency on this episode
         self.timeline.reset()
         self.emitter.reset()
+        self._paths.clear()
         inflight: tuple[int, PlanResult] | None = None
         free_at = tick = resamples = faults = 0
         actions: list[np.ndarray] = []
@@ -78,6 +85,8 @@ class LatencyLoop:
                 free_at = tick + 1
                 if res.chunk is not None:
                     resamples += 1
+                    if self.waypoints:
+                        self._paths[res.chunk.chunk_id] = self._path(obs, res.chunk.actions, env.config.max_step)
                     free_at = tick + max(self.latency, 1)
                     if self.mode.pause:
                         obs, done, tick = self._pause(env, tick, actions, chunk_ids)
@@ -89,11 +98,29 @@ class LatencyLoop:
                     else:
                         inflight = (tick + self.latency, res)
             action = self.emitter.emit(tick)
+            if self.waypoints:
+                action = self._toward_waypoint(env)
             actions.append(action)
             chunk_ids.append(self.emitter.last.chunk_id)
             obs, done, _ = env.step(action)
             tick += 1
         return self._record(env, seed, perturb, resamples, faults, actions, chunk_ids)
+
+    def _path(self, obs: dict, rows: np.ndarray, max_step: float) -> np.ndarray:
+        """Chunk → absolute waypoints: the planning-time position plus the cumulated displacements, each
+        clipped as the environment clips it."""
+        d = self.emitter.unnormalize(rows).astype(np.float64)
+        norm = np.linalg.norm(d, axis=1, keepdims=True)
+        d = d * np.minimum(1.0, max_step / np.maximum(norm, 1e-12))
+        return np.asarray(obs[self.state_key], dtype=np.float64) + np.cumsum(d, axis=0)
+
+    def _toward_waypoint(self, env: Any) -> np.ndarray:
+        """Position control: move toward this tick's waypoint (hold still when nothing is queued), in bounds."""
+        last = self.emitter.last
+        if last is None or last.chunk_id < 0:
+            return np.zeros_like(self.stop)
+        step = self._paths[last.chunk_id][last.index] - env.agent_position
+        return np.clip(step, self.emitter.guard.low, self.emitter.guard.high).astype(np.float32)
 
     def _pause(self, env: Any, tick: int, actions: list, chunk_ids: list) -> tuple[dict, bool, int]:
         """Synchronous blocking: the robot stands still while the model thinks; the timeline's ticks pass."""

@@ -186,19 +186,21 @@ def test_latency_zero_is_the_synchronous_runtime():
     while not done:
         sync_actions.append(pol.step(obs))
         obs, done, _ = env.step(sync_actions[-1])
-    for mode in ("aligned", "aligned+inpaint", "aligned+blend", "async", "sync"):
+    for mode, waypoints in [(m, False) for m in ("aligned", "aligned+inpaint", "aligned+blend", "async", "sync")] + \
+            [("aligned", True)]:  # a position-controlled robot reaches each waypoint: the same displacements
         rec_env = Recording(env.config)
-        rec = LatencyLoop(_policy(gate="interval:3"), mode, 0).episode(rec_env, 7, perturb=True)
+        rec = LatencyLoop(_policy(gate="interval:3"), mode, 0, waypoints=waypoints).episode(rec_env, 7, perturb=True)
         assert rec["resamples"] == pol.episode_counters.resamples
-        np.testing.assert_allclose(np.asarray(rec_env.sent), np.asarray(sync_actions), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(rec_env.sent), np.asarray(sync_actions), atol=1e-5)
 
 
+@pytest.mark.parametrize("waypoints", [False, True])
 @pytest.mark.parametrize("mode", ["sync", "async", "aligned", "aligned+blend", "aligned+inpaint"])
-def test_every_mode_emits_safe_actions_under_latency(mode):
+def test_every_mode_emits_safe_actions_under_latency(mode, waypoints):
     from simtask import ReachEnv, TaskConfig
 
     pol = _policy(gate="drift")
-    loop = LatencyLoop(pol, mode, 3)
+    loop = LatencyLoop(pol, mode, 3, waypoints=waypoints)
     rec = loop.episode(ReachEnv(TaskConfig(max_steps=30, perturb_window=(5, 10))), 3, perturb=True)
     assert rec["steps"] >= 1 and rec["faults"] == 0
     assert (rec["paused_ticks"] > 0) == (mode == "sync")
