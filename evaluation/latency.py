@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from evaluation.latency_loop import MODES, LatencyLoop, summarize
+from evaluation.latency_plot import latency_plot
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy
 
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report["cells"], args.episodes, report["task"])
     md += "\n## Targets\n" + "\n".join(targets(report["cells"])) + "\n"
     (out / "latency.md").write_text(md)
+    for gate in dict.fromkeys(c["gate"] for c in report["cells"]):
+        latency_plot(report["cells"], gate, out / f"latency_{gate.replace(':', '_')}.png", title=str(report["task"]))
     print(md)
     print(f"wrote {out / 'latency.json'} and {out / 'latency.md'}")
     return 0
