@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from runtime.chunk_planner import ChunkPlanner
-from runtime.observation import ObservationError, ObservationValidator
+from runtime.observation import ObservationValidator
 from runtime.policy import EdgePolicy, TickInfo
 from runtime.timeline import ActionEmitter, ActionTimeline
 from runtime.tokenizer import InstructionTokenizer
@@ -176,10 +176,8 @@ class AsyncEdgePolicy:
                 self._busy = True
             try:
                 self._job(observation, tick)
-            except ObservationError as exc:  # cannot happen after submit's check, unless the dict was mutated
-                self.last_error = exc
-                self.counters.worker_errors += 1
-            except Exception as exc:  # noqa: BLE001 — the worker must outlive any single job
+            except Exception as exc:  # noqa: BLE001 — the worker must outlive any single job (incl. a dict
+                # mutated after submit's check failing validation again)
                 self.last_error = exc
                 self.counters.worker_errors += 1
             finally:

@@ -161,3 +161,20 @@ def test_arguments_are_checked():
         AsyncEdgePolicy(pol, tick_hz=10, seam="smooth")
     with pytest.raises(ValueError, match="delay_ticks"):
         AsyncEdgePolicy(pol, tick_hz=10, delay_ticks=-1)
+
+
+def test_an_unexpected_worker_error_is_counted_and_the_worker_keeps_going():
+    ap, _ = _async(delay_s=0.0)
+    real, calls = ap.planner.plan, []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(*a, **kw)
+
+    ap.planner.plan = flaky
+    with ap:
+        actions, origin, _ = _drive(ap, 12)
+    assert ap.counters.worker_errors == 1 and "boom" in str(ap.last_error)
+    assert ap.counters.chunks_installed >= 1 and any(c >= 0 for c, _ in origin) and _safe(ap, actions)
