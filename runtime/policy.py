@@ -150,7 +150,16 @@ class EdgePolicy:
         self._plan_state: np.ndarray | None = None
         self._plan_task: str | None = None
         self._pending_resample = False
+        self.last_chunk: np.ndarray | None = None
         self.episode_counters = Counters()
+
+    def sync_plan(self, plan: np.ndarray | None, ticks_since_plan: int) -> None:
+        """Async execution (runtime.async_policy): the queued plan becomes what the robot will still execute
+        (normalised rows [R, max_action_dim]); a retry of a failed resample stays due."""
+        rows = 0 if plan is None else int(plan.shape[0])
+        self._plan = None if rows == 0 else np.asarray(plan, dtype=np.float32)
+        self._queue_left = rows
+        self._ticks_since_plan = int(ticks_since_plan)
 
     def warmup(self, observation: dict, runs: int = 3) -> None:
         """Run `runs` full resample ticks on one observation so sessions/allocators warm up, then reset.
@@ -372,6 +381,7 @@ class EdgePolicy:
                 info.refined = True
                 self._count("refines")
         self._plan = plan
+        self.last_chunk = plan.copy()  # the whole fresh chunk (normalised), read by runtime.async_policy
         self._queue_left = self.manifest.dims.n_action_steps
         self._ticks_since_plan = 0
         self._plan_obs_emb = embed(prefix.obs_cls)

@@ -1,0 +1,202 @@
+"""Asynchronous execution: the robot gets one action per tick at its own rate while inference runs on a worker.
+
+    with AsyncEdgePolicy(EdgePolicy("artifacts/onnx", gate="drift"), tick_hz=30) as ap:
+        while running:                       # the control loop, paced by the robot
+            action = ap.step(robot_obs())    # submit the observation, take this tick's action: never blocks
+            robot.send(action)
+
+`step(obs)` = `submit(obs)` + `action_for_tick(tick)`; a loop that owns its tick counter calls the two itself.
+The worker takes the newest submitted observation (older ones are dropped), runs gate + resample through
+`AsyncChunkPlanner`, and installs a fresh chunk on the `ActionTimeline` aligned to the tick it was planned from.
+Rules: the control side never waits for the model and never sends nothing or anything unsafe (an empty plan
+gives the guard's fallback); a failed resample is retried by the next job (the policy's own rule); a bad
+observation raises `ObservationError` from `submit` (checked on the caller's thread) and never reaches the
+worker; an unexpected worker error is counted and the worker keeps going; `close()` stops and joins it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from runtime.async_planner import AsyncChunkPlanner
+from runtime.observation import ObservationValidator
+from runtime.policy import EdgePolicy, TickInfo
+from runtime.timeline import ActionEmitter, ActionTimeline
+from runtime.tokenizer import InstructionTokenizer
+
+_JOIN_TIMEOUT_S = 30.0  # longer than any single graph call we expect; a hung backend is reported, not awaited
+
+
+@dataclass
+class AsyncCounters:
+    ticks: int = 0
+    submitted: int = 0
+    dropped_observations: int = 0  # replaced by a newer one before the worker picked them up
+    jobs: int = 0
+    resamples: int = 0
+    chunks_installed: int = 0
+    stale_chunks: int = 0
+    skipped_actions: int = 0
+    empty_ticks: int = 0
+    fallbacks: int = 0
+    clipped: int = 0
+    faults: int = 0  # chain faults reported by the policy (backend errors, non-finite outputs)
+    worker_errors: int = 0  # unexpected exceptions in the worker (it keeps running)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class AsyncEdgePolicy:
+    """Wraps an `EdgePolicy`; after `start()` only the worker touches it. `tick_hz` converts measured
+    inference time into the delay (in ticks) that seam handling and the early resample use."""
+
+    def __init__(self, policy: EdgePolicy, tick_hz: float, *, align: bool = True, seam: str = "inpaint",
+                 seam_width: int = 3, delay_ticks: int | None = None, state_tolerance: float | None = 1.0):
+        if not tick_hz > 0:
+            raise ValueError(f"tick_hz must be positive, got {tick_hz!r}")
+        if delay_ticks is not None and delay_ticks < 0:
+            raise ValueError(f"delay_ticks must be >= 0, got {delay_ticks!r}")
+        self.policy = policy
+        self.tick_hz = float(tick_hz)
+        self.planner = AsyncChunkPlanner(policy, seam=seam, seam_width=seam_width)
+        self.timeline = ActionTimeline(align=align)
+        self.emitter = ActionEmitter(policy, self.timeline)
+        m = policy.manifest
+        # the caller's thread validates with its own tokenizer: the worker's one is never shared
+        self._validator = ObservationValidator(m, InstructionTokenizer(m.tokenizer_path, m.tokenizer), state_tolerance)
+        self._fixed_delay = delay_ticks
+        self._delays: list[int] = []
+        self._cond = threading.Condition()
+        self._pending: tuple[dict, int] | None = None
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._tick = 0
+        self.counters = AsyncCounters()
+        self.last_job: TickInfo | None = None
+        self.last_error: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> AsyncEdgePolicy:
+        if self._thread is not None:
+            raise RuntimeError("AsyncEdgePolicy already started")
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="edge-policy-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the worker (after its current job) and release the policy's backend. Safe to call twice."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(_JOIN_TIMEOUT_S)
+            if self._thread.is_alive():
+                raise RuntimeError(f"planner worker did not stop within {_JOIN_TIMEOUT_S:.0f} s (backend hung)")
+            self._thread = None
+        self.policy.close()
+
+    def __enter__(self) -> AsyncEdgePolicy:  # noqa: PYI034
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def reset(self, seed: int | None = None) -> None:
+        """Episode start: waits for an in-flight job, then drops the plan, the pending observation and the tick."""
+        with self._cond:
+            self._pending = None
+            while self._busy:
+                self._cond.wait()
+            self.planner.reset(seed)
+            self.timeline.reset()
+            self.emitter.reset()
+            self._tick = 0
+
+    # ------------------------------------------------------------ control side
+    @property
+    def tick(self) -> int:
+        """The tick `step()` will serve next."""
+        return self._tick
+
+    def submit(self, observation: dict, tick: int | None = None) -> None:
+        """Hand the observation of `tick` (default: the next tick) to the worker; raises ObservationError."""
+        self._validator.validate(observation)
+        with self._cond:
+            if self._pending is not None:
+                self.counters.dropped_observations += 1
+            self._pending = (observation, self._tick if tick is None else int(tick))
+            self.counters.submitted += 1
+            self._cond.notify_all()
+
+    def action_for_tick(self, tick: int) -> np.ndarray:
+        """The raw, safe action for `tick` from the aligned plan (the fallback when none is queued)."""
+        action = self.emitter.emit(tick)
+        self._tick = tick + 1
+        c, t = self.counters, self.timeline.counters
+        c.ticks, c.empty_ticks, c.skipped_actions = t.ticks, t.empty_ticks, t.skipped_actions
+        c.chunks_installed, c.stale_chunks = t.chunks_installed, t.stale_chunks
+        c.fallbacks, c.clipped = self.emitter.fallbacks, self.emitter.clipped
+        return action
+
+    def step(self, observation: dict) -> np.ndarray:
+        tick = self._tick
+        self.submit(observation, tick)
+        return self.action_for_tick(tick)
+
+    act = step
+
+    @property
+    def delay_ticks(self) -> int:
+        """Ticks between an observation and its chunk taking over: fixed, or the largest of the last measured."""
+        if self._fixed_delay is not None:
+            return self._fixed_delay
+        if self._delays:
+            return max(self._delays)
+        est = self.policy.stage_estimates_ms
+        ms = est.get("images", 0.0) + est.get("prefix", 0.0) + est.get("denoise", 0.0)
+        return max(1, math.ceil(ms * 1e-3 * self.tick_hz))
+
+    # ------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                (observation, tick), self._pending = self._pending, None
+                self._busy = True
+            try:
+                self._job(observation, tick)
+            except Exception as exc:  # noqa: BLE001 — the worker must outlive any single job (incl. a dict
+                # mutated after submit's check failing validation again)
+                self.last_error = exc
+                self.counters.worker_errors += 1
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _job(self, observation: dict, tick: int) -> None:
+        executing, ran = self.timeline.executing(tick)
+        t0 = time.perf_counter()
+        result = self.planner.plan(observation, tick, executing, ran, self.delay_ticks)
+        self.counters.jobs += 1
+        self.last_job = result.info
+        if result.info.fault is not None:
+            self.counters.faults += 1
+        if result.chunk is None:
+            return
+        self.counters.resamples += 1
+        self.timeline.install(result.chunk)
+        measured = self.timeline.next_tick - tick
+        job_ticks = math.ceil((time.perf_counter() - t0) * self.tick_hz)
+        self._delays = [*self._delays[-4:], max(measured, job_ticks)]

@@ -1,0 +1,52 @@
+"""`python -m evaluation.latency`: writes the table and JSON for every (gate, mode, L) cell; bad flags are
+refused with a message naming the flag."""
+
+from __future__ import annotations
+
+import json
+
+try:
+    from tests.fake_artifacts import cached_fake_artifacts
+except ImportError:
+    from fake_artifacts import cached_fake_artifacts
+
+from evaluation.latency import main
+
+
+def test_cli_writes_one_cell_per_gate_mode_and_latency(tmp_path, capsys):
+    art = cached_fake_artifacts(chunk_size=8)
+    rc = main(["--artifacts", str(art), "--out", str(tmp_path), "--episodes", "2", "--latencies", "0,2",
+               "--gates", "interval:3", "--modes", "sync,aligned+inpaint", "--max-steps", "35"])
+    assert rc == 0
+    report = json.loads((tmp_path / "latency.json").read_text())
+    cells = [(c["gate"], c["mode"], c["latency"]) for c in report["cells"]]
+    assert cells == [("interval:3", "any (L=0)", 0), ("interval:3", "sync", 2), ("interval:3", "aligned+inpaint", 2)]
+    sync = report["cells"][1]["summary"]
+    assert sync["paused_ticks_per_episode"] >= 2 and sync["n_episodes"] == 2
+    md = (tmp_path / "latency.md").read_text()
+    assert md.count("| interval:3 |") == 3
+
+
+def test_bad_flags_name_the_flag(tmp_path, capsys):
+    art = cached_fake_artifacts(chunk_size=8)
+    assert main(["--artifacts", str(art), "--out", str(tmp_path), "--modes", "warp"]) == 2
+    assert "--modes" in capsys.readouterr().err
+    assert main(["--artifacts", str(art), "--out", str(tmp_path), "--latencies", "1,x"]) == 2
+    assert "--latencies" in capsys.readouterr().err
+
+
+def test_targets_mark_met_and_not_met_from_the_cells():
+    from evaluation.latency import targets
+
+    def cell(gate, mode, latency, success, resamples, seam=0.02, within=0.02):
+        return {"gate": gate, "mode": mode, "latency": latency,
+                "summary": {"success_rate": success, "resamples_per_episode": resamples,
+                            "seam_jump_mean": seam, "within_step_mean": within}}
+
+    cells = [cell("always", "any (L=0)", 0, 1.0, 30), cell("always", "aligned+inpaint", 5, 0.96, 10),
+             cell("always", "async", 5, 0.80, 10), cell("drift", "any (L=0)", 0, 1.0, 5),
+             cell("drift", "aligned+inpaint", 5, 0.90, 5, seam=0.05), cell("drift", "async", 5, 0.85, 5)]
+    lines = targets(cells)
+    assert "met: within 5 points" in lines[0] and "(met: >= 10 points" in lines[1] and "(met: <= 2)" in lines[2]
+    assert "not met: within 5 points" in lines[3] and "not met: >= 10" in lines[4] and "not met: <= 2" in lines[5]
+    assert "50% of always's resamples" in lines[6] and "not met" in lines[6]
