@@ -14,7 +14,8 @@ import logging
 
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
-from runtime.robot_loop import SourceAction, SyncSource, ThreadedSource, run_robot
+from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, ThreadedSource, run_robot
+from runtime.seam import SEAM_MODES
 
 ADAPTERS = "robot_adapters.factory"  # outside the runtime core; loaded only when a robot is asked for
 
@@ -31,8 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", action="store_true")
     p.add_argument("--task", default=None, help="instruction (default: the robot's own `task`, if it has one)")
     p.add_argument("--fps", type=float, default=None, help="loop rate (default: the manifest's robot.fps, else 30)")
-    p.add_argument("--inference", choices=["thread", "inline"], default="thread",
-                   help="plan chunks on a worker thread (holds the rate through slow resamples) or inline")
+    p.add_argument("--inference", choices=["async", "thread", "inline"], default="thread",
+                   help="async: AsyncEdgePolicy (chunks aligned to their planning tick, seam handling); thread: "
+                        "chunks planned on a worker thread (holds the rate through slow resamples); inline: no thread")
+    p.add_argument("--seam", choices=SEAM_MODES, default="inpaint",
+                   help="with --inference async: how a new chunk continues the executing one")
     p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
                    help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
@@ -53,8 +57,11 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     task = args.task if args.task is not None else getattr(robot, "task", None)
     if task is None:
         raise ValueError("--task is required: the instruction sent with every observation")
-    source = (ThreadedSource if args.inference == "thread" else SyncSource)(policy, iface, task=args.task)
     fps = args.fps or iface.fps or 30.0
+    if args.inference == "async":
+        source: ActionSource = AsyncSource(policy, iface, task=args.task, fps=fps, seam=args.seam)
+    else:
+        source = (ThreadedSource if args.inference == "thread" else SyncSource)(policy, iface, task=args.task)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
              args.artifacts, args.backend, args.gate, args.inference, task)
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from runtime.async_policy import AsyncEdgePolicy
 from runtime.chunk_planner import ChunkPlanner
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
@@ -152,6 +153,30 @@ class ThreadedSource:
             self._stop = True
             self._wake.notify_all()
         self._thread.join(timeout=5)
+
+
+class AsyncSource:
+    """`AsyncEdgePolicy` (runtime.async_policy): chunks aligned to the tick they were planned from (elapsed
+    actions skipped, never replayed) and continued with seam handling; one action per tick, never blocking."""
+
+    def __init__(self, policy: EdgePolicy, interface: RobotInterface, task: str | None = None, *, fps: float,
+                 seam: str = "inpaint"):
+        self.interface, self.task = interface, task
+        self.executor = AsyncEdgePolicy(policy, tick_hz=fps, seam=seam).start()
+
+    def reset(self) -> None:
+        self.executor.reset()
+
+    def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
+        self.executor.submit(self.interface.observation(robot_obs, task=self.task), tick)
+        action = self.executor.action_for_tick(tick)
+        job = self.executor.last_job
+        if job is None:
+            return SourceAction(action)
+        return SourceAction(action, job.gate_reason, job.resampled, job.total_ms)
+
+    def close(self) -> None:
+        self.executor.close()
 
 
 def _ema(prev: float | None, x: float, alpha: float = 0.2) -> float:
