@@ -11,6 +11,7 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatching
@@ -31,12 +32,13 @@ _F_HI_BITS = 12
 
 @lru_cache(maxsize=16)
 def _frequencies(dim: int, min_period: float, max_period: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(f_hi, f_lo, f) in float32, from lerobot's float64 frequencies f = 1 / period (cycles per unit time)."""
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64)
+    """(f_hi, f_lo, f) in float32, from lerobot's float64 frequencies f = 1 / period (cycles per unit time).
+    numpy, not torch: under ONNX export these must be constants, not traced float64 ops."""
+    fraction = np.linspace(0.0, 1.0, dim // 2, dtype=np.float64)
     freq = 1.0 / (min_period * (max_period / min_period) ** fraction)
-    mantissa, exponent = torch.frexp(freq)
-    f_hi = torch.round(mantissa * 2**_F_HI_BITS) * torch.pow(2.0, exponent.to(torch.float64) - _F_HI_BITS)
-    return f_hi.float(), (freq - f_hi).float(), freq.float()
+    mantissa, exponent = np.frexp(freq)
+    f_hi = np.ldexp(np.round(mantissa * 2**_F_HI_BITS), exponent - _F_HI_BITS)
+    return tuple(torch.from_numpy(x.astype(np.float32)) for x in (f_hi, freq - f_hi, freq))
 
 
 def time_embedding(time: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
