@@ -16,6 +16,7 @@ from tests.model_fixtures import random_batch, tiny_config, tiny_policy
 # the combination the issue found leaking (delta with train_expert_only=False) and the joint objective.
 STAGES = {
     "main": dict(train_expert_only=False),
+    "main-lerobot-defaults": dict(train_expert_only=True, freeze_vision_encoder=True),
     "delta": dict(train_delta_expert=True, train_expert_only=True, freeze_vision_encoder=True),
     "delta-vlm-unfrozen": dict(train_delta_expert=True, train_expert_only=False),
     "joint": dict(train_delta_expert=True, train_main_expert=True),
