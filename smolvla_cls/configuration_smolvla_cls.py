@@ -87,3 +87,6 @@ class SmolVLACLSConfig(SmolVLAConfig):
             fail("vlm_preset", "'tiny', 'full' or None")
         if self.pad_language_to not in ("longest", "max_length"):
             fail("pad_language_to", "'longest' or 'max_length'")
+        if self.rtc_config is not None and self.rtc_config.enabled:
+            raise ConfigError("rtc_config: real-time chunking is not supported by smolvla_cls "
+                              "(set rtc_config=None or rtc_config.enabled=False)")

@@ -5,11 +5,13 @@ layout); `SmolVLACLSPolicy` extends `SmolVLAPolicy` and is what lerobot instanti
 `--policy.type=smolvla_cls`. Mask rules and positions live in `masks.py`, the loss in `vicreg.py`.
 """
 
-from __future__ import annotations
-
 import copy
+import json
 import math
+from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatching
@@ -22,13 +24,37 @@ from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
 from smolvla_cls.masks import make_att_2d_masks_with_cls, position_ids_with_cls
 from smolvla_cls.vicreg import vicreg_loss
 
+# t is split as t_hi + t_lo with t_hi = k / 2**12 (k an integer) and each frequency f = f_hi + f_lo with f_hi
+# of 12 significant bits, so t_hi * f_hi is exact in float32 and its integer part can be dropped exactly.
+_T_QUANTUM = 4096.0
+_F_HI_BITS = 12
+
+
+@lru_cache(maxsize=16)
+def _frequencies(dim: int, min_period: float, max_period: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(f_hi, f_lo, f) in float32, from lerobot's float64 frequencies f = 1 / period (cycles per unit time).
+    numpy, not torch: under ONNX export these must be constants, not traced float64 ops."""
+    fraction = np.linspace(0.0, 1.0, dim // 2, dtype=np.float64)
+    freq = 1.0 / (min_period * (max_period / min_period) ** fraction)
+    mantissa, exponent = np.frexp(freq)
+    f_hi = np.ldexp(np.round(mantissa * 2**_F_HI_BITS), exponent - _F_HI_BITS)
+    return tuple(torch.from_numpy(x.astype(np.float32)) for x in (f_hi, freq - f_hi, freq))
+
 
 def time_embedding(time: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
-    """Sine-cosine embedding of flow time [B] -> [B, dim], in float32 (lerobot uses float64, which
-    TensorRT lacks; the difference is ~1e-7)."""
-    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float32, device=time.device)
-    period = min_period * (max_period / min_period) ** fraction
-    angle = (2 * math.pi / period)[None, :] * time.to(torch.float32)[:, None]
+    """Sine-cosine embedding of flow time [B] -> [B, dim] in float32 ops only (TensorRT has no float64),
+    within 1e-6 of lerobot's float64 one: the angle is reduced modulo one period exactly before sin/cos
+    (a plain float32 angle of up to ~1571 rad is off by ~1e-4)."""
+    if dim % 2:
+        raise ValueError(f"time embedding dim={dim}: expected an even number")
+    f_hi, f_lo, freq = (c.to(time.device) for c in _frequencies(dim, float(min_period), float(max_period)))
+    t = time.to(torch.float32)[:, None]
+    t_hi = torch.round(t * _T_QUANTUM) / _T_QUANTUM  # exact: scaling by a power of two, rounding
+    t_lo = t - t_hi  # exact, |t_lo| <= 2**-13
+    whole = t_hi * f_hi  # exact (12 + 12 significant bits)
+    cycles = (whole - torch.round(whole)) + (t_hi * f_lo + t_lo * freq)  # the small terms' rounding is ~1e-9
+    cycles = cycles - torch.round(cycles)  # in [-0.5, 0.5]
+    angle = cycles * (2 * math.pi)
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
 
 
@@ -83,19 +109,65 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         nn.init.zeros_(self.delta_action_out_proj.weight)
         nn.init.zeros_(self.delta_action_out_proj.bias)
 
+    def training_stage(self) -> str:
+        """"main" (flow matching), "delta" (delta objective, VLM and main expert frozen) or "joint" (both)."""
+        if not self.config.train_delta_expert:
+            return "main"
+        return "joint" if self.config.train_main_expert else "delta"
+
+    def cls_modules(self) -> dict[str, nn.Module | nn.Parameter]:
+        """The CLS tokens and projections: only the delta objective's VICReg term reaches them."""
+        if not self.num_prefix_cls:
+            return {}
+        return {"pre_cls_param": self.pre_cls_param, "suf_cls_param": self.suf_cls_param,
+                "obs_cls_proj": self.obs_cls_proj, "act_cls_proj": self.act_cls_proj}
+
     def set_requires_grad(self):
+        """Trainable = exactly what the stage's loss reaches (lerobot's contract: no trainable parameter
+        without a gradient). main: lerobot's SmolVLA rules; delta and CLS frozen (no loss reaches them).
+        delta: delta expert + CLS only; VLM, state projection and main expert frozen whatever
+        `train_expert_only` says, so the delta/VICReg loss cannot move the K/V the main expert reads.
+        joint: both."""
         super().set_requires_grad()
         if not hasattr(self, "delta_expert"):
             return  # called from the parent constructor, before our modules exist
-        delta_only = self.config.train_delta_expert and not self.config.train_main_expert
-        for module in self.main_expert_modules().values():
-            for p in module.parameters():
-                p.requires_grad = not delta_only
-        if delta_only:
-            for p in self.state_proj.parameters():
+        stage = self.training_stage()
+        frozen_main = stage == "delta"
+        if frozen_main:
+            for module in (self.vlm_with_expert.vlm, self.state_proj):
+                module.requires_grad_(False)
+        elif stage == "main":
+            self._freeze_vlm_tail()
+        delta_and_cls = {**self.delta_modules(), **self.cls_modules()}
+        for group, trainable in ((self.main_expert_modules(), not frozen_main), (delta_and_cls, stage != "main")):
+            for item in group.values():
+                params = item.named_parameters() if isinstance(item, nn.Module) else [("", item)]
+                for name, p in params:
+                    p.requires_grad = trainable and "lm_head" not in name
+
+    def _freeze_vlm_tail(self) -> None:
+        """Without the CLS read-out, flow matching reaches the VLM only through the K/V the expert reads:
+        not the final norm, the layers after the last one read, nor that layer's query, output and MLP.
+        (lerobot means to freeze these too, but its name patterns miss transformers' parameter names.)"""
+        with_expert = self.vlm_with_expert
+        text = with_expert.get_vlm_model().text_model
+        experts = with_expert.get_model_layers([text, with_expert.lm_expert])[1]
+        last_read = max(i for i, layer in enumerate(experts) if layer is not None)
+        text.norm.requires_grad_(False)
+        for layer in list(text.layers)[last_read + 1:]:
+            layer.requires_grad_(False)
+        for name, p in text.layers[last_read].named_parameters():
+            if not name.startswith(("self_attn.k_proj.", "self_attn.v_proj.", "input_layernorm.")):
                 p.requires_grad = False
-        for name, p in self.delta_expert.named_parameters():
-            p.requires_grad = "lm_head" not in name
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode in the delta stage (as lerobot does for `train_expert_only`)."""
+        super().train(mode)
+        if mode and hasattr(self, "delta_expert") and self.training_stage() == "delta":
+            for module in self.main_expert_modules().values():
+                module.eval()
+            self.vlm_with_expert.vlm.eval()
+        return self
 
     # -- embeddings -----------------------------------------------------------------------------
     def embed_prefix(self, images, img_masks, lang_tokens, lang_masks, state=None):
@@ -189,8 +261,6 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         return x_t
 
     def sample_actions(self, images, img_masks, lang_tokens, lang_masks, state, noise=None, **kwargs):
-        if self._rtc_enabled():
-            raise NotImplementedError("rtc_config: real-time chunking is not supported by smolvla_cls")
         if noise is None:
             noise = self.sample_noise((state.shape[0], self.config.chunk_size, self.config.max_action_dim),
                                       state.device)
@@ -246,8 +316,9 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         return losses, terms
 
 
-def masked_mean(losses: Tensor, action_is_pad: Tensor | None, action_dim: int) -> tuple[Tensor, dict]:
-    """Mean over in-episode steps and real action dims only (upstream averages over both paddings)."""
+def masked_mean(losses: Tensor, action_is_pad: Tensor | None, action_dim: int) -> tuple[Tensor, Tensor, dict]:
+    """(batch mean, per-sample means [B], stats) over in-episode steps and real action dims only
+    (upstream averages over both paddings). The batch mean weights samples by their valid steps."""
     stats = {"after_forward": losses.detach().mean().item()}
     valid = torch.ones(losses.shape[:2], dtype=torch.bool, device=losses.device)
     if action_is_pad is not None:
@@ -255,10 +326,24 @@ def masked_mean(losses: Tensor, action_is_pad: Tensor | None, action_dim: int) -
     masked = losses * valid[..., None]
     stats["after_in_ep_bound"] = masked.detach().mean().item()
     masked = masked[..., :action_dim]
-    denom = valid.sum().clamp(min=1) * action_dim
-    loss = masked.sum() / denom
+    count = valid.sum(dim=1) * action_dim
+    per_sample = masked.sum(dim=(1, 2)) / count.clamp(min=1)
+    loss = masked.sum() / count.sum().clamp(min=1)
     stats["after_rm_padding"] = loss.detach().item()
-    return loss, stats
+    return loss, per_sample, stats
+
+
+def _saved_by_delta_training(model_file) -> bool:
+    """Whether the checkpoint beside `model_file` was saved by a delta (or joint) stage, i.e. holds a
+    trained delta expert. A checkpoint without its config.json counts as one if it has delta weights."""
+    from safetensors import safe_open
+
+    with safe_open(model_file, framework="pt") as f:
+        has_delta = any(k.startswith("model.delta_expert.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+    config_file = Path(model_file).parent / "config.json"
+    if not has_delta or not config_file.exists():
+        return has_delta
+    return bool(json.loads(config_file.read_text()).get("train_delta_expert", False))
 
 
 class SmolVLACLSPolicy(SmolVLAPolicy):
@@ -271,6 +356,7 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         if not isinstance(config, SmolVLACLSConfig):
             raise TypeError(f"config: expected SmolVLACLSConfig, got {type(config).__name__}")
         super(SmolVLAPolicy, self).__init__(config)
+        config._validate_cls_fields()  # again: fields may have been changed since construction (rtc_config)
         config.validate_features()
         self.config = config
         self.init_rtc_processor()
@@ -278,15 +364,19 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         self.reset()
 
     @classmethod
-    def _load_as_safetensor(cls, model, model_file, map_location, strict):
-        """Load weights; a checkpoint without delta-expert weights (plain SmolVLA) gets a delta expert
-        copied from its main expert, and new CLS parameters keep their init."""
-        from safetensors import safe_open
+    def supports_rtc(cls) -> bool:
+        """Real-time chunking (lerobot's `rtc_config`) is not supported; the config refuses it."""
+        return False
 
-        with safe_open(model_file, framework="pt") as f:
-            has_delta = any(k.startswith("model.delta_expert.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file, map_location, strict):
+        """Load weights. A checkpoint whose delta expert was never trained (saved by a main stage, or a plain
+        SmolVLA one without delta weights) gets its delta expert re-copied from the *loaded* main expert
+        (zero output projection): that is how a delta stage starts. A delta/joint checkpoint (resuming a
+        delta stage, or inference) keeps its own. New CLS parameters keep their init."""
+        trained_delta = _saved_by_delta_training(model_file)
         model = super()._load_as_safetensor(model, model_file, map_location, strict)
-        if not has_delta:
+        if not trained_delta:
             model.model.reset_delta_from_main()
         return model
 
@@ -300,7 +390,10 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         return self.config.action_feature.shape[0]
 
     def forward(self, batch: dict[str, Tensor], noise=None, time=None, reduction: str = "mean"):
-        """Training loss: main flow matching and/or the delta objective, padding excluded everywhere."""
+        """Training loss: main flow matching and/or the delta objective, padding excluded everywhere.
+        reduction="mean": a scalar; "none": per-sample losses [B], as lerobot's SmolVLA."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction={reduction!r}: expected 'mean' or 'none'")
         validate_batch(self.config, batch, need_action=True)
         if self.config.adapt_to_pi_aloha:
             raise NotImplementedError("adapt_to_pi_aloha is not supported by smolvla_cls")
@@ -308,27 +401,31 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         action_is_pad = batch.get("action_is_pad")
         loss_dict: dict[str, float] = {}
         total = None
-        if not self.config.train_delta_expert or self.config.train_main_expert:
+        per_sample = None
+        if self.model.training_stage() != "delta":
             losses = self.model.forward(*inputs, self.prepare_action(batch), noise, time)
-            main_loss, stats = masked_mean(losses, action_is_pad, self.action_dim)
+            main_loss, per_sample, stats = masked_mean(losses, action_is_pad, self.action_dim)
             loss_dict.update({f"losses_{k}": v for k, v in stats.items()})
             loss_dict["main_loss"] = main_loss.item()
             total = main_loss
         if self.config.train_delta_expert:
             losses, terms = self.model.forward_delta_expert(*inputs, action_dim=self.action_dim)
-            delta_loss, stats = masked_mean(losses, action_is_pad, self.action_dim)
+            delta_loss, delta_per_sample, stats = masked_mean(losses, action_is_pad, self.action_dim)
             loss_dict.update({f"delta_losses_{k}": v for k, v in stats.items()})
             if terms is not None:
-                delta_loss = delta_loss + self.config.vicreg_weight * terms.loss
+                vicreg = self.config.vicreg_weight * terms.loss
+                delta_loss, delta_per_sample = delta_loss + vicreg, delta_per_sample + vicreg
                 loss_dict.update(vicreg_loss=terms.loss.item(), vicreg_invariance=terms.invariance.item(),
                                  vicreg_variance=terms.variance.item(), vicreg_covariance=terms.covariance.item())
             loss_dict["delta_loss"] = delta_loss.item()
             total = delta_loss if total is None else total + delta_loss
+            per_sample = delta_per_sample if per_sample is None else per_sample + delta_per_sample
         if not torch.isfinite(total):
             raise FloatingPointError(f"loss is not finite ({total.item()}); components: {loss_dict}")
         loss_dict["loss"] = total.item()
         if reduction == "none":
-            return total.expand(inputs[-1].shape[0]), loss_dict
+            # per sample [B] (lerobot's RA-BC weights these); VICReg is a batch statistic, added to each
+            return per_sample, loss_dict
         return total, loss_dict
 
     @torch.no_grad()

@@ -1,9 +1,12 @@
 """`make train`: trains `smolvla_cls` with lerobot's own training loop, in two stages.
 
 Stage 1 "main"  — flow matching of the main expert with the prefix CLS tokens in place (they are pure
-                  read-outs, see masks.py), VLM and vision trained from scratch (tiny preset).
+                  read-outs, see masks.py), VLM and vision trained from scratch (tiny preset); delta
+                  expert and CLS parameters frozen (no loss reaches them).
 Stage 2 "delta" — the seed's delta objective: main expert and VLM frozen; delta expert, CLS tokens and
-                  both CLS projections trained with denoising + vicreg_weight · VICReg.
+                  both CLS projections trained with denoising + vicreg_weight · VICReg. It starts from the
+                  main stage's checkpoint, and loading a main-stage checkpoint re-copies the delta expert
+                  from the *trained* main expert (SmolVLACLSPolicy._load_as_safetensor); resuming keeps it.
 Each stage is a plain `lerobot.scripts.lerobot_train.train(cfg)` run with its own lerobot output folder;
 `<output>/checkpoints` points at the last stage's checkpoints, so
 `<output>/checkpoints/last/pretrained_model` is the final policy in lerobot's layout.

@@ -6,7 +6,8 @@ rules, in order (the first that matches decides; `NodeDecision.reason` records i
 
 1. nodes with no float32 tensor, and type-producing ops (Cast, Shape, Constant, ...) are left alone;
 2. numerically sensitive ops stay fp32: norm statistics (Pow, ReduceMean, Sqrt, Reciprocal), Exp/Log,
-   Sin/Cos/Range/CumSum (rotary and sinusoidal time embeddings lose their phase in 10 mantissa bits), and the
+   Sin/Cos/Range/CumSum (rotary and sinusoidal time embeddings lose their phase in 10 mantissa bits), every
+   node computing a Sin/Cos argument (the time embedding's exact range reduction needs 24 bits), and the
    fused Softmax / LayerNormalization / *Normalization ops (TensorRT runs them in their input precision);
 3. ops outside the default ONNX domain, nodes the user names (`keep` regexes on name or torch scope), and
    nodes of the module sections the accuracy fallback chose (`keep_sections`, see `node_section`);
@@ -113,6 +114,19 @@ def _constant_issue(values: np.ndarray, precision: str) -> str | None:
     return None
 
 
+def phase_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes a Sin/Cos argument is computed from (transitively): a phase needs fp32."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    pending = [t for n in model.graph.node if n.op_type in ("Sin", "Cos") for t in n.input]
+    seen: set[str] = set()
+    while pending:
+        node = producer.get(pending.pop())
+        if node is not None and node.name not in seen:
+            seen.add(node.name)
+            pending.extend(node.input)
+    return seen
+
+
 def plan_nodes(model: onnx.ModelProto, types: Mapping[str, int], absmax: Mapping[str, float], precision: str,
                data_max: float = DEFAULT_DATA_MAX, keep: Sequence[str] = (),
                keep_sections: Collection[str] = ()) -> list[NodeDecision]:
@@ -123,6 +137,7 @@ def plan_nodes(model: onnx.ModelProto, types: Mapping[str, int], absmax: Mapping
     constants = {n.output[0]: next(a.t for a in n.attribute if a.name == "value")
                  for n in model.graph.node if n.op_type == "Constant" and any(a.name == "value" for a in n.attribute)}
     patterns = [re.compile(p) for p in keep]
+    phases = phase_nodes(model)
     decisions = []
     for node in model.graph.node:
         if node.op_type in CONTROL_FLOW_OPS:
@@ -139,6 +154,8 @@ def plan_nodes(model: onnx.ModelProto, types: Mapping[str, int], absmax: Mapping
             decide("untouched", "type-op", "output type fixed by the op")
         elif node.op_type in SENSITIVE_OPS:
             decide("fp32", "sensitive", f"sensitive op {node.op_type}")
+        elif node.name in phases:
+            decide("fp32", "sensitive", "computes a Sin/Cos phase")
         elif node.domain not in ("", "ai.onnx"):
             decide("fp32", "domain", f"custom domain {node.domain}")
         elif any(p.search(node.name) or p.search(node_scope(node)) for p in patterns):
