@@ -29,9 +29,39 @@ class IdentityError(ValueError):
 
 def canonical_bytes(raw: Mapping[str, Any], domain: bytes = DOMAIN) -> bytes:
     """The bytes the digest covers: the record minus `identity`, canonically serialised after a domain prefix."""
-    body = {k: v for k, v in raw.items() if k != "identity"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return domain + text.encode("ascii")
+    return domain + _canonical({k: v for k, v in raw.items() if k != "identity"})
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def part_hashes(raw: Mapping[str, Any]) -> dict[str, str]:
+    """A short hash per top-level section and per `files` entry (`files/<name>`). Recorded next to the digest at
+    export, they only serve to *name* what changed when the digest does not match (they are not trusted)."""
+    parts = {}
+    for key, value in raw.items():
+        if key == "identity":
+            continue
+        if key == "files" and isinstance(value, Mapping):
+            parts.update({f"files/{name}": hashlib.sha256(_canonical(entry)).hexdigest()[:16]
+                          for name, entry in value.items()})
+        else:
+            parts[key] = hashlib.sha256(_canonical(value)).hexdigest()[:16]
+    return parts
+
+
+def _changed_parts(raw: Mapping[str, Any], recorded: Any) -> str:
+    """'' or ' (…: what differs from the export's record)', e.g. ' (the recorded hash of prefix.onnx)'."""
+    if not isinstance(recorded, Mapping):
+        return ""
+    now = part_hashes(raw)
+    names = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+    if not names:
+        return ""
+    shown = [f"the recorded hash of {n[6:]}" if n.startswith("files/") else f"'{n}'" for n in names[:4]]
+    more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+    return f" ({', '.join(shown)}{more} changed)"
 
 
 def artifact_digest(raw: Mapping[str, Any], domain: bytes = DOMAIN) -> str:
@@ -91,7 +121,7 @@ def signature_record(private_key: Any, digest: str) -> dict[str, str]:
 def stamp_identity(raw: dict[str, Any], private_key: Any = None, domain: bytes = DOMAIN) -> str:
     """Set `raw["identity"]` to the digest of `raw` (and its signature when a key is given); return the digest."""
     digest = artifact_digest(raw, domain)
-    raw["identity"] = {"digest": digest}
+    raw["identity"] = {"digest": digest, "parts": part_hashes(raw)}
     if private_key is not None:
         raw["identity"]["signature"] = signature_record(private_key, digest)
     return digest
@@ -109,8 +139,8 @@ def verify_identity(raw: Mapping[str, Any], *, expected_digest: str | None = Non
     digest = artifact_digest(raw, domain)
     identity = raw.get("identity") if isinstance(raw.get("identity"), Mapping) else {}
     if identity.get("digest") != digest:
-        raise IdentityError(f"{what} was changed after export: its contents hash to {digest[:19]}…, "
-                            f"its recorded digest is {str(identity.get('digest'))[:19]}…")
+        raise IdentityError(f"{what} was changed after export{_changed_parts(raw, identity.get('parts'))}: its "
+                            f"contents hash to {digest[:19]}…, its recorded digest is {str(identity.get('digest'))[:19]}…")
     if expected_digest is not None and check_digest_text(expected_digest, "expected digest") != digest:
         raise IdentityError(f"artifact digest {digest} is not the expected "
                             f"{check_digest_text(expected_digest, 'expected digest')}: another or changed export")

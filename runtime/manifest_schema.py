@@ -183,6 +183,9 @@ class SignatureModel(_Closed):
 class IdentityModel(_Closed):
     digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
     signature: SignatureModel | None = None
+    # per-section hashes at export: only used to name what changed when the digest does not match
+    parts: Annotated[dict[Key, Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]],
+                     Field(max_length=1024)] | None = None
 
 
 class RobotCameraModel(_Closed):

@@ -94,7 +94,8 @@ def test_tampered_manifest_is_refused_naming_manifest_json(folder, edit):
 
 
 def test_rehashed_graph_is_refused(folder):
-    """prefix.onnx replaced and its hash re-listed: the digest no longer matches (naming manifest.json)."""
+    """prefix.onnx replaced and its hash re-listed: the digest no longer matches; the line names the manifest and
+    the graph whose recorded hash changed."""
     shutil.copyfile(folder / "main_expert.onnx", folder / "prefix.onnx")
     raw = load_manifest_dict(folder)
     raw["files"]["prefix.onnx"] = _sha(folder / "prefix.onnx")
@@ -102,6 +103,8 @@ def test_rehashed_graph_is_refused(folder):
     with pytest.raises(ManifestError) as exc:
         Manifest.load(folder)
     _one_line_naming(exc, "manifest.json")
+    assert "the recorded hash of prefix.onnx changed" in str(exc.value)
+    assert "main_expert.onnx" not in str(exc.value)  # only what changed is named
 
 
 def test_rehashed_and_restamped_graph_is_refused_by_expected_digest(folder):
