@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.cli import add_identity_arguments
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy, TickInfo
+from runtime.policy_arguments import add_identity_arguments
 from simtask import ReachEnv, TaskConfig, evaluate_policy
 
 

@@ -44,20 +44,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_identity_arguments(p: argparse.ArgumentParser) -> None:
-    """--expect-digest / --trusted-key: which export this machine accepts (shared with `python -m evaluation`)."""
-    p.add_argument("--expect-digest", default=None, metavar="SHA256",
-                   help="refuse any artifact folder whose digest differs (printed by export and `info`)")
-    p.add_argument("--trusted-key", action="append", default=None, metavar="PEM",
-                   help="require a signature by this Ed25519 public key (repeatable; python -m export.signing)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="verify and summarise an artifact folder")
     info.add_argument("--artifacts", default="artifacts/onnx")
-    add_identity_arguments(info)
+    policy_arguments.add_identity_arguments(info)
     info.set_defaults(func=_info)
     serve_command.add_parser(sub)
     robot_command.add_parser(sub)

@@ -7,6 +7,7 @@ was expected — never a TypeError from deep inside numpy, and never a value tha
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Iterable
@@ -144,3 +145,11 @@ def trusted_keys(value: Any) -> list[Any]:
         except IdentityError as exc:
             raise PolicyArgumentError(str(exc)) from None
     return keys
+
+
+def add_identity_arguments(p: argparse.ArgumentParser) -> None:
+    """--expect-digest / --trusted-key: which export this machine accepts (runtime info / serve / robot, evaluation)."""
+    p.add_argument("--expect-digest", default=None, metavar="SHA256",
+                   help="refuse any artifact folder whose digest differs (printed by export and `info`)")
+    p.add_argument("--trusted-key", action="append", default=None, metavar="PEM",
+                   help="require a signature by this Ed25519 public key (repeatable; python -m export.signing)")

@@ -11,8 +11,10 @@ import argparse
 import importlib
 import json
 import logging
+import signal
 
 from runtime.policy import EdgePolicy
+from runtime.policy_arguments import add_identity_arguments
 from runtime.robot_interface import RobotInterface
 from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, ThreadedSource, run_robot
 from runtime.seam import SEAM_MODES
@@ -42,13 +44,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
     p.add_argument("--max-ticks", type=int, default=None)
     p.add_argument("--log-every", type=int, default=30, help="log one tick in N (1: every tick)")
+    add_identity_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("runtime.robot")
-    policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine)
+    policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine,
+                        expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
     iface = RobotInterface.from_manifest(policy.manifest)
     if iface.state_names is None:
         raise ValueError(f"{args.artifacts}: the manifest has no 'robot' section (motor names); re-export with "
@@ -59,11 +63,16 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
         raise ValueError("--task is required: the instruction sent with every observation")
     fps = args.fps or iface.fps or 30.0
     if args.inference == "async":
-        source: ActionSource = AsyncSource(policy, iface, task=args.task, fps=fps, seam=args.seam)
+        source: ActionSource = AsyncSource(policy, iface, task=task, fps=fps, seam=args.seam)
     else:
-        source = (ThreadedSource if args.inference == "thread" else SyncSource)(policy, iface, task=args.task)
+        source = (ThreadedSource if args.inference == "thread" else SyncSource)(policy, iface, task=task)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
              args.artifacts, args.backend, args.gate, args.inference, task)
+
+    def on_sigterm(signum: int, frame: object) -> None:  # systemd / docker stop: the same safe stop as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     def on_tick(tick: int, sa: SourceAction, period_ms: float) -> None:
         if tick % max(1, args.log_every) == 0:

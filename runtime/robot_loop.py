@@ -36,6 +36,8 @@ class SourceAction:
     gate_reason: str = ""
     resampled: bool = False
     latency_ms: float = 0.0
+    fault: str = ""  # an inference fault reported with this tick (the action is then the safe fallback)
+    news: bool = True  # this tick carries a new inference result (a fault or a healthy job)
 
 
 class ActionSource(Protocol):
@@ -58,7 +60,7 @@ class SyncSource:
     def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
         a = self.policy.step(self.interface.observation(robot_obs, task=self.task))
         i = self.policy.last_info
-        return SourceAction(a, i.gate_reason, i.resampled, i.total_ms)
+        return SourceAction(a, i.gate_reason, i.resampled, i.total_ms, fault=i.fault or "")
 
     def close(self) -> None:
         pass
@@ -81,6 +83,7 @@ class ThreadedSource:
         self._wake = threading.Condition(self._lock)
         self._busy = False
         self._last = SourceAction(None)
+        self._fresh = False  # a job finished since the loop last asked (its result is news once)
         self._stop = False
         self._error: str | None = None  # the worker's last failure, raised by the next tick (a loop fault)
         self._resample_ms: float | None = None  # EMAs: resample latency, loop period
@@ -114,8 +117,8 @@ class ThreadedSource:
                 self._job, self._busy = (obs, tick - 1, must_go), True
                 self._wake.notify()
             a = self._buf.pop(tick, None)
-            last = self._last
-        return SourceAction(a, last.gate_reason, last.resampled, last.latency_ms)
+            last, news, self._fresh = self._last, self._fresh, False
+        return SourceAction(a, last.gate_reason, last.resampled, last.latency_ms, fault=last.fault, news=news)
 
     def _work(self) -> None:
         while True:
@@ -130,7 +133,9 @@ class ThreadedSource:
                 with self._lock:
                     for i, row in enumerate(chunk.actions):  # a new chunk replaces the old plan from its start
                         self._buf[chunk.first_timestep + i] = row
-                    self._last = SourceAction(None, chunk.gate_reason, chunk.resampled, chunk.latency_ms)
+                    self._last = SourceAction(None, chunk.gate_reason, chunk.resampled, chunk.latency_ms,
+                                              fault=self.planner.policy.last_info.fault or "")
+                    self._fresh = True
                     if chunk.resampled:
                         self._resample_ms = _ema(self._resample_ms, chunk.latency_ms)
             except Exception as exc:  # noqa: BLE001 — raised on the next tick; the loop's fault rule decides
@@ -163,17 +168,29 @@ class AsyncSource:
                  seam: str = "inpaint"):
         self.interface, self.task = interface, task
         self.executor = AsyncEdgePolicy(policy, tick_hz=fps, seam=seam).start()
+        self._seen = (0, 0)  # (jobs, faults + worker errors) already reported
+        self._planned = False  # a chunk has reached the robot
 
     def reset(self) -> None:
         self.executor.reset()
+        self._planned = False
 
     def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
-        self.executor.submit(self.interface.observation(robot_obs, task=self.task), tick)
-        action = self.executor.action_for_tick(tick)
-        job = self.executor.last_job
-        if job is None:
-            return SourceAction(action)
-        return SourceAction(action, job.gate_reason, job.resampled, job.total_ms)
+        ex = self.executor
+        ex.submit(self.interface.observation(robot_obs, task=self.task), tick)
+        action = ex.action_for_tick(tick)
+        self._planned = self._planned or (ex.emitter.last is not None and ex.emitter.last.row is not None)
+        if not self._planned:
+            action = None  # before the first chunk the robot holds where it is (never drives to the stop pose)
+        c = ex.counters
+        seen, self._seen = self._seen, (c.jobs, c.faults + c.worker_errors)
+        fault = ""
+        if self._seen[1] > seen[1]:
+            fault = str(ex.last_error) if ex.last_error is not None else (ex.last_job.fault if ex.last_job else "")
+            fault = fault or "inference fault"
+        job = ex.last_job
+        return SourceAction(action, job.gate_reason if job else "", bool(job and job.resampled),
+                            job.total_ms if job else 0.0, fault=fault, news=self._seen != seen)
 
     def close(self) -> None:
         self.executor.close()
@@ -212,7 +229,8 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
         raise ValueError(f"fps must be positive, got {fps!r}")
     period = 1.0 / fps
     rep = LoopReport()
-    consecutive = 0
+    consecutive = 0  # robot I/O or source exceptions in a row
+    inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
     if not getattr(robot, "is_connected", False):
         robot.connect()
     start = last = time.perf_counter()
@@ -227,6 +245,15 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
                 else:
                     robot.send_action(interface.action_dict(sa.action))
                     consecutive = 0
+                if sa.fault:
+                    rep.faults += 1
+                    inference_faults += 1
+                    log.warning("tick %d inference fault (%d in a row): %s", tick, inference_faults, sa.fault)
+                    if inference_faults >= max_faults:
+                        rep.stop_reason = f"{inference_faults} consecutive inference faults ({sa.fault})"
+                        break
+                elif sa.news:
+                    inference_faults = 0
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 — a fault: counted, the loop's fault rule decides
@@ -259,6 +286,8 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
                     rep.stops_sent += 1
                 except Exception as exc:  # noqa: BLE001
                     log.error("stop action failed: %s", exc)
-        source.close()
-        robot.disconnect()
+        try:
+            source.close()
+        finally:
+            robot.disconnect()
     return rep

@@ -2,6 +2,7 @@
 determinism, runtime-vs-PyTorch actions, and bad-input handling."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -225,3 +226,19 @@ def test_bf16_folder_falls_back_to_fp32_sections_until_held_out_gates_pass(expor
         in_section = [n for n in model.graph.node if node_section(n) == kept["section"]]
         assert in_section
         assert not any(inits.get(t) == LOW_TYPES["bf16"] for n in in_section for t in n.input)
+
+
+@pytest.mark.parametrize("stop, match", [
+    (None, "default stop action"),  # zeros outside a position-controlled robot's range
+    ([0.1, 0.5], "--stop-action: value 0.1"),
+    ([float("nan"), 0.5], "--stop-action: value nan"),
+])
+def test_stop_action_outside_bounds_is_refused_before_export(tmp_path, stop, match):
+    """The runtime refuses a stop action outside action_bounds, so export refuses to write such a folder."""
+    loaded = _loaded()
+    stats = dict(loaded.stats)
+    stats["action"] = {**stats["action"], "min": np.array([0.3, 0.3]), "max": np.array([0.9, 0.9])}
+    loaded = LoadedPolicy(loaded.policy, "test", "tiny", stats)
+    with pytest.raises(ExportInputError, match=re.escape(match)):
+        export_artifacts(loaded, tmp_path / "out", calibrate=False, progress=False, stop_action=stop)
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
-from runtime.backend import Backend
+from runtime.backend import Backend, BackendError
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
 from runtime.robot_loop import AsyncSource, SyncSource, ThreadedSource, run_robot
@@ -145,3 +145,36 @@ def test_worker_inference_failures_count_as_faults():
     assert "consecutive faults" in rep.stop_reason and "observation.state" in rep.stop_reason
     assert rep.stops_sent == 1 and robot.sent and np.array_equal(robot.sent[-1], policy.guard.stop_action)
     assert len(robot.sent) == 1  # nothing but the stop action ever reached the robot
+
+
+class FailingBackend(SlowBackend):
+    """Every prefix pass fails: the policy reports a fault each job and emits only its safe fallback."""
+
+    def run_prefix(self, *args):
+        raise BackendError("CUDA error: an illegal memory access was encountered")
+
+
+@pytest.mark.parametrize("source", ["sync", "thread", "async"])
+def test_inference_faults_end_in_the_safe_stop(source):
+    """A backend that keeps failing must not hold the arm forever: repeated inference faults stop safely."""
+    base = EdgePolicy(robot_artifacts())
+    policy = EdgePolicy(robot_artifacts(), backend=FailingBackend(base.backend, 0.0), gate="always")
+    robot = SimReachRobot(SimReachSettings(episodes=1000, action_bound=ACTION_BOUND))
+    iface = RobotInterface.from_manifest(policy.manifest)
+    rec = Recorder(robot)
+    src = {"sync": lambda: SyncSource(policy, iface), "thread": lambda: ThreadedSource(policy, iface),
+           "async": lambda: AsyncSource(policy, iface, fps=100)}[source]()
+    rep = run_robot(robot, src, iface, policy.guard.stop_action, fps=100, max_ticks=300, max_faults=3)
+    assert "inference faults" in rep.stop_reason and "illegal memory access" in rep.stop_reason
+    assert rep.ticks < 300 and rep.stops_sent == 1 and rec.disconnects == 1
+    assert robot.unsafe == 0
+
+
+def test_async_source_holds_until_the_first_chunk():
+    """Before any chunk exists the async source sends nothing (the arm holds), never the stop pose."""
+    policy, _, robot, iface = make(delay_s=0.100, gate="always")
+    rep = run_robot(robot, AsyncSource(policy, iface, fps=FPS), iface, policy.guard.stop_action, fps=FPS,
+                    max_ticks=40)
+    assert rep.starved >= 2  # the first chunk takes ≥ 100 ms = 3 ticks
+    assert robot.sent and not any(np.array_equal(a, policy.guard.stop_action) for a in robot.sent)
+    assert len(robot.sent) == rep.ticks - rep.starved

@@ -224,3 +224,17 @@ def test_reconnecting_and_idle_clients_release_their_sessions():
         assert svc.stats()["sessions"] == 1 and svc.stats()["policy"]["ticks"] == 1
         a.close()
         b.close()
+
+
+def test_serve_refuses_another_export_when_a_digest_is_pinned():
+    """`runtime serve --expect-digest`: a server pinned to one export never serves another."""
+    from runtime.manifest import Manifest, ManifestError
+    from runtime.serve.server import ServeConfig, build_server
+    from tests.serve_fixtures import robot_artifacts
+
+    good = Manifest.load(robot_artifacts()).digest
+    with pytest.raises(ManifestError, match="not the expected"):
+        build_server(ServeConfig(artifacts=robot_artifacts(), port=0, expected_digest="sha256:" + "0" * 64))
+    server, svc, _ = build_server(ServeConfig(artifacts=robot_artifacts(), port=0, expected_digest=good))
+    assert svc.template.manifest.digest == good
+    server.stop(None)

@@ -119,6 +119,18 @@ def _bounds(stats: dict, key: str, margin: float) -> dict:
     return {"low": (lo - margin * span).tolist(), "high": (hi + margin * span).tolist(), "margin": margin}
 
 
+def _check_stop_action(stop: list[float], bounds: dict, given: bool) -> None:
+    """The runtime refuses a stop action outside action_bounds: refuse it here, before the export runs."""
+    bad = [i for i, (v, lo, hi) in enumerate(zip(stop, bounds["low"], bounds["high"], strict=True))
+           if not (np.isfinite(v) and lo <= v <= hi)]
+    if bad:
+        i = bad[0]
+        what = "--stop-action" if given else "the default stop action (zeros; for delta-action datasets)"
+        raise ExportInputError(f"{what}: value {stop[i]} of action dim {i} lies outside action_bounds "
+                               f"[{bounds['low'][i]:.4g}, {bounds['high'][i]:.4g}]; pass --stop-action with the "
+                               "robot's rest command (absolute-position robots need their rest pose)")
+
+
 def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, files: dict, seconds: float,
                    stop_action: list[float] | None = None, robot: dict | None = None) -> dict:
     policy = loaded.policy
@@ -189,6 +201,8 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
     action_dim = loaded.policy.config.action_feature.shape[0]
     if stop_action is not None and len(stop_action) != action_dim:
         raise ExportInputError(f"--stop-action: expected {action_dim} values (action_dim), got {len(stop_action)}")
+    _check_stop_action(stop_action if stop_action is not None else [0.0] * action_dim,
+                       _bounds(loaded.stats, "action", BOUNDS_MARGIN), given=stop_action is not None)
     cfg = loaded.policy.config
     root = dataset_root or (None if loaded.preset else dataset_root_from_checkpoint(Path(loaded.source)))
     robot = None if root is None else robot_section(root, action_dim, cfg.robot_state_feature.shape[0],

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 
+from runtime.policy_arguments import add_identity_arguments, expected_digest, trusted_keys
 from runtime.serve.server import ServeConfig, build_server
 
 TOKEN_ENV = "RUNTIME_SERVE_TOKEN"
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback --host without a token (LeRobot's stock client sends none)")
     p.add_argument("--max-observation-mb", type=float, default=32.0)
+    add_identity_arguments(p)
     p.add_argument("--stats-every", type=float, default=10.0, help="log the counters every N seconds (0: never)")
     p.add_argument("--verbose", action="store_true", help="log every observation (gate decision, latency)")
     p.set_defaults(func=run)
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ServeConfig(artifacts=args.artifacts, backend=args.backend, device=args.device, gate=args.gate,
                       refine=args.refine, host=args.host, port=args.port,
                       token=args.token or os.environ.get(TOKEN_ENV) or None,
-                      max_observation_bytes=int(args.max_observation_mb * (1 << 20)))
+                      max_observation_bytes=int(args.max_observation_mb * (1 << 20)),
+                      expected_digest=expected_digest(args.expect_digest), trusted_keys=trusted_keys(args.trusted_key))
     server, svc, port = build_server(cfg, allow_public=args.allow_unauthenticated)
     server.start()
     log = logging.getLogger("runtime.serve")

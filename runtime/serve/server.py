@@ -53,6 +53,8 @@ class ServeConfig:
     max_workers: int = 16
     session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
     seed: int = 0
+    expected_digest: str | None = None  # accept only this export (sessions are pinned to the loaded one anyway)
+    trusted_keys: tuple = ()  # Ed25519 public keys, one of which must have signed the export
 
 
 class _Refused(Exception):
@@ -67,7 +69,8 @@ class InferenceServicer:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.template = EdgePolicy(cfg.artifacts, backend=cfg.backend, gate=cfg.gate, refine=cfg.refine,
-                                   fallback=cfg.fallback, device=cfg.device, seed=cfg.seed)
+                                   fallback=cfg.fallback, device=cfg.device, seed=cfg.seed,
+                                   expected_digest=cfg.expected_digest, trusted_keys=list(cfg.trusted_keys))
         self.interface = RobotInterface.from_manifest(self.template.manifest)
         self.fps = self.interface.fps or 30.0
         self.sessions: dict[str, ServeSession] = {}
@@ -114,7 +117,8 @@ class InferenceServicer:
             return wire.Empty()
         policy = EdgePolicy(self.cfg.artifacts, backend=self.template.backend, gate=self.cfg.gate,
                             refine=self.cfg.refine, fallback=self.cfg.fallback, seed=self.cfg.seed,
-                            verify_hashes=False)
+                            verify_hashes=False,  # the shared backend's graphs were verified at start;
+                            expected_digest=self.template.manifest.digest)  # the manifest must be the same one
         session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps)
         with self._sessions_lock:
             now = time.monotonic()
