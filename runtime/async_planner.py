@@ -4,7 +4,9 @@
 Before the job the policy's queued plan is synced to what the robot will still be executing once a chunk
 planned now can arrive (`delay` ticks later): the gate sees the real remaining plan, and a plan that will
 run out during inference forces a resample in time. A fresh chunk is returned pinned to the observation's
-tick; the seam mode decides how it continues the executing plan (`runtime.seam`). Faults, deadline
+tick; the seam mode decides how it continues the executing plan (`runtime.seam`) — narrowed to the rows that
+execute during inference when the resample reacts to a change (`reactive`, learned from the policy's gate
+decision just before the denoise via `EdgePolicy.before_resample`). Faults, deadline
 deferrals and retries of a failed resample are the policy's own rules (its pending-resample flag survives
 the sync). Used by the threaded `AsyncEdgePolicy` and by the simulated closed loop in `evaluation.latency`.
 """
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.gate import GateDecision
 from runtime.policy import EdgePolicy, TickInfo
-from runtime.seam import InpaintingBackend, blend, check_seam_mode
+from runtime.seam import InpaintingBackend, blend, check_seam_mode, world_changed
 from runtime.timeline import TimedChunk
 
 
@@ -30,8 +33,12 @@ class PlanResult:
 class AsyncChunkPlanner:
     """Owns the policy while running: only one thread may call `plan` (the worker)."""
 
-    def __init__(self, policy: EdgePolicy, seam: str = "inpaint", seam_width: int = 3):
+    def __init__(self, policy: EdgePolicy, seam: str = "inpaint", seam_width: int = 3, reactive: bool = True):
         self.policy = policy
+        self.reactive = bool(reactive)  # False: full seam even when the gate fired because the world changed
+        self._due_change = False  # a change-triggered resample was deferred or failed: its retry still reacts
+        self._job: tuple[np.ndarray | None, int] = (None, 0)
+        self.last_reacted = False  # the last job's chunk was planned as a reaction (narrow seam)
         self.seam = check_seam_mode(seam)
         if seam_width < 1:
             raise ValueError(f"seam_width must be >= 1, got {seam_width!r}")
@@ -42,6 +49,17 @@ class AsyncChunkPlanner:
 
     def reset(self, seed: int | None = None) -> None:
         self.policy.reset(seed)
+        self._due_change = self.last_reacted = False
+
+    def _before_resample(self, decision: GateDecision) -> None:
+        """Called by the policy after its gate decided to resample, before the denoise."""
+        react = world_changed(decision.reason, decision.distance, decision.threshold) or \
+            (decision.reason == "pending" and self._due_change)
+        self.last_reacted = react = react and self.reactive
+        executing, delay = self._job
+        backend = self.policy.backend
+        if react and self.seam == "inpaint" and isinstance(backend, InpaintingBackend):
+            backend.set_prior(executing, delay, 0)  # only the rows that execute during inference
 
     def plan(self, observation: dict, tick: int, executing: np.ndarray | None, ran: int, delay: int) -> PlanResult:
         """Gate/resample for the observation of `tick`. `executing`: normalised rows of the running plan from
@@ -53,16 +71,23 @@ class AsyncChunkPlanner:
         backend = self.policy.backend
         if isinstance(backend, InpaintingBackend):
             backend.set_prior(executing if self.seam == "inpaint" else None, delay, self.seam_width)
+        self._job, self.last_reacted = (executing, delay), False
+        self.policy.before_resample = self._before_resample
         try:
             self.policy.step(observation)
         finally:
+            self.policy.before_resample = None
+            self._job = (None, 0)
             if isinstance(backend, InpaintingBackend):
                 backend.set_prior(None, 0)  # an unused prior never leaks into a later job
         info = self.policy.last_info
         chunk = self.policy.last_chunk
         if not info.resampled or chunk is None:
+            if world_changed(info.gate_reason, info.gate_distance, info.gate_threshold) or self.last_reacted:
+                self._due_change = True  # deferred or failed: the retry ("pending") still reacts
             return PlanResult(None, info)
+        self._due_change = False
         chunk = chunk[: self.policy.manifest.dims.n_action_steps]  # the same horizon as the synchronous queue
         if self.seam == "blend" and executing is not None and delay >= 1:
-            chunk = blend(chunk, executing, delay, self.seam_width)
+            chunk = blend(chunk, executing, delay, 0 if self.last_reacted else self.seam_width)
         return PlanResult(TimedChunk(tick, np.array(chunk, dtype=np.float32), next(self._ids)), info)

@@ -123,6 +123,7 @@ class EdgePolicy:
                                     verify_hashes, self._trusted_keys)
         self.noise_fn = noise_fn
         self.next_noise: np.ndarray | None = None  # test hook: consumed by the next resample
+        self.before_resample: Callable[[GateDecision], None] | None = None  # sees why, before the denoise
         self._rng = np.random.default_rng(seed)
         self._noise_shape = m.plan_shape
         self._images = np.zeros((1, len(m.cameras), 3, m.image.height, m.image.width), dtype=np.float32)
@@ -284,6 +285,8 @@ class EdgePolicy:
             self._pending_resample = True
             self._count("deferred_resamples")
         elif decision.resample:
+            if self.before_resample is not None:  # runtime.async_planner: seam handling depends on why
+                self.before_resample(decision)
             if prefix is None:
                 prefix = self._prefix(obs, info)
             if prefix is not None and self._resample(obs, prefix, info):

@@ -9,7 +9,10 @@ jumps away from the old plan (lerobot #4223, #4454). Two fixes, compared with `n
   autograd and runs the exported main-expert graph as is (`InpaintingBackend` wraps any backend).
 - `blend`: after denoising, cross-fade the new chunk from the old plan over `width` rows after the seam.
 Both act only when d >= 1: with no delay nothing of the old plan runs during inference, and pulling a chunk
-the gate asked for (the world changed) toward the old plan would only slow the reaction.
+the gate asked for (the world changed) toward the old plan would only slow the reaction. For the same reason a
+resample triggered by a change (`world_changed`: a drift/consistency/state distance over its threshold, or a
+new instruction) pulls only the d rows that execute anyway (width 0): the executing plan is known to be wrong
+beyond them. A refill (queue running out, `always`/`interval`/`random` firing) keeps the full seam.
 Flow-matching convention of SmolVLA (and `Backend.denoise`): x_t = t·noise + (1−t)·actions, t from 1 to 0.
 """
 
@@ -26,6 +29,16 @@ def check_seam_mode(mode: str) -> str:
     if mode not in SEAM_MODES:
         raise ValueError(f"seam must be one of {SEAM_MODES}, got {mode!r}")
     return mode
+
+
+CHANGE_GATES = ("drift", "consistency", "state")  # gates whose firing means the observation moved away
+
+
+def world_changed(reason: str, distance: float | None, threshold: float | None) -> bool:
+    """True when a gate decision (reason, distance, threshold) says the executing plan is out of date."""
+    if reason == "instruction_changed":
+        return True
+    return reason in CHANGE_GATES and distance is not None and threshold is not None and distance > threshold
 
 
 def overlap_weights(rows: int, hard: int, overlap: int) -> np.ndarray:

@@ -17,9 +17,9 @@ except ImportError:
 from evaluation.latency_loop import LatencyLoop, seam_steps
 from runtime.async_planner import AsyncChunkPlanner
 from runtime.backend import Backend, BackendError
-from runtime.gate import make_gate
+from runtime.gate import Gate, GateDecision, make_gate
 from runtime.policy import EdgePolicy
-from runtime.seam import InpaintingBackend, blend, overlap_weights
+from runtime.seam import InpaintingBackend, blend, overlap_weights, world_changed
 from runtime.timeline import ActionTimeline, TimedChunk
 
 
@@ -153,6 +153,77 @@ def test_deadline_defers_and_the_next_job_resamples():
     assert second.chunk is None and second.info.deferred
     third = planner.plan(make_observation(2), 2, first.chunk.actions[2:], 2, 1)
     assert third.chunk is not None and third.info.gate_reason == "pending"
+
+
+class _ChangeGate(Gate):
+    """Fires every check: as drift over its threshold when `changed`, else as a plain refill (`always`)."""
+
+    name = "scripted"
+
+    def __init__(self):
+        super().__init__()
+        self.changed = False
+
+    def _decide(self, inp):
+        return GateDecision(True, True, 1.0, 0.5, "drift") if self.changed else GateDecision(True, True, reason="always")
+
+
+def test_world_changed_reads_the_gate_decision():
+    assert world_changed("drift", 0.2, 0.1) and world_changed("consistency", 0.2, 0.1)
+    assert world_changed("instruction_changed", None, None)
+    assert not world_changed("drift", 0.05, 0.1) and not world_changed("always", None, None)
+    assert not world_changed("queue_empty", None, None) and not world_changed("interval", 9.0, 3.0)
+
+
+@pytest.mark.parametrize("seam", ["inpaint", "blend"])
+def test_a_change_triggered_resample_is_not_pulled_toward_the_old_plan(seam):
+    """Refill: the rows after the delay fade from the old plan. Gate fired (the world changed): only the d rows
+    that execute during inference are the old plan's; the rest is the model's fresh chunk."""
+    gate = _ChangeGate()
+    pol = _policy(gate=gate)
+    planner = AsyncChunkPlanner(pol, seam=seam, seam_width=3)
+    assert planner.plan(make_observation(0), 0, None, 0, 2).chunk is not None
+    a, d = pol.manifest.dims.max_action_dim, 2
+    old = np.full((6, a), 3.0, dtype=np.float32)  # the executing plan, far from anything the model plans
+    noise = np.random.default_rng(5).standard_normal(pol.manifest.plan_shape).astype(np.float32)
+    chunks = {}
+    for changed in (False, True):
+        gate.changed = changed
+        pol.next_noise = noise
+        res = planner.plan(make_observation(1), 2, old, 2, d)
+        assert res.chunk is not None and planner.last_reacted == changed
+        chunks[changed] = res.chunk.actions
+    refill, react = chunks[False], chunks[True]
+    np.testing.assert_allclose(refill[:d], old[:d], atol=1e-6)
+    np.testing.assert_allclose(react[:d], old[:d], atol=1e-6)  # what runs during inference is kept either way
+    gap = lambda x: np.abs(x[d:d + 3] - old[d:d + 3]).mean(axis=1)
+    assert np.all(gap(refill) < gap(react) - 1e-3)  # the refill is pulled toward the old plan, the reaction not
+    if seam == "inpaint":  # the reaction is exactly the denoise with a width-0 prior
+        inp = pol.backend
+        inp.set_prior(old, d, 0)
+        pol.reset()
+        prefix = pol._prefix(pol.validator.validate(make_observation(1)), pol.last_info)
+        x = inp.denoise(noise.copy(), pol.num_steps, prefix)[0, : len(react)]
+        np.testing.assert_allclose(react, x, atol=1e-5)
+    reflex = AsyncChunkPlanner(_policy(gate=gate), seam=seam, seam_width=3, reactive=False)
+    reflex.plan(make_observation(0), 0, None, 0, 2)
+    reflex.policy.next_noise = noise
+    np.testing.assert_allclose(reflex.plan(make_observation(1), 2, old, 2, d).chunk.actions, refill, atol=1e-5)
+
+
+def test_the_retry_of_a_failed_reaction_still_reacts():
+    gate = _ChangeGate()
+    fb = _FailingDenoise(_policy().backend)
+    pol = _policy(backend=fb, gate=gate)
+    planner = AsyncChunkPlanner(pol, seam="inpaint")
+    first = planner.plan(make_observation(0), 0, None, 0, 1)
+    assert not planner.last_reacted  # queue_empty: a refill
+    gate.changed, fb.fail = True, True
+    assert planner.plan(make_observation(1), 2, first.chunk.actions[2:], 2, 1).chunk is None
+    fb.fail, gate.changed = False, False
+    pol.gate = make_gate("never")  # only the retry rule can resample now
+    third = planner.plan(make_observation(2), 3, first.chunk.actions[3:], 3, 1)
+    assert third.chunk is not None and third.info.gate_reason == "pending" and planner.last_reacted
 
 
 def test_a_plan_that_runs_out_during_inference_forces_a_resample():
