@@ -82,3 +82,21 @@ def test_a_pickle_cannot_retune_numpys_shared_dtypes():
     with pytest.raises(safe_pickle.PayloadError):
         safe_pickle.loads(evil, safe_pickle.TimedObservation)
     assert np.dtype("f4").byteorder == "=" and np.zeros(1, np.float32).dtype.isnative
+
+
+class _ForgedDtype:
+    """Pickles as numpy.dtype('f8') followed by a BUILD whose flags claim the dtype holds object pointers."""
+
+    def __reduce__(self):
+        return (np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 63))
+
+
+def test_forged_dtype_state_is_refused():
+    """A numeric dtype re-flagged by BUILD as an object dtype would let an array free attacker bytes as pointers."""
+    from runtime.serve.safe_pickle import PayloadError, TimedObservation, loads
+
+    with pytest.raises(PayloadError, match="dtype state"):
+        loads(pickle.dumps(_ForgedDtype(), protocol=2), TimedObservation)
+    honest = pickle.dumps(np.dtype("f8"), protocol=2)  # the canonical state passes the BUILD check
+    with pytest.raises(PayloadError, match="expected a TimedObservation"):
+        loads(honest, TimedObservation)

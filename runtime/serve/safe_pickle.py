@@ -117,7 +117,23 @@ for _mod in ("numpy.core", "numpy._core"):
 # copyreg.__newobj__ is never named by protocol >= 2 pickles (NEWOBJ opcode); nothing else is admitted.
 
 
-class _Unpickler(pickle.Unpickler):
+def _check_array_state(state: Any) -> None:
+    """ndarray BUILD state (version, shape, dtype, fortran, raw bytes): numeric, consistent, bounded."""
+    if not (isinstance(state, tuple) and len(state) == 5):
+        raise PayloadError("numpy array state refused (malformed)")
+    _, shape, dtype, _, raw = state
+    if not (isinstance(shape, tuple) and len(shape) <= 8 and all(type(n) is int and n >= 0 for n in shape)):
+        raise PayloadError("numpy array state refused (shape)")
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.kind not in "biuf":
+        raise PayloadError("numpy array state refused (numeric dtype required)")
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not isinstance(raw, bytes) or len(raw) != size or size > MAX_ARRAY_BYTES:
+        raise PayloadError("numpy array state refused (raw data must be bytes matching the shape, bounded)")
+
+
+class _Unpickler(pickle._Unpickler):  # the Python implementation, so BUILD can be checked before it runs
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ADMITTED[(module, name)]
@@ -126,6 +142,21 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise PayloadError("persistent ids are not part of the protocol; refused")
+
+    def _load_build(self) -> None:
+        """BUILD on a numpy dtype may only restate its canonical state (a forged state could flag a numeric
+        dtype as holding object pointers); BUILD on an array only a checked numeric state."""
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.dtype):
+            if state != inst.__reduce__()[2]:
+                raise PayloadError(f"numpy dtype state {state!r:.80} refused (only the canonical state)")
+            self.stack.pop()  # the fresh dtype already is what that state describes
+            return
+        if isinstance(inst, np.ndarray):
+            _check_array_state(state)
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
 
 def loads(data: bytes, expect: type) -> Any:
