@@ -60,6 +60,7 @@ class ChunkPlanner:
         if info.resampled or info.refined:
             ahead = [self._ahead_guard.check(a).action for a in p.queued_actions()]
             rows = np.stack([action, *ahead])[: self.max_actions]
+            p.keep_queued(len(rows) - 1)  # the gate then judges the plan the robot really holds
         else:
             rows = np.zeros((0, action.shape[0]), dtype=np.float32)
         return Chunk(rows, nxt, info.resampled, bool(must_go), info.gate_reason, (time.perf_counter() - t0) * 1e3)

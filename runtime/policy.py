@@ -194,6 +194,10 @@ class EdgePolicy:
             self._pop()
         return k
 
+    def keep_queued(self, n: int) -> None:
+        """Keep only the first `n` queued actions (a remote robot took fewer than the plan holds)."""
+        self._queue_left = max(0, min(int(n), self._queue_left))
+
     def queued_actions(self) -> np.ndarray:
         """The queued plan in raw action units [R, action_dim] (to send ahead; not yet through the guard)."""
         if self._plan is None or self._queue_left == 0:

@@ -178,3 +178,16 @@ def test_async_source_holds_until_the_first_chunk():
     assert rep.starved >= 2  # the first chunk takes ≥ 100 ms = 3 ticks
     assert robot.sent and not any(np.array_equal(a, policy.guard.stop_action) for a in robot.sent)
     assert len(robot.sent) == rep.ticks - rep.starved
+
+
+def test_planner_keeps_only_the_rows_the_robot_took():
+    """A client asking for fewer actions than the plan holds: the policy's queue is cut to what was sent, so
+    the gate judges the plan the robot really executes (and it runs dry together with the robot's)."""
+    from runtime.chunk_planner import ChunkPlanner
+
+    policy, _, robot, iface = make(gate="always")
+    robot.connect()
+    chunk = ChunkPlanner(policy, iface, max_actions=3).plan(robot.get_observation(), timestep=0, must_go=True)
+    assert chunk.resampled and len(chunk.actions) == 3
+    assert len(policy.queued_actions()) == 2  # the first row was emitted, two were sent ahead
+    robot.disconnect()

@@ -11,7 +11,7 @@ import io
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -132,7 +132,7 @@ def _check_array_state(state: Any) -> None:
 
 
 class _Unpickler(pickle._Unpickler):  # the Python implementation, so BUILD can be checked before it runs
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
