@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -59,6 +58,9 @@ def test_runtime_serve_answers_then_stops_on_ctrl_c():
         c.observe(observation_bytes())
         acts = c.actions()
         assert isinstance(acts[0], helpers.TimedAction) and len(acts) == 10
+        # decoded by the stock client's plain pickle: numbered consecutively, finite actions
+        assert [a.get_timestep() for a in acts] == list(range(acts[0].get_timestep(), acts[0].get_timestep() + 10))
+        assert all(bool(a.get_action().isfinite().all()) for a in acts)
         c.close()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -67,4 +69,3 @@ def test_runtime_serve_answers_then_stops_on_ctrl_c():
     stats = json.loads(stdout)
     assert stats["setups"] == 1 and stats["chunks_sent"] == 1
     assert "on 127.0.0.1:" in stderr
-    assert pickle  # the reply above was decoded by plain pickle, as the stock client does
