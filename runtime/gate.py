@@ -3,11 +3,13 @@
 A gate is consulted with the numbers of one tick (`GateInputs`) and answers resample or keep executing
 the queued plan. Two rules hold for every gate: a queue that ran out always resamples, and the gate's
 own test only runs every `check_every` ticks after a plan (in between, the queued plan is executed).
-Gates declare what they need (`needs_obs_cls`, `needs_act_cls`, `needs_state`) so the policy runs the
-prefix/delta graphs only when a decision depends on them.
+Gates declare what they need (`needs_obs_cls`, `needs_act_cls`, `needs_state`, `needs_image`) so the policy
+runs the prefix/delta graphs only when a decision depends on them (`state` and `pixel` never need them).
 
 Spec strings (`make_gate`): always | never | interval:k | drift[:thr] | consistency[:thr] | random:p |
-state:thr. drift/consistency default to the manifest's calibrated `gate.<metric>.default_threshold`.
+state:thr | pixel[:thr]. drift/consistency default to the manifest's calibrated
+`gate.<metric>.default_threshold`; pixel to a calibrated `pixel` entry when one is given, else
+`PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 
 from runtime.manifest import GateCalibration
 
-GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "random", "state")
+GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "random", "state", "pixel")
+PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
 
 
 def embed(cls_tokens: np.ndarray) -> np.ndarray:
@@ -53,6 +56,8 @@ class GateInputs:
     act_emb: np.ndarray | None = None  # unit act-CLS embedding of the remaining plan (delta expert, current obs)
     state: np.ndarray | None = None  # raw state now
     plan_state: np.ndarray | None = None  # raw state at planning time
+    images: list[np.ndarray] | None = None  # camera images now (uint8 HWC, or float CHW in [0, 1])
+    plan_images: list[np.ndarray] | None = None  # camera images at planning time
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class Gate(abc.ABC):
     needs_obs_cls = False
     needs_act_cls = False
     needs_state = False
+    needs_image = False
 
     def __init__(self, check_every: int = 1):
         if not isinstance(check_every, int) or check_every < 1:
@@ -188,6 +194,33 @@ class StateGate(_ThresholdGate):
         return self._fire(d)
 
 
+def mean_abs_pixel_change(images: list[np.ndarray], plan_images: list[np.ndarray]) -> float:
+    """Mean |Δ| over every pixel and channel of every camera, in uint8 levels (float images in [0, 1] are
+    scaled by 255 first, so both input conventions give the same number)."""
+    if len(images) != len(plan_images) or not images:
+        raise ValueError(f"pixel gate: {len(images)} camera image(s) now vs {len(plan_images)} at planning time")
+    total, count = 0.0, 0
+    for now, then in zip(images, plan_images):
+        a, b = np.asarray(now), np.asarray(then)
+        if a.shape != b.shape:
+            raise ValueError(f"pixel gate: image shape {a.shape} differs from {b.shape} at planning time")
+        scale = 1.0 if a.dtype == np.uint8 else 255.0
+        total += float(np.abs(a.astype(np.float32) - b.astype(np.float32)).sum()) * scale
+        count += a.size
+    return total / count
+
+
+class PixelGate(_ThresholdGate):
+    """Resample when the camera image changed by more than thr (mean |Δ|, uint8 levels) since planning: the
+    baseline any user has without a CLS head. It cannot tell a moved goal from a lighting change."""
+
+    name = "pixel"
+    needs_image = True
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        return self._fire(mean_abs_pixel_change(_need(inp.images, "images"), _need(inp.plan_images, "plan_images")))
+
+
 class RandomGate(Gate):
     """Fires with probability p per check: the matched-budget baseline for any learned gate."""
 
@@ -248,5 +281,10 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
         return RandomGate(number(float, "a firing probability p"), check_every, seed)
     if name == "state":
         return StateGate(number(float, "an L2 threshold in raw state units"), check_every)
+    if name == "pixel":
+        cal = (calibration or {}).get("pixel")
+        default = cal.default_threshold if cal is not None and cal.default_threshold is not None \
+            else PIXEL_DEFAULT_THRESHOLD
+        return PixelGate(number(float, "a mean |Δ| threshold in uint8 levels") if arg else default, check_every)
     raise ValueError(f"unknown gate {spec!r}; choose one of: always, never, interval:k, drift[:thr], "
-                     f"consistency[:thr], random:p, state:thr")
+                     f"consistency[:thr], random:p, state:thr, pixel[:thr]")

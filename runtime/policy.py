@@ -149,6 +149,7 @@ class EdgePolicy:
         self._ticks_since_plan = 0
         self._plan_obs_emb: np.ndarray | None = None
         self._plan_state: np.ndarray | None = None
+        self._plan_images: list[np.ndarray] | None = None
         self._plan_task: str | None = None
         self._pending_resample = False
         self.last_chunk: np.ndarray | None = None
@@ -348,6 +349,7 @@ class EdgePolicy:
             obs_emb=embed(prefix.obs_cls) if prefix is not None and g.needs_obs_cls else None,
             plan_obs_emb=self._plan_obs_emb, act_emb=act_emb,
             state=obs.state if g.needs_state else None, plan_state=self._plan_state,
+            images=obs.images if g.needs_image else None, plan_images=self._plan_images,
         )
         if g.needs_obs_cls and (inputs.obs_emb is None or inputs.plan_obs_emb is None):
             decision = GateDecision(True, True, reason="no_plan_embedding")  # cannot compare → replan
@@ -393,6 +395,8 @@ class EdgePolicy:
         self._ticks_since_plan = 0
         self._plan_obs_emb = embed(prefix.obs_cls)
         self._plan_state = obs.state.copy()
+        if self.gate.needs_image:  # copies: a caller may reuse its image buffers
+            self._plan_images = [np.array(img, copy=True) for img in obs.images]
         self._plan_task = obs.task
         self._pending_resample = False
         info.resampled = True

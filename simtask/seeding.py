@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS = {"train": 1, "eval": 2}
+STREAMS = {"train": 1, "eval": 2, "bench": 3, "bench_calibration": 4}  # bench*: evaluation.gate_bench
 
 
 def episode_seeds(base_seed: int, n: int, stream: str = "eval") -> list[int]:
-    """``n`` reproducible 63-bit episode seeds for ``stream`` ('train' or 'eval')."""
+    """``n`` reproducible 63-bit episode seeds for ``stream`` (one of STREAMS)."""
     if stream not in STREAMS:
         raise ValueError(f"episode_seeds: stream must be one of {sorted(STREAMS)} (got {stream!r})")
     if n < 0:

@@ -1,0 +1,207 @@
+"""The gate benchmark's episodes: the reach task with scheduled relevant and irrelevant changes and a
+deadline that the scripted expert's reaction sizes.
+
+Same scenes as ``ReachEnv`` for a seed (``layout.sample_scene``); the changes come from
+``simtask.events``. Success counts only from the *arm* tick on (the end of the last change, plus
+``settle`` ticks after an irrelevant one, so the agent must hold the goal through the distraction).
+When the last change starts, the episode's deadline is fixed: the noise-free scripted expert, started
+from the agent's position then and reacting at once, would succeed at tick T; the deadline is
+T + ``slack``. A policy that keeps executing a stale plan for more than a few ticks misses it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simtask.config import IMAGE_KEY, STATE_KEY, TaskConfig
+from simtask.events import NOISE_SALT, Change, place_rng, sample_schedule
+from simtask.layout import _keeps_clear, _sample_point, sample_scene
+from simtask.reach_env import clip_action, instruction_for
+from simtask.render import render_frame
+
+MIN_ACTION_CHANGE = 0.5  # a relevant change moves the expert's action by >= this x max_step
+
+
+def expert_action(goal: np.ndarray, agent: np.ndarray, max_step: float) -> np.ndarray:
+    """The scripted expert's (optimal) action: straight at the goal, norm-clipped."""
+    return clip_action(np.asarray(goal, dtype=np.float64) - agent, max_step)
+
+
+@dataclass
+class _State:
+    positions: np.ndarray
+    agent: np.ndarray
+    t: int = 0
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    path: dict[int, np.ndarray] = field(default_factory=dict)  # goal positions of an ongoing move
+
+
+class BenchEnv:
+    """Reach episodes of one ``simtask.events`` kind; ``reset(seed, kind)`` then ``step(action)``."""
+
+    def __init__(self, config: TaskConfig | None = None, slack: int = 5, settle: int = 3) -> None:
+        self.config = config if config is not None else TaskConfig()
+        if not isinstance(slack, int) or slack < 0:
+            raise ValueError(f"BenchEnv.slack must be an int >= 0 (got {slack!r})")
+        if not isinstance(settle, int) or settle < 0:
+            raise ValueError(f"BenchEnv.settle must be an int >= 0 (got {settle!r})")
+        self.slack, self.settle = slack, settle
+        self._s: _State | None = None
+
+    # ----------------------------------------------------------------- episode control
+    def reset(self, seed: int, kind: str) -> dict[str, Any]:
+        self.seed, self.kind = int(seed), kind
+        self.schedule: tuple[Change, ...] = sample_schedule(self.seed, kind, self.config)
+        scene = sample_scene(self.seed, self.config)
+        self.goal_index, self.colors = scene.goal_index, scene.target_colors
+        self.instruction = instruction_for(scene.target_colors[scene.instruction_index])
+        self._s = _State(scene.target_positions.copy(), scene.agent_start.copy())
+        self.arm_tick = max(c.end + (0 if c.relevant else self.settle) for c in self.schedule)
+        self.last_start = max(c.tick for c in self.schedule)
+        self.deadline: int | None = None
+        self.expert_ticks: int | None = None
+        self.success = self.done = False
+        return self._observe()
+
+    def step(self, action: Any) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+        s = self._state()
+        if self.done:
+            raise RuntimeError("BenchEnv.step: the episode is over; call reset()")
+        started = self._advance(s, clip_action(action, self.config.max_step))
+        if s.t == self.last_start:
+            self.expert_ticks = self._expert_success_tick(s) - s.t
+            self.deadline = s.t + self.expert_ticks + self.slack
+        distance = float(np.linalg.norm(s.agent - s.positions[self.goal_index]))
+        self.success = s.t >= self.arm_tick and distance <= self.config.success_radius
+        limit = self.deadline if self.deadline is not None else self.last_start + 200
+        self.done = self.success or s.t >= limit
+        info = {"t": s.t, "success": self.success, "started": [c.type for c in started],
+                "relevant_now": any(c.relevant for c in started), "distance": distance, "deadline": self.deadline}
+        return self._observe(), self.done, info
+
+    # ----------------------------------------------------------------- dynamics
+    def _advance(self, s: _State, action: np.ndarray) -> list[Change]:
+        """Move the agent, then apply the changes of the new tick; returns the changes that started."""
+        s.agent = np.clip(s.agent + action, 0.0, 1.0)
+        s.t += 1
+        started = [c for c in self.schedule if c.tick == s.t]
+        for c in started:
+            self._start(s, c, self.schedule.index(c))
+        if s.t in s.path:
+            s.positions[self.goal_index] = s.path.pop(s.t)
+        return started
+
+    def _start(self, s: _State, c: Change, index: int) -> None:
+        rng = place_rng(self.seed, index)
+        if c.type == "lighting":
+            s.offset = s.offset + np.asarray(c.offset)
+        elif c.type == "jump":
+            s.positions[self.goal_index] = self._place(s, rng, self.goal_index, relevant=True)
+        elif c.type == "distractor":
+            others = [i for i in range(len(s.positions)) if i != self.goal_index]
+            disc = others[int(rng.integers(len(others)))]
+            s.positions[disc] = self._place(s, rng, disc, relevant=False)
+        elif c.type == "move":
+            s.path = self._move_path(s, rng, c)
+
+    def _place(self, s: _State, rng: np.random.Generator, disc: int, relevant: bool) -> np.ndarray:
+        """New centre for ``disc``: far from its old centre, clear of the agent and the other discs, and (for
+        the goal) changing the expert's action; relaxed step by step rather than failing."""
+        cfg = self.config
+        old = s.positions[disc].copy()
+        others = np.delete(s.positions, disc, axis=0)
+        a_old = expert_action(old, s.agent, cfg.max_step)
+
+        def changes_action(p: np.ndarray) -> bool:
+            moved = np.linalg.norm(expert_action(p, s.agent, cfg.max_step) - a_old)
+            return not relevant or moved >= MIN_ACTION_CHANGE * cfg.max_step
+
+        for clearance, jump in ((cfg.jump_clearance, cfg.min_jump), (0.0, cfg.min_jump), (0.0, 0.0)):
+            clear = _keeps_clear([(old[None], jump), (s.agent[None], clearance), (others, cfg.min_separation)])
+            p = _sample_point(rng, cfg.target_low, cfg.target_high,
+                              lambda q, ok=clear: ok(q) and changes_action(q))
+            if p is not None:
+                return p
+        raise ValueError(f"TaskConfig.min_separation={cfg.min_separation}: no room to move disc {disc}")
+
+    def _move_path(self, s: _State, rng: np.random.Generator, c: Change) -> dict[int, np.ndarray]:
+        """Goal positions for ticks c.tick..c.end at constant speed, reflected at the borders, clear of the
+        other discs and ending where the expert's action differs; the last of 200 tried directions otherwise."""
+        cfg = self.config
+        lo, hi = cfg.target_low, cfg.target_high
+        start = s.positions[self.goal_index].copy()
+        others = np.delete(s.positions, self.goal_index, axis=0)
+        a_old = expert_action(start, s.agent, cfg.max_step)
+        path: dict[int, np.ndarray] = {}
+        for _ in range(200):
+            angle = rng.uniform(0, 2 * np.pi)
+            v = c.speed * np.array([np.cos(angle), np.sin(angle)])
+            p, path = start.copy(), {}
+            for k in range(c.duration):
+                p = p + v
+                for ax in range(2):  # reflect at the border
+                    if not lo <= p[ax] <= hi:
+                        v[ax] = -v[ax]
+                        p[ax] = np.clip(p[ax], lo, hi)
+                path[c.tick + k] = p.copy()
+            clear = all(_keeps_clear([(others, cfg.min_separation)])(q) for q in path.values())
+            moved = np.linalg.norm(expert_action(p, s.agent, cfg.max_step) - a_old)
+            if clear and moved >= MIN_ACTION_CHANGE * cfg.max_step:
+                break
+        return path
+
+    def _expert_success_tick(self, s: _State) -> int:
+        """Tick at which the noise-free expert, taking over now, would succeed (on a copy of the state)."""
+        sim = copy.deepcopy(s)
+        for _ in range(500):
+            if sim.t >= self.arm_tick and np.linalg.norm(sim.agent - sim.positions[self.goal_index]) <= \
+                    self.config.success_radius:
+                return sim.t
+            self._advance(sim, expert_action(sim.positions[self.goal_index], sim.agent, self.config.max_step))
+        raise RuntimeError("BenchEnv: the scripted expert cannot reach the goal (task config too hard)")
+
+    # ----------------------------------------------------------------- observation
+    def render(self) -> np.ndarray:
+        s = self._state()
+        img = render_frame(self.config, s.positions, self.colors, s.agent)
+        noise = [c for c in self.schedule if c.type == "noise" and c.tick <= s.t <= c.end]
+        if not np.any(s.offset) and not noise:
+            return img
+        out = img.astype(np.float64) + s.offset
+        for c in noise:
+            out += np.random.default_rng([self.seed, NOISE_SALT, s.t]).normal(0.0, c.noise_std, img.shape)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def _observe(self) -> dict[str, Any]:
+        s = self._state()
+        return {IMAGE_KEY: self.render(), STATE_KEY: s.agent.astype(np.float32), "task": self.instruction}
+
+    def _state(self) -> _State:
+        if self._s is None:
+            raise RuntimeError("BenchEnv: call reset() first")
+        return self._s
+
+    # ----------------------------------------------------------------- read-only state
+    @property
+    def t(self) -> int:
+        return self._state().t
+
+    @property
+    def agent_position(self) -> np.ndarray:
+        return self._state().agent.copy()
+
+    @property
+    def goal_position(self) -> np.ndarray:
+        return self._state().positions[self.goal_index].copy()
+
+    @property
+    def target_positions(self) -> np.ndarray:
+        return self._state().positions.copy()
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's action for the current state (what an up-to-date plan would do)."""
+        return expert_action(self.goal_position, self._state().agent, self.config.max_step)

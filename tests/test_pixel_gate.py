@@ -1,0 +1,67 @@
+"""The pixel-difference gate `pixel[:thr]`: its distance, its spec parsing, and its wiring in EdgePolicy (it
+needs the image at planning time, never the prefix graph)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.gate import PIXEL_DEFAULT_THRESHOLD, GateInputs, PixelGate, make_gate, mean_abs_pixel_change
+from runtime.manifest import GateCalibration
+from runtime.policy import EdgePolicy
+from tests.fake_artifacts import CAMERA_KEY, cached_fake_artifacts, make_observation
+
+
+@settings(max_examples=60, deadline=None)
+@given(level=st.integers(-60, 60), seed=st.integers(0, 1000))
+def test_distance_is_the_mean_absolute_uint8_change(level, seed):
+    img = np.random.default_rng(seed).integers(70, 186, size=(8, 8, 3), dtype=np.uint8)  # no clipping at +-60
+    shifted = (img.astype(np.int16) + level).astype(np.uint8)
+    assert mean_abs_pixel_change([shifted], [img]) == pytest.approx(abs(level))
+    # float CHW images in [0, 1] give the same number (the runtime accepts both conventions)
+    as_float = [x.transpose(2, 0, 1).astype(np.float32) / 255.0 for x in (shifted, img)]
+    assert mean_abs_pixel_change([as_float[0]], [as_float[1]]) == pytest.approx(abs(level), abs=1e-3)
+
+
+def test_fires_above_threshold_only_and_names_missing_inputs():
+    img = np.full((4, 4, 3), 100, np.uint8)
+    gate = PixelGate(2.0)
+    keep = gate.decide(GateInputs(5, 1, images=[img + 2], plan_images=[img]))
+    fire = gate.decide(GateInputs(5, 1, images=[img + 3], plan_images=[img]))
+    assert (keep.resample, keep.distance) == (False, 2.0)
+    assert (fire.resample, fire.distance, fire.threshold) == (True, 3.0, 2.0)
+    with pytest.raises(ValueError, match="plan_images"):
+        gate.decide(GateInputs(5, 1, images=[img]))
+    with pytest.raises(ValueError, match="shape"):
+        gate.decide(GateInputs(5, 1, images=[img[:2]], plan_images=[img]))
+
+
+def test_spec_parsing_and_defaults():
+    assert make_gate("pixel").threshold == PIXEL_DEFAULT_THRESHOLD
+    assert make_gate("pixel:3.5").threshold == 3.5
+    assert make_gate("pixel", {"pixel": GateCalibration({}, 4.0)}).threshold == 4.0
+    g = make_gate("pixel:1")
+    assert g.needs_image and not (g.needs_obs_cls or g.needs_act_cls or g.needs_state)
+    with pytest.raises(ValueError, match="pixel"):
+        make_gate("pixel:abc")
+
+
+def test_policy_keeps_the_plan_on_a_static_image_and_resamples_when_it_changes():
+    p = EdgePolicy(cached_fake_artifacts(), gate="pixel:5", backend_options={"intra_op_threads": 1})
+    obs = make_observation(3)
+    p.step(obs)
+    assert p.last_info.resampled and p.counters.prefix_passes == 1
+    for _ in range(2):  # same image: kept, and the prefix graph is not run for the pixel gate
+        p.step(obs)
+        assert not p.last_info.resampled and p.last_info.gate_distance == 0.0
+    assert p.counters.prefix_passes == 1
+    changed = dict(obs)
+    changed[CAMERA_KEY] = (obs[CAMERA_KEY].astype(np.int16) ^ 0x40).astype(np.uint8)  # every pixel moves by 64
+    p.step(changed)
+    assert p.last_info.resampled and p.last_info.gate_reason == "pixel" and p.last_info.gate_distance == 64.0
+    obs[CAMERA_KEY][:] = 0  # the caller reusing its buffer must not change the stored planning image
+    p.step(changed)
+    assert not p.last_info.resampled and p.last_info.gate_distance == 0.0
+    p.close()
