@@ -130,13 +130,14 @@ class BenchEnv:
 
     def _move_path(self, s: _State, rng: np.random.Generator, c: Change) -> dict[int, np.ndarray]:
         """Goal positions for ticks c.tick..c.end at constant speed, reflected at the borders, clear of the
-        other discs and ending where the expert's action differs; the last of 200 tried directions otherwise."""
+        other discs and ending where the expert's action differs (the direction that changes it most of 200
+        tried when none does: an agent far from the goal sees a small change of direction only)."""
         cfg = self.config
         lo, hi = cfg.target_low, cfg.target_high
         start = s.positions[self.goal_index].copy()
         others = np.delete(s.positions, self.goal_index, axis=0)
         a_old = expert_action(start, s.agent, cfg.max_step)
-        path: dict[int, np.ndarray] = {}
+        best: tuple[float, dict[int, np.ndarray]] = (-1.0, {})
         for _ in range(200):
             angle = rng.uniform(0, 2 * np.pi)
             v = c.speed * np.array([np.cos(angle), np.sin(angle)])
@@ -148,11 +149,13 @@ class BenchEnv:
                         v[ax] = -v[ax]
                         p[ax] = np.clip(p[ax], lo, hi)
                 path[c.tick + k] = p.copy()
-            clear = all(_keeps_clear([(others, cfg.min_separation)])(q) for q in path.values())
-            moved = np.linalg.norm(expert_action(p, s.agent, cfg.max_step) - a_old)
-            if clear and moved >= MIN_ACTION_CHANGE * cfg.max_step:
-                break
-        return path
+            if not all(_keeps_clear([(others, cfg.min_separation)])(q) for q in path.values()):
+                continue
+            moved = float(np.linalg.norm(expert_action(p, s.agent, cfg.max_step) - a_old))
+            if moved >= MIN_ACTION_CHANGE * cfg.max_step:
+                return path
+            best = max(best, (moved, path), key=lambda b: b[0])
+        return best[1] or path  # no direction kept clear of the other discs: the last one tried
 
     def _expert_success_tick(self, s: _State) -> int:
         """Tick at which the noise-free expert, taking over now, would succeed (on a copy of the state)."""

@@ -54,11 +54,12 @@ def test_irrelevant_changes_keep_the_expert_action_and_change_the_image(seed, ki
 def test_relevant_changes_change_the_expert_action(seed, kind):
     env = BenchEnv()
     env.reset(seed, kind)
-    goal0 = env.goal_position
     change = env.schedule[0]
-    done = False
-    while not done and env.t < change.end:
-        _, done, _ = env.step(np.zeros(2))
+    while env.t < change.tick - 1:  # follow the expert up to the change (where a policy would be), then stop
+        env.step(env.expert_action())
+    goal0 = env.goal_position
+    while env.t < change.end:
+        env.step(np.zeros(2))
     # by the end of the first relevant change the goal moved enough to change the expert's action
     moved = np.linalg.norm(env.expert_action() - expert_action(goal0, env.agent_position, MAX_STEP))
     assert moved >= MIN_ACTION_CHANGE * MAX_STEP - 1e-9

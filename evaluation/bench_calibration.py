@@ -1,0 +1,99 @@
+"""Calibrates every threshold gate of the gate benchmark on the same held-out episodes, by one rule.
+
+For each family (drift, consistency, pixel, state) the policy runs with the family's gate at a threshold it
+never reaches (so only an empty queue resamples: open-loop chunks) on held-out episodes of every benchmark
+kind (seed stream `bench_calibration`, never used for training, export calibration or the benchmark). Each
+tick at which the gate checked gives one distance, labelled by what happened since the plan was made:
+`quiet` (nothing), `irrelevant` (only irrelevant changes) or `relevant` (the goal moved). The default
+threshold is the 95th percentile of the `quiet` distances (≈ 5 % spurious resamples when nothing happened),
+the rule of the export-time CLS calibration (`export/graphs/gate_calibration.py`, whose rollouts have no
+irrelevant changes); the sweep uses other quantiles of the same distribution. Irrelevant changes are left out
+of the threshold on purpose: whether a gate ignores them is what the benchmark measures. The manifest's own
+CLS thresholds are added to the sweep as `manifest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+NEVER = 1e9  # a threshold no distance reaches (cosine <= 2; mean |Δ| <= 255; state is in the unit square)
+THRESHOLD_FAMILIES = ("drift", "consistency", "pixel", "state")
+DEFAULT_QUANTILE = 95.0
+SWEEP_QUANTILES = (80.0, 90.0, 95.0, 98.0, 99.0)
+
+
+def auroc(negatives: Sequence[float], positives: Sequence[float]) -> float | None:
+    """Mann-Whitney AUROC from average ranks: P(positive > negative), ties half."""
+    if len(negatives) == 0 or len(positives) == 0:
+        return None
+    values = np.concatenate([np.asarray(negatives, float), np.asarray(positives, float)])
+    order = values.argsort(kind="mergesort")
+    ranks = np.empty(len(values))
+    sorted_vals = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):  # average rank over runs of equal values
+        if end == len(values) or sorted_vals[end] != sorted_vals[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2.0
+            start = end
+    n_pos, n_neg = len(positives), len(negatives)
+    return float((ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def label(plan_tick: int, tick: int, changes: Sequence[Any]) -> str:
+    """What changed since the plan made at `plan_tick`, as seen at `tick`: a change that started after the plan,
+    or a lasting one (a move, a noise burst) still acting at planning time (its end changes the image again)."""
+    since = [c for c in changes if c.tick <= tick and (c.tick > plan_tick or (c.duration > 1 and c.end >= plan_tick))]
+    if any(c.relevant for c in since):
+        return "relevant"
+    return "irrelevant" if since else "quiet"
+
+
+def record_distances(make_policy: Callable[[str], Any], env: Any, family: str,
+                     episodes: Sequence[tuple[int, str]], bar: Any = None) -> dict[str, list[float]]:
+    """Distances of `family`'s gate per label over `episodes` ((seed, kind) pairs), never firing."""
+    policy = make_policy(f"{family}:{NEVER:g}")
+    out: dict[str, list[float]] = {"quiet": [], "irrelevant": [], "relevant": []}
+    for seed, kind in episodes:
+        obs = env.reset(seed, kind)
+        policy.reset(seed=seed)
+        plan_tick, done, i = 0, False, 0
+        while not done:
+            action = policy.step(obs)
+            info = policy.last_info
+            if info.resampled:
+                plan_tick = i
+            elif info.gate_checked and info.gate_distance is not None:
+                out[label(plan_tick, i, env.schedule)].append(float(info.gate_distance))
+            obs, done, _ = env.step(action)
+            i += 1
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
+def summarize_family(dist: dict[str, list[float]], manifest_default: float | None = None) -> dict:
+    """Quantiles, AUROCs and the threshold sweep of one family."""
+    quiet = dist["quiet"]
+    if not quiet:
+        raise ValueError("calibration: no quiet distances recorded (too few calibration episodes?)")
+    q = {f"p{p:g}": float(np.percentile(quiet, p)) for p in SWEEP_QUANTILES}
+    sweep = [(f"p{p:g}", q[f"p{p:g}"]) for p in SWEEP_QUANTILES]
+    if manifest_default is not None:
+        sweep.append(("manifest", float(manifest_default)))
+    uniq: list[tuple[str, float]] = []
+    for name, thr in sorted(sweep, key=lambda s: s[1]):
+        if not any(abs(thr - t) <= 1e-9 * max(1.0, abs(t)) for _, t in uniq):
+            uniq.append((name, thr))
+
+    def mean(xs: list[float]) -> float | None:
+        return float(np.mean(xs)) if xs else None
+
+    return {"n": {k: len(v) for k, v in dist.items()}, "quiet_quantiles": q,
+            "mean": {k: mean(v) for k, v in dist.items()},
+            "default_threshold": q[f"p{DEFAULT_QUANTILE:g}"],
+            "auroc_relevant_vs_quiet": auroc(dist["quiet"], dist["relevant"]),
+            "auroc_relevant_vs_irrelevant": auroc(dist["irrelevant"], dist["relevant"]),
+            "sweep": uniq}

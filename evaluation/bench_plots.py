@@ -1,0 +1,105 @@
+"""Plots of the gate benchmark: success vs resamples per gate family (one panel per episode kind), and a gate
+timeline (distance vs threshold over ticks) for one relevant and one irrelevant change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evaluation.plots import _STYLE, _pyplot
+
+FAMILIES = ("always", "interval", "random", "state", "pixel", "drift", "consistency")
+_PIXEL_STYLE = ("tab:red", "P")
+
+
+def success_vs_resamples(report: dict, path: str | Path) -> str | None:
+    """Per kind: success rate against full resamples per episode, one line per family (refined runs hollow)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    kinds = report["config"]["kinds"]
+    cols = 4
+    rows = (len(kinds) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, kind in zip(axes.flat, kinds):
+        for fam in FAMILIES:
+            for refine in (False, True):
+                rs = [r for r in report["policies"] if r["family"] == fam and r["refine"] == refine
+                      and kind in r["per_kind"]]
+                if not rs:
+                    continue
+                colour, marker = _PIXEL_STYLE if fam == "pixel" else _STYLE.get(fam, ("tab:cyan", "o"))
+                pts = sorted((r["per_kind"][kind]["resamples"]["mean"], r["per_kind"][kind]["success_rate"])
+                             for r in rs)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour,
+                        linestyle=":" if refine else "-", markerfacecolor="white" if refine else colour,
+                        label=fam + (" +refine" if refine else ""), markersize=10 if fam == "always" else 6)
+        ax.set_title(kind, fontsize=10)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_ylim(-0.03, 1.05)
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel("full resamples per episode", fontsize=8)
+        ax.set_ylabel("success rate", fontsize=8)
+    for ax in list(axes.flat)[len(kinds):]:
+        ax.set_axis_off()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=8, ncol=2)
+    fig.suptitle("gate benchmark: success vs resamples (each point one threshold / interval)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _timeline_gates(report: dict) -> list[dict]:
+    """The headline CLS gate, the pixel gate the headline compares it with, and drift at p95 if not yet shown."""
+    h = report.get("headline") or {}
+    names = [h[k]["name"] for k in ("cls", "pixel") if h.get(k)]
+    names += [r["name"] for r in report["policies"] if r["family"] == "drift" and r["label"] == "p95"
+              and not r["refine"]]
+    seen, out = set(), []
+    for n in names:
+        r = next((p for p in report["policies"] if p["name"] == n), None)
+        if r is not None and n not in seen and r["traces"]:
+            seen.add(n)
+            out.append(r)
+    return out[:3]
+
+
+def timeline(report: dict, path: str | Path) -> str | None:
+    """Rows: gates; columns: the traced relevant and irrelevant episodes. Distance where the gate checked, its
+    threshold, resamples (gate vs empty queue) and the changes (solid: relevant, dashed: irrelevant)."""
+    plt = _pyplot()
+    gates = _timeline_gates(report)
+    if plt is None or not gates:
+        return None
+    kinds = [k for k in ("jump", "distractor") if k in gates[0]["traces"]]
+    fig, axes = plt.subplots(len(gates), len(kinds), figsize=(6.5 * len(kinds), 2.8 * len(gates)), squeeze=False)
+    for row, r in zip(axes, gates):
+        for ax, kind in zip(row, kinds):
+            tr = r["traces"][kind]
+            pts = [(t["tick"], t["distance"]) for t in tr["ticks"] if t["distance"] is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ".-", color="tab:blue", label="gate distance")
+            thr = next((t["threshold"] for t in tr["ticks"] if t["threshold"] is not None), None)
+            if thr is not None:
+                ax.axhline(thr, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {thr:.3g}")
+            top = max([p[1] for p in pts] + [thr or 0.0, 1e-6])
+            gated = [t["tick"] for t in tr["ticks"] if t["resampled"] and t["reason"] not in ("queue_empty", "pending")]
+            forced = [t["tick"] for t in tr["ticks"] if t["resampled"] and t["reason"] in ("queue_empty", "pending")]
+            ax.scatter(gated, [top * 1.1] * len(gated), marker="v", color="tab:green", label="resample (gate)")
+            ax.scatter(forced, [top * 1.1] * len(forced), marker="v", facecolors="none", edgecolors="0.4",
+                       label="resample (queue empty)")
+            for c in tr["changes"]:
+                ax.axvline(c["tick"], color="magenta" if c["relevant"] else "tab:orange",
+                           linestyle="-" if c["relevant"] else "--", linewidth=1.5, label=c["type"])
+            ax.set_ylim(0, top * 1.2)
+            ax.set_title(f"{r['name']} — {kind} (seed {tr['seed']}, {'success' if tr['success'] else 'failure'})",
+                         fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=6, loc="upper left")
+        row[0].set_ylabel("distance")
+    for ax in axes[-1]:
+        ax.set_xlabel("tick")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

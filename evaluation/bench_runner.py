@@ -1,0 +1,113 @@
+"""The gate benchmark's closed loop: one `EdgePolicy` through one `simtask.bench_env` episode, with each
+gate-decided resample attributed to the change that preceded it, and per-kind summaries with 95 % CIs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from runtime.policy import EdgePolicy
+
+FORCED_REASONS = ("queue_empty", "pending", "instruction_changed")  # resamples the gate did not decide
+ATTRIBUTION_WINDOW = 5  # a gated resample up to this many ticks after a change ends is blamed on it
+
+
+def attribute(tick: int, changes: Sequence[dict], window: int = ATTRIBUTION_WINDOW) -> str:
+    """'relevant' / 'irrelevant' (the latest change that started at or before `tick` and ended at most
+    `window` ticks before it) or 'none'. A change is first visible to the policy at tick index == its tick."""
+    live = [c for c in changes if c["tick"] <= tick <= c["end"] + window]
+    if not live:
+        return "none"
+    return "relevant" if max(live, key=lambda c: c["tick"])["relevant"] else "irrelevant"
+
+
+def run_episode(policy: EdgePolicy, env: Any, seed: int, kind: str, trace: bool = False) -> dict:
+    """One closed-loop episode of `kind`; per-episode numbers (and the per-tick trace when `trace`)."""
+    obs = env.reset(seed, kind)
+    policy.reset(seed=seed)  # same noise stream / random-gate draws for every policy on this episode
+    changes = [{"tick": c.tick, "end": c.end, "type": c.type, "relevant": c.relevant} for c in env.schedule]
+    ticks: list[dict] = []
+    ms: list[float] = []
+    resampled_at: list[int] = []
+    blame = {"relevant": 0, "irrelevant": 0, "none": 0}
+    done, i = False, 0
+    while not done:
+        goal_distance = float(np.linalg.norm(env.agent_position - env.goal_position))
+        action = policy.step(obs)
+        info = policy.last_info
+        ms.append(info.total_ms)
+        if info.resampled:
+            resampled_at.append(i)
+            if info.gate_reason not in FORCED_REASONS:
+                blame[attribute(i, changes)] += 1
+        if trace:
+            ticks.append({"tick": i, "resampled": info.resampled, "reason": info.gate_reason,
+                          "distance": info.gate_distance, "threshold": info.gate_threshold,
+                          "goal_distance": round(goal_distance, 5)})
+        obs, done, _ = env.step(action)
+        i += 1
+    c = policy.episode_counters
+    relevant = [ch for ch in changes if ch["relevant"]]
+    reactions = []
+    for ch in relevant:  # ticks from the change to the first resample (gate-decided or forced) at or after it
+        after = [t for t in resampled_at if t >= ch["tick"]]
+        reactions.append(after[0] - ch["tick"] if after else None)
+    last_rel = max((ch["end"] for ch in relevant), default=None)
+    rec = {"seed": int(seed), "kind": kind, "success": bool(env.success), "steps": int(env.t),
+           "deadline": env.deadline, "changes": changes,
+           "recovery_ticks": (int(env.t) - last_rel) if env.success and last_rel is not None else None,
+           "reaction_ticks": reactions, "resamples": c.resamples, "gated_relevant": blame["relevant"],
+           "gated_irrelevant": blame["irrelevant"], "gated_other": blame["none"],
+           "prefix_passes": c.prefix_passes, "delta_passes": c.delta_passes, "gate_checks": c.gate_checks,
+           "faults": c.faults, "mean_tick_ms": float(np.mean(ms)) if ms else 0.0}
+    if trace:
+        rec["trace"] = ticks
+    return rec
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate (sane at 0/n and n/n, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_ci(values: Sequence[float | int | None]) -> dict | None:
+    """Mean and its normal-approximation 95 % interval over the values that are not None."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return None
+    half = 1.96 * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else float("nan")
+    return {"mean": float(v.mean()), "lo": float(v.mean()) - half, "hi": float(v.mean()) + half, "n": int(v.size)}
+
+
+def summarize(episodes: Sequence[dict]) -> dict:
+    """Aggregate one policy's episodes of one kind (or of all kinds)."""
+    n = len(episodes)
+    if n == 0:
+        return {}
+    k = sum(e["success"] for e in episodes)
+    checks = sum(e["gate_checks"] for e in episodes)
+    gated = sum(e["gated_relevant"] + e["gated_irrelevant"] + e["gated_other"] for e in episodes)
+    return {
+        "n_episodes": n, "success_rate": k / n, "success_ci": wilson(k, n),
+        "resamples": mean_ci([e["resamples"] for e in episodes]),
+        "gated_irrelevant": mean_ci([e["gated_irrelevant"] for e in episodes]),
+        "gated_relevant": mean_ci([e["gated_relevant"] for e in episodes]),
+        "gated_other": mean_ci([e["gated_other"] for e in episodes]),
+        "reaction_ticks": mean_ci([r for e in episodes for r in e["reaction_ticks"]]),
+        "no_reaction": sum(r is None for e in episodes for r in e["reaction_ticks"]),
+        "recovery_ticks": mean_ci([e["recovery_ticks"] for e in episodes]),
+        "prefix_passes": sum(e["prefix_passes"] for e in episodes) / n,
+        "delta_passes": sum(e["delta_passes"] for e in episodes) / n,
+        "ticks": sum(e["steps"] for e in episodes) / n,
+        "fire_rate": gated / checks if checks else None,
+        "ms_per_tick": float(np.mean([e["mean_tick_ms"] for e in episodes])),
+        "faults": sum(e["faults"] for e in episodes),
+    }

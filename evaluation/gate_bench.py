@@ -1,0 +1,233 @@
+"""Gate benchmark: which gate keeps success where reaction time decides it, and spends the fewest resamples on
+changes that do not matter?
+
+    python -m evaluation.gate_bench --artifacts artifacts/onnx --out reports/gate_bench [--episodes 40] [--quick]
+
+Episodes (`simtask.bench_env`, seed stream `bench`): relevant changes (`jump`, `multi_jump`, `moving`), irrelevant
+ones (`distractor`, `lighting`, `noise`) and a `mixed` suite (one target jump among a distractor jump, a lighting
+shift and a noise burst), each with a deadline sized from the scripted expert's reaction. Every policy runs the
+same seeds. Gates: `always`, `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
+and the threshold gates `state`, `pixel`, `drift`, `consistency`, all calibrated by one rule on the same
+held-out episodes (`evaluation.bench_calibration`); some gates also with delta refinement (`+refine`).
+Outputs `<out>/gate_bench.json`, `<out>/gate_bench.md` and plots (`evaluation.bench_plots`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluation.bench_calibration import THRESHOLD_FAMILIES, record_distances, summarize_family
+from evaluation.bench_report import compute_bench_headline, write_bench_report
+from evaluation.bench_runner import run_episode, summarize
+from runtime.policy import EdgePolicy
+from simtask.events import EPISODE_KINDS
+
+TRACE_KINDS = ("jump", "distractor")  # the timeline plot: one relevant and one irrelevant change
+DEFAULT_REFINE = ("always", "interval:chunk", "drift:p95", "pixel:p95", "consistency:p95")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One benchmarked configuration: a `runtime.gate.make_gate` spec, with or without delta refinement."""
+
+    family: str
+    spec: str
+    label: str
+    param: float | None = None
+    refine: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}:{self.label}" + ("+refine" if self.refine else "") if self.label else \
+            self.spec + ("+refine" if self.refine else "")
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="ep", file=sys.stderr, dynamic_ncols=True, mininterval=2.0)
+    except ImportError:
+        return None
+
+
+def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep: Sequence[str],
+                 refine: Sequence[str]) -> list[BenchSpec]:
+    """always, interval:k and every threshold family's sweep (labels in `sweep`), plus `+refine` copies."""
+    out = [BenchSpec("always", "always", "")]
+    out += [BenchSpec("interval", f"interval:{k}", "chunk" if k == chunk else str(k), float(k))
+            for k in sorted(set(intervals) | {chunk})]
+    for fam in THRESHOLD_FAMILIES:
+        for label, thr in calibration.get(fam, {}).get("sweep", []):
+            if label in sweep:
+                out.append(BenchSpec(fam, f"{fam}:{thr:.6g}", label, thr))
+    by_name = {s.name: s for s in out}
+    out += [BenchSpec(s.family, s.spec, s.label, s.param, True) for n in refine if (s := by_name.get(n))]
+    return out
+
+
+def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, calibration_episodes: int = 8,
+                   seed: int = 0, kinds: Sequence[str] = EPISODE_KINDS, slack: int = 5, quick: bool = False,
+                   threads: int = 1, intervals: Sequence[int] = (3, 5), sweep: Sequence[str] = (
+                       "p90", "p95", "p99", "manifest"), refine: Sequence[str] = DEFAULT_REFINE,
+                   plots: bool = True, progress: bool = True) -> dict:
+    """Calibrate, run every policy over every kind, write the report; returns it."""
+    from simtask import episode_seeds
+    from simtask.bench_env import BenchEnv
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if quick:
+        episodes, calibration_episodes, intervals, sweep = min(episodes, 2), min(calibration_episodes, 1), (), ("p95",)
+        refine = ("pixel:p95",)
+    env = BenchEnv(slack=slack)
+    seeds = episode_seeds(seed, episodes * len(kinds), "bench")
+    by_kind = {k: seeds[i * episodes:(i + 1) * episodes] for i, k in enumerate(kinds)}
+    cal_seeds = episode_seeds(seed, calibration_episodes * len(kinds), "bench_calibration")
+    cal_eps = [(s, kinds[i // calibration_episodes]) for i, s in enumerate(cal_seeds)]
+
+    first = EdgePolicy(artifacts, gate="always", backend_options={"intra_op_threads": threads}, seed=seed)
+    manifest, backend = first.manifest, first.backend
+    first.warmup(env.reset(2**31 - 1, kinds[0]), runs=3)
+
+    def make_policy(spec: str, with_refine: bool = False) -> EdgePolicy:
+        return EdgePolicy(artifacts, backend=backend, gate=spec, refine=with_refine, seed=seed, verify_hashes=False)
+
+    bar = _bar(len(THRESHOLD_FAMILIES) * len(cal_eps), progress)
+    if bar is not None:
+        bar.set_description("calibration")
+    calibration = {}
+    for fam in THRESHOLD_FAMILIES:
+        cal = manifest.gate_calibration.get(fam)
+        calibration[fam] = summarize_family(record_distances(make_policy, env, fam, cal_eps, bar),
+                                            cal.default_threshold if cal is not None else None)
+    if bar is not None:
+        bar.close()
+
+    specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, refine)
+    n_ep = episodes * len(kinds)
+    bar = _bar((len(specs) + 2) * n_ep, progress)
+    results: list[dict] = []
+
+    def run(spec: BenchSpec) -> dict:
+        if bar is not None:
+            bar.set_description(spec.name[:24])
+        policy = make_policy(spec.spec, spec.refine)
+        t0 = time.perf_counter()
+        eps: dict[str, list[dict]] = {}
+        traces: dict[str, dict] = {}
+        for kind in kinds:
+            eps[kind] = []
+            for j, s in enumerate(by_kind[kind]):
+                rec = run_episode(policy, env, s, kind, trace=(j == 0 and kind in TRACE_KINDS))
+                if "trace" in rec:
+                    traces[kind] = {"seed": s, "changes": rec["changes"], "success": rec["success"],
+                                    "ticks": rec.pop("trace")}
+                eps[kind].append(rec)
+                if bar is not None:
+                    bar.update(1)
+        r = {"name": spec.name, "family": spec.family, "spec": spec.spec, "label": spec.label, "param": spec.param,
+             "refine": spec.refine, "gate": policy.gate.spec, "wall_s": time.perf_counter() - t0,
+             "per_kind": {k: summarize(v) for k, v in eps.items()},
+             "all": summarize([e for v in eps.values() for e in v]), "traces": traces, "episodes": eps}
+        results.append(r)
+        return r
+
+    for spec in specs:
+        run(spec)
+    for fam in ("drift", "pixel"):  # random gates at the rates the calibrated p95 gates fired (matched budget)
+        ref = next((r for r in results if r["family"] == fam and r["label"] == "p95" and not r["refine"]), None)
+        rate = ref["all"]["fire_rate"] if ref else None
+        if rate:
+            run(BenchSpec("random", f"random:{rate:.4g}", f"{rate:.3g} (={fam})", rate))
+    if bar is not None:
+        bar.close()
+    backend.close()
+    report: dict[str, Any] = {
+        "config": {"artifacts": str(artifacts), "episodes_per_kind": episodes, "kinds": list(kinds),
+                   "calibration_episodes_per_kind": calibration_episodes, "seed": seed, "slack": slack,
+                   "settle": env.settle, "quick": quick, "threads": threads, "host": platform.node() or "?",
+                   "chunk_size": manifest.dims.chunk_size, "n_action_steps": manifest.dims.n_action_steps,
+                   "num_steps": manifest.dims.num_steps, "seeds": by_kind, "task": env.config.to_dict()},
+        "calibration": calibration, "policies": results, "headline": compute_bench_headline(results), "plots": {}}
+    report["elapsed_s"] = time.perf_counter() - t_start
+    write_bench_report(out, report)  # numbers first: a plotting problem must not lose a long run
+    if plots:
+        render_plots(report, out)
+        write_bench_report(out, report)
+    return report
+
+
+def render_plots(report: dict, out: Path) -> None:
+    from evaluation import bench_plots
+
+    for key, fn in (("success_vs_resamples", bench_plots.success_vs_resamples),
+                    ("timeline", bench_plots.timeline)):
+        try:
+            report["plots"][key] = fn(report, out / f"gate_bench_{key}.png")
+        except Exception as exc:  # noqa: BLE001 — plots are a convenience; the numbers are already written
+            report["plots"][key] = None
+            print(f"warning: {key} plot failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluation.gate_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--artifacts", default="artifacts/onnx")
+    p.add_argument("--out", default="reports/gate_bench")
+    p.add_argument("--episodes", type=int, default=40, help="episodes per kind and policy")
+    p.add_argument("--calibration-episodes", type=int, default=8, help="held-out episodes per kind for calibration")
+    p.add_argument("--kinds", nargs="+", default=list(EPISODE_KINDS), choices=list(EPISODE_KINDS))
+    p.add_argument("--slack", type=int, default=5, help="ticks added to the scripted expert's time for the deadline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--intervals", type=int, nargs="*", default=[3, 5], help="interval:k gates (chunk always added)")
+    p.add_argument("--sweep", nargs="+", default=["p90", "p95", "p99", "manifest"],
+                   help="calibrated thresholds to run per family (p80 p90 p95 p98 p99 manifest)")
+    p.add_argument("--refine", nargs="*", default=list(DEFAULT_REFINE), help="policy names also run with refinement")
+    p.add_argument("--quick", action="store_true", help="CI mode: 2 episodes per kind, a few policies")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rerender", metavar="GATE_BENCH_JSON", default=None,
+                   help="only recompute headline/markdown/plots from an existing gate_bench.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rerender:
+        path = Path(args.rerender)
+        report = json.loads(path.read_text())
+        report["headline"] = compute_bench_headline(report["policies"])
+        if not args.no_plots:
+            render_plots(report, path.parent)
+        write_bench_report(path.parent, report)
+        print((path.parent / "gate_bench.md").read_text())
+        return 0
+    if args.episodes < 1 or args.calibration_episodes < 1:
+        print("error: --episodes and --calibration-episodes must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        report = run_gate_bench(args.artifacts, args.out, args.episodes, args.calibration_episodes, args.seed,
+                                args.kinds, args.slack, args.quick, args.threads, args.intervals, args.sweep,
+                                args.refine, not args.no_plots, not args.no_progress)
+    except (ValueError, RuntimeError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "gate_bench.md").read_text())
+    print(f"wrote {Path(args.out) / 'gate_bench.json'} ({report['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

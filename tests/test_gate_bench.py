@@ -1,0 +1,117 @@
+"""The gate benchmark (evaluation.gate_bench) in --quick mode on the fake artifacts, and its pure parts: change
+attribution, calibration labels, AUROC, CIs and the headline verdict (including where the pixel gate wins)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evaluation.bench_calibration import auroc, label, summarize_family
+from evaluation.bench_report import compute_bench_headline, headline_lines
+from evaluation.bench_runner import attribute, mean_ci, wilson
+from evaluation.gate_bench import main
+from simtask.events import Change
+from tests.fake_artifacts import cached_fake_artifacts
+
+KINDS = ["jump", "distractor", "mixed"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["--artifacts", str(cached_fake_artifacts()), "--out", str(out), "--quick", "--no-progress",
+               "--kinds", *KINDS])
+    assert rc == 0
+    return json.loads((out / "gate_bench.json").read_text()), out
+
+
+def test_quick_run_covers_every_gate_family_on_paired_seeds(quick):
+    report, out = quick
+    fams = {r["family"] for r in report["policies"]}
+    assert {"always", "interval", "state", "pixel", "drift", "consistency", "random"} <= fams
+    assert any(r["refine"] for r in report["policies"])
+    seeds = report["config"]["seeds"]
+    for r in report["policies"]:
+        assert set(r["per_kind"]) == set(KINDS)
+        for kind in KINDS:
+            assert [e["seed"] for e in r["episodes"][kind]] == seeds[kind]
+            assert r["per_kind"][kind]["faults"] == 0
+    always = next(r for r in report["policies"] if r["family"] == "always")
+    chunk = next(r for r in report["policies"] if r["label"] == "chunk")
+    for kind in KINDS:  # always resamples on every tick; open-loop only when its chunk runs out
+        a, c = always["per_kind"][kind], chunk["per_kind"][kind]
+        assert a["resamples"]["mean"] == pytest.approx(a["ticks"])
+        assert c["resamples"]["mean"] <= a["resamples"]["mean"] / 2
+    for fam in ("drift", "consistency", "pixel", "state"):
+        cal = report["calibration"][fam]
+        assert cal["n"]["quiet"] > 0 and cal["default_threshold"] == cal["quiet_quantiles"]["p95"]
+    md = (out / "gate_bench.md").read_text()
+    assert "## Headline" in md and all(f"## `{k}`" in md for k in KINDS)
+    assert Path(report["plots"]["success_vs_resamples"]).is_file()
+
+
+def test_attribution_blames_the_latest_live_change():
+    changes = [{"tick": 10, "end": 10, "relevant": False}, {"tick": 13, "end": 13, "relevant": True}]
+    assert attribute(9, changes) == "none"
+    assert attribute(11, changes) == "irrelevant"
+    assert attribute(13, changes) == attribute(18, changes) == "relevant"
+    assert attribute(19, changes) == "none"
+
+
+def test_calibration_labels():
+    jump, burst = Change(12, "jump"), Change(5, "noise", duration=4)
+    assert label(0, 11, [jump]) == "quiet" and label(0, 12, [jump]) == "relevant"
+    assert label(12, 15, [jump]) == "quiet"  # the plan already saw the jump
+    assert label(6, 7, [burst]) == "irrelevant"  # planned during the burst: its end changes the image again
+    assert label(9, 12, [burst]) == "quiet"
+
+
+@settings(max_examples=60, deadline=None)
+@given(neg=st.lists(st.integers(0, 5), min_size=1, max_size=12), pos=st.lists(st.integers(0, 5), min_size=1,
+                                                                             max_size=12))
+def test_auroc_matches_the_pairwise_definition(neg, pos):
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert auroc(neg, pos) == pytest.approx(brute)
+
+
+def test_cis_contain_the_estimate():
+    for k, n in ((0, 40), (40, 40), (17, 40)):
+        lo, hi = wilson(k, n)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+    c = mean_ci([1, 2, 3, None])
+    assert c["n"] == 3 and c["lo"] < c["mean"] == 2.0 < c["hi"]
+    cal = summarize_family({"quiet": list(range(100)), "irrelevant": [50.0], "relevant": [200.0]}, 7.0)
+    assert [lab for lab, _ in cal["sweep"]] == ["manifest", "p80", "p90", "p95", "p98", "p99"]
+
+
+def _res(name, family, succ, resamples, irrelevant=0.0, n=40):
+    ci = {"mean": resamples, "lo": resamples, "hi": resamples, "n": n}
+    eps = [{"seed": i, "success": i < round(succ * n)} for i in range(n)]
+    return {"name": name, "family": family, "gate": name, "refine": False, "episodes": {"mixed": eps},
+            "per_kind": {"mixed": {"success_rate": round(succ * n) / n, "resamples": ci,
+                                   "gated_irrelevant": {"mean": irrelevant, "lo": 0, "hi": 0, "n": n}}}}
+
+
+def test_headline_cls_beats_pixel():
+    rs = [_res("always", "always", 1.0, 30), _res("drift:p95", "drift", 0.975, 6, 0.1),
+          _res("pixel:p95", "pixel", 0.975, 9, 3.0), _res("pixel:p99", "pixel", 0.8, 4)]
+    h = compute_bench_headline(rs)
+    assert h["cls"]["name"] == "drift:p95" and h["cls"]["qualifies"]
+    assert h["pixel"]["name"] == "pixel:p95" and h["pixel"]["cls_fewer_resamples"]
+    assert "FEWER" in "\n".join(headline_lines(h))
+
+
+def test_headline_states_where_pixel_wins_or_cls_fails():
+    rs = [_res("always", "always", 1.0, 30), _res("drift:p95", "drift", 0.9, 5),
+          _res("pixel:p95", "pixel", 0.95, 5)]
+    h = compute_bench_headline(rs)
+    assert not h["cls"]["qualifies"]  # 10 points below always
+    assert not h["pixel"]["cls_fewer_resamples"]
+    text = "\n".join(headline_lines(h))
+    assert "does NOT meet" in text and "pixel gate ties or wins" in text
+    assert "error" in compute_bench_headline(rs[1:])
