@@ -27,7 +27,7 @@ ENGINE_SRC := $(if $(or $(filter fp32,$(PRECISION)),$(filter --weakly-typed,$(EN
 GATE ?= drift
 REPORT ?= reports
 
-.PHONY: install test test-all lint typecheck dataset train train-quick export quantize mixed-precision parity engine eval gate-eval demo bench soak export-full parity-full clean
+.PHONY: install test test-all lint typecheck dataset train train-quick export quantize mixed-precision parity engine eval gate-eval gate-bench demo bench soak export-full parity-full clean
 
 install:
 	@bash scripts/ensure_env.sh
@@ -78,6 +78,10 @@ eval: install
 
 gate-eval: install
 	$(PY) -m evaluation.gate_eval --artifacts $(ARTIFACTS) --out $(REPORT)/gate
+
+# Gate benchmark on the change suites (relevant / irrelevant changes, expert-sized deadlines): docs/11
+gate-bench: install
+	$(PY) -m evaluation.gate_bench --artifacts $(ARTIFACTS) --out $(REPORT)/gate_bench
 
 # The main job on the embedded default: train -> export -> parity -> closed loop with the gate -> report.
 demo: train export parity

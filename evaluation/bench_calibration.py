@@ -7,7 +7,7 @@ tick at which the gate checked gives one distance, labelled by what happened sin
 `quiet` (nothing), `irrelevant` (only irrelevant changes) or `relevant` (the goal moved). The default
 threshold is the 95th percentile of the `quiet` distances (≈ 5 % spurious resamples when nothing happened),
 the rule of the export-time CLS calibration (`export/graphs/gate_calibration.py`, whose rollouts have no
-irrelevant changes); the sweep uses other quantiles of the same distribution. Irrelevant changes are left out
+irrelevant changes); the sweep uses other quantiles of the same distribution and 3 × p99. Irrelevant changes are left out
 of the threshold on purpose: whether a gate ignores them is what the benchmark measures. The manifest's own
 CLS thresholds are added to the sweep as `manifest`.
 """
@@ -23,6 +23,7 @@ NEVER = 1e9  # a threshold no distance reaches (cosine <= 2; mean |Δ| <= 255; s
 THRESHOLD_FAMILIES = ("drift", "consistency", "pixel", "state")
 DEFAULT_QUANTILE = 95.0
 SWEEP_QUANTILES = (80.0, 90.0, 95.0, 98.0, 99.0)
+ABOVE_P99 = 3.0
 
 
 def auroc(negatives: Sequence[float], positives: Sequence[float]) -> float | None:
@@ -81,6 +82,7 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
         raise ValueError("calibration: no quiet distances recorded (too few calibration episodes?)")
     q = {f"p{p:g}": float(np.percentile(quiet, p)) for p in SWEEP_QUANTILES}
     sweep = [(f"p{p:g}", q[f"p{p:g}"]) for p in SWEEP_QUANTILES]
+    sweep.append((f"{ABOVE_P99:g}xp99", ABOVE_P99 * q["p99"]))  # above the quiet band: fires on events only
     if manifest_default is not None:
         sweep.append(("manifest", float(manifest_default)))
     uniq: list[tuple[str, float]] = []

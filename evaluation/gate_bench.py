@@ -31,7 +31,8 @@ from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
 
 TRACE_KINDS = ("jump", "distractor")  # the timeline plot: one relevant and one irrelevant change
-DEFAULT_REFINE = ("always", "interval:chunk", "drift:p95", "pixel:p95", "consistency:p95")
+DEFAULT_REFINE = ("interval:chunk", "drift:p95", "pixel:p95", "consistency:p95")
+DEFAULT_SWEEP = ("p90", "p95", "p99", "3xp99", "manifest")
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
 
 def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, calibration_episodes: int = 8,
                    seed: int = 0, kinds: Sequence[str] = EPISODE_KINDS, slack: int = 5, quick: bool = False,
-                   threads: int = 1, intervals: Sequence[int] = (3, 5), sweep: Sequence[str] = (
-                       "p90", "p95", "p99", "manifest"), refine: Sequence[str] = DEFAULT_REFINE,
+                   threads: int = 1, intervals: Sequence[int] = (3, 5), sweep: Sequence[str] = DEFAULT_SWEEP,
+                   refine: Sequence[str] = DEFAULT_REFINE,
                    plots: bool = True, progress: bool = True) -> dict:
     """Calibrate, run every policy over every kind, write the report; returns it."""
     from simtask import episode_seeds
@@ -192,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--intervals", type=int, nargs="*", default=[3, 5], help="interval:k gates (chunk always added)")
-    p.add_argument("--sweep", nargs="+", default=["p90", "p95", "p99", "manifest"],
-                   help="calibrated thresholds to run per family (p80 p90 p95 p98 p99 manifest)")
+    p.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP),
+                   help="calibrated thresholds to run per family (p80 p90 p95 p98 p99 3xp99 manifest)")
     p.add_argument("--refine", nargs="*", default=list(DEFAULT_REFINE), help="policy names also run with refinement")
     p.add_argument("--quick", action="store_true", help="CI mode: 2 episodes per kind, a few policies")
     p.add_argument("--no-plots", action="store_true")

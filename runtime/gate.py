@@ -8,8 +8,7 @@ runs the prefix/delta graphs only when a decision depends on them (`state` and `
 
 Spec strings (`make_gate`): always | never | interval:k | drift[:thr] | consistency[:thr] | random:p |
 state:thr | pixel[:thr]. drift/consistency default to the manifest's calibrated
-`gate.<metric>.default_threshold`; pixel to a calibrated `pixel` entry when one is given, else
-`PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
+`gate.<metric>.default_threshold`; pixel to `PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
 """
 
 from __future__ import annotations
@@ -281,10 +280,8 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
         return RandomGate(number(float, "a firing probability p"), check_every, seed)
     if name == "state":
         return StateGate(number(float, "an L2 threshold in raw state units"), check_every)
-    if name == "pixel":
-        cal = (calibration or {}).get("pixel")
-        default = cal.default_threshold if cal is not None and cal.default_threshold is not None \
-            else PIXEL_DEFAULT_THRESHOLD
-        return PixelGate(number(float, "a mean |Δ| threshold in uint8 levels") if arg else default, check_every)
+    if name == "pixel":  # not in the manifest's calibration: evaluation.gate_bench calibrates it per task
+        thr = number(float, "a mean |Δ| threshold in uint8 levels") if arg else PIXEL_DEFAULT_THRESHOLD
+        return PixelGate(thr, check_every)
     raise ValueError(f"unknown gate {spec!r}; choose one of: always, never, interval:k, drift[:thr], "
                      f"consistency[:thr], random:p, state:thr, pixel[:thr]")

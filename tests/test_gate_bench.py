@@ -86,7 +86,7 @@ def test_cis_contain_the_estimate():
     c = mean_ci([1, 2, 3, None])
     assert c["n"] == 3 and c["lo"] < c["mean"] == 2.0 < c["hi"]
     cal = summarize_family({"quiet": list(range(100)), "irrelevant": [50.0], "relevant": [200.0]}, 7.0)
-    assert [lab for lab, _ in cal["sweep"]] == ["manifest", "p80", "p90", "p95", "p98", "p99"]
+    assert [lab for lab, _ in cal["sweep"]] == ["manifest", "p80", "p90", "p95", "p98", "p99", "3xp99"]
 
 
 def _res(name, family, succ, resamples, irrelevant=0.0, n=40):

@@ -41,7 +41,7 @@ def test_fires_above_threshold_only_and_names_missing_inputs():
 def test_spec_parsing_and_defaults():
     assert make_gate("pixel").threshold == PIXEL_DEFAULT_THRESHOLD
     assert make_gate("pixel:3.5").threshold == 3.5
-    assert make_gate("pixel", {"pixel": GateCalibration({}, 4.0)}).threshold == 4.0
+    assert make_gate("pixel", {"drift": GateCalibration({}, 4.0)}).threshold == PIXEL_DEFAULT_THRESHOLD
     g = make_gate("pixel:1")
     assert g.needs_image and not (g.needs_obs_cls or g.needs_act_cls or g.needs_state)
     with pytest.raises(ValueError, match="pixel"):
