@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
         policy = EdgePolicy(args.artifacts, gate=gate, seed=args.seed, num_steps=args.num_steps,
                             backend_options={"intra_op_threads": args.threads})
         loop = LatencyLoop(policy, mode if latency else "aligned", latency, seam_width=args.seam_width,
-                           waypoints=args.waypoints)
+                           waypoints=args.waypoints, react_width=args.react_width, margin=args.margin)
         eps = []
         for s in seeds:
             eps.append(loop.episode(env, s, perturb=True))
@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> dict:
     if bar is not None:
         bar.close()
     return {"artifacts": str(args.artifacts), "episodes": args.episodes, "seed": args.seed,
-            "task": {"max_steps": args.max_steps, "waypoints": args.waypoints}, "seam_width": args.seam_width, "cells": cells}
+            "task": {"max_steps": args.max_steps, "waypoints": args.waypoints}, "seam_width": args.seam_width,
+            "react_width": args.react_width, "margin": args.margin, "cells": cells}
 
 
 def _bar(total: int):
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="position-controlled robot: chunks become absolute waypoints (the latency-sensitive variant)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
     p.add_argument("--seam-width", type=int, default=3, help="rows after the delay over which blend/inpaint fade out")
+    p.add_argument("--react-width", type=int, default=1,
+                   help="soft seam rows after the delay on a chunk that reacts to a change (0: none)")
+    p.add_argument("--margin", type=int, default=0,
+                   help="refill when the plan has <= L + margin rows left (rows of overlap for the seam)")
     args = p.parse_args(argv)
     try:
         report = run(args)

@@ -50,12 +50,14 @@ def parse_mode(name: str) -> Mode:
 class LatencyLoop:
     """One policy under one execution mode and latency; `episode()` returns a per-episode record."""
 
-    def __init__(self, policy: EdgePolicy, mode: str, latency: int, seam_width: int = 3, waypoints: bool = False):
+    def __init__(self, policy: EdgePolicy, mode: str, latency: int, seam_width: int = 3, waypoints: bool = False,
+                 *, react_width: int = 1, margin: int = 0):
         if latency < 0:
             raise ValueError(f"latency must be >= 0 ticks, got {latency!r}")
         self.mode = parse_mode(mode)
         self.latency = int(latency)
-        self.planner = AsyncChunkPlanner(policy, seam=self.mode.seam, seam_width=seam_width)
+        self.planner = AsyncChunkPlanner(policy, seam=self.mode.seam, seam_width=seam_width, react_width=react_width,
+                                         margin=margin)
         self.timeline = ActionTimeline(align=self.mode.align)
         self.emitter = ActionEmitter(policy, self.timeline)
         self.stop = policy.guard.stop_action

@@ -3,12 +3,15 @@
 
 Before the job the policy's queued plan is synced to what the robot will still be executing once a chunk
 planned now can arrive (`delay` ticks later): the gate sees the real remaining plan, and a plan that will
-run out during inference forces a resample in time. A fresh chunk is returned pinned to the observation's
-tick; the seam mode decides how it continues the executing plan (`runtime.seam`) — narrowed to the rows that
-execute during inference when the resample reacts to a change (`reactive`, learned from the policy's gate
-decision just before the denoise via `EdgePolicy.before_resample`). Faults, deadline
-deferrals and retries of a failed resample are the policy's own rules (its pending-resample flag survives
-the sync). Used by the threaded `AsyncEdgePolicy` and by the simulated closed loop in `evaluation.latency`.
+run out during inference forces a resample in time — `margin` rows early: the next chunk is requested once
+the plan has at most delay + margin rows left, so it lands with `margin` rows of the old plan still to run
+(room for the seam to fade, slack for a delay estimate that was too short). A fresh chunk is returned pinned
+to the observation's tick; the seam mode decides how it continues the executing plan (`runtime.seam`) —
+narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
+a change (`reactive`, learned from the policy's gate decision just before the denoise via
+`EdgePolicy.before_resample`). Faults, deadline deferrals and retries of a failed resample are the policy's
+own rules (its pending-resample flag survives the sync). Used by the threaded `AsyncEdgePolicy` and by the
+simulated closed loop in `evaluation.latency`.
 """
 
 from __future__ import annotations
@@ -33,15 +36,22 @@ class PlanResult:
 class AsyncChunkPlanner:
     """Owns the policy while running: only one thread may call `plan` (the worker)."""
 
-    def __init__(self, policy: EdgePolicy, seam: str = "inpaint", seam_width: int = 3, reactive: bool = True):
+    def __init__(self, policy: EdgePolicy, seam: str = "inpaint", seam_width: int = 3, reactive: bool = True,
+                 react_width: int = 1, margin: int = 0):
         self.policy = policy
         self.reactive = bool(reactive)  # False: full seam even when the gate fired because the world changed
+        if seam_width < 1:
+            raise ValueError(f"seam_width must be >= 1, got {seam_width!r}")
+        if not 0 <= react_width <= seam_width:
+            raise ValueError(f"react_width must be in [0, seam_width={seam_width}], got {react_width!r}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0 rows, got {margin!r}")
+        self.react_width = int(react_width)  # soft rows after the delay on a chunk that reacts to a change
+        self.margin = int(margin)
         self._due_change = False  # a change-triggered resample was deferred or failed: its retry still reacts
         self._job: tuple[np.ndarray | None, int] = (None, 0)
         self.last_reacted = False  # the last job's chunk was planned as a reaction (narrow seam)
         self.seam = check_seam_mode(seam)
-        if seam_width < 1:
-            raise ValueError(f"seam_width must be >= 1, got {seam_width!r}")
         self.seam_width = int(seam_width)
         if seam == "inpaint" and not isinstance(policy.backend, InpaintingBackend):
             policy.backend = InpaintingBackend(policy.backend)
@@ -59,7 +69,7 @@ class AsyncChunkPlanner:
         executing, delay = self._job
         backend = self.policy.backend
         if react and self.seam == "inpaint" and isinstance(backend, InpaintingBackend):
-            backend.set_prior(executing, delay, 0)  # only the rows that execute during inference
+            backend.set_prior(executing, delay, self.react_width)  # the in-flight rows + a short fade
 
     def plan(self, observation: dict, tick: int, executing: np.ndarray | None, ran: int, delay: int) -> PlanResult:
         """Gate/resample for the observation of `tick`. `executing`: normalised rows of the running plan from
@@ -67,6 +77,8 @@ class AsyncChunkPlanner:
         Raises `ObservationError` for a bad observation when the policy is set to raise."""
         delay = max(int(delay), 0)
         left = None if executing is None else executing[delay:]
+        if left is not None and len(left) <= self.margin:
+            left = None  # the plan runs out within `margin` ticks of a chunk planned now landing: refill now
         self.policy.sync_plan(left, ran + delay)
         backend = self.policy.backend
         if isinstance(backend, InpaintingBackend):
@@ -89,5 +101,5 @@ class AsyncChunkPlanner:
         self._due_change = False
         chunk = chunk[: self.policy.manifest.dims.n_action_steps]  # the same horizon as the synchronous queue
         if self.seam == "blend" and executing is not None and delay >= 1:
-            chunk = blend(chunk, executing, delay, 0 if self.last_reacted else self.seam_width)
+            chunk = blend(chunk, executing, delay, self.react_width if self.last_reacted else self.seam_width)
         return PlanResult(TimedChunk(tick, np.array(chunk, dtype=np.float32), next(self._ids)), info)

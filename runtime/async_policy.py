@@ -57,14 +57,17 @@ class AsyncEdgePolicy:
     inference time into the delay (in ticks) that seam handling and the early resample use."""
 
     def __init__(self, policy: EdgePolicy, tick_hz: float, *, align: bool = True, seam: str = "inpaint",
-                 seam_width: int = 3, delay_ticks: int | None = None, state_tolerance: float | None = 1.0):
+                 seam_width: int = 3, delay_ticks: int | None = None, state_tolerance: float | None = 1.0,
+                 react_width: int = 1, margin: int = 1):
         if not tick_hz > 0:
             raise ValueError(f"tick_hz must be positive, got {tick_hz!r}")
         if delay_ticks is not None and delay_ticks < 0:
             raise ValueError(f"delay_ticks must be >= 0, got {delay_ticks!r}")
         self.policy = policy
         self.tick_hz = float(tick_hz)
-        self.planner = AsyncChunkPlanner(policy, seam=seam, seam_width=seam_width)
+        # margin 1: one row of slack when a resample takes longer than the running delay estimate
+        self.planner = AsyncChunkPlanner(policy, seam=seam, seam_width=seam_width, react_width=react_width,
+                                         margin=margin)
         self.timeline = ActionTimeline(align=align)
         self.emitter = ActionEmitter(policy, self.timeline)
         m = policy.manifest

@@ -295,6 +295,8 @@ class Manifest:
                                                                                d.state_dim)):
             if len(names) != dim:
                 raise ManifestError(f"manifest: 'robot.{key}' has {len(names)} names, dims say {dim}")
+            if len(set(names)) != len(names):
+                raise ManifestError(f"manifest: 'robot.{key}' must list distinct names, got {names!r}")
         if set(r.cameras) != set(self.camera_keys):
             raise ManifestError(f"manifest: 'robot.cameras' keys {sorted(r.cameras)[:8]} differ from the "
                                 f"cameras {list(self.camera_keys)}")

@@ -16,7 +16,7 @@ import signal
 from runtime.policy import EdgePolicy
 from runtime.policy_arguments import add_identity_arguments
 from runtime.robot_interface import RobotInterface
-from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, ThreadedSource, run_robot
+from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, run_robot
 from runtime.seam import SEAM_MODES
 
 ADAPTERS = "robot_adapters.factory"  # outside the runtime core; loaded only when a robot is asked for
@@ -34,11 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", action="store_true")
     p.add_argument("--task", default=None, help="instruction (default: the robot's own `task`, if it has one)")
     p.add_argument("--fps", type=float, default=None, help="loop rate (default: the manifest's robot.fps, else 30)")
-    p.add_argument("--inference", choices=["async", "thread", "inline"], default="thread",
-                   help="async: AsyncEdgePolicy (chunks aligned to their planning tick, seam handling); thread: "
-                        "chunks planned on a worker thread (holds the rate through slow resamples); inline: no thread")
+    p.add_argument("--inference", choices=["async", "thread", "inline"], default="async",
+                   help="async: AsyncEdgePolicy on a worker thread (chunks aligned to their planning tick, seam "
+                        "handling; holds the rate through slow resamples); inline: EdgePolicy.step on the loop "
+                        "thread; thread: deprecated, = async with --seam none")
     p.add_argument("--seam", choices=SEAM_MODES, default="inpaint",
                    help="with --inference async: how a new chunk continues the executing one")
+    p.add_argument("--margin", type=int, default=1,
+                   help="with --inference async: request the next chunk when the plan has <= delay + margin rows left")
     p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
                    help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
@@ -62,10 +65,14 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     if task is None:
         raise ValueError("--task is required: the instruction sent with every observation")
     fps = args.fps or iface.fps or 30.0
-    if args.inference == "async":
-        source: ActionSource = AsyncSource(policy, iface, task=task, fps=fps, seam=args.seam)
+    if args.inference == "thread":
+        log.warning("--inference thread is deprecated: it runs the async executor without seam handling "
+                    "(= --inference async --seam none)")
+    if args.inference == "inline":
+        source: ActionSource = SyncSource(policy, iface, task=task)
     else:
-        source = (ThreadedSource if args.inference == "thread" else SyncSource)(policy, iface, task=task)
+        seam = "none" if args.inference == "thread" else args.seam
+        source = AsyncSource(policy, iface, task=task, fps=fps, seam=seam, margin=args.margin)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
              args.artifacts, args.backend, args.gate, args.inference, task)
 

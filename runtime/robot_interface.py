@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import Manifest, ManifestError
+from runtime.manifest import Manifest
 
 IMAGES_PREFIX = "observation.images."
 STATE_FEATURE = "observation.state"
@@ -36,31 +36,16 @@ class RobotInterface:
 
     @classmethod
     def from_manifest(cls, m: Manifest) -> RobotInterface:
+        """The mappings of a loaded manifest; its `robot` section was validated by `Manifest.load` (schema:
+        types and ranges; `Manifest._check_robot`: name counts vs dims, distinct names, camera keys)."""
         d = m.dims
         cams = {c.key: (c.height, c.width, c.channels) for c in m.cameras}
-        sec = m.raw.get("robot")
-        if sec is None:
+        r = m.robot
+        if r is None:
             return cls(None, None, None, cams, m.state_key, d.action_dim, d.state_dim)
-        if not isinstance(sec, Mapping):
-            raise ManifestError("manifest: 'robot' must be an object")
-        fps = sec.get("fps")
-        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps > 0:
-            raise ManifestError(f"manifest: 'robot.fps' must be a positive number, got {fps!r}")
-        names = {}
-        for field_name, dim in (("action_names", d.action_dim), ("state_names", d.state_dim)):
-            v = sec.get(field_name)
-            if not isinstance(v, list) or len(v) != dim or not all(isinstance(n, str) and n for n in v) or len(set(v)) != dim:
-                raise ManifestError(f"manifest: 'robot.{field_name}' must list {dim} distinct names, got {v!r}")
-            names[field_name] = tuple(v)
-        rcams = sec.get("cameras")
-        if not isinstance(rcams, Mapping) or set(rcams) != set(cams):
-            raise ManifestError(f"manifest: 'robot.cameras' keys {sorted(rcams or {})} differ from 'cameras' {sorted(cams)}")
-        for key, c in rcams.items():
-            try:
-                cams[key] = (int(c["height"]), int(c["width"]), int(c["channels"]))
-            except (KeyError, TypeError, ValueError):
-                raise ManifestError(f"manifest: 'robot.cameras.{key}' needs integer height, width, channels") from None
-        return cls(float(fps), names["action_names"], names["state_names"], cams, m.state_key, d.action_dim, d.state_dim)
+        cams.update({key: (c.height, c.width, c.channels) for key, c in r.cameras.items()})
+        return cls(float(r.fps), tuple(r.action_names), tuple(r.state_names), cams, m.state_key, d.action_dim,
+                   d.state_dim)
 
     # ------------------------------------------------------------- robot → policy
     @property

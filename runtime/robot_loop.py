@@ -1,10 +1,9 @@
 """`runtime robot`: a paced control loop over any object with LeRobot's `Robot` interface (connect,
 get_observation, send_action, disconnect, observation_features / action_features).
 
-Actions come from an `ActionSource`: `SyncSource` runs EdgePolicy on the loop thread (fast models);
-`ThreadedSource` plans chunks on a worker thread (ChunkPlanner) so a slow resample never stalls the rate:
-the loop executes the queued chunk while the next one is computed. The runtime's asynchronous executor
-(its own issue) plugs in as another ActionSource. Safe stop: on Ctrl-C and after `max_faults` consecutive
+Actions come from an `ActionSource`: `AsyncSource` (the default) runs the asynchronous executor
+`AsyncEdgePolicy` — chunks planned on a worker thread, aligned to the tick they were planned from, so a slow
+resample never stalls the rate; `SyncSource` runs EdgePolicy on the loop thread (fast models). Safe stop: on Ctrl-C and after `max_faults` consecutive
 faults the loop sends the manifest's stop action once (`on_stop="stop"`) or sends nothing more
 (`"hold"`: the arm keeps its last target), then disconnects. Each tick is logged (gate decision, latency).
 """
@@ -12,8 +11,6 @@ faults the loop sends the manifest's stop action once (`on_stop="stop"`) or send
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +19,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from runtime.async_policy import AsyncEdgePolicy
-from runtime.chunk_planner import ChunkPlanner
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
 
@@ -66,108 +62,14 @@ class SyncSource:
         pass
 
 
-class ThreadedSource:
-    """Chunks planned on a worker thread from the latest observation; the loop pops one action per tick.
-
-    The gate runs on every observation the worker takes. A resample is forced early enough that the next
-    chunk lands before the queued one runs out: when fewer actions are left than a resample takes ticks
-    (measured: EMA of resample latency over the loop period, plus one).
-    """
-
-    def __init__(self, policy: EdgePolicy, interface: RobotInterface, task: str | None = None):
-        self.planner = ChunkPlanner(policy, interface)
-        self.task = task
-        self._buf: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-        self._job: tuple[dict, int, bool] | None = None
-        self._wake = threading.Condition(self._lock)
-        self._busy = False
-        self._last = SourceAction(None)
-        self._fresh = False  # a job finished since the loop last asked (its result is news once)
-        self._stop = False
-        self._error: str | None = None  # the worker's last failure, raised by the next tick (a loop fault)
-        self._resample_ms: float | None = None  # EMAs: resample latency, loop period
-        self._period_ms: float | None = None
-        self._last_call: float | None = None
-        self.errors: list[str] = []
-        self._thread = threading.Thread(target=self._work, name="runtime-robot-inference", daemon=True)
-        self._thread.start()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._buf.clear()
-        self.planner.policy.reset()
-
-    def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
-        with self._lock:
-            error, self._error = self._error, None
-            if error is not None:
-                raise RuntimeError(f"inference: {error}")
-            now = time.perf_counter()
-            if self._last_call is not None:
-                self._period_ms = _ema(self._period_ms, (now - self._last_call) * 1e3)
-            self._last_call = now
-            for t in [t for t in self._buf if t < tick]:
-                del self._buf[t]
-            if not self._busy:  # the worker takes the newest observation; the robot executed up to tick - 1
-                obs = dict(robot_obs)
-                if self.task is not None:
-                    obs["task"] = self.task
-                must_go = len(self._buf) < self.lead_ticks  # refill before the queue runs dry
-                self._job, self._busy = (obs, tick - 1, must_go), True
-                self._wake.notify()
-            a = self._buf.pop(tick, None)
-            last, news, self._fresh = self._last, self._fresh, False
-        return SourceAction(a, last.gate_reason, last.resampled, last.latency_ms, fault=last.fault, news=news)
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                while self._job is None and not self._stop:
-                    self._wake.wait()
-                if self._stop:
-                    return
-                job, self._job = self._job, None
-            try:
-                chunk = self.planner.plan(*job)
-                with self._lock:
-                    for i, row in enumerate(chunk.actions):  # a new chunk replaces the old plan from its start
-                        self._buf[chunk.first_timestep + i] = row
-                    self._last = SourceAction(None, chunk.gate_reason, chunk.resampled, chunk.latency_ms,
-                                              fault=self.planner.policy.last_info.fault or "")
-                    self._fresh = True
-                    if chunk.resampled:
-                        self._resample_ms = _ema(self._resample_ms, chunk.latency_ms)
-            except Exception as exc:  # noqa: BLE001 — raised on the next tick; the loop's fault rule decides
-                self.errors.append(str(exc))
-                with self._lock:
-                    self._error = str(exc)
-            finally:
-                with self._lock:
-                    self._busy = False
-
-    @property
-    def lead_ticks(self) -> int:
-        """Actions that must still be queued when a resample starts (≥ 1: an empty queue always resamples)."""
-        if self._resample_ms is None or not self._period_ms:
-            return 1
-        return math.ceil(self._resample_ms / self._period_ms) + 1
-
-    def close(self) -> None:
-        with self._lock:
-            self._stop = True
-            self._wake.notify_all()
-        self._thread.join(timeout=5)
-
-
 class AsyncSource:
     """`AsyncEdgePolicy` (runtime.async_policy): chunks aligned to the tick they were planned from (elapsed
     actions skipped, never replayed) and continued with seam handling; one action per tick, never blocking."""
 
     def __init__(self, policy: EdgePolicy, interface: RobotInterface, task: str | None = None, *, fps: float,
-                 seam: str = "inpaint"):
+                 seam: str = "inpaint", margin: int = 1):
         self.interface, self.task = interface, task
-        self.executor = AsyncEdgePolicy(policy, tick_hz=fps, seam=seam).start()
+        self.executor = AsyncEdgePolicy(policy, tick_hz=fps, seam=seam, margin=margin).start()
         self._seen = (0, 0)  # (jobs, faults + worker errors) already reported
         self._planned = False  # a chunk has reached the robot
 
@@ -194,10 +96,6 @@ class AsyncSource:
 
     def close(self) -> None:
         self.executor.close()
-
-
-def _ema(prev: float | None, x: float, alpha: float = 0.2) -> float:
-    return x if prev is None else prev + alpha * (x - prev)
 
 
 @dataclass

@@ -198,9 +198,9 @@ def test_a_change_triggered_resample_is_not_pulled_toward_the_old_plan(seam):
     np.testing.assert_allclose(react[:d], old[:d], atol=1e-6)  # what runs during inference is kept either way
     gap = lambda x: np.abs(x[d:d + 3] - old[d:d + 3]).mean(axis=1)
     assert np.all(gap(refill) < gap(react) - 1e-3)  # the refill is pulled toward the old plan, the reaction not
-    if seam == "inpaint":  # the reaction is exactly the denoise with a width-0 prior
+    if seam == "inpaint":  # the reaction is exactly the denoise with a react_width prior (d rows + a short fade)
         inp = pol.backend
-        inp.set_prior(old, d, 0)
+        inp.set_prior(old, d, planner.react_width)
         pol.reset()
         prefix = pol._prefix(pol.validator.validate(make_observation(1)), pol.last_info)
         x = inp.denoise(noise.copy(), pol.num_steps, prefix)[0, : len(react)]
@@ -234,6 +234,44 @@ def test_a_plan_that_runs_out_during_inference_forces_a_resample():
     assert again.chunk is not None and again.info.gate_reason == "queue_empty"
     kept = planner.plan(make_observation(2), 6, again.chunk.actions[1:], 1, 3)
     assert kept.chunk is None
+
+
+def test_the_refill_is_requested_margin_rows_before_the_plan_runs_out():
+    """Latency-aware trigger: with delay d and margin m the next chunk is requested once the plan has at most
+    d + m rows left (so it lands with m rows of the old plan still queued), not earlier."""
+    planner = AsyncChunkPlanner(_policy(gate="never"), seam="none", margin=2)
+    first = planner.plan(make_observation(0), 0, None, 0, 3)
+    assert first.chunk is not None and len(first.chunk.actions) == 8
+    kept = planner.plan(make_observation(1), 2, first.chunk.actions[2:], 2, 3)  # 6 rows left > 3 + 2
+    assert kept.chunk is None and kept.info.gate_reason == "never"
+    due = planner.plan(make_observation(2), 3, first.chunk.actions[3:], 3, 3)  # 5 rows left = 3 + 2
+    assert due.chunk is not None and due.info.gate_reason == "queue_empty"
+    with pytest.raises(ValueError, match="margin"):
+        AsyncChunkPlanner(_policy(), margin=-1)
+    with pytest.raises(ValueError, match="react_width"):
+        AsyncChunkPlanner(_policy(), seam_width=2, react_width=3)
+
+
+def test_a_reaction_keeps_a_short_fade_of_react_width_rows():
+    """A chunk that reacts to a change is pulled toward the old plan on exactly react_width rows after the
+    delay (weights of `overlap_weights`), and not at all beyond them."""
+    gate = _ChangeGate()
+    pol = _policy(gate=gate)
+    planner = AsyncChunkPlanner(pol, seam="blend", seam_width=3, react_width=1)
+    planner.plan(make_observation(0), 0, None, 0, 2)
+    a, d = pol.manifest.dims.max_action_dim, 2
+    old = np.full((6, a), 3.0, dtype=np.float32)
+    noise = np.random.default_rng(5).standard_normal(pol.manifest.plan_shape).astype(np.float32)
+    gate.changed = True
+    pol.next_noise = noise
+    react = planner.plan(make_observation(1), 2, old, 2, d).chunk.actions
+    free = AsyncChunkPlanner(_policy(gate=gate), seam="none")
+    free.plan(make_observation(0), 0, None, 0, 2)
+    free.policy.next_noise = noise
+    fresh = free.plan(make_observation(1), 2, old, 2, d).chunk.actions
+    np.testing.assert_allclose(react[:d], old[:d], atol=1e-6)
+    np.testing.assert_allclose(react[d], 0.5 * old[d] + 0.5 * fresh[d], atol=1e-5)
+    np.testing.assert_allclose(react[d + 1:], fresh[d + 1:], atol=1e-5)
 
 
 # ------------------------------------------------------------------ simulated loop

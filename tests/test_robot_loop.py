@@ -15,7 +15,7 @@ from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
 from runtime.backend import Backend, BackendError
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
-from runtime.robot_loop import AsyncSource, SyncSource, ThreadedSource, run_robot
+from runtime.robot_loop import AsyncSource, SyncSource, run_robot
 from tests.serve_fixtures import ACTION_BOUND, robot_artifacts
 
 FPS = 30.0
@@ -70,8 +70,8 @@ class Recorder:
         robot.disconnect = disconnect
 
 
-SOURCES = {"thread": lambda policy, iface: ThreadedSource(policy, iface),
-           "async": lambda policy, iface: AsyncSource(policy, iface, fps=FPS)}  # AsyncEdgePolicy (issue #15)
+SOURCES = {"async": lambda policy, iface: AsyncSource(policy, iface, fps=FPS),  # AsyncEdgePolicy (issue #15)
+           "async-noseam": lambda policy, iface: AsyncSource(policy, iface, fps=FPS, seam="none")}  # ex "thread"
 
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
@@ -140,7 +140,7 @@ def test_worker_inference_failures_count_as_faults():
     policy, _, robot, iface = make()
     real_obs = robot.get_observation
     robot.get_observation = lambda: {**real_obs(), "x": float("nan")}  # the policy refuses a NaN state
-    source = ThreadedSource(policy, iface)
+    source = AsyncSource(policy, iface, fps=100)
     rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=100, max_ticks=200, max_faults=3)
     assert "consecutive faults" in rep.stop_reason and "observation.state" in rep.stop_reason
     assert rep.stops_sent == 1 and robot.sent and np.array_equal(robot.sent[-1], policy.guard.stop_action)
@@ -154,7 +154,7 @@ class FailingBackend(SlowBackend):
         raise BackendError("CUDA error: an illegal memory access was encountered")
 
 
-@pytest.mark.parametrize("source", ["sync", "thread", "async"])
+@pytest.mark.parametrize("source", ["sync", "async"])
 def test_inference_faults_end_in_the_safe_stop(source):
     """A backend that keeps failing must not hold the arm forever: repeated inference faults stop safely."""
     base = EdgePolicy(robot_artifacts())
@@ -162,8 +162,7 @@ def test_inference_faults_end_in_the_safe_stop(source):
     robot = SimReachRobot(SimReachSettings(episodes=1000, action_bound=ACTION_BOUND))
     iface = RobotInterface.from_manifest(policy.manifest)
     rec = Recorder(robot)
-    src = {"sync": lambda: SyncSource(policy, iface), "thread": lambda: ThreadedSource(policy, iface),
-           "async": lambda: AsyncSource(policy, iface, fps=100)}[source]()
+    src = {"sync": lambda: SyncSource(policy, iface), "async": lambda: AsyncSource(policy, iface, fps=100)}[source]()
     rep = run_robot(robot, src, iface, policy.guard.stop_action, fps=100, max_ticks=300, max_faults=3)
     assert "inference faults" in rep.stop_reason and "illegal memory access" in rep.stop_reason
     assert rep.ticks < 300 and rep.stops_sent == 1 and rec.disconnects == 1

@@ -20,11 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def test_runtime_robot_on_the_simulated_robot():
+@pytest.mark.parametrize("inference", [[], ["--inference", "thread"]], ids=["default-async", "deprecated-thread"])
+def test_runtime_robot_on_the_simulated_robot(inference):
     out = subprocess.run([sys.executable, "-m", "runtime", "robot", "--artifacts", str(robot_artifacts()),
                           "--robot.type=sim_reach", "--robot.episodes=3", "--fps", "60", "--max-ticks", "90",
-                          "--log-every", "30"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120, check=False)
+                          "--log-every", "30", *inference], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=120, check=False)
     assert out.returncode == 0, out.stderr
+    if inference:  # the old flag still runs, on the async executor without seam handling, and says so
+        assert "--inference thread is deprecated" in out.stderr and "inference thread" in out.stderr
+    else:
+        assert "inference async" in out.stderr and "deprecated" not in out.stderr
     rep = json.loads(out.stdout.strip().splitlines()[-1])
     assert rep["ticks"] == 90 and rep["faults"] == 0 and rep["stop"] == "end" and rep["stops_sent"] == 0
     assert rep["policy"]["resamples"] >= 1
