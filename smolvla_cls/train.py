@@ -74,7 +74,7 @@ def check_dataset(root: Path) -> dict:
     return info
 
 
-def policy_config(preset: str, stage: str, device: str, chunk: int):
+def policy_config(preset: str, stage: str, device: str, chunk: int, act_cls_wiring: str = "plan_only"):
     from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
     from smolvla_cls.presets import POLICY_OVERRIDES
 
@@ -82,7 +82,7 @@ def policy_config(preset: str, stage: str, device: str, chunk: int):
         vlm_preset=preset, **POLICY_OVERRIDES[preset], device=device, push_to_hub=False,
         chunk_size=chunk, n_action_steps=chunk, num_steps=10,
         train_expert_only=(stage == "delta"), freeze_vision_encoder=(stage == "delta"),
-        train_delta_expert=(stage == "delta"), use_cls_head=True,
+        train_delta_expert=(stage == "delta"), use_cls_head=True, act_cls_wiring=act_cls_wiring,
     )
 
 
@@ -165,7 +165,7 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
     if last.exists() and (stage_dir / "DONE").exists():
         print(f"[train] stage {plan.name}: already done ({last})")
         return last
-    policy = policy_config(args.preset, plan.name, args.device, args.chunk_size)
+    policy = policy_config(args.preset, plan.name, args.device, args.chunk_size, args.act_cls_wiring)
     policy.optimizer_lr = plan.lr
     policy.scheduler_warmup_steps = plan.warmup
     policy.scheduler_decay_steps = plan.steps
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default="main,delta")
     parser.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
                         help="task-symmetry augmentation (auto: on for simtask recordings, off otherwise)")
+    parser.add_argument("--act-cls-wiring", choices=("seed", "plan_only"), default="plan_only",
+                        help="which pass produces act-CLS (smolvla_cls/plan_pass.py); seed = the seed's wiring")
     parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
