@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 
-
 def remainder_mask(lengths: Tensor, chunk_size: int) -> Tensor:
     """bool [B, T]: True for the first lengths[b] rows (the remaining plan), False for the padding."""
     if lengths.ndim != 1:

@@ -37,7 +37,7 @@ class StagePlan:
 
 
 def plan_stages(preset: str, quick: bool, steps: int | None,
-                delta_steps_override: int | None = None) -> list[StagePlan]:
+                delta_steps_override: int | None = None, delta_lr: float | None = None) -> list[StagePlan]:
     """Step budgets per stage (defaults sized for ≤ 30 min on 2 CPU cores for the tiny preset)."""
     # tiny on 2 CPU cores, batch 32, 1 torch thread + 1 loader worker (measured): ~0.1 s per main step,
     # ~0.2 s per delta step. A fresh `make train` (10000 + 300 steps, augmented) took 21 min 14 s wall:
@@ -49,8 +49,9 @@ def plan_stages(preset: str, quick: bool, steps: int | None,
     if delta_steps_override is not None:
         delta_steps = delta_steps_override
     batch = 32 if preset == "tiny" else 8
-    return [StagePlan("main", main_steps, 1e-3 if preset == "tiny" else 1e-4, min(100, main_steps // 10), batch),
-            StagePlan("delta", delta_steps, 1e-3 if preset == "tiny" else 1e-4, min(30, delta_steps // 10), batch)]
+    lr = 1e-3 if preset == "tiny" else 1e-4
+    return [StagePlan("main", main_steps, lr, min(100, main_steps // 10), batch),
+            StagePlan("delta", delta_steps, lr if delta_lr is None else delta_lr, min(30, delta_steps // 10), batch)]
 
 
 def check_dataset(root: Path) -> dict:
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="same pipeline, few steps (smoke/demo)")
     parser.add_argument("--delta-steps", type=int, default=None,
                         help="steps of the delta stage (overrides the default 300 / the --steps split)")
+    parser.add_argument("--delta-lr", type=float, default=None, help="peak learning rate of the delta stage")
     parser.add_argument("--chunk-size", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--num-workers", type=int, default=1)
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     init = None
-    for plan in plan_stages(args.preset, args.quick, args.steps, args.delta_steps):
+    for plan in plan_stages(args.preset, args.quick, args.steps, args.delta_steps, args.delta_lr):
         if plan.name not in stages:
             continue
         init = run_stage(plan, args, out, init, info)

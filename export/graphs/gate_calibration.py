@@ -3,8 +3,10 @@ versus after a perturbation, on held-out scripted-expert rollouts of the default
 
 Distances are the runtime's: mean over CLS tokens, L2-normalise, cosine distance 1 - <a, b>.
 - drift:       d(obs-CLS at planning tick t0, obs-CLS at t0 + k)
-- consistency: d(obs-CLS at t0 + k, act-CLS of the plan made at t0 with k actions consumed
-               — remaining actions shifted to the front, tail repeating the last one)
+- consistency: d(obs-CLS at t0 + k, act-CLS of the plan made at t0 with k actions consumed); act-CLS as
+               the runtime computes it for the model's `act_cls_wiring`: plan_only = the plan encoder on the
+               T - k remaining rows alone (front, plan_valid); seed = the delta expert over the current K/V
+               (remaining actions shifted to the front, tail repeating the last one)
 "unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The default threshold
 is the 95th percentile of the unchanged distances (≈ 5 % spurious resamples when nothing happened).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.graphs.graph_wrappers import DeltaExpertGraph, PrefixGraph
+from export.graphs.graph_wrappers import DeltaExpertGraph, PlanEncoderGraph, PrefixGraph
 from runtime.gate import cosine_distance as unit_cosine_distance
 from runtime.gate import embed
 
@@ -57,6 +59,7 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
 
     cfg = model.config
     prefix, delta = PrefixGraph(model).eval(), DeltaExpertGraph(model).eval()
+    plan_encoder = PlanEncoderGraph(model).eval() if cfg.act_cls_wiring == "plan_only" else None
     h, w = cfg.resize_imgs_with_padding
     task_cfg = TaskConfig(image_size=h)
     if h != w:
@@ -97,10 +100,17 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
                 changed = jump is not None and t0 < jump <= t0 + k
                 k_, v_, pad_, obs_cls = outs[t0 + k]
                 drift[changed].append(cosine_distance(outs[t0][3].numpy(), obs_cls.numpy()))
-                padded[:, : acts.shape[1]] = shift_remaining(plan, k)
-                _, act_cls = delta(torch.from_numpy(padded)[None], k_, v_, pad_)
+                if plan_encoder is not None:
+                    padded[:] = 0.0
+                    padded[: t_len - k, : acts.shape[1]] = plan[k:]
+                    valid = torch.arange(t_len)[None] < t_len - k
+                    act_cls = plan_encoder(torch.from_numpy(padded)[None], valid)
+                else:
+                    padded[:, : acts.shape[1]] = shift_remaining(plan, k)
+                    _, act_cls = delta(torch.from_numpy(padded)[None], k_, v_, pad_)
                 consistency[changed].append(cosine_distance(obs_cls.numpy(), act_cls.numpy()))
     return {"metric": "cosine_distance", "embedding": "mean over CLS tokens, L2-normalised",
+            "act_cls_wiring": cfg.act_cls_wiring,
             "source": f"simtask scripted-expert rollouts, {n_episodes} episodes (half perturbed), seed {seed}",
             "drift": _summary(drift[False], drift[True]),
             "consistency": _summary(consistency[False], consistency[True])}
