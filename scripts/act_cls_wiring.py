@@ -6,7 +6,11 @@ Per checkpoint (its `act_cls_wiring` decides how act-CLS is computed, exactly as
   observation changes (plan fixed: observation of another frame); ratio = plan change / obs change (target >= 5);
 - alignment (smolvla_cls.alignment): retrieval top-1 obs -> act, AUROC matched vs mismatched, effective rank;
 - consistency calibration (export.graphs.gate_calibration, what the export writes into the manifest): AUROC of
-  the consistency distance, "plan still valid" vs "target moved", and of the drift distance for reference.
+  the consistency distance, "plan still valid" vs "target moved", and of the drift distance for reference;
+- obs-CLS drift (`--drift N`, N perturbed held-out episodes): the runtime's cosine distance of obs-CLS between
+  the frame before and the frame after the target jump (relevant), and between the frame before the jump and
+  the same frame under a brightness / colour / noise-burst change (irrelevant, smolvla_cls/irrelevant_changes.py);
+  ratio = mean relevant / mean irrelevant (higher: the embedding ignores more of what does not matter).
 
     PYTHONPATH=. python scripts/act_cls_wiring.py --checkpoint seed=/path/a --checkpoint plan_only=/path/b \
         --json docs/img/act_cls_wiring.json
@@ -41,6 +45,38 @@ def sensitivity(torch_policy, heldout: HeldOut, seed: int = 0) -> dict:
             "ratio_plan_over_obs": d_plan / d_obs if d_obs > 0 else float("inf")}
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def obs_drift(torch_policy, n_episodes: int, seed: int = HELDOUT_BASE_SEED + 1) -> dict:
+    """Mean obs-CLS cosine distance for a relevant change (target jump) and each irrelevant image change."""
+    from simtask import ReachEnv, ScriptedExpert, TaskConfig, episode_seeds, run_expert_episode
+    from simtask.config import IMAGE_KEY
+    from smolvla_cls.irrelevant_changes import KINDS, perturb_uint8_hwc
+
+    env, rng = ReachEnv(TaskConfig()), np.random.default_rng([seed, 0xD1F7])
+    expert = ScriptedExpert(noise_std=0.0, seed=seed)
+    before, after = [], []
+    for s in episode_seeds(seed, n_episodes, stream="eval"):
+        ep = run_expert_episode(env, expert, s, perturb=True)
+        if ep.perturb_tick is None or not 1 <= ep.perturb_tick < len(ep.observations):
+            continue
+        before.append(ep.observations[ep.perturb_tick - 1])
+        after.append(ep.observations[ep.perturb_tick])
+    frames = {"relevant: target jump": after}
+    for kind in KINDS:
+        frames[f"irrelevant: {kind}"] = [{**o, IMAGE_KEY: perturb_uint8_hwc(o[IMAGE_KEY], kind, rng)} for o in before]
+    zeros = np.zeros((torch_policy.config.chunk_size, 2), dtype=np.float32)
+    embed = lambda obs: _unit(cls_embeddings(torch_policy, HeldOut(observations=obs, chunks=[zeros] * len(obs)))[0])
+    base = embed(before)
+    out = {name: float((1.0 - (embed(obs) * base).sum(axis=1)).mean()) for name, obs in frames.items()}
+    irrelevant = [v for k, v in out.items() if k.startswith("irrelevant")]
+    out["n_pairs"] = len(before)
+    out["ratio_relevant_over_irrelevant"] = out["relevant: target jump"] / max(float(np.mean(irrelevant)), 1e-12)
+    return out
+
+
 def consistency_calibration(checkpoint: Path, episodes: int) -> dict:
     """The export's gate calibration on this checkpoint (same code, same held-out rollouts)."""
     from export.graphs.checkpoint_loading import load_checkpoint
@@ -56,7 +92,7 @@ def consistency_calibration(checkpoint: Path, episodes: int) -> dict:
             for metric in ("consistency", "drift")}
 
 
-def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int) -> dict:
+def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int, drift_episodes: int = 0) -> dict:
     from smolvla_cls.torch_policy import TorchPolicy
 
     started = time.time()
@@ -72,6 +108,8 @@ def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int) ->
            "dims": align["dims"]}
     if calib_episodes > 0:
         row["calibration"] = consistency_calibration(checkpoint, calib_episodes)
+    if drift_episodes > 0:
+        row["obs_drift"] = obs_drift(tp, drift_episodes)
     row["seconds"] = round(time.time() - started, 1)
     return row
 
@@ -90,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkpoint to measure, labelled (repeat for a side-by-side table)")
     parser.add_argument("--episodes", type=int, default=256, help="held-out pairs (one frame per episode)")
     parser.add_argument("--calib-episodes", type=int, default=24, help="gate-calibration rollouts (0: skip)")
+    parser.add_argument("--drift", type=int, default=0, metavar="N",
+                        help="obs-CLS drift, relevant vs irrelevant changes, on N perturbed episodes (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -103,13 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             parser.error(f"--checkpoint {item!r}: expected LABEL=DIR")
-        rows.append(measure(label, Path(path), args.episodes, args.calib_episodes))
+        rows.append(measure(label, Path(path), args.episodes, args.calib_episodes, args.drift))
         print(f"[act_cls_wiring] {label}: done in {rows[-1]['seconds']} s", file=sys.stderr)
     print("| checkpoint (wiring) | act-CLS change: plan / obs = ratio | retrieval top-1 | consistency AUROC | "
           "drift AUROC | eff. rank act / obs |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(format_row(r))
+    for r in (r for r in rows if "obs_drift" in r):
+        d = r["obs_drift"]
+        print(f"obs-CLS drift {r['label']}: " + ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k != "n_pairs")
+              + f" ({d['n_pairs']} pairs)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"episodes": args.episodes, "calib_episodes": args.calib_episodes,

@@ -257,6 +257,10 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         """Suffix CLS hidden [B,NS,He] of a normalised plan [B,T,A] alone — no observation input
         (act_cls_wiring="plan_only"; rows with plan_valid [B,T] False are padding, see plan_pass.py)."""
         b, t = plan.shape[:2]
+        # only the real action dims: the main expert leaves arbitrary values in the padded ones (no loss
+        # reaches them), which would otherwise feed act-CLS noise that differs between plans of one scene
+        real = torch.arange(plan.shape[-1], device=plan.device) < self.config.action_feature.shape[0]
+        plan = plan * real.to(plan.dtype)
         time = torch.full((b,), self.config.delta_time, dtype=torch.float32, device=plan.device)
         embs, pad, att = self.embed_suffix_delta(plan, time)
         pad = torch.cat([plan_valid.to(torch.bool), pad[:, t:]], dim=1)

@@ -149,8 +149,9 @@ def _augmented(dataset, args):
             raise SystemExit(f"train: --augment on needs a simtask recording ({Path(args.dataset_root) / SIDECAR} "
                              "is missing); real-robot data has no such symmetry")
         return dataset
-    print(f"[train] symmetry augmentation on ({len(colours)} colours)")
-    return enable(dataset, colours)
+    print(f"[train] symmetry augmentation on ({len(colours)} colours); irrelevant image changes "
+          f"p={args.irrelevant_augment}")
+    return enable(dataset, colours, args.irrelevant_augment)
 
 
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:
@@ -233,10 +234,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="task-symmetry augmentation (auto: on for simtask recordings, off otherwise)")
     parser.add_argument("--act-cls-wiring", choices=("seed", "plan_only"), default="plan_only",
                         help="which pass produces act-CLS (smolvla_cls/plan_pass.py); seed = the seed's wiring")
+    parser.add_argument("--irrelevant-augment", type=float, default=0.0, metavar="P",
+                        help="probability of a brightness / colour / noise-burst change per training image "
+                             "(smolvla_cls/irrelevant_changes.py; needs the symmetry augmentation on)")
     parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         parser.error(f"--steps={args.steps}: expected >= 2 (one per stage)")
+    if not 0.0 <= args.irrelevant_augment <= 1.0:
+        parser.error(f"--irrelevant-augment={args.irrelevant_augment}: expected a probability in [0, 1]")
     if args.delta_steps is not None and args.delta_steps < 1:
         parser.error(f"--delta-steps={args.delta_steps}: expected >= 1")
     stages = [s for s in args.stages.split(",") if s]

@@ -62,3 +62,39 @@ def test_plan_only_vicreg_trains_the_plan_pass():
     assert torch.isfinite(loss) and "vicreg_loss" in info
     assert policy.model.suf_cls_param.grad is not None and policy.model.suf_cls_param.grad.abs().sum() > 0
     assert policy.model.pre_cls_param.grad.abs().sum() > 0
+
+
+def test_irrelevant_changes_keep_range_and_differ_by_kind():
+    import numpy as np
+
+    from smolvla_cls.irrelevant_changes import KINDS, perturb_uint8_hwc, random_change
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    outs = {k: perturb_uint8_hwc(img, k, rng) for k in KINDS}
+    for k, out in outs.items():
+        assert out.dtype == np.uint8 and out.shape == img.shape and not np.array_equal(out, img), k
+    chw = img.transpose(2, 0, 1).astype(np.float32) / 255.0
+    assert random_change(chw, 0.0, rng) is chw
+    changed = random_change(chw, 1.0, rng)
+    assert changed.min() >= 0.0 and changed.max() <= 1.0 and not np.array_equal(changed, chw)
+    with pytest.raises(ValueError, match="kind"):
+        perturb_uint8_hwc(img, "blur", rng)
+    with pytest.raises(ValueError, match="probability"):
+        random_change(chw, 1.5, rng)
+
+
+def test_plan_pass_ignores_padded_action_dims():
+    """The main expert leaves arbitrary values in the padded action dims: they must not reach act-CLS."""
+    policy = tiny_policy(act_cls_wiring="plan_only").eval()
+    model, t = policy.model, policy.config.chunk_size
+    g = torch.Generator().manual_seed(4)
+    plan = torch.zeros(1, t, policy.config.max_action_dim)
+    plan[..., :2] = torch.randn(1, t, 2, generator=g)
+    noisy = plan.clone()
+    noisy[..., 2:] = torch.randn(1, t, policy.config.max_action_dim - 2, generator=g)
+    valid = torch.ones(1, t, dtype=torch.bool)
+    with torch.no_grad():
+        a, b = model.plan_step(plan, valid), model.plan_step(noisy, valid)
+        c = model.plan_step(plan.flip(1), valid)
+    assert (a - b).abs().max() < 1e-6 and (a - c).abs().max() > 1e-4
