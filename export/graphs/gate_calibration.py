@@ -7,7 +7,10 @@ Distances are the runtime's: mean over CLS tokens, L2-normalise, cosine distance
                the runtime computes it for the model's `act_cls_wiring`: plan_only = the plan encoder on the
                T - k remaining rows alone (front, plan_valid); seed = the delta expert over the current K/V
                (remaining actions shifted to the front, tail repeating the last one)
-"unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The default threshold
+"unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The plan made at t0 is
+what the noise-free expert does from t0 *knowing only the world at t0*: before a jump, the same scene rolled
+out without the jump (identical up to the jump tick); the executed actions themselves would already turn
+towards the new target after it, so a plan-only act-CLS would see the jump through its own plan. The default threshold
 is the 95th percentile of the unchanged distances (≈ 5 % spurious resamples when nothing happened).
 """
 
@@ -51,11 +54,29 @@ def _summary(unchanged: list[float], changed: list[float]) -> dict:
             "auroc": auroc(unchanged, changed), "default_threshold": q.get("p95", 0.05)}
 
 
+def _rollout(task_cfg, seed: int, perturb: bool) -> tuple[list[dict], list[np.ndarray], int | None]:
+    """(observations, noise-free expert actions, jump tick or None) of one scripted-expert episode."""
+    from simtask import ReachEnv, ScriptedExpert
+
+    env = ReachEnv(task_cfg)
+    obs = env.reset(seed=seed, perturb=perturb)
+    expert = ScriptedExpert(noise_std=0.0, seed=seed)
+    frames, actions = [], []
+    while True:
+        frames.append(obs)
+        a = expert.act(env)
+        actions.append(a)
+        obs, done, _ = env.step(a)
+        if done or len(frames) >= task_cfg.max_steps:
+            break
+    return frames, actions, env.perturb_tick
+
+
 @torch.no_grad()
 def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_episodes: int = 24,
                          seed: int = 4242, progress: bool = True) -> dict:
     """Run the PyTorch graphs (same code as the ONNX ones) on expert rollouts and summarise distances."""
-    from simtask import ReachEnv, ScriptedExpert, TaskConfig
+    from simtask import TaskConfig
 
     cfg = model.config
     prefix, delta = PrefixGraph(model).eval(), DeltaExpertGraph(model).eval()
@@ -72,28 +93,20 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
 
         iterator = tqdm(iterator, desc="gate calibration", unit="ep")
     for ep in iterator:
-        env = ReachEnv(task_cfg)
-        obs = env.reset(seed=seed + ep, perturb=(ep % 2 == 0))
-        expert = ScriptedExpert(noise_std=0.0, seed=seed + ep)
-        tokens, mask = tokenize(obs["task"])
-        frames, actions = [], []
-        while True:
-            frames.append(obs)
-            a = expert.act(env)
-            actions.append(a)
-            obs, done, _ = env.step(a)
-            if done or len(frames) >= task_cfg.max_steps:
-                break
-        jump = env.perturb_tick
+        frames, actions, jump = _rollout(task_cfg, seed + ep, perturb=(ep % 2 == 0))
+        planned = actions if jump is None else _rollout(task_cfg, seed + ep, perturb=False)[1]
+        tokens, mask = tokenize(frames[0]["task"])
         outs = []
         for o in frames:
             img = torch.from_numpy(o["observation.images.top"]).permute(2, 0, 1).float()[None, None] / 255.0
             state = torch.from_numpy(normalize_state(o["observation.state"]))[None]
             outs.append(prefix(img, tokens, mask, state))
         acts = normalize_action(np.asarray(actions, dtype=np.float32))
+        before_jump = normalize_action(np.asarray(planned, dtype=np.float32))
         t_len = cfg.chunk_size
         for t0 in range(0, len(frames) - 1, cfg.n_action_steps):
-            plan = acts[t0:t0 + t_len]
+            source = before_jump if jump is not None and t0 < jump else acts
+            plan = source[min(t0, len(source) - 1):t0 + t_len]  # an episode that ended: hold its last action
             plan = np.concatenate([plan, np.repeat(plan[-1:], t_len - len(plan), axis=0)], axis=0)
             padded = np.zeros((t_len, cfg.max_action_dim), dtype=np.float32)
             for k in range(1, min(t_len, len(frames) - t0)):
