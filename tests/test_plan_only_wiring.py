@@ -98,3 +98,24 @@ def test_plan_pass_ignores_padded_action_dims():
         a, b = model.plan_step(plan, valid), model.plan_step(noisy, valid)
         c = model.plan_step(plan.flip(1), valid)
     assert (a - b).abs().max() < 1e-6 and (a - c).abs().max() > 1e-4
+
+
+def test_calibration_plan_before_a_jump_is_the_no_jump_rollout():
+    """The gate calibration's 'plan made at t0 < jump' is the same scene rolled out without the jump: identical
+    to the perturbed rollout before the jump tick, different after it (the expert turns to the new target)."""
+    import numpy as np
+
+    from export.graphs.gate_calibration import _rollout
+    from simtask import TaskConfig
+
+    cfg = TaskConfig()
+    for seed in range(4242, 4252):
+        frames, acts, jump = _rollout(cfg, seed, perturb=True)
+        if jump is not None and jump + 3 < len(acts):
+            break
+    _, planned, no_jump = _rollout(cfg, seed, perturb=False)
+    assert no_jump is None or no_jump == jump  # the scene draws the tick; only the perturbed run uses it
+    n = min(jump, len(planned))  # the no-jump episode may end at its target before the jump tick
+    assert n >= 3
+    np.testing.assert_allclose(np.asarray(acts[:n]), np.asarray(planned[:n]))
+    assert np.abs(np.asarray(acts[jump:jump + 3])).max() > 1e-3  # after the jump the expert moves again

@@ -95,6 +95,8 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
     for ep in iterator:
         frames, actions, jump = _rollout(task_cfg, seed + ep, perturb=(ep % 2 == 0))
         planned = actions if jump is None else _rollout(task_cfg, seed + ep, perturb=False)[1]
+        # the no-jump episode ends at its target, where the expert holds still (zero displacement)
+        planned = list(planned) + [np.zeros_like(actions[0])] * max(0, len(actions) - len(planned))
         tokens, mask = tokenize(frames[0]["task"])
         outs = []
         for o in frames:
@@ -106,7 +108,7 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
         t_len = cfg.chunk_size
         for t0 in range(0, len(frames) - 1, cfg.n_action_steps):
             source = before_jump if jump is not None and t0 < jump else acts
-            plan = source[min(t0, len(source) - 1):t0 + t_len]  # an episode that ended: hold its last action
+            plan = source[t0:t0 + t_len]
             plan = np.concatenate([plan, np.repeat(plan[-1:], t_len - len(plan), axis=0)], axis=0)
             padded = np.zeros((t_len, cfg.max_action_dim), dtype=np.float32)
             for k in range(1, min(t_len, len(frames) - t0)):
