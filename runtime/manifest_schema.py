@@ -236,7 +236,9 @@ class ManifestModel(_Open):
 def _where(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if not isinstance(part, int):  # a key from the file may hold newlines or control characters: escape them
+            part = str(part)[:60].encode("unicode_escape").decode("ascii")
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
 
 
