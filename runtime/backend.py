@@ -45,6 +45,11 @@ class Backend(abc.ABC):
     def run_delta_expert(self, actions: np.ndarray, prefix: PrefixState) -> tuple[np.ndarray, np.ndarray]:
         """(delta [1,T,A], act_cls [1,NS,E]) for a normalised plan [1,T,A]."""
 
+    def run_plan_encoder(self, plan: np.ndarray, plan_valid: np.ndarray) -> np.ndarray:
+        """act_cls [1,NS,E] of a normalised plan alone: the remaining rows at the front of plan [1,T,A],
+        plan_valid bool [1,T] True for them (manifest act_cls.plan_input). No observation input."""
+        raise BackendError(f"backend '{self.name}' does not run the plan_encoder graph (manifest format 3)")
+
     def denoise(self, noise: np.ndarray, num_steps: int, prefix: PrefixState) -> np.ndarray:
         """Euler integration from t=1 (noise) to t=0 (actions); backends may override (CUDA graphs)."""
         from runtime.backend_outputs import checked  # each velocity is checked: a custom backend may return anything

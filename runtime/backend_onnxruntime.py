@@ -1,4 +1,4 @@
-"""onnxruntime backend: the reference (CPU) and CUDA execution of the three exported graphs.
+"""onnxruntime backend: the reference (CPU) and CUDA execution of the four exported graphs.
 
 CPU: plain `session.run` with host arrays; the prefix K/V handle is the dict of host arrays.
 CUDA: IO binding; the prefix K/V/pad outputs stay on the GPU as OrtValues and are bound directly into
@@ -51,7 +51,7 @@ def check_session_io(session: ort.InferenceSession, spec: GraphSpec) -> None:
 
 
 class OnnxRuntimeBackend(Backend):
-    """Three onnxruntime sessions. device="cpu" | "cuda"; `strict_device` raises if CUDA did not load.
+    """Four onnxruntime sessions (prefix, main_expert, delta_expert, plan_encoder). device="cpu" | "cuda"; `strict_device` raises if CUDA did not load.
 
     `io_binding` (default: on exactly when CUDA loaded) selects the IO-binding path; forcing it on for
     CPU keeps K/V as CPU OrtValues, which lets the binding code be tested on machines without a GPU.
@@ -132,6 +132,11 @@ class OnnxRuntimeBackend(Backend):
         for name, arr in out.items():
             _check_finite("delta_expert", name, arr)
         return out["delta"], out["act_cls"]
+
+    def run_plan_encoder(self, plan: np.ndarray, plan_valid: np.ndarray) -> np.ndarray:
+        act_cls = self._run("plan_encoder", {"plan": plan, "plan_valid": plan_valid})["act_cls"]
+        _check_finite("plan_encoder", "act_cls", act_cls)
+        return act_cls
 
     def close(self) -> None:
         self.sessions.clear()

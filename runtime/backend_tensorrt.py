@@ -19,6 +19,7 @@ import numpy as np
 
 from runtime.backend import Backend, BackendError, PrefixState
 from runtime.fingerprint import EngineFingerprint
+from runtime.manifest import GRAPH_NAMES
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from runtime.cuda_euler import EulerKernel
     from runtime.cuda_memory import CudaGraph, DeviceBuffer, Stream
 
-GRAPHS = ("prefix", "main_expert", "delta_expert")
+GRAPHS = GRAPH_NAMES  # prefix, main_expert, delta_expert, plan_encoder
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class _Logger:
 
 
 class TensorRTBackend(Backend):
-    """Runs prefix / main_expert / delta_expert engines built by `make engine` for this exact GPU + TensorRT."""
+    """Runs prefix / main_expert / delta_expert / plan_encoder engines built by `make engine` for this exact GPU + TensorRT."""
 
     name = "tensorrt"
 
@@ -299,6 +300,15 @@ class TensorRTBackend(Backend):
         self._finish(delta=delta, act_cls=act_cls)
         del staged
         return delta.astype(np.float32, copy=False), act_cls.astype(np.float32, copy=False)
+
+    def run_plan_encoder(self, plan: np.ndarray, plan_valid: np.ndarray) -> np.ndarray:
+        self._check_open()  # no prefix: the plan encoder reads no K/V
+        staged = [self._put("plan", plan), self._put("plan_valid", plan_valid)]
+        self._execute("plan_encoder")
+        act_cls = self._get("act_cls")
+        self._finish(act_cls=act_cls)
+        del staged
+        return act_cls.astype(np.float32, copy=False)
 
     def denoise(self, noise: np.ndarray, num_steps: int, prefix: PrefixState) -> np.ndarray:
         """Euler loop on the device: replay a captured CUDA graph, or plain launches the first time / on failure."""

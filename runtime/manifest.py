@@ -23,7 +23,7 @@ from runtime.artifact_identity import IdentityError, verify_identity
 from runtime.fingerprint import sha256_file  # noqa: F401  re-exported: one file-hash function for the contract
 from runtime.manifest_schema import FORMAT_VERSION, ManifestModel, NormModel, describe
 
-GRAPH_NAMES = ("prefix", "main_expert", "delta_expert")
+GRAPH_NAMES = ("prefix", "main_expert", "delta_expert", "plan_encoder")
 REEXPORT_HINT = "re-export the artifacts with `make export`"
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is ~100 KB; more is not a manifest
 MAX_DEPTH = 32  # JSON nesting; the contract's own keys nest 5 deep
@@ -140,6 +140,7 @@ CONTRACT_IO = {
     "prefix": (("images", "lang_tokens", "lang_mask", "state"), ("prefix_k", "prefix_v", "prefix_pad", "obs_cls")),
     "main_expert": (("x_t", "t", "prefix_k", "prefix_v", "prefix_pad"), ("v_t",)),
     "delta_expert": (("actions", "prefix_k", "prefix_v", "prefix_pad"), ("delta", "act_cls")),
+    "plan_encoder": (("plan", "plan_valid"), ("act_cls",)),
 }
 
 
@@ -200,6 +201,10 @@ def _check_version(raw: Mapping[str, Any]) -> None:
     if version == 1:
         raise ManifestError(f"manifest format_version is 1 (no identity digest, no schema); this runtime reads "
                             f"version {FORMAT_VERSION} only: {REEXPORT_HINT} (or derive it again from a new export)")
+    if version == 2:
+        raise ManifestError(f"manifest format_version is 2 (no plan_encoder graph, no act_cls section: its "
+                            f"consistency gate read act-CLS that sees the observation); this runtime reads version "
+                            f"{FORMAT_VERSION} only: {REEXPORT_HINT}")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ManifestError(f"manifest format_version is {str(version)[:40]!r}, this runtime reads version "
                             f"{FORMAT_VERSION}; {REEXPORT_HINT}")
@@ -272,6 +277,7 @@ class Manifest:
         if t.max_length != dims.lang_len:
             raise ManifestError("manifest: 'tokenizer.max_length' differs from 'dims.lang_len'")
         self.delta_input = m.delta_input
+        self.act_cls_wiring = m.act_cls.wiring  # which graph feeds the consistency gate (seed | plan_only)
         self.graphs = {name: self._graph(name, getattr(m.graphs, name)) for name in GRAPH_NAMES}
         self._check_graph_shapes()
         self.gate_calibration = {
@@ -342,8 +348,10 @@ class Manifest:
             ("delta_expert", "act_cls"): (1, d.num_cls_suffix, d.cls_dim),
             ("delta_expert", "prefix_k"): kv, ("delta_expert", "prefix_v"): kv,
             ("delta_expert", "prefix_pad"): (1, d.prefix_len),
+            ("plan_encoder", "plan"): plan, ("plan_encoder", "plan_valid"): (1, d.chunk_size),
+            ("plan_encoder", "act_cls"): (1, d.num_cls_suffix, d.cls_dim),
         }
-        dtypes = {"lang_tokens": "int64", "lang_mask": "bool", "prefix_pad": "bool"}
+        dtypes = {"lang_tokens": "int64", "lang_mask": "bool", "prefix_pad": "bool", "plan_valid": "bool"}
         for (graph, tensor), shape in expect.items():
             g = self.graphs[graph]
             spec = next(s for s in g.inputs + g.outputs if s.name == tensor)

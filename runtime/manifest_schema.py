@@ -1,4 +1,4 @@
-"""The manifest.json schema (format 2): types, ranges and sizes of every key the runtime reads, as pydantic models.
+"""The manifest.json schema (format 3): types, ranges and sizes of every key the runtime reads, as pydantic models.
 
 This module is the contract's source of truth: `python -m runtime.manifest_schema` prints the JSON Schema that
 docs/manifest.schema.json holds (a test keeps the two equal). Cross-field rules that need several sections at
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: graphs.plan_encoder + act_cls section (act-CLS wiring); 2 had neither
 MAX_NUM_STEPS = 1000  # Euler steps; the default task uses 10, SmolVLA 10: 1000 is already 100x a real tick
 MAX_DIM = 4096  # any action/state/cls width beyond this is a broken manifest, not a robot
 MAX_VECTOR = 4096
@@ -157,6 +157,16 @@ class GraphsModel(_Closed):
     prefix: GraphModel
     main_expert: GraphModel
     delta_expert: GraphModel
+    plan_encoder: GraphModel  # format 3: act-CLS of a (remaining) plan alone, no observation input
+
+
+class ActClsModel(_Open):
+    """Which graph gives the consistency gate its act-CLS (format 3; docs/10-artifact-contract.md)."""
+
+    # seed: delta_expert's act_cls over the current prefix K/V; plan_only: plan_encoder on the remaining plan
+    wiring: Literal["seed", "plan_only"]
+    # plan_encoder input: the R not-yet-executed rows at the front of `plan`, `plan_valid` = (index < R)
+    plan_input: Literal["remaining_rows_front_valid_mask"]
 
 
 class GateMetricModel(_Open):
@@ -204,7 +214,7 @@ class RobotModel(_Open):
 
 
 class ManifestModel(_Open):
-    format_version: Literal[2]
+    format_version: Literal[3]
     dims: DimsModel
     cameras: list[CameraModel] = Field(min_length=1, max_length=64)
     state_key: Key
@@ -216,6 +226,7 @@ class ManifestModel(_Open):
     tokenizer: TokenizerModel
     delta_input: Literal["shift_remaining_repeat_last"]
     graphs: GraphsModel
+    act_cls: ActClsModel
     gate: GateModel
     files: dict[FileName, FileRecordModel] = Field(min_length=1, max_length=MAX_FILES)
     identity: IdentityModel
@@ -225,7 +236,9 @@ class ManifestModel(_Open):
 def _where(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if not isinstance(part, int):  # a key from the file may hold newlines or control characters: escape them
+            part = str(part)[:60].encode("unicode_escape").decode("ascii")
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
 
 
@@ -246,9 +259,9 @@ def describe(error: ValidationError, limit: int = 3) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of manifest.json format 2 (what docs/manifest.schema.json holds)."""
+    """The JSON Schema of manifest.json format 3 (what docs/manifest.schema.json holds)."""
     schema = ManifestModel.model_json_schema()
-    schema["$id"] = "smolvla-cls-edge/manifest/2"
+    schema["$id"] = f"smolvla-cls-edge/manifest/{FORMAT_VERSION}"
     return schema
 
 

@@ -62,6 +62,19 @@ def delta_input(plan: np.ndarray, chunk_size: int) -> np.ndarray:
     return out
 
 
+def plan_encoder_input(remaining: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remaining plan [R, A] (1 <= R <= T) → plan_encoder inputs: plan [1, T, A] with the R rows at the front
+    and zeros after, plan_valid bool [1, T] = (index < R) (manifest act_cls.plan_input)."""
+    r = remaining.shape[0]
+    if not 1 <= r <= chunk_size:
+        raise ValueError(f"remaining plan has {r} rows, expected 1..{chunk_size}")
+    plan = np.zeros((1, chunk_size, remaining.shape[1]), dtype=np.float32)
+    plan[0, :r] = remaining
+    valid = np.zeros((1, chunk_size), dtype=bool)
+    valid[0, :r] = True
+    return plan, valid
+
+
 class EdgePolicy:
     """Closed-loop policy over an artifact folder. `step(obs)` returns one raw action [action_dim]."""
 
@@ -336,7 +349,14 @@ class EdgePolicy:
         g = self.gate
         delta = None
         act_emb = None
-        if g.needs_act_cls:
+        if g.needs_act_cls and self.manifest.act_cls_wiring == "plan_only":
+            if self._plan is None:  # cannot happen: checks imply a queued plan
+                return None, None
+            act_cls = self._run_plan_encoder(self._plan[: self._queue_left], info)
+            if act_cls is None:
+                return None, None
+            act_emb = embed(act_cls)
+        elif g.needs_act_cls:  # seed wiring: the delta expert's act-CLS over the current K/V
             if prefix is None or self._plan is None:  # cannot happen: checks imply a queued plan and a prefix
                 return None, None
             delta = self._run_delta(self._plan, prefix, info)
@@ -359,17 +379,30 @@ class EdgePolicy:
         return decision, delta
 
     def _run_delta(self, plan: np.ndarray, prefix: PrefixState, info: TickInfo) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._small_graph(info, "delta_expert", "delta", "delta_passes", lambda: checked_delta(
+            self.backend.run_delta_expert(delta_input(plan, self.manifest.dims.chunk_size), prefix),
+            self._noise_shape, self._act_cls_shape))
+
+    def _run_plan_encoder(self, remaining: np.ndarray, info: TickInfo) -> np.ndarray | None:
+        """act-CLS of the rows the robot will still execute, from the plan alone (plan_only wiring)."""
+        def run() -> np.ndarray:
+            plan, valid = plan_encoder_input(remaining, self.manifest.dims.chunk_size)
+            return checked("act_cls", self.backend.run_plan_encoder(plan, valid), self._act_cls_shape)
+
+        return self._small_graph(info, "plan_encoder", "plan_encoder", "plan_encoder_passes", run)
+
+    def _small_graph(self, info: TickInfo, graph: str, stage: str, counter: str, run: Callable[[], Any]) -> Any:
+        """One delta-expert / plan-encoder call, timed into `info.delta_ms`; None (and a fault) on failure."""
         t0 = time.perf_counter()
         try:
-            d, act_cls = checked_delta(self.backend.run_delta_expert(delta_input(plan, self.manifest.dims.chunk_size),
-                                                                     prefix), self._noise_shape, self._act_cls_shape)
-        except Exception as exc:  # noqa: BLE001
-            self._fault(info, f"delta_expert: {exc}")
+            out = run()
+        except Exception as exc:  # noqa: BLE001 — any backend failure becomes a reported fault
+            self._fault(info, f"{graph}: {exc}")
             return None
         finally:
-            info.delta_ms += self._stage_ms("delta", t0)
-        self._count("delta_passes")
-        return d, act_cls
+            info.delta_ms += self._stage_ms(stage, t0)
+        self._count(counter)
+        return out
 
     def _resample(self, obs: ValidatedObservation, prefix: PrefixState, info: TickInfo) -> bool:
         """Fresh chunk into the queue; False (and the old queue kept) on a backend fault."""

@@ -111,5 +111,8 @@ class InpaintingBackend(Backend):
     def run_delta_expert(self, actions: np.ndarray, prefix: PrefixState) -> tuple[np.ndarray, np.ndarray]:
         return self.inner.run_delta_expert(actions, prefix)
 
+    def run_plan_encoder(self, plan: np.ndarray, plan_valid: np.ndarray) -> np.ndarray:
+        return self.inner.run_plan_encoder(plan, plan_valid)
+
     def close(self) -> None:
         self.inner.close()

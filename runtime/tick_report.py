@@ -41,6 +41,7 @@ class Counters:
     resamples: int = 0  # full denoising runs
     prefix_passes: int = 0
     delta_passes: int = 0
+    plan_encoder_passes: int = 0  # act-CLS of the remaining plan (consistency gate, plan_only wiring)
     gate_checks: int = 0
     refines: int = 0
     faults: int = 0

@@ -24,6 +24,7 @@ import torch
 from simtask.config import ACTION_KEY, IMAGE_KEY, STATE_KEY
 from simtask.symmetry import Symmetry, symmetry_group
 from smolvla_cls.dataset_recording import SIDECAR, read_sidecar
+from smolvla_cls.irrelevant_changes import random_change
 
 
 def simtask_colours(dataset_root: Path) -> list[str] | None:
@@ -74,7 +75,12 @@ def _augmented_class(base: type) -> type:
             """The base class's item under a random task symmetry."""
             item = base.__getitem__(self, idx)
             sym = random.choice(self._augment_group)  # torch's DataLoader seeds python's RNG in each worker
-            return item if sym.is_identity else apply_symmetry(item, sym, self._augment_colours)
+            item = item if sym.is_identity else apply_symmetry(item, sym, self._augment_colours)
+            if self._irrelevant_p > 0.0:  # brightness / colour / noise burst (smolvla_cls/irrelevant_changes.py)
+                rng = np.random.default_rng(random.getrandbits(64))
+                img = item[IMAGE_KEY].numpy()
+                item = {**item, IMAGE_KEY: torch.from_numpy(random_change(img, self._irrelevant_p, rng))}
+            return item
 
         cls = type(f"SymmetryAugmented{base.__name__}", (base,),
                    {"__module__": __name__, "__slots__": (), "__getitem__": getitem})
@@ -83,12 +89,14 @@ def _augmented_class(base: type) -> type:
     return _CLASSES[base]
 
 
-def enable(dataset: Any, colours: list[str]) -> Any:
-    """Turn on symmetry augmentation for ``dataset`` (a LeRobotDataset recorded from simtask)."""
+def enable(dataset: Any, colours: list[str], irrelevant_probability: float = 0.0) -> Any:
+    """Turn on symmetry augmentation for ``dataset`` (a LeRobotDataset recorded from simtask), plus, with
+    ``irrelevant_probability`` > 0, irrelevant image changes (brightness, colour shift, noise burst)."""
     missing = [k for k in (IMAGE_KEY, STATE_KEY, ACTION_KEY) if k not in dataset.meta.features]
     if missing:
         raise ValueError(f"augmentation: dataset lacks feature(s) {missing} required for the simtask symmetries")
     dataset.__class__ = _augmented_class(type(dataset))
     dataset._augment_group = symmetry_group(colours)
     dataset._augment_colours = list(colours)
+    dataset._irrelevant_p = float(irrelevant_probability)
     return dataset

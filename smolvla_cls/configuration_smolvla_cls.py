@@ -13,6 +13,7 @@ from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
 SUFFIX_CLS_ATTENTION_MODES = ("all", "window")
+ACT_CLS_WIRINGS = ("seed", "plan_only")  # smolvla_cls/plan_pass.py
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,10 @@ class SmolVLACLSConfig(SmolVLAConfig):
     # first `suffix_cls_window` and the last `suffix_cls_window` action tokens. They never see the prefix.
     suffix_cls_attention: str = "all"
     suffix_cls_window: int = 2
+    # Which pass produces act-CLS: "seed" = the delta expert's suffix CLS over the prefix K/V (the action
+    # tokens read the observation, so act-CLS can copy it); "plan_only" = a delta-expert pass over the plan
+    # rows alone, no observation input (smolvla_cls/plan_pass.py). Checkpoints without the field: "seed".
+    act_cls_wiring: str = "seed"
     vicreg_gamma: float = 1.0  # target std of the variance hinge
     vicreg_eps: float = 1e-4  # inside the sqrt of the variance term
     delta_time: float = 0.5  # fixed flow time at which the delta expert runs (train and inference)
@@ -71,6 +76,8 @@ class SmolVLACLSConfig(SmolVLAConfig):
                 fail("num_cls_suffix", f"== num_cls_prefix ({self.num_cls_prefix}): VICReg pairs CLS token i of both")
         if self.suffix_cls_attention not in SUFFIX_CLS_ATTENTION_MODES:
             fail("suffix_cls_attention", f"one of {SUFFIX_CLS_ATTENTION_MODES}")
+        if self.act_cls_wiring not in ACT_CLS_WIRINGS:
+            fail("act_cls_wiring", f"one of {ACT_CLS_WIRINGS}")
         if self.suffix_cls_attention == "window":
             if self.suffix_cls_window < 1:
                 fail("suffix_cls_window", ">= 1 with suffix_cls_attention='window'")

@@ -22,6 +22,7 @@ from smolvla_cls.attention import expert_in_use, install_guarded_attention
 from smolvla_cls.batch_validation import validate_batch
 from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
 from smolvla_cls.masks import make_att_2d_masks_with_cls, position_ids_with_cls
+from smolvla_cls.plan_pass import empty_prefix, remainder_mask, sample_remainders
 from smolvla_cls.vicreg import vicreg_loss
 
 # t is split as t_hi + t_lo with t_hi = k / 2**12 (k an integer) and each frequency f = f_hi + f_lo with f_hi
@@ -252,6 +253,31 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         t = self.config.chunk_size
         return self.delta_action_out_proj(out[:, :t]), out[:, t:]
 
+    def plan_step(self, plan: Tensor, plan_valid: Tensor) -> Tensor:
+        """Suffix CLS hidden [B,NS,He] of a normalised plan [B,T,A] alone — no observation input
+        (act_cls_wiring="plan_only"; rows with plan_valid [B,T] False are padding, see plan_pass.py)."""
+        b, t = plan.shape[:2]
+        # only the real action dims: the main expert leaves arbitrary values in the padded ones (no loss
+        # reaches them), which would otherwise feed act-CLS noise that differs between plans of one scene
+        real = torch.arange(plan.shape[-1], device=plan.device) < self.config.action_feature.shape[0]
+        plan = plan * real.to(plan.dtype)
+        time = torch.full((b,), self.config.delta_time, dtype=torch.float32, device=plan.device)
+        embs, pad, att = self.embed_suffix_delta(plan, time)
+        pad = torch.cat([plan_valid.to(torch.bool), pad[:, t:]], dim=1)
+        kv_dtype = self.vlm_with_expert.vlm.dtype
+        kv, prefix_pad = empty_prefix(self.vlm_with_expert, b, max(1, self.num_prefix_cls), plan.device, kv_dtype)
+        out = self._expert_pass(self.delta_expert, embs, pad, att, prefix_pad, kv, self.num_suffix_cls)
+        return out[:, t:]
+
+    def act_cls_hidden(self, prefix_pad, kv, actions: Tensor, plan_valid: Tensor | None = None) -> Tensor:
+        """Suffix CLS hidden states of `actions` under the configured act-CLS wiring: the delta expert's
+        pass over the prefix K/V ("seed") or the plan alone ("plan_only"; all rows valid by default)."""
+        if self.config.act_cls_wiring == "plan_only":
+            if plan_valid is None:
+                plan_valid = torch.ones(actions.shape[:2], dtype=torch.bool, device=actions.device)
+            return self.plan_step(actions, plan_valid)
+        return self.delta_step(prefix_pad, kv, actions)[1]
+
     def denoise(self, prefix_pad, kv, noise):
         """The Euler loop: t = 1 -> 0 in num_steps steps (noise at t=1, actions at t=0)."""
         x_t, dt = noise, -1.0 / self.config.num_steps
@@ -309,6 +335,10 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         v, suffix_cls = self.delta_step(prefix_pad, kv, x_noisy)
         losses = F.mse_loss(v, x_t - x_noisy, reduction="none")
         terms = None
+        if self.num_prefix_cls and self.config.act_cls_wiring == "plan_only":
+            # the remainder of a still-valid plan: its first R rows, R ~ U[1, T] (plan_pass.py)
+            valid = remainder_mask(sample_remainders(b, t, state.device), t)
+            suffix_cls = self.plan_step(x_noisy * valid[..., None], valid)
         if self.num_prefix_cls:
             obs, act = self.embed_cls(prefix_cls, suffix_cls)
             c = self.config
@@ -429,8 +459,10 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         return total, loss_dict
 
     @torch.no_grad()
-    def cls_embeddings(self, batch: dict[str, Tensor], actions: Tensor | None = None):
-        """(obs-CLS [B,NP,E], act-CLS [B,NS,E] of `actions` or of the policy's own chunk) for analysis."""
+    def cls_embeddings(self, batch: dict[str, Tensor], actions: Tensor | None = None,
+                       plan_valid: Tensor | None = None):
+        """(obs-CLS [B,NP,E], act-CLS [B,NS,E] of `actions` or of the policy's own chunk) for analysis,
+        act-CLS under the configured wiring (`plan_valid` [B,T]: the remainder rows, plan_only only)."""
         self.eval()
         validate_batch(self.config, batch, need_action=False)
         images, img_masks, lang, lang_mask, state = self._inputs(batch)
@@ -440,5 +472,5 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
                 (state.shape[0], self.config.chunk_size, self.config.max_action_dim), state.device))
         else:
             actions = self.prepare_action({ACTION: actions})
-        _, suffix_cls = self.model.delta_step(pad, kv, actions)
+        suffix_cls = self.model.act_cls_hidden(pad, kv, actions, plan_valid)
         return self.model.embed_cls(prefix_cls, suffix_cls)

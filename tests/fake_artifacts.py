@@ -1,13 +1,14 @@
 """Builds a small but contract-valid artifact folder with numpy + onnx.helper + tokenizers (no torch).
 
-Three tiny ONNX graphs with exactly the contract's I/O names, shapes and dtypes, a WordLevel
+Four tiny ONNX graphs with exactly the contract's I/O names, shapes and dtypes, a WordLevel
 tokenizer.json and a manifest.json with correct hashes. The math is arbitrary but deterministic and
 smooth, and built so the runtime's behaviour is checkable:
 - prefix: features (random image projection, state, masked tokens) → tanh → K/V; a per-observation
   target plan a* = 0.5·tanh(pool(K, V) @ Wa); obs_cls = tanh(flat(a*) @ Wc) per token;
 - main_expert: v_t = (x_t − a*)·(1 + 0.1 t) — the Euler result depends on the noise and on a*;
 - delta_expert: delta = 0.25·(a* − actions); act_cls = tanh(flat(actions) @ Wc), so the consistency
-  distance is ~0 for a plan equal to a* and grows as the observation's target moves away.
+  distance is ~0 for a plan equal to a* and grows as the observation's target moves away;
+- plan_encoder: act_cls = tanh(flat(plan · plan_valid) @ Wc) — the plan alone, no K/V input.
 """
 
 from __future__ import annotations
@@ -142,7 +143,16 @@ def _graphs(d: dict, n_cameras: int, img: int, seed: int) -> dict[str, onnx.Mode
     g.op("Identity", [_cls_tokens(g, "actions", d, g.const(w_c), g.const(b_c), d["num_cls_suffix"])], out="act_cls")
     delta = _model(g, "delta_expert", [_io("actions", TensorProto.FLOAT, [1, T, A])] + kv_io,
                    [_io("delta", TensorProto.FLOAT, [1, T, A]), _io("act_cls", TensorProto.FLOAT, [1, d["num_cls_suffix"], d["cls_dim"]])])
-    return {"prefix": prefix, "main_expert": main, "delta_expert": delta}
+
+    # ---- plan encoder (no observation input)
+    g = _G(rng)
+    valid = g.op("Reshape", [g.op("Cast", ["plan_valid"], to=TensorProto.FLOAT), _shape(g, [1, T, 1])])
+    masked = g.op("Mul", ["plan", valid])
+    g.op("Identity", [_cls_tokens(g, masked, d, g.const(w_c), g.const(b_c), d["num_cls_suffix"])], out="act_cls")
+    plan_encoder = _model(g, "plan_encoder", [_io("plan", TensorProto.FLOAT, [1, T, A]),
+                                              _io("plan_valid", TensorProto.BOOL, [1, T])],
+                          [_io("act_cls", TensorProto.FLOAT, [1, d["num_cls_suffix"], d["cls_dim"]])])
+    return {"prefix": prefix, "main_expert": main, "delta_expert": delta, "plan_encoder": plan_encoder}
 
 
 def _tokenizer_json() -> str:
@@ -180,7 +190,7 @@ def fake_manifest_dims(chunk_size: int = 6, n_action_steps: int | None = None, n
 def build_fake_artifacts(out_dir: str | Path, *, seed: int = 0, chunk_size: int = 6, n_action_steps: int | None = None,
                          num_steps: int = 4, image_size: int = 32, camera_size: tuple[int, int] = (64, 64),
                          action_bound: float = 0.08, edit_manifest: Callable[[dict], None] | None = None,
-                         signing_key=None) -> Path:
+                         signing_key=None, act_cls_wiring: str = "seed") -> Path:
     """Write the folder and return its path. `edit_manifest(m)` may alter the manifest before it is hashed;
     the identity digest is stamped last (signed when `signing_key`, an Ed25519 private key, is given)."""
     out = Path(out_dir)
@@ -194,7 +204,7 @@ def build_fake_artifacts(out_dir: str | Path, *, seed: int = 0, chunk_size: int 
         graphs[name] = {"file": f"{name}.onnx", "data_file": None, "inputs": ins, "outputs": outs}
     (out / "tokenizer.json").write_text(_tokenizer_json())
     manifest = {
-        "format_version": 2,
+        "format_version": 3,
         "producer": "smolvla-cls-edge tests/fake_artifacts",
         "created_utc": "2026-01-01T00:00:00Z",
         "versions": {"onnx": onnx.__version__, "opset": OPSET},
@@ -215,6 +225,7 @@ def build_fake_artifacts(out_dir: str | Path, *, seed: int = 0, chunk_size: int 
                       "padding_side": "right", "append_newline": True, "truncation": False},
         "delta_input": "shift_remaining_repeat_last",
         "graphs": graphs,
+        "act_cls": {"wiring": act_cls_wiring, "plan_input": "remaining_rows_front_valid_mask"},
         "gate": {"metric": "cosine_distance",
                  "drift": {"stats": {"p50": 0.01, "p90": 0.05, "p95": 0.08, "p99": 0.15}, "default_threshold": 0.05},
                  "consistency": {"stats": {"p50": 0.02, "p90": 0.1, "p95": 0.15, "p99": 0.3}, "default_threshold": 0.1}},

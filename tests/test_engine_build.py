@@ -79,12 +79,13 @@ def make_artifacts(folder: Path, dynamic: bool = False) -> Path:
         },
         "main_expert": {"file": "main_expert.onnx", "data_file": None, "inputs": [], "outputs": []},
         "delta_expert": {"file": "delta_expert.onnx", "data_file": None, "inputs": [], "outputs": []},
+        "plan_encoder": {"file": "plan_encoder.onnx", "data_file": None, "inputs": [], "outputs": []},
     }
     files = {}
     for g in GRAPHS:
         (folder / f"{g}.onnx").write_bytes(b"not really onnx " + g.encode())
         files[f"{g}.onnx"] = {"sha256": sha256_bytes(b"not really onnx " + g.encode()), "bytes": 1}
-    manifest = {"format_version": 2, "dims": {"lang_len": 16, "chunk_size": 10}, "graphs": graphs, "files": files}
+    manifest = {"format_version": 3, "dims": {"lang_len": 16, "chunk_size": 10}, "graphs": graphs, "files": files}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

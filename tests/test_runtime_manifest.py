@@ -42,7 +42,7 @@ def test_valid_folder_loads_with_typed_accessors(artifacts):
     assert m.plan_shape == (1, 6, 4)
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, "2", None])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, "3", None])
 def test_other_format_version_is_refused_with_reexport_hint(artifacts, version):
     raw = load_manifest_dict(artifacts)
     raw["format_version"] = version
@@ -152,4 +152,4 @@ def test_backend_refuses_graph_that_disagrees_with_manifest(tmp_path):
     m = Manifest.load(art)
     with pytest.raises(BackendError, match="main_expert.*names"):
         OnnxRuntimeBackend(art, m)
-    assert json.loads((art / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((art / "manifest.json").read_text())["format_version"] == 3

@@ -199,3 +199,32 @@ def test_warmup_leaves_counters_noise_and_queue_untouched():
     assert b.counters.ticks == 0 and b._queue_left == 0 and "denoise" in b.stage_estimates_ms
     for k in range(4):
         np.testing.assert_array_equal(a.step(make_observation(k)), b.step(make_observation(k)))
+
+
+def test_plan_only_consistency_gate_encodes_the_queued_rows_alone():
+    """act_cls.wiring=plan_only: the gate's act-CLS comes from plan_encoder on the rows still queued (front,
+    plan_valid), the delta expert is not run, and the distance equals the one computed from the graphs."""
+    from runtime.gate import cosine_distance, embed
+    from runtime.policy import plan_encoder_input
+
+    p = _policy("consistency:2.5", art={"act_cls_wiring": "plan_only"})
+    assert p.manifest.act_cls_wiring == "plan_only"
+    obs = [make_observation(k) for k in range(3)]
+    p.step(obs[0])
+    queued = p._plan[: p._queue_left].copy()  # 5 rows left of 6
+    p.step(obs[1])
+    plan, valid = plan_encoder_input(queued, p.manifest.dims.chunk_size)
+    assert valid[0].tolist() == [True] * 5 + [False]
+    want = cosine_distance(embed(_prefix(p, obs[1]).obs_cls), embed(p.backend.run_plan_encoder(plan, valid)))
+    assert p.last_info.gate_checked and p.last_info.gate_distance == pytest.approx(want, abs=1e-6)
+    assert p.counters.plan_encoder_passes == 1 and p.counters.delta_passes == 0
+    with pytest.raises(ValueError, match="rows"):
+        plan_encoder_input(queued[:0], 6)
+
+
+def test_seed_wiring_consistency_gate_still_uses_the_delta_expert():
+    p = _policy("consistency:2.5")
+    assert p.manifest.act_cls_wiring == "seed"
+    for k in range(3):
+        p.step(make_observation(k))
+    assert p.counters.plan_encoder_passes == 0 and p.counters.delta_passes == 2

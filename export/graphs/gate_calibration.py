@@ -3,9 +3,14 @@ versus after a perturbation, on held-out scripted-expert rollouts of the default
 
 Distances are the runtime's: mean over CLS tokens, L2-normalise, cosine distance 1 - <a, b>.
 - drift:       d(obs-CLS at planning tick t0, obs-CLS at t0 + k)
-- consistency: d(obs-CLS at t0 + k, act-CLS of the plan made at t0 with k actions consumed
-               — remaining actions shifted to the front, tail repeating the last one)
-"unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The default threshold
+- consistency: d(obs-CLS at t0 + k, act-CLS of the plan made at t0 with k actions consumed); act-CLS as
+               the runtime computes it for the model's `act_cls_wiring`: plan_only = the plan encoder on the
+               T - k remaining rows alone (front, plan_valid); seed = the delta expert over the current K/V
+               (remaining actions shifted to the front, tail repeating the last one)
+"unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The plan made at t0 is
+what the noise-free expert does from t0 *knowing only the world at t0*: before a jump, the same scene rolled
+out without the jump (identical up to the jump tick); the executed actions themselves would already turn
+towards the new target after it, so a plan-only act-CLS would see the jump through its own plan. The default threshold
 is the 95th percentile of the unchanged distances (≈ 5 % spurious resamples when nothing happened).
 """
 
@@ -14,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.graphs.graph_wrappers import DeltaExpertGraph, PrefixGraph
+from export.graphs.graph_wrappers import DeltaExpertGraph, PlanEncoderGraph, PrefixGraph
 from runtime.gate import cosine_distance as unit_cosine_distance
 from runtime.gate import embed
 
@@ -49,14 +54,33 @@ def _summary(unchanged: list[float], changed: list[float]) -> dict:
             "auroc": auroc(unchanged, changed), "default_threshold": q.get("p95", 0.05)}
 
 
+def _rollout(task_cfg, seed: int, perturb: bool) -> tuple[list[dict], list[np.ndarray], int | None]:
+    """(observations, noise-free expert actions, jump tick or None) of one scripted-expert episode."""
+    from simtask import ReachEnv, ScriptedExpert
+
+    env = ReachEnv(task_cfg)
+    obs = env.reset(seed=seed, perturb=perturb)
+    expert = ScriptedExpert(noise_std=0.0, seed=seed)
+    frames, actions = [], []
+    while True:
+        frames.append(obs)
+        a = expert.act(env)
+        actions.append(a)
+        obs, done, _ = env.step(a)
+        if done or len(frames) >= task_cfg.max_steps:
+            break
+    return frames, actions, env.perturb_tick
+
+
 @torch.no_grad()
 def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_episodes: int = 24,
                          seed: int = 4242, progress: bool = True) -> dict:
     """Run the PyTorch graphs (same code as the ONNX ones) on expert rollouts and summarise distances."""
-    from simtask import ReachEnv, ScriptedExpert, TaskConfig
+    from simtask import TaskConfig
 
     cfg = model.config
     prefix, delta = PrefixGraph(model).eval(), DeltaExpertGraph(model).eval()
+    plan_encoder = PlanEncoderGraph(model).eval() if cfg.act_cls_wiring == "plan_only" else None
     h, w = cfg.resize_imgs_with_padding
     task_cfg = TaskConfig(image_size=h)
     if h != w:
@@ -69,38 +93,39 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
 
         iterator = tqdm(iterator, desc="gate calibration", unit="ep")
     for ep in iterator:
-        env = ReachEnv(task_cfg)
-        obs = env.reset(seed=seed + ep, perturb=(ep % 2 == 0))
-        expert = ScriptedExpert(noise_std=0.0, seed=seed + ep)
-        tokens, mask = tokenize(obs["task"])
-        frames, actions = [], []
-        while True:
-            frames.append(obs)
-            a = expert.act(env)
-            actions.append(a)
-            obs, done, _ = env.step(a)
-            if done or len(frames) >= task_cfg.max_steps:
-                break
-        jump = env.perturb_tick
+        frames, actions, jump = _rollout(task_cfg, seed + ep, perturb=(ep % 2 == 0))
+        planned = actions if jump is None else _rollout(task_cfg, seed + ep, perturb=False)[1]
+        # the no-jump episode ends at its target, where the expert holds still (zero displacement)
+        planned = list(planned) + [np.zeros_like(actions[0])] * max(0, len(actions) - len(planned))
+        tokens, mask = tokenize(frames[0]["task"])
         outs = []
         for o in frames:
             img = torch.from_numpy(o["observation.images.top"]).permute(2, 0, 1).float()[None, None] / 255.0
             state = torch.from_numpy(normalize_state(o["observation.state"]))[None]
             outs.append(prefix(img, tokens, mask, state))
         acts = normalize_action(np.asarray(actions, dtype=np.float32))
+        before_jump = normalize_action(np.asarray(planned, dtype=np.float32))
         t_len = cfg.chunk_size
         for t0 in range(0, len(frames) - 1, cfg.n_action_steps):
-            plan = acts[t0:t0 + t_len]
+            source = before_jump if jump is not None and t0 < jump else acts
+            plan = source[t0:t0 + t_len]
             plan = np.concatenate([plan, np.repeat(plan[-1:], t_len - len(plan), axis=0)], axis=0)
             padded = np.zeros((t_len, cfg.max_action_dim), dtype=np.float32)
             for k in range(1, min(t_len, len(frames) - t0)):
                 changed = jump is not None and t0 < jump <= t0 + k
                 k_, v_, pad_, obs_cls = outs[t0 + k]
                 drift[changed].append(cosine_distance(outs[t0][3].numpy(), obs_cls.numpy()))
-                padded[:, : acts.shape[1]] = shift_remaining(plan, k)
-                _, act_cls = delta(torch.from_numpy(padded)[None], k_, v_, pad_)
+                if plan_encoder is not None:
+                    padded[:] = 0.0
+                    padded[: t_len - k, : acts.shape[1]] = plan[k:]
+                    valid = torch.arange(t_len)[None] < t_len - k
+                    act_cls = plan_encoder(torch.from_numpy(padded)[None], valid)
+                else:
+                    padded[:, : acts.shape[1]] = shift_remaining(plan, k)
+                    _, act_cls = delta(torch.from_numpy(padded)[None], k_, v_, pad_)
                 consistency[changed].append(cosine_distance(obs_cls.numpy(), act_cls.numpy()))
     return {"metric": "cosine_distance", "embedding": "mean over CLS tokens, L2-normalised",
+            "act_cls_wiring": cfg.act_cls_wiring,
             "source": f"simtask scripted-expert rollouts, {n_episodes} episodes (half perturbed), seed {seed}",
             "drift": _summary(drift[False], drift[True]),
             "consistency": _summary(consistency[False], consistency[True])}

@@ -1,7 +1,7 @@
-"""The three exported graphs as torch modules over one `VLAFlowMatchingCLS` (docs/10-artifact-contract.md).
+"""The four exported graphs as torch modules over one `VLAFlowMatchingCLS` (docs/10-artifact-contract.md).
 
 Each wrapper is batch-1, static-shape, float32 and calls the model's own methods (`encode_prefix`,
-`denoise_step`, `delta_step`, `embed_cls`), so the CLS-aware masks inside the graphs are exactly the
+`denoise_step`, `delta_step`, `plan_step`, `embed_cls`), so the CLS-aware masks inside the graphs are exactly the
 PyTorch ones. The per-layer K/V cache (a dict in lerobot) crosses graph boundaries as two stacked
 tensors [num_layers, 1, P, kv_heads, head_dim].
 """
@@ -19,6 +19,8 @@ MAIN_INPUTS = ("x_t", "t", "prefix_k", "prefix_v", "prefix_pad")
 MAIN_OUTPUTS = ("v_t",)
 DELTA_INPUTS = ("actions", "prefix_k", "prefix_v", "prefix_pad")
 DELTA_OUTPUTS = ("delta", "act_cls")
+PLAN_INPUTS = ("plan", "plan_valid")
+PLAN_OUTPUTS = ("act_cls",)
 
 
 def stack_kv(kv: dict) -> tuple[Tensor, Tensor]:
@@ -71,6 +73,19 @@ class DeltaExpertGraph(nn.Module):
         return delta, act_cls
 
 
+class PlanEncoderGraph(nn.Module):
+    """act-CLS of a normalised plan alone (plan_only wiring): (plan [1,T,A], plan_valid [1,T]) -> act_cls.
+    No observation input: the remaining rows sit at the front, plan_valid marks them (plan_pass.py)."""
+
+    def __init__(self, model: VLAFlowMatchingCLS):
+        super().__init__()
+        self.model = model
+
+    def forward(self, plan: Tensor, plan_valid: Tensor):
+        _, act_cls = self.model.embed_cls(None, self.model.plan_step(plan, plan_valid))
+        return act_cls
+
+
 def example_inputs(model: VLAFlowMatchingCLS, num_cameras: int, generator: torch.Generator | None = None,
                    lang_valid: int | None = None) -> dict[str, tuple[Tensor, ...]]:
     """Random batch-1 inputs of every graph with the exported static shapes."""
@@ -88,5 +103,7 @@ def example_inputs(model: VLAFlowMatchingCLS, num_cameras: int, generator: torch
     x_t = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g)
     t = torch.rand(1, generator=g)
     actions = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g)
+    remaining = int(torch.randint(1, cfg.chunk_size + 1, (1,), generator=g))
+    plan_valid = torch.arange(cfg.chunk_size)[None] < remaining
     return {"prefix": (images, tokens, mask, state), "main_expert": (x_t, t, k, v, pad),
-            "delta_expert": (actions, k, v, pad)}
+            "delta_expert": (actions, k, v, pad), "plan_encoder": (actions * plan_valid[..., None], plan_valid)}

@@ -26,10 +26,13 @@ from export.graphs.graph_wrappers import (
     DELTA_OUTPUTS,
     MAIN_INPUTS,
     MAIN_OUTPUTS,
+    PLAN_INPUTS,
+    PLAN_OUTPUTS,
     PREFIX_INPUTS,
     PREFIX_OUTPUTS,
     DeltaExpertGraph,
     MainExpertGraph,
+    PlanEncoderGraph,
     PrefixGraph,
     example_inputs,
 )
@@ -50,6 +53,7 @@ GRAPHS = {
     "prefix": (PrefixGraph, PREFIX_INPUTS, PREFIX_OUTPUTS),
     "main_expert": (MainExpertGraph, MAIN_INPUTS, MAIN_OUTPUTS),
     "delta_expert": (DeltaExpertGraph, DELTA_INPUTS, DELTA_OUTPUTS),
+    "plan_encoder": (PlanEncoderGraph, PLAN_INPUTS, PLAN_OUTPUTS),
 }
 _DTYPE_NAMES = {torch.float32: "float32", torch.int64: "int64", torch.bool: "bool", torch.int32: "int32"}
 
@@ -181,6 +185,8 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
         # positions must pass their own rest pose (`--stop-action`).
         "safety": {"stop_action": stop_action if stop_action is not None else [0.0] * cfg.action_feature.shape[0]},
         "graphs": graphs,
+        # which act-CLS the consistency gate compares with the current obs-CLS (docs/10-artifact-contract.md)
+        "act_cls": {"wiring": cfg.act_cls_wiring, "plan_input": "remaining_rows_front_valid_mask"},
         "gate": gate,
         "export_seconds": round(seconds, 2),
         "files": files,

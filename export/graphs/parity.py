@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.graphs.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PrefixGraph, example_inputs
+from export.graphs.graph_wrappers import (
+    DeltaExpertGraph,
+    MainExpertGraph,
+    PlanEncoderGraph,
+    PrefixGraph,
+    example_inputs,
+)
+from runtime.manifest import GRAPH_NAMES
 
 GRAPH_ATOL, GRAPH_COSINE, CHUNK_ATOL = 1e-4, 0.99999, 1e-3
 
@@ -46,7 +53,7 @@ def compare(what: str, got: np.ndarray, want: np.ndarray, atol: float, min_cos: 
 
 
 class OrtRunner:
-    """The three graphs in onnxruntime (CPU, fp32 — the reference TensorRT is compared against too)."""
+    """The four graphs in onnxruntime (CPU, fp32 — the reference TensorRT is compared against too)."""
 
     def __init__(self, artifacts: Path):
         import onnxruntime as ort
@@ -55,7 +62,7 @@ class OrtRunner:
         opts.log_severity_level = 3
         self.sessions = {n: ort.InferenceSession(str(Path(artifacts) / f"{n}.onnx"), opts,
                                                  providers=["CPUExecutionProvider"])
-                         for n in ("prefix", "main_expert", "delta_expert")}
+                         for n in GRAPH_NAMES}
 
     def run(self, graph: str, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         sess = self.sessions[graph]
@@ -65,7 +72,7 @@ class OrtRunner:
 class TorchRunner:
     def __init__(self, model):
         self.mods = {"prefix": PrefixGraph(model).eval(), "main_expert": MainExpertGraph(model).eval(),
-                     "delta_expert": DeltaExpertGraph(model).eval()}
+                     "delta_expert": DeltaExpertGraph(model).eval(), "plan_encoder": PlanEncoderGraph(model).eval()}
 
     @torch.no_grad()
     def run(self, graph: str, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
@@ -81,7 +88,7 @@ def graph_parity(model, artifacts: Path, trials: int = 2, seed: int | None = Non
     seed = int(time.time_ns() % 2**31) if seed is None else seed
     ort_r, torch_r = OrtRunner(artifacts), TorchRunner(model)
     names = {"prefix": ("prefix_k", "prefix_v", "prefix_pad", "obs_cls"), "main_expert": ("v_t",),
-             "delta_expert": ("delta", "act_cls")}
+             "delta_expert": ("delta", "act_cls"), "plan_encoder": ("act_cls",)}
     results = []
     n_cams = len(model.config.image_features)
     for trial in range(trials):
@@ -96,14 +103,17 @@ def graph_parity(model, artifacts: Path, trials: int = 2, seed: int | None = Non
 
 
 def chunk(runner, inputs, noise: np.ndarray, num_steps: int):
-    """prefix -> Euler loop -> delta step; returns (normalised chunk, obs_cls, act_cls)."""
+    """prefix -> Euler loop -> delta step -> plan encoder on the refined chunk;
+    returns (normalised chunk, obs_cls, the delta expert's act_cls, the plan encoder's act_cls)."""
     k, v, pad, obs_cls = runner.run("prefix", inputs)
     x, dt = noise.astype(np.float32), -1.0 / num_steps
     for i in range(num_steps):
         t = np.array([1.0 + i * dt], dtype=np.float32)
         x = (x + dt * runner.run("main_expert", (x, t, k, v, pad))[0]).astype(np.float32)
     delta, act_cls = runner.run("delta_expert", (x, k, v, pad))
-    return x + delta, obs_cls, act_cls
+    plan = (x + delta).astype(np.float32)
+    (plan_cls,) = runner.run("plan_encoder", (plan, np.ones(plan.shape[:2], dtype=bool)))
+    return plan, obs_cls, act_cls, plan_cls
 
 
 def chunk_parity(model, artifacts: Path, action_std: np.ndarray, seed: int | None = None) -> list[Comparison]:
@@ -118,7 +128,8 @@ def chunk_parity(model, artifacts: Path, action_std: np.ndarray, seed: int | Non
     units = lambda x: x[..., :dim] * action_std  # normalised -> action units, mean cancels
     return [compare("chunk.actions[action units]", units(a[0]), units(b[0]), CHUNK_ATOL, 0.9999),
             compare("chunk.obs_cls", a[1], b[1], GRAPH_ATOL, GRAPH_COSINE),
-            compare("chunk.act_cls", a[2], b[2], CHUNK_ATOL, 0.9999)]
+            compare("chunk.act_cls", a[2], b[2], CHUNK_ATOL, 0.9999),
+            compare("chunk.plan_encoder.act_cls", a[3], b[3], CHUNK_ATOL, 0.9999)]
 
 
 def run_parity(model, artifacts: Path, action_std: np.ndarray, trials: int = 2, seed: int | None = None) -> dict:

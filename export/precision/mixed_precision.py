@@ -147,6 +147,9 @@ def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[_Dra
             a = euler_chunk(int(dims["num_steps"]), kg, d.noise, got_run)
             b = euler_chunk(int(dims["num_steps"]), kw, d.noise, want_run)
             rows.append(compare(CHUNK, "actions", a[..., :action_dim], b[..., :action_dim], precision))
+        elif graph == "plan_encoder":  # no K/V: the plan alone, every row valid
+            feeds = {"plan": d.plan, "plan_valid": np.ones(d.plan.shape[:2], dtype=bool)}
+            rows.append(compare(graph, "act_cls", got_run(feeds)["act_cls"], want_run(feeds)["act_cls"], precision))
         else:
             feeds = {"actions": d.plan, **kw}
             want, got = want_run(feeds), got_run(feeds)
@@ -161,7 +164,7 @@ def validate(ref: dict[str, Path], low: dict[str, Path], manifest: dict[str, Any
     whole chunk, and the gate's embedding. One graph pair is loaded at a time."""
     draws = _draws(manifest, trials, seed, vocab)
     rows, kv_want, kv_got = _prefix_rows(_session(ref["prefix"]), _session(low["prefix"]), draws, manifest, precision)
-    for graph in ("main_expert", "delta_expert"):
+    for graph in ("main_expert", "delta_expert", "plan_encoder"):
         rows += _expert_rows(graph, _session(ref[graph]), _session(low[graph]), draws, kv_want, kv_got, manifest,
                              precision)
     return rows
@@ -241,7 +244,8 @@ def _lower_folder(src: Path, manifest: Manifest, raw: dict[str, Any], tmp: Path,
     return per_graph, checked_files, low_sections
 
 
-_GRAPH_OF_ROW = {"prefix": "prefix", "main_expert": "main_expert", "delta_expert": "delta_expert", CHUNK: "main_expert"}
+_GRAPH_OF_ROW = {"prefix": "prefix", "main_expert": "main_expert", "delta_expert": "delta_expert",
+                 "plan_encoder": "plan_encoder", CHUNK: "main_expert"}
 
 
 def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: float = DEFAULT_DATA_MAX,

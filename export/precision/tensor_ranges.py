@@ -158,12 +158,13 @@ def calibrate(artifacts: Path, manifest: dict[str, Any], samples: int, seed: int
     shape = (1, int(dims["chunk_size"]), int(dims["max_action_dim"]))
     rng = np.random.default_rng(seed)
     vocab = vocab_size(artifacts, manifest)
-    files = {g: artifacts / manifest["graphs"][g]["file"] for g in ("prefix", "main_expert", "delta_expert")}
+    files = {g: artifacts / manifest["graphs"][g]["file"] for g in ("prefix", "main_expert", "delta_expert",
+                                                                      "plan_encoder")}
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=samples * (2 + int(dims["num_steps"])), desc="[mixed precision] calibrating ranges", unit="run")
+        bar = tqdm(total=samples * (3 + int(dims["num_steps"])), desc="[mixed precision] calibrating ranges", unit="run")
 
     def tick(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if bar is not None:
@@ -182,6 +183,12 @@ def calibrate(artifacts: Path, manifest: dict[str, Any], samples: int, seed: int
     for kv, chunk in zip(kvs, chunks):
         tick(delta.run({"actions": chunk, **kv}))
     delta.close()
+    plan = RangeRecorder.open(files["plan_encoder"])
+    for chunk in chunks:  # remainders of every length the runtime feeds (rows at the front, valid mask)
+        valid = np.arange(shape[1])[None] < rng.integers(1, shape[1] + 1)
+        tick(plan.run({"plan": (chunk * valid[..., None]).astype(np.float32), "plan_valid": valid}))
+    plan.close()
     if bar is not None:
         bar.close()
-    return {"prefix": prefix.absmax, "main_expert": main.absmax, "delta_expert": delta.absmax}
+    return {"prefix": prefix.absmax, "main_expert": main.absmax, "delta_expert": delta.absmax,
+            "plan_encoder": plan.absmax}

@@ -1,7 +1,7 @@
 """`make engine`: build the TensorRT engines for the exported ONNX graphs on this device.
 
     python -m export.trt.build_engines --artifacts artifacts/onnx --out artifacts/engines --precision fp16 \
-        [--workspace-gb 4] [--opt-level 3] [--weakly-typed] [--graphs prefix,main_expert,delta_expert]
+        [--workspace-gb 4] [--opt-level 3] [--weakly-typed] [--graphs prefix,main_expert,delta_expert,plan_encoder]
 
 Every failure that is not a TensorRT build log ends in ONE line on stderr and a non-zero exit: bad
 arguments (2), an unusable artifact folder (2), no TensorRT / no GPU here (3), build failure (1). Nodes the
@@ -51,7 +51,7 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="TensorRT < 11 only: let TensorRT lower precision itself (norms/softmax pinned to fp32)",
     )
-    p.add_argument("--graphs", default=None, help="comma list, default prefix,main_expert,delta_expert")
+    p.add_argument("--graphs", default=None, help="comma list, default prefix,main_expert,delta_expert,plan_encoder")
     p.add_argument(
         "--dim",
         action="append",

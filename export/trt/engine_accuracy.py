@@ -97,6 +97,10 @@ def check(artifacts: Path, engines: Path, trials: int, seed: int) -> tuple[list[
             delta, act_cls = backend.run_delta_expert(plan, prefix)
             rows.append(compare("delta_expert", "delta", delta, d_ref["delta"], precision))
             rows.append(compare("delta_expert", "act_cls", act_cls, d_ref["act_cls"], precision))
+            valid = np.arange(shape[1])[None] < rng.integers(1, shape[1] + 1)  # a remainder of the plan
+            p_ref = ref.run("plan_encoder", {"plan": plan, "plan_valid": valid})
+            rows.append(compare("plan_encoder", "act_cls", backend.run_plan_encoder(plan, valid), p_ref["act_cls"],
+                                precision))
 
             # Whole chunk: TensorRT's own K/V and device loop vs the onnxruntime chain, same noise.
             prefix = backend.run_prefix(feeds["images"], feeds["lang_tokens"], feeds["lang_mask"], feeds["state"])

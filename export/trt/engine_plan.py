@@ -16,7 +16,7 @@ from export.trt.engine_precision import PRECISIONS
 from runtime.fingerprint import EngineFingerprint, sha256_bytes
 from runtime.manifest_schema import FORMAT_VERSION as MANIFEST_FORMAT
 
-GRAPHS = ("prefix", "main_expert", "delta_expert")
+GRAPHS = ("prefix", "main_expert", "delta_expert", "plan_encoder")  # runtime.manifest.GRAPH_NAMES
 TIMING_CACHE_NAME = "timing.cache"
 MAX_OPT_LEVEL = 5
 # Ops of onnxruntime's dynamic quantization (export.int8.quantization): TensorRT's ONNX parser has none of them.
