@@ -4,6 +4,7 @@ The rest of the code calls these helpers instead of testing versions itself. Wha
 docs/11-lerobot-versions.md):
 - training loop: `lerobot_train.make_dataset` (0.4.4) became `make_train_eval_datasets` returning
   (train, eval) (0.6); `TrainPipelineConfig.eval_freq` became `env_eval_freq`;
+- `load_info` moved to `datasets.io_utils` and returns a `DatasetInfo` instead of a dict (0.6);
 - dataset reading: `_query_hf_dataset`, `delta_indices` and the absolute->row index map live on the
   dataset (0.4.4) or on its `DatasetReader` (`dataset.reader`, 0.6);
 - the prefix K/V cache contract of `SmolVLMWithExpertModel.forward` changed too, but we do not adapt to
@@ -15,14 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from importlib.metadata import version
+from pathlib import Path
 from typing import Any
-
-
-def lerobot_version() -> tuple[int, int]:
-    """(major, minor) of the installed lerobot."""
-    major, minor = version("lerobot").split(".")[:2]
-    return int(major), int(minor)
 
 
 def train_config_kwargs(env_eval_every: int) -> dict[str, int]:
@@ -70,3 +65,13 @@ def dataset_reader(dataset: Any) -> Any:
         return dataset._ensure_reader()
     dataset._ensure_hf_dataset_loaded()
     return dataset
+
+
+def dataset_info(root: Path) -> dict:
+    """A dataset's meta/info.json read by lerobot, as a dict (0.4.4 returns one; 0.6 a `DatasetInfo`)."""
+    try:
+        from lerobot.datasets.io_utils import load_info  # 0.6
+    except ImportError:
+        from lerobot.datasets.utils import load_info  # 0.4.4
+    info = load_info(Path(root))
+    return info if isinstance(info, dict) else info.to_dict()
