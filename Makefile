@@ -30,7 +30,7 @@ REPORT ?= reports
 # lerobot 0.6.x (Python 3.13, transformers 5) in a cached Debian 13 root (scripts/lerobot06_env.sh): the same
 # test files as the main environment for model, training, torch policy, export and parity, then a checkpoint trained
 # and exported there whose artifact folder must run in this environment's runtime.
-LEROBOT06 := bash scripts/lerobot06_env.sh
+LEROBOT06 := HOST_PY=$(PY) bash scripts/lerobot06_env.sh
 LEROBOT06_OUT ?= outputs/lerobot06
 LEROBOT06_TESTS := tests/test_layer_pass.py tests/test_lerobot_compat.py tests/test_model.py tests/test_masks.py \
   tests/test_vicreg.py tests/test_time_embedding.py tests/test_policy_contract.py tests/test_torch_policy.py \
