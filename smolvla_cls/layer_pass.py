@@ -48,9 +48,13 @@ def _qkv(layer: Any, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _finish(layer: Any, hidden: Tensor, attended: Tensor) -> Tensor:
-    """Output projection + residual, then the MLP block + residual."""
-    out = layer.self_attn.o_proj(attended.to(layer.self_attn.o_proj.weight.dtype)) + hidden
-    return layer.mlp(layer.post_attention_layernorm(out)) + out
+    """Output projection + residual, then the MLP block + residual. The residuals are added in place so the
+    stream keeps the layer's dtype (a bf16 expert fed float32 embeddings stays bf16), as lerobot does."""
+    out = layer.self_attn.o_proj(attended.to(layer.self_attn.o_proj.weight.dtype))
+    out += hidden
+    mlp = layer.mlp(layer.post_attention_layernorm(out))
+    mlp += out
+    return mlp
 
 
 class LayerPass:

@@ -38,6 +38,20 @@ def test_joint_pass_equals_lerobots_own_forward(use_cls_head):
         assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
 
 
+def test_bf16_layers_fed_float32_embeddings_match_lerobot():
+    """A bf16 VLM/expert with float32 embeddings (bench's bf16 chain): the stream stays in the layers' dtype."""
+    policy = tiny_policy().eval()
+    prefix, suffix, mask, positions = _streams(policy)
+    policy.model.vlm_with_expert.to(torch.bfloat16)
+    with torch.no_grad():
+        ours, _ = LayerPass(policy.model.vlm_with_expert).run([prefix, suffix], mask, positions)
+        theirs, _ = policy.model.vlm_with_expert.forward(attention_mask=mask, position_ids=positions,
+                                                         past_key_values=None, inputs_embeds=[prefix, suffix],
+                                                         use_cache=False)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b)
+
+
 def test_cached_prefix_then_suffix_equals_the_joint_pass_and_leaves_the_cache_alone():
     policy = tiny_policy().eval()
     prefix, suffix, mask, positions = _streams(policy, seed=3)
