@@ -47,12 +47,13 @@ fill_wheelhouse() {
   grep -E '^[a-z0-9]' "$REQ" | grep -v -E "^($(echo "$SDIST_ONLY" | tr ' ' '|'))==" > "$pins"
   for p in $PLATFORMS; do platform_args+=(--platform "$p"); done
   log "downloading $(wc -l < "$pins") pinned wheels for cp313 into $WHEELS (first run ~4 GB)"
+  local out="$HOME_DIR/pip-download.log"
   "$HOST_PY" -m pip download -q --no-deps --dest "$WHEELS" --python-version 3.13 --implementation cp \
-    --abi cp313 --abi abi3 --abi none --only-binary=:all: "${platform_args[@]}" -r "$pins" 2>&1 \
-    | grep -v "^WARNING: Location" || true
+    --abi cp313 --abi abi3 --abi none --only-binary=:all: "${platform_args[@]}" -r "$pins" > "$out" 2>&1 \
+    || { grep -v "^WARNING: Location" "$out" | tail -20; log "wheel download failed (log: $out)"; exit 1; }
   for sdist in $SDIST_ONLY; do
-    "$HOST_PY" -m pip wheel -q --no-deps --no-binary=:all: -w "$WHEELS" \
-      "$(grep -E "^$sdist==" "$REQ")" 2>&1 | grep -v "^WARNING: Location" || true
+    "$HOST_PY" -m pip wheel -q --no-deps --no-binary=:all: -w "$WHEELS" "$(grep -E "^$sdist==" "$REQ")" \
+      > "$out" 2>&1 || { tail -20 "$out"; log "building the $sdist wheel failed (log: $out)"; exit 1; }
   done
   rm -f "$pins"
 }
