@@ -27,13 +27,37 @@ ENGINE_SRC := $(if $(or $(filter fp32,$(PRECISION)),$(filter --weakly-typed,$(EN
 GATE ?= drift
 REPORT ?= reports
 
-.PHONY: install test test-all lint typecheck dataset train train-quick export quantize mixed-precision parity engine eval gate-eval gate-bench demo bench soak export-full parity-full clean
+# lerobot 0.6.x (Python 3.13, transformers 5) in a cached Debian 13 root (scripts/lerobot06_env.sh): the same
+# test files as the main environment for model, training, torch policy, export and parity, then a checkpoint trained
+# and exported there whose artifact folder must run in this environment's runtime.
+LEROBOT06 := HOST_PY=$(PY) bash scripts/lerobot06_env.sh
+LEROBOT06_OUT ?= outputs/lerobot06
+LEROBOT06_TESTS := tests/test_layer_pass.py tests/test_lerobot_compat.py tests/test_model.py tests/test_masks.py \
+  tests/test_vicreg.py tests/test_time_embedding.py tests/test_policy_contract.py tests/test_torch_policy.py \
+  tests/test_train_smoke.py tests/test_dataset_recording.py tests/test_symmetry.py tests/test_robot_section.py \
+  tests/test_export.py tests/test_plan_only_wiring.py
+
+.PHONY: install test test-lerobot-0.6 test-all lint typecheck dataset train train-quick export quantize mixed-precision parity engine eval gate-eval gate-bench demo bench soak export-full parity-full clean
 
 install:
 	@bash scripts/ensure_env.sh
 
 test: install
 	$(PY) -m pytest -m "not slow"
+
+test-lerobot-0.6: install
+	$(LEROBOT06) build
+	$(LEROBOT06) run python -m pytest -m "not slow" -p no:warnings $(LEROBOT06_TESTS)
+	rm -rf $(LEROBOT06_OUT)
+	$(LEROBOT06) run python -m smolvla_cls.dataset_recording --root $(LEROBOT06_OUT)/data --episodes 6 --seed 5 --quiet
+	$(LEROBOT06) run python -m smolvla_cls.train --dataset-root $(LEROBOT06_OUT)/data --output-dir $(LEROBOT06_OUT)/train \
+	  --steps 4 --quick --no-report --num-workers 1
+	$(LEROBOT06) run python -m export.graphs.onnx_export --checkpoint $(LEROBOT06_OUT)/train/checkpoints/last/pretrained_model \
+	  --out $(LEROBOT06_OUT)/onnx --calib-episodes 2
+	$(LEROBOT06) run python -m export.graphs.parity --checkpoint $(LEROBOT06_OUT)/train/checkpoints/last/pretrained_model \
+	  --artifacts $(LEROBOT06_OUT)/onnx
+	$(LEROBOT06) run python -m tests.cross_env_artifacts $(LEROBOT06_OUT)
+	SMOLVLA_CLS_LEROBOT06_OUT=$(LEROBOT06_OUT) $(PY) -m pytest -p no:warnings tests/test_cross_env_artifacts.py
 
 test-all: install
 	$(PY) -m pytest

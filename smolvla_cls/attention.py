@@ -1,4 +1,4 @@
-"""Guarded eager attention and expert selection for lerobot's `SmolVLMWithExpertModel`.
+"""Guarded eager attention for lerobot's `SmolVLMWithExpertModel`.
 
 Two changes to lerobot's eager attention, both output-preserving wherever a row sees at least one key:
 - the mask fill is -32752 (float16 min / 2) instead of float32 min, which becomes -inf in fp16 and
@@ -8,8 +8,6 @@ Two changes to lerobot's eager attention, both output-preserving wherever a row 
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from lerobot.policies.smolvla.smolvlm_with_expert import SmolVLMWithExpertModel
@@ -40,18 +38,3 @@ class GuardedSmolVLMWithExpert(SmolVLMWithExpertModel):
 def install_guarded_attention(model: SmolVLMWithExpertModel) -> None:
     """Switch an existing lerobot VLM+expert module to the guarded attention (no weight change)."""
     model.__class__ = GuardedSmolVLMWithExpert
-
-
-@contextlib.contextmanager
-def expert_in_use(model: SmolVLMWithExpertModel, expert: nn.Module):
-    """Run lerobot's joint forward with `expert` in the action-expert slot (main or delta expert).
-
-    lerobot's forward reads `self.lm_expert` for both the layers and the final norm; swapping the
-    registered child for the duration of one call keeps both consistent without copying that loop.
-    """
-    main = model._modules["lm_expert"]
-    model._modules["lm_expert"] = expert
-    try:
-        yield
-    finally:
-        model._modules["lm_expert"] = main

@@ -84,9 +84,22 @@ def _augmented_class(base: type) -> type:
 
         cls = type(f"SymmetryAugmented{base.__name__}", (base,),
                    {"__module__": __name__, "__slots__": (), "__getitem__": getitem})
-        globals()[cls.__name__] = cls  # module-level name: picklable for DataLoader workers
+        globals()[cls.__name__] = cls  # module-level name: picklable (see __getattr__ for spawned workers)
         _CLASSES[base] = cls
     return _CLASSES[base]
+
+
+def __getattr__(name: str) -> type:
+    """Recreate `SymmetryAugmented<Base>` on first access in a fresh process: lerobot 0.6 DataLoader workers
+    start with "spawn" and unpickle the dataset by this module-level name before anything created it."""
+    prefix = "SymmetryAugmented"
+    if name.startswith(prefix):
+        from lerobot.datasets import lerobot_dataset  # type: ignore[import-untyped]
+
+        base = getattr(lerobot_dataset, name[len(prefix):], None)
+        if isinstance(base, type):
+            return _augmented_class(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def enable(dataset: Any, colours: list[str], irrelevant_probability: float = 0.0) -> Any:

@@ -18,9 +18,10 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy, VLAFlowMatc
 from lerobot.utils.constants import ACTION, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 from torch import Tensor, nn
 
-from smolvla_cls.attention import expert_in_use, install_guarded_attention
+from smolvla_cls.attention import install_guarded_attention
 from smolvla_cls.batch_validation import validate_batch
 from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
+from smolvla_cls.layer_pass import LayerPass
 from smolvla_cls.masks import make_att_2d_masks_with_cls, position_ids_with_cls
 from smolvla_cls.plan_pass import empty_prefix, remainder_mask, sample_remainders
 from smolvla_cls.vicreg import vicreg_loss
@@ -219,9 +220,8 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         """Prefix pass: (per-layer K/V cache, prefix pad mask [B,P], prefix CLS hidden states [B,NP,H])."""
         embs, pad, att = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state=state)
         mask = self._mask(pad, att, pad.shape[1], 0)
-        (prefix_out, _), kv = self.vlm_with_expert.forward(
-            attention_mask=mask, position_ids=position_ids_with_cls(pad, self.num_prefix_cls),
-            past_key_values=None, inputs_embeds=[embs, None], use_cache=True, fill_kv_cache=True)
+        (prefix_out, _), kv = LayerPass(self.vlm_with_expert).run(
+            [embs, None], mask, position_ids_with_cls(pad, self.num_prefix_cls), keep_cache=True)
         return kv, pad, prefix_out[:, : self.num_prefix_cls]
 
     def _expert_pass(self, expert, suffix_embs, suffix_pad, suffix_att, prefix_pad, kv, num_suffix_cls):
@@ -231,10 +231,7 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         att = torch.cat([torch.zeros_like(prefix_pad, dtype=suffix_att.dtype), suffix_att], dim=1)
         mask = self._mask(pad, att, prefix_len, num_suffix_cls)[:, prefix_len:]
         position_ids = position_ids_with_cls(pad, self.num_prefix_cls)[:, prefix_len:]
-        with expert_in_use(self.vlm_with_expert, expert):
-            (_, out), _ = self.vlm_with_expert.forward(
-                attention_mask=mask, position_ids=position_ids, past_key_values=kv,
-                inputs_embeds=[None, suffix_embs], use_cache=True, fill_kv_cache=False)
+        (_, out), _ = LayerPass(self.vlm_with_expert, expert).run([None, suffix_embs], mask, position_ids, cache=kv)
         return out.to(torch.float32)
 
     def denoise_step(self, prefix_pad_masks, past_key_values, x_t, timestep):
@@ -310,10 +307,9 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         suffix_embs, suffix_pad, suffix_att = self.embed_suffix(x_t, time)
         pad = torch.cat([prefix_pad, suffix_pad], dim=1)
         att = torch.cat([prefix_att.to(suffix_att.dtype), suffix_att], dim=1)
-        (_, suffix_out), _ = self.vlm_with_expert.forward(
-            attention_mask=self._mask(pad, att, prefix_pad.shape[1], 0),
-            position_ids=position_ids_with_cls(pad, self.num_prefix_cls), past_key_values=None,
-            inputs_embeds=[prefix_embs, suffix_embs], use_cache=False, fill_kv_cache=False)
+        (_, suffix_out), _ = LayerPass(self.vlm_with_expert).run(
+            [prefix_embs, suffix_embs], self._mask(pad, att, prefix_pad.shape[1], 0),
+            position_ids_with_cls(pad, self.num_prefix_cls))
         v_t = self.action_out_proj(suffix_out[:, -self.config.chunk_size:].to(torch.float32))
         return F.mse_loss(noise - actions, v_t, reduction="none")
 

@@ -17,6 +17,7 @@ them to wandb) and plotted next to the checkpoint.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -105,38 +106,11 @@ def _recording_update(update_policy, handle, first_step: int):
     return wrapped
 
 
-def _fast_chunk_queries(dataset):
-    """Serve the action-chunk look-ups of `dataset` from an in-memory copy of the non-image columns.
+def _prepared_dataset(dataset, args):
+    """What lerobot's loop trains on: fast chunk look-ups, then augmentation (per `--augment`)."""
+    from smolvla_cls.chunk_queries import enable_fast_chunk_queries
 
-    lerobot's `_query_hf_dataset` indexes an Arrow column per sample (~7 ms for a 10-step chunk): at
-    batch 32 that is ~0.25 s per batch, more than the tiny model's whole optimiser step on 2 CPU cores.
-    The columns are small (frames x action_dim floats), so they are read once into tensors; the result
-    is identical (same indices, same stacking, same dtype). Image/video keys keep lerobot's path.
-    """
-    import numpy as np
-    import torch
-
-    original = dataset._query_hf_dataset
-    skip = set(dataset.meta.video_keys) | set(dataset.meta.camera_keys)
-    keys = [k for k in (dataset.delta_indices or {}) if k not in skip]
-    if not keys:
-        return dataset
-    dataset._ensure_hf_dataset_loaded()
-    table = dataset.hf_dataset.with_format(None).data
-    cache = {k: torch.from_numpy(np.asarray(table.column(k).to_pylist(), dtype=np.float32)) for k in keys}
-
-    def query(query_indices):
-        rest = {k: v for k, v in query_indices.items() if k not in cache}
-        result = original(rest) if rest else {}
-        mapping = dataset._absolute_to_relative_idx
-        for key, q_idx in query_indices.items():
-            if key in cache:
-                rel = q_idx if mapping is None else [mapping[i] for i in q_idx]
-                result[key] = cache[key][torch.as_tensor(rel, dtype=torch.long)]
-        return result
-
-    dataset._query_hf_dataset = query
-    return dataset
+    return _augmented(enable_fast_chunk_queries(dataset), args)
 
 
 def _augmented(dataset, args):
@@ -164,6 +138,7 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
     from lerobot.scripts import lerobot_train
 
     import smolvla_cls.modeling_smolvla_cls  # noqa: F401  (policy class for lerobot's lookup)
+    from smolvla_cls.lerobot_compat import datasets_transformed, train_config_kwargs
 
     stage_dir = out_dir / f"stage_{plan.name}"
     last = stage_dir / "checkpoints" / "last" / "pretrained_model"
@@ -183,7 +158,7 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
         dataset=DatasetConfig(repo_id=info.get("repo_id", "local/simtask_reach"), root=str(args.dataset_root)),
         policy=policy, output_dir=stage_dir, job_name=f"smolvla_cls_{plan.name}", seed=args.seed,
         steps=plan.steps, batch_size=plan.batch_size, num_workers=args.num_workers,
-        log_freq=max(1, plan.steps // 20), save_freq=max(1, plan.steps // 2), eval_freq=0,
+        log_freq=max(1, plan.steps // 20), save_freq=max(1, plan.steps // 2), **train_config_kwargs(0),
         wandb=WandBConfig(enable=False), resume=resume,
     )
     if resume:
@@ -198,20 +173,18 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
         sys.argv = [sys.argv[0]]  # lerobot's validate() re-reads CLI args: give it none of ours
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
     original = lerobot_train.update_policy
-    original_make_dataset = lerobot_train.make_dataset
-    lerobot_train.make_dataset = lambda c: _augmented(_fast_chunk_queries(original_make_dataset(c)), args)
     log_path = stage_dir.parent / f"loss_{plan.name}.jsonl"
     if not resume:
         log_path.unlink(missing_ok=True)
     logged = len(log_path.read_text().splitlines()) if log_path.exists() else 0  # resume continues the count
     started = time.time()
-    with log_path.open("a") as log:
+    prepared = functools.partial(_prepared_dataset, args=args)
+    with log_path.open("a") as log, datasets_transformed(lerobot_train, prepared):
         lerobot_train.update_policy = _recording_update(original, log, logged)
         try:
             lerobot_train.train(cfg)
         finally:
             lerobot_train.update_policy = original
-            lerobot_train.make_dataset = original_make_dataset
     (stage_dir / "DONE").write_text(json.dumps({"seconds": time.time() - started, "steps": plan.steps}))
     print(f"[train] stage {plan.name}: {plan.steps} steps in {time.time() - started:.0f} s")
     return last

@@ -12,10 +12,10 @@ import torch
 from onnx import TensorProto, helper
 
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint
-from export.graphs.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PrefixGraph
 from export.graphs.onnx_checks import check_graph_file, graph_problems
-from export.graphs.onnx_export import NORM_EPS, export_artifacts
+from export.graphs.onnx_export import export_artifacts
 from export.graphs.parity import OrtRunner, chunk, run_parity
+from tests.export_reference import pytorch_actions, runtime_actions
 from tests.model_fixtures import tiny_policy
 
 GRAPHS = ("prefix", "main_expert", "delta_expert")
@@ -105,36 +105,12 @@ def test_export_is_deterministic(exported, tmp_path):
 
 def test_runtime_actions_equal_pytorch(exported):
     """The edge runtime (onnxruntime backend) emits the PyTorch chain's actions for the same obs + noise."""
-    from runtime.policy import EdgePolicy
-    from simtask import ReachEnv, TaskConfig
-
     loaded, out, _ = exported
-    cfg, model = loaded.policy.config, loaded.policy.model
-    obs = ReachEnv(TaskConfig()).reset(seed=3)
+    cfg = loaded.policy.config
     noise = np.random.default_rng().standard_normal((1, cfg.chunk_size, cfg.max_action_dim)).astype(np.float32)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(cfg.vlm_model_name)
-    enc = tok(obs["task"] + "\n", padding="max_length", max_length=cfg.tokenizer_max_length, return_tensors="pt")
-    st = loaded.stats["observation.state"]
-    state = np.zeros((1, cfg.max_state_dim), np.float32)
-    state[0, :2] = (obs["observation.state"] - st["mean"]) / (st["std"] + NORM_EPS)
-    image = torch.from_numpy(obs["observation.images.top"]).permute(2, 0, 1).float()[None, None] / 255.0
-    with torch.no_grad():
-        k, v, pad, _ = PrefixGraph(model)(image, enc["input_ids"], enc["attention_mask"].bool(), torch.from_numpy(state))
-        x = torch.from_numpy(noise)
-        for i in range(cfg.num_steps):
-            t = torch.tensor([1.0 - i / cfg.num_steps])
-            x = x - MainExpertGraph(model)(x, t, k, v, pad) / cfg.num_steps
-        refined = x + DeltaExpertGraph(model)(x, k, v, pad)[0]
-    act = loaded.stats["action"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    low, high = manifest["action_bounds"]["low"], manifest["action_bounds"]["high"]
-    for refine, plan in ((False, x), (True, refined)):
-        want = np.clip(plan[0, :, :2].numpy() * act["std"] + act["mean"], low, high)  # runtime safety clip
-        policy = EdgePolicy(out, backend="onnxruntime", gate="interval:8", refine=refine)
-        policy.next_noise = noise
-        got = np.stack([policy.step(obs) for _ in range(3)])
+    for refine in (False, True):
+        want = pytorch_actions(loaded, out, noise, refine)
+        got = runtime_actions(out, noise, refine)
         # with refine, kept ticks refine the plan again against the new K/V: only the resample tick is comparable
         n = 1 if refine else 3
         np.testing.assert_allclose(got[:n], want[:n], atol=1e-3)

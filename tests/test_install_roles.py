@@ -58,3 +58,17 @@ def test_role_installs_everything_its_package_imports(extra):
     used = _imports(package) | (_imports("runtime") | _imports("simtask") if package == "evaluation" else set())
     missing = used - installed - FIRST_PARTY - OUTSIDE_PIP - other_backend
     assert not missing, f"{package} imports {sorted(missing)}, which role {extra} does not install"
+
+
+def test_lerobot06_requirements_pin_everything_the_project_needs():
+    """The lerobot 0.6.x environment (scripts/lerobot06_env.sh) installs exact pins only, covering every
+    dependency of the main environment (other versions allowed) and the test tools, on lerobot 0.6 /
+    transformers 5."""
+    lines = [ln.split("#", 1)[0].strip() for ln in (ROOT / "requirements-lerobot06.txt").read_text().splitlines()]
+    pins = dict(ln.split("==", 1) for ln in lines if ln)
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9.\-]*==[0-9][0-9A-Za-z.+\-]*", ln) for ln in lines if ln), \
+        [ln for ln in lines if ln and "==" not in ln]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = _names(project["dependencies"]) | {"pytest", "hypothesis"}
+    assert wanted <= set(pins), f"not pinned for lerobot 0.6: {sorted(wanted - set(pins))}"
+    assert pins["lerobot"].startswith("0.6.") and pins["transformers"].startswith("5.")

@@ -238,11 +238,12 @@ def test_lerobot_train_cli_resolves_policy_type(tmp_path):
             "--policy.vlm_preset=tiny", "--policy.resize_imgs_with_padding=[64,64]", "--policy.num_vlm_layers=4",
             "--policy.tokenizer_max_length=8", "--policy.pad_language_to=max_length", "--policy.chunk_size=4",
             "--policy.n_action_steps=4", "--policy.push_to_hub=false", "--policy.device=cpu",
-            "--dataset.repo_id=local/simtask_reach", f"--dataset.root={root}", "--steps=1", "--batch_size=2",
-            "--num_workers=0", f"--output_dir={tmp_path / 'out'}", "--save_freq=1"]
+            "--dataset.repo_id=local/simtask_reach", f"--dataset.root={root}", "--steps=3", "--batch_size=2",
+            "--num_workers=0", f"--output_dir={tmp_path / 'out'}", "--save_freq=3", "--log_freq=1"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     res = subprocess.run(args, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "step:3 " in res.stdout + res.stderr, "lerobot logged no third optimiser step"
     saved = tmp_path / "out" / "checkpoints" / "last" / "pretrained_model" / "config.json"
     assert '"type": "smolvla_cls"' in saved.read_text()
 

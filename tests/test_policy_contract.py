@@ -161,6 +161,19 @@ def test_rtc_refused_at_construction_naming_the_field():
         SmolVLACLSPolicy(config)
 
 
+def test_rtc_answer_is_no_on_the_instance_and_for_lerobots_rollout():
+    """SmolVLA says yes (0.6); our subclass must say no wherever lerobot asks: on the instance, and in
+    0.6's `lerobot-rollout --inference.type=rtc` check (absent in 0.4.4, which never asks)."""
+    import importlib.util
+
+    policy = tiny_policy()
+    assert policy.supports_rtc() is False
+    if importlib.util.find_spec("lerobot.rollout") is not None:
+        from lerobot.rollout.inference.rtc import supports_rtc_inference
+
+        assert supports_rtc_inference(policy) is False
+
+
 @pytest.mark.parametrize("stage", ["main", "delta"])
 def test_processors_round_trip_through_the_policy(stage):
     """lerobot's processor factory finds ours; raw observation (task string, unbatched) -> preprocessor ->

@@ -32,11 +32,11 @@ def dataset_root_from_checkpoint(checkpoint: Path | None) -> Path | None:
 def robot_section(dataset_root: Path, action_dim: int, state_dim: int, camera_keys: list[str],
                   state_key: str = "observation.state") -> dict:
     """{"fps", "action_names", "state_names", "cameras"} from the dataset's meta/info.json (via lerobot)."""
-    from lerobot.datasets.utils import load_info
+    from smolvla_cls.lerobot_compat import dataset_info
 
     if not (Path(dataset_root) / "meta" / "info.json").is_file():
         raise ExportInputError(f"--dataset-root: no LeRobotDataset (meta/info.json) under '{dataset_root}'")
-    info = load_info(Path(dataset_root))
+    info = dataset_info(Path(dataset_root))
     feats = info["features"]
 
     def names(key: str, dim: int) -> list[str]:
