@@ -1,7 +1,7 @@
 """Every difference between the lerobot releases we support (0.4.4 and 0.6.x), in one place.
 
 The rest of the code calls these helpers instead of testing versions itself. What moved (sources in
-docs/11-lerobot-versions.md):
+docs/12-lerobot-versions.md):
 - training loop: `lerobot_train.make_dataset` (0.4.4) became `make_train_eval_datasets` returning
   (train, eval) (0.6); `TrainPipelineConfig.eval_freq` became `env_eval_freq`;
 - `load_info` moved to `datasets.io_utils` and returns a `DatasetInfo` instead of a dict (0.6);
