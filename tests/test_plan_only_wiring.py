@@ -110,7 +110,7 @@ def test_calibration_plan_before_a_jump_is_the_no_jump_rollout():
 
     cfg = TaskConfig()
     for seed in range(4242, 4252):
-        frames, acts, jump = _rollout(cfg, seed, perturb=True)
+        _frames, acts, jump = _rollout(cfg, seed, perturb=True)
         if jump is not None and jump + 3 < len(acts):
             break
     _, planned, no_jump = _rollout(cfg, seed, perturb=False)
