@@ -83,7 +83,7 @@ def test_prepared_dataset_works_in_a_spawned_worker(recording):
     items in a "spawn" process, where nothing of this process's state exists."""
     from smolvla_cls.train import _prepared_dataset
 
-    dataset = _prepared_dataset(_dataset(recording), SimpleNamespace(augment="on", dataset_root=recording))
+    dataset = _prepared_dataset(_dataset(recording), SimpleNamespace(augment="on", dataset_root=recording, irrelevant_augment=0.5))
     random.seed(0)
     want = dataset[4]
     with multiprocessing.get_context("spawn").Pool(1) as pool:
