@@ -129,7 +129,7 @@ def markdown(report: dict) -> str:
                   "(mean, 95 % CI) · reaction = ticks from a relevant change to the next resample · recovery = ticks "
                   "from the last relevant change to success"), "",
                   ("| policy | gate | success | resamples/ep | on irrelevant/ep | reaction | recovery | prefix/ep "
-                  "| delta/ep | ms/tick |"), "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| delta/ep | plan enc/ep | ms/tick |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["policies"]:
             p = r["per_kind"].get(kind)
             if not p:
@@ -138,7 +138,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['name']} | `{r['gate']}` | {p['success_rate']:.3f} ({lo:.2f}–{hi:.2f}) | "
                          f"{_ci(p['resamples'])} | {_ci(p['gated_irrelevant'])} | {_ci(p['reaction_ticks'], 1)} | "
                          f"{_ci(p['recovery_ticks'], 1)} | {p['prefix_passes']:.1f} | {p['delta_passes']:.1f} | "
-                         f"{p['ms_per_tick']:.2f} |")
+                         f"{p.get('plan_encoder_passes', 0.0):.1f} | {p['ms_per_tick']:.2f} |")
     plots = report.get("plots", {})
     if plots:
         lines += ["", "## Plots", ""] + [f"- {k}: `{v}`" for k, v in plots.items() if v]

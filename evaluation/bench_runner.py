@@ -61,7 +61,8 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, kind: str, trace: bool 
            "recovery_ticks": (int(env.t) - last_rel) if env.success and last_rel is not None else None,
            "reaction_ticks": reactions, "resamples": c.resamples, "gated_relevant": blame["relevant"],
            "gated_irrelevant": blame["irrelevant"], "gated_other": blame["none"],
-           "prefix_passes": c.prefix_passes, "delta_passes": c.delta_passes, "gate_checks": c.gate_checks,
+           "prefix_passes": c.prefix_passes, "delta_passes": c.delta_passes,
+           "plan_encoder_passes": c.plan_encoder_passes, "gate_checks": c.gate_checks,
            "faults": c.faults, "mean_tick_ms": float(np.mean(ms)) if ms else 0.0}
     if trace:
         rec["trace"] = ticks
@@ -106,6 +107,8 @@ def summarize(episodes: Sequence[dict]) -> dict:
         "recovery_ticks": mean_ci([e["recovery_ticks"] for e in episodes]),
         "prefix_passes": sum(e["prefix_passes"] for e in episodes) / n,
         "delta_passes": sum(e["delta_passes"] for e in episodes) / n,
+        # the consistency gate's act-CLS of the remaining plan (plan_only wiring): compute a kept tick still pays
+        "plan_encoder_passes": sum(e.get("plan_encoder_passes", 0) for e in episodes) / n,
         "ticks": sum(e["steps"] for e in episodes) / n,
         "fire_rate": gated / checks if checks else None,
         "ms_per_tick": float(np.mean([e["mean_tick_ms"] for e in episodes])),

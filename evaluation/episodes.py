@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
     if report.mean_recovery_ticks is not None:
         print(f"mean recovery ticks   {report.mean_recovery_ticks:.1f}")
     print(f"per episode: ticks {mean.get('ticks', 0):.1f}  full resamples {mean.get('resamples', 0):.2f}  "
-          f"prefix passes {mean.get('prefix_passes', 0):.1f}  delta passes {mean.get('delta_passes', 0):.1f}")
+          f"prefix passes {mean.get('prefix_passes', 0):.1f}  delta passes {mean.get('delta_passes', 0):.1f}  "
+          f"plan-encoder passes {mean.get('plan_encoder_passes', 0):.1f}")
     t = policy.counters
     print(f"totals: faults {t.faults}  fallbacks {t.fallbacks}  clipped {t.clipped}  "
           f"deadline misses {t.deadline_misses}  deferred {t.deferred_resamples}")

@@ -85,15 +85,15 @@ def markdown_report(report: dict) -> str:
               ("Success on perturbed (P) and unperturbed (U) episodes; per-episode counts on perturbed episodes; "
               "`pert→rs` = ticks from the jump to the first resample at or after it (0 = on the first observation "
               "showing the jump; `n/r` = episodes with no resample after the jump); ms = wall time per tick."), "",
-              ("| policy | gate | m | succ P | succ U | resamples/ep | prefix/ep | delta/ep | ticks/ep | fire rate "
-              "| pert→rs | n/r | ms/tick | p90 ms |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              ("| policy | gate | m | succ P | succ U | resamples/ep | prefix/ep | delta/ep | plan enc/ep | ticks/ep "
+              "| fire rate | pert→rs | n/r | ms/tick | p90 ms |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["policies"]:
         p, u = r["perturbed"], r.get("unperturbed") or {}
         lines.append(f"| {r['name']} | `{r['gate']}` | {r['check_every']} | {p['success_rate']:.3f} | "
                      f"{fmt(u.get('success_rate'), 3)} | {p['resamples_per_episode']:.2f} | "
                      f"{p['prefix_passes_per_episode']:.1f} | {p['delta_passes_per_episode']:.1f} | "
-                     f"{p['ticks_per_episode']:.1f} | {fmt(p['fire_rate'], 3)} | "
+                     f"{p.get('plan_encoder_passes_per_episode', 0.0):.1f} | {p['ticks_per_episode']:.1f} | {fmt(p['fire_rate'], 3)} | "
                      f"{fmt(p['perturb_to_resample_ticks'])} | {p['no_resample_after_perturb']} | "
                      f"{p['ms_per_tick']:.2f} | {p['ms_per_tick_p90']:.2f} |")
     cal = report.get("calibration", {})

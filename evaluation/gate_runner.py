@@ -60,7 +60,8 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, perturb: bool, timeline
         "seed": int(seed), "perturbed": perturb, "success": ok, "steps": int(env.t), "perturb_tick": ptick,
         "recovery_ticks": (int(env.t) - ptick) if ok and ptick is not None else None,
         "resamples": c.resamples, "gated_resamples": gated, "forced_resamples": forced,
-        "prefix_passes": c.prefix_passes, "delta_passes": c.delta_passes, "gate_checks": c.gate_checks,
+        "prefix_passes": c.prefix_passes, "delta_passes": c.delta_passes,
+        "plan_encoder_passes": c.plan_encoder_passes, "gate_checks": c.gate_checks,
         "faults": c.faults, "fallbacks": c.fallbacks, "clipped": c.clipped, "bad_actions": bad,
         "resample_latency": latency, "mean_tick_ms": float(np.mean(ms)) if ms else 0.0,
         "_tick_ms": ms,
@@ -99,6 +100,7 @@ def summarize(episodes: Sequence[dict]) -> dict:
         "gated_resamples_per_episode": gated / n,
         "prefix_passes_per_episode": sum(e["prefix_passes"] for e in episodes) / n,
         "delta_passes_per_episode": sum(e["delta_passes"] for e in episodes) / n,
+        "plan_encoder_passes_per_episode": sum(e.get("plan_encoder_passes", 0) for e in episodes) / n,
         "gate_checks_per_episode": checks / n,
         "resamples_per_tick": sum(e["resamples"] for e in episodes) / max(ticks, 1),
         "fire_rate": (gated / checks) if checks else None,  # gate-decided resamples per gate check

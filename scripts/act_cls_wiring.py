@@ -9,7 +9,8 @@ Per checkpoint (its `act_cls_wiring` decides how act-CLS is computed, exactly as
   the consistency distance, "plan still valid" vs "target moved", and of the drift distance for reference;
 - obs-CLS drift (`--drift N`, N perturbed held-out episodes): the runtime's cosine distance of obs-CLS between
   the frame before and the frame after the target jump (relevant), and between the frame before the jump and
-  the same frame under a brightness / colour / noise-burst change (irrelevant, smolvla_cls/irrelevant_changes.py);
+  the same frame under a brightness / colour / noise-burst change (irrelevant: simtask/image_changes.py, the
+  benchmark's ranges);
   ratio = mean relevant / mean irrelevant (higher: the embedding ignores more of what does not matter).
 
     PYTHONPATH=. python scripts/act_cls_wiring.py --checkpoint seed=/path/a --checkpoint plan_only=/path/b \
@@ -53,7 +54,7 @@ def obs_drift(torch_policy, n_episodes: int, seed: int = HELDOUT_BASE_SEED + 1) 
     """Mean obs-CLS cosine distance for a relevant change (target jump) and each irrelevant image change."""
     from simtask import ReachEnv, ScriptedExpert, TaskConfig, episode_seeds, run_expert_episode
     from simtask.config import IMAGE_KEY
-    from smolvla_cls.irrelevant_changes import KINDS, perturb_uint8_hwc
+    from simtask.image_changes import BENCHMARK, KINDS, perturb_uint8_hwc
 
     env, rng = ReachEnv(TaskConfig()), np.random.default_rng([seed, 0xD1F7])
     expert = ScriptedExpert(noise_std=0.0, seed=seed)
@@ -66,7 +67,7 @@ def obs_drift(torch_policy, n_episodes: int, seed: int = HELDOUT_BASE_SEED + 1) 
         after.append(ep.observations[ep.perturb_tick])
     frames = {"relevant: target jump": after}
     for kind in KINDS:
-        frames[f"irrelevant: {kind}"] = [{**o, IMAGE_KEY: perturb_uint8_hwc(o[IMAGE_KEY], kind, rng)} for o in before]
+        frames[f"irrelevant: {kind}"] = [{**o, IMAGE_KEY: perturb_uint8_hwc(o[IMAGE_KEY], kind, rng, BENCHMARK)} for o in before]
     zeros = np.zeros((torch_policy.config.chunk_size, 2), dtype=np.float32)
     embed = lambda obs: _unit(cls_embeddings(torch_policy, HeldOut(observations=obs, chunks=[zeros] * len(obs)))[0])
     base = embed(before)

@@ -2,7 +2,11 @@
 # The lerobot 0.6.x test environment: Python 3.13 + requirements-lerobot06.txt in a Debian 13 (trixie) root.
 #
 #   scripts/lerobot06_env.sh build          build (once; a rerun with nothing changed returns in a second)
-#   scripts/lerobot06_env.sh run CMD...     run CMD in the checkout inside the root (venv python first on PATH)
+#   scripts/lerobot06_env.sh run CMD...     build if the stamp is stale, then run CMD in the checkout inside the
+#                                           root (venv python first on PATH)
+#   scripts/lerobot06_env.sh preflight OUT  exit 0 if `make test-lerobot-0.6` can run with LEROBOT06_OUT=OUT;
+#                                           3 with a SKIPPED line when not root; 2 when OUT is outside the checkout
+#   scripts/lerobot06_env.sh stamp          print the stamp a ready venv must carry (pins + install recipe)
 #
 # Why a root: this Debian 12 host has Python 3.11 and lerobot >= 0.5 needs Python >= 3.12; trixie has 3.13.
 # Why the host's pip downloads the wheels: pip on 3.13 (strict X.509) rejects this network's TLS interception
@@ -11,6 +15,9 @@
 # reuses it: trixie-root/ (with the venv at /opt/venv inside), wheelhouse/. Needs root (debootstrap, chroot).
 # Commands run under `unshare --mount`: the bind mounts (/proc, /sys, /dev, the checkout, the wheelhouse)
 # live in a private mount namespace and vanish with it, even if this script is killed.
+# Concurrency: LEROBOT06_HOME is shared by every checkout and CI run on the machine, so `build` holds an
+# exclusive flock on $LEROBOT06_HOME/lock and `run` a shared one for the whole command (inherited by it): a
+# build never deletes a venv that a run is using, and two builds never share $ROOT.tmp.
 set -euo pipefail
 HOME_DIR=${LEROBOT06_HOME:-/opt/smolvla-cls}
 ROOT="$HOME_DIR/trixie-root"
@@ -27,6 +34,29 @@ log() { echo "[lerobot06_env] $*"; }
 
 need_root() {
   [ "$(id -u)" = 0 ] || { log "needs root (debootstrap, chroot, mount namespaces)"; exit 2; }
+}
+
+preflight() {  # preflight OUT: can `make test-lerobot-0.6` run here, writing to OUT (relative to the checkout)?
+  local out=${1:-} resolved
+  if [ "$(id -u)" != 0 ]; then
+    echo "SKIPPED make test-lerobot-0.6: the lerobot 0.6 root needs root (debootstrap, chroot, mount" \
+      "namespaces) and this run is uid $(id -u); the main-environment tests are unaffected"
+    exit 3
+  fi
+  resolved=$(realpath -m "$CHECKOUT/$out")
+  case "$out" in /*) resolved=/ ;; esac  # absolute paths do not exist inside the root, even in the checkout
+  case "$resolved" in
+    "$CHECKOUT"/?*) ;;
+    *) log "LEROBOT06_OUT='$out' must be a relative path strictly inside the checkout ($CHECKOUT): only the" \
+         "checkout is bind-mounted into the root (at /checkout); e.g. LEROBOT06_OUT=outputs/lerobot06"
+       exit 2 ;;
+  esac
+}
+
+lock() {  # lock -x|-s: take the lock on fd 9 (kept by every child, so by the command `run` starts)
+  mkdir -p "$HOME_DIR"
+  exec 9>>"$HOME_DIR/lock"
+  flock -n "$1" 9 || { log "waiting for another build/run on $HOME_DIR (lock $HOME_DIR/lock)"; flock "$1" 9; }
 }
 
 build_root() {
@@ -71,29 +101,55 @@ in_root() {  # in_root CMD...: run CMD inside the root, checkout at /checkout, i
   ' _ "$ROOT" "$CHECKOUT" "$WHEELS" "$@"
 }
 
-build() {
-  need_root
-  mkdir -p "$HOME_DIR"
-  local want stamp="$ROOT/opt/venv/.smolvla-cls-stamp"
-  want=$(cat "$REQ" "$0" | sha256sum | cut -c1-16)
-  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-    log "ready ($ROOT, stamp $want)"; return
-  fi
-  local t0=$SECONDS
-  build_root
-  fill_wheelhouse
+install_venv() {
   log "installing into $ROOT/opt/venv (offline, from the wheelhouse)"
   rm -rf "$ROOT/opt/venv"
   in_root python3.13 -m venv /opt/venv
   in_root /opt/venv/bin/python -m pip install -q --no-index --find-links /wheelhouse -r /checkout/requirements-lerobot06.txt
   in_root /opt/venv/bin/python -c "import lerobot, torch, transformers, sys; print('[lerobot06_env] python', \
 sys.version.split()[0], 'lerobot', lerobot.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-  echo "$want" > "$stamp"
+}
+
+STAMP="$ROOT/opt/venv/.smolvla-cls-stamp"
+wanted_stamp() {  # the pins plus the recipe that builds the venv (not comments, locking or `run`): a change
+  # to either makes the next build/run reinstall; an edit elsewhere in this script does not
+  { cat "$REQ"; echo "$SDIST_ONLY $PLATFORMS"; declare -f build_root fill_wheelhouse in_root install_venv; } \
+    | sha256sum | cut -c1-16
+}
+
+build() {  # returns at once (holding the shared lock) when the stamp matches; else rebuilds under the exclusive one
+  need_root
+  local want t0=$SECONDS mode
+  want=$(wanted_stamp)
+  for mode in -s -x; do  # a matching stamp needs only the shared lock, so concurrent runs do not queue
+    lock "$mode"
+    if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
+      log "ready ($ROOT, stamp $want)"; return
+    fi
+  done
+  log "stamp '$(cat "$STAMP" 2>/dev/null || echo none)' != wanted $want: (re)building"
+  build_root
+  fill_wheelhouse
+  install_venv
+  echo "$want" > "$STAMP"
   log "built in $((SECONDS - t0)) s"
+}
+
+run() {  # build if stale, then CMD under the shared lock, re-checking the stamp once that lock is held
+  local tries
+  for tries in 1 2 3; do
+    build
+    lock -s  # converting the lock is not atomic: another checkout's build may slip in, hence the re-check
+    if [ "$(cat "$STAMP" 2>/dev/null)" = "$(wanted_stamp)" ]; then in_root "$@"; return $?; fi
+    log "the venv changed while waiting for the lock (try $tries)"
+  done
+  log "another checkout keeps rebuilding $ROOT with different requirements; giving up"; exit 1
 }
 
 case "${1:-}" in
   build) build ;;
-  run) shift; need_root; [ -f "$ROOT/opt/venv/.smolvla-cls-stamp" ] || build; in_root "$@" ;;
-  *) echo "usage: $0 build | run CMD..." >&2; exit 2 ;;
+  run) shift; run "$@" ;;
+  preflight) preflight "${2:-}" ;;
+  stamp) wanted_stamp ;;
+  *) echo "usage: $0 build | run CMD... | preflight OUT | stamp" >&2; exit 2 ;;
 esac

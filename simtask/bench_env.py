@@ -19,6 +19,7 @@ import numpy as np
 
 from simtask.config import IMAGE_KEY, STATE_KEY, TaskConfig
 from simtask.events import NOISE_SALT, Change, place_rng, sample_schedule
+from simtask.image_changes import shift_levels
 from simtask.layout import _keeps_clear, _sample_point, sample_scene
 from simtask.reach_env import clip_action, instruction_for
 from simtask.render import render_frame
@@ -174,9 +175,9 @@ class BenchEnv:
         noise = [c for c in self.schedule if c.type == "noise" and c.tick <= s.t <= c.end]
         if not np.any(s.offset) and not noise:
             return img
-        out = img.astype(np.float64) + s.offset
+        out = shift_levels(img.astype(np.float64), s.offset, 0.0, None)
         for c in noise:
-            out += np.random.default_rng([self.seed, NOISE_SALT, s.t]).normal(0.0, c.noise_std, img.shape)
+            out = shift_levels(out, (0.0, 0.0, 0.0), c.noise_std, np.random.default_rng([self.seed, NOISE_SALT, s.t]))
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
     def _observe(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A *relevant* change moves the goal disc (a jump, or a stretch of constant-velocity motion), so the scripted
 expert's action changes and a queued plan goes stale. An *irrelevant* change alters the image but never the
-goal: a non-goal disc jumps, the global brightness / colour shifts (persistent), or a burst of sensor noise.
+goal: a non-goal disc jumps, the global brightness / colour shifts (persistent), or a burst of sensor noise; the
+magnitudes of the last two are `simtask.image_changes.BENCHMARK` (shared with the training augmentation).
 The schedule (kinds, ticks, durations, magnitudes) is drawn up front from the episode seed; where a moved
 disc lands is drawn when it moves (it must keep clear of the agent), from a stream of its own.
 """
@@ -14,6 +15,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from simtask import image_changes
 from simtask.config import TaskConfig
 
 RELEVANT_KINDS = ("jump", "multi_jump", "moving")
@@ -51,17 +53,12 @@ class Change:
 
 
 def _lighting(rng: np.random.Generator, tick: int) -> Change:
-    # Small on purpose: the default model (trained on one lighting) already fails on some +-10-level shifts.
-    if rng.random() < 0.5:  # global brightness
-        level = float(rng.uniform(5, 10)) * (1 if rng.random() < 0.5 else -1)
-        offset = (level, level, level)
-    else:  # colour cast: independent per channel
-        offset = tuple(float(v) for v in rng.uniform(4, 8, size=3) * rng.choice([-1, 1], size=3))
-    return Change(tick, "lighting", offset=offset)  # type: ignore[arg-type]
+    return Change(tick, "lighting", offset=image_changes.lighting_offset(rng, image_changes.BENCHMARK))
 
 
 def _noise(rng: np.random.Generator, tick: int) -> Change:
-    return Change(tick, "noise", duration=int(rng.integers(3, 6)), noise_std=float(rng.uniform(12, 20)))
+    r = image_changes.BENCHMARK
+    return Change(tick, "noise", duration=image_changes.noise_ticks(rng, r), noise_std=image_changes.noise_std(rng, r))
 
 
 def _distinct_ticks(rng: np.random.Generator, lo: int, hi: int, n: int, gap: int) -> list[int]:

@@ -76,7 +76,7 @@ def _augmented_class(base: type) -> type:
             item = base.__getitem__(self, idx)
             sym = random.choice(self._augment_group)  # torch's DataLoader seeds python's RNG in each worker
             item = item if sym.is_identity else apply_symmetry(item, sym, self._augment_colours)
-            if self._irrelevant_p > 0.0:  # brightness / colour / noise burst (smolvla_cls/irrelevant_changes.py)
+            if self._irrelevant_p > 0.0:  # brightness / colour / noise burst (simtask/image_changes.py)
                 rng = np.random.default_rng(random.getrandbits(64))
                 img = item[IMAGE_KEY].numpy()
                 item = {**item, IMAGE_KEY: torch.from_numpy(random_change(img, self._irrelevant_p, rng))}

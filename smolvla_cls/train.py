@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="which pass produces act-CLS (smolvla_cls/plan_pass.py); seed = the seed's wiring")
     parser.add_argument("--irrelevant-augment", type=float, default=0.0, metavar="P",
                         help="probability of a brightness / colour / noise-burst change per training image "
-                             "(smolvla_cls/irrelevant_changes.py; needs the symmetry augmentation on)")
+                             "(simtask/image_changes.py TRAINING ranges; needs the symmetry augmentation on)")
     parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:

@@ -115,3 +115,34 @@ def test_headline_states_where_pixel_wins_or_cls_fails():
     text = "\n".join(headline_lines(h))
     assert "does NOT meet" in text and "pixel gate ties or wins" in text
     assert "error" in compute_bench_headline(rs[1:])
+
+
+def test_plan_only_consistency_episodes_count_plan_encoder_passes():
+    """With act_cls.wiring=plan_only every consistency check runs plan_encoder (not the delta expert): the
+    benchmark must record those passes per episode and show them, or plan-only consistency looks free."""
+    from evaluation.bench_runner import run_episode, summarize
+    from runtime.policy import EdgePolicy
+    from simtask.bench_env import BenchEnv
+
+    art = cached_fake_artifacts(act_cls_wiring="plan_only")
+    env = BenchEnv(slack=5)
+    recs = []
+    for spec in ("consistency:2.5", "always"):
+        policy = EdgePolicy(art, gate=spec, seed=0)
+        rec = run_episode(policy, env, 11, "mixed")
+        assert rec["plan_encoder_passes"] == policy.episode_counters.plan_encoder_passes
+        recs.append(rec)
+    cons, always = recs
+    assert cons["gate_checks"] > 0 and cons["plan_encoder_passes"] == cons["gate_checks"]
+    assert cons["delta_passes"] == 0 and always["plan_encoder_passes"] == 0
+    assert summarize([cons, cons])["plan_encoder_passes"] == pytest.approx(cons["plan_encoder_passes"])
+
+
+def test_report_table_has_a_plan_encoder_column(quick):
+    report, out = quick
+    md = (out / "gate_bench.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| policy | gate | success"))
+    assert "plan enc/ep" in header
+    row = next(line for line in md.splitlines() if line.startswith("| always |"))
+    assert row.count("|") == header.count("|")
+    assert all("plan_encoder_passes" in r["per_kind"]["mixed"] for r in report["policies"])

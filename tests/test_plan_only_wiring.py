@@ -67,7 +67,8 @@ def test_plan_only_vicreg_trains_the_plan_pass():
 def test_irrelevant_changes_keep_range_and_differ_by_kind():
     import numpy as np
 
-    from smolvla_cls.irrelevant_changes import KINDS, perturb_uint8_hwc, random_change
+    from simtask.image_changes import KINDS, perturb_uint8_hwc
+    from smolvla_cls.irrelevant_changes import random_change
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
