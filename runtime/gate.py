@@ -206,12 +206,16 @@ def mean_abs_pixel_change(images: list[np.ndarray], plan_images: list[np.ndarray
         return math.inf
     total, count = 0.0, 0
     for now, then in zip(images, plan_images):
-        a, b = to_chw_float(np.asarray(now)), to_chw_float(np.asarray(then))
-        if a.shape != b.shape:
-            return math.inf
-        total += float(np.abs(a - b).sum(dtype=np.float64)) * 255.0
+        a, b = np.asarray(now), np.asarray(then)
+        if a.dtype == b.dtype == np.uint8 and a.shape == b.shape:  # exact integer levels (the common case)
+            total += float(np.abs(a.astype(np.int16) - b.astype(np.int16)).sum())
+        else:
+            a, b = to_chw_float(a), to_chw_float(b)
+            if a.shape != b.shape:
+                return math.inf
+            total += float(np.abs(a.astype(np.float64) - b.astype(np.float64)).sum()) * 255.0
         count += a.size
-    return round(total / count, 3)  # 1e-3 levels: below it is float32 rounding of the [0, 1] conversion
+    return total / count
 
 
 class PixelGate(_ThresholdGate):
