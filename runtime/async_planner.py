@@ -17,6 +17,7 @@ simulated closed loop in `evaluation.latency`.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,20 @@ from runtime.policy import EdgePolicy, TickInfo
 from runtime.seam import InpaintingBackend, blend, check_seam_mode, world_changed
 from runtime.timeline import TimedChunk
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PlanResult:
     chunk: TimedChunk | None  # None: the gate kept the executing plan (or a fault left it in place)
     info: TickInfo  # the policy's record of the job (gate, stage times, fault)
+
+
+def check_margin(margin: object, n_action_steps: int) -> None:
+    """0 <= margin < n_action_steps: a larger margin would resample on every job and never consult the gate."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or not 0 <= margin < n_action_steps:
+        raise ValueError(f"margin must be an integer in [0, n_action_steps={n_action_steps}) rows, got {margin!r} "
+                         "(margin >= n_action_steps would resample on every job and never consult the gate)")
 
 
 class AsyncChunkPlanner:
@@ -44,8 +54,8 @@ class AsyncChunkPlanner:
             raise ValueError(f"seam_width must be >= 1, got {seam_width!r}")
         if not 0 <= react_width <= seam_width:
             raise ValueError(f"react_width must be in [0, seam_width={seam_width}], got {react_width!r}")
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0 rows, got {margin!r}")
+        check_margin(margin, policy.manifest.dims.n_action_steps)
+        self._warned_margin = False
         self.react_width = int(react_width)  # soft rows after the delay on a chunk that reacts to a change
         self.margin = int(margin)
         self._due_change = False  # a change-triggered resample was deferred or failed: its retry still reacts
@@ -76,6 +86,11 @@ class AsyncChunkPlanner:
         `tick` on (`ran` of its rows ran before); `delay`: ticks until a chunk planned now takes over.
         Raises `ObservationError` for a bad observation when the policy is set to raise."""
         delay = max(int(delay), 0)
+        n = self.policy.manifest.dims.n_action_steps
+        if delay + self.margin >= n and not self._warned_margin:
+            self._warned_margin = True
+            log.warning("delay %d + margin %d >= n_action_steps %d: every job resamples, the gate %s is never "
+                        "consulted (lower --margin or speed up inference)", delay, self.margin, n, self.policy.gate.spec)
         left = None if executing is None else executing[delay:]
         if left is not None and len(left) <= self.margin:
             left = None  # the plan runs out within `margin` ticks of a chunk planned now landing: refill now

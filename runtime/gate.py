@@ -14,6 +14,7 @@ state:thr | pixel[:thr]. drift/consistency default to the manifest's calibrated
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from runtime.manifest import GateCalibration
+from runtime.preprocess import to_chw_float
 
 GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "random", "state", "pixel")
 PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
@@ -194,17 +196,24 @@ class StateGate(_ThresholdGate):
 
 
 def mean_abs_pixel_change(images: list[np.ndarray], plan_images: list[np.ndarray]) -> float:
-    """Mean |Δ| over every pixel and channel of every camera, in uint8 levels (float images in [0, 1] are
-    scaled by 255 first, so both input conventions give the same number)."""
-    if len(images) != len(plan_images) or not images:
-        raise ValueError(f"pixel gate: {len(images)} camera image(s) now vs {len(plan_images)} at planning time")
+    """Mean |Δ| over every pixel and channel of every camera, in uint8 levels. Each image is first brought to
+    the runtime's canonical float CHW in [0, 1] (`to_chw_float`, the prefix graph's own preprocessing), so a
+    uint8 HWC and a float CHW frame of one scene compare equal. A camera whose resolution (or the camera count)
+    changed since planning cannot be compared pixel by pixel: the distance is inf (→ resample)."""
+    if not images:
+        raise ValueError("pixel gate: no camera image")
+    if len(images) != len(plan_images):
+        return math.inf
     total, count = 0.0, 0
     for now, then in zip(images, plan_images):
         a, b = np.asarray(now), np.asarray(then)
-        if a.shape != b.shape:
-            raise ValueError(f"pixel gate: image shape {a.shape} differs from {b.shape} at planning time")
-        scale = 1.0 if a.dtype == np.uint8 else 255.0
-        total += float(np.abs(a.astype(np.float32) - b.astype(np.float32)).sum()) * scale
+        if a.dtype == b.dtype == np.uint8 and a.shape == b.shape:  # exact integer levels (the common case)
+            total += float(np.abs(a.astype(np.int16) - b.astype(np.int16)).sum())
+        else:
+            a, b = to_chw_float(a), to_chw_float(b)
+            if a.shape != b.shape:
+                return math.inf
+            total += float(np.abs(a.astype(np.float64) - b.astype(np.float64)).sum()) * 255.0
         count += a.size
     return total / count
 
@@ -217,7 +226,10 @@ class PixelGate(_ThresholdGate):
     needs_image = True
 
     def _decide(self, inp: GateInputs) -> GateDecision:
-        return self._fire(mean_abs_pixel_change(_need(inp.images, "images"), _need(inp.plan_images, "plan_images")))
+        d = mean_abs_pixel_change(_need(inp.images, "images"), _need(inp.plan_images, "plan_images"))
+        if math.isinf(d):
+            return GateDecision(True, True, d, self.threshold, "pixel_shape_changed")
+        return self._fire(d)
 
 
 class RandomGate(Gate):

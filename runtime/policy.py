@@ -44,6 +44,7 @@ from runtime.backend_outputs import checked, checked_delta, checked_prefix
 from runtime.gate import Gate, GateDecision, GateInputs, embed, make_gate
 from runtime.manifest import Manifest
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
+from runtime.plan_inputs import delta_input, plan_encoder_input
 from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
 from runtime.safety import ActionGuard
 from runtime.tick_report import Counters, TickInfo
@@ -51,28 +52,7 @@ from runtime.tokenizer import InstructionTokenizer
 
 BAD_OBSERVATION_MODES = ("raise", "fallback")
 _EMA_ALPHA = 0.2
-
-
-def delta_input(plan: np.ndarray, chunk_size: int) -> np.ndarray:
-    """Remaining plan [R, A] → delta-expert input [1, T, A]: shifted to index 0, tail repeats the last row."""
-    r = plan.shape[0]
-    out = np.empty((1, chunk_size, plan.shape[1]), dtype=np.float32)
-    out[0, :r] = plan
-    out[0, r:] = plan[-1]
-    return out
-
-
-def plan_encoder_input(remaining: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remaining plan [R, A] (1 <= R <= T) → plan_encoder inputs: plan [1, T, A] with the R rows at the front
-    and zeros after, plan_valid bool [1, T] = (index < R) (manifest act_cls.plan_input)."""
-    r = remaining.shape[0]
-    if not 1 <= r <= chunk_size:
-        raise ValueError(f"remaining plan has {r} rows, expected 1..{chunk_size}")
-    plan = np.zeros((1, chunk_size, remaining.shape[1]), dtype=np.float32)
-    plan[0, :r] = remaining
-    valid = np.zeros((1, chunk_size), dtype=bool)
-    valid[0, :r] = True
-    return plan, valid
+__all__ = ["BAD_OBSERVATION_MODES", "EdgePolicy", "TickInfo", "delta_input", "plan_encoder_input"]  # re-exports
 
 
 class EdgePolicy:
@@ -134,6 +114,7 @@ class EdgePolicy:
         self._act_cls_shape = (1, d.num_cls_suffix, d.cls_dim)
         self.backend = make_backend(backend, m, args.choice("device", device, ("cpu", "cuda")), options,
                                     verify_hashes, self._trusted_keys)
+        args.check_plan_encoder(self.gate, m.act_cls_wiring, self.backend)
         self.noise_fn = noise_fn
         self.next_noise: np.ndarray | None = None  # test hook: consumed by the next resample
         self.before_resample: Callable[[GateDecision], None] | None = None  # sees why, before the denoise
@@ -374,8 +355,13 @@ class EdgePolicy:
         if g.needs_obs_cls and (inputs.obs_emb is None or inputs.plan_obs_emb is None):
             decision = GateDecision(True, True, reason="no_plan_embedding")  # cannot compare → replan
         else:
-            decision = g.decide(inputs)
-        info.gate_ms = self._stage_ms("gate", t0)
+            try:  # a gate that cannot compare its inputs is a reported fault: the queued plan is kept
+                decision = g.decide(inputs)
+            except Exception as exc:  # noqa: BLE001
+                self._fault(info, f"gate {g.spec}: {exc}")
+                return None, None
+            finally:
+                info.gate_ms = self._stage_ms("gate", t0)
         return decision, delta
 
     def _run_delta(self, plan: np.ndarray, prefix: PrefixState, info: TickInfo) -> tuple[np.ndarray, np.ndarray] | None:

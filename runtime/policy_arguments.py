@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime.artifact_identity import IdentityError, check_digest_text, load_public_key
+from runtime.backend import Backend
 from runtime.manifest_schema import MAX_NUM_STEPS
 
 MAX_TICK_BUDGET_MS = 60_000.0
@@ -95,6 +96,16 @@ def check_gate_threshold(gate: Any) -> None:
     thr = getattr(gate, "threshold", None)
     if thr is not None and (not isinstance(thr, (int, float)) or not math.isfinite(thr) or thr < 0):
         raise PolicyArgumentError(f"gate threshold must be a finite number >= 0, got {_shown(thr)}")
+
+
+def check_plan_encoder(gate: Any, act_cls_wiring: str, backend: Any) -> None:
+    """plan_only wiring computes the gate's act-CLS with the plan_encoder graph: a backend that does not run it
+    would fault on every gate check, silently turning the gate into `never`."""
+    if getattr(gate, "needs_act_cls", False) and act_cls_wiring == "plan_only" and \
+            getattr(type(backend), "run_plan_encoder", None) is Backend.run_plan_encoder:
+        raise PolicyArgumentError(
+            f"backend '{getattr(backend, 'name', type(backend).__name__)}' does not implement run_plan_encoder, "
+            f"which gate '{gate.spec}' needs with this export's act_cls wiring 'plan_only'")
 
 
 def optional(name: str, value: Any, check: Any, *args: Any, **kwargs: Any) -> Any:

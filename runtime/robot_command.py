@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 
+from runtime.async_planner import check_margin
 from runtime.policy import EdgePolicy
 from runtime.policy_arguments import add_identity_arguments
 from runtime.robot_interface import RobotInterface
@@ -40,8 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "thread; thread: deprecated, = async with --seam none")
     p.add_argument("--seam", choices=SEAM_MODES, default="inpaint",
                    help="with --inference async: how a new chunk continues the executing one")
-    p.add_argument("--margin", type=int, default=1,
-                   help="with --inference async: request the next chunk when the plan has <= delay + margin rows left")
+    p.add_argument("--margin", type=int, default=None,
+                   help="with --inference async: request the next chunk when the plan has <= delay + margin rows "
+                        "left; 0 <= margin < n_action_steps (default 1)")
     p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
                    help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     log = logging.getLogger("runtime.robot")
     policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine,
                         expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
+    if args.margin is not None:  # refused before the robot is connected
+        check_margin(args.margin, policy.manifest.dims.n_action_steps)
     iface = RobotInterface.from_manifest(policy.manifest)
     if iface.state_names is None:
         raise ValueError(f"{args.artifacts}: the manifest has no 'robot' section (motor names); re-export with "
@@ -69,10 +73,14 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
         log.warning("--inference thread is deprecated: it runs the async executor without seam handling "
                     "(= --inference async --seam none)")
     if args.inference == "inline":
+        if args.margin is not None:
+            log.warning("--margin %d is ignored with --inference inline (it only applies to async inference)",
+                        args.margin)
         source: ActionSource = SyncSource(policy, iface, task=task)
     else:
         seam = "none" if args.inference == "thread" else args.seam
-        source = AsyncSource(policy, iface, task=task, fps=fps, seam=seam, margin=args.margin)
+        source = AsyncSource(policy, iface, task=task, fps=fps, seam=seam,
+                             margin=1 if args.margin is None else args.margin)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
              args.artifacts, args.backend, args.gate, args.inference, task)
 

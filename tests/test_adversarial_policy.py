@@ -190,6 +190,10 @@ class Mangling(Backend):
         out = self.inner.run_delta_expert(*a)
         return self.mangle(out) if self.graph == "delta_expert" else out
 
+    def run_plan_encoder(self, *a):
+        out = self.inner.run_plan_encoder(*a)
+        return self.mangle(out) if self.graph == "plan_encoder" else out
+
 
 def _prefix_with(obs_cls) -> object:
     return lambda p: PrefixState(obs_cls=obs_cls(p.obs_cls), handle=p.handle)
@@ -210,14 +214,19 @@ MANGLES = [
     ("delta_expert", lambda out: (out[0][:, :2], out[1]), "delta"),
     ("delta_expert", lambda out: (out[0], out[1][:, :, :3]), "act_cls"),
     ("delta_expert", lambda out: (out[0], out[1], out[1]), "delta, act_cls"),
+    ("plan_encoder", lambda c: np.full_like(c, np.nan), "act_cls"),  # plan_only artifacts (PLAN_ONLY_ART)
+    ("plan_encoder", lambda c: c[:, :, :3], "act_cls"),
+    ("plan_encoder", lambda c: c.tolist(), "act_cls"),
 ]
+PLAN_ONLY_ART = cached_fake_artifacts(act_cls_wiring="plan_only")
 
 
 @pytest.mark.parametrize("graph, mangle, needle", MANGLES, ids=[f"{g}-{n}-{i}" for i, (g, _, n) in enumerate(MANGLES)])
 def test_malformed_backend_output_is_a_fault_with_a_safe_action(graph, mangle, needle):
-    m = Manifest.load(ART)
-    backend = Mangling(OnnxRuntimeBackend(ART, m), graph, mangle)
-    p = EdgePolicy(ART, backend=backend, gate="consistency", refine=True)
+    art = PLAN_ONLY_ART if graph == "plan_encoder" else ART
+    m = Manifest.load(art)
+    backend = Mangling(OnnxRuntimeBackend(art, m), graph, mangle)
+    p = EdgePolicy(art, backend=backend, gate="consistency", refine=True)
     faults = []
     for i in range(6):
         a = p.step(make_observation(i))

@@ -252,6 +252,23 @@ def test_the_refill_is_requested_margin_rows_before_the_plan_runs_out():
         AsyncChunkPlanner(_policy(), seam_width=2, react_width=3)
 
 
+@pytest.mark.parametrize("margin", [8, 100, 1.5, True])
+def test_a_margin_that_would_bypass_the_gate_is_refused(margin):
+    """margin >= n_action_steps (8 here) would make every job resample: the gate would never be consulted."""
+    with pytest.raises(ValueError, match=r"margin must be an integer in \[0, n_action_steps=8\)"):
+        AsyncChunkPlanner(_policy(gate="never"), seam="none", margin=margin)
+
+
+def test_delay_plus_margin_covering_the_plan_warns_once(caplog):
+    planner = AsyncChunkPlanner(_policy(gate="never"), seam="none", margin=3)
+    first = planner.plan(make_observation(0), 0, None, 0, 2)  # 2 + 3 < 8: quiet
+    assert first.chunk is not None and "never consulted" not in caplog.text
+    with caplog.at_level("WARNING", logger="runtime.async_planner"):
+        for tick in (1, 2):  # 5 + 3 >= 8: every job would resample
+            planner.plan(make_observation(tick), tick, first.chunk.actions[tick:], tick, 5)
+    assert caplog.text.count("never consulted") == 1 and "margin 3" in caplog.text
+
+
 def test_a_reaction_keeps_a_short_fade_of_react_width_rows():
     """A chunk that reacts to a change is pulled toward the old plan on exactly react_width rows after the
     delay (weights of `overlap_weights`), and not at all beyond them."""

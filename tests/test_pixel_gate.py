@@ -34,8 +34,8 @@ def test_fires_above_threshold_only_and_names_missing_inputs():
     assert (fire.resample, fire.distance, fire.threshold) == (True, 3.0, 2.0)
     with pytest.raises(ValueError, match="plan_images"):
         gate.decide(GateInputs(5, 1, images=[img]))
-    with pytest.raises(ValueError, match="shape"):
-        gate.decide(GateInputs(5, 1, images=[img[:2]], plan_images=[img]))
+    moved = gate.decide(GateInputs(5, 1, images=[img[:2]], plan_images=[img]))  # resolution changed: resample
+    assert (moved.resample, moved.distance, moved.reason) == (True, float("inf"), "pixel_shape_changed")
 
 
 def test_spec_parsing_and_defaults():
@@ -64,4 +64,51 @@ def test_policy_keeps_the_plan_on_a_static_image_and_resamples_when_it_changes()
     obs[CAMERA_KEY][:] = 0  # the caller reusing its buffer must not change the stored planning image
     p.step(changed)
     assert not p.last_info.resampled and p.last_info.gate_distance == 0.0
+    p.close()
+
+
+def test_mixed_layouts_compare_in_one_canonical_form():
+    """uint8 HWC vs float CHW of the same scene is no change, also when both have the same shape (3x3x3);
+    a camera count or resolution change cannot be compared → inf."""
+    img = np.random.default_rng(0).integers(0, 256, size=(3, 3, 3), dtype=np.uint8)
+    chw = img.transpose(2, 0, 1).astype(np.float32) / 255.0
+    assert mean_abs_pixel_change([img], [chw]) == pytest.approx(0.0, abs=1e-4)
+    assert mean_abs_pixel_change([chw], [img]) == pytest.approx(0.0, abs=1e-4)
+    assert mean_abs_pixel_change([img], [img, img]) == float("inf")
+    assert mean_abs_pixel_change([np.zeros((4, 4, 3), np.uint8)], [img]) == float("inf")
+
+
+@pytest.mark.parametrize("mode", ["raise", "fallback"])
+def test_policy_survives_layout_and_resolution_changes_the_validator_accepts(mode):
+    """Planned on uint8 HWC: the same scene as float CHW keeps the plan, a new resolution resamples — never an
+    exception out of step()."""
+    p = EdgePolicy(cached_fake_artifacts(), gate="pixel:5", on_bad_observation=mode,
+                   backend_options={"intra_op_threads": 1})
+    obs = make_observation(3)
+    p.step(obs)
+    as_float = {**obs, CAMERA_KEY: obs[CAMERA_KEY].transpose(2, 0, 1).astype(np.float32) / 255.0}
+    p.step(as_float)
+    assert p.last_info.gate_checked and not p.last_info.resampled and p.last_info.fault is None
+    assert p.last_info.gate_distance == pytest.approx(0.0, abs=1e-4)
+    smaller = {**obs, CAMERA_KEY: make_observation(4, size=(48, 48))[CAMERA_KEY]}
+    action = p.step(smaller)
+    assert p.last_info.resampled and p.last_info.gate_reason == "pixel_shape_changed"
+    assert np.all(np.isfinite(action)) and p.last_info.fault is None
+    p.close()
+
+
+class _BrokenImageGate(PixelGate):
+    def _decide(self, inp):
+        raise ValueError("cannot compare camera 'top'")
+
+
+def test_a_failing_gate_is_a_reported_fault_and_the_plan_is_kept():
+    p = EdgePolicy(cached_fake_artifacts(), gate=_BrokenImageGate(1.0), backend_options={"intra_op_threads": 1})
+    obs = make_observation(3)
+    p.step(obs)
+    left = p.last_info.queue_left
+    action = p.step(obs)  # the gate raises: executing the queued plan continues
+    assert np.all(np.isfinite(action)) and not p.last_info.resampled
+    assert "gate" in p.last_info.fault and "camera 'top'" in p.last_info.fault
+    assert p.last_info.queue_left == left - 1 and p.counters.faults == 1
     p.close()

@@ -120,3 +120,43 @@ def test_calibration_plan_before_a_jump_is_the_no_jump_rollout():
     assert n >= 3
     np.testing.assert_allclose(np.asarray(acts[:n]), np.asarray(planned[:n]))
     assert np.abs(np.asarray(acts[jump:jump + 3])).max() > 1e-3  # after the jump the expert moves again
+
+
+@pytest.mark.parametrize("wiring", ["plan_only", "seed"])
+@pytest.mark.parametrize("chunk_size, n_action_steps", [(8, 5), (6, 6)])
+def test_calibration_encodes_the_remaining_plan_exactly_as_the_runtime(wiring, chunk_size, n_action_steps):
+    """The gate calibration's act-CLS inputs for a plan with k actions executed are the very arrays the
+    runtime feeds plan_encoder / delta_expert on tick k (also when n_action_steps < chunk_size)."""
+    import numpy as np
+
+    from export.graphs.gate_calibration import delta_inputs, plan_encoder_inputs
+    from runtime.backend_onnxruntime import OnnxRuntimeBackend
+    from runtime.manifest import Manifest
+    from runtime.policy import EdgePolicy
+    from tests.fake_artifacts import cached_fake_artifacts, make_observation
+
+    art = cached_fake_artifacts(chunk_size=chunk_size, n_action_steps=n_action_steps, act_cls_wiring=wiring)
+    seen: list[tuple[np.ndarray, ...]] = []
+
+    class Recording(OnnxRuntimeBackend):
+        def run_plan_encoder(self, plan, plan_valid):
+            seen.append((plan.copy(), plan_valid.copy()))
+            return super().run_plan_encoder(plan, plan_valid)
+
+        def run_delta_expert(self, actions, prefix):
+            seen.append((actions.copy(),))
+            return super().run_delta_expert(actions, prefix)
+
+    p = EdgePolicy(art, backend=Recording(art, Manifest.load(art), intra_op_threads=1), gate="consistency:2.5")
+    p.step(make_observation(0))
+    chunk = p.last_chunk.copy()
+    for k in range(1, n_action_steps):
+        seen.clear()
+        p.step(make_observation(0))
+        assert p.last_info.gate_checked and not p.last_info.resampled and len(seen) == 1
+        want = plan_encoder_inputs(chunk, k, n_action_steps) if wiring == "plan_only" else (delta_inputs(chunk, k),)
+        assert len(want) == len(seen[0])
+        for got, expected in zip(seen[0], want):
+            np.testing.assert_array_equal(got, expected)
+        if wiring == "plan_only":
+            assert int(seen[0][1].sum()) == n_action_steps - k  # the rows still queued, not chunk_size - k

@@ -18,7 +18,7 @@ from runtime.backend_onnxruntime import OnnxRuntimeBackend
 from runtime.manifest import Manifest
 from runtime.policy import EdgePolicy
 
-GRAPHS = ("prefix", "main_expert", "delta_expert")
+GRAPHS = ("prefix", "main_expert", "delta_expert", "plan_encoder")
 
 
 class FaultyBackend(Backend):
@@ -62,9 +62,12 @@ class FaultyBackend(Backend):
     def run_delta_expert(self, *a):
         return self._maybe("delta_expert", lambda: self.inner.run_delta_expert(*a))
 
+    def run_plan_encoder(self, *a):
+        return self._maybe("plan_encoder", lambda: self.inner.run_plan_encoder(*a))
 
-def _faulty(**kw) -> tuple[FaultyBackend, str]:
-    art = cached_fake_artifacts()
+
+def _faulty(art_options: dict | None = None, **kw) -> tuple[FaultyBackend, str]:
+    art = cached_fake_artifacts(**(art_options or {}))
     return FaultyBackend(OnnxRuntimeBackend(art, Manifest.load(art), intra_op_threads=1), **kw), art
 
 
@@ -89,6 +92,45 @@ def test_random_faults_keep_the_episode_safe_and_are_reported(gate, refine):
     assert faulty_ticks == injected_ticks  # every injected fault reported on its own tick, no false alarms
     assert pol.counters.faults >= len(injected_ticks)
     assert pol.counters.resamples > 20  # the chain keeps recovering
+
+
+@pytest.mark.parametrize("kind", ["raise", "nan"])
+def test_plan_encoder_fault_keeps_the_queued_plan(kind):
+    """plan_only wiring: a failing plan_encoder (the consistency gate's act-CLS) is a reported fault, the
+    queued action is emitted unchanged, and the next check runs the graph again."""
+    clean_backend, art = _faulty({"act_cls_wiring": "plan_only"})
+    clean = EdgePolicy(art, backend=clean_backend, gate="consistency:2.5", seed=3)
+    fb, _ = _faulty({"act_cls_wiring": "plan_only"})
+    fb.plan[(2, "plan_encoder")] = kind
+    faulty = EdgePolicy(art, backend=fb, gate="consistency:2.5", seed=3)
+    for t in range(5):
+        fb.tick = t
+        obs = make_observation(t)
+        a = faulty.step(obs)
+        np.testing.assert_array_equal(a, clean.step(obs))
+        assert _safe(faulty, a) and not faulty.last_info.fallback
+        assert (faulty.last_info.fault is not None) == (t == 2)
+        if t == 2:
+            assert faulty.last_info.fault.startswith("plan_encoder:") and not faulty.last_info.resampled
+    assert fb.injected == [(2, "plan_encoder", kind)]
+    assert faulty.counters.faults == 1 and faulty.counters.plan_encoder_passes == clean.counters.plan_encoder_passes - 1
+
+
+def test_plan_only_gate_refuses_a_backend_without_the_plan_encoder():
+    """Otherwise every gate check would fault and the consistency gate would silently act as `never`."""
+    from runtime.policy_arguments import PolicyArgumentError
+
+    class NoPlanEncoder(FaultyBackend):
+        run_plan_encoder = Backend.run_plan_encoder
+
+    art = cached_fake_artifacts(act_cls_wiring="plan_only")
+    inner = OnnxRuntimeBackend(art, Manifest.load(art), intra_op_threads=1)
+    with pytest.raises(PolicyArgumentError, match="run_plan_encoder.*consistency.*plan_only"):
+        EdgePolicy(art, backend=NoPlanEncoder(inner), gate="consistency:0.5")
+    EdgePolicy(art, backend=NoPlanEncoder(inner), gate="drift:0.5")  # drift never needs act-CLS: accepted
+    seed_art = cached_fake_artifacts()
+    EdgePolicy(seed_art, backend=NoPlanEncoder(OnnxRuntimeBackend(seed_art, Manifest.load(seed_art))),
+               gate="consistency:0.5")  # seed wiring uses the delta expert: accepted
 
 
 def test_fault_mid_plan_continues_the_queued_plan():

@@ -43,6 +43,18 @@ def test_runtime_robot_errors_name_the_problem():
     assert out.returncode == 2 and "--robot.type" in out.stderr
 
 
+def test_runtime_robot_margin_is_bounded_and_ignored_inline_with_a_warning():
+    base = [sys.executable, "-m", "runtime", "robot", "--artifacts", str(robot_artifacts()), "--robot.type=sim_reach",
+            "--robot.episodes=1", "--fps", "60", "--max-ticks", "3"]
+    out = subprocess.run([*base, "--margin", "99"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 2 and "margin must be an integer in [0, n_action_steps=" in out.stderr
+    out = subprocess.run([*base, "--inference", "inline", "--margin", "2"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "--margin 2 is ignored with --inference inline" in out.stderr
+
+
 def test_runtime_serve_answers_then_stops_on_ctrl_c():
     helpers = pytest.importorskip("lerobot.async_inference.helpers")
     from tests.test_serve_hostile import Client, observation_bytes

@@ -4,8 +4,9 @@ versus after a perturbation, on held-out scripted-expert rollouts of the default
 Distances are the runtime's: mean over CLS tokens, L2-normalise, cosine distance 1 - <a, b>.
 - drift:       d(obs-CLS at planning tick t0, obs-CLS at t0 + k)
 - consistency: d(obs-CLS at t0 + k, act-CLS of the plan made at t0 with k actions consumed); act-CLS as
-               the runtime computes it for the model's `act_cls_wiring`: plan_only = the plan encoder on the
-               T - k remaining rows alone (front, plan_valid); seed = the delta expert over the current K/V
+               the runtime computes it for the model's `act_cls_wiring`, with the runtime's own encoding
+               (`runtime.plan_inputs`): plan_only = the plan encoder on the n_action_steps - k rows still
+               queued (front, plan_valid; k < n_action_steps); seed = the delta expert over the current K/V
                (remaining actions shifted to the front, tail repeating the last one)
 "unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The plan made at t0 is
 what the noise-free expert does from t0 *knowing only the world at t0*: before a jump, the same scene rolled
@@ -22,6 +23,7 @@ import torch
 from export.graphs.graph_wrappers import DeltaExpertGraph, PlanEncoderGraph, PrefixGraph
 from runtime.gate import cosine_distance as unit_cosine_distance
 from runtime.gate import embed
+from runtime.plan_inputs import delta_input, plan_encoder_input, queued_rows
 
 QUANTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
 
@@ -31,10 +33,16 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     return unit_cosine_distance(embed(a), embed(b))
 
 
-def shift_remaining(plan: np.ndarray, consumed: int) -> np.ndarray:
-    """[T, A] plan with `consumed` actions executed -> remaining at the front, tail repeats the last."""
-    rest = plan[consumed:]
-    return np.concatenate([rest, np.repeat(rest[-1:], consumed, axis=0)], axis=0)
+def plan_encoder_inputs(chunk: np.ndarray, consumed: int, n_action_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """plan_only wiring: the runtime's plan_encoder inputs (plan [1, T, A], plan_valid [1, T]) for a chunk [T, A]
+    with `consumed` actions executed — the rows still queued, chunk[consumed:n_action_steps], encoded by the
+    runtime's own functions (`runtime.plan_inputs`), so calibration and robot see identical inputs."""
+    return plan_encoder_input(queued_rows(chunk, consumed, n_action_steps), chunk.shape[0])
+
+
+def delta_inputs(chunk: np.ndarray, consumed: int) -> np.ndarray:
+    """seed wiring: the runtime's delta-expert input [1, T, A] for a chunk [T, A] with `consumed` actions executed."""
+    return delta_input(chunk[consumed:], chunk.shape[0])
 
 
 def auroc(negatives: list[float], positives: list[float]) -> float | None:
@@ -110,19 +118,19 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
             source = before_jump if jump is not None and t0 < jump else acts
             plan = source[t0:t0 + t_len]
             plan = np.concatenate([plan, np.repeat(plan[-1:], t_len - len(plan), axis=0)], axis=0)
-            padded = np.zeros((t_len, cfg.max_action_dim), dtype=np.float32)
+            chunk = np.zeros((t_len, cfg.max_action_dim), dtype=np.float32)
+            chunk[:, : acts.shape[1]] = plan
             for k in range(1, min(t_len, len(frames) - t0)):
                 changed = jump is not None and t0 < jump <= t0 + k
                 k_, v_, pad_, obs_cls = outs[t0 + k]
                 drift[changed].append(cosine_distance(outs[t0][3].numpy(), obs_cls.numpy()))
                 if plan_encoder is not None:
-                    padded[:] = 0.0
-                    padded[: t_len - k, : acts.shape[1]] = plan[k:]
-                    valid = torch.arange(t_len)[None] < t_len - k
-                    act_cls = plan_encoder(torch.from_numpy(padded)[None], valid)
+                    if k >= cfg.n_action_steps:  # the runtime's queue is empty here: it resamples, no gate
+                        continue
+                    plan_in, valid = plan_encoder_inputs(chunk, k, cfg.n_action_steps)
+                    act_cls = plan_encoder(torch.from_numpy(plan_in), torch.from_numpy(valid))
                 else:
-                    padded[:, : acts.shape[1]] = shift_remaining(plan, k)
-                    _, act_cls = delta(torch.from_numpy(padded)[None], k_, v_, pad_)
+                    _, act_cls = delta(torch.from_numpy(delta_inputs(chunk, k)), k_, v_, pad_)
                 consistency[changed].append(cosine_distance(obs_cls.numpy(), act_cls.numpy()))
     return {"metric": "cosine_distance", "embedding": "mean over CLS tokens, L2-normalised",
             "act_cls_wiring": cfg.act_cls_wiring,
