@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evaluation.plots import _STYLE, _pyplot
 
-FAMILIES = ("always", "interval", "random", "state", "pixel", "drift", "consistency")
+FAMILIES = ("always", "interval", "random", "state", "pixel", "drift", "consistency", "drift+consistency")
 _PIXEL_STYLE = ("tab:red", "P")
 
 

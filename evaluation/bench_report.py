@@ -13,7 +13,7 @@ from evaluation.gate_stats import mcnemar_exact_p
 
 SUCCESS_TOL = 0.03  # acceptance: within 3 points of always
 BUDGET_FRAC = 0.30  # acceptance: at most 30 % of always's resamples
-CLS = ("drift", "consistency")
+CLS = ("drift", "consistency", "drift+consistency")
 
 
 def _s(r: dict, kind: str) -> tuple[float, float]:

@@ -7,8 +7,8 @@ Episodes (`simtask.bench_env`, seed stream `bench`): relevant changes (`jump`, `
 ones (`distractor`, `lighting`, `noise`) and a `mixed` suite (one target jump among a distractor jump, a lighting
 shift and a noise burst), each with a deadline sized from the scripted expert's reaction. Every policy runs the
 same seeds. Gates: `always`, `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
-and the threshold gates `state`, `pixel`, `drift`, `consistency`, all calibrated by one rule on the same
-held-out episodes (`evaluation.bench_calibration`); some gates also with delta refinement (`+refine`).
+and the threshold gates `state`, `pixel`, `drift`, `consistency` and both CLS gates at once (`any:`), all
+calibrated by one rule on the same held-out episodes (`evaluation.bench_calibration`); some gates also with delta refinement (`+refine`).
 Outputs `<out>/gate_bench.json`, `<out>/gate_bench.md` and plots (`evaluation.bench_plots`).
 """
 
@@ -33,6 +33,7 @@ from simtask.events import EPISODE_KINDS
 TRACE_KINDS = ("jump", "distractor")  # the timeline plot: one relevant and one irrelevant change
 DEFAULT_REFINE = ("interval:chunk", "drift:p95", "pixel:p95", "consistency:p95")
 DEFAULT_SWEEP = ("p90", "p95", "p99", "3xp99", "manifest")
+ANY_FAMILY = "drift+consistency"  # the `any:drift,consistency` gate
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
         for label, thr in calibration.get(fam, {}).get("sweep", []):
             if label in sweep:
                 out.append(BenchSpec(fam, f"{fam}:{thr:.6g}", label, thr))
+    # both CLS gates at once (`any:`): drift reacts to a jump within a tick, consistency to a plan that no
+    # longer fits; each part at the same calibration label
+    d_sweep, c_sweep = (dict(calibration.get(f, {}).get("sweep", [])) for f in ("drift", "consistency"))
+    for label in [lb for lb in sweep if lb in d_sweep and lb in c_sweep]:
+        out.append(BenchSpec(ANY_FAMILY, f"any:drift:{d_sweep[label]:.6g},consistency:{c_sweep[label]:.6g}", label))
     by_name = {s.name: s for s in out}
     out += [BenchSpec(s.family, s.spec, s.label, s.param, True) for n in refine if (s := by_name.get(n))]
     return out

@@ -16,6 +16,7 @@ _STYLE = {  # family → (colour, marker)
     "consistency": ("tab:orange", "^"),
     "random": ("tab:green", "D"),
     "state": ("tab:purple", "v"),
+    "drift+consistency": ("tab:cyan", "h"),
 }
 
 

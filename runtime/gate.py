@@ -7,7 +7,7 @@ Gates declare what they need (`needs_obs_cls`, `needs_act_cls`, `needs_state`, `
 runs the prefix/delta graphs only when a decision depends on them (`state` and `pixel` never need them).
 
 Spec strings (`make_gate`): always | never | interval:k | drift[:thr] | consistency[:thr] | random:p |
-state:thr | pixel[:thr]. drift/consistency default to the manifest's calibrated
+state:thr | pixel[:thr] | any:SPEC,SPEC[,…] (fires when one of its parts fires). drift/consistency default to the manifest's calibrated
 `gate.<metric>.default_threshold`; pixel to `PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from runtime.manifest import GateCalibration
 from runtime.preprocess import to_chw_float
 
-GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "random", "state", "pixel")
+GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "random", "state", "pixel", "any")
 PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
 
 
@@ -256,6 +256,43 @@ class RandomGate(Gate):
         return GateDecision(bool(self._rng.random() < self.p), True, None, self.p, "random")
 
 
+class AnyGate(Gate):
+    """Resample when any of its parts would: e.g. drift (fast on a jump) with consistency (the plan no longer
+    fits). The firing part's decision is returned as is, so its reason, distance and threshold reach the
+    seam rule (`seam.world_changed`) and the tick report; when none fires, the part closest to its threshold
+    (largest distance / threshold) is reported."""
+
+    name = "any"
+
+    def __init__(self, parts: list[Gate], check_every: int = 1):
+        super().__init__(check_every)
+        if len(parts) < 2:
+            raise ValueError(f"gate 'any' needs at least two parts, got {len(parts)}")
+        for p in parts:
+            if p.name in ("any", "random"):
+                raise ValueError(f"gate 'any': part {p.spec!r} cannot be combined (any and random are not allowed)")
+        self.parts = parts
+        self.needs_obs_cls = any(p.needs_obs_cls for p in parts)
+        self.needs_act_cls = any(p.needs_act_cls for p in parts)
+        self.needs_state = any(p.needs_state for p in parts)
+        self.needs_image = any(p.needs_image for p in parts)
+
+    @property
+    def spec(self) -> str:
+        return "any:" + ",".join(p.spec for p in self.parts)
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        decisions = [p._decide(inp) for p in self.parts]  # the queue / check_every rules are this gate's own
+        fired = next((d for d in decisions if d.resample), None)
+        if fired is not None:
+            return fired
+
+        def closeness(d: GateDecision) -> float:
+            return d.distance / d.threshold if d.distance is not None and d.threshold else -math.inf
+
+        return max(decisions, key=closeness)
+
+
 def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = None, check_every: int = 1,
               seed: int = 0) -> Gate:
     """Parse a gate spec string; a missing drift/consistency threshold comes from `calibration`."""
@@ -263,6 +300,12 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
         raise ValueError(f"gate spec must be a non-empty string, got {spec!r}")
     name, _, arg = spec.strip().partition(":")
     name = name.lower()
+    if name == "any":
+        parts = [p.strip() for p in arg.split(",")]
+        if len(parts) < 2 or not all(parts):
+            raise ValueError(f"gate '{spec}': 'any' needs two or more comma-separated gate specs, "
+                             "e.g. 'any:drift,consistency'")
+        return AnyGate([make_gate(p, calibration, check_every, seed) for p in parts], check_every)
 
     def number(kind: type, what: str) -> Any:
         if not arg:
@@ -296,4 +339,4 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
         thr = number(float, "a mean |Δ| threshold in uint8 levels") if arg else PIXEL_DEFAULT_THRESHOLD
         return PixelGate(thr, check_every)
     raise ValueError(f"unknown gate {spec!r}; choose one of: always, never, interval:k, drift[:thr], "
-                     f"consistency[:thr], random:p, state:thr, pixel[:thr]")
+                     f"consistency[:thr], random:p, state:thr, pixel[:thr], any:SPEC,SPEC")

@@ -93,9 +93,10 @@ def gate_spec(value: Any) -> Any:
 
 def check_gate_threshold(gate: Any) -> None:
     """A NaN / negative threshold would disable the gate silently (NaN never compares greater)."""
-    thr = getattr(gate, "threshold", None)
-    if thr is not None and (not isinstance(thr, (int, float)) or not math.isfinite(thr) or thr < 0):
-        raise PolicyArgumentError(f"gate threshold must be a finite number >= 0, got {_shown(thr)}")
+    for part in getattr(gate, "parts", None) or [gate]:  # an `any:` gate: every part's threshold
+        thr = getattr(part, "threshold", None)
+        if thr is not None and (not isinstance(thr, (int, float)) or not math.isfinite(thr) or thr < 0):
+            raise PolicyArgumentError(f"gate threshold must be a finite number >= 0, got {_shown(thr)}")
 
 
 def check_plan_encoder(gate: Any, act_cls_wiring: str, backend: Any) -> None:

@@ -4,7 +4,8 @@ Per checkpoint (its `act_cls_wiring` decides how act-CLS is computed, exactly as
 - sensitivity: on B held-out (observation, ground-truth chunk) pairs, the mean L2 change of act-CLS (mean over
   CLS tokens, projected, not normalised) when the plan changes (obs fixed: chunk of another frame) and when the
   observation changes (plan fixed: observation of another frame); ratio = plan change / obs change (target >= 5);
-- alignment (smolvla_cls.alignment): retrieval top-1 obs -> act, AUROC matched vs mismatched, effective rank;
+- alignment (smolvla_cls.alignment): retrieval top-1 obs -> act, AUROC matched vs mismatched, effective rank,
+  and the retrieval ceiling: top-1 of the policy's own sampled chunk among the ground-truth chunks;
 - consistency calibration (export.graphs.gate_calibration, what the export writes into the manifest): AUROC of
   the consistency distance, "plan still valid" vs "target moved", and of the drift distance for reference;
 - obs-CLS drift (`--drift N`, N perturbed held-out episodes): the runtime's cosine distance of obs-CLS between
@@ -30,7 +31,14 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smolvla_cls.alignment import HELDOUT_BASE_SEED, HeldOut, alignment_metrics, cls_embeddings, collect_heldout
+from smolvla_cls.alignment import (
+    HELDOUT_BASE_SEED,
+    HeldOut,
+    alignment_metrics,
+    cls_embeddings,
+    collect_heldout,
+    plan_retrieval_ceiling,
+)
 
 
 def sensitivity(torch_policy, heldout: HeldOut, seed: int = 0) -> dict:
@@ -106,7 +114,7 @@ def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int, dr
            "retrieval_top1": align["retrieval_top1"], "retrieval_top5": align["retrieval_top5"],
            "auroc_matched_vs_mismatched": align["auroc_matched_vs_mismatched"],
            "obs_effective_rank": align["obs_effective_rank"], "act_effective_rank": align["act_effective_rank"],
-           "dims": align["dims"]}
+           "dims": align["dims"], "ceiling": plan_retrieval_ceiling(tp, heldout)}
     if calib_episodes > 0:
         row["calibration"] = consistency_calibration(checkpoint, calib_episodes)
     if drift_episodes > 0:
@@ -119,7 +127,8 @@ def format_row(r: dict) -> str:
     cal = r.get("calibration", {})
     auc = lambda m: "n/a" if m not in cal or cal[m]["auroc"] is None else f"{cal[m]['auroc']:.3f}"
     return (f"| {r['label']} ({r['act_cls_wiring']}) | {r['act_change_plan']:.4f} / {r['act_change_obs']:.4f} = "
-            f"{r['ratio_plan_over_obs']:.2f}x | {r['retrieval_top1']:.3f} | {auc('consistency')} | {auc('drift')} | "
+            f"{r['ratio_plan_over_obs']:.2f}x | {r['retrieval_top1']:.3f} | {r['ceiling']['policy_chunk_top1']:.3f} | "
+            f"{auc('consistency')} | {auc('drift')} | "
             f"{r['act_effective_rank']:.1f} / {r['obs_effective_rank']:.1f} of {r['dims']} |")
 
 
@@ -146,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--checkpoint {item!r}: expected LABEL=DIR")
         rows.append(measure(label, Path(path), args.episodes, args.calib_episodes, args.drift))
         print(f"[act_cls_wiring] {label}: done in {rows[-1]['seconds']} s", file=sys.stderr)
-    print("| checkpoint (wiring) | act-CLS change: plan / obs = ratio | retrieval top-1 | consistency AUROC | "
+    print("| checkpoint (wiring) | act-CLS change: plan / obs = ratio | retrieval top-1 | ceiling: policy chunk top-1 | "
+          "consistency AUROC | "
           "drift AUROC | eff. rank act / obs |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(format_row(r))
     for r in (r for r in rows if "obs_drift" in r):

@@ -10,7 +10,9 @@ Metrics on B pairs (mean over CLS tokens, L2-normalised, cosine-similarity matri
 - retrieval top-1 / top-5 (obs -> act): chance is 1/B and 5/B;
 - AUROC of matched S[i, i] vs mismatched S[i, j≠i] (chance 0.5);
 - per-dimension std of the normalised embeddings across frames (collapse floor COLLAPSE_STD);
-- effective rank: exp(entropy of the normalised singular values of the centred embeddings).
+- effective rank: exp(entropy of the normalised singular values of the centred embeddings);
+- the retrieval ceiling (`plan_retrieval_ceiling`): the same top-1 with the policy's own sampled chunk as
+  the query, i.e. how finely this policy's observation features determine the plan at all.
 
 CLI: python -m smolvla_cls.alignment --checkpoint DIR [--episodes 256] [--seed 7] [--json OUT]
 """
@@ -155,6 +157,31 @@ def alignment_metrics(obs: np.ndarray, act: np.ndarray) -> dict[str, Any]:
         "act_effective_rank": effective_rank(za),
         "raw_obs_std_min": float(obs.std(axis=0).min()), "raw_act_std_min": float(act.std(axis=0).min()),
     }
+
+
+def nearest_top1(queries: np.ndarray, gallery: np.ndarray) -> float:
+    """Fraction of queries whose nearest gallery item (L2 over all trailing axes) is their own pair."""
+    q = queries.reshape(len(queries), -1).astype(np.float64)
+    g = gallery.reshape(len(gallery), -1).astype(np.float64)
+    if q.shape != g.shape or len(q) < 2:
+        raise ValueError(f"nearest_top1: need >= 2 equal-shaped pairs (got {queries.shape}, {gallery.shape})")
+    d = (q * q).sum(1)[:, None] - 2 * q @ g.T + (g * g).sum(1)[None]
+    return float((d.argmin(axis=1) == np.arange(len(q))).mean())
+
+
+def plan_retrieval_ceiling(torch_policy, heldout: HeldOut) -> dict[str, float]:
+    """How precisely the observation determines the plan, seen through this policy: its own sampled chunk
+    for frame i, used as the query among the B ground-truth chunks (L2). obs-CLS -> act-CLS retrieval cannot
+    be expected to resolve plans more finely than the policy that produced the features does."""
+    action_dim = heldout.chunks[0].shape[1]
+    pred = np.stack([torch_policy.predict_chunk(o)[: len(heldout.chunks[0]), :action_dim]
+                     for o in heldout.observations]).astype(np.float32)
+    gt = np.stack(heldout.chunks)
+    _, act_gt = cls_embeddings(torch_policy, heldout)
+    _, act_pred = cls_embeddings(torch_policy, HeldOut(observations=heldout.observations, chunks=list(pred)))
+    return {"policy_chunk_top1": nearest_top1(pred, gt),
+            "policy_first_action_top1": nearest_top1(pred[:, :1], gt[:, :1]),
+            "act_cls_of_policy_chunk_top1": alignment_metrics(act_pred, act_gt)["retrieval_top1"]}
 
 
 def alignment_report(torch_policy, n_episodes: int = 256, seed: int = HELDOUT_BASE_SEED,

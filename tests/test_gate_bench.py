@@ -33,7 +33,12 @@ def quick(tmp_path_factory) -> tuple[dict, Path]:
 def test_quick_run_covers_every_gate_family_on_paired_seeds(quick):
     report, out = quick
     fams = {r["family"] for r in report["policies"]}
-    assert {"always", "interval", "state", "pixel", "drift", "consistency", "random"} <= fams
+    assert {"always", "interval", "state", "pixel", "drift", "consistency", "random", "drift+consistency"} <= fams
+    both = next(r for r in report["policies"] if r["family"] == "drift+consistency")
+    drift = next(r for r in report["policies"] if r["family"] == "drift" and r["label"] == both["label"])
+    assert both["gate"].startswith("any:drift:") and ",consistency:" in both["gate"]
+    for kind in KINDS:  # the union fires at least as often as drift alone on the same seeds
+        assert both["per_kind"][kind]["resamples"]["mean"] >= drift["per_kind"][kind]["resamples"]["mean"] - 1e-9
     assert any(r["refine"] for r in report["policies"])
     seeds = report["config"]["seeds"]
     for r in report["policies"]:

@@ -134,3 +134,46 @@ def test_embedding_rule():
     assert cosine_distance(e, e) == pytest.approx(0.0)
     assert cosine_distance(e, -e) == pytest.approx(2.0)
     assert np.all(embed(np.zeros((1, 2, 4))) == 0)  # zero vector stays finite
+
+
+def test_any_gate_fires_when_one_part_fires_and_reports_that_part():
+    g = make_gate("any:drift:0.1,consistency:0.2")
+    assert g.spec == "any:drift:0.1,consistency:0.2"
+    assert g.needs_obs_cls and g.needs_act_cls and not g.needs_image
+    quiet = g.decide(_inputs(obs=(1, 0), plan_obs=(1, 0), act=(1, 0)))
+    assert not quiet.resample and quiet.checked
+    drift_only = g.decide(_inputs(obs=(1, 0), plan_obs=(0, 1), act=(1, 0)))  # obs moved, plan still fits
+    assert drift_only.resample and drift_only.reason == "drift" and drift_only.threshold == 0.1
+    cons_only = g.decide(_inputs(obs=(1, 0), plan_obs=(1, 0), act=(0, 1)))
+    assert cons_only.resample and cons_only.reason == "consistency" and cons_only.threshold == 0.2
+    assert g.decide(_inputs(queue_left=0)).reason == "queue_empty"
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.lists(st.floats(-1, 1), min_size=2, max_size=2), b=st.lists(st.floats(-1, 1), min_size=2, max_size=2),
+       c=st.lists(st.floats(-1, 1), min_size=2, max_size=2), t1=st.floats(0, 2), t2=st.floats(0, 2))
+def test_any_gate_is_the_union_of_its_parts(a, b, c, t1, t2):
+    if min(np.linalg.norm(a), np.linalg.norm(b), np.linalg.norm(c)) < 1e-3:
+        return
+    inp = _inputs(obs=a, plan_obs=b, act=c)
+    parts = [make_gate(f"drift:{t1}"), make_gate(f"consistency:{t2}")]
+    union = make_gate(f"any:drift:{t1},consistency:{t2}").decide(inp).resample
+    assert union == any(p.decide(inp).resample for p in parts)
+
+
+@pytest.mark.parametrize("spec", ["any:drift:0.1", "any:", "any:drift:0.1,", "any:drift:0.1,random:0.5",
+                                  "any:drift:0.1,bogus", "any:drift:0.1,any:drift:0.2,state:1"])
+def test_any_gate_rejects_bad_specs_with_a_named_error(spec):
+    with pytest.raises(ValueError, match="any|unknown gate"):
+        make_gate(spec)
+
+
+def test_any_gate_takes_calibrated_defaults_and_rejects_bad_part_thresholds():
+    from runtime.policy_arguments import PolicyArgumentError, check_gate_threshold
+
+    g = make_gate("any:drift,consistency", CAL)
+    assert [p.threshold for p in g.parts] == [0.05, 0.1]
+    bad = make_gate("any:drift:0.1,state:0.5")
+    bad.parts[1].threshold = float("nan")
+    with pytest.raises(PolicyArgumentError, match="threshold"):
+        check_gate_threshold(bad)

@@ -1,0 +1,35 @@
+"""Held-out alignment metrics (smolvla_cls/alignment.py): properties that need no model."""
+
+import numpy as np
+import pytest
+
+from smolvla_cls.alignment import alignment_metrics, auroc, nearest_top1
+
+
+def test_nearest_top1_is_one_for_identical_pairs_and_falls_with_noise():
+    rng = np.random.default_rng(0)
+    gt = rng.normal(size=(64, 10, 2))
+    assert nearest_top1(gt, gt) == 1.0
+    noisy = gt + rng.normal(scale=3.0, size=gt.shape)
+    assert nearest_top1(noisy, gt) < 0.9
+    # a one-dimensional family (direction only), queried with a small angle error: top-1 collapses
+    angles = rng.uniform(0, 2 * np.pi, 256)
+    plans = np.stack([np.cos(angles), np.sin(angles)], axis=1)[:, None, :].repeat(10, axis=1)
+    off = angles + rng.normal(scale=np.deg2rad(5), size=256)
+    queries = np.stack([np.cos(off), np.sin(off)], axis=1)[:, None, :].repeat(10, axis=1)
+    assert nearest_top1(queries, plans) < 0.4
+
+
+def test_nearest_top1_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="nearest_top1"):
+        nearest_top1(np.zeros((4, 3)), np.zeros((5, 3)))
+
+
+def test_retrieval_and_auroc_perfect_for_equal_embeddings_and_chance_for_shuffled():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(128, 16))
+    m = alignment_metrics(x, x)
+    assert m["retrieval_top1"] == 1.0 and m["auroc_matched_vs_mismatched"] > 0.99
+    shuffled = alignment_metrics(x, rng.permutation(x))
+    assert shuffled["retrieval_top1"] < 0.1
+    assert auroc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.5)
