@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation.soak", description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default="artifacts/onnx")
     p.add_argument("--ticks", type=int, default=100_000)
-    p.add_argument("--gate", default="drift")
+    p.add_argument("--gate", default="default", help="gate spec; default = the manifest's gate.default")
     p.add_argument("--check-every", type=int, default=1)
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--seed", type=int, default=0)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="served (LeRobot RobotClient → runtime serve) vs direct runtime")
     p.add_argument("--artifacts", default="artifacts/onnx")
     p.add_argument("--episodes", type=int, default=40)
-    p.add_argument("--gate", default="drift")
+    p.add_argument("--gate", default="default", help="gate spec; default = the manifest's gate.default")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
     args = p.parse_args(argv)

@@ -338,5 +338,5 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
     if name == "pixel":  # not in the manifest's calibration: evaluation.gate_bench calibrates it per task
         thr = number(float, "a mean |Δ| threshold in uint8 levels") if arg else PIXEL_DEFAULT_THRESHOLD
         return PixelGate(thr, check_every)
-    raise ValueError(f"unknown gate {spec!r}; choose one of: always, never, interval:k, drift[:thr], "
+    raise ValueError(f"unknown gate {spec!r}; choose one of: default (policy only), always, never, interval:k, drift[:thr], "
                      f"consistency[:thr], random:p, state:thr, pixel[:thr], any:SPEC,SPEC")

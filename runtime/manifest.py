@@ -284,6 +284,7 @@ class Manifest:
             metric: GateCalibration(stats=dict(g.stats), default_threshold=g.default_threshold)
             for metric, g in (("drift", m.gate.drift), ("consistency", m.gate.consistency))
         }
+        self.default_gate = m.gate.default or "drift"  # a gate spec; thresholds from gate_calibration
         self.files = {k: v.model_dump() for k, v in m.files.items()}
         # every file the runtime opens must be hash-listed, or tampering would go unnoticed
         needed = [t.file] + [g.file for g in self.graphs.values()] + [g.data_file for g in self.graphs.values()]

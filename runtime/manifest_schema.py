@@ -177,6 +177,9 @@ class GateMetricModel(_Open):
 class GateModel(_Open):
     drift: GateMetricModel
     consistency: GateMetricModel
+    # the gate the export recommends (optional; absent = "drift", the default before it existed). Thresholds
+    # come from the calibration above; `EdgePolicy(gate="default")` and every CLI's `--gate default` use it.
+    default: Literal["drift", "consistency", "any:drift,consistency"] | None = None
 
 
 class FileRecordModel(_Closed):

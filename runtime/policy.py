@@ -62,7 +62,7 @@ class EdgePolicy:
         self,
         artifacts_dir: str | Path,
         backend: str | Backend = "onnxruntime",
-        gate: str | Gate = "drift",
+        gate: str | Gate = "default",
         refine: bool = False,
         num_steps: int | None = None,
         seed: int = 0,
@@ -102,6 +102,8 @@ class EdgePolicy:
         self.tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer, expected_sha256=(
             m.files[m.tokenizer.file]["sha256"] if verify_hashes else None))
         self.validator = ObservationValidator(m, self.tokenizer, state_tolerance)
+        if isinstance(gate, str) and gate.strip().lower() == "default":
+            gate = m.default_gate  # the export's recommendation (manifest gate.default; drift if absent)
         self.gate = gate if isinstance(gate, Gate) else make_gate(args.gate_spec(gate), m.gate_calibration,
                                                                   check_every, seed)
         args.check_gate_threshold(self.gate)

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", default="artifacts/onnx")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--gate", default="drift")
+    p.add_argument("--gate", default="default", help="gate spec; default = the manifest's gate.default")
     p.add_argument("--refine", action="store_true")
     p.add_argument("--task", default=None, help="instruction (default: the robot's own `task`, if it has one)")
     p.add_argument("--fps", type=float, default=None, help="loop rate (default: the manifest's robot.fps, else 30)")

@@ -84,6 +84,7 @@ def test_manifest_contract(exported):
         assert (out / name).stat().st_size == entry["bytes"]
     for metric in ("drift", "consistency"):
         assert manifest["gate"][metric]["default_threshold"] > 0
+    assert manifest["gate"]["default"] in ("drift", "consistency", "any:drift,consistency")
     k_shape = manifest["graphs"]["prefix"]["outputs"][0]["shape"]
     assert k_shape == [d["num_layers"], 1, d["prefix_len"], d["kv_heads"], d["head_dim"]]
 
@@ -218,3 +219,18 @@ def test_stop_action_outside_bounds_is_refused_before_export(tmp_path, stop, mat
     with pytest.raises(ExportInputError, match=re.escape(match)):
         export_artifacts(loaded, tmp_path / "out", calibrate=False, progress=False, stop_action=stop)
     assert not (tmp_path / "out").exists()
+
+
+def test_default_gate_rule_follows_calibration_auroc_and_accepts_overrides():
+    from export.graphs.gate_calibration import with_default_gate
+
+    def cal(d, c):
+        return {"drift": {"auroc": d}, "consistency": {"auroc": c}}
+
+    assert with_default_gate(cal(0.95, 0.80))["default"] == "drift"
+    assert with_default_gate(cal(0.90, 0.92))["default"] == "consistency"
+    assert with_default_gate(cal(0.90, 0.90))["default"] == "drift"  # tie: drift
+    assert with_default_gate(cal(None, 0.99))["default"] == "drift"  # uncalibrated
+    assert with_default_gate(cal(0.95, 0.80), "any:drift,consistency")["default"] == "any:drift,consistency"
+    with pytest.raises(ValueError, match="--default-gate"):
+        with_default_gate(cal(0.9, 0.9), "pixel")

@@ -153,3 +153,30 @@ def test_backend_refuses_graph_that_disagrees_with_manifest(tmp_path):
     with pytest.raises(BackendError, match="main_expert.*names"):
         OnnxRuntimeBackend(art, m)
     assert json.loads((art / "manifest.json").read_text())["format_version"] == 3
+
+
+@pytest.mark.parametrize("default", [None, "drift", "consistency", "any:drift,consistency"])
+def test_gate_default_is_the_policys_default_gate(artifacts, default):
+    from runtime.policy import EdgePolicy
+
+    raw = load_manifest_dict(artifacts)
+    raw["gate"].pop("default", None)
+    if default is not None:
+        raw["gate"]["default"] = default
+    write_manifest_dict(artifacts, raw)
+    m = Manifest.load(artifacts)
+    assert m.default_gate == (default or "drift")  # folders exported before gate.default existed: drift
+    p = EdgePolicy(artifacts)
+    expected = {"drift": "drift:0.05", "consistency": "consistency:0.1",
+                "any:drift,consistency": "any:drift:0.05,consistency:0.1"}[default or "drift"]
+    assert p.gate.spec == expected
+    assert EdgePolicy(artifacts, gate="interval:3").gate.spec == "interval:3"  # explicit wins
+
+
+@pytest.mark.parametrize("bad", ["pixel", "drift:0.1", "", 3])
+def test_gate_default_outside_the_cls_gates_is_refused_by_name(artifacts, bad):
+    raw = load_manifest_dict(artifacts)
+    raw["gate"]["default"] = bad
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match="gate.default"):
+        Manifest.load(artifacts)

@@ -139,6 +139,21 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
             "consistency": _summary(consistency[False], consistency[True])}
 
 
+DEFAULT_GATES = ("drift", "consistency", "any:drift,consistency")
+
+
+def with_default_gate(gate: dict, choice: str = "auto") -> dict:
+    """`gate` with `default` set: `choice`, or for "auto" the CLS gate whose calibration AUROC (plan still
+    valid vs target moved) is higher — drift on a tie or without a calibration. The gate benchmark
+    (docs/11) is what this rule was checked against."""
+    if choice != "auto":
+        if choice not in DEFAULT_GATES:
+            raise ValueError(f"--default-gate: expected auto or one of {', '.join(DEFAULT_GATES)}, got {choice!r}")
+        return {**gate, "default": choice}
+    d, c = gate["drift"].get("auroc"), gate["consistency"].get("auroc")
+    return {**gate, "default": "consistency" if d is not None and c is not None and c > d else "drift"}
+
+
 @torch.no_grad()
 def uncalibrated(model) -> dict:
     """Placeholder for random-weight presets (no task to calibrate on): thresholds are not meaningful."""

@@ -20,7 +20,7 @@ import torch
 
 from export.atomic_folder import atomic_folder
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
-from export.graphs.gate_calibration import calibrate_on_simtask, uncalibrated
+from export.graphs.gate_calibration import DEFAULT_GATES, calibrate_on_simtask, uncalibrated, with_default_gate
 from export.graphs.graph_wrappers import (
     DELTA_INPUTS,
     DELTA_OUTPUTS,
@@ -198,13 +198,16 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
 
 def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
                      progress: bool = True, stop_action: list[float] | None = None, signing_key: object = None,
-                     dataset_root: Path | None = None) -> dict:
-    """Write the artifact folder atomically; returns the manifest (identity signed when `signing_key` is given)."""
+                     dataset_root: Path | None = None, default_gate: str = "auto") -> dict:
+    """Write the artifact folder atomically; returns the manifest (identity signed when `signing_key` is given).
+    `default_gate`: the manifest's recommended gate (`gate.default`; "auto" = by calibration AUROC)."""
     from tqdm import tqdm
 
     started = time.time()
     out = Path(out)
     action_dim = loaded.policy.config.action_feature.shape[0]
+    if default_gate != "auto" and default_gate not in DEFAULT_GATES:
+        raise ExportInputError(f"--default-gate: expected auto or one of {', '.join(DEFAULT_GATES)}, got {default_gate!r}")
     if stop_action is not None and len(stop_action) != action_dim:
         raise ExportInputError(f"--stop-action: expected {action_dim} values (action_dim), got {len(stop_action)}")
     _check_stop_action(stop_action if stop_action is not None else [0.0] * action_dim,
@@ -231,6 +234,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
             gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress)
         else:
             gate = uncalibrated(model)
+        gate = with_default_gate(gate, default_gate)
         files = file_records(tmp)
         manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action, robot)
         stamp_identity(manifest, signing_key)
@@ -252,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ed25519 private key (python -m export.signing keygen) to sign the artifact digest")
     parser.add_argument("--dataset-root", type=Path, default=None,
                         help="LeRobotDataset for the manifest's robot section (default: the checkpoint's train_config)")
+    parser.add_argument("--default-gate", default="auto", choices=("auto", *DEFAULT_GATES),
+                        help="the manifest's recommended gate (gate.default); auto: the CLS gate with the higher "
+                             "calibration AUROC")
     args = parser.parse_args(argv)
     try:
         key = load_private_key(args.sign_key) if args.sign_key is not None else None
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_checkpoint(args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
         manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
                                     calib_episodes=args.calib_episodes, stop_action=args.stop_action,
-                                    signing_key=key, dataset_root=args.dataset_root)
+                                    signing_key=key, dataset_root=args.dataset_root, default_gate=args.default_gate)
     except (ExportInputError, SigningError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2

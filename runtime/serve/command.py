@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", default="artifacts/onnx")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--gate", default="drift", help="drift[:thr] | consistency[:thr] | interval:k | always | ...")
+    p.add_argument("--gate", default="default", help="default (the manifest's gate.default) | drift[:thr] | consistency[:thr] | interval:k | always | ...")
     p.add_argument("--refine", action="store_true", help="refine the kept plan with the delta expert and re-send it")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8080)
