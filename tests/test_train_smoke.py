@@ -144,7 +144,7 @@ def test_plan_stages_budgets(quick, steps, delta):
     if delta is not None:
         assert dl.steps == delta
     elif steps is None:
-        assert dl.steps == (40 if quick else 300)
+        assert dl.steps == (40 if quick else 1200)
     assert 0 <= dl.warmup <= dl.steps and 0 <= main.warmup <= main.steps
     assert (main.lr, dl.lr) == (1e-3, 3e-3)  # the delta stage trains CLS tokens/projections from scratch
     assert plan_stages("tiny", quick, steps, delta, delta_lr=5e-4)[1].lr == 5e-4
