@@ -108,14 +108,14 @@ def _recording_update(update_policy, handle, first_step: int):
     return wrapped
 
 
-def _prepared_dataset(dataset, args):
+def _prepared_dataset(dataset, args, stage: str = "main"):
     """What lerobot's loop trains on: fast chunk look-ups, then augmentation (per `--augment`)."""
     from smolvla_cls.chunk_queries import enable_fast_chunk_queries
 
-    return _augmented(enable_fast_chunk_queries(dataset), args)
+    return _augmented(enable_fast_chunk_queries(dataset), args, stage)
 
 
-def _augmented(dataset, args):
+def _augmented(dataset, args, stage: str = "main"):
     """Symmetry augmentation (smolvla_cls/augmentation.py) per `--augment`: auto = on for simtask recordings."""
     from smolvla_cls.augmentation import enable, simtask_colours
     from smolvla_cls.dataset_recording import SIDECAR
@@ -128,9 +128,11 @@ def _augmented(dataset, args):
             raise SystemExit(f"train: --augment on needs a simtask recording ({Path(args.dataset_root) / SIDECAR} "
                              "is missing); real-robot data has no such symmetry")
         return dataset
-    print(f"[train] symmetry augmentation on ({len(colours)} colours); irrelevant image changes "
-          f"p={args.irrelevant_augment}")
-    return enable(dataset, colours, args.irrelevant_augment)
+    # irrelevant image changes only in the stages named: in the main stage they make the VLM's features (and so
+    # obs-CLS) ignore light and noise; the delta stage's VICReg pairs stay clean frames (docs/01 measured both)
+    p = args.irrelevant_augment if stage in args.irrelevant_augment_stages.split(",") else 0.0
+    print(f"[train] symmetry augmentation on ({len(colours)} colours); irrelevant image changes p={p} ({stage} stage)")
+    return enable(dataset, colours, p)
 
 
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:
@@ -180,7 +182,7 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
         log_path.unlink(missing_ok=True)
     logged = len(log_path.read_text().splitlines()) if log_path.exists() else 0  # resume continues the count
     started = time.time()
-    prepared = functools.partial(_prepared_dataset, args=args)
+    prepared = functools.partial(_prepared_dataset, args=args, stage=plan.name)
     with log_path.open("a") as log, datasets_transformed(lerobot_train, prepared):
         lerobot_train.update_policy = _recording_update(original, log, logged)
         try:
@@ -212,15 +214,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="task-symmetry augmentation (auto: on for simtask recordings, off otherwise)")
     parser.add_argument("--act-cls-wiring", choices=("seed", "plan_only"), default="plan_only",
                         help="which pass produces act-CLS (smolvla_cls/plan_pass.py); seed = the seed's wiring")
-    parser.add_argument("--irrelevant-augment", type=float, default=0.0, metavar="P",
+    parser.add_argument("--irrelevant-augment", type=float, default=0.5, metavar="P",
                         help="probability of a brightness / colour / noise-burst change per training image "
-                             "(simtask/image_changes.py TRAINING ranges; needs the symmetry augmentation on)")
+                             "(simtask/image_changes.py TRAINING ranges; needs the symmetry augmentation on; "
+                             "0 turns it off)")
+    parser.add_argument("--irrelevant-augment-stages", default="main", metavar="STAGES",
+                        help="comma-separated stages that see the irrelevant changes (default main: docs/01)")
     parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         parser.error(f"--steps={args.steps}: expected >= 2 (one per stage)")
     if not 0.0 <= args.irrelevant_augment <= 1.0:
         parser.error(f"--irrelevant-augment={args.irrelevant_augment}: expected a probability in [0, 1]")
+    bad = [s for s in args.irrelevant_augment_stages.split(",") if s not in STAGES]
+    if bad or not args.irrelevant_augment_stages:
+        parser.error(f"--irrelevant-augment-stages={args.irrelevant_augment_stages!r}: expected stages from {STAGES}")
     if args.delta_steps is not None and args.delta_steps < 1:
         parser.error(f"--delta-steps={args.delta_steps}: expected >= 1")
     stages = [s for s in args.stages.split(",") if s]

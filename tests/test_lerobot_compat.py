@@ -83,10 +83,22 @@ def test_prepared_dataset_works_in_a_spawned_worker(recording):
     items in a "spawn" process, where nothing of this process's state exists."""
     from smolvla_cls.train import _prepared_dataset
 
-    dataset = _prepared_dataset(_dataset(recording), SimpleNamespace(augment="on", dataset_root=recording, irrelevant_augment=0.5))
+    dataset = _prepared_dataset(_dataset(recording), SimpleNamespace(augment="on", dataset_root=recording,
+                                                                      irrelevant_augment=0.5,
+                                                                      irrelevant_augment_stages="main"))
     random.seed(0)
     want = dataset[4]
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         name, action, state = pool.apply(_item_in_fresh_process, (pickle.dumps(dataset),))
     assert name == type(dataset).__name__ == "SymmetryAugmentedLeRobotDataset"
     assert torch.equal(action, want["action"]) and torch.equal(state, want["observation.state"])
+
+
+@pytest.mark.parametrize(("stages", "stage", "want"), [("main", "main", 0.5), ("main", "delta", 0.0),
+                                                       ("main,delta", "delta", 0.5), ("delta", "main", 0.0)])
+def test_irrelevant_changes_reach_only_the_stages_named(recording, stages, stage, want):
+    from smolvla_cls.train import _prepared_dataset
+
+    args = SimpleNamespace(augment="on", dataset_root=recording, irrelevant_augment=0.5,
+                           irrelevant_augment_stages=stages)
+    assert _prepared_dataset(_dataset(recording), args, stage)._irrelevant_p == want

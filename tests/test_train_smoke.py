@@ -148,3 +148,11 @@ def test_plan_stages_budgets(quick, steps, delta):
     assert 0 <= dl.warmup <= dl.steps and 0 <= main.warmup <= main.steps
     assert (main.lr, dl.lr) == (1e-3, 3e-3)  # the delta stage trains CLS tokens/projections from scratch
     assert plan_stages("tiny", quick, steps, delta, delta_lr=5e-4)[1].lr == 5e-4
+
+
+@pytest.mark.parametrize("argv", [["--irrelevant-augment-stages", "bogus"], ["--irrelevant-augment-stages", ""],
+                                  ["--irrelevant-augment", "1.5"]])
+def test_bad_irrelevant_augment_options_are_named(tmp_path, argv, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--dataset-root", str(tmp_path / "none"), "--output-dir", str(tmp_path / "out"), *argv])
+    assert "--irrelevant-augment" in capsys.readouterr().err
