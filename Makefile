@@ -8,6 +8,8 @@ export PYTHONUNBUFFERED := 1
 PRESET ?= tiny
 DATASET_ROOT ?= data/reach
 EPISODES ?= 1000
+# K >= 1 records episodes that continue K ticks past success (expert holds at the goal; docs/02-training.md)
+HOLD_AFTER_SUCCESS ?= 0
 OUT ?= outputs/train/default
 STEPS ?=
 DEVICE ?= cpu
@@ -76,7 +78,8 @@ typecheck: install
 	$(PY) -m mypy --config-file mypy.ini
 
 dataset: install
-	$(PY) -m smolvla_cls.dataset_recording --root $(DATASET_ROOT) --episodes $(EPISODES) --seed 0
+	$(PY) -m smolvla_cls.dataset_recording --root $(DATASET_ROOT) --episodes $(EPISODES) --seed 0 \
+	  $(if $(filter-out 0,$(HOLD_AFTER_SUCCESS)),--hold-after-success $(HOLD_AFTER_SUCCESS))
 
 train: dataset
 	$(PY) -m smolvla_cls.train --dataset-root $(DATASET_ROOT) --preset $(PRESET) --output-dir $(OUT) \

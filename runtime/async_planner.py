@@ -43,6 +43,26 @@ def check_margin(margin: object, n_action_steps: int) -> None:
                          "(margin >= n_action_steps would resample on every job and never consult the gate)")
 
 
+def horizon_mismatch(policy: EdgePolicy, delay: int, margin: int) -> str | None:
+    """Why the gate's manifest threshold is too high for this delay, or None.
+
+    A drift/consistency threshold from the manifest was calibrated on observation pairs < H ticks apart
+    (`gate.<metric>.horizon`, absent = n_action_steps). With a delay of d ticks and a refill margin m, the
+    gate compares against a plan only for n − d − m ticks; unchanged distances grow with the pair's distance,
+    so a threshold calibrated over a longer horizon misses changes (re-export with `--gate-horizon`)."""
+    gate = policy.gate
+    cal = policy.manifest.gate_calibration.get(gate.name)
+    if cal is None or cal.default_threshold is None or getattr(gate, "threshold", None) != cal.default_threshold:
+        return None  # not a calibrated gate, or an explicit threshold: the caller chose it
+    n = policy.manifest.dims.n_action_steps
+    calibrated, runs = cal.horizon or n, n - delay - margin
+    if runs < 2 or calibrated <= runs:
+        return None
+    return (f"gate {gate.spec} was calibrated on observation pairs < {calibrated} ticks apart, but with delay {delay} "
+            f"and margin {margin} a plan is compared for {runs} ticks: its threshold is too high for this delay "
+            f"(re-export with --gate-horizon {runs})")
+
+
 class AsyncChunkPlanner:
     """Owns the policy while running: only one thread may call `plan` (the worker)."""
 
@@ -56,6 +76,7 @@ class AsyncChunkPlanner:
             raise ValueError(f"react_width must be in [0, seam_width={seam_width}], got {react_width!r}")
         check_margin(margin, policy.manifest.dims.n_action_steps)
         self._warned_margin = False
+        self._warned_horizon = False
         self.react_width = int(react_width)  # soft rows after the delay on a chunk that reacts to a change
         self.margin = int(margin)
         self._due_change = False  # a change-triggered resample was deferred or failed: its retry still reacts
@@ -91,6 +112,11 @@ class AsyncChunkPlanner:
             self._warned_margin = True
             log.warning("delay %d + margin %d >= n_action_steps %d: every job resamples, the gate %s is never "
                         "consulted (lower --margin or speed up inference)", delay, self.margin, n, self.policy.gate.spec)
+        if delay >= 1 and not self._warned_horizon:
+            why = horizon_mismatch(self.policy, delay, self.margin)
+            if why is not None:
+                self._warned_horizon = True
+                log.warning("%s", why)
         left = None if executing is None else executing[delay:]
         if left is not None and len(left) <= self.margin:
             left = None  # the plan runs out within `margin` ticks of a chunk planned now landing: refill now

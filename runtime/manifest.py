@@ -133,6 +133,7 @@ class GateCalibration:
 
     stats: Mapping[str, float]
     default_threshold: float | None
+    horizon: int | None = None  # pairs < horizon ticks apart; None: n_action_steps (exports before the field)
 
 
 # Contract I/O names per graph, in the contract's order.
@@ -281,7 +282,8 @@ class Manifest:
         self.graphs = {name: self._graph(name, getattr(m.graphs, name)) for name in GRAPH_NAMES}
         self._check_graph_shapes()
         self.gate_calibration = {
-            metric: GateCalibration(stats=dict(g.stats), default_threshold=g.default_threshold)
+            metric: GateCalibration(stats=dict(g.stats), default_threshold=g.default_threshold,
+                                    horizon=g.horizon)
             for metric, g in (("drift", m.gate.drift), ("consistency", m.gate.consistency))
         }
         self.default_gate = m.gate.default or "drift"  # a gate spec; thresholds from gate_calibration

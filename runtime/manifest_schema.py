@@ -172,6 +172,8 @@ class ActClsModel(_Open):
 class GateMetricModel(_Open):
     stats: dict[Key, Finite] = Field(default_factory=dict, max_length=64)
     default_threshold: Finite | None = Field(default=None, ge=0.0, le=2.0)  # cosine distance lies in [0, 2]
+    # optional: calibrated on observation pairs < horizon ticks apart (the ticks a plan runs; absent = n_action_steps)
+    horizon: int | None = Field(default=None, ge=2, le=1024)
 
 
 class GateModel(_Open):

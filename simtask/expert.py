@@ -41,6 +41,7 @@ class ExpertEpisode:
     perturb: bool
     perturb_tick: int | None
     success: bool
+    success_length: int | None = None  # frames up to success; later frames are the hold after success
     observations: list[dict[str, Any]] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
 
@@ -55,8 +56,16 @@ def run_expert_episode(
     perturb: bool = False,
     instruction_target: int | None = None,
     keep_observations: bool = True,
+    hold_after_success: int = 0,
 ) -> ExpertEpisode:
-    """Roll out one episode: record the clean action, execute the noisy one."""
+    """Roll out one episode: record the clean action, execute the noisy one.
+
+    ``hold_after_success`` = K >= 1 continues a successful episode for K more frames with the
+    expert's own action at the goal (clean: the displacement to the goal centre, which holds the
+    agent there; executed with noise as before), so the last pre-success frames have K future
+    actions inside the episode. K = 0 (default) ends at success, frame for frame as before."""
+    if not isinstance(hold_after_success, int) or hold_after_success < 0:
+        raise ValueError(f"run_expert_episode.hold_after_success must be an int >= 0 (got {hold_after_success!r})")
     obs = env.reset(seed=seed, perturb=perturb, instruction_target=instruction_target)
     ep = ExpertEpisode(seed=seed, perturb=perturb, perturb_tick=env.perturb_tick, success=False)
     done = False
@@ -67,4 +76,12 @@ def run_expert_episode(
         ep.actions.append(clean)
         obs, done, _ = env.step(expert.noisy(clean, env.config.max_step))
     ep.success = env.success
+    if ep.success:
+        ep.success_length = len(ep.actions)
+        for _ in range(hold_after_success):
+            clean = expert.act(env)
+            if keep_observations:
+                ep.observations.append(obs)
+            ep.actions.append(clean)
+            obs = env.step_after_success(expert.noisy(clean, env.config.max_step))
     return ep

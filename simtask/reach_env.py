@@ -90,6 +90,21 @@ class ReachEnv:
         }
         return self._observe(), self._done, info
 
+    def step_after_success(self, action: Any) -> dict[str, Any]:
+        """Apply one displacement after the episode ended in success; returns the observation.
+
+        Why: a recording that continues past success (``hold_after_success``) needs frames of the
+        agent holding at the goal. Same motion as ``step``; the targets stay put (a jump happens
+        before success in a perturbed episode), ``success``/``done`` stay True, ``t`` keeps counting.
+        """
+        self._require_scene()
+        if not self._success:
+            raise RuntimeError("ReachEnv.step_after_success: the episode has not ended in success")
+        a = clip_action(action, self.config.max_step)
+        self._agent = np.clip(self._agent + a, 0.0, 1.0)
+        self._t += 1
+        return self._observe()
+
     # ----------------------------------------------------------------- observation
     def render(self) -> np.ndarray:
         scene = self._require_scene()

@@ -8,7 +8,11 @@ The recording is written to a sibling temp folder and renamed into place at the 
 either holds a complete dataset or nothing. ``meta/simtask_recording.json`` (our own sidecar) keeps
 the recording parameters, the task config and per-episode seeds, which makes re-runs idempotent.
 
-CLI: python -m smolvla_cls.dataset_recording --root data/reach --episodes 1000 --seed 0
+``hold_after_success`` = K >= 1 continues every episode K frames past success with the expert's hold
+action, so that a long action chunk starting near the goal is supervised to its end (rows past the end
+of an episode are padding, masked out of the loss). K = 0 records exactly what it always did.
+
+CLI: python -m smolvla_cls.dataset_recording --root data/reach --episodes 1000 --seed 0 [--hold-after-success K]
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class RecordingConfig:
     noise_std: float = 0.02
     image_size: int = 64
     use_videos: bool = False
+    hold_after_success: int = 0
     force: bool = False
     task: TaskConfig = field(default_factory=TaskConfig)
 
@@ -77,12 +82,15 @@ class RecordingConfig:
             fail("noise_std", "must be a number in [0, 0.1)")
         if not isinstance(self.repo_id, str) or self.repo_id.count("/") != 1:
             fail("repo_id", "must look like 'owner/name'")
+        if not isinstance(self.hold_after_success, int) or not 0 <= self.hold_after_success <= 1000:
+            fail("hold_after_success", "must be an int in [0, 1000]")
         if self.use_videos:
             fail("use_videos", "video storage is not supported here (needs an encoder); use images")
 
     def identity(self) -> dict[str, Any]:
-        """The parameters that determine the recorded data."""
-        return {
+        """The parameters that determine the recorded data (``hold_after_success`` only when >= 1, so a
+        recording made before the option existed keeps its identity)."""
+        ident: dict[str, Any] = {
             "repo_id": self.repo_id,
             "episodes": self.episodes,
             "seed": self.seed,
@@ -90,6 +98,9 @@ class RecordingConfig:
             "noise_std": self.noise_std,
             "task": self.task.to_dict(),
         }
+        if self.hold_after_success:
+            ident["hold_after_success"] = self.hold_after_success
+        return ident
 
 
 @dataclass
@@ -145,7 +156,7 @@ def _existing_matches(cfg: RecordingConfig) -> tuple[bool, str]:
     if side is None:
         return False, f"{cfg.root} exists but has no {SIDECAR} (not a simtask recording)"
     old, new = side.get("identity", {}), cfg.identity()
-    diffs = [k for k in new if old.get(k) != new[k]]
+    diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diffs:
         return False, f"{cfg.root} holds a different recording; differing field(s): {diffs}"
     try:
@@ -246,7 +257,7 @@ def _record_episodes(dataset: Any, cfg: RecordingConfig, bar: Any) -> tuple[list
         perturb = bool(flags[index])
         while True:
             seed = next(candidates)
-            ep = run_expert_episode(env, expert, seed=seed, perturb=perturb)
+            ep = run_expert_episode(env, expert, seed=seed, perturb=perturb, hold_after_success=cfg.hold_after_success)
             if ep.success:
                 break
             skipped += 1
@@ -255,16 +266,17 @@ def _record_episodes(dataset: Any, cfg: RecordingConfig, bar: Any) -> tuple[list
                 {IMAGE_KEY: obs[IMAGE_KEY], STATE_KEY: obs[STATE_KEY], ACTION_KEY: action, "task": obs["task"]}
             )
         dataset.save_episode()
-        records.append(
-            {
-                "episode_index": index,
-                "seed": seed,
-                "perturb": perturb,
-                "perturb_tick": ep.perturb_tick,
-                "length": len(ep),
-                "task": ep.observations[0]["task"],
-            }
-        )
+        record = {
+            "episode_index": index,
+            "seed": seed,
+            "perturb": perturb,
+            "perturb_tick": ep.perturb_tick,
+            "length": len(ep),
+            "task": ep.observations[0]["task"],
+        }
+        if cfg.hold_after_success:
+            record["success_length"] = ep.success_length
+        records.append(record)
         bar.update(1)
     return records, skipped
 
@@ -295,6 +307,8 @@ def _parse_args(argv: list[str] | None) -> tuple[RecordingConfig, bool]:
     p.add_argument("--perturb-fraction", type=float, default=0.3, help="share of episodes with a target jump")
     p.add_argument("--noise-std", type=float, default=0.02, help="std of the executed-action noise")
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--hold-after-success", type=int, default=0, metavar="K",
+                   help="continue each episode K frames past success with the expert's hold action (0: end at success)")
     p.add_argument("--force", action="store_true", help="delete and re-record an existing root")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -307,6 +321,7 @@ def _parse_args(argv: list[str] | None) -> tuple[RecordingConfig, bool]:
             perturb_fraction=a.perturb_fraction,
             noise_std=a.noise_std,
             image_size=a.image_size,
+            hold_after_success=a.hold_after_success,
             force=a.force,
         )
     except ValueError as e:

@@ -107,6 +107,38 @@ def test_rerun_is_idempotent_and_mismatch_is_refused(recorded, capsys):
         )
 
 
+def test_default_recording_identity_has_no_hold_key(recorded):
+    cfg, _ = recorded
+    side = json.loads((cfg.root / SIDECAR).read_text())
+    # K = 0 keeps the identity (and so the reuse of recordings made before the option) unchanged.
+    assert set(side["identity"]) == {"repo_id", "episodes", "seed", "perturb_fraction", "noise_std", "task"}
+    assert all("success_length" not in e for e in side["episodes"])
+
+
+def test_hold_after_success_recording_and_its_identity(recorded, tmp_path):
+    cfg, _ = recorded
+    root = tmp_path / "hold"
+    held = RecordingConfig(root=root, repo_id=REPO_ID, episodes=5, seed=3, perturb_fraction=0.4, hold_after_success=4)
+    summary = record_dataset(held, progress=False)
+    side = json.loads((root / SIDECAR).read_text())
+    assert side["identity"]["hold_after_success"] == 4
+    base = json.loads((cfg.root / SIDECAR).read_text())["episodes"]
+    assert all(e["length"] == e["success_length"] + 4 for e in side["episodes"])
+    # The first episode is the K = 0 one plus 4 frames (later ones differ: the hold draws execution noise).
+    assert side["episodes"][0]["seed"] == base[0]["seed"] and side["episodes"][0]["success_length"] == base[0]["length"]
+    ds = lerobot_dataset.LeRobotDataset(REPO_ID, root=root)
+    assert ds.num_frames == summary.frames == sum(e["length"] for e in side["episodes"])
+    # Neither recording is ever reused for the other, whichever way round.
+    with pytest.raises(FileExistsError, match="hold_after_success"):
+        record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=5, seed=3, perturb_fraction=0.4),
+                       progress=False)
+    with pytest.raises(FileExistsError, match="hold_after_success"):
+        record_dataset(RecordingConfig(root=cfg.root, repo_id=REPO_ID, episodes=5, seed=3, perturb_fraction=0.4,
+                                       hold_after_success=4), progress=False)
+    with pytest.raises(ValueError, match="hold_after_success"):
+        RecordingConfig(root=root, hold_after_success=-2)
+
+
 def test_force_rerecords(tmp_path):
     root = tmp_path / "ds"
     record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=2, seed=0), progress=False)
@@ -128,6 +160,7 @@ def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
         ("--perturb-fraction", "1.5", "--perturb-fraction"),
         ("--image-size", "8", "--image-size"),
         ("--repo-id", "noslash", "--repo-id"),
+        ("--hold-after-success", "-1", "--hold-after-success"),
     ],
 )
 def test_cli_bad_args_name_the_field(tmp_path, capsys, flag, value, name):

@@ -13,6 +13,14 @@ what the noise-free expert does from t0 *knowing only the world at t0*: before a
 out without the jump (identical up to the jump tick); the executed actions themselves would already turn
 towards the new target after it, so a plan-only act-CLS would see the jump through its own plan. The default threshold
 is the 95th percentile of the unchanged distances (≈ 5 % spurious resamples when nothing happened).
+
+Horizon H: pairs are at most H − 1 ticks apart (0 < k < H), with planning ticks H apart. The gate compares
+against a plan only while that plan runs: n_action_steps ticks in the synchronous runtime (the default H),
+but only n − L ticks in an asynchronous runtime with an inference delay of L ticks (the chunk lands L ticks
+after the observation it was planned from, and its replacement is requested L ticks before it runs out).
+Unchanged distances grow with k (the agent moves), so a threshold taken over longer pairs than the runtime
+ever sees is too high: it misses jumps at short k (a chunk-20 model calibrated over k ≤ 19: drift AUROC
+0.58). `auroc_by_horizon` records how well the distance separates for every shorter horizon too.
 """
 
 from __future__ import annotations
@@ -62,6 +70,29 @@ def _summary(unchanged: list[float], changed: list[float]) -> dict:
             "auroc": auroc(unchanged, changed), "default_threshold": q.get("p95", 0.05)}
 
 
+def summarise_pairs(pairs: list[tuple[int, bool, float]], horizon: int) -> dict:
+    """`_summary` of the (k, changed, distance) pairs with k < `horizon`, plus the horizon and the AUROC for
+    every horizon 2..`horizon` (pairs with k < h): how separable the distance is for a shorter one."""
+    out = _summary([d for k, c, d in pairs if k < horizon and not c], [d for k, c, d in pairs if k < horizon and c])
+    out["horizon"] = horizon
+    by_h = {}
+    for h in range(2, horizon + 1):
+        a = auroc([d for k, c, d in pairs if k < h and not c], [d for k, c, d in pairs if k < h and c])
+        if a is not None:
+            by_h[str(h)] = a
+    out["auroc_by_horizon"] = by_h
+    return out
+
+
+def check_horizon(horizon: int | None, n_action_steps: int) -> int:
+    """The calibration horizon: `horizon`, or n_action_steps when None; must lie in [2, n_action_steps]."""
+    h = n_action_steps if horizon is None else horizon
+    if isinstance(h, bool) or not isinstance(h, int) or not 2 <= h <= n_action_steps:
+        raise ValueError(f"gate calibration horizon must be an int in [2, n_action_steps = {n_action_steps}] "
+                         f"(the ticks a plan runs: n_action_steps minus the inference delay), got {horizon!r}")
+    return h
+
+
 def _rollout(task_cfg, seed: int, perturb: bool) -> tuple[list[dict], list[np.ndarray], int | None]:
     """(observations, noise-free expert actions, jump tick or None) of one scripted-expert episode."""
     from simtask import ReachEnv, ScriptedExpert
@@ -82,19 +113,21 @@ def _rollout(task_cfg, seed: int, perturb: bool) -> tuple[list[dict], list[np.nd
 
 @torch.no_grad()
 def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_episodes: int = 24,
-                         seed: int = 4242, progress: bool = True) -> dict:
-    """Run the PyTorch graphs (same code as the ONNX ones) on expert rollouts and summarise distances."""
+                         seed: int = 4242, progress: bool = True, horizon: int | None = None) -> dict:
+    """Run the PyTorch graphs (same code as the ONNX ones) on expert rollouts and summarise distances over
+    pairs less than `horizon` ticks apart (default n_action_steps; see the module docstring)."""
     from simtask import TaskConfig
 
     cfg = model.config
+    horizon = check_horizon(horizon, cfg.n_action_steps)
     prefix, delta = PrefixGraph(model).eval(), DeltaExpertGraph(model).eval()
     plan_encoder = PlanEncoderGraph(model).eval() if cfg.act_cls_wiring == "plan_only" else None
     h, w = cfg.resize_imgs_with_padding
     task_cfg = TaskConfig(image_size=h)
     if h != w:
         raise ValueError("gate calibration on simtask needs a square model image size")
-    drift = {True: [], False: []}
-    consistency = {True: [], False: []}
+    drift: list[tuple[int, bool, float]] = []
+    consistency: list[tuple[int, bool, float]] = []
     iterator = range(n_episodes)
     if progress:
         from tqdm import tqdm
@@ -114,29 +147,28 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
         acts = normalize_action(np.asarray(actions, dtype=np.float32))
         before_jump = normalize_action(np.asarray(planned, dtype=np.float32))
         t_len = cfg.chunk_size
-        for t0 in range(0, len(frames) - 1, cfg.n_action_steps):
+        for t0 in range(0, len(frames) - 1, horizon):
             source = before_jump if jump is not None and t0 < jump else acts
             plan = source[t0:t0 + t_len]
             plan = np.concatenate([plan, np.repeat(plan[-1:], t_len - len(plan), axis=0)], axis=0)
             chunk = np.zeros((t_len, cfg.max_action_dim), dtype=np.float32)
             chunk[:, : acts.shape[1]] = plan
-            for k in range(1, min(t_len, len(frames) - t0)):
+            for k in range(1, min(horizon, len(frames) - t0)):  # horizon <= n_action_steps: a plan is queued
                 changed = jump is not None and t0 < jump <= t0 + k
                 k_, v_, pad_, obs_cls = outs[t0 + k]
-                drift[changed].append(cosine_distance(outs[t0][3].numpy(), obs_cls.numpy()))
+                drift.append((k, changed, cosine_distance(outs[t0][3].numpy(), obs_cls.numpy())))
                 if plan_encoder is not None:
-                    if k >= cfg.n_action_steps:  # the runtime's queue is empty here: it resamples, no gate
-                        continue
                     plan_in, valid = plan_encoder_inputs(chunk, k, cfg.n_action_steps)
                     act_cls = plan_encoder(torch.from_numpy(plan_in), torch.from_numpy(valid))
                 else:
                     _, act_cls = delta(torch.from_numpy(delta_inputs(chunk, k)), k_, v_, pad_)
-                consistency[changed].append(cosine_distance(obs_cls.numpy(), act_cls.numpy()))
+                consistency.append((k, changed, cosine_distance(obs_cls.numpy(), act_cls.numpy())))
     return {"metric": "cosine_distance", "embedding": "mean over CLS tokens, L2-normalised",
             "act_cls_wiring": cfg.act_cls_wiring,
-            "source": f"simtask scripted-expert rollouts, {n_episodes} episodes (half perturbed), seed {seed}",
-            "drift": _summary(drift[False], drift[True]),
-            "consistency": _summary(consistency[False], consistency[True])}
+            "source": f"simtask scripted-expert rollouts, {n_episodes} episodes (half perturbed), seed {seed}, "
+                      f"pairs < {horizon} ticks apart",
+            "drift": summarise_pairs(drift, horizon),
+            "consistency": summarise_pairs(consistency, horizon)}
 
 
 DEFAULT_GATES = ("drift", "consistency", "any:drift,consistency")

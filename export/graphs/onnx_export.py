@@ -20,7 +20,13 @@ import torch
 
 from export.atomic_folder import atomic_folder
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
-from export.graphs.gate_calibration import DEFAULT_GATES, calibrate_on_simtask, uncalibrated, with_default_gate
+from export.graphs.gate_calibration import (
+    DEFAULT_GATES,
+    calibrate_on_simtask,
+    check_horizon,
+    uncalibrated,
+    with_default_gate,
+)
 from export.graphs.graph_wrappers import (
     DELTA_INPUTS,
     DELTA_OUTPUTS,
@@ -198,8 +204,10 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
 
 def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
                      progress: bool = True, stop_action: list[float] | None = None, signing_key: object = None,
-                     dataset_root: Path | None = None, default_gate: str = "auto") -> dict:
+                     dataset_root: Path | None = None, gate_horizon: int | None = None,
+                     default_gate: str = "auto") -> dict:
     """Write the artifact folder atomically; returns the manifest (identity signed when `signing_key` is given).
+    `gate_horizon`: calibrate the gate on pairs < that many ticks apart (default n_action_steps; gate_calibration).
     `default_gate`: the manifest's recommended gate (`gate.default`; "auto" = by calibration AUROC)."""
     from tqdm import tqdm
 
@@ -213,6 +221,10 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
     _check_stop_action(stop_action if stop_action is not None else [0.0] * action_dim,
                        _bounds(loaded.stats, "action", BOUNDS_MARGIN), given=stop_action is not None)
     cfg = loaded.policy.config
+    try:
+        check_horizon(gate_horizon, cfg.n_action_steps)
+    except ValueError as exc:
+        raise ExportInputError(f"--gate-horizon: {exc}") from None
     root = dataset_root or (None if loaded.preset else dataset_root_from_checkpoint(Path(loaded.source)))
     robot = None if root is None else robot_section(root, action_dim, cfg.robot_state_feature.shape[0],
                                                     list(cfg.image_features))
@@ -231,7 +243,8 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         if calibrate and loaded.preset == "tiny":
             norm = Normalizer(loaded.stats, "observation.state", loaded.policy.config.max_state_dim,
                               loaded.policy.config.max_action_dim)
-            gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress)
+            gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress,
+                                        horizon=gate_horizon)
         else:
             gate = uncalibrated(model)
         gate = with_default_gate(gate, default_gate)
@@ -250,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("artifacts/onnx"))
     parser.add_argument("--no-calibration", action="store_true")
     parser.add_argument("--calib-episodes", type=int, default=24)
+    parser.add_argument("--gate-horizon", type=int, default=None, metavar="H",
+                        help="calibrate the gate on observation pairs < H ticks apart: the ticks a plan runs "
+                             "(default n_action_steps; n_action_steps - L for an async runtime with delay L)")
     parser.add_argument("--stop-action", type=float, nargs="+", default=None,
                         help="raw action the runtime emits to stop (default: zeros = no displacement)")
     parser.add_argument("--sign-key", type=Path, default=None,
@@ -268,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_checkpoint(args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
         manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
                                     calib_episodes=args.calib_episodes, stop_action=args.stop_action,
-                                    signing_key=key, dataset_root=args.dataset_root, default_gate=args.default_gate)
+                                    signing_key=key, dataset_root=args.dataset_root,
+                                    gate_horizon=args.gate_horizon, default_gate=args.default_gate)
     except (ExportInputError, SigningError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2
