@@ -8,7 +8,9 @@ of tick k is installed at tick k + L instead of when a thread finishes. Executio
 - `async`: the old plan keeps running during inference, the new chunk starts from its first row on arrival
   (no alignment: actions planned for tick k run at k + L);
 - `aligned`: as `async`, but the L rows that elapsed are skipped;
-- `aligned+blend`, `aligned+inpaint`: aligned, with seam handling (`runtime.seam`).
+- `aligned+blend`, `aligned+inpaint`: aligned, with seam handling (`runtime.seam`);
+- `aligned+reanchor` (`+blend`): aligned, and the displacement the skipped rows assumed but the robot did not make is
+  added to the following rows (`ActionEmitter(reanchor=True)`, displacement actions only; not with waypoints).
 `waypoints=True` is the latency-sensitive variant: the simulated robot is position-controlled (like an SO-100
 arm) — a chunk becomes absolute waypoints (planning-time position + the cumulated, clipped displacements) and
 each tick moves toward its row's waypoint, so a late row drives the robot back to where it was planned to be.
@@ -28,7 +30,7 @@ from runtime.async_planner import AsyncChunkPlanner, PlanResult
 from runtime.policy import EdgePolicy
 from runtime.timeline import ActionEmitter, ActionTimeline
 
-MODES = ("sync", "async", "aligned", "aligned+blend", "aligned+inpaint")
+MODES = ("sync", "async", "aligned", "aligned+blend", "aligned+inpaint", "aligned+reanchor", "aligned+reanchor+blend")
 PAUSE, EMPTY = -2, -1  # chunk ids recorded for a paused tick (sync mode) and a tick with nothing queued
 
 
@@ -38,13 +40,15 @@ class Mode:
     align: bool
     seam: str
     pause: bool
+    reanchor: bool = False
 
 
 def parse_mode(name: str) -> Mode:
     if name not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {name!r}")
-    seam = name.split("+")[1] if "+" in name else "none"
-    return Mode(name, align=name.startswith("aligned"), seam=seam, pause=name == "sync")
+    parts = name.split("+")
+    seam = next((p for p in parts if p in ("blend", "inpaint")), "none")
+    return Mode(name, align=parts[0] == "aligned", seam=seam, pause=name == "sync", reanchor="reanchor" in parts)
 
 
 class LatencyLoop:
@@ -59,7 +63,9 @@ class LatencyLoop:
         self.planner = AsyncChunkPlanner(policy, seam=self.mode.seam, seam_width=seam_width, react_width=react_width,
                                          margin=margin)
         self.timeline = ActionTimeline(align=self.mode.align)
-        self.emitter = ActionEmitter(policy, self.timeline)
+        if self.mode.reanchor and waypoints:
+            raise ValueError("mode aligned+reanchor is for displacement actions; the waypoint variant is absolute")
+        self.emitter = ActionEmitter(policy, self.timeline, reanchor=self.mode.reanchor)
         self.stop = policy.guard.stop_action
         self.waypoints = bool(waypoints)
         self.state_key = policy.manifest.state_key

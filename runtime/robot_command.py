@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "thread; thread: deprecated, = async with --seam none")
     p.add_argument("--seam", choices=SEAM_MODES, default="inpaint",
                    help="with --inference async: how a new chunk continues the executing one")
+    p.add_argument("--reanchor", action="store_true",
+                   help="with --inference async, for DISPLACEMENT actions only (dx, dy, ...; not joint targets): add "
+                        "back the motion the skipped rows of a late chunk assumed but the robot did not make")
     p.add_argument("--margin", type=int, default=None,
                    help="with --inference async: request the next chunk when the plan has <= delay + margin rows "
                         "left; 0 <= margin < n_action_steps (default 1)")
@@ -76,11 +79,13 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
         if args.margin is not None:
             log.warning("--margin %d is ignored with --inference inline (it only applies to async inference)",
                         args.margin)
+        if args.reanchor:
+            log.warning("--reanchor is ignored with --inference inline (nothing is skipped without async inference)")
         source: ActionSource = SyncSource(policy, iface, task=task)
     else:
         seam = "none" if args.inference == "thread" else args.seam
         source = AsyncSource(policy, iface, task=task, fps=fps, seam=seam,
-                             margin=1 if args.margin is None else args.margin)
+                             margin=1 if args.margin is None else args.margin, reanchor=args.reanchor)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
              args.artifacts, args.backend, args.gate, args.inference, task)
 

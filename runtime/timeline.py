@@ -6,11 +6,21 @@ inference are skipped, never replayed; without it `base` is the tick the chunk a
 failure mode: actions planned for an older observation run late). Ticks must increase, so no row of any
 chunk runs twice or out of order. `ActionEmitter` turns the row into a raw action through the same safety
 guard as the synchronous runtime: the robot never gets nothing, never anything unsafe.
+
+Re-anchoring (`ActionEmitter(reanchor=True)`, for *displacement* action spaces only): a chunk of displacements
+planned from tick k describes positions relative to where the robot was at k. Skipping its first d rows
+assumes the robot moved as those rows say while it executed the old plan; when it did not (the old plan had
+already stopped, or turned elsewhere), the difference — the sum of the skipped rows minus the sum of the
+actions really sent in those ticks — is the motion the new plan still expects. The emitter adds it over the
+next d rows on a rising ramp (weights 1, 2, …, d; as much per tick as the action bounds allow, what they cut
+is carried on until spent or the chunk ends), so the catch-up does not start with a jump at the seam. With absolute actions (joint targets)
+skipping is already right: leave it off.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -36,6 +46,7 @@ class TimelineTick:
     row: np.ndarray | None
     chunk_id: int  # -1 when nothing is queued
     index: int  # row index within the chunk, -1 when nothing is queued
+    skipped: np.ndarray | None = None  # first take of an aligned chunk: its rows that elapsed during inference
 
 
 @dataclass
@@ -63,6 +74,7 @@ class ActionTimeline:
             self._actions: np.ndarray | None = None
             self._base = 0
             self._chunk_id = -1
+            self._fresh = False
             self._last_tick = -1
             self.counters = TimelineCounters()
 
@@ -81,6 +93,7 @@ class ActionTimeline:
                 self.counters.stale_chunks += 1
                 return False
             self._actions, self._base, self._chunk_id = chunk.actions, base, chunk.chunk_id
+            self._fresh = True
             self.counters.chunks_installed += 1
             self.counters.skipped_actions += max(first, 0)
             return True
@@ -96,7 +109,14 @@ class ActionTimeline:
             if self._actions is None or not 0 <= i < len(self._actions):
                 self.counters.empty_ticks += 1
                 return TimelineTick(tick, None, -1, -1)
-            return TimelineTick(tick, self._actions[i], self._chunk_id, i)
+            skipped = self._actions[:i] if self._fresh else None
+            self._fresh = False
+            return TimelineTick(tick, self._actions[i], self._chunk_id, i, skipped)
+
+    def rows_left(self, tick: int) -> int:
+        """Rows of the executing chunk from `tick` on (this tick's included); 0 when none."""
+        with self._lock:
+            return 0 if self._actions is None else max(0, len(self._actions) - max(tick - self._base, 0))
 
     def executing(self, tick: int) -> tuple[np.ndarray | None, int]:
         """(rows the plan runs from `tick` on, rows of it already run before `tick`) — the planner's view."""
@@ -108,12 +128,24 @@ class ActionTimeline:
             return (rows if len(rows) else None), i
 
 
+MIN_RAMP = 3  # re-anchoring spreads a catch-up over at least this many rows (a 1-tick delay: no single-row jump)
+
+
+def _ramp(d: int) -> list[float]:
+    """Fractions of the *remaining* residual to add on each of the next d rows so that the amounts added rise
+    as 1, 2, …, d (their sum is the whole residual when the bounds cut nothing)."""
+    w = np.arange(1, max(d, 1) + 1, dtype=np.float64)
+    left = np.cumsum(w[::-1])[::-1]  # weight still to come, this row included
+    return list(w / left)
+
+
 class ActionEmitter:
     """Timeline row → raw, safe action: unnormalise as the policy does, then a control-side `ActionGuard`
     (the worker's policy keeps its own, so no guard state is shared between threads)."""
 
-    def __init__(self, policy: EdgePolicy, timeline: ActionTimeline):
+    def __init__(self, policy: EdgePolicy, timeline: ActionTimeline, reanchor: bool = False):
         self.timeline = timeline
+        self.reanchor = bool(reanchor)
         self.unnormalize = policy.unnormalize
         g = policy.guard
         self.guard = ActionGuard(policy.manifest.action_bounds, policy.manifest.stop_action, g.fallback_mode,
@@ -121,14 +153,44 @@ class ActionEmitter:
         self.fallbacks = 0
         self.clipped = 0
         self.last: TimelineTick | None = None
+        self.residual: np.ndarray | None = None  # re-anchoring: displacement the current chunk still expects
+        self._ramp: list[float] = []  # re-anchoring: fractions of the residual still to add, one per row
+        self._sent: deque[tuple[int, np.ndarray]] = deque(maxlen=256)  # (tick, raw action sent)
 
     def reset(self) -> None:
         self.guard.reset()
+        self.residual = None
+        self._sent.clear()
 
     def emit(self, tick: int) -> np.ndarray:
         taken = self.timeline.take(tick)
-        res = self.guard.check(None if taken.row is None else self.unnormalize(taken.row))
+        planned = None if taken.row is None else self.unnormalize(taken.row)
+        wanted = planned
+        if self.reanchor and planned is not None:
+            if taken.skipped is not None:  # a chunk's first executed row: what did the robot do meanwhile?
+                self.residual = self._deficit(taken)
+                self._ramp = _ramp(self._ramp_rows(len(taken.skipped), taken))
+            elif self.residual is None:
+                self.residual = np.zeros_like(planned)
+            share = self._ramp.pop(0) if self._ramp else 1.0  # after the ramp: whatever the bounds cut before
+            wanted = planned + self.residual * share
+        res = self.guard.check(wanted)
+        if self.reanchor and planned is not None and not res.fallback:
+            self.residual = self.residual - (res.action - planned)  # what the bounds let through is spent
         self.fallbacks += res.fallback
         self.clipped += res.clipped
         self.last = taken
+        self._sent.append((tick, res.action))
         return res.action
+
+    def _ramp_rows(self, skipped: int, taken: TimelineTick) -> int:
+        """Rows to spread the catch-up over: the delay, at least `MIN_RAMP`, at most the rows the chunk has left."""
+        left = self.timeline.rows_left(taken.tick)
+        return max(1, min(max(skipped, MIN_RAMP), left))
+
+    def _deficit(self, taken: TimelineTick) -> np.ndarray:
+        """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""
+        first = taken.tick - taken.index
+        expected = sum((self.unnormalize(r) for r in taken.skipped), np.zeros_like(self.guard.low))
+        sent = sum((a for t, a in self._sent if first <= t < taken.tick), np.zeros_like(self.guard.low))
+        return (expected - sent).astype(np.float32)

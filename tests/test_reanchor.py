@@ -1,0 +1,100 @@
+"""Re-anchoring (`ActionEmitter(reanchor=True)`): the motion the skipped rows of an aligned chunk assumed but
+the robot did not make is added back over the next rows — never outside the action bounds, and in full when
+the bounds cut nothing."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+try:
+    from tests.fake_artifacts import cached_fake_artifacts
+except ImportError:
+    from fake_artifacts import cached_fake_artifacts
+
+from evaluation.latency_loop import LatencyLoop, parse_mode
+from runtime.policy import EdgePolicy
+from runtime.timeline import ActionEmitter, ActionTimeline, TimedChunk, _ramp
+
+CHUNK = 8
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return EdgePolicy(cached_fake_artifacts(chunk_size=CHUNK), gate="always", seed=0,
+                      backend_options={"intra_op_threads": 1})
+
+
+def _normalised(policy, raw: np.ndarray) -> np.ndarray:
+    """Raw displacements [T, action_dim] → the normalised rows [T, max_action_dim] the timeline holds."""
+    u = policy.unnormalize
+    rows = np.zeros((len(raw), policy.manifest.dims.max_action_dim), np.float32)
+    rows[:, : u.action_dim] = (raw - u._add) / u._mul
+    return rows
+
+
+@settings(max_examples=50, deadline=None)
+@given(d=st.integers(1, 12))
+def test_ramp_adds_the_whole_residual_rising(d):
+    left, added = 1.0, []
+    for share in _ramp(d):
+        added.append(left * share)
+        left -= left * share
+    assert left == pytest.approx(0.0, abs=1e-12)
+    assert all(b > a for a, b in itertools.pairwise(added))  # rising: the catch-up does not start with a jump
+
+
+@settings(max_examples=40, deadline=None)
+@given(planned=st.integers(1, 4), delay=st.integers(1, 3), seed=st.integers(0, 10_000))
+def test_the_robot_ends_where_the_new_plan_meant_when_the_bounds_cut_nothing(policy, planned, delay, seed):
+    """Old plan holds still; a new chunk planned at `planned` lands `delay` ticks later. With re-anchoring the
+    actions sent from the planning tick to the chunk's end add up to the chunk's own total displacement."""
+    rng = np.random.default_rng(seed)
+    low, high = policy.guard.low, policy.guard.high
+    hold = np.zeros((CHUNK, len(low)), np.float32)
+    new = rng.uniform(0.05, 0.2, size=(CHUNK, len(low))).astype(np.float32) * (high - low) / 2 * 0.5
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=True)
+    tl.install(TimedChunk(0, _normalised(policy, hold), 0))
+    sent = []
+    for tick in range(planned + delay):
+        sent.append(em.emit(tick))
+    assert tl.install(TimedChunk(planned, _normalised(policy, new), 1))
+    for tick in range(planned + delay, planned + CHUNK):
+        sent.append(em.emit(tick))
+        assert np.all(sent[-1] >= low - 1e-6) and np.all(sent[-1] <= high + 1e-6)
+    total = np.sum(sent[planned:], axis=0)
+    np.testing.assert_allclose(total, new.sum(axis=0), atol=1e-4)
+    without = ActionEmitter(policy, ActionTimeline(align=True), reanchor=False)
+    without.timeline.install(TimedChunk(0, _normalised(policy, hold), 0))
+    plain = [without.emit(t) for t in range(planned + delay)]
+    without.timeline.install(TimedChunk(planned, _normalised(policy, new), 1))
+    plain += [without.emit(t) for t in range(planned + delay, planned + CHUNK)]
+    assert np.abs(np.sum(plain[planned:], axis=0) - new.sum(axis=0)).max() > 1e-3  # plain alignment loses it
+
+
+def test_a_catch_up_larger_than_the_bounds_is_clipped_and_carried(policy):
+    low, high = policy.guard.low, policy.guard.high
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=True)
+    tl.install(TimedChunk(0, _normalised(policy, np.zeros((CHUNK, len(low)), np.float32)), 0))
+    for t in range(4):
+        em.emit(t)
+    fast = np.tile(high * 0.9, (CHUNK, 1)).astype(np.float32)  # the skipped rows wanted nearly full speed
+    tl.install(TimedChunk(0, _normalised(policy, fast), 1))
+    out = [em.emit(t) for t in range(4, CHUNK)]
+    assert all(np.all(a <= high + 1e-6) and np.all(np.isfinite(a)) for a in out)
+    assert np.all(em.residual > 0)  # not all of it fitted: what is left is kept, not dropped silently
+
+
+def test_mode_parsing_and_waypoints_refused(policy):
+    m = parse_mode("aligned+reanchor")
+    assert m.align and m.reanchor and m.seam == "none"
+    assert parse_mode("aligned+reanchor+blend").seam == "blend"
+    assert not parse_mode("aligned+inpaint").reanchor
+    with pytest.raises(ValueError, match="reanchor"):
+        LatencyLoop(policy, "aligned+reanchor", 3, waypoints=True)
