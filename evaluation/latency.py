@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.json").write_text(json.dumps(report, indent=1))
     md = markdown(report["cells"], args.episodes, report["task"])
-    md += "\n## Targets\n" + "\n".join(targets(report["cells"])) + "\n"
+    modes = dict.fromkeys(c["mode"] for c in report["cells"])
+    for mode in [m for m in ("aligned+inpaint", "aligned+reanchor", "aligned+blend") if m in modes]:
+        md += f"\n## Targets, `{mode}`\n" + "\n".join(targets(report["cells"], mode=mode)) + "\n"
     (out / "latency.md").write_text(md)
     for gate in dict.fromkeys(c["gate"] for c in report["cells"]):
         latency_plot(report["cells"], gate, out / f"latency_{gate.replace(':', '_')}.png", title=str(report["task"]))
