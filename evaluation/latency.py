@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 from evaluation.latency_loop import MODES, LatencyLoop, summarize
+
+DEFAULT_MODES = ",".join(MODES)
 from evaluation.latency_plot import latency_plot
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy
@@ -92,6 +94,10 @@ def run(args: argparse.Namespace) -> dict:
     env = ReachEnv(config)
     seeds = episode_seeds(args.seed, args.episodes, stream="eval")
     latencies, gates, modes = _ints(args.latencies), _names(args.gates, None, "--gates"), _names(args.modes, MODES, "--modes")
+    if args.waypoints:  # re-anchoring is for displacement actions; the waypoint robot is absolute
+        if args.modes != DEFAULT_MODES and any("reanchor" in m for m in modes):
+            raise SystemExit("latency: --waypoints: the aligned+reanchor modes are for displacement actions only")
+        modes = [m for m in modes if "reanchor" not in m]
     plan = [(g, m, L) for g in gates for L in latencies for m in (modes[:1] if L == 0 else modes)]
     bar = _bar(len(plan) * len(seeds))
     cells = []
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latencies", default="0,1,3,5,10")
     p.add_argument("--gates", default="always,drift")
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=DEFAULT_MODES)
     p.add_argument("--max-steps", type=int, default=60, help="episode tick limit (the task's deadline)")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the manifest's)")
     p.add_argument("--waypoints", action="store_true",

@@ -40,7 +40,7 @@ def rss_kb() -> int | None:
     return _proc_status_kb("VmRSS")
 
 
-def soak(artifacts: str | Path, ticks: int = 100_000, gate: str = "drift", check_every: int = 1,
+def soak(artifacts: str | Path, ticks: int = 100_000, gate: str = "default", check_every: int = 1,
          refine: bool = False, seed: int = 0, backend: str = "onnxruntime", device: str = "cpu", threads: int = 1,
          rss_every: int = 10_000, max_seconds: float | None = None, progress: bool = True,
          max_error_examples: int = 10) -> dict[str, Any]:

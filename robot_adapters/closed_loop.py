@@ -51,7 +51,7 @@ def served(port: int, episodes: int, *, seed: int = 0, action_bound: float | Non
     return robot
 
 
-def direct(artifacts: str | Path, episodes: int, *, seed: int = 0, gate: str = "drift",
+def direct(artifacts: str | Path, episodes: int, *, seed: int = 0, gate: str = "default",
            action_bound: float | None = None) -> tuple[SimReachRobot, dict[str, int]]:
     """The same episodes with EdgePolicy stepped on the loop thread; returns the robot and the policy counters."""
     robot = SimReachRobot(SimReachSettings(episodes=episodes, seed=seed, perturb=True, action_bound=action_bound))
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop(grace=None).wait()
     d, direct_counters = direct(args.artifacts, args.episodes, gate=args.gate, action_bound=max(bound))
-    res = {"episodes": args.episodes, "gate": args.gate, "fps": args.fps, "served_success": s.success_rate,
+    res = {"episodes": args.episodes, "gate": svc.template.gate.spec, "fps": args.fps, "served_success": s.success_rate,
            "direct_success": d.success_rate, "served_unsafe": s.unsafe, "direct_unsafe": d.unsafe,
            "served_steps_mean": sum(o.steps for o in s.outcomes) / len(s.outcomes),
            "direct_steps_mean": sum(o.steps for o in d.outcomes) / len(d.outcomes),

@@ -50,17 +50,18 @@ def horizon_mismatch(policy: EdgePolicy, delay: int, margin: int) -> str | None:
     (`gate.<metric>.horizon`, absent = n_action_steps). With a delay of d ticks and a refill margin m, the
     gate compares against a plan only for n − d − m ticks; unchanged distances grow with the pair's distance,
     so a threshold calibrated over a longer horizon misses changes (re-export with `--gate-horizon`)."""
-    gate = policy.gate
-    cal = policy.manifest.gate_calibration.get(gate.name)
-    if cal is None or cal.default_threshold is None or getattr(gate, "threshold", None) != cal.default_threshold:
-        return None  # not a calibrated gate, or an explicit threshold: the caller chose it
     n = policy.manifest.dims.n_action_steps
-    calibrated, runs = cal.horizon or n, n - delay - margin
-    if runs < 2 or calibrated <= runs:
-        return None
-    return (f"gate {gate.spec} was calibrated on observation pairs < {calibrated} ticks apart, but with delay {delay} "
-            f"and margin {margin} a plan is compared for {runs} ticks: its threshold is too high for this delay "
-            f"(re-export with --gate-horizon {runs})")
+    runs = n - delay - margin
+    for gate in getattr(policy.gate, "parts", None) or [policy.gate]:  # an `any:` gate: each calibrated part
+        cal = policy.manifest.gate_calibration.get(gate.name)
+        if cal is None or cal.default_threshold is None or getattr(gate, "threshold", None) != cal.default_threshold:
+            continue  # not a calibrated gate, or an explicit threshold: the caller chose it
+        calibrated = cal.horizon or n
+        if runs >= 2 and calibrated > runs:
+            return (f"gate {gate.spec} was calibrated on observation pairs < {calibrated} ticks apart, but with delay "
+                    f"{delay} and margin {margin} a plan is compared for {runs} ticks: its threshold is too high for "
+                    f"this delay (re-export with --gate-horizon {runs})")
+    return None
 
 
 class AsyncChunkPlanner:

@@ -39,8 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="async: AsyncEdgePolicy on a worker thread (chunks aligned to their planning tick, seam "
                         "handling; holds the rate through slow resamples); inline: EdgePolicy.step on the loop "
                         "thread; thread: deprecated, = async with --seam none")
-    p.add_argument("--seam", choices=SEAM_MODES, default="inpaint",
-                   help="with --inference async: how a new chunk continues the executing one")
+    p.add_argument("--seam", choices=SEAM_MODES, default=None,
+                   help="with --inference async: how a new chunk continues the executing one (default inpaint; "
+                        "none with --reanchor, the combination measured in docs/06b)")
     p.add_argument("--reanchor", action="store_true",
                    help="with --inference async, for DISPLACEMENT actions only (dx, dy, ...; not joint targets): add "
                         "back the motion the skipped rows of a late chunk assumed but the robot did not make")
@@ -83,11 +84,14 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
             log.warning("--reanchor is ignored with --inference inline (nothing is skipped without async inference)")
         source: ActionSource = SyncSource(policy, iface, task=task)
     else:
-        seam = "none" if args.inference == "thread" else args.seam
+        if args.reanchor and any(n.endswith(".pos") for n in iface.action_names or []):
+            log.warning("--reanchor adds displacement to actions, but this robot's actions look like positions "
+                        "(%s): re-anchoring is for displacement actions only", ", ".join(iface.action_names[:3]))
+        seam = "none" if args.inference == "thread" else (args.seam or ("none" if args.reanchor else "inpaint"))
         source = AsyncSource(policy, iface, task=task, fps=fps, seam=seam,
                              margin=1 if args.margin is None else args.margin, reanchor=args.reanchor)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
-             args.artifacts, args.backend, args.gate, args.inference, task)
+             args.artifacts, args.backend, policy.gate.spec, args.inference, task)
 
     def on_sigterm(signum: int, frame: object) -> None:  # systemd / docker stop: the same safe stop as Ctrl-C
         raise KeyboardInterrupt

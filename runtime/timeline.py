@@ -12,8 +12,9 @@ planned from tick k describes positions relative to where the robot was at k. Sk
 assumes the robot moved as those rows say while it executed the old plan; when it did not (the old plan had
 already stopped, or turned elsewhere), the difference — the sum of the skipped rows minus the sum of the
 actions really sent in those ticks — is the motion the new plan still expects. The emitter adds it over the
-next d rows on a rising ramp (weights 1, 2, …, d; as much per tick as the action bounds allow, what they cut
-is carried on until spent or the chunk ends), so the catch-up does not start with a jump at the seam. With absolute actions (joint targets)
+next max(d, 3) rows (at most the rows the chunk has left) on a rising ramp, never pushing a row outside the
+action bounds (what they cut is carried on until spent or the chunk ends), so the catch-up does not start
+with a jump at the seam and never turns an in-bounds row into a fallback. With absolute actions (joint targets)
 skipping is already right: leave it off.
 """
 
@@ -47,6 +48,7 @@ class TimelineTick:
     chunk_id: int  # -1 when nothing is queued
     index: int  # row index within the chunk, -1 when nothing is queued
     skipped: np.ndarray | None = None  # first take of an aligned chunk: its rows that elapsed during inference
+    rows_left: int = 0  # rows of this chunk from this tick on, this one included (read under the same lock)
 
 
 @dataclass
@@ -111,12 +113,7 @@ class ActionTimeline:
                 return TimelineTick(tick, None, -1, -1)
             skipped = self._actions[:i] if self._fresh else None
             self._fresh = False
-            return TimelineTick(tick, self._actions[i], self._chunk_id, i, skipped)
-
-    def rows_left(self, tick: int) -> int:
-        """Rows of the executing chunk from `tick` on (this tick's included); 0 when none."""
-        with self._lock:
-            return 0 if self._actions is None else max(0, len(self._actions) - max(tick - self._base, 0))
+            return TimelineTick(tick, self._actions[i], self._chunk_id, i, skipped, len(self._actions) - i)
 
     def executing(self, tick: int) -> tuple[np.ndarray | None, int]:
         """(rows the plan runs from `tick` on, rows of it already run before `tick`) — the planner's view."""
@@ -160,6 +157,7 @@ class ActionEmitter:
     def reset(self) -> None:
         self.guard.reset()
         self.residual = None
+        self._ramp = []
         self._sent.clear()
 
     def emit(self, tick: int) -> np.ndarray:
@@ -169,13 +167,17 @@ class ActionEmitter:
         if self.reanchor and planned is not None:
             if taken.skipped is not None:  # a chunk's first executed row: what did the robot do meanwhile?
                 self.residual = self._deficit(taken)
-                self._ramp = _ramp(self._ramp_rows(len(taken.skipped), taken))
+                self._ramp = _ramp(max(1, min(max(len(taken.skipped), MIN_RAMP), taken.rows_left)))
             elif self.residual is None:
                 self.residual = np.zeros_like(planned)
             share = self._ramp.pop(0) if self._ramp else 1.0  # after the ramp: whatever the bounds cut before
-            wanted = planned + self.residual * share
+            low, high = self.guard.low, self.guard.high
+            if np.all(np.isfinite(planned)) and np.all((planned >= low) & (planned <= high)):
+                # the catch-up may use the room the bounds leave, never more: it must not turn a valid row
+                # into a fallback (out_of_bounds="fallback") or be clipped away unseen
+                wanted = planned + np.clip(self.residual * share, low - planned, high - planned)
         res = self.guard.check(wanted)
-        if self.reanchor and planned is not None and not res.fallback:
+        if self.reanchor and planned is not None and not res.fallback and wanted is not planned:
             self.residual = self.residual - (res.action - planned)  # what the bounds let through is spent
         self.fallbacks += res.fallback
         self.clipped += res.clipped
@@ -183,14 +185,10 @@ class ActionEmitter:
         self._sent.append((tick, res.action))
         return res.action
 
-    def _ramp_rows(self, skipped: int, taken: TimelineTick) -> int:
-        """Rows to spread the catch-up over: the delay, at least `MIN_RAMP`, at most the rows the chunk has left."""
-        left = self.timeline.rows_left(taken.tick)
-        return max(1, min(max(skipped, MIN_RAMP), left))
-
     def _deficit(self, taken: TimelineTick) -> np.ndarray:
         """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""
         first = taken.tick - taken.index
         expected = sum((self.unnormalize(r) for r in taken.skipped), np.zeros_like(self.guard.low))
         sent = sum((a for t, a in self._sent if first <= t < taken.tick), np.zeros_like(self.guard.low))
-        return (expected - sent).astype(np.float32)
+        deficit = (expected - sent).astype(np.float32)
+        return deficit if np.all(np.isfinite(deficit)) else np.zeros_like(deficit)  # never a NaN catch-up

@@ -103,3 +103,9 @@ def test_the_planner_warns_once_when_the_delay_shortens_the_calibrated_horizon(t
             planner.plan(make_observation(tick), tick, first.chunk.actions[tick:], tick, 3)
     assert caplog.text.count("calibrated on observation pairs < 8 ticks apart") == 1
     assert "--gate-horizon 5" in caplog.text
+
+
+def test_horizon_mismatch_checks_each_part_of_an_any_gate(tmp_path):
+    p = _policy(tmp_path, None, gate="any:drift,consistency")
+    assert "--gate-horizon 5" in horizon_mismatch(p, 3, 0)
+    assert horizon_mismatch(_policy(tmp_path, None, gate="any:drift:0.2,state:0.5"), 3, 0) is None  # explicit

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 try:
     from tests.fake_artifacts import cached_fake_artifacts
 except ImportError:
@@ -50,3 +52,15 @@ def test_targets_mark_met_and_not_met_from_the_cells():
     assert "met: within 5 points" in lines[0] and "(met: >= 10 points" in lines[1] and "(met: <= 2)" in lines[2]
     assert "not met: within 5 points" in lines[3] and "not met: >= 10" in lines[4] and "not met: <= 2" in lines[5]
     assert "50% of always's resamples" in lines[6] and "not met" in lines[6]
+
+
+def test_waypoints_leave_out_reanchor_modes_by_default_and_refuse_them_when_asked(tmp_path, capsys):
+    art = cached_fake_artifacts(chunk_size=8)
+    rc = main(["--artifacts", str(art), "--out", str(tmp_path / "a"), "--episodes", "1", "--latencies", "2",
+               "--gates", "interval:3", "--waypoints", "--max-steps", "35"])
+    assert rc == 0
+    modes = {c["mode"] for c in json.loads((tmp_path / "a" / "latency.json").read_text())["cells"]}
+    assert "aligned" in modes and not any("reanchor" in m for m in modes)
+    with pytest.raises(SystemExit, match="reanchor"):
+        main(["--artifacts", str(art), "--out", str(tmp_path / "b"), "--episodes", "1", "--latencies", "2",
+              "--gates", "interval:3", "--waypoints", "--modes", "aligned+reanchor"])

@@ -98,3 +98,32 @@ def test_mode_parsing_and_waypoints_refused(policy):
     assert not parse_mode("aligned+inpaint").reanchor
     with pytest.raises(ValueError, match="reanchor"):
         LatencyLoop(policy, "aligned+reanchor", 3, waypoints=True)
+
+
+def test_the_catch_up_never_turns_a_valid_row_into_a_fallback():
+    """out_of_bounds='fallback': a catch-up beyond the bounds is cut at them, so the chunk keeps running
+    instead of the robot repeating the old plan's last action."""
+    strict = EdgePolicy(cached_fake_artifacts(chunk_size=CHUNK), gate="always", seed=0, out_of_bounds="fallback",
+                        backend_options={"intra_op_threads": 1})
+    low, high = strict.guard.low, strict.guard.high
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(strict, tl, reanchor=True)
+    tl.install(TimedChunk(0, _normalised(strict, np.tile(high * 0.8, (CHUNK, 1)).astype(np.float32)), 0))
+    for t in range(4):
+        em.emit(t)
+    back = np.tile(low * 0.9, (CHUNK, 1)).astype(np.float32)  # the new plan turns round at nearly full speed
+    tl.install(TimedChunk(0, _normalised(strict, back), 1))
+    out = [em.emit(t) for t in range(4, CHUNK)]
+    assert em.fallbacks == 0
+    assert all(np.all(a >= low - 1e-6) and np.all(a <= high + 1e-6) for a in out)
+    assert all(np.all(a < 0) for a in out)  # it follows the new plan, not the old direction
+
+
+def test_a_non_finite_skipped_row_adds_no_catch_up(policy):
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=True)
+    rows = _normalised(policy, np.zeros((CHUNK, len(policy.guard.low)), np.float32))
+    rows[0, 0] = np.nan
+    tl.install(TimedChunk(0, rows, 0))
+    em.emit(2)
+    assert np.all(np.isfinite(em.residual)) and np.all(em.residual == 0)

@@ -41,7 +41,7 @@ MAX_SETUP_BYTES = 1 << 20
 class ServeConfig:
     artifacts: str | Path
     backend: str = "onnxruntime"
-    gate: str = "drift"
+    gate: str = "default"  # the manifest's gate.default
     refine: bool = False
     fallback: str = "hold"
     device: str = "cpu"
