@@ -26,7 +26,7 @@ ENGINE_FLAGS ?=
 ENGINE_PY ?= $(PY)
 ENGINE_INSTALL := $(if $(filter $(PY),$(ENGINE_PY)),install,)
 ENGINE_SRC := $(if $(or $(filter fp32,$(PRECISION)),$(filter --weakly-typed,$(ENGINE_FLAGS))),$(ARTIFACTS),$(ARTIFACTS)-$(PRECISION))
-GATE ?= drift
+GATE ?= default
 REPORT ?= reports
 
 # lerobot 0.6.x (Python 3.13, transformers 5) in a cached Debian 13 root (scripts/lerobot06_env.sh): the same
