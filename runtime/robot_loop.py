@@ -11,6 +11,8 @@ faults the loop sends the manifest's stop action once (`on_stop="stop"`) or send
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,6 +133,10 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
     if not getattr(robot, "is_connected", False):
         robot.connect()
+    # Ctrl-C must reach the loop as KeyboardInterrupt (the safe stop below), whatever SIGINT handler a library
+    # installed before (or SIG_IGN, under which Python drops the interrupt); restored on the way out
+    main = threading.current_thread() is threading.main_thread()
+    old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     start = last = time.perf_counter()
     try:
         while (max_ticks is None or rep.ticks < max_ticks) and not (should_stop and should_stop()):
@@ -188,4 +194,6 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
             source.close()
         finally:
             robot.disconnect()
+            if main:
+                signal.signal(signal.SIGINT, old_sigint)
     return rep

@@ -124,7 +124,7 @@ def _augmented(dataset, args, stage: str = "main"):
         return dataset
     colours = simtask_colours(args.dataset_root)
     if colours is None:
-        if args.irrelevant_augment > 0 and stage == "main":
+        if getattr(args, "irrelevant_augment", 0.0) > 0 and stage == "main":
             print(f"[train] --irrelevant-augment {args.irrelevant_augment}: ignored, it needs a simtask recording "
                   f"(the changes ride on the symmetry augmentation)")
         if args.augment == "on":

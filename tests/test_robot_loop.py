@@ -92,7 +92,10 @@ def test_rate_holds_at_30hz_with_100ms_inference(gate, source):
 
 
 def test_ctrl_c_sends_stop_once_and_disconnects():
+    import signal
+
     policy, _, robot, iface = make()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a library that swallows Ctrl-C must not matter
     rec = Recorder(robot)
     threading.Timer(0.5, _thread.interrupt_main).start()
     rep = run_robot(robot, SyncSource(policy, iface), iface, policy.guard.stop_action, fps=FPS, max_ticks=10_000)
@@ -101,6 +104,8 @@ def test_ctrl_c_sends_stop_once_and_disconnects():
     assert np.array_equal(robot.sent[-1], policy.guard.stop_action) and len(stops) == 1
     assert rec.disconnects == 1 and not robot.is_connected
     assert 5 < rep.ticks < 40
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the caller's handler is restored
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("on_stop", ["stop", "hold"])
