@@ -11,8 +11,6 @@ faults the loop sends the manifest's stop action once (`on_stop="stop"`) or send
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from runtime.async_policy import AsyncEdgePolicy
+from runtime.interrupts import own_sigint
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
 
@@ -127,16 +126,20 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
         raise ValueError(f"on_stop must be one of {ON_STOP}, got {on_stop!r}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps!r}")
+    if not getattr(robot, "is_connected", False):
+        robot.connect()
+    with own_sigint():  # Ctrl-C must reach the safe stop below, whatever the process inherited
+        return _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
+                           on_tick)
+
+
+def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
+                on_tick) -> LoopReport:
+    """The loop of `run_robot` (arguments checked there)."""
     period = 1.0 / fps
     rep = LoopReport()
     consecutive = 0  # robot I/O or source exceptions in a row
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
-    if not getattr(robot, "is_connected", False):
-        robot.connect()
-    # Ctrl-C must reach the loop as KeyboardInterrupt (the safe stop below), whatever SIGINT handler a library
-    # installed before (or SIG_IGN, under which Python drops the interrupt); restored on the way out
-    main = threading.current_thread() is threading.main_thread()
-    old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     start = last = time.perf_counter()
     try:
         while (max_ticks is None or rep.ticks < max_ticks) and not (should_stop and should_stop()):
@@ -194,6 +197,4 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
             source.close()
         finally:
             robot.disconnect()
-            if main:
-                signal.signal(signal.SIGINT, old_sigint)
     return rep

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 
+from runtime.interrupts import own_sigint
 from runtime.policy_arguments import add_identity_arguments, expected_digest, trusted_keys
 from runtime.serve.server import ServeConfig, build_server
 
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.wait(args.stats_every or None):
-            log.info("counters %s", json.dumps(svc.stats()))
+        with own_sigint():  # Ctrl-C stops the server even when the process inherited SIGINT ignored or blocked
+            while not stop.wait(args.stats_every or None):
+                log.info("counters %s", json.dumps(svc.stats()))
     except KeyboardInterrupt:
         pass
     server.stop(grace=1.0).wait()
