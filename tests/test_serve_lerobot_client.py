@@ -45,7 +45,7 @@ def test_success_matches_direct_runtime(served):
 def test_gate_savings_in_server_counters(served):
     svc, _ = served
     st = svc.stats()
-    assert st["observations_processed"] > 0 and st.get("refused", 0) == 0
+    assert st["observations_processed"] > 0 and st.get("refused", 0) == 0, st.get("last_refusal")
     print("server counters:", st)
     assert st["kept_plan"] > 0, st  # the gate kept the plan on some observations: no chunk computed
     assert st["policy"]["resamples"] < st["observations_processed"], st

@@ -82,6 +82,7 @@ class InferenceServicer:
     # ----------------------------------------------------------------- helpers
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
         self.counters["refused"] += 1
+        self.last_refusal = reason  # in stats(): an operator (or a failing test) sees why without the log
         log.warning("refused %s: %s", context.peer(), reason)
         context.abort(code, reason)
 
@@ -97,7 +98,8 @@ class InferenceServicer:
                 pol[k] = pol.get(k, 0) + v
         gated = self.counters["observations_processed"]
         return {**dict(self.counters), "policy": pol, "sessions": len(self.sessions),
-                "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None}
+                "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None,
+                "last_refusal": getattr(self, "last_refusal", None)}
 
     # ----------------------------------------------------------------- service
     def Ready(self, request: Any, context: grpc.ServicerContext) -> Any:
