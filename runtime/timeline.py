@@ -163,7 +163,7 @@ class ActionEmitter:
     def emit(self, tick: int) -> np.ndarray:
         taken = self.timeline.take(tick)
         planned = None if taken.row is None else self.unnormalize(taken.row)
-        wanted = planned
+        wanted, catching_up = planned, False
         if self.reanchor and planned is not None:
             if taken.skipped is not None:  # a chunk's first executed row: what did the robot do meanwhile?
                 self.residual = self._deficit(taken)
@@ -176,8 +176,9 @@ class ActionEmitter:
                 # the catch-up may use the room the bounds leave, never more: it must not turn a valid row
                 # into a fallback (out_of_bounds="fallback") or be clipped away unseen
                 wanted = planned + np.clip(self.residual * share, low - planned, high - planned)
+                catching_up = True
         res = self.guard.check(wanted)
-        if self.reanchor and planned is not None and not res.fallback and wanted is not planned:
+        if catching_up and not res.fallback:
             self.residual = self.residual - (res.action - planned)  # what the bounds let through is spent
         self.fallbacks += res.fallback
         self.clipped += res.clipped

@@ -114,7 +114,7 @@ def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int, dr
            "retrieval_top1": align["retrieval_top1"], "retrieval_top5": align["retrieval_top5"],
            "auroc_matched_vs_mismatched": align["auroc_matched_vs_mismatched"],
            "obs_effective_rank": align["obs_effective_rank"], "act_effective_rank": align["act_effective_rank"],
-           "dims": align["dims"], "ceiling": plan_retrieval_ceiling(tp, heldout)}
+           "dims": align["dims"], "ceiling": plan_retrieval_ceiling(tp, heldout, act)}
     if calib_episodes > 0:
         row["calibration"] = consistency_calibration(checkpoint, calib_episodes)
     if drift_episodes > 0:

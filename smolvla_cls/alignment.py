@@ -169,15 +169,17 @@ def nearest_top1(queries: np.ndarray, gallery: np.ndarray) -> float:
     return float((d.argmin(axis=1) == np.arange(len(q))).mean())
 
 
-def plan_retrieval_ceiling(torch_policy, heldout: HeldOut) -> dict[str, float]:
+def plan_retrieval_ceiling(torch_policy, heldout: HeldOut, act_gt: np.ndarray | None = None) -> dict[str, float]:
     """How precisely the observation determines the plan, seen through this policy: its own sampled chunk
     for frame i, used as the query among the B ground-truth chunks (L2). obs-CLS -> act-CLS retrieval cannot
-    be expected to resolve plans more finely than the policy that produced the features does."""
+    be expected to resolve plans more finely than the policy that produced the features does. `act_gt`: the
+    act-CLS of the ground-truth chunks when the caller has them already (`cls_embeddings`)."""
     action_dim = heldout.chunks[0].shape[1]
     pred = np.stack([torch_policy.predict_chunk(o)[: len(heldout.chunks[0]), :action_dim]
                      for o in heldout.observations]).astype(np.float32)
     gt = np.stack(heldout.chunks)
-    _, act_gt = cls_embeddings(torch_policy, heldout)
+    if act_gt is None:
+        _, act_gt = cls_embeddings(torch_policy, heldout)
     _, act_pred = cls_embeddings(torch_policy, HeldOut(observations=heldout.observations, chunks=list(pred)))
     return {"policy_chunk_top1": nearest_top1(pred, gt),
             "policy_first_action_top1": nearest_top1(pred[:, :1], gt[:, :1]),
