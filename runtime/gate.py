@@ -6,9 +6,14 @@ own test only runs every `check_every` ticks after a plan (in between, the queue
 Gates declare what they need (`needs_obs_cls`, `needs_act_cls`, `needs_state`, `needs_image`) so the policy
 runs the prefix/delta graphs only when a decision depends on them (`state` and `pixel` never need them).
 
-Spec strings (`make_gate`): always | never | interval:k | drift[:thr] | consistency[:thr] | random:p |
-state:thr | pixel[:thr] | any:SPEC,SPEC[,…] (fires when one of its parts fires). drift/consistency default to the manifest's calibrated
-`gate.<metric>.default_threshold`; pixel to `PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
+Spec strings (`make_gate`): always | never | interval:k | drift[:thr] | consistency[:thr] | jump[:thr] |
+random:p | state:thr | pixel[:thr] | any:SPEC,SPEC[,…] (fires when one of its parts fires). drift, consistency
+and jump default to the manifest's calibrated `gate.<metric>.default_threshold` (an error naming that field when
+it is absent); pixel to `PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
+
+drift compares obs-CLS now with obs-CLS at planning time; jump compares it with the previous tick's (the last
+tick the prefix ran), so it sees a step change in the scene but not the slow, large drift of a plan-aligned
+obs-CLS during ordinary motion. `any:jump,interval:k` adds a plan-age cap against staleness in quiet stretches.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 from runtime.manifest import GateCalibration
 from runtime.preprocess import to_chw_float
 
-GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "random", "state", "pixel", "any")
+GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "jump", "random", "state", "pixel", "any")
+MANIFEST_THRESHOLD_GATES = ("drift", "consistency", "jump")  # their threshold defaults to gate.<name> in the manifest
 PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
 
 
@@ -59,6 +65,7 @@ class GateInputs:
     plan_state: np.ndarray | None = None  # raw state at planning time
     images: list[np.ndarray] | None = None  # camera images now (uint8 HWC, or float CHW in [0, 1])
     plan_images: list[np.ndarray] | None = None  # camera images at planning time
+    prev_obs_emb: np.ndarray | None = None  # unit obs-CLS of the previous tick the prefix ran (this episode)
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,19 @@ class DriftGate(_ThresholdGate):
 
     def _decide(self, inp: GateInputs) -> GateDecision:
         return self._fire(cosine_distance(_need(inp.obs_emb, "obs_emb"), _need(inp.plan_obs_emb, "plan_obs_emb")))
+
+
+class JumpGate(_ThresholdGate):
+    """Resample when obs-CLS jumped since the previous tick on which the prefix ran (a step change in the
+    scene). No previous embedding yet in this episode → no fire (the first plan is forced anyway)."""
+
+    name = "jump"
+    needs_obs_cls = True
+
+    def _decide(self, inp: GateInputs) -> GateDecision:
+        if inp.prev_obs_emb is None:
+            return GateDecision(False, True, None, self.threshold, "jump_no_previous")
+        return self._fire(cosine_distance(_need(inp.obs_emb, "obs_emb"), inp.prev_obs_emb))
 
 
 class ConsistencyGate(_ThresholdGate):
@@ -295,7 +315,7 @@ class AnyGate(Gate):
 
 def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = None, check_every: int = 1,
               seed: int = 0) -> Gate:
-    """Parse a gate spec string; a missing drift/consistency threshold comes from `calibration`."""
+    """Parse a gate spec string; a missing drift/consistency/jump threshold comes from `calibration`."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"gate spec must be a non-empty string, got {spec!r}")
     name, _, arg = spec.strip().partition(":")
@@ -321,7 +341,7 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
         return NeverGate(check_every)
     if name == "interval":
         return IntervalGate(number(int, "an interval k"), check_every)
-    if name in ("drift", "consistency"):
+    if name in MANIFEST_THRESHOLD_GATES:
         if arg:
             thr = number(float, "a threshold")
         else:
@@ -330,7 +350,8 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
                 raise ValueError(f"gate '{name}' has no threshold: the manifest's gate.{name}.default_threshold "
                                  f"is not set; pass one explicitly, e.g. '{name}:0.1'")
             thr = cal.default_threshold
-        return (DriftGate if name == "drift" else ConsistencyGate)(thr, check_every)
+        cls = {"drift": DriftGate, "consistency": ConsistencyGate, "jump": JumpGate}[name]
+        return cls(thr, check_every)
     if name == "random":
         return RandomGate(number(float, "a firing probability p"), check_every, seed)
     if name == "state":
@@ -339,4 +360,4 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
         thr = number(float, "a mean |Δ| threshold in uint8 levels") if arg else PIXEL_DEFAULT_THRESHOLD
         return PixelGate(thr, check_every)
     raise ValueError(f"unknown gate {spec!r}; choose one of: default (policy only), always, never, interval:k, drift[:thr], "
-                     f"consistency[:thr], random:p, state:thr, pixel[:thr], any:SPEC,SPEC")
+                     f"consistency[:thr], jump[:thr], random:p, state:thr, pixel[:thr], any:SPEC,SPEC")

@@ -144,6 +144,9 @@ class EdgePolicy:
         self._queue_left = 0
         self._ticks_since_plan = 0
         self._plan_obs_emb: np.ndarray | None = None
+        # unit obs-CLS of the latest and of the one-before successful prefix pass (the jump gate's lag-1 pair)
+        self._last_obs_emb: np.ndarray | None = None
+        self._prev_obs_emb: np.ndarray | None = None
         self._plan_state: np.ndarray | None = None
         self._plan_images: list[np.ndarray] | None = None
         self._plan_task: str | None = None
@@ -324,6 +327,7 @@ class EdgePolicy:
             info.prefix_ms = self._stage_ms("prefix", t0)
         info.prefix_ran = True
         self._count("prefix_passes")
+        self._prev_obs_emb, self._last_obs_emb = self._last_obs_emb, embed(prefix.obs_cls)
         return prefix
 
     def _check_gate(self, obs: ValidatedObservation, prefix: PrefixState | None,
@@ -349,8 +353,9 @@ class EdgePolicy:
         t0 = time.perf_counter()
         inputs = GateInputs(
             queue_left=self._queue_left, ticks_since_plan=self._ticks_since_plan,
-            obs_emb=embed(prefix.obs_cls) if prefix is not None and g.needs_obs_cls else None,
-            plan_obs_emb=self._plan_obs_emb, act_emb=act_emb,
+            obs_emb=self._last_obs_emb if prefix is not None and g.needs_obs_cls else None,
+            plan_obs_emb=self._plan_obs_emb, prev_obs_emb=self._prev_obs_emb if g.needs_obs_cls else None,
+            act_emb=act_emb,
             state=obs.state if g.needs_state else None, plan_state=self._plan_state,
             images=obs.images if g.needs_image else None, plan_images=self._plan_images,
         )

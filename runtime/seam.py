@@ -31,7 +31,7 @@ def check_seam_mode(mode: str) -> str:
     return mode
 
 
-CHANGE_GATES = ("drift", "consistency", "state")  # gates whose firing means the observation moved away
+CHANGE_GATES = ("drift", "consistency", "jump", "state")  # gates whose firing means the observation moved away
 
 
 def world_changed(reason: str, distance: float | None, threshold: float | None) -> bool:

@@ -1,0 +1,107 @@
+"""The per-tick `jump[:thr]` gate: obs-CLS now vs the previous prefix tick's, its spec parsing, and its wiring
+in EdgePolicy (the previous embedding is kept per episode) and in the async planner."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from runtime.async_planner import AsyncChunkPlanner
+from runtime.gate import DriftGate, GateInputs, JumpGate, make_gate
+from runtime.manifest import GateCalibration
+from runtime.policy import EdgePolicy
+from runtime.seam import world_changed
+from tests.fake_artifacts import CAMERA_KEY, cached_fake_artifacts, make_observation
+
+
+def _unit(angle: float) -> np.ndarray:
+    return np.array([np.cos(angle), np.sin(angle), 0.0])
+
+
+def test_fires_on_a_step_change_but_not_on_slow_drift():
+    """A slow rotation (0.05 rad a tick) accumulates a large distance from planning time, which fires drift,
+    but never moves more than 0.0013 between ticks; a 90-degree step between two ticks fires jump."""
+    jump, drift = JumpGate(0.25), DriftGate(0.25)
+    angles = np.arange(0.0, 1.5, 0.05)
+    for prev, now in pairwise(angles):
+        d = jump.decide(GateInputs(5, 1, obs_emb=_unit(now), prev_obs_emb=_unit(prev), plan_obs_emb=_unit(0.0)))
+        assert not d.resample and d.distance < 0.002
+    late = GateInputs(5, 1, obs_emb=_unit(angles[-1]), prev_obs_emb=_unit(angles[-2]), plan_obs_emb=_unit(0.0))
+    assert drift.decide(late).resample  # the same slow motion fires the since-plan gate
+    step = jump.decide(GateInputs(5, 1, obs_emb=_unit(np.pi / 2), prev_obs_emb=_unit(0.0)))
+    assert step.resample and step.distance == pytest.approx(1.0) and step.reason == "jump"
+    assert world_changed(step.reason, step.distance, step.threshold)  # the async seam treats it as a change
+
+
+def test_no_previous_embedding_never_fires():
+    d = JumpGate(0.0).decide(GateInputs(5, 1, obs_emb=_unit(1.0), prev_obs_emb=None))
+    assert not d.resample and d.checked and d.distance is None and d.reason == "jump_no_previous"
+    with pytest.raises(ValueError, match="obs_emb"):
+        JumpGate(0.1).decide(GateInputs(5, 1, prev_obs_emb=_unit(0.0)))
+
+
+@pytest.mark.parametrize("spec", ["jump:0.25", "any:jump:0.25,drift:0.7,interval:6", "any:jump:0.1,pixel:2"])
+def test_spec_round_trips(spec):
+    g = make_gate(spec)
+    assert g.spec == spec and make_gate(g.spec).spec == spec
+    assert g.needs_obs_cls
+
+
+def test_threshold_from_the_manifest_or_a_clear_error():
+    assert make_gate("jump", {"jump": GateCalibration({}, 0.3)}).threshold == 0.3
+    with pytest.raises(ValueError, match=r"gate\.jump\.default_threshold"):
+        make_gate("jump", {"drift": GateCalibration({}, 0.3)})
+    with pytest.raises(ValueError, match=r"gate\.jump\.default_threshold"):
+        make_gate("any:jump,interval:6")
+    for bad, msg in (("jump:abc", "must be a number"), ("jump:nan", "finite"), ("jump:inf", "finite")):
+        with pytest.raises(ValueError, match=msg):
+            make_gate(bad)
+    with pytest.raises(ValueError, match="jump"):
+        make_gate("jumpy:0.1")
+
+
+class _Recording(JumpGate):
+    def __init__(self, threshold: float):
+        super().__init__(threshold)
+        self.seen: list[GateInputs] = []
+
+    def _decide(self, inp: GateInputs):
+        self.seen.append(inp)
+        return super()._decide(inp)
+
+
+def test_policy_keeps_the_previous_prefix_tick_and_clears_it_on_reset():
+    gate = _Recording(1e-6)
+    p = EdgePolicy(cached_fake_artifacts(), gate=gate, backend_options={"intra_op_threads": 1})
+    a, b = make_observation(3), make_observation(3)
+    b[CAMERA_KEY] = 255 - a[CAMERA_KEY]
+    p.step(a)  # forced first plan: the gate is not consulted, the prefix runs
+    assert p.last_info.resampled and not gate.seen
+    first = p._last_obs_emb.copy()
+    p.step(a)  # same observation: distance 0 → keep
+    assert not p.last_info.resampled and gate.seen[-1].prev_obs_emb is not None
+    np.testing.assert_allclose(gate.seen[-1].prev_obs_emb, first)
+    assert p.last_info.gate_distance == pytest.approx(0.0, abs=1e-9)
+    p.step(b)  # a step change between two ticks → resample, reason jump
+    assert p.last_info.resampled and p.last_info.gate_reason == "jump" and p.last_info.gate_distance > 1e-6
+    np.testing.assert_allclose(gate.seen[-1].obs_emb, p._last_obs_emb)
+    p.reset()
+    assert p._prev_obs_emb is None and p._last_obs_emb is None  # no embedding crosses an episode boundary
+    p.step(b)
+    assert p._prev_obs_emb is None  # the first prefix of the new episode has nothing before it
+
+
+def test_async_planner_runs_the_jump_gate():
+    pol = EdgePolicy(cached_fake_artifacts(chunk_size=8), gate="jump:1e-6", seed=0,
+                     backend_options={"intra_op_threads": 1})
+    planner = AsyncChunkPlanner(pol, seam="inpaint", seam_width=3)
+    a, b = make_observation(0), make_observation(0)
+    b[CAMERA_KEY] = 255 - a[CAMERA_KEY]
+    first = planner.plan(a, 0, None, 0, 1)
+    assert first.chunk is not None and not planner.last_reacted
+    kept = planner.plan(a, 2, first.chunk.actions[2:], 2, 1)  # same scene: keep the plan
+    assert kept.chunk is None and not kept.info.resampled and kept.info.gate_distance == pytest.approx(0.0, abs=1e-9)
+    moved = planner.plan(b, 3, first.chunk.actions[3:], 3, 1)  # the scene jumped: a reaction
+    assert moved.chunk is not None and moved.info.gate_reason == "jump" and planner.last_reacted
