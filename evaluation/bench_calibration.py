@@ -1,10 +1,13 @@
 """Calibrates every threshold gate of the gate benchmark on the same held-out episodes, by one rule.
 
-For each family (drift, consistency, pixel, state) the policy runs with the family's gate at a threshold it
+For each family (drift, consistency, jump, pixel, state) the policy runs with the family's gate at a threshold it
 never reaches (so only an empty queue resamples: open-loop chunks) on held-out episodes of every benchmark
 kind (seed stream `bench_calibration`, never used for training, export calibration or the benchmark). Each
 tick at which the gate checked gives one distance, labelled by what happened since the plan was made:
-`quiet` (nothing), `irrelevant` (only irrelevant changes) or `relevant` (the goal moved). The default
+`quiet` (nothing), `irrelevant` (only irrelevant changes) or `relevant` (the goal moved). `jump` compares
+consecutive prefix ticks, so its labels are per tick (`step_label`): what became visible since the previous
+tick, with an ongoing goal move as its own label `moving` (kept out of the threshold and the AUROCs: a move
+changes the scene a little every tick, which is not what a step detector is for). The default
 threshold is the 95th percentile of the `quiet` distances (≈ 5 % spurious resamples when nothing happened),
 the rule of the export-time CLS calibration (`export/graphs/gate_calibration.py`, whose rollouts have no
 irrelevant changes); the sweep uses other quantiles of the same distribution and 3 × p99. Irrelevant changes are left out
@@ -20,7 +23,9 @@ from typing import Any
 import numpy as np
 
 NEVER = 1e9  # a threshold no distance reaches (cosine <= 2; mean |Δ| <= 255; state is in the unit square)
-THRESHOLD_FAMILIES = ("drift", "consistency", "pixel", "state")
+THRESHOLD_FAMILIES = ("drift", "consistency", "jump", "pixel", "state")
+PER_TICK_FAMILIES = ("jump",)  # families whose distance compares consecutive ticks, not now vs the plan
+LABELS = ("quiet", "irrelevant", "relevant", "moving")
 DEFAULT_QUANTILE = 95.0
 SWEEP_QUANTILES = (80.0, 90.0, 95.0, 98.0, 99.0)
 ABOVE_P99 = 3.0
@@ -52,22 +57,44 @@ def label(plan_tick: int, tick: int, changes: Sequence[Any]) -> str:
     return "irrelevant" if since else "quiet"
 
 
+def step_label(prev_tick: int, tick: int, changes: Sequence[Any]) -> str:
+    """What became visible between the previous prefix tick and `tick` (a per-tick gate's label):
+    `relevant` = a goal change started; `irrelevant` = only irrelevant changes started, continue (a noise burst
+    redraws its noise every tick) or ended (the image changes back); `moving` = a goal move that started
+    earlier is still going (and nothing above); `quiet` = nothing started, ongoing or ending."""
+    started = [c for c in changes if prev_tick < c.tick <= tick]
+    if any(c.relevant for c in started):
+        return "relevant"
+    # a lasting change shows a new image on each of its later ticks and (irrelevant: the image changes back)
+    # on the tick after its end; a goal move's last step is at its end tick
+    lasting = [c for c in changes if c.duration > 1 and c.tick < tick]
+    if started or any(not c.relevant and c.end + 1 > prev_tick for c in lasting):
+        return "irrelevant"
+    return "moving" if any(c.relevant and c.end > prev_tick for c in lasting) else "quiet"
+
+
 def record_distances(make_policy: Callable[[str], Any], env: Any, family: str,
                      episodes: Sequence[tuple[int, str]], bar: Any = None) -> dict[str, list[float]]:
-    """Distances of `family`'s gate per label over `episodes` ((seed, kind) pairs), never firing."""
+    """Distances of `family`'s gate per label over `episodes` ((seed, kind) pairs), never firing. Since-plan
+    families are labelled by `label`, per-tick ones (`PER_TICK_FAMILIES`) by `step_label` against the previous
+    tick on which the prefix ran."""
     policy = make_policy(f"{family}:{NEVER:g}")
-    out: dict[str, list[float]] = {"quiet": [], "irrelevant": [], "relevant": []}
+    per_tick = family in PER_TICK_FAMILIES
+    out: dict[str, list[float]] = {k: [] for k in LABELS}
     for seed, kind in episodes:
         obs = env.reset(seed, kind)
         policy.reset(seed=seed)
-        plan_tick, done, i = 0, False, 0
+        plan_tick, prefix_tick, done, i = 0, -1, False, 0
         while not done:
             action = policy.step(obs)
             info = policy.last_info
             if info.resampled:
                 plan_tick = i
             elif info.gate_checked and info.gate_distance is not None:
-                out[label(plan_tick, i, env.schedule)].append(float(info.gate_distance))
+                lab = step_label(prefix_tick, i, env.schedule) if per_tick else label(plan_tick, i, env.schedule)
+                out[lab].append(float(info.gate_distance))
+            if info.prefix_ran:
+                prefix_tick = i
             obs, done, _ = env.step(action)
             i += 1
         if bar is not None:
@@ -93,8 +120,8 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
     def mean(xs: list[float]) -> float | None:
         return float(np.mean(xs)) if xs else None
 
-    return {"n": {k: len(v) for k, v in dist.items()}, "quiet_quantiles": q,
-            "mean": {k: mean(v) for k, v in dist.items()},
+    return {"n": {k: len(dist.get(k, [])) for k in LABELS}, "quiet_quantiles": q,
+            "mean": {k: mean(dist.get(k, [])) for k in LABELS},
             "default_threshold": q[f"p{DEFAULT_QUANTILE:g}"],
             "auroc_relevant_vs_quiet": auroc(dist["quiet"], dist["relevant"]),
             "auroc_relevant_vs_irrelevant": auroc(dist["irrelevant"], dist["relevant"]),

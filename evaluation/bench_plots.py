@@ -7,12 +7,19 @@ from pathlib import Path
 
 from evaluation.plots import _STYLE, _pyplot
 
-FAMILIES = ("always", "interval", "random", "state", "pixel", "drift", "consistency", "drift+consistency")
-_PIXEL_STYLE = ("tab:red", "P")
+FAMILIES = ("always", "interval", "random", "state", "pixel", "drift", "consistency", "jump", "drift+consistency",
+            "pixel+cap", "drift+cap", "consistency+cap", "jump+cap")
+_OWN_STYLE = {"pixel": ("tab:red", "P"), "jump": ("tab:olive", "d")}  # families evaluation.plots has no style for
+
+
+def _style(family: str) -> tuple[str, str]:
+    base = family.removesuffix("+cap")  # a capped gate: its family's colour and marker, dashed line
+    return _OWN_STYLE.get(base) or _STYLE.get(base, ("tab:cyan", "o"))
 
 
 def success_vs_resamples(report: dict, path: str | Path) -> str | None:
-    """Per kind: success rate against full resamples per episode, one line per family (refined runs hollow)."""
+    """Per kind: success rate against full resamples per episode, one line per family (refined runs hollow and
+    dotted, plan-age-capped gates dashed in their family's colour)."""
     plt = _pyplot()
     if plt is None:
         return None
@@ -27,11 +34,11 @@ def success_vs_resamples(report: dict, path: str | Path) -> str | None:
                       and kind in r["per_kind"]]
                 if not rs:
                     continue
-                colour, marker = _PIXEL_STYLE if fam == "pixel" else _STYLE.get(fam, ("tab:cyan", "o"))
+                colour, marker = _style(fam)
                 pts = sorted((r["per_kind"][kind]["resamples"]["mean"], r["per_kind"][kind]["success_rate"])
                              for r in rs)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour,
-                        linestyle=":" if refine else "-", markerfacecolor="white" if refine else colour,
+                        linestyle=":" if refine else ("--" if fam.endswith("+cap") else "-"), markerfacecolor="white" if refine else colour,
                         label=fam + (" +refine" if refine else ""), markersize=10 if fam == "always" else 6)
         ax.set_title(kind, fontsize=10)
         ax.set_xscale("symlog", linthresh=1.0)
@@ -50,19 +57,27 @@ def success_vs_resamples(report: dict, path: str | Path) -> str | None:
     return str(path)
 
 
+def _uncapped(name: str) -> str:
+    """`drift+cap:p95/6` → `drift:p95`: a capped gate's distance mixes ticks with its change part's, so the
+    timeline shows the change part alone."""
+    fam, _, label = name.partition(":")
+    return f"{fam.removesuffix('+cap')}:{label.split('/')[0]}" if fam.endswith("+cap") else name
+
+
 def _timeline_gates(report: dict) -> list[dict]:
-    """The headline CLS gate, the pixel gate the headline compares it with, and drift at p95 if not yet shown."""
+    """The headline CLS gate, the pixel gate the headline compares it with (uncapped), then jump and drift at
+    p95 if not yet shown; at most four."""
     h = report.get("headline") or {}
-    names = [h[k]["name"] for k in ("cls", "pixel") if h.get(k)]
-    names += [r["name"] for r in report["policies"] if r["family"] == "drift" and r["label"] == "p95"
-              and not r["refine"]]
+    names = [_uncapped(h[k]["name"]) for k in ("cls", "pixel") if h.get(k)]
+    names += [r["name"] for fam in ("jump", "drift") for r in report["policies"]
+              if r["family"] == fam and r["label"] == "p95" and not r["refine"]]
     seen, out = set(), []
     for n in names:
         r = next((p for p in report["policies"] if p["name"] == n), None)
         if r is not None and n not in seen and r["traces"]:
             seen.add(n)
             out.append(r)
-    return out[:3]
+    return out[:4]
 
 
 def timeline(report: dict, path: str | Path) -> str | None:

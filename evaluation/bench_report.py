@@ -1,5 +1,6 @@
-"""The gate benchmark's verdict and tables: the mixed-suite headline (best CLS gate vs `always` and vs the
-pixel gate, with paired tests) and `gate_bench.md` / `gate_bench.json`."""
+"""The gate benchmark's verdict and tables: the mixed-suite headline (best CLS gate, capped or not, vs `always`,
+vs the pixel gate and vs a fixed interval / the plan-age cap alone, with paired tests) and `gate_bench.md` /
+`gate_bench.json`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from evaluation.gate_stats import mcnemar_exact_p
 
 SUCCESS_TOL = 0.03  # acceptance: within 3 points of always
 BUDGET_FRAC = 0.30  # acceptance: at most 30 % of always's resamples
-CLS = ("drift", "consistency", "drift+consistency")
+CLS = ("drift", "consistency", "jump", "drift+consistency")  # gate families that read the CLS head
+CAP_SUFFIX = "+cap"  # `<family>+cap` = the family's gate with a plan-age cap (`any:<gate>,interval:K`)
+SIGNIFICANT_P = 0.05
+
+
+def base_family(family: str) -> str:
+    """`drift+cap` → `drift`: a capped gate belongs to its change family."""
+    return family.removesuffix(CAP_SUFFIX)
 
 
 def _s(r: dict, kind: str) -> tuple[float, float]:
@@ -29,41 +37,73 @@ def _paired(a: dict, b: dict, kind: str) -> dict:
     return {"vs": b["name"], "only_this": only_a, "only_other": only_b, "mcnemar_p": mcnemar_exact_p(only_a, only_b)}
 
 
+def _best(pool: Sequence[dict], kind: str, ok: Sequence[dict]) -> dict:
+    """The qualifying policy with the best success (fewest resamples on ties); else the best by success."""
+    return max(ok or pool, key=lambda r: (_s(r, kind)[0], -_s(r, kind)[1]))
+
+
+def _cap_alone(best: dict, intervals: Sequence[dict], kind: str) -> dict | None:
+    """What the CLS part adds over the plan-age cap alone: the same K's `interval:K` for a capped gate, the best
+    interval-only policy otherwise; success and resamples difference with the paired test."""
+    if not intervals:
+        return None
+    ref = None
+    if best["family"].endswith(CAP_SUFFIX) and best.get("param") is not None:
+        ref = next((r for r in intervals if r.get("param") == best["param"]), None)
+    if ref is None:
+        ref = max(intervals, key=lambda r: (_s(r, kind)[0], -_s(r, kind)[1]))
+    (b_s, b_r), (i_s, i_r) = _s(best, kind), _s(ref, kind)
+    paired = _paired(best, ref, kind)
+    return {"name": ref["name"], "gate": ref["gate"], "success": i_s, "resamples": i_r,
+            "success_gain": b_s - i_s, "extra_resamples": b_r - i_r, "paired": paired,
+            "buys_success": b_s > i_s and paired["mcnemar_p"] < SIGNIFICANT_P}
+
+
 def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict:
-    """Best CLS gate on `kind` against the acceptance rule, and the pixel gate at equal or better success."""
+    """Best CLS gate (capped or not) on `kind` against the acceptance rule; the cheapest pixel gate (capped or
+    not) at equal or better success; the best interval-only policy by the same rule; and what the CLS part
+    buys over the plan-age cap alone."""
     results = [r for r in results if kind in r["per_kind"]]
     always = next((r for r in results if r["family"] == "always" and not r["refine"]), None)
     if always is None:
         return {"error": f"no 'always' run on the {kind} suite"}
     a_s, a_r = _s(always, kind)
-    ok = [r for r in results if r["family"] in CLS and _s(r, kind)[0] >= a_s - SUCCESS_TOL - 1e-9
-          and _s(r, kind)[1] <= BUDGET_FRAC * a_r + 1e-9]
-    cls = [r for r in results if r["family"] in CLS]
+
+    def meets(r: dict) -> bool:
+        return _s(r, kind)[0] >= a_s - SUCCESS_TOL - 1e-9 and _s(r, kind)[1] <= BUDGET_FRAC * a_r + 1e-9
+
+    cls = [r for r in results if base_family(r["family"]) in CLS]
+    ok = [r for r in cls if meets(r)]
     out: dict[str, Any] = {"kind": kind, "always": {"success": a_s, "resamples": a_r},
                            "rule": f"success >= always - {SUCCESS_TOL:.2f} and resamples <= {BUDGET_FRAC:.0%} of always",
-                           "qualifying_cls": [r["name"] for r in ok], "cls": None, "pixel": None}
+                           "qualifying_cls": [r["name"] for r in ok], "cls": None, "pixel": None,
+                           "interval": None, "cap_alone": None}
     if not cls:
         return out
-    # the qualifying CLS gate with the best success (fewest resamples on ties); else the best CLS gate by success
-    best = max(ok or cls, key=lambda r: (_s(r, kind)[0], -_s(r, kind)[1]))
+    best = _best(cls, kind, ok)
     b_s, b_r = _s(best, kind)
     out["cls"] = {"name": best["name"], "gate": best["gate"], "qualifies": bool(ok), "success": b_s,
                   "resamples": b_r, "resample_fraction": b_r / a_r if a_r else None,
                   "irrelevant": best["per_kind"][kind]["gated_irrelevant"]["mean"],
                   "paired_always": _paired(best, always, kind)}
-    pixels = [r for r in results if r["family"] == "pixel"]
+    pixels = [r for r in results if base_family(r["family"]) == "pixel"]
     if pixels:
         at_least = [r for r in pixels if _s(r, kind)[0] >= b_s - 1e-9]
         pix = min(at_least, key=lambda r: _s(r, kind)[1]) if at_least else max(pixels, key=lambda r: _s(r, kind)[0])
         p_s, p_r = _s(pix, kind)
-        pix_ok = [r for r in pixels if _s(r, kind)[0] >= a_s - SUCCESS_TOL - 1e-9
-                  and _s(r, kind)[1] <= BUDGET_FRAC * a_r + 1e-9]
         out["pixel"] = {"name": pix["name"], "gate": pix["gate"], "success": p_s, "resamples": p_r,
                         "irrelevant": pix["per_kind"][kind]["gated_irrelevant"]["mean"],
                         "equal_or_better_success": bool(at_least),
                         "cls_fewer_resamples": bool(at_least) and b_r < p_r,
-                        "pixel_meets_rule": [r["name"] for r in pix_ok],
+                        "pixel_meets_rule": [r["name"] for r in pixels if meets(r)],
                         "paired_cls": _paired(best, pix, kind)}
+    intervals = [r for r in results if r["family"] == "interval" and not r["refine"]]
+    if intervals:
+        iv = _best(intervals, kind, [r for r in intervals if meets(r)])
+        i_s, i_r = _s(iv, kind)
+        out["interval"] = {"name": iv["name"], "gate": iv["gate"], "qualifies": meets(iv), "success": i_s,
+                           "resamples": i_r, "paired_cls": _paired(best, iv, kind)}
+        out["cap_alone"] = _cap_alone(best, intervals, kind)
     return out
 
 
@@ -105,6 +145,32 @@ def headline_lines(h: dict) -> list[str]:
         lines.append(f"- paired CLS vs that pixel gate: only CLS {pc['only_this']}, only pixel {pc['only_other']} "
                      f"(McNemar p = {pc['mcnemar_p']:.2f}); pixel gates meeting the rule themselves: "
                      f"{', '.join(p['pixel_meets_rule']) or 'none'}.")
+    lines += _interval_lines(h)
+    return lines
+
+
+def _interval_lines(h: dict) -> list[str]:
+    """The honest part: does a fixed interval alone do as well, and what does the CLS part add to a cap?"""
+    iv, cap, c = h.get("interval"), h.get("cap_alone"), h.get("cls")
+    if not (iv and c):
+        return []
+    pi = iv["paired_cls"]
+    lines = [(f"- best interval-only policy by the same rule: **{iv['name']}** (`{iv['gate']}`) "
+             f"{'meets' if iv['qualifies'] else 'does not meet'} it: success {iv['success']:.3f}, "
+             f"{iv['resamples']:.2f} resamples/episode; paired CLS vs it: only CLS {pi['only_this']}, only interval "
+             f"{pi['only_other']} (McNemar p = {pi['mcnemar_p']:.2f}).")]
+    if cap:
+        gain, extra, pc = cap["success_gain"], cap["extra_resamples"], cap["paired"]
+        if cap["buys_success"]:
+            verdict = f"the CLS part BUYS {100 * gain:+.1f} points of success (significant)"
+        elif gain > 0:
+            verdict = f"the CLS part adds {100 * gain:+.1f} points, NOT significant: it buys nothing shown"
+        else:
+            verdict = f"the CLS part buys NOTHING on success ({100 * gain:+.1f} points)"
+        lines.append(f"- CLS gate vs the cap alone (`{cap['gate']}`: success {cap['success']:.3f}, "
+                     f"{cap['resamples']:.2f} resamples/episode): {verdict}, for {extra:+.2f} resamples/episode "
+                     f"(paired: only CLS {pc['only_this']}, only cap {pc['only_other']}, McNemar p = "
+                     f"{pc['mcnemar_p']:.2f}).")
     return lines
 
 
@@ -120,7 +186,8 @@ def markdown(report: dict) -> str:
               "| AUROC rel vs quiet | AUROC rel vs irrelevant |"), "|---|---|---|---|---|---|---|---|"]
     for fam, c in report["calibration"].items():
         n, m = c["n"], c["mean"]
-        lines.append(f"| {fam} | {n['quiet']} / {n['irrelevant']} / {n['relevant']} | {fmt(m['quiet'], 4)} | "
+        moving = f" (+{n['moving']} moving)" if n.get("moving") else ""
+        lines.append(f"| {fam} | {n['quiet']} / {n['irrelevant']} / {n['relevant']}{moving} | {fmt(m['quiet'], 4)} | "
                      f"{fmt(m['irrelevant'], 4)} | {fmt(m['relevant'], 4)} | {c['default_threshold']:.4g} | "
                      f"{fmt(c['auroc_relevant_vs_quiet'], 3)} | {fmt(c['auroc_relevant_vs_irrelevant'], 3)} |")
     for kind in cfg["kinds"]:

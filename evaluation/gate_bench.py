@@ -7,8 +7,10 @@ Episodes (`simtask.bench_env`, seed stream `bench`): relevant changes (`jump`, `
 ones (`distractor`, `lighting`, `noise`) and a `mixed` suite (one target jump among a distractor jump, a lighting
 shift and a noise burst), each with a deadline sized from the scripted expert's reaction. Every policy runs the
 same seeds. Gates: `always`, `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
-and the threshold gates `state`, `pixel`, `drift`, `consistency` and both CLS gates at once (`any:`), all
-calibrated by one rule on the same held-out episodes (`evaluation.bench_calibration`); some gates also with delta refinement (`+refine`).
+and the threshold gates `state`, `pixel`, `drift`, `consistency`, `jump` (per tick) and both since-plan CLS
+gates at once (`any:`), all calibrated by one rule on the same held-out episodes
+(`evaluation.bench_calibration`); the change gates also with a plan-age cap (`<family>+cap:<label>/K` =
+`any:<family>:<thr>,interval:K`, K in `--caps`); some gates also with delta refinement (`+refine`).
 Outputs `<out>/gate_bench.json`, `<out>/gate_bench.md` and plots (`evaluation.bench_plots`).
 """
 
@@ -34,6 +36,9 @@ TRACE_KINDS = ("jump", "distractor")  # the timeline plot: one relevant and one 
 DEFAULT_REFINE = ("interval:chunk", "drift:p95", "pixel:p95", "consistency:p95")
 DEFAULT_SWEEP = ("p90", "p95", "p99", "3xp99", "manifest")
 ANY_FAMILY = "drift+consistency"  # the `any:drift,consistency` gate
+CAP_FAMILIES = ("drift", "consistency", "jump", "pixel")  # change gates also run with a plan-age cap
+CAP_LABELS = ("p95", "manifest")  # the calibrated thresholds that get a capped copy
+DEFAULT_CAPS = (6, 8)
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,25 @@ def _bar(total: int, enabled: bool) -> Any:
         return None
 
 
+def capped_specs(calibration: dict, caps: Sequence[int]) -> list[BenchSpec]:
+    """Each change family at its p95 (and manifest) threshold combined with `interval:K`: the change part
+    reacts to what it sees, the cap bounds how stale a plan gets in a quiet stretch."""
+    out = []
+    for fam in CAP_FAMILIES:
+        thresholds = dict(calibration.get(fam, {}).get("sweep", []))
+        for label in [lb for lb in CAP_LABELS if lb in thresholds]:
+            out += [BenchSpec(f"{fam}+cap", f"any:{fam}:{thresholds[label]:.6g},interval:{k}", f"{label}/{k}",
+                              float(k)) for k in caps]
+    return out
+
+
 def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep: Sequence[str],
-                 refine: Sequence[str]) -> list[BenchSpec]:
-    """always, interval:k and every threshold family's sweep (labels in `sweep`), plus `+refine` copies."""
+                 refine: Sequence[str], caps: Sequence[int] = DEFAULT_CAPS) -> list[BenchSpec]:
+    """always, interval:k (every cap K included) and every threshold family's sweep (labels in `sweep`), the
+    capped change gates, plus `+refine` copies."""
     out = [BenchSpec("always", "always", "")]
     out += [BenchSpec("interval", f"interval:{k}", "chunk" if k == chunk else str(k), float(k))
-            for k in sorted(set(intervals) | {chunk})]
+            for k in sorted(set(intervals) | set(caps) | {chunk})]
     for fam in THRESHOLD_FAMILIES:
         for label, thr in calibration.get(fam, {}).get("sweep", []):
             if label in sweep:
@@ -78,6 +96,7 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
     d_sweep, c_sweep = (dict(calibration.get(f, {}).get("sweep", [])) for f in ("drift", "consistency"))
     for label in [lb for lb in sweep if lb in d_sweep and lb in c_sweep]:
         out.append(BenchSpec(ANY_FAMILY, f"any:drift:{d_sweep[label]:.6g},consistency:{c_sweep[label]:.6g}", label))
+    out += capped_specs(calibration, caps)
     by_name = {s.name: s for s in out}
     out += [BenchSpec(s.family, s.spec, s.label, s.param, True) for n in refine if (s := by_name.get(n))]
     return out
@@ -86,8 +105,8 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
 def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, calibration_episodes: int = 8,
                    seed: int = 0, kinds: Sequence[str] = EPISODE_KINDS, slack: int = 5, quick: bool = False,
                    threads: int = 1, intervals: Sequence[int] = (3, 5), sweep: Sequence[str] = DEFAULT_SWEEP,
-                   refine: Sequence[str] = DEFAULT_REFINE,
-                   plots: bool = True, progress: bool = True) -> dict:
+                   refine: Sequence[str] = DEFAULT_REFINE, plots: bool = True, progress: bool = True,
+                   caps: Sequence[int] = DEFAULT_CAPS) -> dict:
     """Calibrate, run every policy over every kind, write the report; returns it."""
     from simtask import episode_seeds
     from simtask.bench_env import BenchEnv
@@ -97,7 +116,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     out.mkdir(parents=True, exist_ok=True)
     if quick:
         episodes, calibration_episodes, intervals, sweep = min(episodes, 2), min(calibration_episodes, 1), (), ("p95",)
-        refine = ("pixel:p95",)
+        refine, caps = ("pixel:p95",), tuple(caps)[:1]
     env = BenchEnv(slack=slack)
     seeds = episode_seeds(seed, episodes * len(kinds), "bench")
     by_kind = {k: seeds[i * episodes:(i + 1) * episodes] for i, k in enumerate(kinds)}
@@ -122,7 +141,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     if bar is not None:
         bar.close()
 
-    specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, refine)
+    specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, refine, caps)
     n_ep = episodes * len(kinds)
     bar = _bar((len(specs) + 2) * n_ep, progress)
     results: list[dict] = []
@@ -164,6 +183,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     report: dict[str, Any] = {
         "config": {"artifacts": str(artifacts), "episodes_per_kind": episodes, "kinds": list(kinds),
                    "calibration_episodes_per_kind": calibration_episodes, "seed": seed, "slack": slack,
+                   "caps": list(caps),
                    "settle": env.settle, "quick": quick, "threads": threads, "host": platform.node() or "?",
                    "chunk_size": manifest.dims.chunk_size, "n_action_steps": manifest.dims.n_action_steps,
                    "num_steps": manifest.dims.num_steps, "seeds": by_kind, "task": env.config.to_dict()},
@@ -198,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slack", type=int, default=5, help="ticks added to the scripted expert's time for the deadline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--intervals", type=int, nargs="*", default=[3, 5], help="interval:k gates (chunk always added)")
+    p.add_argument("--intervals", type=int, nargs="*", default=[3, 5],
+                   help="interval:k gates (the chunk and every --caps K always added)")
+    p.add_argument("--caps", type=int, nargs="*", default=list(DEFAULT_CAPS),
+                   help="plan-age caps K: drift/consistency/jump/pixel at p95 (and manifest) also run as "
+                        "any:<gate>,interval:K")
     p.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP),
                    help="calibrated thresholds to run per family (p80 p90 p95 p98 p99 3xp99 manifest)")
     p.add_argument("--refine", nargs="*", default=list(DEFAULT_REFINE), help="policy names also run with refinement")
@@ -224,10 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1 or args.calibration_episodes < 1:
         print("error: --episodes and --calibration-episodes must be >= 1", file=sys.stderr)
         return 2
+    if any(k < 1 for k in args.caps):
+        print(f"error: --caps must be >= 1, got {args.caps}", file=sys.stderr)
+        return 2
     try:
         report = run_gate_bench(args.artifacts, args.out, args.episodes, args.calibration_episodes, args.seed,
                                 args.kinds, args.slack, args.quick, args.threads, args.intervals, args.sweep,
-                                args.refine, not args.no_plots, not args.no_progress)
+                                args.refine, not args.no_plots, not args.no_progress, args.caps)
     except (ValueError, RuntimeError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evaluation.bench_calibration import auroc, label, summarize_family
+from evaluation.bench_calibration import auroc, label, step_label, summarize_family
 from evaluation.bench_report import compute_bench_headline, headline_lines
 from evaluation.bench_runner import attribute, mean_ci, wilson
-from evaluation.gate_bench import main
+from evaluation.gate_bench import main, policy_specs
 from simtask.events import Change
 from tests.fake_artifacts import cached_fake_artifacts
 
@@ -33,7 +33,8 @@ def quick(tmp_path_factory) -> tuple[dict, Path]:
 def test_quick_run_covers_every_gate_family_on_paired_seeds(quick):
     report, out = quick
     fams = {r["family"] for r in report["policies"]}
-    assert {"always", "interval", "state", "pixel", "drift", "consistency", "random", "drift+consistency"} <= fams
+    assert {"always", "interval", "state", "pixel", "drift", "consistency", "jump", "random", "drift+consistency",
+            "drift+cap", "jump+cap", "pixel+cap"} <= fams
     both = next(r for r in report["policies"] if r["family"] == "drift+consistency")
     drift = next(r for r in report["policies"] if r["family"] == "drift" and r["label"] == both["label"])
     assert both["gate"].startswith("any:drift:") and ",consistency:" in both["gate"]
@@ -52,7 +53,7 @@ def test_quick_run_covers_every_gate_family_on_paired_seeds(quick):
         a, c = always["per_kind"][kind], chunk["per_kind"][kind]
         assert a["resamples"]["mean"] == pytest.approx(a["ticks"])
         assert c["resamples"]["mean"] <= a["resamples"]["mean"] / 2
-    for fam in ("drift", "consistency", "pixel", "state"):
+    for fam in ("drift", "consistency", "jump", "pixel", "state"):
         cal = report["calibration"][fam]
         assert cal["n"]["quiet"] > 0 and cal["default_threshold"] == cal["quiet_quantiles"]["p95"]
     md = (out / "gate_bench.md").read_text()
@@ -151,3 +152,67 @@ def test_report_table_has_a_plan_encoder_column(quick):
     row = next(line for line in md.splitlines() if line.startswith("| always |"))
     assert row.count("|") == header.count("|")
     assert all("plan_encoder_passes" in r["per_kind"]["mixed"] for r in report["policies"])
+
+
+def test_per_tick_labels_for_the_jump_gate():
+    """jump compares consecutive prefix ticks: a change counts on the tick it becomes visible, a noise burst on
+    every tick it lasts and on the tick after (the image changes back), an ongoing goal move is `moving`."""
+    jump, burst, move = Change(12, "jump"), Change(5, "noise", duration=4), Change(20, "move", duration=3)
+    assert step_label(11, 12, [jump]) == "relevant" and step_label(12, 13, [jump]) == "quiet"
+    assert step_label(10, 11, [jump]) == "quiet"
+    assert [step_label(t - 1, t, [burst]) for t in range(4, 11)] == \
+        ["quiet", "irrelevant", "irrelevant", "irrelevant", "irrelevant", "irrelevant", "quiet"]
+    assert [step_label(t - 1, t, [move]) for t in range(19, 24)] == ["quiet", "relevant", "moving", "moving", "quiet"]
+    assert step_label(20, 21, [move, Change(21, "distractor")]) == "irrelevant"  # the new change outranks a move
+    assert step_label(9, 12, [jump]) == "relevant"  # a gap between prefix ticks: anything in it counts
+    # the since-plan label of the same tick differs: the plan made at 0 has not seen the jump yet
+    assert label(0, 13, [jump]) == "relevant"
+
+
+def test_capped_specs_and_their_intervals():
+    cal = {"drift": {"sweep": [("p90", 0.5), ("p95", 0.7), ("manifest", 0.9)]}, "pixel": {"sweep": [("p95", 1.7)]},
+           "jump": {"sweep": [("p95", 0.25), ("p99", 0.6)]}, "consistency": {"sweep": []}}
+    specs = policy_specs(cal, chunk=10, intervals=[3], sweep=["p95"], refine=[], caps=[6, 8])
+    by_name = {s.name: s for s in specs}
+    assert by_name["drift+cap:p95/6"].spec == "any:drift:0.7,interval:6"
+    assert by_name["drift+cap:manifest/8"].spec == "any:drift:0.9,interval:8"
+    assert by_name["jump+cap:p95/8"].spec == "any:jump:0.25,interval:8" and "jump:p95" in by_name
+    assert by_name["pixel+cap:p95/6"].param == 6.0 and not any(n.startswith("consistency+cap") for n in by_name)
+    assert {s.spec for s in specs if s.family == "interval"} == {"interval:3", "interval:6", "interval:8",
+                                                                   "interval:10"}
+    assert "jump+cap:p99/6" not in by_name  # only p95 and manifest get a capped copy
+
+
+def _capped(name, family, succ, resamples, k, n=40):
+    r = _res(name, family, succ, resamples, n=n)
+    r["param"] = float(k)
+    return r
+
+
+def test_headline_counts_capped_cls_gates_and_compares_with_the_cap_alone():
+    rs = [_res("always", "always", 1.0, 36), _res("drift:p95", "drift", 0.85, 5),
+          _capped("jump+cap:p95/6", "jump+cap", 1.0, 8, 6), _capped("interval:6", "interval", 0.975, 6.8, 6),
+          _capped("interval:3", "interval", 1.0, 12.4, 3), _capped("pixel+cap:p95/6", "pixel+cap", 1.0, 12, 6),
+          _res("pixel:p95", "pixel", 0.95, 10)]
+    h = compute_bench_headline(rs)
+    assert h["cls"]["name"] == "jump+cap:p95/6" and h["cls"]["qualifies"]
+    assert h["pixel"]["name"] == "pixel+cap:p95/6" and h["pixel"]["cls_fewer_resamples"]
+    assert h["interval"]["name"] == "interval:6" and h["interval"]["qualifies"]  # 12.4 > 30 % of 36
+    cap = h["cap_alone"]
+    assert cap["name"] == "interval:6" and cap["success_gain"] == pytest.approx(0.025)
+    assert cap["paired"]["only_this"] == 1 and not cap["buys_success"]  # one episode: not significant
+    text = "\n".join(headline_lines(h))
+    assert "NOT significant" in text and "interval-only" in text and "`interval:6`" in text
+
+
+def test_cap_alone_verdicts():
+    always, cap = _res("always", "always", 1.0, 36), _capped("interval:6", "interval", 0.6, 6, 6)
+    strong = compute_bench_headline([always, cap, _capped("jump+cap:p95/6", "jump+cap", 1.0, 8, 6)])
+    assert strong["cap_alone"]["buys_success"] and strong["cap_alone"]["paired"]["mcnemar_p"] < 0.05
+    assert "BUYS" in "\n".join(headline_lines(strong))
+    weak = compute_bench_headline([always, cap, _capped("drift+cap:p95/6", "drift+cap", 0.6, 7, 6)])
+    assert not weak["cap_alone"]["buys_success"] and "buys NOTHING" in "\n".join(headline_lines(weak))
+    # an uncapped CLS gate is compared with the best interval-only policy
+    plain = compute_bench_headline([always, cap, _capped("interval:3", "interval", 0.9, 12, 3),
+                                    _res("jump:p95", "jump", 0.95, 6)])
+    assert plain["cap_alone"]["name"] == "interval:3"
