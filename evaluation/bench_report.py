@@ -17,6 +17,7 @@ BUDGET_FRAC = 0.30  # acceptance: at most 30 % of always's resamples
 CLS = ("drift", "consistency", "jump", "drift+consistency")  # gate families that read the CLS head
 CAP_SUFFIX = "+cap"  # `<family>+cap` = the family's gate with a plan-age cap (`any:<gate>,interval:K`)
 SIGNIFICANT_P = 0.05
+POOLED = "all"  # `kind` for the headline over every episode kind at once (280 episodes at 40 per kind)
 
 
 def base_family(family: str) -> str:
@@ -24,14 +25,23 @@ def base_family(family: str) -> str:
     return family.removesuffix(CAP_SUFFIX)
 
 
+def _summary(r: dict, kind: str) -> dict:
+    return r["all"] if kind == POOLED else r["per_kind"][kind]
+
+
 def _s(r: dict, kind: str) -> tuple[float, float]:
-    p = r["per_kind"][kind]
+    p = _summary(r, kind)
     return p["success_rate"], p["resamples"]["mean"]
 
 
+def _outcomes(r: dict, kind: str) -> dict:
+    """(kind, seed) → success, over one kind or (POOLED) every kind: the pairing key of the paired tests."""
+    kinds = list(r["episodes"]) if kind == POOLED else [kind]
+    return {(k, e["seed"]): e["success"] for k in kinds for e in r["episodes"][k]}
+
+
 def _paired(a: dict, b: dict, kind: str) -> dict:
-    sa = {e["seed"]: e["success"] for e in a["episodes"][kind]}
-    sb = {e["seed"]: e["success"] for e in b["episodes"][kind]}
+    sa, sb = _outcomes(a, kind), _outcomes(b, kind)
     only_a = sum(sa[s] and not sb.get(s, False) for s in sa)
     only_b = sum(sb[s] and not sa.get(s, False) for s in sb)
     return {"vs": b["name"], "only_this": only_a, "only_other": only_b, "mcnemar_p": mcnemar_exact_p(only_a, only_b)}
@@ -63,7 +73,7 @@ def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict
     """Best CLS gate (capped or not) on `kind` against the acceptance rule; the cheapest pixel gate (capped or
     not) at equal or better success; the best interval-only policy by the same rule; and what the CLS part
     buys over the plan-age cap alone."""
-    results = [r for r in results if kind in r["per_kind"]]
+    results = [r for r in results if kind in r["per_kind"] or (kind == POOLED and r.get("all"))]
     always = next((r for r in results if r["family"] == "always" and not r["refine"]), None)
     if always is None:
         return {"error": f"no 'always' run on the {kind} suite"}
@@ -84,7 +94,7 @@ def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict
     b_s, b_r = _s(best, kind)
     out["cls"] = {"name": best["name"], "gate": best["gate"], "qualifies": bool(ok), "success": b_s,
                   "resamples": b_r, "resample_fraction": b_r / a_r if a_r else None,
-                  "irrelevant": best["per_kind"][kind]["gated_irrelevant"]["mean"],
+                  "irrelevant": _summary(best, kind)["gated_irrelevant"]["mean"],
                   "paired_always": _paired(best, always, kind)}
     pixels = [r for r in results if base_family(r["family"]) == "pixel"]
     if pixels:
@@ -92,7 +102,7 @@ def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict
         pix = min(at_least, key=lambda r: _s(r, kind)[1]) if at_least else max(pixels, key=lambda r: _s(r, kind)[0])
         p_s, p_r = _s(pix, kind)
         out["pixel"] = {"name": pix["name"], "gate": pix["gate"], "success": p_s, "resamples": p_r,
-                        "irrelevant": pix["per_kind"][kind]["gated_irrelevant"]["mean"],
+                        "irrelevant": _summary(pix, kind)["gated_irrelevant"]["mean"],
                         "equal_or_better_success": bool(at_least),
                         "cls_fewer_resamples": bool(at_least) and b_r < p_r,
                         "pixel_meets_rule": [r["name"] for r in pixels if meets(r)],
@@ -119,7 +129,8 @@ def headline_lines(h: dict) -> list[str]:
     if "error" in h:
         return [f"- {h['error']}"]
     a = h["always"]
-    lines = [f"Suite `{h['kind']}`; rule for the CLS gate: {h['rule']}.", "",
+    suite = "all kinds pooled" if h["kind"] == POOLED else f"`{h['kind']}`"
+    lines = [f"Suite {suite}; rule for the CLS gate: {h['rule']}.", "",
              (f"- `always`: success {a['success']:.3f}, {a['resamples']:.2f} resamples/episode "
              f"(budget {BUDGET_FRAC * a['resamples']:.2f}).")]
     c = h.get("cls")
@@ -157,7 +168,8 @@ def _interval_lines(h: dict) -> list[str]:
     pi = iv["paired_cls"]
     lines = [(f"- best interval-only policy by the same rule: **{iv['name']}** (`{iv['gate']}`) "
              f"{'meets' if iv['qualifies'] else 'does not meet'} it: success {iv['success']:.3f}, "
-             f"{iv['resamples']:.2f} resamples/episode; paired CLS vs it: only CLS {pi['only_this']}, only interval "
+             f"{iv['resamples']:.2f} resamples/episode (the CLS gate: {c['success']:.3f} at {c['resamples']:.2f}, "
+             f"{c['resamples'] - iv['resamples']:+.2f}); paired CLS vs it: only CLS {pi['only_this']}, only interval "
              f"{pi['only_other']} (McNemar p = {pi['mcnemar_p']:.2f}).")]
     if cap:
         gain, extra, pc = cap["success_gain"], cap["extra_resamples"], cap["paired"]
@@ -181,6 +193,9 @@ def markdown(report: dict) -> str:
              f"policy, base seed {cfg['seed']}) · deadline = scripted expert + {cfg['slack']} ticks · chunk "
              f"{cfg['chunk_size']} (execute {cfg['n_action_steps']}) · {report.get('elapsed_s', 0) / 60:.1f} min on "
              f"{cfg['host']}."), "", "## Headline", ""] + headline_lines(report["headline"])
+    if report.get("headline_pooled"):
+        lines += ["", "### The same rule over all kinds pooled (more episodes, less selection noise)", ""]
+        lines += headline_lines(report["headline_pooled"])
     lines += ["", "## Calibration (held-out episodes; default threshold = p95 of the quiet distances)", "",
               ("| family | quiet / irrelevant / relevant n | mean quiet | mean irrelevant | mean relevant | p95 quiet "
               "| AUROC rel vs quiet | AUROC rel vs irrelevant |"), "|---|---|---|---|---|---|---|---|"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.bench_calibration import THRESHOLD_FAMILIES, record_distances, summarize_family
-from evaluation.bench_report import compute_bench_headline, write_bench_report
+from evaluation.bench_report import POOLED, compute_bench_headline, write_bench_report
 from evaluation.bench_runner import run_episode, summarize
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
@@ -187,7 +187,8 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
                    "settle": env.settle, "quick": quick, "threads": threads, "host": platform.node() or "?",
                    "chunk_size": manifest.dims.chunk_size, "n_action_steps": manifest.dims.n_action_steps,
                    "num_steps": manifest.dims.num_steps, "seeds": by_kind, "task": env.config.to_dict()},
-        "calibration": calibration, "policies": results, "headline": compute_bench_headline(results), "plots": {}}
+        "calibration": calibration, "policies": results, "headline": compute_bench_headline(results),
+        "headline_pooled": compute_bench_headline(results, POOLED), "plots": {}}
     report["elapsed_s"] = time.perf_counter() - t_start
     write_bench_report(out, report)  # numbers first: a plotting problem must not lose a long run
     if plots:
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.rerender)
         report = json.loads(path.read_text())
         report["headline"] = compute_bench_headline(report["policies"])
+        report["headline_pooled"] = compute_bench_headline(report["policies"], POOLED)
         if not args.no_plots:
             render_plots(report, path.parent)
         write_bench_report(path.parent, report)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evaluation.bench_calibration import auroc, label, step_label, summarize_family
-from evaluation.bench_report import compute_bench_headline, headline_lines
+from evaluation.bench_report import POOLED, compute_bench_headline, headline_lines
 from evaluation.bench_runner import attribute, mean_ci, wilson
 from evaluation.gate_bench import main, policy_specs
 from simtask.events import Change
@@ -216,3 +216,23 @@ def test_cap_alone_verdicts():
     plain = compute_bench_headline([always, cap, _capped("interval:3", "interval", 0.9, 12, 3),
                                     _res("jump:p95", "jump", 0.95, 6)])
     assert plain["cap_alone"]["name"] == "interval:3"
+
+
+def test_pooled_headline_pairs_episodes_by_kind_and_seed():
+    """Seeds repeat across kinds; the pooled test must pair (kind, seed), not seed alone."""
+    def pooled(name, family, per_kind_success, resamples):
+        r = _res(name, family, 1.0, resamples)
+        r["episodes"] = {k: [{"seed": i, "success": i < round(s * 40)} for i in range(40)]
+                         for k, s in per_kind_success.items()}
+        ok = sum(e["success"] for v in r["episodes"].values() for e in v)
+        r["all"] = {"success_rate": ok / 80, "resamples": {"mean": resamples},
+                    "gated_irrelevant": {"mean": 0.0}}
+        return r
+
+    rs = [pooled("always", "always", {"mixed": 1.0, "jump": 1.0}, 30),
+          pooled("jump:p95", "jump", {"mixed": 1.0, "jump": 0.5}, 6),
+          pooled("interval:6", "interval", {"mixed": 0.5, "jump": 1.0}, 6)]
+    h = compute_bench_headline(rs, POOLED)
+    assert h["cls"]["success"] == 0.75 and not h["cls"]["qualifies"]
+    assert (h["interval"]["paired_cls"]["only_this"], h["interval"]["paired_cls"]["only_other"]) == (20, 20)
+    assert "all kinds pooled" in "\n".join(headline_lines(h))
