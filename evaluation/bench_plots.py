@@ -42,7 +42,8 @@ def success_vs_resamples(report: dict, path: str | Path) -> str | None:
                         label=fam + (" +refine" if refine else ""), markersize=10 if fam == "always" else 6)
         ax.set_title(kind, fontsize=10)
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_ylim(-0.03, 1.05)
+        lows = [r["per_kind"][kind]["success_rate"] for r in report["policies"] if kind in r["per_kind"]]
+        ax.set_ylim(max(-0.03, min(lows, default=0.0) - 0.05), 1.02)  # zoomed on the spread: differences show
         ax.grid(True, alpha=0.3)
         ax.set_xlabel("full resamples per episode", fontsize=8)
         ax.set_ylabel("success rate", fontsize=8)
