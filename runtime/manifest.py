@@ -284,7 +284,8 @@ class Manifest:
         self.gate_calibration = {
             metric: GateCalibration(stats=dict(g.stats), default_threshold=g.default_threshold,
                                     horizon=g.horizon)
-            for metric, g in (("drift", m.gate.drift), ("consistency", m.gate.consistency))
+            for metric, g in (("drift", m.gate.drift), ("consistency", m.gate.consistency), ("jump", m.gate.jump))
+            if g is not None  # gate.jump is optional
         }
         self.default_gate = m.gate.default or "drift"  # a gate spec; thresholds from gate_calibration
         self.files = {k: v.model_dump() for k, v in m.files.items()}
@@ -404,4 +405,5 @@ class Manifest:
         return (1, self.dims.chunk_size, self.dims.max_action_dim)
 
     def gate_threshold(self, metric: str) -> float | None:
-        return self.gate_calibration[metric].default_threshold
+        cal = self.gate_calibration.get(metric)  # gate.jump is optional
+        return cal.default_threshold if cal is not None else None

@@ -179,6 +179,9 @@ class GateMetricModel(_Open):
 class GateModel(_Open):
     drift: GateMetricModel
     consistency: GateMetricModel
+    # optional (format 3 unchanged): the per-tick jump gate's lag-1 calibration; absent = `jump` needs an
+    # explicit threshold (exports before it existed)
+    jump: GateMetricModel | None = None
     # the gate the export recommends (optional; absent = "drift", the default before it existed). Thresholds
     # come from the calibration above; `EdgePolicy(gate="default")` and every CLI's `--gate default` use it.
     default: Literal["drift", "consistency", "any:drift,consistency"] | None = None

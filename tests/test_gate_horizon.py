@@ -57,7 +57,11 @@ def test_export_calibrates_on_the_horizon_and_the_runtime_reads_it(tmp_path):
         g = m["gate"][metric]
         assert g["horizon"] == 4 and set(g["auroc_by_horizon"]) <= {"2", "3", "4"}
     assert "pairs < 4 ticks apart" in m["gate"]["source"]
+    jump = m["gate"]["jump"]  # the per-tick gate: lag-1 pairs whatever the horizon (optional, format 3)
+    assert jump["horizon"] == 2 and jump["n_unchanged"] > 0 and 0.0 <= jump["default_threshold"] <= 2.0
     runtime = Manifest.load(tmp_path / "h4")
+    assert runtime.gate_calibration["jump"].default_threshold == jump["default_threshold"]
+    assert EdgePolicy(tmp_path / "h4", gate="jump").gate.spec == f"jump:{jump['default_threshold']:g}"
     assert runtime.gate_calibration["drift"].horizon == 4
     assert runtime.gate_calibration["drift"].default_threshold == m["gate"]["drift"]["default_threshold"]
     with pytest.raises(ExportInputError, match="--gate-horizon"):

@@ -10,10 +10,10 @@ import pytest
 
 from runtime.async_planner import AsyncChunkPlanner
 from runtime.gate import DriftGate, GateInputs, JumpGate, make_gate
-from runtime.manifest import GateCalibration
+from runtime.manifest import GateCalibration, Manifest, ManifestError
 from runtime.policy import EdgePolicy
 from runtime.seam import world_changed
-from tests.fake_artifacts import CAMERA_KEY, cached_fake_artifacts, make_observation
+from tests.fake_artifacts import CAMERA_KEY, build_fake_artifacts, cached_fake_artifacts, make_observation
 
 
 def _unit(angle: float) -> np.ndarray:
@@ -105,3 +105,31 @@ def test_async_planner_runs_the_jump_gate():
     assert kept.chunk is None and not kept.info.resampled and kept.info.gate_distance == pytest.approx(0.0, abs=1e-9)
     moved = planner.plan(b, 3, first.chunk.actions[3:], 3, 1)  # the scene jumped: a reaction
     assert moved.chunk is not None and moved.info.gate_reason == "jump" and planner.last_reacted
+
+
+def test_step_pairs_label_the_jump_tick_only():
+    from export.graphs.gate_calibration import step_pairs
+
+    cls = [np.array([[[1.0, 0.0]]]), np.array([[[1.0, 0.0]]]), np.array([[[0.0, 1.0]]]), np.array([[[0.0, 1.0]]])]
+    assert step_pairs(cls, 2) == [(1, False, 0.0), (1, True, 1.0), (1, False, 0.0)]
+    assert [c for _, c, _ in step_pairs(cls, None)] == [False] * 3
+
+
+def _with_jump(tmp_path, value, name="j"):
+    def edit(m):
+        if value is not None:
+            m["gate"]["jump"] = {"stats": {"p95": 0.2}, "default_threshold": value}
+
+    return build_fake_artifacts(tmp_path / name, edit_manifest=edit)
+
+
+def test_manifest_gate_jump_is_optional_and_validated(tmp_path):
+    assert EdgePolicy(_with_jump(tmp_path, 0.2), gate="jump").gate.spec == "jump:0.2"
+    assert EdgePolicy(_with_jump(tmp_path, 0.2, "k"), gate="any:jump,interval:6").gate.spec == "any:jump:0.2,interval:6"
+    plain = Manifest.load(cached_fake_artifacts())
+    assert "jump" not in plain.gate_calibration and plain.gate_threshold("jump") is None
+    with pytest.raises(ValueError, match=r"gate\.jump\.default_threshold"):
+        EdgePolicy(cached_fake_artifacts(), gate="jump")
+    for i, bad in enumerate((3.0, -0.1, "high")):
+        with pytest.raises(ManifestError, match=r"gate\.jump\.default_threshold"):
+            Manifest.load(_with_jump(tmp_path, bad, f"bad{i}"))

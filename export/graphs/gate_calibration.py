@@ -8,6 +8,8 @@ Distances are the runtime's: mean over CLS tokens, L2-normalise, cosine distance
                (`runtime.plan_inputs`): plan_only = the plan encoder on the n_action_steps - k rows still
                queued (front, plan_valid; k < n_action_steps); seed = the delta expert over the current K/V
                (remaining actions shifted to the front, tail repeating the last one)
+- jump:        d(obs-CLS at tick t − 1, obs-CLS at t): the per-tick `jump` gate's lag-1 distance; "changed"
+               = the target jump becomes visible at t (`step_pairs`; horizon 2: pairs one tick apart)
 "unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The plan made at t0 is
 what the noise-free expert does from t0 *knowing only the world at t0*: before a jump, the same scene rolled
 out without the jump (identical up to the jump tick); the executed actions themselves would already turn
@@ -51,6 +53,14 @@ def plan_encoder_inputs(chunk: np.ndarray, consumed: int, n_action_steps: int) -
 def delta_inputs(chunk: np.ndarray, consumed: int) -> np.ndarray:
     """seed wiring: the runtime's delta-expert input [1, T, A] for a chunk [T, A] with `consumed` actions executed."""
     return delta_input(chunk[consumed:], chunk.shape[0])
+
+
+def step_pairs(obs_cls: list[np.ndarray], jump: int | None) -> list[tuple[int, bool, float]]:
+    """The jump gate's pairs of one rollout: (1, changed, d(obs-CLS[t−1], obs-CLS[t])) for every t ≥ 1, changed
+    when the target jump is first visible at frame t. A synchronous runtime with the gate checking every tick
+    compares exactly these; an asynchronous one compares planning jobs further apart (larger distances)."""
+    return [(1, jump is not None and t == jump, cosine_distance(obs_cls[t - 1], obs_cls[t]))
+            for t in range(1, len(obs_cls))]
 
 
 def auroc(negatives: list[float], positives: list[float]) -> float | None:
@@ -128,6 +138,7 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
         raise ValueError("gate calibration on simtask needs a square model image size")
     drift: list[tuple[int, bool, float]] = []
     consistency: list[tuple[int, bool, float]] = []
+    jumps: list[tuple[int, bool, float]] = []
     iterator = range(n_episodes)
     if progress:
         from tqdm import tqdm
@@ -144,6 +155,7 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
             img = torch.from_numpy(o["observation.images.top"]).permute(2, 0, 1).float()[None, None] / 255.0
             state = torch.from_numpy(normalize_state(o["observation.state"]))[None]
             outs.append(prefix(img, tokens, mask, state))
+        jumps += step_pairs([o[3].numpy() for o in outs], jump)
         acts = normalize_action(np.asarray(actions, dtype=np.float32))
         before_jump = normalize_action(np.asarray(planned, dtype=np.float32))
         t_len = cfg.chunk_size
@@ -168,7 +180,8 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
             "source": f"simtask scripted-expert rollouts, {n_episodes} episodes (half perturbed), seed {seed}, "
                       f"pairs < {horizon} ticks apart",
             "drift": summarise_pairs(drift, horizon),
-            "consistency": summarise_pairs(consistency, horizon)}
+            "consistency": summarise_pairs(consistency, horizon),
+            "jump": summarise_pairs(jumps, 2)}
 
 
 DEFAULT_GATES = ("drift", "consistency", "any:drift,consistency")
