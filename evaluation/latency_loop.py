@@ -30,7 +30,8 @@ from runtime.async_planner import AsyncChunkPlanner, PlanResult
 from runtime.policy import EdgePolicy
 from runtime.timeline import ActionEmitter, ActionTimeline
 
-MODES = ("sync", "async", "aligned", "aligned+blend", "aligned+inpaint", "aligned+reanchor", "aligned+reanchor+blend")
+MODES = ("sync", "async", "aligned", "aligned+blend", "aligned+inpaint", "aligned+reanchor", "aligned+reanchor+blend",
+         "aligned+reanchor+slew")
 PAUSE, EMPTY = -2, -1  # chunk ids recorded for a paused tick (sync mode) and a tick with nothing queued
 
 
@@ -41,6 +42,7 @@ class Mode:
     seam: str
     pause: bool
     reanchor: bool = False
+    slew: bool = False
 
 
 def parse_mode(name: str) -> Mode:
@@ -48,14 +50,15 @@ def parse_mode(name: str) -> Mode:
         raise ValueError(f"mode must be one of {MODES}, got {name!r}")
     parts = name.split("+")
     seam = next((p for p in parts if p in ("blend", "inpaint")), "none")
-    return Mode(name, align=parts[0] == "aligned", seam=seam, pause=name == "sync", reanchor="reanchor" in parts)
+    return Mode(name, align=parts[0] == "aligned", seam=seam, pause=name == "sync", reanchor="reanchor" in parts,
+                slew="slew" in parts)
 
 
 class LatencyLoop:
     """One policy under one execution mode and latency; `episode()` returns a per-episode record."""
 
     def __init__(self, policy: EdgePolicy, mode: str, latency: int, seam_width: int = 3, waypoints: bool = False,
-                 *, react_width: int = 1, margin: int = 0):
+                 *, react_width: int = 1, margin: int = 0, slew: float = 2.0):
         if latency < 0:
             raise ValueError(f"latency must be >= 0 ticks, got {latency!r}")
         self.mode = parse_mode(mode)
@@ -65,7 +68,8 @@ class LatencyLoop:
         self.timeline = ActionTimeline(align=self.mode.align)
         if self.mode.reanchor and waypoints:
             raise ValueError("mode aligned+reanchor is for displacement actions; the waypoint variant is absolute")
-        self.emitter = ActionEmitter(policy, self.timeline, reanchor=self.mode.reanchor)
+        self.emitter = ActionEmitter(policy, self.timeline, reanchor=self.mode.reanchor,
+                                     slew=slew if self.mode.slew else None)
         self.stop = policy.guard.stop_action
         self.waypoints = bool(waypoints)
         self.state_key = policy.manifest.state_key

@@ -16,6 +16,12 @@ next max(d, 3) rows (at most the rows the chunk has left) on a rising ramp, neve
 action bounds (what they cut is carried on until spent or the chunk ends), so the catch-up does not start
 with a jump at the seam and never turns an in-bounds row into a fallback. With absolute actions (joint targets)
 skipping is already right: leave it off.
+
+Seam slew limit (`slew=k`, with re-anchoring): the new chunk's first rows may still disagree with the action the
+robot is executing (the two plans were made from different observations). The emitted action then moves toward
+the re-anchored row by at most k × the plans' mean row-to-row step per tick (the mean over this episode's chunks,
+raw units); what the limit holds back stays in the re-anchoring residual, so the robot still ends where the plan
+means, only without a jerk at the seam.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class TimelineTick:
     index: int  # row index within the chunk, -1 when nothing is queued
     skipped: np.ndarray | None = None  # first take of an aligned chunk: its rows that elapsed during inference
     rows_left: int = 0  # rows of this chunk from this tick on, this one included (read under the same lock)
+    chunk: np.ndarray | None = None  # first take of a chunk: all its rows (the emitter's step scale)
 
 
 @dataclass
@@ -113,7 +120,8 @@ class ActionTimeline:
                 return TimelineTick(tick, None, -1, -1)
             skipped = self._actions[:i] if self._fresh else None
             self._fresh = False
-            return TimelineTick(tick, self._actions[i], self._chunk_id, i, skipped, len(self._actions) - i)
+            return TimelineTick(tick, self._actions[i], self._chunk_id, i, skipped, len(self._actions) - i,
+                                self._actions if skipped is not None else None)
 
     def executing(self, tick: int) -> tuple[np.ndarray | None, int]:
         """(rows the plan runs from `tick` on, rows of it already run before `tick`) — the planner's view."""
@@ -140,9 +148,15 @@ class ActionEmitter:
     """Timeline row → raw, safe action: unnormalise as the policy does, then a control-side `ActionGuard`
     (the worker's policy keeps its own, so no guard state is shared between threads)."""
 
-    def __init__(self, policy: EdgePolicy, timeline: ActionTimeline, reanchor: bool = False):
+    def __init__(self, policy: EdgePolicy, timeline: ActionTimeline, reanchor: bool = False,
+                 slew: float | None = None):
+        if slew is not None and not (np.isfinite(slew) and slew > 0):
+            raise ValueError(f"slew must be a positive multiple of the plans' row step (or None), got {slew!r}")
+        if slew is not None and not reanchor:
+            raise ValueError("slew needs reanchor=True: what the limit holds back is carried in its residual")
         self.timeline = timeline
         self.reanchor = bool(reanchor)
+        self.slew = None if slew is None else float(slew)
         self.unnormalize = policy.unnormalize
         g = policy.guard
         self.guard = ActionGuard(policy.manifest.action_bounds, policy.manifest.stop_action, g.fallback_mode,
@@ -153,18 +167,22 @@ class ActionEmitter:
         self.residual: np.ndarray | None = None  # re-anchoring: displacement the current chunk still expects
         self._ramp: list[float] = []  # re-anchoring: fractions of the residual still to add, one per row
         self._sent: deque[tuple[int, np.ndarray]] = deque(maxlen=256)  # (tick, raw action sent)
+        self._step_sum, self._step_n = 0.0, 0  # slew: row-to-row steps of this episode's plans (raw units)
 
     def reset(self) -> None:
         self.guard.reset()
         self.residual = None
         self._ramp = []
         self._sent.clear()
+        self._step_sum, self._step_n = 0.0, 0
 
     def emit(self, tick: int) -> np.ndarray:
         taken = self.timeline.take(tick)
         planned = None if taken.row is None else self.unnormalize(taken.row)
         wanted, catching_up = planned, False
         if self.reanchor and planned is not None:
+            if taken.chunk is not None and self.slew is not None:
+                self._learn_step(taken.chunk)
             if taken.skipped is not None:  # a chunk's first executed row: what did the robot do meanwhile?
                 self.residual = self._deficit(taken)
                 self._ramp = _ramp(max(1, min(max(len(taken.skipped), MIN_RAMP), taken.rows_left)))
@@ -176,6 +194,7 @@ class ActionEmitter:
                 # the catch-up may use the room the bounds leave, never more: it must not turn a valid row
                 # into a fallback (out_of_bounds="fallback") or be clipped away unseen
                 wanted = planned + np.clip(self.residual * share, low - planned, high - planned)
+                wanted = self._limit(wanted)
                 catching_up = True
         res = self.guard.check(wanted)
         if catching_up and not res.fallback:
@@ -185,6 +204,26 @@ class ActionEmitter:
         self.last = taken
         self._sent.append((tick, res.action))
         return res.action
+
+    def _learn_step(self, chunk: np.ndarray) -> None:
+        rows = np.stack([self.unnormalize(r) for r in chunk]).astype(np.float64)
+        steps = np.linalg.norm(np.diff(rows, axis=0), axis=1)
+        steps = steps[np.isfinite(steps)]
+        self._step_sum += float(steps.sum())
+        self._step_n += int(steps.size)
+
+    def _limit(self, wanted: np.ndarray) -> np.ndarray:
+        """Move from the last action sent toward `wanted` by at most slew × mean plan row step (L2). Both ends
+        are within the bounds, so the limited action is too; nothing is limited before a plan step is known."""
+        if self.slew is None or not self._sent or self._step_n == 0 or self._step_sum <= 0.0:
+            return wanted
+        prev = self._sent[-1][1]
+        delta = wanted - prev
+        norm = float(np.linalg.norm(delta))
+        limit = self.slew * self._step_sum / self._step_n
+        if not np.isfinite(norm) or norm <= limit:
+            return wanted
+        return (prev + delta * (limit / norm)).astype(wanted.dtype)
 
     def _deficit(self, taken: TimelineTick) -> np.ndarray:
         """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""

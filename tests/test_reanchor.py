@@ -127,3 +127,58 @@ def test_a_non_finite_skipped_row_adds_no_catch_up(policy):
     tl.install(TimedChunk(0, rows, 0))
     em.emit(2)
     assert np.all(np.isfinite(em.residual)) and np.all(em.residual == 0)
+
+
+def _seam_run(policy, new: np.ndarray, planned: int, delay: int, slew: float | None, extra: int = 0):
+    """Old plan holds still; `new` (raw) planned at `planned` lands `delay` ticks later; rows after the chunk:
+    a hold chunk installed at the end, so a carried residual can be spent. Returns the actions sent."""
+    low = policy.guard.low
+    hold = np.zeros((CHUNK, len(low)), np.float32)
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=True, slew=slew)
+    tl.install(TimedChunk(0, _normalised(policy, hold), 0))
+    sent = [em.emit(t) for t in range(planned + delay)]
+    assert tl.install(TimedChunk(planned, _normalised(policy, new), 1))
+    sent += [em.emit(t) for t in range(planned + delay, planned + CHUNK)]
+    return sent, em
+
+
+@settings(max_examples=40, deadline=None)
+@given(planned=st.integers(1, 3), delay=st.integers(1, 3), slew=st.floats(0.5, 3.0), seed=st.integers(0, 10_000))
+def test_slew_bounds_every_step_and_stays_in_bounds(policy, planned, delay, slew, seed):
+    """With `slew`, no emitted action differs from the previous one by more than slew × the plans' mean row
+    step, and every action stays inside the bounds."""
+    rng = np.random.default_rng(seed)
+    low, high = policy.guard.low, policy.guard.high
+    new = (rng.uniform(-1, 1, size=(CHUNK, len(low))) * (high - low) / 2 * 0.3).astype(np.float32)
+    sent, _ = _seam_run(policy, new, planned, delay, slew)
+    rows = np.stack([policy.unnormalize(r) for r in _normalised(policy, new)])
+    # the mean over both chunks' row steps; the hold chunk's are all 0
+    limit = slew * np.linalg.norm(np.diff(rows, axis=0), axis=1).sum() / (2 * (CHUNK - 1))
+    steps = np.linalg.norm(np.diff(np.stack(sent[planned + delay - 1:]), axis=0), axis=1)
+    assert np.all(steps <= limit * (1 + 1e-4) + 1e-6), (steps, limit)
+    for a in sent:
+        assert np.all(a >= low - 1e-6) and np.all(a <= high + 1e-6)
+
+
+def test_slew_holds_back_motion_without_losing_it(policy):
+    """A seam that would jump: the limited emitter starts smaller than the plain one, and what it held back is
+    in the residual (sent + residual == the plan's total from the planning tick on)."""
+    low, high = policy.guard.low, policy.guard.high
+    ramp = np.linspace(0.2, 1.0, CHUNK)[:, None] * (high - low) / 2 * 0.4  # accelerating: mean row step > 0
+    new = ramp.astype(np.float32)
+    plain, _ = _seam_run(policy, new, 2, 2, None)
+    limited, em = _seam_run(policy, new, 2, 2, 1.0)
+    seam = 4  # first tick of the new chunk
+    assert np.linalg.norm(limited[seam] - limited[seam - 1]) < np.linalg.norm(plain[seam] - plain[seam - 1])
+    total = np.sum(limited[2:], axis=0) + em.residual
+    np.testing.assert_allclose(total, new.sum(axis=0), atol=1e-4)
+
+
+def test_slew_is_refused_without_reanchoring_or_when_not_positive(policy):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="slew"):
+            ActionEmitter(policy, ActionTimeline(), reanchor=True, slew=bad)
+    with pytest.raises(ValueError, match="reanchor"):
+        ActionEmitter(policy, ActionTimeline(), reanchor=False, slew=1.5)
+    assert parse_mode("aligned+reanchor+slew").slew and not parse_mode("aligned+reanchor").slew
