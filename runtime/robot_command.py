@@ -47,8 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --inference async, for DISPLACEMENT actions only (dx, dy, ...; not joint targets): add "
                         "back the motion the skipped rows of a late chunk assumed but the robot did not make")
     p.add_argument("--slew", type=float, default=None,
-                   help="with --reanchor: limit each tick's action change to SLEW x the plans' mean row-to-row step, "
-                        "carrying what it holds back (default 2, measured in docs/06b; 0 turns it off)")
+                   help="with --inference async: limit each tick's action change to SLEW x the plans' mean row-to-row "
+                        "step (with --reanchor what it holds back is carried; default 2 with --reanchor, else off; "
+                        "0 turns it off; docs/06b)")
     p.add_argument("--margin", type=int, default=None,
                    help="with --inference async: request the next chunk when the plan has <= delay + margin rows "
                         "left; 0 <= margin < n_action_steps (default 1)")
@@ -65,13 +66,11 @@ DEFAULT_SLEW = 2.0  # seam / within-chunk step 1.33-1.64 at L = 1-5, success kep
 
 
 def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
-    """--slew → the emitter's multiple (None = off); refused without --reanchor or when negative/not finite."""
+    """--slew → the emitter's multiple (None = off; default on with --reanchor); refused when negative/not finite."""
     if slew is None:
         return DEFAULT_SLEW if reanchor else None
     if not math.isfinite(slew) or slew < 0:
         raise ValueError(f"--slew must be a finite number >= 0 (0 turns the limit off), got {slew!r}")
-    if not reanchor:
-        raise ValueError("--slew needs --reanchor: what the limit holds back is carried by re-anchoring")
     return slew or None
 
 
@@ -101,6 +100,8 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
                         args.margin)
         if args.reanchor:
             log.warning("--reanchor is ignored with --inference inline (nothing is skipped without async inference)")
+        if slew is not None and args.slew is not None:
+            log.warning("--slew is ignored with --inference inline (it limits the async executor's seams)")
         source: ActionSource = SyncSource(policy, iface, task=task)
     else:
         if args.reanchor and any(n.endswith(".pos") for n in iface.action_names or []):

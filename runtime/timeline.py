@@ -17,11 +17,12 @@ action bounds (what they cut is carried on until spent or the chunk ends), so th
 with a jump at the seam and never turns an in-bounds row into a fallback. With absolute actions (joint targets)
 skipping is already right: leave it off.
 
-Seam slew limit (`slew=k`, with re-anchoring): the new chunk's first rows may still disagree with the action the
-robot is executing (the two plans were made from different observations). The emitted action then moves toward
-the re-anchored row by at most k × the plans' mean row-to-row step per tick (the mean over this episode's chunks,
-raw units); what the limit holds back stays in the re-anchoring residual, so the robot still ends where the plan
-means, only without a jerk at the seam.
+Seam slew limit (`slew=k`): the new chunk's first rows may still disagree with the action the robot is executing
+(the two plans were made from different observations). The emitted action then moves toward the row by at most
+k × the plans' mean row-to-row step per tick (the mean over this episode's chunks, raw units). With re-anchoring
+what the limit holds back stays in the residual, so the robot still ends where the plan means; with absolute
+actions nothing needs carrying (the next row is a whole target again). Invalid rows (non-finite, out of bounds)
+are never limited: the safety guard decides them as before.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ class ActionTimeline:
             return (rows if len(rows) else None), i
 
 
+def slew_step(prev: np.ndarray, wanted: np.ndarray, limit: float) -> np.ndarray:
+    """`wanted`, or the point `limit` (L2) from `prev` on the way to it: on the segment, so inside any box
+    that holds both ends."""
+    delta = wanted - prev
+    norm = float(np.linalg.norm(delta))
+    if not np.isfinite(norm) or norm <= limit:
+        return wanted
+    return (prev + delta * (limit / norm)).astype(wanted.dtype)
+
+
 MIN_RAMP = 3  # re-anchoring spreads a catch-up over at least this many rows (a 1-tick delay: no single-row jump)
 
 
@@ -152,8 +163,6 @@ class ActionEmitter:
                  slew: float | None = None):
         if slew is not None and not (np.isfinite(slew) and slew > 0):
             raise ValueError(f"slew must be a positive multiple of the plans' row step (or None), got {slew!r}")
-        if slew is not None and not reanchor:
-            raise ValueError("slew needs reanchor=True: what the limit holds back is carried in its residual")
         self.timeline = timeline
         self.reanchor = bool(reanchor)
         self.slew = None if slew is None else float(slew)
@@ -180,9 +189,9 @@ class ActionEmitter:
         taken = self.timeline.take(tick)
         planned = None if taken.row is None else self.unnormalize(taken.row)
         wanted, catching_up = planned, False
+        if planned is not None and taken.chunk is not None and self.slew is not None:
+            self._learn_step(taken.chunk)
         if self.reanchor and planned is not None:
-            if taken.chunk is not None and self.slew is not None:
-                self._learn_step(taken.chunk)
             if taken.skipped is not None:  # a chunk's first executed row: what did the robot do meanwhile?
                 self.residual = self._deficit(taken)
                 self._ramp = _ramp(max(1, min(max(len(taken.skipped), MIN_RAMP), taken.rows_left)))
@@ -190,12 +199,14 @@ class ActionEmitter:
                 self.residual = np.zeros_like(planned)
             share = self._ramp.pop(0) if self._ramp else 1.0  # after the ramp: whatever the bounds cut before
             low, high = self.guard.low, self.guard.high
-            if np.all(np.isfinite(planned)) and np.all((planned >= low) & (planned <= high)):
+            if self._valid(planned):
                 # the catch-up may use the room the bounds leave, never more: it must not turn a valid row
                 # into a fallback (out_of_bounds="fallback") or be clipped away unseen
                 wanted = planned + np.clip(self.residual * share, low - planned, high - planned)
                 wanted = self._limit(wanted)
                 catching_up = True
+        elif self.slew is not None and planned is not None and self._valid(planned):
+            wanted = self._limit(planned)  # absolute targets: the next row is the whole target again, no carry
         res = self.guard.check(wanted)
         if catching_up and not res.fallback:
             self.residual = self.residual - (res.action - planned)  # what the bounds let through is spent
@@ -204,6 +215,10 @@ class ActionEmitter:
         self.last = taken
         self._sent.append((tick, res.action))
         return res.action
+
+    def _valid(self, planned: np.ndarray) -> bool:
+        """A finite row inside the bounds: the only kind re-anchoring or the slew limit may change."""
+        return bool(np.all(np.isfinite(planned)) and np.all((planned >= self.guard.low) & (planned <= self.guard.high)))
 
     def _learn_step(self, chunk: np.ndarray) -> None:
         rows = np.stack([self.unnormalize(r) for r in chunk]).astype(np.float64)
@@ -217,13 +232,7 @@ class ActionEmitter:
         are within the bounds, so the limited action is too; nothing is limited before a plan step is known."""
         if self.slew is None or not self._sent or self._step_n == 0 or self._step_sum <= 0.0:
             return wanted
-        prev = self._sent[-1][1]
-        delta = wanted - prev
-        norm = float(np.linalg.norm(delta))
-        limit = self.slew * self._step_sum / self._step_n
-        if not np.isfinite(norm) or norm <= limit:
-            return wanted
-        return (prev + delta * (limit / norm)).astype(wanted.dtype)
+        return slew_step(self._sent[-1][1], wanted, self.slew * self._step_sum / self._step_n)
 
     def _deficit(self, taken: TimelineTick) -> np.ndarray:
         """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""
