@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> dict:
         policy = EdgePolicy(args.artifacts, gate=gate, seed=args.seed, num_steps=args.num_steps,
                             backend_options={"intra_op_threads": args.threads})
         loop = LatencyLoop(policy, mode if latency else "aligned", latency, seam_width=args.seam_width,
-                           waypoints=args.waypoints, react_width=args.react_width, margin=args.margin)
+                           waypoints=args.waypoints, react_width=args.react_width, margin=args.margin,
+                           slew=args.slew)
         eps = []
         for s in seeds:
             eps.append(loop.episode(env, s, perturb=True))
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
         bar.close()
     return {"artifacts": str(args.artifacts), "episodes": args.episodes, "seed": args.seed,
             "task": {"max_steps": args.max_steps, "waypoints": args.waypoints}, "seam_width": args.seam_width,
-            "react_width": args.react_width, "margin": args.margin, "cells": cells}
+            "react_width": args.react_width, "margin": args.margin, "slew": args.slew, "cells": cells}
 
 
 def _bar(total: int):
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seam-width", type=int, default=3, help="rows after the delay over which blend/inpaint fade out")
     p.add_argument("--react-width", type=int, default=1,
                    help="soft seam rows after the delay on a chunk that reacts to a change (0: none)")
+    p.add_argument("--slew", type=float, default=2.0,
+                   help="mode aligned+reanchor+slew: per-tick action change limit, as a multiple of the plans' mean "
+                        "row-to-row step")
     p.add_argument("--margin", type=int, default=0,
                    help="refill when the plan has <= L + margin rows left (rows of overlap for the seam)")
     args = p.parse_args(argv)
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "latency.json").write_text(json.dumps(report, indent=1))
     md = markdown(report["cells"], args.episodes, report["task"])
     modes = dict.fromkeys(c["mode"] for c in report["cells"])
-    for mode in [m for m in ("aligned+inpaint", "aligned+reanchor", "aligned+blend") if m in modes]:
+    for mode in [m for m in ("aligned+inpaint", "aligned+reanchor", "aligned+reanchor+slew", "aligned+blend") if m in modes]:
         md += f"\n## Targets, `{mode}`\n" + "\n".join(targets(report["cells"], mode=mode)) + "\n"
     (out / "latency.md").write_text(md)
     for gate in dict.fromkeys(c["gate"] for c in report["cells"]):

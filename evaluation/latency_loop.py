@@ -10,7 +10,10 @@ of tick k is installed at tick k + L instead of when a thread finishes. Executio
 - `aligned`: as `async`, but the L rows that elapsed are skipped;
 - `aligned+blend`, `aligned+inpaint`: aligned, with seam handling (`runtime.seam`);
 - `aligned+reanchor` (`+blend`): aligned, and the displacement the skipped rows assumed but the robot did not make is
-  added to the following rows (`ActionEmitter(reanchor=True)`, displacement actions only; not with waypoints).
+  added to the following rows (`ActionEmitter(reanchor=True)`, displacement actions only; not with waypoints);
+- `+slew` (`aligned+reanchor+slew`, `aligned+slew`): each tick's action (with waypoints: position target) moves at
+  most `slew` × the plans' mean row-to-row step from the last one (`runtime.timeline.slew_step`); with re-anchoring
+  what it holds back is carried.
 `waypoints=True` is the latency-sensitive variant: the simulated robot is position-controlled (like an SO-100
 arm) — a chunk becomes absolute waypoints (planning-time position + the cumulated, clipped displacements) and
 each tick moves toward its row's waypoint, so a late row drives the robot back to where it was planned to be.
@@ -28,9 +31,10 @@ import numpy as np
 
 from runtime.async_planner import AsyncChunkPlanner, PlanResult
 from runtime.policy import EdgePolicy
-from runtime.timeline import ActionEmitter, ActionTimeline
+from runtime.timeline import ActionEmitter, ActionTimeline, slew_step
 
-MODES = ("sync", "async", "aligned", "aligned+blend", "aligned+inpaint", "aligned+reanchor", "aligned+reanchor+blend")
+MODES = ("sync", "async", "aligned", "aligned+blend", "aligned+inpaint", "aligned+reanchor", "aligned+reanchor+blend",
+         "aligned+reanchor+slew", "aligned+slew")
 PAUSE, EMPTY = -2, -1  # chunk ids recorded for a paused tick (sync mode) and a tick with nothing queued
 
 
@@ -41,6 +45,7 @@ class Mode:
     seam: str
     pause: bool
     reanchor: bool = False
+    slew: bool = False
 
 
 def parse_mode(name: str) -> Mode:
@@ -48,14 +53,15 @@ def parse_mode(name: str) -> Mode:
         raise ValueError(f"mode must be one of {MODES}, got {name!r}")
     parts = name.split("+")
     seam = next((p for p in parts if p in ("blend", "inpaint")), "none")
-    return Mode(name, align=parts[0] == "aligned", seam=seam, pause=name == "sync", reanchor="reanchor" in parts)
+    return Mode(name, align=parts[0] == "aligned", seam=seam, pause=name == "sync", reanchor="reanchor" in parts,
+                slew="slew" in parts)
 
 
 class LatencyLoop:
     """One policy under one execution mode and latency; `episode()` returns a per-episode record."""
 
     def __init__(self, policy: EdgePolicy, mode: str, latency: int, seam_width: int = 3, waypoints: bool = False,
-                 *, react_width: int = 1, margin: int = 0):
+                 *, react_width: int = 1, margin: int = 0, slew: float = 2.0):
         if latency < 0:
             raise ValueError(f"latency must be >= 0 ticks, got {latency!r}")
         self.mode = parse_mode(mode)
@@ -65,7 +71,9 @@ class LatencyLoop:
         self.timeline = ActionTimeline(align=self.mode.align)
         if self.mode.reanchor and waypoints:
             raise ValueError("mode aligned+reanchor is for displacement actions; the waypoint variant is absolute")
-        self.emitter = ActionEmitter(policy, self.timeline, reanchor=self.mode.reanchor)
+        self.emitter = ActionEmitter(policy, self.timeline, reanchor=self.mode.reanchor,
+                                     slew=None if waypoints or not self.mode.slew else slew)
+        self.slew = slew  # the waypoint variant limits its position targets itself (the emitter's rows are not sent)
         self.stop = policy.guard.stop_action
         self.waypoints = bool(waypoints)
         self.state_key = policy.manifest.state_key
@@ -77,6 +85,8 @@ class LatencyLoop:
         self.timeline.reset()
         self.emitter.reset()
         self._paths.clear()
+        self._target: np.ndarray | None = None  # waypoint variant: the position target sent last
+        self._wp_steps = [0.0, 0]  # waypoint variant, slew: sum and count of the plans' waypoint-to-waypoint steps
         inflight: tuple[int, PlanResult] | None = None
         free_at = tick = resamples = faults = 0
         actions: list[np.ndarray] = []
@@ -94,7 +104,10 @@ class LatencyLoop:
                 if res.chunk is not None:
                     resamples += 1
                     if self.waypoints:
-                        self._paths[res.chunk.chunk_id] = self._path(obs, res.chunk.actions, env.config.max_step)
+                        path = self._path(obs, res.chunk.actions, env.config.max_step)
+                        self._paths[res.chunk.chunk_id] = path
+                        self._wp_steps[0] += float(np.linalg.norm(np.diff(path, axis=0), axis=1).sum())
+                        self._wp_steps[1] += len(path) - 1
                     free_at = tick + max(self.latency, 1)
                     if self.mode.pause:
                         obs, done, tick = self._pause(env, tick, actions, chunk_ids)
@@ -127,7 +140,11 @@ class LatencyLoop:
         last = self.emitter.last
         if last is None or last.chunk_id < 0:
             return np.zeros_like(self.stop)
-        step = self._paths[last.chunk_id][last.index] - env.agent_position
+        target = self._paths[last.chunk_id][last.index]
+        if self.mode.slew and self._target is not None and self._wp_steps[1]:
+            target = slew_step(self._target, target, self.slew * self._wp_steps[0] / self._wp_steps[1])
+        self._target = target
+        step = target - env.agent_position
         return np.clip(step, self.emitter.guard.low, self.emitter.guard.high).astype(np.float32)
 
     def _pause(self, env: Any, tick: int, actions: list, chunk_ids: list) -> tuple[dict, bool, int]:

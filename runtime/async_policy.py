@@ -58,7 +58,7 @@ class AsyncEdgePolicy:
 
     def __init__(self, policy: EdgePolicy, tick_hz: float, *, align: bool = True, seam: str = "inpaint",
                  seam_width: int = 3, delay_ticks: int | None = None, state_tolerance: float | None = 1.0,
-                 react_width: int = 1, margin: int = 1, reanchor: bool = False):
+                 react_width: int = 1, margin: int = 1, reanchor: bool = False, slew: float | None = None):
         if not tick_hz > 0:
             raise ValueError(f"tick_hz must be positive, got {tick_hz!r}")
         if delay_ticks is not None and delay_ticks < 0:
@@ -69,8 +69,9 @@ class AsyncEdgePolicy:
         self.planner = AsyncChunkPlanner(policy, seam=seam, seam_width=seam_width, react_width=react_width,
                                          margin=margin)
         self.timeline = ActionTimeline(align=align)
-        # reanchor (displacement action spaces only): add back the motion the skipped rows assumed (timeline.py)
-        self.emitter = ActionEmitter(policy, self.timeline, reanchor=reanchor)
+        # reanchor (displacement action spaces only): add back the motion the skipped rows assumed; slew: limit
+        # each tick's action change to slew x the plans' mean row step, the rest carried (timeline.py)
+        self.emitter = ActionEmitter(policy, self.timeline, reanchor=reanchor, slew=slew)
         m = policy.manifest
         # the caller's thread validates with its own tokenizer: the worker's one is never shared
         self._validator = ObservationValidator(m, InstructionTokenizer(m.tokenizer_path, m.tokenizer), state_tolerance)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import signal
 
 from runtime.async_planner import check_margin
@@ -45,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reanchor", action="store_true",
                    help="with --inference async, for DISPLACEMENT actions only (dx, dy, ...; not joint targets): add "
                         "back the motion the skipped rows of a late chunk assumed but the robot did not make")
+    p.add_argument("--slew", type=float, default=None,
+                   help="with --inference async: limit each tick's action change to SLEW x the plans' mean row-to-row "
+                        "step (with --reanchor what it holds back is carried; default 2 with --reanchor, else off; "
+                        "0 turns it off; docs/06b)")
     p.add_argument("--margin", type=int, default=None,
                    help="with --inference async: request the next chunk when the plan has <= delay + margin rows "
                         "left; 0 <= margin < n_action_steps (default 1)")
@@ -57,6 +62,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+DEFAULT_SLEW = 2.0  # seam / within-chunk step 1.33-1.64 at L = 1-5, success kept, recovery +1-3 ticks (docs/06b)
+
+
+def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
+    """--slew → the emitter's multiple (None = off; default on with --reanchor); refused when negative/not finite."""
+    if slew is None:
+        return DEFAULT_SLEW if reanchor else None
+    if not math.isfinite(slew) or slew < 0:
+        raise ValueError(f"--slew must be a finite number >= 0 (0 turns the limit off), got {slew!r}")
+    return slew or None
+
+
 def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("runtime.robot")
@@ -64,6 +81,7 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
                         expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
     if args.margin is not None:  # refused before the robot is connected
         check_margin(args.margin, policy.manifest.dims.n_action_steps)
+    slew = reanchor_slew(args.slew, args.reanchor)
     iface = RobotInterface.from_manifest(policy.manifest)
     if iface.state_names is None:
         raise ValueError(f"{args.artifacts}: the manifest has no 'robot' section (motor names); re-export with "
@@ -82,6 +100,8 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
                         args.margin)
         if args.reanchor:
             log.warning("--reanchor is ignored with --inference inline (nothing is skipped without async inference)")
+        if slew is not None and args.slew is not None:
+            log.warning("--slew is ignored with --inference inline (it limits the async executor's seams)")
         source: ActionSource = SyncSource(policy, iface, task=task)
     else:
         if args.reanchor and any(n.endswith(".pos") for n in iface.action_names or []):
@@ -89,7 +109,8 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
                         "(%s): re-anchoring is for displacement actions only", ", ".join(iface.action_names[:3]))
         seam = "none" if args.inference == "thread" else (args.seam or ("none" if args.reanchor else "inpaint"))
         source = AsyncSource(policy, iface, task=task, fps=fps, seam=seam,
-                             margin=1 if args.margin is None else args.margin, reanchor=args.reanchor)
+                             margin=1 if args.margin is None else args.margin, reanchor=args.reanchor,
+                             slew=slew)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
              args.artifacts, args.backend, policy.gate.spec, args.inference, task)
 

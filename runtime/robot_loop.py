@@ -68,9 +68,10 @@ class AsyncSource:
     actions skipped, never replayed) and continued with seam handling; one action per tick, never blocking."""
 
     def __init__(self, policy: EdgePolicy, interface: RobotInterface, task: str | None = None, *, fps: float,
-                 seam: str = "inpaint", margin: int = 1, reanchor: bool = False):
+                 seam: str = "inpaint", margin: int = 1, reanchor: bool = False, slew: float | None = None):
         self.interface, self.task = interface, task
-        self.executor = AsyncEdgePolicy(policy, tick_hz=fps, seam=seam, margin=margin, reanchor=reanchor).start()
+        self.executor = AsyncEdgePolicy(policy, tick_hz=fps, seam=seam, margin=margin, reanchor=reanchor,
+                                        slew=slew).start()
         self._seen = (0, 0)  # (jobs, faults + worker errors) already reported
         self._planned = False  # a chunk has reached the robot
 

@@ -16,6 +16,13 @@ next max(d, 3) rows (at most the rows the chunk has left) on a rising ramp, neve
 action bounds (what they cut is carried on until spent or the chunk ends), so the catch-up does not start
 with a jump at the seam and never turns an in-bounds row into a fallback. With absolute actions (joint targets)
 skipping is already right: leave it off.
+
+Seam slew limit (`slew=k`): the new chunk's first rows may still disagree with the action the robot is executing
+(the two plans were made from different observations). The emitted action then moves toward the row by at most
+k × the plans' mean row-to-row step per tick (the mean over this episode's chunks, raw units). With re-anchoring
+what the limit holds back stays in the residual, so the robot still ends where the plan means; with absolute
+actions nothing needs carrying (the next row is a whole target again). Invalid rows (non-finite, out of bounds)
+are never limited: the safety guard decides them as before.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class TimelineTick:
     index: int  # row index within the chunk, -1 when nothing is queued
     skipped: np.ndarray | None = None  # first take of an aligned chunk: its rows that elapsed during inference
     rows_left: int = 0  # rows of this chunk from this tick on, this one included (read under the same lock)
+    chunk: np.ndarray | None = None  # first take of a chunk: all its rows (the emitter's step scale)
 
 
 @dataclass
@@ -113,7 +121,8 @@ class ActionTimeline:
                 return TimelineTick(tick, None, -1, -1)
             skipped = self._actions[:i] if self._fresh else None
             self._fresh = False
-            return TimelineTick(tick, self._actions[i], self._chunk_id, i, skipped, len(self._actions) - i)
+            return TimelineTick(tick, self._actions[i], self._chunk_id, i, skipped, len(self._actions) - i,
+                                self._actions if skipped is not None else None)
 
     def executing(self, tick: int) -> tuple[np.ndarray | None, int]:
         """(rows the plan runs from `tick` on, rows of it already run before `tick`) — the planner's view."""
@@ -123,6 +132,16 @@ class ActionTimeline:
             i = max(tick - self._base, 0)
             rows = self._actions[i:]
             return (rows if len(rows) else None), i
+
+
+def slew_step(prev: np.ndarray, wanted: np.ndarray, limit: float) -> np.ndarray:
+    """`wanted`, or the point `limit` (L2) from `prev` on the way to it: on the segment, so inside any box
+    that holds both ends."""
+    delta = wanted - prev
+    norm = float(np.linalg.norm(delta))
+    if not np.isfinite(norm) or norm <= limit:
+        return wanted
+    return (prev + delta * (limit / norm)).astype(wanted.dtype)
 
 
 MIN_RAMP = 3  # re-anchoring spreads a catch-up over at least this many rows (a 1-tick delay: no single-row jump)
@@ -140,9 +159,13 @@ class ActionEmitter:
     """Timeline row → raw, safe action: unnormalise as the policy does, then a control-side `ActionGuard`
     (the worker's policy keeps its own, so no guard state is shared between threads)."""
 
-    def __init__(self, policy: EdgePolicy, timeline: ActionTimeline, reanchor: bool = False):
+    def __init__(self, policy: EdgePolicy, timeline: ActionTimeline, reanchor: bool = False,
+                 slew: float | None = None):
+        if slew is not None and not (np.isfinite(slew) and slew > 0):
+            raise ValueError(f"slew must be a positive multiple of the plans' row step (or None), got {slew!r}")
         self.timeline = timeline
         self.reanchor = bool(reanchor)
+        self.slew = None if slew is None else float(slew)
         self.unnormalize = policy.unnormalize
         g = policy.guard
         self.guard = ActionGuard(policy.manifest.action_bounds, policy.manifest.stop_action, g.fallback_mode,
@@ -153,17 +176,21 @@ class ActionEmitter:
         self.residual: np.ndarray | None = None  # re-anchoring: displacement the current chunk still expects
         self._ramp: list[float] = []  # re-anchoring: fractions of the residual still to add, one per row
         self._sent: deque[tuple[int, np.ndarray]] = deque(maxlen=256)  # (tick, raw action sent)
+        self._step_sum, self._step_n = 0.0, 0  # slew: row-to-row steps of this episode's plans (raw units)
 
     def reset(self) -> None:
         self.guard.reset()
         self.residual = None
         self._ramp = []
         self._sent.clear()
+        self._step_sum, self._step_n = 0.0, 0
 
     def emit(self, tick: int) -> np.ndarray:
         taken = self.timeline.take(tick)
         planned = None if taken.row is None else self.unnormalize(taken.row)
         wanted, catching_up = planned, False
+        if planned is not None and taken.chunk is not None and self.slew is not None:
+            self._learn_step(taken.chunk)
         if self.reanchor and planned is not None:
             if taken.skipped is not None:  # a chunk's first executed row: what did the robot do meanwhile?
                 self.residual = self._deficit(taken)
@@ -172,11 +199,14 @@ class ActionEmitter:
                 self.residual = np.zeros_like(planned)
             share = self._ramp.pop(0) if self._ramp else 1.0  # after the ramp: whatever the bounds cut before
             low, high = self.guard.low, self.guard.high
-            if np.all(np.isfinite(planned)) and np.all((planned >= low) & (planned <= high)):
+            if self._valid(planned):
                 # the catch-up may use the room the bounds leave, never more: it must not turn a valid row
                 # into a fallback (out_of_bounds="fallback") or be clipped away unseen
                 wanted = planned + np.clip(self.residual * share, low - planned, high - planned)
+                wanted = self._limit(wanted)
                 catching_up = True
+        elif self.slew is not None and planned is not None and self._valid(planned):
+            wanted = self._limit(planned)  # absolute targets: the next row is the whole target again, no carry
         res = self.guard.check(wanted)
         if catching_up and not res.fallback:
             self.residual = self.residual - (res.action - planned)  # what the bounds let through is spent
@@ -185,6 +215,24 @@ class ActionEmitter:
         self.last = taken
         self._sent.append((tick, res.action))
         return res.action
+
+    def _valid(self, planned: np.ndarray) -> bool:
+        """A finite row inside the bounds: the only kind re-anchoring or the slew limit may change."""
+        return bool(np.all(np.isfinite(planned)) and np.all((planned >= self.guard.low) & (planned <= self.guard.high)))
+
+    def _learn_step(self, chunk: np.ndarray) -> None:
+        rows = np.stack([self.unnormalize(r) for r in chunk]).astype(np.float64)
+        steps = np.linalg.norm(np.diff(rows, axis=0), axis=1)
+        steps = steps[np.isfinite(steps)]
+        self._step_sum += float(steps.sum())
+        self._step_n += int(steps.size)
+
+    def _limit(self, wanted: np.ndarray) -> np.ndarray:
+        """Move from the last action sent toward `wanted` by at most slew × mean plan row step (L2). Both ends
+        are within the bounds, so the limited action is too; nothing is limited before a plan step is known."""
+        if self.slew is None or not self._sent or self._step_n == 0 or self._step_sum <= 0.0:
+            return wanted
+        return slew_step(self._sent[-1][1], wanted, self.slew * self._step_sum / self._step_n)
 
     def _deficit(self, taken: TimelineTick) -> np.ndarray:
         """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""

@@ -127,3 +127,98 @@ def test_a_non_finite_skipped_row_adds_no_catch_up(policy):
     tl.install(TimedChunk(0, rows, 0))
     em.emit(2)
     assert np.all(np.isfinite(em.residual)) and np.all(em.residual == 0)
+
+
+def _seam_run(policy, new: np.ndarray, planned: int, delay: int, slew: float | None, extra: int = 0):
+    """Old plan holds still; `new` (raw) planned at `planned` lands `delay` ticks later; rows after the chunk:
+    a hold chunk installed at the end, so a carried residual can be spent. Returns the actions sent."""
+    low = policy.guard.low
+    hold = np.zeros((CHUNK, len(low)), np.float32)
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=True, slew=slew)
+    tl.install(TimedChunk(0, _normalised(policy, hold), 0))
+    sent = [em.emit(t) for t in range(planned + delay)]
+    assert tl.install(TimedChunk(planned, _normalised(policy, new), 1))
+    sent += [em.emit(t) for t in range(planned + delay, planned + CHUNK)]
+    return sent, em
+
+
+@settings(max_examples=40, deadline=None)
+@given(planned=st.integers(1, 3), delay=st.integers(1, 3), slew=st.floats(0.5, 3.0), seed=st.integers(0, 10_000))
+def test_slew_bounds_every_step_and_stays_in_bounds(policy, planned, delay, slew, seed):
+    """With `slew`, no emitted action differs from the previous one by more than slew × the plans' mean row
+    step, and every action stays inside the bounds."""
+    rng = np.random.default_rng(seed)
+    low, high = policy.guard.low, policy.guard.high
+    new = (rng.uniform(-1, 1, size=(CHUNK, len(low))) * (high - low) / 2 * 0.3).astype(np.float32)
+    sent, _ = _seam_run(policy, new, planned, delay, slew)
+    rows = np.stack([policy.unnormalize(r) for r in _normalised(policy, new)])
+    # the mean over both chunks' row steps; the hold chunk's are all 0
+    limit = slew * np.linalg.norm(np.diff(rows, axis=0), axis=1).sum() / (2 * (CHUNK - 1))
+    steps = np.linalg.norm(np.diff(np.stack(sent[planned + delay - 1:]), axis=0), axis=1)
+    assert np.all(steps <= limit * (1 + 1e-4) + 1e-6), (steps, limit)
+    for a in sent:
+        assert np.all(a >= low - 1e-6) and np.all(a <= high + 1e-6)
+
+
+def test_slew_holds_back_motion_without_losing_it(policy):
+    """A seam that would jump: the limited emitter starts smaller than the plain one, and what it held back is
+    in the residual (sent + residual == the plan's total from the planning tick on)."""
+    low, high = policy.guard.low, policy.guard.high
+    ramp = np.linspace(0.2, 1.0, CHUNK)[:, None] * (high - low) / 2 * 0.4  # accelerating: mean row step > 0
+    new = ramp.astype(np.float32)
+    plain, _ = _seam_run(policy, new, 2, 2, None)
+    limited, em = _seam_run(policy, new, 2, 2, 1.0)
+    seam = 4  # first tick of the new chunk
+    assert np.linalg.norm(limited[seam] - limited[seam - 1]) < np.linalg.norm(plain[seam] - plain[seam - 1])
+    total = np.sum(limited[2:], axis=0) + em.residual
+    np.testing.assert_allclose(total, new.sum(axis=0), atol=1e-4)
+
+
+def test_slew_must_be_positive_and_parses_from_the_mode(policy):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="slew"):
+            ActionEmitter(policy, ActionTimeline(), reanchor=True, slew=bad)
+    assert parse_mode("aligned+reanchor+slew").slew and not parse_mode("aligned+reanchor").slew
+    assert parse_mode("aligned+slew").slew and not parse_mode("aligned+slew").reanchor
+
+
+@settings(max_examples=40, deadline=None)
+@given(slew=st.floats(0.5, 3.0), seed=st.integers(0, 10_000), bad_at=st.integers(-1, 4 * CHUNK - 1))
+def test_slew_without_reanchoring_limits_absolute_targets_and_reaches_them(policy, slew, seed, bad_at):
+    """Absolute targets: each step is bounded by slew × the mean row step known at that tick, the distance to a
+    held target never grows and it is reached exactly once the limit allows (nothing carried), and an invalid
+    row is never limited: the guard's fallback goes out as is."""
+    rng = np.random.default_rng(seed)
+    low, high = policy.guard.low, policy.guard.high
+    first = (rng.uniform(-1, 1, size=(CHUNK, len(low))) * (high - low) / 2 * 0.2).astype(np.float32)
+    target = (rng.uniform(-1, 1, size=len(low)) * (high - low) / 2 * 0.8).astype(np.float32)
+    second = np.repeat(target[None], 4 * CHUNK, axis=0)
+    rows = [_normalised(policy, first), _normalised(policy, second)]
+    if bad_at >= 0:  # one non-finite row in the second chunk
+        rows[1][bad_at, 0] = np.nan
+    emitters = [ActionEmitter(policy, ActionTimeline(align=True), reanchor=False, slew=slew)]
+    sent: list[list[np.ndarray]] = [[]]
+    for k, em in enumerate(emitters):
+        em.timeline.install(TimedChunk(0, rows[0], 0))
+        sent[k] += [em.emit(t) for t in range(CHUNK)]
+        em.timeline.install(TimedChunk(CHUNK, rows[1], 1))
+        sent[k] += [em.emit(t) for t in range(CHUNK, 5 * CHUNK)]
+    limited = sent[0]
+    first_steps = np.linalg.norm(np.diff(first, axis=0), axis=1).sum()
+    n_second = 4 * CHUNK - 1 - (0 if bad_at < 0 else 1 if bad_at in (0, 4 * CHUNK - 1) else 2)  # finite steps
+    limits = [slew * first_steps / (CHUNK - 1)] * CHUNK + [slew * first_steps / (CHUNK - 1 + n_second)] * 4 * CHUNK
+    bad = CHUNK + bad_at if bad_at >= 0 else -10
+    for i in range(1, len(limited)):
+        assert np.all(limited[i] >= low - 1e-6) and np.all(limited[i] <= high + 1e-6)
+        if i == bad:  # the guard's fallback from the emitter's own history, untouched by the limit
+            g = emitters[0].guard
+            want = limited[i - 1] if g.fallback_mode == "hold" else g.stop_action
+            np.testing.assert_array_equal(limited[i], want)
+            continue
+        assert np.linalg.norm(limited[i] - limited[i - 1]) <= limits[i] * (1 + 1e-4) + 1e-6 or i - 1 == bad
+        if i > max(CHUNK, bad + 1):  # toward a held target: never farther
+            assert np.linalg.norm(limited[i] - target) <= np.linalg.norm(limited[i - 1] - target) + 1e-6
+    start = max(CHUNK, bad + 1)
+    if np.linalg.norm(limited[start - 1] - target) <= limits[-1] * (len(limited) - start) * 0.99:
+        np.testing.assert_allclose(limited[-1], target, atol=1e-5)  # reachable in time: reached, nothing lost

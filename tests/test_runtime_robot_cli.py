@@ -55,6 +55,26 @@ def test_runtime_robot_margin_is_bounded_and_ignored_inline_with_a_warning():
     assert "--margin 2 is ignored with --inference inline" in out.stderr
 
 
+def test_slew_defaults_with_reanchor_and_runs_with_or_without_it():
+    from runtime.robot_command import DEFAULT_SLEW, reanchor_slew
+
+    assert reanchor_slew(None, True) == DEFAULT_SLEW and reanchor_slew(None, False) is None
+    assert reanchor_slew(0.0, True) is None and reanchor_slew(2.5, True) == 2.5
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="--slew"):
+            reanchor_slew(bad, True)
+    base = [sys.executable, "-m", "runtime", "robot", "--artifacts", str(robot_artifacts()), "--robot.type=sim_reach",
+            "--robot.episodes=1", "--fps", "60", "--max-ticks", "30"]
+    out = subprocess.run([*base, "--slew", "-1"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 2 and "--slew must be a finite number >= 0" in out.stderr
+    for flags in (["--reanchor", "--slew", "2"], ["--slew", "1.5"]):
+        out = subprocess.run([*base, *flags], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+                             check=False)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.strip().splitlines()[-1])["ticks"] == 30
+
+
 def test_runtime_serve_answers_then_stops_on_ctrl_c():
     helpers = pytest.importorskip("lerobot.async_inference.helpers")
     from tests.test_serve_hostile import Client, observation_bytes
