@@ -31,7 +31,8 @@ def _ints(text: str) -> list[int]:
 
 
 def _names(text: str, known: tuple[str, ...] | None, flag: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
+    """Comma-separated names; `;`-separated when the text has one (gate specs such as `any:drift,interval:6`)."""
+    names = [v.strip() for v in text.split(";" if ";" in text else ",") if v.strip()]
     bad = [n for n in names if known is not None and n not in known]
     if bad or not names:
         raise ValueError(f"{flag}: unknown {bad} (choose from {known})")
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latencies", default="0,1,3,5,10")
-    p.add_argument("--gates", default="always,drift")
+    p.add_argument("--gates", default="always,drift",
+                   help="comma-separated gate specs; separate with ';' when a spec has commas ('always;any:drift,interval:6')")
     p.add_argument("--modes", default=DEFAULT_MODES)
     p.add_argument("--max-steps", type=int, default=60, help="episode tick limit (the task's deadline)")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the manifest's)")

@@ -64,3 +64,12 @@ def test_waypoints_leave_out_reanchor_modes_by_default_and_refuse_them_when_aske
     with pytest.raises(SystemExit, match="reanchor"):
         main(["--artifacts", str(art), "--out", str(tmp_path / "b"), "--episodes", "1", "--latencies", "2",
               "--gates", "interval:3", "--waypoints", "--modes", "aligned+reanchor"])
+
+
+def test_gate_specs_with_commas_are_separated_by_semicolons():
+    from evaluation.latency import _names
+
+    assert _names("always,drift", None, "--gates") == ["always", "drift"]
+    assert _names("always; any:drift,interval:6", None, "--gates") == ["always", "any:drift,interval:6"]
+    with pytest.raises(ValueError, match="--gates"):
+        _names(" ; ", None, "--gates")
