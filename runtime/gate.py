@@ -65,7 +65,7 @@ class GateInputs:
     plan_state: np.ndarray | None = None  # raw state at planning time
     images: list[np.ndarray] | None = None  # camera images now (uint8 HWC, or float CHW in [0, 1])
     plan_images: list[np.ndarray] | None = None  # camera images at planning time
-    prev_obs_emb: np.ndarray | None = None  # unit obs-CLS of the previous tick the prefix ran (this episode)
+    prev_obs_emb: np.ndarray | None = None  # unit obs-CLS of the last gate decision or plan this episode (jump)
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,9 @@ class DriftGate(_ThresholdGate):
 
 
 class JumpGate(_ThresholdGate):
-    """Resample when obs-CLS jumped since the previous tick on which the prefix ran (a step change in the
-    scene). No previous embedding yet in this episode → no fire (the first plan is forced anyway)."""
+    """Resample when obs-CLS jumped since the observation of the previous gate decision or plan (with
+    check_every 1: the previous tick) — a step change in the scene. No previous embedding yet in this episode →
+    no fire (the first plan is forced anyway)."""
 
     name = "jump"
     needs_obs_cls = True

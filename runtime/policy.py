@@ -144,7 +144,9 @@ class EdgePolicy:
         self._queue_left = 0
         self._ticks_since_plan = 0
         self._plan_obs_emb: np.ndarray | None = None
-        # unit obs-CLS of the latest and of the one-before successful prefix pass (the jump gate's lag-1 pair)
+        # unit obs-CLS of the latest successful prefix pass, and the jump gate's reference: the observation of
+        # the last gate decision or resample (a pass the gate did not decide on — a refine-only tick, a faulted
+        # check — must not move it, or a jump seen only then would never be compared)
         self._last_obs_emb: np.ndarray | None = None
         self._prev_obs_emb: np.ndarray | None = None
         self._plan_state: np.ndarray | None = None
@@ -327,7 +329,7 @@ class EdgePolicy:
             info.prefix_ms = self._stage_ms("prefix", t0)
         info.prefix_ran = True
         self._count("prefix_passes")
-        self._prev_obs_emb, self._last_obs_emb = self._last_obs_emb, embed(prefix.obs_cls)
+        self._last_obs_emb = embed(prefix.obs_cls)
         return prefix
 
     def _check_gate(self, obs: ValidatedObservation, prefix: PrefixState | None,
@@ -369,6 +371,8 @@ class EdgePolicy:
                 return None, None
             finally:
                 info.gate_ms = self._stage_ms("gate", t0)
+        if inputs.obs_emb is not None:
+            self._prev_obs_emb = inputs.obs_emb  # decided on: the next check compares against this observation
         return decision, delta
 
     def _run_delta(self, plan: np.ndarray, prefix: PrefixState, info: TickInfo) -> tuple[np.ndarray, np.ndarray] | None:
@@ -420,6 +424,7 @@ class EdgePolicy:
         self._queue_left = self.manifest.dims.n_action_steps
         self._ticks_since_plan = 0
         self._plan_obs_emb = embed(prefix.obs_cls)
+        self._prev_obs_emb = self._plan_obs_emb
         self._plan_state = obs.state.copy()
         if self.gate.needs_image:  # copies: a caller may reuse its image buffers
             self._plan_images = [np.array(img, copy=True) for img in obs.images]

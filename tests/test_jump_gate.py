@@ -89,8 +89,9 @@ def test_policy_keeps_the_previous_prefix_tick_and_clears_it_on_reset():
     np.testing.assert_allclose(gate.seen[-1].obs_emb, p._last_obs_emb)
     p.reset()
     assert p._prev_obs_emb is None and p._last_obs_emb is None  # no embedding crosses an episode boundary
-    p.step(b)
-    assert p._prev_obs_emb is None  # the first prefix of the new episode has nothing before it
+    p.step(b)  # the new episode's first plan: its own observation becomes the reference, nothing older
+    np.testing.assert_allclose(p._prev_obs_emb, p._plan_obs_emb)
+    np.testing.assert_allclose(p._prev_obs_emb, p._last_obs_emb)
 
 
 def test_async_planner_runs_the_jump_gate():
@@ -133,3 +134,30 @@ def test_manifest_gate_jump_is_optional_and_validated(tmp_path):
     for i, bad in enumerate((3.0, -0.1, "high")):
         with pytest.raises(ManifestError, match=r"gate\.jump\.default_threshold"):
             Manifest.load(_with_jump(tmp_path, bad, f"bad{i}"))
+
+
+@pytest.mark.parametrize("case", ["refine_on_an_unchecked_tick", "fault_on_the_jump_tick"])
+def test_a_jump_seen_only_on_a_pass_the_gate_did_not_decide_is_not_lost(case):
+    """A prefix pass the gate did not decide on (a refine-only tick between checks; a check that faulted in
+    another part's graph) must not become the jump gate's reference: the next check still sees the jump."""
+    a, b = make_observation(3), make_observation(3)
+    b[CAMERA_KEY] = 255 - a[CAMERA_KEY]
+    art = cached_fake_artifacts(chunk_size=12)
+    if case == "refine_on_an_unchecked_tick":
+        p = EdgePolicy(art, gate="jump:1e-3", check_every=2, refine=True, backend_options={"intra_op_threads": 1})
+    else:
+        p = EdgePolicy(art, gate="any:jump:1e-3,consistency:1.9", backend_options={"intra_op_threads": 1})
+        for name in ("run_delta_expert", "run_plan_encoder"):  # whichever graph this wiring's act-CLS uses
+            real = getattr(p.backend, name)
+
+            def flaky(*x, real=real):
+                if p.counters.ticks == 4:  # the jump tick (the 4th step)
+                    raise RuntimeError("injected fault")
+                return real(*x)
+
+            setattr(p.backend, name, flaky)
+    reasons = []
+    for obs in (a, a, a, b, b, b):
+        p.step(obs)
+        reasons.append(p.last_info.gate_reason if p.last_info.resampled else None)
+    assert "jump" in reasons[3:], reasons
