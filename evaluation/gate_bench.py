@@ -83,7 +83,8 @@ def capped_specs(calibration: dict, caps: Sequence[int]) -> list[BenchSpec]:
 def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep: Sequence[str],
                  refine: Sequence[str], caps: Sequence[int] = DEFAULT_CAPS) -> list[BenchSpec]:
     """always, interval:k (every cap K included) and every threshold family's sweep (labels in `sweep`), the
-    capped change gates, plus `+refine` copies."""
+    capped change gates, plus `+refine` copies. A cap K >= chunk never binds (the queue runs out first): left out."""
+    caps = sorted({int(k) for k in caps if k < chunk})
     out = [BenchSpec("always", "always", "")]
     out += [BenchSpec("interval", f"interval:{k}", "chunk" if k == chunk else str(k), float(k))
             for k in sorted(set(intervals) | set(caps) | {chunk})]
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 1 for k in args.caps):
         print(f"error: --caps must be >= 1, got {args.caps}", file=sys.stderr)
         return 2
+    args.caps = sorted(set(args.caps))  # a repeated K would run (and name) the same policy twice
     try:
         report = run_gate_bench(args.artifacts, args.out, args.episodes, args.calibration_episodes, args.seed,
                                 args.kinds, args.slack, args.quick, args.threads, args.intervals, args.sweep,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--margin", type=int, default=0,
                    help="refill when the plan has <= L + margin rows left (rows of overlap for the seam)")
     args = p.parse_args(argv)
+    if not (math.isfinite(args.slew) and args.slew > 0):
+        print(f"error: --slew must be a finite number > 0, got {args.slew!r}", file=sys.stderr)
+        return 2
     try:
         report = run(args)
     except (ManifestError, ValueError, RuntimeError) as exc:

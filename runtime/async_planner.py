@@ -64,6 +64,20 @@ def horizon_mismatch(policy: EdgePolicy, delay: int, margin: int) -> str | None:
     return None
 
 
+def jump_lag_mismatch(policy: EdgePolicy, delay: int) -> str | None:
+    """Why a `jump` part's manifest threshold does not fit asynchronous jobs, or None: it was calibrated on
+    observations one tick apart, while after a resample the worker compares observations `delay` ticks apart."""
+    cal = policy.manifest.gate_calibration.get("jump")
+    if delay < 2 or cal is None or cal.default_threshold is None:
+        return None
+    for gate in getattr(policy.gate, "parts", None) or [policy.gate]:
+        if gate.name == "jump" and getattr(gate, "threshold", None) == cal.default_threshold:
+            return (f"gate {gate.spec} uses the manifest's lag-1 threshold, but with delay {delay} the worker compares "
+                    f"observations up to {delay} ticks apart after a resample: ordinary motion over {delay} ticks "
+                    f"will fire it; give an explicit threshold (e.g. jump:<p95 of {delay}-tick distances>)")
+    return None
+
+
 class AsyncChunkPlanner:
     """Owns the policy while running: only one thread may call `plan` (the worker)."""
 
@@ -114,7 +128,7 @@ class AsyncChunkPlanner:
             log.warning("delay %d + margin %d >= n_action_steps %d: every job resamples, the gate %s is never "
                         "consulted (lower --margin or speed up inference)", delay, self.margin, n, self.policy.gate.spec)
         if delay >= 1 and not self._warned_horizon:
-            why = horizon_mismatch(self.policy, delay, self.margin)
+            why = horizon_mismatch(self.policy, delay, self.margin) or jump_lag_mismatch(self.policy, delay)
             if why is not None:
                 self._warned_horizon = True
                 log.warning("%s", why)

@@ -144,6 +144,9 @@ def slew_step(prev: np.ndarray, wanted: np.ndarray, limit: float) -> np.ndarray:
     return (prev + delta * (limit / norm)).astype(wanted.dtype)
 
 
+SLEW_FLOOR = 0.1  # the slew limit never goes below this fraction of the bounds' diagonal: a near-constant plan
+# (step scale ~0) would otherwise freeze the robot at a seam
+
 MIN_RAMP = 3  # re-anchoring spreads a catch-up over at least this many rows (a 1-tick delay: no single-row jump)
 
 
@@ -177,6 +180,7 @@ class ActionEmitter:
         self._ramp: list[float] = []  # re-anchoring: fractions of the residual still to add, one per row
         self._sent: deque[tuple[int, np.ndarray]] = deque(maxlen=256)  # (tick, raw action sent)
         self._step_sum, self._step_n = 0.0, 0  # slew: row-to-row steps of this episode's plans (raw units)
+        self._last_planned: np.ndarray | None = None  # slew: the last action sent from a plan row (None after a fallback)
 
     def reset(self) -> None:
         self.guard.reset()
@@ -184,6 +188,7 @@ class ActionEmitter:
         self._ramp = []
         self._sent.clear()
         self._step_sum, self._step_n = 0.0, 0
+        self._last_planned = None
 
     def emit(self, tick: int) -> np.ndarray:
         taken = self.timeline.take(tick)
@@ -214,6 +219,7 @@ class ActionEmitter:
         self.clipped += res.clipped
         self.last = taken
         self._sent.append((tick, res.action))
+        self._last_planned = None if planned is None or res.fallback else res.action
         return res.action
 
     def _valid(self, planned: np.ndarray) -> bool:
@@ -221,18 +227,25 @@ class ActionEmitter:
         return bool(np.all(np.isfinite(planned)) and np.all((planned >= self.guard.low) & (planned <= self.guard.high)))
 
     def _learn_step(self, chunk: np.ndarray) -> None:
+        """Add this chunk's row-to-row steps to the episode's scale: finite rows only, clipped into the bounds
+        first (the guard clips them so; one wild row must not switch the limit off for the episode)."""
         rows = np.stack([self.unnormalize(r) for r in chunk]).astype(np.float64)
-        steps = np.linalg.norm(np.diff(rows, axis=0), axis=1)
-        steps = steps[np.isfinite(steps)]
+        rows = rows[np.all(np.isfinite(rows), axis=1)]
+        if len(rows) < 2:
+            return
+        steps = np.linalg.norm(np.diff(np.clip(rows, self.guard.low, self.guard.high), axis=0), axis=1)
         self._step_sum += float(steps.sum())
         self._step_n += int(steps.size)
 
     def _limit(self, wanted: np.ndarray) -> np.ndarray:
-        """Move from the last action sent toward `wanted` by at most slew × mean plan row step (L2). Both ends
-        are within the bounds, so the limited action is too; nothing is limited before a plan step is known."""
-        if self.slew is None or not self._sent or self._step_n == 0 or self._step_sum <= 0.0:
+        """Move from the last action sent from a plan row toward `wanted` by at most max(slew × mean plan row
+        step, SLEW_FLOOR × the bounds' diagonal) (L2). Not after a fallback or before the first plan row of the
+        episode (the robot may never have received that action), nor before a plan step is known. Both ends
+        lie within the bounds, so the result does too."""
+        if self.slew is None or self._last_planned is None or self._step_n == 0:
             return wanted
-        return slew_step(self._sent[-1][1], wanted, self.slew * self._step_sum / self._step_n)
+        floor = SLEW_FLOOR * float(np.linalg.norm(self.guard.high - self.guard.low))
+        return slew_step(self._last_planned, wanted, max(self.slew * self._step_sum / self._step_n, floor))
 
     def _deficit(self, taken: TimelineTick) -> np.ndarray:
         """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""

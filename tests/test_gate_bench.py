@@ -25,7 +25,7 @@ KINDS = ["jump", "distractor", "mixed"]
 def quick(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench")
     rc = main(["--artifacts", str(cached_fake_artifacts()), "--out", str(out), "--quick", "--no-progress",
-               "--kinds", *KINDS])
+               "--kinds", *KINDS, "--caps", "2"])
     assert rc == 0
     return json.loads((out / "gate_bench.json").read_text()), out
 
@@ -181,6 +181,10 @@ def test_capped_specs_and_their_intervals():
     assert {s.spec for s in specs if s.family == "interval"} == {"interval:3", "interval:6", "interval:8",
                                                                    "interval:10"}
     assert "jump+cap:p99/6" not in by_name  # only p95 and manifest get a capped copy
+    # a cap that never binds (K >= chunk) is left out; a repeated K runs once
+    again = [s.name for s in policy_specs(cal, chunk=10, intervals=[3], sweep=["p95"], refine=[], caps=[6, 6, 10, 12])]
+    assert len(again) == len(set(again)) and "drift+cap:p95/6" in again
+    assert not any(n.endswith(("/10", "/12")) for n in again)
 
 
 def _capped(name, family, succ, resamples, k, n=40):

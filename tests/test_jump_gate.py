@@ -161,3 +161,14 @@ def test_a_jump_seen_only_on_a_pass_the_gate_did_not_decide_is_not_lost(case):
         p.step(obs)
         reasons.append(p.last_info.gate_reason if p.last_info.resampled else None)
     assert "jump" in reasons[3:], reasons
+
+
+def test_async_planner_warns_when_a_manifest_jump_threshold_meets_a_delay(tmp_path):
+    from runtime.async_planner import jump_lag_mismatch
+
+    art = _with_jump(tmp_path, 0.2, "w")
+    assert jump_lag_mismatch(EdgePolicy(art, gate="jump"), 1) is None  # a 1-tick delay keeps lag-1 pairs
+    why = jump_lag_mismatch(EdgePolicy(art, gate="any:jump,interval:6"), 5)
+    assert why is not None and "lag-1" in why and "5 ticks" in why
+    assert jump_lag_mismatch(EdgePolicy(art, gate="jump:0.5"), 5) is None  # an explicit threshold: the caller chose it
+    assert jump_lag_mismatch(EdgePolicy(art, gate="drift"), 5) is None

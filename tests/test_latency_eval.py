@@ -35,6 +35,9 @@ def test_bad_flags_name_the_flag(tmp_path, capsys):
     assert "--modes" in capsys.readouterr().err
     assert main(["--artifacts", str(art), "--out", str(tmp_path), "--latencies", "1,x"]) == 2
     assert "--latencies" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main(["--artifacts", str(art), "--out", str(tmp_path), "--slew", bad]) == 2
+        assert "--slew" in capsys.readouterr().err
 
 
 def test_targets_mark_met_and_not_met_from_the_cells():

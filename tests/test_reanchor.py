@@ -18,7 +18,7 @@ except ImportError:
 
 from evaluation.latency_loop import LatencyLoop, parse_mode
 from runtime.policy import EdgePolicy
-from runtime.timeline import ActionEmitter, ActionTimeline, TimedChunk, _ramp
+from runtime.timeline import SLEW_FLOOR, ActionEmitter, ActionTimeline, TimedChunk, _ramp
 
 CHUNK = 8
 
@@ -129,6 +129,10 @@ def test_a_non_finite_skipped_row_adds_no_catch_up(policy):
     assert np.all(np.isfinite(em.residual)) and np.all(em.residual == 0)
 
 
+def _floor(policy) -> float:
+    return SLEW_FLOOR * float(np.linalg.norm(policy.guard.high - policy.guard.low))
+
+
 def _seam_run(policy, new: np.ndarray, planned: int, delay: int, slew: float | None, extra: int = 0):
     """Old plan holds still; `new` (raw) planned at `planned` lands `delay` ticks later; rows after the chunk:
     a hold chunk installed at the end, so a carried residual can be spent. Returns the actions sent."""
@@ -153,8 +157,8 @@ def test_slew_bounds_every_step_and_stays_in_bounds(policy, planned, delay, slew
     new = (rng.uniform(-1, 1, size=(CHUNK, len(low))) * (high - low) / 2 * 0.3).astype(np.float32)
     sent, _ = _seam_run(policy, new, planned, delay, slew)
     rows = np.stack([policy.unnormalize(r) for r in _normalised(policy, new)])
-    # the mean over both chunks' row steps; the hold chunk's are all 0
-    limit = slew * np.linalg.norm(np.diff(rows, axis=0), axis=1).sum() / (2 * (CHUNK - 1))
+    # the mean over both chunks' row steps (the hold chunk's are all 0), never under the floor
+    limit = max(slew * np.linalg.norm(np.diff(rows, axis=0), axis=1).sum() / (2 * (CHUNK - 1)), _floor(policy))
     steps = np.linalg.norm(np.diff(np.stack(sent[planned + delay - 1:]), axis=0), axis=1)
     assert np.all(steps <= limit * (1 + 1e-4) + 1e-6), (steps, limit)
     for a in sent:
@@ -207,7 +211,8 @@ def test_slew_without_reanchoring_limits_absolute_targets_and_reaches_them(polic
     limited = sent[0]
     first_steps = np.linalg.norm(np.diff(first, axis=0), axis=1).sum()
     n_second = 4 * CHUNK - 1 - (0 if bad_at < 0 else 1 if bad_at in (0, 4 * CHUNK - 1) else 2)  # finite steps
-    limits = [slew * first_steps / (CHUNK - 1)] * CHUNK + [slew * first_steps / (CHUNK - 1 + n_second)] * 4 * CHUNK
+    limits = ([max(slew * first_steps / (CHUNK - 1), _floor(policy))] * CHUNK
+              + [max(slew * first_steps / (CHUNK - 1 + n_second), _floor(policy))] * 4 * CHUNK)
     bad = CHUNK + bad_at if bad_at >= 0 else -10
     for i in range(1, len(limited)):
         assert np.all(limited[i] >= low - 1e-6) and np.all(limited[i] <= high + 1e-6)
@@ -222,3 +227,51 @@ def test_slew_without_reanchoring_limits_absolute_targets_and_reaches_them(polic
     start = max(CHUNK, bad + 1)
     if np.linalg.norm(limited[start - 1] - target) <= limits[-1] * (len(limited) - start) * 0.99:
         np.testing.assert_allclose(limited[-1], target, atol=1e-5)  # reachable in time: reached, nothing lost
+
+
+@pytest.mark.parametrize("reanchor", [True, False])
+def test_slew_never_starts_from_an_action_the_robot_may_not_have_received(policy, reanchor):
+    """Empty ticks before the first chunk emit the fallback (which the robot loop does not send): the first plan
+    row goes out as planned, not slewed from the stop pose; the same after a mid-episode fallback."""
+    low, high = policy.guard.low, policy.guard.high
+    row = ((high - low) / 2 * 0.9).astype(np.float32)  # far from the stop action
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=reanchor, slew=0.5)
+    for t in range(3):
+        em.emit(t)  # nothing queued: fallback
+    tl.install(TimedChunk(3, _normalised(policy, np.repeat(row[None], CHUNK, 0) * np.linspace(1, 0.9, CHUNK)[:, None]), 0))
+    np.testing.assert_allclose(em.emit(3), row, rtol=1e-5)
+    em.reset()
+    assert em._last_planned is None and em._step_n == 0
+
+
+def test_slew_floor_keeps_a_near_constant_plan_moving(policy):
+    """A plan of (almost) constant rows has a step scale near 0; the floor still lets a seam finish within a few
+    ticks instead of freezing the robot between two such plans."""
+    low, high = policy.guard.low, policy.guard.high
+    rng = np.random.default_rng(0)
+    v1, v2 = (high - low) / 2 * 0.3, -(high - low) / 2 * 0.3
+    chunk = lambda v: (np.repeat(v[None], CHUNK, 0) + rng.normal(0, 1e-7, (CHUNK, len(low)))).astype(np.float32)
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=False, slew=2.0)
+    tl.install(TimedChunk(0, _normalised(policy, chunk(v1)), 0))
+    sent = [em.emit(t) for t in range(CHUNK)]
+    tl.install(TimedChunk(CHUNK, _normalised(policy, chunk(v2)), 1))
+    sent += [em.emit(t) for t in range(CHUNK, 2 * CHUNK)]
+    floor = _floor(policy)
+    ticks = int(np.ceil(np.linalg.norm(v2 - v1) / floor)) + 1
+    assert ticks < CHUNK
+    np.testing.assert_allclose(sent[CHUNK + ticks], v2, atol=1e-5)
+
+
+def test_one_wild_row_does_not_switch_the_slew_limit_off(policy):
+    """A finite row far outside the bounds (the guard clips it) is clipped before it enters the step scale."""
+    low, high = policy.guard.low, policy.guard.high
+    base = np.linspace(0.1, 0.3, CHUNK)[:, None] * (high - low) / 2
+    wild = base.copy()
+    wild[2] = 1e4
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=False, slew=1.0)
+    tl.install(TimedChunk(0, _normalised(policy, wild.astype(np.float32)), 0))
+    [em.emit(t) for t in range(CHUNK)]
+    assert em._step_sum / em._step_n <= float(np.linalg.norm(high - low)) + 1e-6
