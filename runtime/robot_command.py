@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-DEFAULT_SLEW = 2.0  # seam / within-chunk step 1.33-1.64 at L = 1-5, success kept, recovery +1-3 ticks (docs/06b)
+DEFAULT_SLEW = 2.0  # seam / within-chunk step 1.38-1.66 at L = 1-5, success kept, recovery +1-2 ticks (docs/06b)
 
 
 def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
