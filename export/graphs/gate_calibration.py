@@ -187,7 +187,7 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
             "jump": summarise_pairs(jumps, 2)}
 
 
-DEFAULT_GATES = ("drift", "consistency", "any:drift,consistency")  # the uncapped choices `auto` picks from
+AUTO_GATES = ("drift", "consistency")  # what `--default-gate auto` chooses between, by calibration AUROC
 CAP_RATIO = 0.6  # auto cap = round(0.6 × n_action_steps): measured on the gate benchmark with n = 10 only (docs/11)
 
 
@@ -217,7 +217,7 @@ def with_default_gate(gate: dict, choice: str = "auto", cap: str = "auto", n_act
     k = parse_cap(cap, n_action_steps)
     if choice == "auto":
         d, c = gate["drift"].get("auroc"), gate["consistency"].get("auroc")
-        choice = "consistency" if d is not None and c is not None and c > d else "drift"
+        choice = AUTO_GATES[1] if d is not None and c is not None and c > d else AUTO_GATES[0]
     try:
         _cls, own = default_gate_parts(choice)
         spec = choice if own is not None else capped(choice, k)

@@ -21,7 +21,7 @@ import torch
 from export.atomic_folder import atomic_folder
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
 from export.graphs.gate_calibration import (
-    DEFAULT_GATES,
+    AUTO_GATES,
     calibrate_on_simtask,
     check_horizon,
     uncalibrated,
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="LeRobotDataset for the manifest's robot section (default: the checkpoint's train_config)")
     parser.add_argument("--default-gate", default="auto",
                         help="the manifest's recommended gate (gate.default): auto = the CLS gate with the higher "
-                             f"calibration AUROC ({' | '.join(DEFAULT_GATES[:2])}), or a spec: drift | consistency "
+                             f"calibration AUROC ({' | '.join(AUTO_GATES)}), or a spec: drift | consistency "
                              "| jump or any: of those, optionally with one interval:k, e.g. any:drift,interval:6")
     parser.add_argument("--default-cap", default="auto", metavar="auto|K|0",
                         help="plan-age cap added to gate.default as interval:K (unless the spec has one): auto = "
