@@ -9,7 +9,7 @@ from evaluation.plots import _STYLE, _pyplot
 
 FAMILIES = ("always", "default", "interval", "random", "state", "pixel", "drift", "consistency", "jump", "drift+consistency",
             "pixel+cap", "drift+cap", "consistency+cap", "jump+cap")
-_OWN_STYLE = {"pixel": ("tab:red", "P"), "jump": ("tab:olive", "d"), "default": ("black", "*")}  # families evaluation.plots has no style for
+_OWN_STYLE = {"pixel": ("tab:red", "P"), "jump": ("tab:olive", "d"), "default": ("magenta", "X")}  # families evaluation.plots has no style for
 
 
 def _style(family: str) -> tuple[str, str]:
