@@ -7,9 +7,9 @@ from pathlib import Path
 
 from evaluation.plots import _STYLE, _pyplot
 
-FAMILIES = ("always", "interval", "random", "state", "pixel", "drift", "consistency", "jump", "drift+consistency",
+FAMILIES = ("always", "default", "interval", "random", "state", "pixel", "drift", "consistency", "jump", "drift+consistency",
             "pixel+cap", "drift+cap", "consistency+cap", "jump+cap")
-_OWN_STYLE = {"pixel": ("tab:red", "P"), "jump": ("tab:olive", "d")}  # families evaluation.plots has no style for
+_OWN_STYLE = {"pixel": ("tab:red", "P"), "jump": ("tab:olive", "d"), "default": ("magenta", "X")}  # families evaluation.plots has no style for
 
 
 def _style(family: str) -> tuple[str, str]:
@@ -39,7 +39,7 @@ def success_vs_resamples(report: dict, path: str | Path) -> str | None:
                              for r in rs)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour,
                         linestyle=":" if refine else ("--" if fam.endswith("+cap") else "-"), markerfacecolor="white" if refine else colour,
-                        label=fam + (" +refine" if refine else ""), markersize=10 if fam == "always" else 6)
+                        label=fam + (" +refine" if refine else ""), markersize=10 if fam in ("always", "default") else 6)
         ax.set_title(kind, fontsize=10)
         ax.set_xscale("symlog", linthresh=1.0)
         lows = [r["per_kind"][kind]["success_rate"] for r in report["policies"] if kind in r["per_kind"]]

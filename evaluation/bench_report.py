@@ -17,6 +17,7 @@ BUDGET_FRAC = 0.30  # acceptance: at most 30 % of always's resamples
 CLS = ("drift", "consistency", "jump", "drift+consistency")  # gate families that read the CLS head
 CAP_SUFFIX = "+cap"  # `<family>+cap` = the family's gate with a plan-age cap (`any:<gate>,interval:K`)
 SIGNIFICANT_P = 0.05
+DEFAULT_FAMILY = "default"  # the manifest's gate.default (evaluation.gate_bench runs it as the policy would)
 POOLED = "all"  # `kind` for the headline over every episode kind at once (280 episodes at 40 per kind)
 
 
@@ -69,6 +70,24 @@ def _cap_alone(best: dict, intervals: Sequence[dict], kind: str) -> dict | None:
             "buys_success": b_s > i_s and paired["mcnemar_p"] < SIGNIFICANT_P}
 
 
+def _verdict(r: dict, always: dict, kind: str, qualifies: bool) -> dict:
+    """One gate against the rule: success, resamples (and their fraction of always's), paired test vs always."""
+    s, res = _s(r, kind)
+    a_r = _s(always, kind)[1]
+    return {"name": r["name"], "gate": r["gate"], "qualifies": qualifies, "success": s, "resamples": res,
+            "resample_fraction": res / a_r if a_r else None,
+            "irrelevant": _summary(r, kind)["gated_irrelevant"]["mean"], "paired_always": _paired(r, always, kind)}
+
+
+def _verdict_line(what: str, short: str, v: dict) -> str:
+    pa = v["paired_always"]
+    return (f"- {what} **{v['name']}** (`{v['gate']}`) {'MEETS' if v['qualifies'] else 'does NOT meet'}"
+            f" the rule: success {v['success']:.3f}, {v['resamples']:.2f} resamples/episode "
+            f"({100 * (v['resample_fraction'] or 0):.0f} % of always), {fmt(v['irrelevant'])} on irrelevant "
+            f"changes; paired vs always: only {short} {pa['only_this']}, only always {pa['only_other']} "
+            f"(McNemar p = {pa['mcnemar_p']:.2f}).")
+
+
 def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict:
     """Best CLS gate (capped or not) on `kind` against the acceptance rule; the cheapest pixel gate (capped or
     not) at equal or better success; the best interval-only policy by the same rule; and what the CLS part
@@ -87,15 +106,15 @@ def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict
     out: dict[str, Any] = {"kind": kind, "always": {"success": a_s, "resamples": a_r},
                            "rule": f"success >= always - {SUCCESS_TOL:.2f} and resamples <= {BUDGET_FRAC:.0%} of always",
                            "qualifying_cls": [r["name"] for r in ok], "cls": None, "pixel": None,
-                           "interval": None, "cap_alone": None}
+                           "interval": None, "cap_alone": None, "default": None}
+    default = next((r for r in results if r["family"] == DEFAULT_FAMILY and not r["refine"]), None)
+    if default is not None:  # the manifest's own gate: does what deployments run meet the rule?
+        out["default"] = _verdict(default, always, kind, meets(default))
     if not cls:
         return out
     best = _best(cls, kind, ok)
     b_s, b_r = _s(best, kind)
-    out["cls"] = {"name": best["name"], "gate": best["gate"], "qualifies": bool(ok), "success": b_s,
-                  "resamples": b_r, "resample_fraction": b_r / a_r if a_r else None,
-                  "irrelevant": _summary(best, kind)["gated_irrelevant"]["mean"],
-                  "paired_always": _paired(best, always, kind)}
+    out["cls"] = _verdict(best, always, kind, bool(ok))
     pixels = [r for r in results if base_family(r["family"]) == "pixel"]
     if pixels:
         at_least = [r for r in pixels if _s(r, kind)[0] >= b_s - 1e-9]
@@ -133,14 +152,11 @@ def headline_lines(h: dict) -> list[str]:
     lines = [f"Suite {suite}; rule for the CLS gate: {h['rule']}.", "",
              (f"- `always`: success {a['success']:.3f}, {a['resamples']:.2f} resamples/episode "
              f"(budget {BUDGET_FRAC * a['resamples']:.2f}).")]
+    if h.get("default"):
+        lines.append(_verdict_line("the manifest's default gate", "default", h["default"]))
     c = h.get("cls")
     if c:
-        pa = c["paired_always"]
-        lines.append(f"- best CLS gate **{c['name']}** (`{c['gate']}`) {'MEETS' if c['qualifies'] else 'does NOT meet'}"
-                     f" the rule: success {c['success']:.3f}, {c['resamples']:.2f} resamples/episode "
-                     f"({100 * (c['resample_fraction'] or 0):.0f} % of always), {fmt(c['irrelevant'])} on irrelevant "
-                     f"changes; paired vs always: only CLS {pa['only_this']}, only always {pa['only_other']} "
-                     f"(McNemar p = {pa['mcnemar_p']:.2f}).")
+        lines.append(_verdict_line("best CLS gate", "CLS", c))
     p = h.get("pixel")
     if p and c:
         pc = p["paired_cls"]

@@ -6,7 +6,8 @@ changes that do not matter?
 Episodes (`simtask.bench_env`, seed stream `bench`): relevant changes (`jump`, `multi_jump`, `moving`), irrelevant
 ones (`distractor`, `lighting`, `noise`) and a `mixed` suite (one target jump among a distractor jump, a lighting
 shift and a noise burst), each with a deadline sized from the scripted expert's reaction. Every policy runs the
-same seeds. Gates: `always`, `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
+same seeds. Gates: `always`, the manifest's `gate.default` (as `EdgePolicy(gate="default")` builds it; the headline says
+whether it meets the rule), `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
 and the threshold gates `state`, `pixel`, `drift`, `consistency`, `jump` (per tick) and both since-plan CLS
 gates at once (`any:`), all calibrated by one rule on the same held-out episodes
 (`evaluation.bench_calibration`); the change gates also with a plan-age cap (`<family>+cap:<label>/K` =
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.bench_calibration import THRESHOLD_FAMILIES, record_distances, summarize_family
-from evaluation.bench_report import POOLED, compute_bench_headline, write_bench_report
+from evaluation.bench_report import DEFAULT_FAMILY, POOLED, compute_bench_headline, write_bench_report
 from evaluation.bench_runner import run_episode, summarize
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
@@ -81,11 +82,14 @@ def capped_specs(calibration: dict, caps: Sequence[int]) -> list[BenchSpec]:
 
 
 def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep: Sequence[str],
-                 refine: Sequence[str], caps: Sequence[int] = DEFAULT_CAPS) -> list[BenchSpec]:
-    """always, interval:k (every cap K included) and every threshold family's sweep (labels in `sweep`), the
+                 refine: Sequence[str], caps: Sequence[int] = DEFAULT_CAPS, default: str | None = None) -> list[BenchSpec]:
+    """always, the manifest's default gate (`default` = its gate.default, run as EdgePolicy(gate="default")
+    builds it), interval:k (every cap K included) and every threshold family's sweep (labels in `sweep`), the
     capped change gates, plus `+refine` copies. A cap K >= chunk never binds (the queue runs out first): left out."""
     caps = sorted({int(k) for k in caps if k < chunk})
     out = [BenchSpec("always", "always", "")]
+    if default is not None:
+        out.append(BenchSpec(DEFAULT_FAMILY, "default", default))
     out += [BenchSpec("interval", f"interval:{k}", "chunk" if k == chunk else str(k), float(k))
             for k in sorted(set(intervals) | set(caps) | {chunk})]
     for fam in THRESHOLD_FAMILIES:
@@ -142,7 +146,8 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     if bar is not None:
         bar.close()
 
-    specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, refine, caps)
+    specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, refine, caps,
+                         manifest.default_gate)
     n_ep = episodes * len(kinds)
     bar = _bar((len(specs) + 2) * n_ep, progress)
     results: list[dict] = []

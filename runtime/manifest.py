@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from runtime.artifact_files import ArtifactFileError, check_external_data, confined_path, verify_file
 from runtime.artifact_identity import IdentityError, verify_identity
+from runtime.default_gate import check_default_gate_fits
 from runtime.fingerprint import sha256_file  # noqa: F401  re-exported: one file-hash function for the contract
 from runtime.manifest_schema import FORMAT_VERSION, ManifestModel, NormModel, describe
 
@@ -288,6 +289,10 @@ class Manifest:
             if g is not None  # gate.jump is optional
         }
         self.default_gate = m.gate.default or "drift"  # a gate spec; thresholds from gate_calibration
+        try:  # the cap within the plan, jump with its calibration (runtime.default_gate)
+            check_default_gate_fits(self.default_gate, dims.n_action_steps, m.gate.jump is not None)
+        except ValueError as exc:
+            raise ManifestError(f"manifest: {exc}") from None
         self.files = {k: v.model_dump() for k, v in m.files.items()}
         # every file the runtime opens must be hash-listed, or tampering would go unnoticed
         needed = [t.file] + [g.file for g in self.graphs.values()] + [g.data_file for g in self.graphs.values()]

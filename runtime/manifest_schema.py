@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from runtime.default_gate import FIELD as DEFAULT_GATE_FIELD
+from runtime.default_gate import PATTERN as DEFAULT_GATE_PATTERN
+from runtime.default_gate import check_default_gate
 
 FORMAT_VERSION = 3  # 3: graphs.plan_encoder + act_cls section (act-CLS wiring); 2 had neither
 MAX_NUM_STEPS = 1000  # Euler steps; the default task uses 10, SmolVLA 10: 1000 is already 100x a real tick
@@ -176,15 +180,28 @@ class GateMetricModel(_Open):
     horizon: int | None = Field(default=None, ge=2, le=1024)
 
 
+def _default_gate(spec: str) -> str:
+    try:
+        return check_default_gate(spec)
+    except ValueError as exc:  # the error location already names gate.default
+        raise ValueError(str(exc).removeprefix(f"{DEFAULT_GATE_FIELD}: ")) from None
+
+
+# the pattern is documented in the JSON Schema; the validator checks it too, with a message a person can read
+DefaultGate = Annotated[str, AfterValidator(_default_gate), Field(json_schema_extra={"pattern": DEFAULT_GATE_PATTERN})]
+
+
 class GateModel(_Open):
     drift: GateMetricModel
     consistency: GateMetricModel
     # optional (format 3 unchanged): the per-tick jump gate's lag-1 calibration; absent = `jump` needs an
     # explicit threshold (exports before it existed)
     jump: GateMetricModel | None = None
-    # the gate the export recommends (optional; absent = "drift", the default before it existed). Thresholds
-    # come from the calibration above; `EdgePolicy(gate="default")` and every CLI's `--gate default` use it.
-    default: Literal["drift", "consistency", "any:drift,consistency"] | None = None
+    # the gate the export recommends (optional; absent = "drift", the default before it existed): a CLS gate,
+    # optionally plan-age capped (`any:drift,interval:6`; grammar in runtime.default_gate). Thresholds come from
+    # the calibration above; `EdgePolicy(gate="default")` and every CLI's `--gate default` use it. The cap's
+    # range and jump's calibration are cross-section rules (runtime.manifest).
+    default: DefaultGate | None = None
 
 
 class FileRecordModel(_Closed):

@@ -12,6 +12,7 @@ import torch
 from onnx import TensorProto, helper
 
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint
+from export.graphs.gate_calibration import auto_cap
 from export.graphs.onnx_checks import check_graph_file, graph_problems
 from export.graphs.onnx_export import export_artifacts
 from export.graphs.parity import OrtRunner, chunk, run_parity
@@ -84,7 +85,8 @@ def test_manifest_contract(exported):
         assert (out / name).stat().st_size == entry["bytes"]
     for metric in ("drift", "consistency"):
         assert manifest["gate"][metric]["default_threshold"] > 0
-    assert manifest["gate"]["default"] in ("drift", "consistency", "any:drift,consistency")
+    n = d["n_action_steps"]  # default: the higher-AUROC CLS gate with the auto plan-age cap round(0.6 n)
+    assert manifest["gate"]["default"] in (f"any:drift,interval:{auto_cap(n)}", f"any:consistency,interval:{auto_cap(n)}")
     k_shape = manifest["graphs"]["prefix"]["outputs"][0]["shape"]
     assert k_shape == [d["num_layers"], 1, d["prefix_len"], d["kv_heads"], d["head_dim"]]
 
@@ -227,10 +229,45 @@ def test_default_gate_rule_follows_calibration_auroc_and_accepts_overrides():
     def cal(d, c):
         return {"drift": {"auroc": d}, "consistency": {"auroc": c}}
 
-    assert with_default_gate(cal(0.95, 0.80))["default"] == "drift"
-    assert with_default_gate(cal(0.90, 0.92))["default"] == "consistency"
-    assert with_default_gate(cal(0.90, 0.90))["default"] == "drift"  # tie: drift
-    assert with_default_gate(cal(None, 0.99))["default"] == "drift"  # uncalibrated
-    assert with_default_gate(cal(0.95, 0.80), "any:drift,consistency")["default"] == "any:drift,consistency"
-    with pytest.raises(ValueError, match="--default-gate"):
-        with_default_gate(cal(0.9, 0.9), "pixel")
+    def default(g, *args):
+        return with_default_gate(g, *args)["default"]
+
+    assert default(cal(0.95, 0.80)) == "any:drift,interval:6"  # auto cap for n = 10: round(0.6 × 10)
+    assert default(cal(0.90, 0.92)) == "any:consistency,interval:6"
+    assert default(cal(0.90, 0.90), "auto", "0") == "drift"  # tie: drift; 0 = no cap
+    assert default(cal(None, 0.99), "auto", "0") == "drift"  # uncalibrated
+    assert default(cal(0.95, 0.80), "any:drift,consistency") == "any:drift,consistency,interval:6"
+    assert default(cal(0.95, 0.80), "consistency", "4", 5) == "any:consistency,interval:4"
+    assert default(cal(0.95, 0.80), "any:drift,interval:3") == "any:drift,interval:3"  # its own cap kept
+    assert default({**cal(0.9, 0.9), "jump": {}}, "jump", "2") == "any:jump,interval:2"
+    for bad, match in ((("pixel",), "--default-gate"), (("drift:0.1",), "--default-gate"),
+                       (("jump",), "gate.jump"), (("drift", "11"), "--default-cap"), (("drift", "x"), "--default-cap"),
+                       (("drift", "-1"), "--default-cap"), (("any:drift,interval:3", "4"), "already has its cap"),
+                       (("any:drift,interval:12",), "out of range")):
+        with pytest.raises(ValueError, match=match):
+            with_default_gate(cal(0.9, 0.9), *bad)
+
+
+def test_auto_cap_is_sixty_percent_of_the_plan():
+    assert [auto_cap(n) for n in (1, 2, 5, 8, 10, 50)] == [1, 1, 3, 5, 6, 30]
+
+
+def test_bad_default_gate_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ExportInputError, match="--default-cap"):
+        export_artifacts(_loaded(), tmp_path / "a", calibrate=False, progress=False, default_cap="99")
+    # jump needs gate.jump, which an uncalibrated export does not have: refused naming it, no folder left
+    with pytest.raises(ExportInputError, match="gate.jump"):
+        export_artifacts(_loaded(), tmp_path / "b", calibrate=False, progress=False, default_gate="any:jump,interval:3")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_runtime_reads_the_exported_capped_default(exported):
+    from runtime.gate import AnyGate, IntervalGate
+    from runtime.policy import EdgePolicy
+
+    _, out, manifest = exported
+    gate = EdgePolicy(out).gate
+    assert isinstance(gate, AnyGate) and isinstance(gate.parts[-1], IntervalGate)
+    cls, cap = gate.parts
+    assert cap.k == auto_cap(manifest["dims"]["n_action_steps"])
+    assert cls.threshold == pytest.approx(manifest["gate"][cls.name]["default_threshold"])

@@ -33,8 +33,11 @@ def quick(tmp_path_factory) -> tuple[dict, Path]:
 def test_quick_run_covers_every_gate_family_on_paired_seeds(quick):
     report, out = quick
     fams = {r["family"] for r in report["policies"]}
-    assert {"always", "interval", "state", "pixel", "drift", "consistency", "jump", "random", "drift+consistency",
-            "drift+cap", "jump+cap", "pixel+cap"} <= fams
+    assert {"always", "default", "interval", "state", "pixel", "drift", "consistency", "jump", "random",
+            "drift+consistency", "drift+cap", "jump+cap", "pixel+cap"} <= fams
+    default = next(r for r in report["policies"] if r["family"] == "default")
+    assert default["gate"] == "drift:0.05"  # the fake folder has no gate.default: drift at its manifest threshold
+    assert report["headline"]["default"]["name"] == "default:drift"
     both = next(r for r in report["policies"] if r["family"] == "drift+consistency")
     drift = next(r for r in report["policies"] if r["family"] == "drift" and r["label"] == both["label"])
     assert both["gate"].startswith("any:drift:") and ",consistency:" in both["gate"]
@@ -207,6 +210,26 @@ def test_headline_counts_capped_cls_gates_and_compares_with_the_cap_alone():
     assert cap["paired"]["only_this"] == 1 and not cap["buys_success"]  # one episode: not significant
     text = "\n".join(headline_lines(h))
     assert "NOT significant" in text and "interval-only" in text and "`interval:6`" in text
+
+
+def test_headline_says_whether_the_manifest_default_meets_the_rule():
+    always = _res("always", "always", 1.0, 30)
+    good = _res("default:any:drift,interval:6", "default", 0.975, 6)
+    h = compute_bench_headline([always, good, _res("drift:p95", "drift", 0.8, 4)])
+    assert h["default"]["qualifies"] and h["default"]["resample_fraction"] == pytest.approx(0.2)
+    assert h["cls"]["name"] == "drift:p95"  # the default is reported, not counted as a CLS family of its own
+    assert "default gate **default:any:drift,interval:6** (`default:any:drift,interval:6`) MEETS" in \
+        "\n".join(headline_lines(h))
+    stale = compute_bench_headline([always, _res("default:drift", "default", 0.85, 4.5)])
+    assert not stale["default"]["qualifies"] and "does NOT meet" in "\n".join(headline_lines(stale))
+    assert compute_bench_headline([always])["default"] is None
+
+
+def test_policy_specs_run_the_default_right_after_always():
+    specs = policy_specs({}, 10, (), ("p95",), (), (6,), default="any:drift,interval:6")
+    assert [(s.family, s.spec, s.name) for s in specs[:2]] == [("always", "always", "always"),
+                                                                ("default", "default", "default:any:drift,interval:6")]
+    assert all(s.family != "default" for s in policy_specs({}, 10, (), ("p95",), (), (6,)))
 
 
 def test_cap_alone_verdicts():

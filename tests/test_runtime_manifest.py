@@ -155,7 +155,8 @@ def test_backend_refuses_graph_that_disagrees_with_manifest(tmp_path):
     assert json.loads((art / "manifest.json").read_text())["format_version"] == 3
 
 
-@pytest.mark.parametrize("default", [None, "drift", "consistency", "any:drift,consistency"])
+@pytest.mark.parametrize("default", [None, "drift", "consistency", "any:drift,consistency", "any:drift,interval:6",
+                                     "any:consistency,interval:3", "any:interval:1,drift,consistency"])
 def test_gate_default_is_the_policys_default_gate(artifacts, default):
     from runtime.policy import EdgePolicy
 
@@ -168,15 +169,49 @@ def test_gate_default_is_the_policys_default_gate(artifacts, default):
     assert m.default_gate == (default or "drift")  # folders exported before gate.default existed: drift
     p = EdgePolicy(artifacts)
     expected = {"drift": "drift:0.05", "consistency": "consistency:0.1",
-                "any:drift,consistency": "any:drift:0.05,consistency:0.1"}[default or "drift"]
+                "any:drift,consistency": "any:drift:0.05,consistency:0.1",
+                "any:drift,interval:6": "any:drift:0.05,interval:6",
+                "any:consistency,interval:3": "any:consistency:0.1,interval:3",
+                "any:interval:1,drift,consistency": "any:interval:1,drift:0.05,consistency:0.1"}[default or "drift"]
     assert p.gate.spec == expected
     assert EdgePolicy(artifacts, gate="interval:3").gate.spec == "interval:3"  # explicit wins
 
 
-@pytest.mark.parametrize("bad", ["pixel", "drift:0.1", "", 3])
+def test_capped_default_gate_fires_on_drift_or_plan_age(artifacts):
+    """`any:drift,interval:6` is an AnyGate: the calibrated drift threshold, and the cap at 6 executed actions."""
+    from runtime.gate import AnyGate, DriftGate, GateInputs, IntervalGate
+    from runtime.policy import EdgePolicy
+
+    raw = load_manifest_dict(artifacts)
+    raw["gate"]["default"] = "any:drift,interval:6"
+    write_manifest_dict(artifacts, raw)
+    gate = EdgePolicy(artifacts).gate
+    assert isinstance(gate, AnyGate)
+    drift, cap = gate.parts
+    assert isinstance(drift, DriftGate) and drift.threshold == 0.05
+    assert isinstance(cap, IntervalGate) and cap.k == 6
+    e = np.zeros(48, dtype=np.float32)
+    e[0] = 1.0
+    quiet = {"queue_left": 4, "obs_emb": e, "plan_obs_emb": e}
+    assert not gate.decide(GateInputs(ticks_since_plan=5, **quiet)).resample
+    assert gate.decide(GateInputs(ticks_since_plan=6, **quiet)).reason == "interval"
+
+
+@pytest.mark.parametrize("bad", ["pixel", "drift:0.1", "", 3, "interval:6", "any:drift:0.1,interval:6",
+                                 "any:drift,drift", "any:drift,interval:2,interval:3", "any:drift,interval:0",
+                                 "any:drift,interval:7", "any:jump,interval:3", "jump", "any:drift,pixel"])
 def test_gate_default_outside_the_cls_gates_is_refused_by_name(artifacts, bad):
+    """Bad grammar (schema), a cap beyond n_action_steps (6 here) and jump without gate.jump (cross-section)."""
     raw = load_manifest_dict(artifacts)
     raw["gate"]["default"] = bad
     write_manifest_dict(artifacts, raw)
     with pytest.raises(ManifestError, match="gate.default"):
         Manifest.load(artifacts)
+
+
+def test_jump_default_needs_the_jump_calibration(artifacts):
+    raw = load_manifest_dict(artifacts)
+    raw["gate"]["default"] = "any:jump,interval:3"
+    raw["gate"]["jump"] = {"stats": {"p95": 0.02}, "default_threshold": 0.02, "horizon": 2}
+    write_manifest_dict(artifacts, raw)
+    assert Manifest.load(artifacts).default_gate == "any:jump,interval:3"

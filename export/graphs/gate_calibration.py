@@ -27,10 +27,13 @@ ever sees is too high: it misses jumps at short k (a chunk-20 model calibrated o
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from export.graphs.graph_wrappers import DeltaExpertGraph, PlanEncoderGraph, PrefixGraph
+from runtime.default_gate import capped, check_default_gate_fits, default_gate_parts
 from runtime.gate import cosine_distance as unit_cosine_distance
 from runtime.gate import embed
 from runtime.plan_inputs import delta_input, plan_encoder_input, queued_rows
@@ -184,19 +187,47 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
             "jump": summarise_pairs(jumps, 2)}
 
 
-DEFAULT_GATES = ("drift", "consistency", "any:drift,consistency")
+AUTO_GATES = ("drift", "consistency")  # what `--default-gate auto` chooses between, by calibration AUROC
+CAP_RATIO = 0.6  # auto cap = round(0.6 × n_action_steps): measured on the gate benchmark with n = 10 only (docs/11)
 
 
-def with_default_gate(gate: dict, choice: str = "auto") -> dict:
-    """`gate` with `default` set: `choice`, or for "auto" the CLS gate whose calibration AUROC (plan still
-    valid vs target moved) is higher — drift on a tie or without a calibration. The gate benchmark
-    (docs/11) is what this rule was checked against."""
-    if choice != "auto":
-        if choice not in DEFAULT_GATES:
-            raise ValueError(f"--default-gate: expected auto or one of {', '.join(DEFAULT_GATES)}, got {choice!r}")
-        return {**gate, "default": choice}
-    d, c = gate["drift"].get("auroc"), gate["consistency"].get("auroc")
-    return {**gate, "default": "consistency" if d is not None and c is not None and c > d else "drift"}
+def auto_cap(n_action_steps: int) -> int:
+    """The plan-age cap `--default-cap auto` writes: round(CAP_RATIO × n), half up, within 1..n (6 for n = 10)."""
+    return min(n_action_steps, max(1, math.floor(CAP_RATIO * n_action_steps + 0.5)))
+
+
+def parse_cap(value: str, n_action_steps: int) -> int | None:
+    """`--default-cap auto|K|0` → the cap k (None = no cap); ValueError naming the option otherwise."""
+    if value == "auto":
+        return auto_cap(n_action_steps)
+    try:
+        k = int(value)
+    except ValueError:
+        raise ValueError(f"--default-cap: expected auto, 0 or an integer K, got {value!r}") from None
+    if not 0 <= k <= n_action_steps:
+        raise ValueError(f"--default-cap: expected 0 (no cap) or K in 1..{n_action_steps} (n_action_steps), got {k}")
+    return k or None
+
+
+def with_default_gate(gate: dict, choice: str = "auto", cap: str = "auto", n_action_steps: int = 10) -> dict:
+    """`gate` with `default` set. The CLS part: `choice`, or for "auto" the CLS gate whose calibration AUROC
+    (plan still valid vs target moved) is higher — drift on a tie or without a calibration. Then the plan-age
+    cap `interval:k` from `cap` (auto|K|0, see `parse_cap`) unless `choice` already has one (then `cap` must be
+    auto). The gate benchmark (docs/11) supports this rule: a pure change gate loses episodes to staleness."""
+    k = parse_cap(cap, n_action_steps)
+    if choice == "auto":
+        d, c = gate["drift"].get("auroc"), gate["consistency"].get("auroc")
+        choice = AUTO_GATES[1] if d is not None and c is not None and c > d else AUTO_GATES[0]
+    try:
+        _cls, own = default_gate_parts(choice)
+        spec = choice if own is not None else capped(choice, k)
+        if own is not None and cap != "auto":
+            raise ValueError(f"--default-cap: {choice!r} already has its cap (interval:{own}); leave --default-cap auto")
+        check_default_gate_fits(spec, n_action_steps, "jump" in gate)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith("--") else f"--default-gate: {msg}") from None
+    return {**gate, "default": spec}
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 from export.atomic_folder import atomic_folder
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
 from export.graphs.gate_calibration import (
-    DEFAULT_GATES,
+    AUTO_GATES,
     calibrate_on_simtask,
     check_horizon,
     uncalibrated,
@@ -205,17 +205,21 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
 def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
                      progress: bool = True, stop_action: list[float] | None = None, signing_key: object = None,
                      dataset_root: Path | None = None, gate_horizon: int | None = None,
-                     default_gate: str = "auto") -> dict:
+                     default_gate: str = "auto", default_cap: str = "auto") -> dict:
     """Write the artifact folder atomically; returns the manifest (identity signed when `signing_key` is given).
     `gate_horizon`: calibrate the gate on pairs < that many ticks apart (default n_action_steps; gate_calibration).
-    `default_gate`: the manifest's recommended gate (`gate.default`; "auto" = by calibration AUROC)."""
+    `default_gate`: the manifest's recommended gate (`gate.default`; "auto" = by calibration AUROC), capped by
+    `default_cap` (auto | K | 0; see `with_default_gate`)."""
     from tqdm import tqdm
 
     started = time.time()
     out = Path(out)
     action_dim = loaded.policy.config.action_feature.shape[0]
-    if default_gate != "auto" and default_gate not in DEFAULT_GATES:
-        raise ExportInputError(f"--default-gate: expected auto or one of {', '.join(DEFAULT_GATES)}, got {default_gate!r}")
+    try:  # refuse a bad --default-gate / --default-cap before minutes of export (jump's calibration: later)
+        with_default_gate({"drift": {}, "consistency": {}, "jump": {}}, default_gate, default_cap,
+                          loaded.policy.config.n_action_steps)
+    except ValueError as exc:
+        raise ExportInputError(str(exc)) from None
     if stop_action is not None and len(stop_action) != action_dim:
         raise ExportInputError(f"--stop-action: expected {action_dim} values (action_dim), got {len(stop_action)}")
     _check_stop_action(stop_action if stop_action is not None else [0.0] * action_dim,
@@ -247,7 +251,10 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
                                         horizon=gate_horizon)
         else:
             gate = uncalibrated(model)
-        gate = with_default_gate(gate, default_gate)
+        try:
+            gate = with_default_gate(gate, default_gate, default_cap, cfg.n_action_steps)
+        except ValueError as exc:  # e.g. jump without a gate.jump calibration (--no-calibration)
+            raise ExportInputError(str(exc)) from None
         files = file_records(tmp)
         manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action, robot)
         stamp_identity(manifest, signing_key)
@@ -272,9 +279,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ed25519 private key (python -m export.signing keygen) to sign the artifact digest")
     parser.add_argument("--dataset-root", type=Path, default=None,
                         help="LeRobotDataset for the manifest's robot section (default: the checkpoint's train_config)")
-    parser.add_argument("--default-gate", default="auto", choices=("auto", *DEFAULT_GATES),
-                        help="the manifest's recommended gate (gate.default); auto: the CLS gate with the higher "
-                             "calibration AUROC")
+    parser.add_argument("--default-gate", default="auto",
+                        help="the manifest's recommended gate (gate.default): auto = the CLS gate with the higher "
+                             f"calibration AUROC ({' | '.join(AUTO_GATES)}), or a spec: drift | consistency "
+                             "| jump or any: of those, optionally with one interval:k, e.g. any:drift,interval:6")
+    parser.add_argument("--default-cap", default="auto", metavar="auto|K|0",
+                        help="plan-age cap added to gate.default as interval:K (unless the spec has one): auto = "
+                             "round(0.6 x n_action_steps), 6 for n = 10 (the ratio was measured on the gate "
+                             "benchmark with n = 10 only, docs/11); 0 = no cap")
     args = parser.parse_args(argv)
     try:
         key = load_private_key(args.sign_key) if args.sign_key is not None else None
@@ -285,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
                                     calib_episodes=args.calib_episodes, stop_action=args.stop_action,
                                     signing_key=key, dataset_root=args.dataset_root,
-                                    gate_horizon=args.gate_horizon, default_gate=args.default_gate)
+                                    gate_horizon=args.gate_horizon, default_gate=args.default_gate,
+                                    default_cap=args.default_cap)
     except (ExportInputError, SigningError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2
