@@ -31,6 +31,7 @@ from runtime.preprocess import to_chw_float
 
 GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "jump", "random", "state", "pixel", "any")
 MANIFEST_THRESHOLD_GATES = ("drift", "consistency", "jump")  # their threshold defaults to gate.<name> in the manifest
+SCHEDULE_GATES = ("always", "never", "interval")  # fire on the clock, not on what the observation shows
 PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
 
 
@@ -304,9 +305,11 @@ class AnyGate(Gate):
 
     def _decide(self, inp: GateInputs) -> GateDecision:
         decisions = [p._decide(inp) for p in self.parts]  # the queue / check_every rules are this gate's own
-        fired = next((d for d in decisions if d.resample), None)
-        if fired is not None:
-            return fired
+        # a part that saw the world change wins over a schedule (interval) firing on the same tick, whatever the
+        # order of the spec: the seam rule reacts only to the former
+        fired = [(p, d) for p, d in zip(self.parts, decisions) if d.resample]
+        if fired:
+            return next((d for p, d in fired if p.name not in SCHEDULE_GATES), fired[0][1])
 
         def closeness(d: GateDecision) -> float:
             return d.distance / d.threshold if d.distance is not None and d.threshold else -math.inf

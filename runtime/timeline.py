@@ -193,6 +193,9 @@ class ActionEmitter:
     def emit(self, tick: int) -> np.ndarray:
         taken = self.timeline.take(tick)
         planned = None if taken.row is None else self.unnormalize(taken.row)
+        if planned is not None and self.slew is not None and self.guard.out_of_bounds == "clip" \
+                and np.all(np.isfinite(planned)):
+            planned = np.clip(planned, self.guard.low, self.guard.high)  # the guard would clip it: limit what goes out
         wanted, catching_up = planned, False
         if planned is not None and taken.chunk is not None and self.slew is not None:
             self._learn_step(taken.chunk)

@@ -275,3 +275,24 @@ def test_one_wild_row_does_not_switch_the_slew_limit_off(policy):
     tl.install(TimedChunk(0, _normalised(policy, wild.astype(np.float32)), 0))
     [em.emit(t) for t in range(CHUNK)]
     assert em._step_sum / em._step_n <= float(np.linalg.norm(high - low)) + 1e-6
+
+
+@pytest.mark.parametrize("reanchor", [True, False])
+def test_a_row_just_outside_the_bounds_is_clipped_then_limited(policy, reanchor):
+    """Under out_of_bounds="clip" a seam row a hair outside the bounds gets the same limit as one a hair inside
+    (it is clipped first); before, it skipped the limit and jumped ~10x further."""
+    low, high = policy.guard.low, policy.guard.high
+    assert policy.guard.out_of_bounds == "clip"
+    steps = []
+    for scale in (0.999, 1.001):
+        tl = ActionTimeline(align=True)
+        em = ActionEmitter(policy, tl, reanchor=reanchor, slew=1.0)
+        start = np.repeat((low * 0.9)[None], CHUNK, 0) + np.linspace(0, 1e-3, CHUNK)[:, None]
+        tl.install(TimedChunk(0, _normalised(policy, start.astype(np.float32)), 0))
+        sent = [em.emit(t) for t in range(CHUNK)]
+        jump = np.repeat((high * scale)[None], CHUNK, 0)
+        tl.install(TimedChunk(CHUNK, _normalised(policy, jump.astype(np.float32)), 1))
+        sent.append(em.emit(CHUNK))
+        steps.append(float(np.linalg.norm(sent[-1] - sent[-2])))
+        assert np.all(sent[-1] <= high + 1e-6) and np.all(sent[-1] >= low - 1e-6)
+    assert steps[1] == pytest.approx(steps[0], rel=1e-3) and steps[0] < float(np.linalg.norm(high - low)) * 0.5

@@ -177,3 +177,18 @@ def test_any_gate_takes_calibrated_defaults_and_rejects_bad_part_thresholds():
     bad.parts[1].threshold = float("nan")
     with pytest.raises(PolicyArgumentError, match="threshold"):
         check_gate_threshold(bad)
+
+
+@pytest.mark.parametrize("spec", ["any:interval:3,drift:0.1", "any:drift:0.1,interval:3"])
+def test_any_reports_the_change_not_the_schedule_when_both_fire(spec):
+    """A cap and a change firing on the same check: the change is what the seam rule must see, whatever the
+    order of the spec (a schedule firing alone is still reported as itself)."""
+    from runtime.seam import world_changed
+
+    g = make_gate(spec)
+    far = GateInputs(5, 3, obs_emb=np.array([1.0, 0.0]), plan_obs_emb=np.array([0.0, 1.0]))
+    d = g.decide(far)
+    assert d.resample and d.reason == "drift" and world_changed(d.reason, d.distance, d.threshold)
+    near = GateInputs(5, 3, obs_emb=np.array([1.0, 0.0]), plan_obs_emb=np.array([1.0, 0.0]))
+    d = g.decide(near)
+    assert d.resample and d.reason == "interval" and not world_changed(d.reason, d.distance, d.threshold)

@@ -215,9 +215,11 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
     started = time.time()
     out = Path(out)
     action_dim = loaded.policy.config.action_feature.shape[0]
-    try:  # refuse a bad --default-gate / --default-cap before minutes of export (jump's calibration: later)
-        with_default_gate({"drift": {}, "consistency": {}, "jump": {}}, default_gate, default_cap,
-                          loaded.policy.config.n_action_steps)
+    try:  # refuse a bad --default-gate / --default-cap before minutes of export (gate.jump only comes with the
+        # simtask calibration of a tiny model)
+        will_calibrate = calibrate and loaded.preset == "tiny"
+        with_default_gate({"drift": {}, "consistency": {}, **({"jump": {}} if will_calibrate else {})}, default_gate,
+                          default_cap, loaded.policy.config.n_action_steps)
     except ValueError as exc:
         raise ExportInputError(str(exc)) from None
     if stop_action is not None and len(stop_action) != action_dim:
@@ -244,7 +246,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         vlm_dir = Path(loaded.policy.config.vlm_model_name)
         shutil.copyfile(vlm_dir / "tokenizer.json", tmp / "tokenizer.json")
         tokenizer, tokenize = _tokenizer_fn(vlm_dir, loaded.policy.config.tokenizer_max_length)
-        if calibrate and loaded.preset == "tiny":
+        if will_calibrate:
             norm = Normalizer(loaded.stats, "observation.state", loaded.policy.config.max_state_dim,
                               loaded.policy.config.max_action_dim)
             gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress,
