@@ -19,10 +19,11 @@ skipping is already right: leave it off.
 
 Seam slew limit (`slew=k`): the new chunk's first rows may still disagree with the action the robot is executing
 (the two plans were made from different observations). The emitted action then moves toward the row by at most
-k × the plans' mean row-to-row step per tick (the mean over this episode's chunks, raw units). With re-anchoring
-what the limit holds back stays in the residual, so the robot still ends where the plan means; with absolute
-actions nothing needs carrying (the next row is a whole target again). Invalid rows (non-finite, out of bounds)
-are never limited: the safety guard decides them as before.
+max(k × the plans' mean row-to-row step, SLEW_FLOOR × the bounds' diagonal) per tick, starting from the last
+action sent from a plan row (not from a fallback the robot may never have received). With re-anchoring what the
+limit holds back stays in the residual, so the robot still ends where the plan means; with absolute actions
+nothing needs carrying (the next row is a whole target again). A row out of bounds is clipped first when the
+guard clips (`out_of_bounds="clip"`); non-finite rows and `"fallback"` mode are never limited: the guard decides.
 """
 
 from __future__ import annotations
