@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.gate import GateDecision
+from runtime.gate import GateDecision, jump_lag_mismatch
 from runtime.policy import EdgePolicy, TickInfo
 from runtime.seam import InpaintingBackend, blend, check_seam_mode, world_changed
 from runtime.timeline import TimedChunk
@@ -61,20 +61,6 @@ def horizon_mismatch(policy: EdgePolicy, delay: int, margin: int) -> str | None:
             return (f"gate {gate.spec} was calibrated on observation pairs < {calibrated} ticks apart, but with delay "
                     f"{delay} and margin {margin} a plan is compared for {runs} ticks: its threshold is too high for "
                     f"this delay (re-export with --gate-horizon {runs})")
-    return None
-
-
-def jump_lag_mismatch(policy: EdgePolicy, delay: int) -> str | None:
-    """Why a `jump` part's manifest threshold does not fit asynchronous jobs, or None: it was calibrated on
-    observations one tick apart, while after a resample the worker compares observations `delay` ticks apart."""
-    cal = policy.manifest.gate_calibration.get("jump")
-    if delay < 2 or cal is None or cal.default_threshold is None:
-        return None
-    for gate in getattr(policy.gate, "parts", None) or [policy.gate]:
-        if gate.name == "jump" and getattr(gate, "threshold", None) == cal.default_threshold:
-            return (f"gate {gate.spec} uses the manifest's lag-1 threshold, but with delay {delay} the worker compares "
-                    f"observations up to {delay} ticks apart after a resample: ordinary motion over {delay} ticks "
-                    f"will fire it; give an explicit threshold (e.g. jump:<p95 of {delay}-tick distances>)")
     return None
 
 
@@ -128,7 +114,8 @@ class AsyncChunkPlanner:
             log.warning("delay %d + margin %d >= n_action_steps %d: every job resamples, the gate %s is never "
                         "consulted (lower --margin or speed up inference)", delay, self.margin, n, self.policy.gate.spec)
         if delay >= 1 and not self._warned_horizon:
-            why = horizon_mismatch(self.policy, delay, self.margin) or jump_lag_mismatch(self.policy, delay)
+            why = horizon_mismatch(self.policy, delay, self.margin) or jump_lag_mismatch(
+                self.policy.gate, self.policy.manifest.gate_calibration, max(delay, self.policy.gate.check_every))
             if why is not None:
                 self._warned_horizon = True
                 log.warning("%s", why)

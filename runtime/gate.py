@@ -317,6 +317,21 @@ class AnyGate(Gate):
         return max(decisions, key=closeness)
 
 
+def jump_lag_mismatch(gate: Gate, calibration: Mapping[str, GateCalibration], lag: int) -> str | None:
+    """Why a `jump` part's manifest threshold does not fit how far apart its observations are, or None: it was
+    calibrated on observations one tick apart, while `check_every` > 1 or an asynchronous delay (after a
+    resample the worker compares observations `delay` ticks apart) make the pairs `lag` ticks apart."""
+    cal = calibration.get("jump")
+    if lag < 2 or cal is None or cal.default_threshold is None:
+        return None
+    for part in getattr(gate, "parts", None) or [gate]:
+        if part.name == "jump" and getattr(part, "threshold", None) == cal.default_threshold:
+            return (f"gate {part.spec} uses the manifest's lag-1 threshold, but its observations are up to {lag} "
+                    f"ticks apart (check_every / async delay): ordinary motion over {lag} ticks will fire it; give "
+                    f"an explicit threshold (e.g. jump:<p95 of {lag}-tick distances>)")
+    return None
+
+
 def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = None, check_every: int = 1,
               seed: int = 0) -> Gate:
     """Parse a gate spec string; a missing drift/consistency/jump threshold comes from `calibration`."""

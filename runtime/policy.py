@@ -41,7 +41,7 @@ from runtime import policy_arguments as args
 from runtime.backend import Backend, PrefixState
 from runtime.backend_factory import make_backend
 from runtime.backend_outputs import checked, checked_delta, checked_prefix
-from runtime.gate import Gate, GateDecision, GateInputs, embed, make_gate
+from runtime.gate import Gate, GateDecision, GateInputs, embed, jump_lag_mismatch, make_gate
 from runtime.manifest import Manifest
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.plan_inputs import delta_input, plan_encoder_input
@@ -107,6 +107,7 @@ class EdgePolicy:
         self.gate = gate if isinstance(gate, Gate) else make_gate(args.gate_spec(gate), m.gate_calibration,
                                                                   check_every, seed)
         args.check_gate_threshold(self.gate)
+        args.warn_gate_lag(jump_lag_mismatch(self.gate, m.gate_calibration, self.gate.check_every))
         self.guard = ActionGuard(m.action_bounds, m.stop_action, args.choice("fallback", fallback, ("hold", "stop")),
                                  args.choice("out_of_bounds", out_of_bounds, ("clip", "fallback")))
         self.state_norm = StateNormalizer(m.state_norm, d.max_state_dim)
@@ -144,9 +145,8 @@ class EdgePolicy:
         self._queue_left = 0
         self._ticks_since_plan = 0
         self._plan_obs_emb: np.ndarray | None = None
-        # unit obs-CLS of the latest successful prefix pass, and the jump gate's reference: the observation of
-        # the last gate decision or resample (a pass the gate did not decide on — a refine-only tick, a faulted
-        # check — must not move it, or a jump seen only then would never be compared)
+        # obs-CLS of the latest prefix pass; the jump gate's reference = that of the last gate decision or plan (a pass
+        # the gate did not decide on — refine-only, a faulted check — must not move it, or its jump would be lost)
         self._last_obs_emb: np.ndarray | None = None
         self._prev_obs_emb: np.ndarray | None = None
         self._plan_state: np.ndarray | None = None

@@ -8,6 +8,7 @@ was expected — never a TypeError from deep inside numpy, and never a value tha
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from collections.abc import Iterable
@@ -107,6 +108,12 @@ def check_plan_encoder(gate: Any, act_cls_wiring: str, backend: Any) -> None:
         raise PolicyArgumentError(
             f"backend '{getattr(backend, 'name', type(backend).__name__)}' does not implement run_plan_encoder, "
             f"which gate '{gate.spec}' needs with this export's act_cls wiring 'plan_only'")
+
+
+def warn_gate_lag(why: str | None) -> None:
+    """Log a gate/threshold mismatch the caller may have chosen on purpose (e.g. `runtime.gate.jump_lag_mismatch`)."""
+    if why is not None:
+        logging.getLogger("runtime.policy").warning("%s", why)
 
 
 def optional(name: str, value: Any, check: Any, *args: Any, **kwargs: Any) -> Any:

@@ -164,11 +164,26 @@ def test_a_jump_seen_only_on_a_pass_the_gate_did_not_decide_is_not_lost(case):
 
 
 def test_async_planner_warns_when_a_manifest_jump_threshold_meets_a_delay(tmp_path):
-    from runtime.async_planner import jump_lag_mismatch
+    from runtime.gate import jump_lag_mismatch
 
     art = _with_jump(tmp_path, 0.2, "w")
-    assert jump_lag_mismatch(EdgePolicy(art, gate="jump"), 1) is None  # a 1-tick delay keeps lag-1 pairs
-    why = jump_lag_mismatch(EdgePolicy(art, gate="any:jump,interval:6"), 5)
-    assert why is not None and "lag-1" in why and "5 ticks" in why
-    assert jump_lag_mismatch(EdgePolicy(art, gate="jump:0.5"), 5) is None  # an explicit threshold: the caller chose it
-    assert jump_lag_mismatch(EdgePolicy(art, gate="drift"), 5) is None
+
+    def why(gate: str, lag: int) -> str | None:
+        p = EdgePolicy(art, gate=gate)
+        return jump_lag_mismatch(p.gate, p.manifest.gate_calibration, lag)
+
+    assert why("jump", 1) is None  # a 1-tick delay keeps lag-1 pairs
+    w = why("any:jump,interval:6", 5)
+    assert w is not None and "lag-1" in w and "5 ticks" in w
+    assert why("jump:0.5", 5) is None  # an explicit threshold: the caller chose it
+    assert why("drift", 5) is None
+
+
+def test_policy_warns_when_check_every_stretches_a_manifest_jump_threshold(tmp_path, caplog):
+    art = _with_jump(tmp_path, 0.2, "c")
+    with caplog.at_level("WARNING", logger="runtime.policy"):
+        EdgePolicy(art, gate="jump", check_every=1)
+    assert "lag-1" not in caplog.text
+    with caplog.at_level("WARNING", logger="runtime.policy"):
+        EdgePolicy(art, gate="jump", check_every=3)
+    assert "lag-1 threshold" in caplog.text and "3 ticks" in caplog.text
