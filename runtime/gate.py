@@ -11,9 +11,9 @@ random:p | state:thr | pixel[:thr] | any:SPEC,SPEC[,…] (fires when one of its 
 and jump default to the manifest's calibrated `gate.<metric>.default_threshold` (an error naming that field when
 it is absent); pixel to `PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
 
-drift compares obs-CLS now with obs-CLS at planning time; jump compares it with the previous tick's (the last
-tick the prefix ran), so it sees a step change in the scene but not the slow, large drift of a plan-aligned
-obs-CLS during ordinary motion. `any:jump,interval:k` adds a plan-age cap against staleness in quiet stretches.
+drift compares obs-CLS now with obs-CLS at planning time; jump compares it with that of the last gate decision
+or plan (with check_every 1: the previous tick), so it sees a step change in the scene but not the slow, large
+drift of a plan-aligned obs-CLS during ordinary motion. `any:jump,interval:k` adds a plan-age cap against staleness in quiet stretches.
 """
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ class ActionEmitter:
     def _learn_step(self, chunk: np.ndarray) -> None:
         """Add this chunk's row-to-row steps to the episode's scale: finite rows only, clipped into the bounds
         first (the guard clips them so; one wild row must not switch the limit off for the episode)."""
-        rows = np.stack([self.unnormalize(r) for r in chunk]).astype(np.float64)
+        rows = self.unnormalize(chunk).astype(np.float64)
         rows = rows[np.all(np.isfinite(rows), axis=1)]
         if len(rows) < 2:
             return
@@ -254,7 +254,7 @@ class ActionEmitter:
     def _deficit(self, taken: TimelineTick) -> np.ndarray:
         """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""
         first = taken.tick - taken.index
-        expected = sum((self.unnormalize(r) for r in taken.skipped), np.zeros_like(self.guard.low))
+        expected = self.unnormalize(taken.skipped).sum(axis=0, dtype=np.float64)
         sent = sum((a for t, a in self._sent if first <= t < taken.tick), np.zeros_like(self.guard.low))
         deficit = (expected - sent).astype(np.float32)
         return deficit if np.all(np.isfinite(deficit)) else np.zeros_like(deficit)  # never a NaN catch-up
