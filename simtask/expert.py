@@ -44,6 +44,7 @@ class ExpertEpisode:
     success_length: int | None = None  # frames up to success; later frames are the hold after success
     observations: list[dict[str, Any]] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
+    goals: list[np.ndarray] = field(default_factory=list)  # the goal disc's centre at each frame (after a jump: the new one)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -74,6 +75,7 @@ def run_expert_episode(
         if keep_observations:
             ep.observations.append(obs)
         ep.actions.append(clean)
+        ep.goals.append(env.goal_position.copy())
         obs, done, _ = env.step(expert.noisy(clean, env.config.max_step))
     ep.success = env.success
     if ep.success:
@@ -83,5 +85,6 @@ def run_expert_episode(
             if keep_observations:
                 ep.observations.append(obs)
             ep.actions.append(clean)
+            ep.goals.append(env.goal_position.copy())
             obs = env.step_after_success(expert.noisy(clean, env.config.max_step))
     return ep

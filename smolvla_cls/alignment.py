@@ -41,6 +41,7 @@ class HeldOut:
     target_color: list[str] = field(default_factory=list)
     phase: list[str] = field(default_factory=list)  # early / late (unperturbed), before / after jump (perturbed)
     perturbed: list[bool] = field(default_factory=list)
+    goals: list[np.ndarray] = field(default_factory=list)  # the goal's centre at the frame (retrieval_oracle.py)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -68,6 +69,7 @@ def collect_heldout(chunk_size: int, n_episodes: int = 256, seed: int = HELDOUT_
         out.chunks.append(np.stack([ep.actions[j] for j in idx]).astype(np.float32))
         out.target_color.append(color)
         out.perturbed.append(perturb)
+        out.goals.append(np.asarray(ep.goals[t], dtype=np.float64))
         if perturb and ep.perturb_tick is not None:
             out.phase.append("after jump" if t >= ep.perturb_tick else "before jump")
         else:

@@ -121,12 +121,16 @@ def _augmented(dataset, args, stage: str = "main"):
     from smolvla_cls.dataset_recording import SIDECAR
 
     if args.augment == "off":
+        if getattr(args, "pad_hold", False):
+            raise SystemExit("train: --pad-hold rides on the simtask augmentation; drop --augment off")
         return dataset
     colours = simtask_colours(args.dataset_root)
     if colours is None:
         if getattr(args, "irrelevant_augment", 0.0) > 0 and stage == "main":
             print(f"[train] --irrelevant-augment {args.irrelevant_augment}: ignored, it needs a simtask recording "
                   f"(the changes ride on the symmetry augmentation)")
+        if getattr(args, "pad_hold", False):
+            raise SystemExit("train: --pad-hold needs a simtask recording (a zero displacement is its hold)")
         if args.augment == "on":
             raise SystemExit(f"train: --augment on needs a simtask recording ({Path(args.dataset_root) / SIDECAR} "
                              "is missing); real-robot data has no such symmetry")
@@ -135,7 +139,10 @@ def _augmented(dataset, args, stage: str = "main"):
     # obs-CLS) ignore light and noise; the delta stage's VICReg pairs stay clean frames (docs/01 measured both)
     p = args.irrelevant_augment if stage in args.irrelevant_augment_stages.split(",") else 0.0
     print(f"[train] symmetry augmentation on ({len(colours)} colours); irrelevant image changes p={p} ({stage} stage)")
-    return enable(dataset, colours, p)
+    hold = getattr(args, "pad_hold", False)
+    if hold:
+        print("[train] --pad-hold: chunk rows past an episode's end are supervised as a hold (zero displacement)")
+    return enable(dataset, colours, p, pad_hold=hold)
 
 
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:
@@ -223,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                              "0 turns it off)")
     parser.add_argument("--irrelevant-augment-stages", default="main", metavar="STAGES",
                         help="comma-separated stages that see the irrelevant changes (default main: docs/01)")
+    parser.add_argument("--pad-hold", action="store_true",
+                        help="supervise chunk rows past an episode's end as a hold (zero displacement; simtask "
+                             "recordings only) instead of masking them: chunk tails learn to stop at the goal")
     parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
