@@ -40,3 +40,16 @@ def test_zero_is_the_experts_hold_at_the_goal():
     hold = np.stack(ep.actions[ep.success_length:])
     assert np.linalg.norm(hold[0]) <= cfg.success_radius
     assert np.linalg.norm(hold[1:], axis=1).max() < 1e-6
+
+
+@pytest.mark.parametrize("augment", ["auto", "off"])
+def test_pad_hold_without_a_simtask_recording_or_with_augmentation_off_is_refused(tmp_path, augment):
+    """A zero displacement is only known to be the hold for simtask's actions: other data is refused, and
+    `--augment off` (which would silently drop the option) too."""
+    from types import SimpleNamespace
+
+    from smolvla_cls.train import _augmented
+
+    (tmp_path / "meta").mkdir()
+    with pytest.raises(SystemExit, match="--pad-hold"):
+        _augmented(object(), SimpleNamespace(augment=augment, dataset_root=tmp_path, pad_hold=True))
