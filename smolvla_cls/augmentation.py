@@ -23,6 +23,7 @@ import torch
 
 from simtask.config import ACTION_KEY, IMAGE_KEY, STATE_KEY
 from simtask.symmetry import Symmetry, symmetry_group
+from smolvla_cls.chunk_labels import relabel_chunk
 from smolvla_cls.dataset_recording import SIDECAR, read_sidecar
 from smolvla_cls.irrelevant_changes import random_change
 
@@ -74,8 +75,7 @@ def _augmented_class(base: type) -> type:
         def getitem(self, idx):  # type: ignore[no-untyped-def]
             """The base class's item under a random task symmetry."""
             item = base.__getitem__(self, idx)
-            if getattr(self, "_pad_hold", False):
-                item = hold_padding(item)
+            item = relabel_chunk(item, getattr(self, "_pad_hold", False), getattr(self, "_event_ticks", None))
             sym = random.choice(self._augment_group)  # torch's DataLoader seeds python's RNG in each worker
             item = item if sym.is_identity else apply_symmetry(item, sym, self._augment_colours)
             if self._irrelevant_p > 0.0:  # brightness / colour / noise burst (simtask/image_changes.py)
@@ -104,23 +104,11 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def hold_padding(item: dict[str, Any]) -> dict[str, Any]:
-    """Supervise the rows of a chunk that run past its episode's end as a hold: a zero displacement, and no
-    longer padding. lerobot repeats the last action there and the loss masks it, so a model never learns
-    what follows success and its chunk tails keep moving (measured: overshoot under latency, docs/06c).
-    Zero is the hold for simtask's displacement actions only (an absolute-target robot holds by repeating)."""
-    pad = item.get("action_is_pad")
-    if pad is None or not bool(pad.any()):
-        return item
-    action = item[ACTION_KEY].clone()
-    action[pad.bool()] = 0.0
-    return {**item, ACTION_KEY: action, "action_is_pad": torch.zeros_like(pad)}
-
-
-def enable(dataset: Any, colours: list[str], irrelevant_probability: float = 0.0, pad_hold: bool = False) -> Any:
+def enable(dataset: Any, colours: list[str], irrelevant_probability: float = 0.0, pad_hold: bool = False,
+           event_ticks: dict[int, int] | None = None) -> Any:
     """Turn on symmetry augmentation for ``dataset`` (a LeRobotDataset recorded from simtask), plus, with
-    ``irrelevant_probability`` > 0, irrelevant image changes (brightness, colour shift, noise burst), and with
-    ``pad_hold`` the rows past an episode's end supervised as a hold (`hold_padding`)."""
+    ``irrelevant_probability`` > 0, irrelevant image changes (brightness, colour shift, noise burst); ``pad_hold``
+    and ``event_ticks`` relabel the chunk (`smolvla_cls.chunk_labels`)."""
     missing = [k for k in (IMAGE_KEY, STATE_KEY, ACTION_KEY) if k not in dataset.meta.features]
     if missing:
         raise ValueError(f"augmentation: dataset lacks feature(s) {missing} required for the simtask symmetries")
@@ -129,4 +117,5 @@ def enable(dataset: Any, colours: list[str], irrelevant_probability: float = 0.0
     dataset._augment_colours = list(colours)
     dataset._irrelevant_p = float(irrelevant_probability)
     dataset._pad_hold = bool(pad_hold)
+    dataset._event_ticks = dict(event_ticks) if event_ticks else None
     return dataset

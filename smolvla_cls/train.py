@@ -120,17 +120,20 @@ def _augmented(dataset, args, stage: str = "main"):
     from smolvla_cls.augmentation import enable, simtask_colours
     from smolvla_cls.dataset_recording import SIDECAR
 
+    relabel = [f for f, on in (("--pad-hold", getattr(args, "pad_hold", False)),
+                                ("--mask-after-jump", getattr(args, "mask_after_jump", False))) if on]
     if args.augment == "off":
-        if getattr(args, "pad_hold", False):
-            raise SystemExit("train: --pad-hold rides on the simtask augmentation; drop --augment off")
+        if relabel:
+            raise SystemExit(f"train: {' '.join(relabel)} rides on the simtask augmentation; drop --augment off")
         return dataset
     colours = simtask_colours(args.dataset_root)
     if colours is None:
         if getattr(args, "irrelevant_augment", 0.0) > 0 and stage == "main":
             print(f"[train] --irrelevant-augment {args.irrelevant_augment}: ignored, it needs a simtask recording "
                   f"(the changes ride on the symmetry augmentation)")
-        if getattr(args, "pad_hold", False):
-            raise SystemExit("train: --pad-hold needs a simtask recording (a zero displacement is its hold)")
+        if relabel:
+            raise SystemExit(f"train: {' '.join(relabel)} needs a simtask recording (its hold is a zero displacement "
+                             "and its sidecar names the jump ticks)")
         if args.augment == "on":
             raise SystemExit(f"train: --augment on needs a simtask recording ({Path(args.dataset_root) / SIDECAR} "
                              "is missing); real-robot data has no such symmetry")
@@ -142,7 +145,20 @@ def _augmented(dataset, args, stage: str = "main"):
     hold = getattr(args, "pad_hold", False)
     if hold:
         print("[train] --pad-hold: chunk rows past an episode's end are supervised as a hold (zero displacement)")
-    return enable(dataset, colours, p, pad_hold=hold)
+    events = None
+    if getattr(args, "mask_after_jump", False):
+        events = jump_ticks(Path(args.dataset_root))
+        print(f"[train] --mask-after-jump: rows after a target jump are unsupervised in {len(events)} episodes' chunks")
+    return enable(dataset, colours, p, pad_hold=hold, event_ticks=events)
+
+
+def jump_ticks(root: Path) -> dict[int, int]:
+    """{episode_index: perturb_tick} of a simtask recording's perturbed episodes (from its sidecar)."""
+    from smolvla_cls.dataset_recording import read_sidecar
+
+    side = read_sidecar(root) or {}
+    return {int(e["episode_index"]): int(e["perturb_tick"]) for e in side.get("episodes", [])
+            if e.get("perturb_tick") is not None}
 
 
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:
@@ -233,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pad-hold", action="store_true",
                         help="supervise chunk rows past an episode's end as a hold (zero displacement; simtask "
                              "recordings only) instead of masking them: chunk tails learn to stop at the goal")
+    parser.add_argument("--mask-after-jump", action="store_true",
+                        help="leave a chunk's rows after a target jump the frame could not see unsupervised (simtask "
+                             "recordings only): frames waiting at the goal stop learning a move toward a random place")
     parser.add_argument("--no-report", action="store_true", help="skip plots and evaluation after training")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
