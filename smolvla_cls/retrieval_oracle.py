@@ -4,7 +4,9 @@ How precisely must an observation be read for its own ground-truth chunk to be t
 candidates? The oracle knows the agent's position exactly (it is the state) and the goal's centre up to
 Gaussian perception noise of std `sigma` (unit-square units; one pixel of the 64² image is 1/64 ≈ 0.016). It
 predicts the chunk by rolling the noise-free expert forward from there (a future target jump is unknowable),
-ending the episode at the success radius and repeating the last row past it, as the held-out chunks do.
+as the held-out chunks were recorded: an unperturbed episode (or one after its jump) ends at the success
+radius and its last row repeats past it (lerobot's padding); a perturbed episode before its jump does not end
+there (`hold_until_perturb`): the expert steps to the disc's centre and holds with zero rows.
 Two queries per frame: the whole predicted chunk (L2 to every candidate chunk), and its first row alone (L2
 to every candidate's first row; the first row is the one part of a chunk the observation determines exactly,
 the later rows also carry the expert's execution noise).
@@ -26,14 +28,16 @@ from smolvla_cls.alignment import HELDOUT_BASE_SEED, HeldOut, collect_heldout, n
 PIXEL = 1.0 / 64  # one pixel of the default 64² image, in unit-square units
 
 
-def oracle_chunk(agent: np.ndarray, goal: np.ndarray, length: int, max_step: float, success_radius: float) -> np.ndarray:
-    """The noise-free expert's next `length` displacements from `agent` toward `goal` [length, 2]; once the
-    agent is within `success_radius` the episode has ended and the last row repeats (lerobot's padding)."""
+def oracle_chunk(agent: np.ndarray, goal: np.ndarray, length: int, max_step: float, success_radius: float,
+                 ends_at_success: bool = True) -> np.ndarray:
+    """The noise-free expert's next `length` displacements from `agent` toward `goal` [length, 2]. With
+    `ends_at_success`, once the agent is within `success_radius` the episode has ended and the last row
+    repeats (lerobot's padding); without, the expert keeps stepping to the goal's centre (then zero rows)."""
     p = np.asarray(agent, dtype=np.float64).copy()
     g = np.asarray(goal, dtype=np.float64)
     rows: list[np.ndarray] = []
     for _ in range(length):
-        if rows and np.linalg.norm(g - p) < success_radius:
+        if ends_at_success and rows and np.linalg.norm(g - p) < success_radius:
             rows.append(rows[-1])
             continue
         d = g - p
@@ -55,8 +59,8 @@ def oracle_top1(heldout: HeldOut, sigma: float, max_step: float, success_radius:
     length = heldout.chunks[0].shape[0]
     queries = np.stack([
         oracle_chunk(np.asarray(obs[state_key], dtype=np.float64), goal + rng.normal(0.0, sigma, 2), length,
-                     max_step, success_radius)
-        for obs, goal in zip(heldout.observations, heldout.goals, strict=True)])
+                     max_step, success_radius, ends_at_success=phase != "before jump")
+        for obs, goal, phase in zip(heldout.observations, heldout.goals, heldout.phase, strict=True)])
     gallery = np.stack(heldout.chunks).astype(np.float64)
     return {"sigma": float(sigma), "sigma_pixels": float(sigma / PIXEL),
             "chunk_top1": nearest_top1(queries, gallery),

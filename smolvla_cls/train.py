@@ -153,12 +153,13 @@ def _augmented(dataset, args, stage: str = "main"):
 
 
 def jump_ticks(root: Path) -> dict[int, int]:
-    """{episode_index: perturb_tick} of a simtask recording's perturbed episodes (from its sidecar)."""
+    """{episode_index: perturb_tick} of a simtask recording's perturbed episodes (from its sidecar), for jumps
+    that happened before the episode's success (without `hold_until_perturb` a scene's tick may come later)."""
     from smolvla_cls.dataset_recording import read_sidecar
 
     side = read_sidecar(root) or {}
     return {int(e["episode_index"]): int(e["perturb_tick"]) for e in side.get("episodes", [])
-            if e.get("perturb_tick") is not None}
+            if e.get("perturb_tick") is not None and e["perturb_tick"] < e.get("success_length", e["length"])}
 
 
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:

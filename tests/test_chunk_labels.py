@@ -80,9 +80,10 @@ def test_the_recording_names_every_perturbed_episodes_jump_tick(tmp_path):
     (tmp_path / "meta").mkdir()
     side = {"version": 1, "identity": {}, "episodes": [
         {"episode_index": 0, "perturb": False, "perturb_tick": None},
-        {"episode_index": 1, "perturb": True, "perturb_tick": 17}]}
+        {"episode_index": 1, "perturb": True, "perturb_tick": 17, "length": 30},
+        {"episode_index": 2, "perturb": True, "perturb_tick": 25, "length": 40, "success_length": 20}]}
     (tmp_path / "meta" / "simtask_recording.json").write_text(json.dumps(side))
-    assert jump_ticks(tmp_path) == {1: 17}
+    assert jump_ticks(tmp_path) == {1: 17}  # episode 2 succeeded before its scene's jump tick
 
 
 @pytest.mark.parametrize("flag", ["pad_hold", "mask_after_jump"])

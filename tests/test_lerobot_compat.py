@@ -71,27 +71,53 @@ def test_fast_chunk_queries_equal_lerobots_own(recording, episodes):
         assert torch.equal(a["action"], b["action"]) and torch.equal(a["action_is_pad"], b["action_is_pad"])
 
 
-def _item_in_fresh_process(blob: bytes) -> tuple[str, torch.Tensor, torch.Tensor]:
+def _item_in_fresh_process(blob: bytes) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]:
     dataset = pickle.loads(blob)
     random.seed(0)
     item = dataset[4]
-    return type(dataset).__name__, item["action"], item["observation.state"]
+    return type(dataset).__name__, item["action"], item["observation.state"], item["action_is_pad"]
 
 
 def test_prepared_dataset_works_in_a_spawned_worker(recording):
-    """What `make train` hands lerobot's loop (fast look-ups + symmetry augmentation) unpickles and serves
-    items in a "spawn" process, where nothing of this process's state exists."""
+    """What `make train` hands lerobot's loop (fast look-ups + symmetry augmentation + chunk relabelling)
+    unpickles and serves items in a "spawn" process, where nothing of this process's state exists."""
     from smolvla_cls.train import _prepared_dataset
 
     dataset = _prepared_dataset(_dataset(recording), SimpleNamespace(augment="on", dataset_root=recording,
                                                                       irrelevant_augment=0.5,
-                                                                      irrelevant_augment_stages="main"))
+                                                                      irrelevant_augment_stages="main",
+                                                                      pad_hold=True, mask_after_jump=True))
     random.seed(0)
     want = dataset[4]
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        name, action, state = pool.apply(_item_in_fresh_process, (pickle.dumps(dataset),))
+        name, action, state, pad = pool.apply(_item_in_fresh_process, (pickle.dumps(dataset),))
     assert name == type(dataset).__name__ == "SymmetryAugmentedLeRobotDataset"
     assert torch.equal(action, want["action"]) and torch.equal(state, want["observation.state"])
+    assert torch.equal(pad, want["action_is_pad"])
+    assert dataset._pad_hold and dataset._event_ticks
+
+
+def test_relabelled_training_items_hold_at_the_end_and_drop_rows_after_a_jump(recording):
+    """Through the wrapper `make train` uses: rows past an episode's end are supervised zeros; in a perturbed
+    episode the frames before the jump keep only the rows before it, and the first post-jump frame all."""
+    from smolvla_cls.dataset_recording import read_sidecar
+    from smolvla_cls.train import _prepared_dataset
+
+    args = SimpleNamespace(augment="on", dataset_root=recording, irrelevant_augment=0.0,
+                           irrelevant_augment_stages="main", pad_hold=True, mask_after_jump=True)
+    dataset = _prepared_dataset(_dataset(recording), args)
+    episodes = read_sidecar(recording)["episodes"]
+    jumped = next(e for e in episodes if e["perturb_tick"] is not None)
+    start = sum(e["length"] for e in episodes if e["episode_index"] < jumped["episode_index"])
+    tick, rows = jumped["perturb_tick"], len(DELTA["action"])
+    for back in (3, 1, 0):
+        item = dataset[start + tick - back]
+        assert int(item["frame_index"]) == tick - back
+        want = [j >= back > 0 for j in range(rows)]
+        assert item["action_is_pad"].tolist() == want, back
+    last = dataset[start + jumped["length"] - 1]  # the episode's last frame: 1 real row, then the hold
+    assert not last["action_is_pad"].any()
+    assert last["action"][1:].abs().sum() == 0 and last["action"][0].abs().sum() > 0
 
 
 @pytest.mark.parametrize(("stages", "stage", "want"), [("main", "main", 0.5), ("main", "delta", 0.0),

@@ -22,6 +22,22 @@ def test_every_frame_records_the_goal_its_first_action_points_at(heldout):
         np.testing.assert_allclose(chunk[0], expected, atol=1e-5)
 
 
+def test_goals_switch_at_the_jump_tick_and_the_first_reaction_points_at_the_new_goal():
+    from simtask import ReachEnv, ScriptedExpert, run_expert_episode
+
+    ep = run_expert_episode(ReachEnv(TaskConfig()), ScriptedExpert(noise_std=0.02, seed=1), seed=11, perturb=True)
+    p = ep.perturb_tick
+    assert len(ep.goals) == len(ep.actions) and p is not None and p < len(ep.goals)
+    assert not np.allclose(ep.goals[p - 1], ep.goals[p]) and np.allclose(ep.goals[0], ep.goals[p - 1])
+    toward = ep.goals[p] - np.asarray(ep.observations[p][STATE_KEY], dtype=np.float64)
+    assert float(np.dot(ep.actions[p], toward)) > 0.9 * np.linalg.norm(ep.actions[p]) * np.linalg.norm(toward)
+
+
+def test_a_perturbed_frame_before_its_jump_holds_instead_of_ending():
+    rows = oracle_chunk(np.zeros(2), np.array([0.1, 0.0]), 6, 0.06, 0.06, ends_at_success=False)
+    assert np.allclose(rows[:2].sum(axis=0), [0.1, 0.0]) and np.allclose(rows[2:], 0.0)
+
+
 def test_the_exact_oracle_finds_every_first_action_and_noise_costs_precision(heldout):
     cfg = TaskConfig()
     exact = oracle_top1(heldout, 0.0, cfg.max_step, cfg.success_radius, STATE_KEY)
