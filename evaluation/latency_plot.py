@@ -8,7 +8,8 @@ from pathlib import Path
 from evaluation.plots import _pyplot
 
 _COLORS = {"sync": "tab:gray", "async": "tab:red", "aligned": "tab:orange", "aligned+blend": "tab:green",
-           "aligned+inpaint": "tab:blue"}
+           "aligned+inpaint": "tab:blue", "aligned+reanchor": "tab:purple", "aligned+reanchor+blend": "tab:pink",
+           "aligned+reanchor+slew": "black", "aligned+slew": "tab:brown"}  # every mode of latency_loop.MODES
 
 
 def latency_plot(cells: Sequence[dict], gate: str, path: str | Path, title: str = "") -> str | None:
