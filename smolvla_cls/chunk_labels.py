@@ -2,8 +2,9 @@
 
 - `hold_padding`: the rows past an episode's end are a hold (a zero displacement), supervised. lerobot repeats
   the last action there and the loss masks it, so a model never learns what follows success and its chunk
-  tails keep moving (measured: an n = 20 model's plans overshoot the goal by 0.36 on average; docs/06c). Zero is the hold for simtask's
-  displacement actions only (an absolute-target robot holds by repeating its last target).
+  tails keep moving (measured: an n = 20 model's plans overshoot the goal by 0.36 on average; docs/06c).
+  Zero is the hold for simtask's displacement actions only (an absolute-target robot holds by repeating its
+  last target).
 - `mask_after_event`: the rows that answer an event the frame could not see (a target jump at a later frame
   of the episode) are not the expert's response to this observation: they become padding, unsupervised.
   Without it, a frame waiting at the goal before a jump is labelled with a move toward wherever the target
