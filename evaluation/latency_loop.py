@@ -88,7 +88,7 @@ class LatencyLoop:
         self._target: np.ndarray | None = None  # waypoint variant: the position target sent last
         self._wp_steps = [0.0, 0]  # waypoint variant, slew: sum and count of the plans' waypoint-to-waypoint steps
         inflight: tuple[int, PlanResult] | None = None
-        free_at = tick = resamples = faults = 0
+        free_at = tick = resamples = refills = faults = 0
         actions: list[np.ndarray] = []
         chunk_ids: list[int] = []
         done = False
@@ -103,6 +103,7 @@ class LatencyLoop:
                 free_at = tick + 1
                 if res.chunk is not None:
                     resamples += 1
+                    refills += res.info.gate_reason == "queue_empty"  # the plan ran out (or the first plan)
                     if self.waypoints:
                         path = self._path(obs, res.chunk.actions, env.config.max_step)
                         self._paths[res.chunk.chunk_id] = path
@@ -125,7 +126,7 @@ class LatencyLoop:
             chunk_ids.append(self.emitter.last.chunk_id)
             obs, done, _ = env.step(action)
             tick += 1
-        return self._record(env, seed, perturb, resamples, faults, actions, chunk_ids)
+        return self._record(env, seed, perturb, resamples, faults, actions, chunk_ids, refills)
 
     def _path(self, obs: dict, rows: np.ndarray, max_step: float) -> np.ndarray:
         """Chunk → absolute waypoints: the planning-time position plus the cumulated displacements, each
@@ -161,13 +162,14 @@ class LatencyLoop:
         return obs, done, tick
 
     def _record(self, env: Any, seed: int, perturb: bool, resamples: int, faults: int,
-                actions: list[np.ndarray], chunk_ids: list[int]) -> dict:
+                actions: list[np.ndarray], chunk_ids: list[int], refills: int = 0) -> dict:
         seam, within = seam_steps(np.asarray(actions), np.asarray(chunk_ids))
         ptick = env.perturb_tick
         ok = bool(env.success)
         return {"seed": int(seed), "perturbed": perturb, "success": ok, "steps": int(env.t), "perturb_tick": ptick,
                 "recovery_ticks": (int(env.t) - ptick) if ok and ptick is not None else None,
-                "resamples": resamples, "faults": faults, "empty_ticks": int(np.sum(np.asarray(chunk_ids) == EMPTY)),
+                "resamples": resamples, "refills": refills, "faults": faults,
+                "empty_ticks": int(np.sum(np.asarray(chunk_ids) == EMPTY)),
                 "paused_ticks": int(np.sum(np.asarray(chunk_ids) == PAUSE)),
                 "seam_steps": seam.tolist(), "within_steps": within.tolist()}
 
@@ -198,6 +200,7 @@ def summarize(episodes: Sequence[dict]) -> dict:
         "success_rate": sum(e["success"] for e in episodes) / max(n, 1),
         "recovery_ticks": float(np.mean(rec)) if rec else None,
         "resamples_per_episode": sum(e["resamples"] for e in episodes) / max(n, 1),
+        "refills_per_episode": sum(e.get("refills", 0) for e in episodes) / max(n, 1),  # resamples because the plan ran out
         "empty_ticks_per_episode": sum(e["empty_ticks"] for e in episodes) / max(n, 1),
         "paused_ticks_per_episode": sum(e["paused_ticks"] for e in episodes) / max(n, 1),
         "faults": sum(e["faults"] for e in episodes),

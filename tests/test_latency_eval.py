@@ -29,6 +29,20 @@ def test_cli_writes_one_cell_per_gate_mode_and_latency(tmp_path, capsys):
     assert md.count("| interval:3 |") == 3
 
 
+def test_refills_count_the_resamples_made_because_the_plan_ran_out(tmp_path, capsys):
+    """A gate that never fires within a chunk resamples only on refills; one that fires every 3 ticks of an
+    8-row plan refills only for the first plan; the first plan always counts as a refill."""
+    art = cached_fake_artifacts(chunk_size=8)
+    assert main(["--artifacts", str(art), "--out", str(tmp_path), "--episodes", "2", "--latencies", "0",
+                 "--gates", "interval:3;interval:100", "--modes", "aligned", "--max-steps", "35"]) == 0
+    cells = {c["gate"]: c for c in json.loads((tmp_path / "latency.json").read_text())["cells"]}
+    for ep in cells["interval:100"]["episodes"]:
+        assert ep["refills"] == ep["resamples"] >= 2
+    for ep in cells["interval:3"]["episodes"]:
+        assert ep["refills"] == 1 < ep["resamples"]
+    assert cells["interval:100"]["summary"]["refills_per_episode"] == cells["interval:100"]["summary"]["resamples_per_episode"]
+
+
 def test_bad_flags_name_the_flag(tmp_path, capsys):
     art = cached_fake_artifacts(chunk_size=8)
     assert main(["--artifacts", str(art), "--out", str(tmp_path), "--modes", "warp"]) == 2
