@@ -103,7 +103,8 @@ class LatencyLoop:
                 free_at = tick + 1
                 if res.chunk is not None:
                     resamples += 1
-                    refills += res.info.gate_reason == "queue_empty"  # the plan ran out (or the first plan)
+                    # the plan ran out (or the first plan); a retried gate resample ("pending") is a gate decision
+                    refills += res.info.gate_reason == "queue_empty"
                     if self.waypoints:
                         path = self._path(obs, res.chunk.actions, env.config.max_step)
                         self._paths[res.chunk.chunk_id] = path

@@ -159,7 +159,7 @@ def jump_ticks(root: Path) -> dict[int, int]:
 
     side = read_sidecar(root) or {}
     return {int(e["episode_index"]): int(e["perturb_tick"]) for e in side.get("episodes", [])
-            if e.get("perturb_tick") is not None and e["perturb_tick"] < e.get("success_length", e["length"])}
+            if e.get("perturb_tick") is not None and e["perturb_tick"] < (e.get("success_length") or e["length"])}
 
 
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:

@@ -81,9 +81,11 @@ def test_the_recording_names_every_perturbed_episodes_jump_tick(tmp_path):
     side = {"version": 1, "identity": {}, "episodes": [
         {"episode_index": 0, "perturb": False, "perturb_tick": None},
         {"episode_index": 1, "perturb": True, "perturb_tick": 17, "length": 30},
-        {"episode_index": 2, "perturb": True, "perturb_tick": 25, "length": 40, "success_length": 20}]}
+        {"episode_index": 2, "perturb": True, "perturb_tick": 25, "length": 40, "success_length": 20},
+        {"episode_index": 3, "perturb": True, "perturb_tick": 12, "length": 60, "success_length": None}]}
     (tmp_path / "meta" / "simtask_recording.json").write_text(json.dumps(side))
-    assert jump_ticks(tmp_path) == {1: 17}  # episode 2 succeeded before its scene's jump tick
+    # episode 2 succeeded before its scene's jump tick; episode 3 never succeeded (held recording: None)
+    assert jump_ticks(tmp_path) == {1: 17, 3: 12}
 
 
 @pytest.mark.parametrize("flag", ["pad_hold", "mask_after_jump"])

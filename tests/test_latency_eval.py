@@ -43,6 +43,16 @@ def test_refills_count_the_resamples_made_because_the_plan_ran_out(tmp_path, cap
     assert cells["interval:100"]["summary"]["refills_per_episode"] == cells["interval:100"]["summary"]["resamples_per_episode"]
 
 
+def test_refills_are_counted_under_latency_too(tmp_path, capsys):
+    """At L = 3 a plan lands 3 ticks after it was asked for; with a gate that never fires within a chunk every
+    resample is still a refill, several per episode."""
+    art = cached_fake_artifacts(chunk_size=8)
+    assert main(["--artifacts", str(art), "--out", str(tmp_path), "--episodes", "2", "--latencies", "3",
+                 "--gates", "interval:100", "--modes", "aligned+reanchor+slew", "--max-steps", "35"]) == 0
+    for ep in json.loads((tmp_path / "latency.json").read_text())["cells"][0]["episodes"]:
+        assert ep["refills"] == ep["resamples"] >= 3
+
+
 def test_bad_flags_name_the_flag(tmp_path, capsys):
     art = cached_fake_artifacts(chunk_size=8)
     assert main(["--artifacts", str(art), "--out", str(tmp_path), "--modes", "warp"]) == 2
