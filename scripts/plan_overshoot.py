@@ -21,9 +21,9 @@ import numpy as np
 
 def overshoot(start: np.ndarray, goal: np.ndarray, rows: np.ndarray, max_step: float) -> float:
     """Final minus closest distance to `goal` along the path of `rows` [T, 2] from `start`, rows clipped."""
-    rows = np.asarray(rows, dtype=np.float64)
-    norm = np.linalg.norm(rows, axis=1, keepdims=True)
-    rows = rows * np.minimum(1.0, max_step / np.maximum(norm, 1e-12))
+    from simtask.reach_env import clip_action  # the task's own clipping (a non-finite row is refused)
+
+    rows = np.stack([clip_action(r, max_step) for r in np.asarray(rows, dtype=np.float64)])
     dist = np.linalg.norm(np.asarray(start, dtype=np.float64) + np.cumsum(rows, axis=0) - goal, axis=1)
     return float(dist[-1] - min(dist.min(), np.linalg.norm(np.asarray(start) - goal)))
 

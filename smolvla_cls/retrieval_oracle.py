@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simtask.reach_env import clip_action
 from smolvla_cls.alignment import HELDOUT_BASE_SEED, HeldOut, collect_heldout, nearest_top1
 
 PIXEL = 1.0 / 64  # one pixel of the default 64² image, in unit-square units
@@ -40,9 +41,7 @@ def oracle_chunk(agent: np.ndarray, goal: np.ndarray, length: int, max_step: flo
         if ends_at_success and rows and np.linalg.norm(g - p) < success_radius:
             rows.append(rows[-1])
             continue
-        d = g - p
-        n = np.linalg.norm(d)
-        a = d * min(1.0, max_step / n) if n > 0 else d
+        a = clip_action(g - p, max_step)  # the expert's own step (simtask.expert)
         rows.append(a)
         p = p + a
     return np.stack(rows)
