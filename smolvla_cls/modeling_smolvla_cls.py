@@ -138,29 +138,37 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         if frozen_main:
             for module in (self.vlm_with_expert.vlm, self.state_proj):
                 module.requires_grad_(False)
-        elif stage == "main":
-            self._freeze_vlm_tail()
+        self._freeze_vlm_tail()
         delta_and_cls = {**self.delta_modules(), **self.cls_modules()}
         for group, trainable in ((self.main_expert_modules(), not frozen_main), (delta_and_cls, stage != "main")):
             for item in group.values():
                 params = item.named_parameters() if isinstance(item, nn.Module) else [("", item)]
                 for name, p in params:
                     p.requires_grad = trainable and "lm_head" not in name
+        if self.num_prefix_cls and stage != "main" and self.config.train_cls_readout:
+            for p in self.vlm_tail_parameters():  # only obs-CLS reads them: the expert's K/V stay as they are
+                p.requires_grad = True
 
-    def _freeze_vlm_tail(self) -> None:
-        """Without the CLS read-out, flow matching reaches the VLM only through the K/V the expert reads:
-        not the final norm, the layers after the last one read, nor that layer's query, output and MLP.
-        (lerobot means to freeze these too, but its name patterns miss transformers' parameter names.)"""
+    def vlm_tail_parameters(self) -> list[nn.Parameter]:
+        """The VLM parameters that cannot change the K/V the experts read: the final norm, the layers after
+        the last one read, and that layer's query, output and MLP. Only the prefix CLS read-out uses them."""
         with_expert = self.vlm_with_expert
         text = with_expert.get_vlm_model().text_model
         experts = with_expert.get_model_layers([text, with_expert.lm_expert])[1]
         last_read = max(i for i, layer in enumerate(experts) if layer is not None)
-        text.norm.requires_grad_(False)
+        params = list(text.norm.parameters())
         for layer in list(text.layers)[last_read + 1:]:
-            layer.requires_grad_(False)
-        for name, p in text.layers[last_read].named_parameters():
-            if not name.startswith(("self_attn.k_proj.", "self_attn.v_proj.", "input_layernorm.")):
-                p.requires_grad = False
+            params += list(layer.parameters())
+        params += [p for name, p in text.layers[last_read].named_parameters()
+                   if not name.startswith(("self_attn.k_proj.", "self_attn.v_proj.", "input_layernorm."))]
+        return params
+
+    def _freeze_vlm_tail(self) -> None:
+        """Flow matching reaches the VLM only through the K/V the expert reads, never its tail
+        (`vlm_tail_parameters`; lerobot means to freeze these too, but its name patterns miss transformers'
+        parameter names). The delta/joint stages train the tail again for obs-CLS (`train_cls_readout`)."""
+        for p in self.vlm_tail_parameters():
+            p.requires_grad = False
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode in the delta stage (as lerobot does for `train_expert_only`)."""

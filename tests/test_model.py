@@ -124,9 +124,12 @@ def test_delta_training_gradients_reach_cls_and_delta_only():
     for module in (m.obs_cls_proj, m.act_cls_proj, m.delta_expert, m.delta_action_in_proj, m.delta_action_out_proj):
         grads = [p.grad for p in module.parameters() if p.requires_grad]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+    tail = {id(p) for p in m.vlm_tail_parameters()}  # obs-CLS's read-out (train_cls_readout): trained
+    assert all(p.requires_grad and p.grad is not None for p in m.vlm_tail_parameters())
     for module in (m.vlm_with_expert.lm_expert, m.action_in_proj, m.action_out_proj, m.vlm_with_expert.vlm):
-        assert all(p.grad is None for p in module.parameters())
-        assert not any(p.requires_grad for p in module.parameters())
+        rest = [p for p in module.parameters() if id(p) not in tail]
+        assert all(p.grad is None for p in rest)
+        assert not any(p.requires_grad for p in rest)
 
 
 def test_loss_ignores_padded_steps_and_dims():

@@ -79,22 +79,60 @@ def test_every_trainable_parameter_is_reached(stage):
     assert not zero, zero[:5]
 
 
+@pytest.mark.parametrize("train_cls_readout", [True, False])
 @pytest.mark.parametrize("train_expert_only", [False, True])
 @pytest.mark.parametrize("freeze_vision_encoder", [False, True])
-def test_delta_stage_freezes_vlm_and_main_expert(train_expert_only, freeze_vision_encoder):
-    """The delta/VICReg loss must not move the VLM's K/V or the main expert, whatever the flags say."""
+def test_delta_stage_freezes_vlm_and_main_expert(train_expert_only, freeze_vision_encoder, train_cls_readout):
+    """The delta/VICReg loss must not move the VLM's K/V or the main expert, whatever the flags say; only the
+    VLM's tail (which only the obs-CLS read-out uses) may train, and only with `train_cls_readout`."""
     policy = tiny_policy(train_delta_expert=True, train_expert_only=train_expert_only,
-                         freeze_vision_encoder=freeze_vision_encoder)
+                         freeze_vision_encoder=freeze_vision_encoder, train_cls_readout=train_cls_readout)
     _backward(policy)
     m = policy.model
-    frozen = [m.vlm_with_expert.vlm, m.state_proj, *m.main_expert_modules().values()]
-    for module in frozen:
-        assert not any(p.requires_grad or p.grad is not None for p in module.parameters())
+    tail = {id(p) for p in m.vlm_tail_parameters()}
+    assert tail
+    frozen = [p for module in (m.vlm_with_expert.vlm, m.state_proj, *m.main_expert_modules().values())
+              for p in module.parameters() if id(p) not in tail]
+    assert frozen and not any(p.requires_grad or p.grad is not None for p in frozen)
     assert not m.vlm_with_expert.vlm.training  # dropout etc. of frozen parts off, as lerobot does
-    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    vlm_trainable = [p for p in m.vlm_with_expert.vlm.parameters() if p.requires_grad]
+    if train_cls_readout:
+        assert {id(p) for p in vlm_trainable} == tail
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vlm_trainable)
+    else:
+        assert not vlm_trainable
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad and id(p) not in tail}
     allowed = ("model.delta_", "model.pre_cls_param", "model.suf_cls_param", "model.obs_cls_proj",
                "model.act_cls_proj")
     assert trainable and all(n.startswith(allowed) for n in trainable)
+
+
+def test_delta_training_cannot_change_the_main_experts_actions():
+    """The property the freezing exists for: a large optimiser step on everything the delta stage trains
+    (VLM tail included) leaves the prefix K/V and the main expert's chunk bit-identical, and moves obs-CLS."""
+    policy = tiny_policy(train_delta_expert=True, train_expert_only=True, freeze_vision_encoder=True)
+    m = policy.model
+    batch = random_batch(policy.config, seed=3)
+    inputs = policy._inputs(batch)
+    noise = torch.randn(3, policy.config.chunk_size, policy.config.max_action_dim, generator=torch.Generator().manual_seed(1))
+
+    def snapshot():
+        with torch.no_grad():
+            kv, pad, cls = m.encode_prefix(*inputs)
+            return kv, m.denoise(pad, kv, noise.clone()), cls.clone()
+
+    kv1, chunk1, cls1 = snapshot()
+    optimiser = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=10.0)
+    torch.nn.init.normal_(m.delta_action_out_proj.weight, std=0.1)
+    _backward(policy)
+    optimiser.step()
+    kv2, chunk2, cls2 = snapshot()
+    n_cls = m.num_prefix_cls  # the CLS columns change (the tokens train) but no expert row can read them
+    for layer in kv1:
+        for name in kv1[layer]:
+            assert torch.equal(kv1[layer][name][:, n_cls:], kv2[layer][name][:, n_cls:]), (layer, name)
+    assert torch.equal(chunk1, chunk2)
+    assert not torch.allclose(cls1, cls2)  # the read-out tail (and the CLS tokens) did train
 
 
 def test_main_stage_trains_no_delta_or_cls_parameter():
