@@ -81,7 +81,8 @@ def check_dataset(root: Path) -> dict:
     return info
 
 
-def policy_config(preset: str, stage: str, device: str, chunk: int, act_cls_wiring: str = "plan_only"):
+def policy_config(preset: str, stage: str, device: str, chunk: int, act_cls_wiring: str = "plan_only",
+                  cls_readout: bool = True):
     from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
     from smolvla_cls.presets import POLICY_OVERRIDES
 
@@ -90,6 +91,7 @@ def policy_config(preset: str, stage: str, device: str, chunk: int, act_cls_wiri
         chunk_size=chunk, n_action_steps=chunk, num_steps=10,
         train_expert_only=(stage == "delta"), freeze_vision_encoder=(stage == "delta"),
         train_delta_expert=(stage == "delta"), use_cls_head=True, act_cls_wiring=act_cls_wiring,
+        train_cls_readout=cls_readout,
     )
 
 
@@ -176,7 +178,8 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
     if last.exists() and (stage_dir / "DONE").exists():
         print(f"[train] stage {plan.name}: already done ({last})")
         return last
-    policy = policy_config(args.preset, plan.name, args.device, args.chunk_size, args.act_cls_wiring)
+    policy = policy_config(args.preset, plan.name, args.device, args.chunk_size, args.act_cls_wiring,
+                           getattr(args, "cls_readout", "on") == "on")
     policy.optimizer_lr = plan.lr
     policy.scheduler_warmup_steps = plan.warmup
     policy.scheduler_decay_steps = plan.steps
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="task-symmetry augmentation (auto: on for simtask recordings, off otherwise)")
     parser.add_argument("--act-cls-wiring", choices=("seed", "plan_only"), default="plan_only",
                         help="which pass produces act-CLS (smolvla_cls/plan_pass.py); seed = the seed's wiring")
+    parser.add_argument("--cls-readout", choices=("on", "off"), default="on",
+                        help="delta stage: also train the VLM tail only obs-CLS reads (docs/01); off = before issue 20")
     parser.add_argument("--irrelevant-augment", type=float, default=0.5, metavar="P",
                         help="probability of a brightness / colour / noise-burst change per training image "
                              "(simtask/image_changes.py TRAINING ranges; needs the symmetry augmentation on; "

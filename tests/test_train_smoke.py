@@ -47,6 +47,30 @@ def test_checkpoint_folder_in_lerobot_layout(trained):
     assert (out / "stage_main" / "DONE").exists() and (out / "stage_delta" / "DONE").exists()
 
 
+def test_delta_stage_moves_only_the_vlm_tail(trained):
+    """Between the main and the final checkpoint the VLM changes only where obs-CLS alone reads it (the
+    final norm, the last layer's query/output/MLP: `train_cls_readout`); the main expert is untouched."""
+    from safetensors.numpy import load_file
+
+    out, _ = trained
+    main = load_file(out / "stage_main" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors")
+    final = load_file(out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors")
+    changed = {k for k in main if not (main[k] == final[k]).all()}
+    vlm = {k for k in changed if ".vlm." in k}
+    tail = ("text_model.norm.", "self_attn.q_proj.", "self_attn.o_proj.", "mlp.", "post_attention_layernorm.")
+    assert vlm and all(".text_model.layers.3." in k or ".text_model.norm." in k for k in vlm), sorted(vlm)
+    assert all(any(t in k for t in tail) for k in vlm), sorted(vlm)
+    assert not any("lm_expert" in k or k.startswith(("model.action_", "model.state_proj")) for k in changed)
+    assert json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())["train_cls_readout"]
+
+
+@pytest.mark.parametrize("flag", ["on", "off"])
+def test_cls_readout_flag_reaches_the_config(flag):
+    from smolvla_cls.train import policy_config
+
+    assert policy_config("tiny", "delta", "cpu", 10, cls_readout=(flag == "on")).train_cls_readout is (flag == "on")
+
+
 def test_loss_logs_have_vicreg_components(trained):
     out, _ = trained
     main_rows = [json.loads(x) for x in (out / "loss_main.jsonl").read_text().splitlines()]
