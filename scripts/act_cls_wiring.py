@@ -101,7 +101,8 @@ def consistency_calibration(checkpoint: Path, episodes: int) -> dict:
             for metric in ("consistency", "drift")}
 
 
-def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int, drift_episodes: int = 0) -> dict:
+def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int, drift_episodes: int = 0,
+            ceiling_samples: int = 1) -> dict:
     from smolvla_cls.torch_policy import TorchPolicy
 
     started = time.time()
@@ -114,7 +115,7 @@ def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int, dr
            "retrieval_top1": align["retrieval_top1"], "retrieval_top5": align["retrieval_top5"],
            "auroc_matched_vs_mismatched": align["auroc_matched_vs_mismatched"],
            "obs_effective_rank": align["obs_effective_rank"], "act_effective_rank": align["act_effective_rank"],
-           "dims": align["dims"], "ceiling": plan_retrieval_ceiling(tp, heldout, act)}
+           "dims": align["dims"], "ceiling": plan_retrieval_ceiling(tp, heldout, act, ceiling_samples)}
     if calib_episodes > 0:
         row["calibration"] = consistency_calibration(checkpoint, calib_episodes)
     if drift_episodes > 0:
@@ -140,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-episodes", type=int, default=24, help="gate-calibration rollouts (0: skip)")
     parser.add_argument("--drift", type=int, default=0, metavar="N",
                         help="obs-CLS drift, relevant vs irrelevant changes, on N perturbed episodes (0: skip)")
+    parser.add_argument("--ceiling-samples", type=int, default=1, metavar="K",
+                        help="also the retrieval ceiling of the mean of K sampled chunks per frame (K > 1)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.episodes < 3:
         parser.error("--episodes: expected >= 3")
+    if args.ceiling_samples < 1:
+        parser.error(f"--ceiling-samples={args.ceiling_samples}: expected >= 1")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             parser.error(f"--checkpoint {item!r}: expected LABEL=DIR")
-        rows.append(measure(label, Path(path), args.episodes, args.calib_episodes, args.drift))
+        rows.append(measure(label, Path(path), args.episodes, args.calib_episodes, args.drift, args.ceiling_samples))
         print(f"[act_cls_wiring] {label}: done in {rows[-1]['seconds']} s", file=sys.stderr)
     print("| checkpoint (wiring) | act-CLS change: plan / obs = ratio | retrieval top-1 | ceiling: policy chunk top-1 | "
           "consistency AUROC | "

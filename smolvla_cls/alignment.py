@@ -171,21 +171,38 @@ def nearest_top1(queries: np.ndarray, gallery: np.ndarray) -> float:
     return float((d.argmin(axis=1) == np.arange(len(q))).mean())
 
 
-def plan_retrieval_ceiling(torch_policy, heldout: HeldOut, act_gt: np.ndarray | None = None) -> dict[str, float]:
+def plan_retrieval_ceiling(torch_policy, heldout: HeldOut, act_gt: np.ndarray | None = None,
+                           samples: int = 1) -> dict[str, float]:
     """How precisely the observation determines the plan, seen through this policy: its own sampled chunk
     for frame i, used as the query among the B ground-truth chunks (L2). obs-CLS -> act-CLS retrieval cannot
     be expected to resolve plans more finely than the policy that produced the features does. `act_gt`: the
-    act-CLS of the ground-truth chunks when the caller has them already (`cls_embeddings`)."""
-    action_dim = heldout.chunks[0].shape[1]
-    pred = np.stack([torch_policy.predict_chunk(o)[: len(heldout.chunks[0]), :action_dim]
-                     for o in heldout.observations]).astype(np.float32)
-    gt = np.stack(heldout.chunks)
+    act-CLS of the ground-truth chunks when the caller has them already (`cls_embeddings`). `samples` > 1 also
+    reports the same top-1 for the mean of that many sampled chunks per frame: what the features determine
+    once the flow-matching sampler's own spread is averaged out."""
+    if samples < 1:
+        raise ValueError(f"plan_retrieval_ceiling: samples must be >= 1, got {samples!r}")
+    action_dim, length = heldout.chunks[0].shape[1], len(heldout.chunks[0])
+    draws = np.stack([[torch_policy.predict_chunk(o)[:length, :action_dim] for _ in range(samples)]
+                      for o in heldout.observations]).astype(np.float32)  # [B, samples, T, A]
     if act_gt is None:
         _, act_gt = cls_embeddings(torch_policy, heldout)
-    _, act_pred = cls_embeddings(torch_policy, HeldOut(observations=heldout.observations, chunks=list(pred)))
-    return {"policy_chunk_top1": nearest_top1(pred, gt),
-            "policy_first_action_top1": nearest_top1(pred[:, :1], gt[:, :1]),
+    _, act_pred = cls_embeddings(torch_policy, HeldOut(observations=heldout.observations, chunks=list(draws[:, 0])))
+    return {**sampled_retrieval(draws, np.stack(heldout.chunks)),
             "act_cls_of_policy_chunk_top1": alignment_metrics(act_pred, act_gt)["retrieval_top1"]}
+
+
+def sampled_retrieval(draws: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Top-1 of sampled chunks `draws` [B, K, T, A] as queries among the ground truth `gt` [B, T, A]: the
+    first draw (whole chunk / first row), and for K > 1 the mean of the K draws."""
+    if draws.ndim != 4 or draws.shape[0] != gt.shape[0] or draws.shape[2:] != gt.shape[1:]:
+        raise ValueError(f"sampled_retrieval: draws {draws.shape} do not match ground truth {gt.shape}")
+    pred = draws[:, 0]
+    out = {"policy_chunk_top1": nearest_top1(pred, gt), "policy_first_action_top1": nearest_top1(pred[:, :1], gt[:, :1])}
+    if draws.shape[1] > 1:
+        mean = draws.mean(axis=1)
+        out.update({"samples": int(draws.shape[1]), "policy_mean_chunk_top1": nearest_top1(mean, gt),
+                    "policy_mean_first_action_top1": nearest_top1(mean[:, :1], gt[:, :1])})
+    return out
 
 
 def alignment_report(torch_policy, n_episodes: int = 256, seed: int = HELDOUT_BASE_SEED,

@@ -33,3 +33,22 @@ def test_retrieval_and_auroc_perfect_for_equal_embeddings_and_chance_for_shuffle
     shuffled = alignment_metrics(x, rng.permutation(x))
     assert shuffled["retrieval_top1"] < 0.1
     assert auroc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.5)
+
+
+def test_sampled_retrieval_mean_of_draws_beats_one_draw():
+    """Averaging K independent sampler draws shrinks their spread, so the mean finds its own chunk at least
+    as often as one draw; exact draws find it always."""
+    from smolvla_cls.alignment import sampled_retrieval
+
+    rng = np.random.default_rng(0)
+    gt = rng.normal(size=(64, 5, 2))
+    exact = sampled_retrieval(np.repeat(gt[:, None], 3, axis=1), gt)
+    assert exact["policy_chunk_top1"] == exact["policy_mean_chunk_top1"] == 1.0
+    assert exact["policy_first_action_top1"] == exact["policy_mean_first_action_top1"] == 1.0
+    noisy = sampled_retrieval(gt[:, None] + rng.normal(scale=0.6, size=(64, 16, 5, 2)), gt)
+    assert noisy["samples"] == 16
+    assert noisy["policy_mean_first_action_top1"] > noisy["policy_first_action_top1"]
+    assert noisy["policy_mean_chunk_top1"] >= noisy["policy_chunk_top1"]
+    assert "samples" not in sampled_retrieval(gt[:, None], gt)
+    with pytest.raises(ValueError, match="do not match"):
+        sampled_retrieval(gt[:, None, :3], gt)
