@@ -182,8 +182,9 @@ def plan_retrieval_ceiling(torch_policy, heldout: HeldOut, act_gt: np.ndarray | 
     if samples < 1:
         raise ValueError(f"plan_retrieval_ceiling: samples must be >= 1, got {samples!r}")
     action_dim, length = heldout.chunks[0].shape[1], len(heldout.chunks[0])
-    draws = np.stack([[torch_policy.predict_chunk(o)[:length, :action_dim] for _ in range(samples)]
-                      for o in heldout.observations]).astype(np.float32)  # [B, samples, T, A]
+    # draw k of every frame before draw k + 1 of any: the first draws are then the same with any `samples`
+    draws = np.stack([[torch_policy.predict_chunk(o)[:length, :action_dim] for o in heldout.observations]
+                      for _ in range(samples)], axis=1).astype(np.float32)  # [B, samples, T, A]
     if act_gt is None:
         _, act_gt = cls_embeddings(torch_policy, heldout)
     _, act_pred = cls_embeddings(torch_policy, HeldOut(observations=heldout.observations, chunks=list(draws[:, 0])))

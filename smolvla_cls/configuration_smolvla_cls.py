@@ -44,8 +44,10 @@ class SmolVLACLSConfig(SmolVLAConfig):
     # rows alone, no observation input (smolvla_cls/plan_pass.py). Checkpoints without the field: "seed".
     act_cls_wiring: str = "seed"
     # delta/joint stages: also train the VLM's tail (final norm, last read layer's query/output/MLP), which
-    # only the prefix CLS read-out uses; without it obs-CLS is read through untrained (random) weights
-    train_cls_readout: bool = True
+    # only the prefix CLS read-out uses; without it obs-CLS is read through untrained (random) weights.
+    # False here so that a checkpoint saved without the field loads as what it was trained with; `make train`
+    # (train.py --cls-readout on) sets True, as it does act_cls_wiring="plan_only".
+    train_cls_readout: bool = False
     vicreg_gamma: float = 1.0  # target std of the variance hinge
     vicreg_eps: float = 1e-4  # inside the sqrt of the variance term
     delta_time: float = 0.5  # fixed flow time at which the delta expert runs (train and inference)

@@ -127,9 +127,9 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
     def set_requires_grad(self):
         """Trainable = exactly what the stage's loss reaches (lerobot's contract: no trainable parameter
         without a gradient). main: lerobot's SmolVLA rules; delta and CLS frozen (no loss reaches them).
-        delta: delta expert + CLS only; VLM, state projection and main expert frozen whatever
-        `train_expert_only` says, so the delta/VICReg loss cannot move the K/V the main expert reads.
-        joint: both."""
+        delta: delta expert + CLS (+ the VLM tail with `train_cls_readout`); rest of the VLM, state projection
+        and main expert frozen whatever `train_expert_only` says, so the delta/VICReg loss cannot move the K/V
+        the main expert reads. joint: both."""
         super().set_requires_grad()
         if not hasattr(self, "delta_expert"):
             return  # called from the parent constructor, before our modules exist
@@ -159,9 +159,16 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         params = list(text.norm.parameters())
         for layer in list(text.layers)[last_read + 1:]:
             params += list(layer.parameters())
-        params += [p for name, p in text.layers[last_read].named_parameters()
-                   if not name.startswith(("self_attn.k_proj.", "self_attn.v_proj.", "input_layernorm."))]
-        return params
+        layer = text.layers[last_read]
+        # by name, both sides: a parameter that is neither (a k_norm, a fused qkv in another transformers
+        # version) could feed the K/V, so it is refused rather than silently trained as "tail"
+        kv_side, tail = ("self_attn.k_proj.", "self_attn.v_proj.", "input_layernorm."), \
+            ("self_attn.q_proj.", "self_attn.o_proj.", "mlp.", "post_attention_layernorm.")
+        unknown = [n for n, _ in layer.named_parameters() if not n.startswith(kv_side + tail)]
+        if unknown:
+            raise NotImplementedError(f"train_cls_readout: cannot tell whether {unknown} of VLM layer {last_read} "
+                                      "feed the experts' K/V; set train_cls_readout=False for this VLM")
+        return params + [p for n, p in layer.named_parameters() if n.startswith(tail)]
 
     def _freeze_vlm_tail(self) -> None:
         """Flow matching reaches the VLM only through the K/V the expert reads, never its tail

@@ -3,8 +3,9 @@
 Stage 1 "main"  — flow matching of the main expert with the prefix CLS tokens in place (they are pure
                   read-outs, see masks.py), VLM and vision trained from scratch (tiny preset); delta
                   expert and CLS parameters frozen (no loss reaches them).
-Stage 2 "delta" — the seed's delta objective: main expert and VLM frozen; delta expert, CLS tokens and
-                  both CLS projections trained with denoising + vicreg_weight · VICReg. It starts from the
+Stage 2 "delta" — the seed's delta objective: main expert and VLM frozen but its tail only obs-CLS reads
+                  (`--cls-readout on`); delta expert, CLS tokens, both CLS projections and that tail
+                  trained with denoising + vicreg_weight · VICReg. It starts from the
                   main stage's checkpoint, and loading a main-stage checkpoint re-copies the delta expert
                   from the *trained* main expert (SmolVLACLSPolicy._load_as_safetensor); resuming keeps it.
 Each stage is a plain `lerobot.scripts.lerobot_train.train(cfg)` run with its own lerobot output folder;
@@ -179,7 +180,7 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
         print(f"[train] stage {plan.name}: already done ({last})")
         return last
     policy = policy_config(args.preset, plan.name, args.device, args.chunk_size, args.act_cls_wiring,
-                           getattr(args, "cls_readout", "on") == "on")
+                           args.cls_readout == "on")
     policy.optimizer_lr = plan.lr
     policy.scheduler_warmup_steps = plan.warmup
     policy.scheduler_decay_steps = plan.steps

@@ -112,7 +112,7 @@ def _grads(policy):
 
 
 def test_delta_training_gradients_reach_cls_and_delta_only():
-    policy = tiny_policy(train_delta_expert=True, train_expert_only=True)
+    policy = tiny_policy(train_delta_expert=True, train_expert_only=True, train_cls_readout=True)
     loss, loss_dict = policy.forward(random_batch(policy.config))
     loss.backward()
     for key in ("delta_loss", "delta_losses_after_forward", "delta_losses_after_in_ep_bound",

@@ -107,11 +107,18 @@ def test_delta_stage_freezes_vlm_and_main_expert(train_expert_only, freeze_visio
     assert trainable and all(n.startswith(allowed) for n in trainable)
 
 
-def test_delta_training_cannot_change_the_main_experts_actions():
+@pytest.mark.parametrize("layers", [{}, dict(num_expert_layers=2, self_attn_every_n_layers=0),
+                                    dict(num_expert_layers=1, self_attn_every_n_layers=0)])
+def test_delta_training_cannot_change_the_main_experts_actions(layers):
     """The property the freezing exists for: a large optimiser step on everything the delta stage trains
-    (VLM tail included) leaves the prefix K/V and the main expert's chunk bit-identical, and moves obs-CLS."""
-    policy = tiny_policy(train_delta_expert=True, train_expert_only=True, freeze_vision_encoder=True)
+    (VLM tail included) leaves the prefix K/V the experts read and the main expert's chunk bit-identical, and
+    moves obs-CLS — also when the expert skips VLM layers (then more of the VLM is tail)."""
+    policy = tiny_policy(train_delta_expert=True, train_expert_only=True, freeze_vision_encoder=True,
+                         train_cls_readout=True, **layers)
     m = policy.model
+    with_expert = m.vlm_with_expert
+    read = [i for i, layer in enumerate(with_expert.get_model_layers(
+        [with_expert.get_vlm_model().text_model, with_expert.lm_expert])[1]) if layer is not None]
     batch = random_batch(policy.config, seed=3)
     inputs = policy._inputs(batch)
     noise = torch.randn(3, policy.config.chunk_size, policy.config.max_action_dim, generator=torch.Generator().manual_seed(1))
@@ -128,11 +135,27 @@ def test_delta_training_cannot_change_the_main_experts_actions():
     optimiser.step()
     kv2, chunk2, cls2 = snapshot()
     n_cls = m.num_prefix_cls  # the CLS columns change (the tokens train) but no expert row can read them
-    for layer in kv1:
+    assert read and all(i in kv1 for i in read)
+    for layer in read:  # an unread layer's K/V may change: it is tail, no expert row reads it
         for name in kv1[layer]:
             assert torch.equal(kv1[layer][name][:, n_cls:], kv2[layer][name][:, n_cls:]), (layer, name)
     assert torch.equal(chunk1, chunk2)
     assert not torch.allclose(cls1, cls2)  # the read-out tail (and the CLS tokens) did train
+
+
+def test_cls_readout_is_off_for_a_config_without_the_field():
+    """A checkpoint saved before the field existed was trained with the tail frozen: it loads as such."""
+    assert tiny_config().train_cls_readout is False
+
+
+def test_tail_refuses_a_layer_parameter_it_cannot_classify():
+    """A parameter of the last read layer that is neither K/V-side nor tail (a k_norm, a fused qkv) might feed
+    the experts' K/V: training it as read-out is refused, naming the parameter and the way out."""
+    policy = tiny_policy(train_delta_expert=True, train_cls_readout=True)
+    text = policy.model.vlm_with_expert.get_vlm_model().text_model
+    text.layers[-1].self_attn.k_norm = torch.nn.LayerNorm(4)
+    with pytest.raises(NotImplementedError, match=r"self_attn\.k_norm\.weight.*train_cls_readout=False"):
+        policy.model.vlm_tail_parameters()
 
 
 def test_main_stage_trains_no_delta_or_cls_parameter():

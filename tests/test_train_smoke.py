@@ -64,11 +64,29 @@ def test_delta_stage_moves_only_the_vlm_tail(trained):
     assert json.loads((out / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())["train_cls_readout"]
 
 
-@pytest.mark.parametrize("flag", ["on", "off"])
-def test_cls_readout_flag_reaches_the_config(flag):
-    from smolvla_cls.train import policy_config
+@pytest.mark.parametrize("flag", [None, "on", "off"])
+def test_cls_readout_flag_reaches_the_config(flag, tmp_path, monkeypatch):
+    """From the command line through the real `run_stage` to the stage's policy config (default on); the
+    training itself is stopped where the config is built."""
+    from smolvla_cls import train
 
-    assert policy_config("tiny", "delta", "cpu", 10, cls_readout=(flag == "on")).train_cls_readout is (flag == "on")
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def recording_config(*args, **kwargs):
+        built.append(train_config(*args, **kwargs))
+        raise Built
+
+    train_config = train.policy_config
+    monkeypatch.setattr(train, "check_dataset", lambda root: {})
+    monkeypatch.setattr(train, "policy_config", recording_config)
+    argv = ["--output-dir", str(tmp_path / "out"), "--no-report", "--stages", "delta"]
+    with pytest.raises(Built):
+        train.main(argv + ([] if flag is None else ["--cls-readout", flag]))
+    assert [c.train_cls_readout for c in built] == [flag != "off"]
+    assert built[0].train_delta_expert
 
 
 def test_loss_logs_have_vicreg_components(trained):
