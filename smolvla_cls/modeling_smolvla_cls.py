@@ -149,9 +149,10 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
             for p in self.vlm_tail_parameters():  # only obs-CLS reads them: the expert's K/V stay as they are
                 p.requires_grad = True
 
-    def vlm_tail_parameters(self) -> list[nn.Parameter]:
+    def vlm_tail_parameters(self, strict: bool = True) -> list[nn.Parameter]:
         """The VLM parameters that cannot change the K/V the experts read: the final norm, the layers after
-        the last one read, and that layer's query, output and MLP. Only the prefix CLS read-out uses them."""
+        the last one read, and that layer's query, output and MLP. Only the prefix CLS read-out uses them.
+        A parameter of that layer named neither way is refused (`strict`) or included (to freeze it)."""
         with_expert = self.vlm_with_expert
         text = with_expert.get_vlm_model().text_model
         experts = with_expert.get_model_layers([text, with_expert.lm_expert])[1]
@@ -165,16 +166,16 @@ class VLAFlowMatchingCLS(VLAFlowMatching):
         kv_side, tail = ("self_attn.k_proj.", "self_attn.v_proj.", "input_layernorm."), \
             ("self_attn.q_proj.", "self_attn.o_proj.", "mlp.", "post_attention_layernorm.")
         unknown = [n for n, _ in layer.named_parameters() if not n.startswith(kv_side + tail)]
-        if unknown:
+        if unknown and strict:
             raise NotImplementedError(f"train_cls_readout: cannot tell whether {unknown} of VLM layer {last_read} "
                                       "feed the experts' K/V; set train_cls_readout=False for this VLM")
-        return params + [p for n, p in layer.named_parameters() if n.startswith(tail)]
+        return params + [p for n, p in layer.named_parameters() if n.startswith(tail) or n in unknown]
 
     def _freeze_vlm_tail(self) -> None:
         """Flow matching reaches the VLM only through the K/V the expert reads, never its tail
         (`vlm_tail_parameters`; lerobot means to freeze these too, but its name patterns miss transformers'
         parameter names). The delta/joint stages train the tail again for obs-CLS (`train_cls_readout`)."""
-        for p in self.vlm_tail_parameters():
+        for p in self.vlm_tail_parameters(strict=False):  # unknown parameters frozen too, as before #20
             p.requires_grad = False
 
     def train(self, mode: bool = True):

@@ -156,6 +156,8 @@ def test_tail_refuses_a_layer_parameter_it_cannot_classify():
     text.layers[-1].self_attn.k_norm = torch.nn.LayerNorm(4)
     with pytest.raises(NotImplementedError, match=r"self_attn\.k_norm\.weight.*train_cls_readout=False"):
         policy.model.vlm_tail_parameters()
+    policy.model._freeze_vlm_tail()  # freezing (the main stage) needs no classification: it freezes it too
+    assert not text.layers[-1].self_attn.k_norm.weight.requires_grad
 
 
 def test_main_stage_trains_no_delta_or_cls_parameter():
