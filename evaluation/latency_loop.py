@@ -102,7 +102,7 @@ class LatencyLoop:
                 faults += res.info.fault is not None
                 free_at = tick + 1
                 if res.chunk is not None:
-                    resamples += 1
+                    resamples += res.info.resampled  # else the kept plan, refined (same timing, no resample)
                     # the plan ran out (or the first plan); a retried gate resample ("pending") is a gate decision
                     refills += res.info.gate_reason == "queue_empty"
                     if self.waypoints:

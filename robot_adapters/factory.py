@@ -13,15 +13,30 @@ from typing import Any
 from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
 
 
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
 def _sim(args: list[str]) -> SimReachRobot:
+    from simtask.config import TaskConfig
+
     p = argparse.ArgumentParser(prog="--robot.type=sim_reach")
     p.add_argument("--robot.type", dest="type")
     p.add_argument("--robot.episodes", dest="episodes", type=int, default=40)
     p.add_argument("--robot.seed", dest="seed", type=int, default=0)
-    p.add_argument("--robot.perturb", dest="perturb", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
-    p.add_argument("--robot.task_color", dest="task_color", default="red")
+    p.add_argument("--robot.perturb", dest="perturb", type=_flag, default=True)
+    p.add_argument("--robot.task_color", dest="task_color", default="red", choices=TaskConfig().colors)
     ns = p.parse_args(args)
-    return SimReachRobot(SimReachSettings(episodes=ns.episodes, seed=ns.seed, perturb=ns.perturb, task_color=ns.task_color))
+    settings = SimReachSettings(episodes=ns.episodes, seed=ns.seed, perturb=ns.perturb, task_color=ns.task_color)
+    try:
+        return SimReachRobot(settings)
+    except ValueError as exc:  # a value argparse accepted but the robot cannot run: argparse's own error format
+        p.error(f"--robot.{str(exc).split(': ', 1)[1]}")
 
 
 def make_robot(args: list[str]) -> Any:

@@ -36,6 +36,22 @@ class SimReachSettings:
     extra: dict = field(default_factory=dict)
 
 
+def check_settings(config: Any, colors: tuple[str, ...]) -> None:
+    """Refuse settings the simulated robot cannot run, naming the field (not a failure at the first episode)."""
+    episodes = getattr(config, "episodes", None)
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"sim_reach: episodes must be an integer >= 1, got {episodes!r}")
+    seed = getattr(config, "seed", None)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"sim_reach: seed must be an integer >= 0, got {seed!r}")
+    color = getattr(config, "task_color", None)
+    if color is not None and color not in colors:
+        raise ValueError(f"sim_reach: task_color must be one of {list(colors)} (or None), got {color!r}")
+    bound = getattr(config, "action_bound", None)
+    if bound is not None and not (isinstance(bound, (int, float)) and np.isfinite(bound) and bound > 0):
+        raise ValueError(f"sim_reach: action_bound must be a finite number > 0 (or None), got {bound!r}")
+
+
 @dataclass
 class EpisodeOutcome:
     seed: int
@@ -53,6 +69,7 @@ class SimReachRobot:
         self.config = config if config is not None else SimReachSettings()
         self.id = getattr(self.config, "id", None)
         self.env = ReachEnv(TaskConfig())
+        check_settings(self.config, self.env.config.colors)
         self.seeds = episode_seeds(int(self.config.seed), int(self.config.episodes), stream="eval")
         self.outcomes: list[EpisodeOutcome] = []
         self.sent: list[np.ndarray] = []

@@ -9,8 +9,9 @@ the plan has at most delay + margin rows left, so it lands with `margin` rows of
 to the observation's tick; the seam mode decides how it continues the executing plan (`runtime.seam`) —
 narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
 a change (`reactive`, learned from the policy's gate decision just before the denoise via
-`EdgePolicy.before_resample`). Faults, deadline deferrals and retries of a failed resample are the policy's
-own rules (its pending-resample flag survives the sync). Used by the threaded `AsyncEdgePolicy` and by the
+`EdgePolicy.before_resample`). With refinement on, a kept plan that the policy refined is returned too (pinned
+like a fresh chunk, `info.resampled` False), so the refined rows execute. Faults, deadline deferrals and
+retries of a failed resample are the policy's own rules (its pending-resample flag survives the sync). Used by the threaded `AsyncEdgePolicy` and by the
 simulated closed loop in `evaluation.latency`.
 """
 
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PlanResult:
-    chunk: TimedChunk | None  # None: the gate kept the executing plan (or a fault left it in place)
+    chunk: TimedChunk | None  # None: the gate kept the executing plan unchanged (or a fault left it in place);
+    # a chunk with info.resampled False: the kept plan, refined
     info: TickInfo  # the policy's record of the job (gate, stage times, fault)
 
 
@@ -140,9 +142,22 @@ class AsyncChunkPlanner:
         if not info.resampled or chunk is None:
             if world_changed(info.gate_reason, info.gate_distance, info.gate_threshold) or self.last_reacted:
                 self._due_change = True  # deferred or failed: the retry ("pending") still reacts
+            if info.refined and left is not None and executing is not None:
+                return PlanResult(self._refined(tick, executing, delay), info)
             return PlanResult(None, info)
         self._due_change = False
         chunk = chunk[: self.policy.manifest.dims.n_action_steps]  # the same horizon as the synchronous queue
         if self.seam == "blend" and executing is not None and delay >= 1:
             chunk = blend(chunk, executing, delay, self.react_width if self.last_reacted else self.seam_width)
         return PlanResult(TimedChunk(tick, np.array(chunk, dtype=np.float32), next(self._ids)), info)
+
+    def _refined(self, tick: int, executing: np.ndarray, delay: int) -> TimedChunk | None:
+        """The kept plan, refined by the policy against this observation, as a chunk pinned to `tick` like a
+        fresh one: the rows that run while the job is in flight (the first `delay`, and the one the policy's
+        tick consumed) stay as they are executing, the rest are the refined queue — so nothing is replayed,
+        no tick is left empty, and no seam is needed (it continues the same plan)."""
+        refined = self.policy.queued_actions(normalised=True)
+        if not len(refined):
+            return None  # the tick consumed the last row: nothing refined is left to run
+        rows = np.concatenate([executing[: delay + 1], refined]).astype(np.float32)
+        return TimedChunk(tick, rows, next(self._ids))

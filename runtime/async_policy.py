@@ -200,7 +200,7 @@ class AsyncEdgePolicy:
             self.counters.faults += 1
         if result.chunk is None:
             return
-        self.counters.resamples += 1
+        self.counters.resamples += result.info.resampled  # else the kept plan, refined
         self.timeline.install(result.chunk)
         measured = self.timeline.next_tick - tick
         job_ticks = math.ceil((time.perf_counter() - t0) * self.tick_hz)

@@ -82,12 +82,21 @@ class CameraModel(_Closed):
     channels: Literal[3]  # RGB only
 
 
+def _unit_range(value: list[float]) -> list[float]:
+    if list(value) != [0.0, 1.0]:
+        raise ValueError(f"the runtime feeds pixels in [0, 1] (the graph maps them to [-1, 1]); got {value}")
+    return value
+
+
 class ImagePreprocessModel(_Open):
     height: int = _dim(4096)
     width: int = _dim(4096)
     resize: Literal["keep_aspect_pad", "none"]
     pad_side: Literal["left_top", "right_bottom"]
     pad_value: Finite = Field(ge=-1.0, le=1.0)
+    # what the runtime implements; optional (older producers omit them), refused when they say otherwise
+    input_range: Annotated[list[Finite], Field(min_length=2, max_length=2), AfterValidator(_unit_range)] | None = None
+    interpolation: Literal["bilinear"] | None = None
 
 
 class NormModel(_Closed):

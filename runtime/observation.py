@@ -95,6 +95,10 @@ class ObservationValidator:
             raise ObservationError(key, f"{layout}, got shape {img.shape}")
         if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
             raise ObservationError(key, f"image size {h}x{w} outside 1..{MAX_IMAGE_SIDE}")
+        spec = self.manifest.image
+        if spec.resize == "none" and (h, w) != (spec.height, spec.width):
+            raise ObservationError(key, f"image is {h}x{w}; the manifest expects {spec.height}x{spec.width} and "
+                                        "allows no resize (image_preprocess.resize = 'none')")
         if img.dtype != np.uint8:
             lo, hi = float(img.min()), float(img.max())  # NaN/inf propagate into min/max: one pass each
             if not (np.isfinite(lo) and np.isfinite(hi)):

@@ -59,14 +59,8 @@ class EdgePolicy:
     """Closed-loop policy over an artifact folder. `step(obs)` returns one raw action [action_dim]."""
 
     def __init__(
-        self,
-        artifacts_dir: str | Path,
-        backend: str | Backend = "onnxruntime",
-        gate: str | Gate = "default",
-        refine: bool = False,
-        num_steps: int | None = None,
-        seed: int = 0,
-        tick_budget_ms: float | None = None,
+        self, artifacts_dir: str | Path, backend: str | Backend = "onnxruntime", gate: str | Gate = "default",
+        refine: bool = False, num_steps: int | None = None, seed: int = 0, tick_budget_ms: float | None = None,
         fallback: str = "hold",
         *,
         check_every: int = 1,
@@ -200,11 +194,14 @@ class EdgePolicy:
         """Keep only the first `n` queued actions (a remote robot took fewer than the plan holds)."""
         self._queue_left = max(0, min(int(n), self._queue_left))
 
-    def queued_actions(self) -> np.ndarray:
-        """The queued plan in raw action units [R, action_dim] (to send ahead; not yet through the guard)."""
+    def queued_actions(self, normalised: bool = False) -> np.ndarray:
+        """The queued plan: raw [R, action_dim] (to send ahead; not yet through the guard), or normalised
+        [R, max_action_dim] (a copy of the rows the policy holds)."""
+        d = self.manifest.dims
         if self._plan is None or self._queue_left == 0:
-            return np.zeros((0, self.manifest.dims.action_dim), dtype=np.float32)
-        return self.unnormalize(self._plan[: self._queue_left])
+            return np.zeros((0, d.max_action_dim if normalised else d.action_dim), dtype=np.float32)
+        rows = self._plan[: self._queue_left]
+        return rows.copy() if normalised else self.unnormalize(rows)
 
     def __enter__(self) -> EdgePolicy:  # noqa: PYI034
         return self

@@ -56,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
                    help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
+    p.add_argument("--max-stall-s", type=float, default=2.0,
+                   help="after the first action: seconds in a row with no action ready (a hung or stalled "
+                        "backend) before the safe stop; 0 turns the watchdog off")
     p.add_argument("--max-ticks", type=int, default=None)
     p.add_argument("--log-every", type=int, default=30, help="log one tick in N (1: every tick)")
     add_identity_arguments(p)
@@ -74,9 +77,22 @@ def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
     return slew or None
 
 
+def check_loop_arguments(args: argparse.Namespace) -> None:
+    """The loop's numeric flags, refused by name (0 is a value, never "not given")."""
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps must be a finite number > 0, got {args.fps!r}")
+    if not (math.isfinite(args.max_stall_s) and args.max_stall_s >= 0):
+        raise ValueError(f"--max-stall-s must be a finite number >= 0 (0: off), got {args.max_stall_s!r}")
+    if args.max_faults < 1:
+        raise ValueError(f"--max-faults must be >= 1, got {args.max_faults!r}")
+    if args.max_ticks is not None and args.max_ticks < 0:
+        raise ValueError(f"--max-ticks must be >= 0, got {args.max_ticks!r}")
+
+
 def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("runtime.robot")
+    check_loop_arguments(args)  # before anything is loaded or connected
     policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine,
                         expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
     if args.margin is not None:  # refused before the robot is connected
@@ -90,7 +106,8 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     task = args.task if args.task is not None else getattr(robot, "task", None)
     if task is None:
         raise ValueError("--task is required: the instruction sent with every observation")
-    fps = args.fps or iface.fps or 30.0
+    fps = args.fps if args.fps is not None else (iface.fps or 30.0)
+    max_starved = max(1, math.ceil(args.max_stall_s * fps)) if args.max_stall_s > 0 else None
     if args.inference == "thread":
         log.warning("--inference thread is deprecated: it runs the async executor without seam handling "
                     "(= --inference async --seam none)")
@@ -125,9 +142,10 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
                      sa.gate_reason or "-", sa.resampled, sa.latency_ms, "" if sa.action is not None else ", no action (held)")
 
     rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=fps, max_ticks=args.max_ticks,
-                    max_faults=args.max_faults, on_stop=args.on_stop, on_tick=on_tick)
+                    max_faults=args.max_faults, on_stop=args.on_stop, on_tick=on_tick,
+                    bounds=policy.manifest.action_bounds, max_starved=max_starved)
     print(json.dumps({"ticks": rep.ticks, "seconds": round(rep.seconds, 2), "rate_hz": round(rep.rate_hz, 2),
-                      "starved": rep.starved, "faults": rep.faults, "stop": rep.stop_reason or "end",
+                      "starved": rep.starved, "clipped": rep.clipped, "faults": rep.faults, "stop": rep.stop_reason or "end",
                       "stops_sent": rep.stops_sent, "policy": policy.counters.as_dict()}))
     policy.close()
     return 0 if not rep.faults else 1

@@ -6,11 +6,18 @@ Actions come from an `ActionSource`: `AsyncSource` (the default) runs the asynch
 resample never stalls the rate; `SyncSource` runs EdgePolicy on the loop thread (fast models). Safe stop: on Ctrl-C and after `max_faults` consecutive
 faults the loop sends the manifest's stop action once (`on_stop="stop"`) or sends nothing more
 (`"hold"`: the arm keeps its last target), then disconnects. Each tick is logged (gate decision, latency).
+
+Nothing reaches the robot unvetted, whatever the source (`ActionSource` is a public interface): a non-finite
+or wrong-sized action is not sent (a fault), a finite one outside the manifest's action bounds is clipped.
+When no action is ready the robot is sent nothing (position-controlled arms keep their target, displacement
+robots stand still) — never a repeat of the last action, which for displacement actions would keep moving.
+After the first action, `max_starved` such ticks in a row (a hung or stalled backend) end in the safe stop.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +27,7 @@ import numpy as np
 
 from runtime.async_policy import AsyncEdgePolicy
 from runtime.interrupts import own_sigint
+from runtime.manifest import Bounds
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
 
@@ -72,25 +80,27 @@ class AsyncSource:
         self.interface, self.task = interface, task
         self.executor = AsyncEdgePolicy(policy, tick_hz=fps, seam=seam, margin=margin, reanchor=reanchor,
                                         slew=slew).start()
-        self._seen = (0, 0)  # (jobs, faults + worker errors) already reported
-        self._planned = False  # a chunk has reached the robot
+        self._seen = (0, 0, 0)  # (jobs, job faults, worker errors) already reported
 
     def reset(self) -> None:
         self.executor.reset()
-        self._planned = False
 
     def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
         ex = self.executor
         ex.submit(self.interface.observation(robot_obs, task=self.task), tick)
         action = ex.action_for_tick(tick)
-        self._planned = self._planned or (ex.emitter.last is not None and ex.emitter.last.row is not None)
-        if not self._planned:
-            action = None  # before the first chunk the robot holds where it is (never drives to the stop pose)
+        if ex.emitter.last is None or ex.emitter.last.row is None:
+            # no plan row for this tick (before the first chunk, or the timeline ran dry): the robot holds where
+            # it is — not the emitter's fallback, which repeats the last action (moving on, for displacements)
+            action = None
         c = ex.counters
-        seen, self._seen = self._seen, (c.jobs, c.faults + c.worker_errors)
+        seen, self._seen = self._seen, (c.jobs, c.faults, c.worker_errors)
         fault = ""
-        if self._seen[1] > seen[1]:
-            fault = str(ex.last_error) if ex.last_error is not None else (ex.last_job.fault if ex.last_job else "")
+        if self._seen[2] > seen[2]:  # this report's own worker exception, never an older one
+            fault = str(ex.last_error) if ex.last_error is not None else ""
+        elif self._seen[1] > seen[1]:
+            fault = ex.last_job.fault if ex.last_job and ex.last_job.fault else ""
+        if self._seen[1:] != seen[1:]:
             fault = fault or "inference fault"
         job = ex.last_job
         return SourceAction(action, job.gate_reason if job else "", bool(job and job.resampled),
@@ -105,7 +115,9 @@ class LoopReport:
     ticks: int = 0
     seconds: float = 0.0
     faults: int = 0
-    starved: int = 0  # ticks with no action available (held / fallback)
+    starved: int = 0  # ticks with no action available (nothing sent: the robot holds)
+    clipped: int = 0  # actions clipped into the action bounds before sending
+    refused: int = 0  # non-finite / wrong-sized actions not sent (counted as faults)
     stop_reason: str = ""
     stops_sent: int = 0
     periods_ms: list[float] = field(default_factory=list, repr=False)
@@ -117,30 +129,63 @@ class LoopReport:
 
 def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, *,
               fps: float, max_ticks: int | None = None, max_faults: int = 3, on_stop: str = "stop",
-              should_stop: Callable[[], bool] | None = None, on_tick: Callable[[int, SourceAction, float], None] | None = None) -> LoopReport:
-    """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C or `max_faults` consecutive faults.
+              should_stop: Callable[[], bool] | None = None, on_tick: Callable[[int, SourceAction, float], None] | None = None,
+              bounds: Bounds | None = None, max_starved: int | None = None) -> LoopReport:
+    """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C, `max_faults` consecutive faults or (after
+    the first action) `max_starved` consecutive ticks without an action.
 
     Connects the robot if needed and always disconnects it; the safe stop (stop action once, or hold)
-    runs on every exit except a normal end of `max_ticks`/`should_stop`.
+    runs on every exit except a normal end of `max_ticks`/`should_stop`. `bounds`: the manifest's action
+    bounds every action is clipped into (None: only finiteness and size are checked).
     """
     if on_stop not in ON_STOP:
         raise ValueError(f"on_stop must be one of {ON_STOP}, got {on_stop!r}")
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
+    if max_starved is not None and (isinstance(max_starved, bool) or not isinstance(max_starved, int) or max_starved < 1):
+        raise ValueError(f"max_starved must be an integer >= 1 (ticks) or None, got {max_starved!r}")
+    vet = _ActionVet(interface, bounds)
     if not getattr(robot, "is_connected", False):
         robot.connect()
     with own_sigint():  # Ctrl-C must reach the safe stop below, whatever the process inherited
         return _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
-                           on_tick)
+                           on_tick, vet, max_starved)
+
+
+class UnsentAction(Exception):
+    """An action from the source failed the loop's last check and was not sent."""
+
+
+class _ActionVet:
+    """The loop's last check before `send_action`: finite, the interface's size, inside the bounds."""
+
+    def __init__(self, interface: RobotInterface, bounds: Bounds | None):
+        self.size = len(interface.action_names) if getattr(interface, "action_names", None) else None
+        self.bounds = bounds
+
+    def __call__(self, action: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """(action to send or None, why it was changed or refused — "" when it passed untouched)."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if self.size is not None and a.size != self.size:
+            return None, f"action has {a.size} values, the robot takes {self.size}: not sent"
+        if not np.all(np.isfinite(a)):
+            return None, "non-finite action: not sent"
+        if self.bounds is None:
+            return a, ""
+        low, high = np.asarray(self.bounds.low, np.float64), np.asarray(self.bounds.high, np.float64)
+        if np.any(a < low) or np.any(a > high):
+            return np.clip(a, low, high), "action outside the action bounds: clipped"
+        return a, ""
 
 
 def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
-                on_tick) -> LoopReport:
+                on_tick, vet, max_starved) -> LoopReport:
     """The loop of `run_robot` (arguments checked there)."""
     period = 1.0 / fps
     rep = LoopReport()
     consecutive = 0  # robot I/O or source exceptions in a row
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
+    starved_run, sent_any = 0, False  # ticks in a row with nothing to send, after the first action
     start = last = time.perf_counter()
     try:
         while (max_ticks is None or rep.ticks < max_ticks) and not (should_stop and should_stop()):
@@ -148,11 +193,21 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
             try:
                 obs = robot.get_observation()
                 sa = source.next_action(tick, obs)
+                action, why = (None, "") if sa.action is None else vet(sa.action)
                 if sa.action is None:  # nothing ready: the robot holds; neither a fault nor a recovery
                     rep.starved += 1
+                    starved_run += sent_any
+                    if max_starved is not None and starved_run >= max_starved:
+                        rep.stop_reason = f"no action for {starved_run} ticks in a row (inference stalled?)"
+                        break
+                elif action is None:  # the source's action failed the last check: a fault, nothing sent
+                    raise UnsentAction(why)
                 else:
-                    robot.send_action(interface.action_dict(sa.action))
-                    consecutive = 0
+                    if why:
+                        rep.clipped += 1
+                        log.warning("tick %d: %s", tick, why)
+                    robot.send_action(interface.action_dict(action.astype(np.float32)))
+                    consecutive, starved_run, sent_any = 0, 0, True
                 if sa.fault:
                     rep.faults += 1
                     inference_faults += 1
@@ -166,6 +221,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 raise
             except Exception as exc:  # noqa: BLE001 — a fault: counted, the loop's fault rule decides
                 rep.faults += 1
+                rep.refused += isinstance(exc, UnsentAction)
                 consecutive += 1
                 sa = SourceAction(None)
                 log.warning("tick %d fault (%d in a row): %s", tick, consecutive, exc)

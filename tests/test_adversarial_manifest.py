@@ -99,6 +99,10 @@ SCHEMA_CASES = [
     ("files.prefix.onnx.extra", 1), ("delta_input", 5), ("safety.stop_action", [5.0, 0.0]),
     ("identity.digest", "md5:abc"), ("identity", DELETE), ("identity.signature", {"algorithm": "rsa"}),
     ("graphs.extra_graph", {}),
+    # what the runtime feeds the graphs: another producer's pixel range or resampling is refused, not fed wrongly
+    ("image_preprocess.input_range", [-1.0, 1.0]), ("image_preprocess.input_range", [0.0, 255.0]),
+    ("image_preprocess.input_range", [0.0]), ("image_preprocess.input_range", "0..1"),
+    ("image_preprocess.interpolation", "nearest"), ("image_preprocess.interpolation", 1),
 ]
 
 
@@ -213,6 +217,17 @@ def test_random_values_at_random_keys_only_raise_manifest_error(folder, path, va
 
 
 # ------------------------------------------------------------------ the schema is the contract document's source
+def test_image_preprocess_descriptions_the_runtime_implements_are_accepted(folder):
+    """Older producers omit input_range / interpolation; the exporter writes exactly what the runtime does."""
+    raw = load_manifest_dict(folder)
+    for value in ({}, {"input_range": [0.0, 1.0], "interpolation": "bilinear"}, {"input_range": [0, 1]}):
+        raw["image_preprocess"].pop("input_range", None)
+        raw["image_preprocess"].pop("interpolation", None)
+        raw["image_preprocess"].update(value)
+        write_manifest_dict(folder, raw)
+        assert Manifest.load(folder).image.height == raw["image_preprocess"]["height"]
+
+
 def test_schema_file_matches_the_code():
     on_disk = json.loads((ROOT / "docs" / "manifest.schema.json").read_text())
     assert on_disk == json.loads(json.dumps(json_schema())), \

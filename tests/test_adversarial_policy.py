@@ -167,6 +167,30 @@ def test_masked_arrays_are_refused(field):
         EdgePolicy(ART).step(obs)
 
 
+# ------------------------------------------------------------------ image size when the manifest allows no resize
+@pytest.mark.parametrize("size", [(48, 64), (64, 63), (128, 128), (1, 1)])
+def test_wrong_image_size_without_resize_is_named_and_falls_back(tmp_path, size):
+    import shutil
+
+    try:
+        from tests.fake_artifacts import load_manifest_dict, write_manifest_dict
+    except ImportError:
+        from fake_artifacts import load_manifest_dict, write_manifest_dict
+    art = tmp_path / "art"
+    shutil.copytree(ART, art)
+    raw = load_manifest_dict(art)
+    raw["image_preprocess"]["resize"] = "none"
+    write_manifest_dict(art, raw)
+    good, bad = make_observation(0), make_observation(1, size=size)
+    with pytest.raises(ObservationError, match="observation.images.top.*allows no resize"):
+        EdgePolicy(art).step(bad)
+    p = EdgePolicy(art, on_bad_observation="fallback")
+    first = p.step(good)
+    action = p.step(bad)  # the fault is reported, the queued plan continues: no exception from preprocessing
+    assert p.last_info.fault and "observation.images.top" in p.last_info.fault
+    assert np.all(np.isfinite(action)) and np.all(np.isfinite(first))
+
+
 # ------------------------------------------------------------------ backend outputs at the policy boundary
 class Mangling(Backend):
     """Wraps the real backend and mangles one output kind."""

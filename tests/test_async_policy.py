@@ -178,3 +178,26 @@ def test_an_unexpected_worker_error_is_counted_and_the_worker_keeps_going():
         actions, origin, _ = _drive(ap, 12)
     assert ap.counters.worker_errors == 1 and "boom" in str(ap.last_error)
     assert ap.counters.chunks_installed >= 1 and any(c >= 0 for c, _ in origin) and _safe(ap, actions)
+
+
+@pytest.mark.parametrize("delay", [0, 1, 3])
+def test_refined_plans_run_under_async_execution(delay):
+    """`refine=True` with a gate that keeps the plan: every job's refined rows reach the timeline (pinned to the
+    observation's tick, the rows in flight unchanged), no tick is left empty, and it is not counted a resample."""
+    art = cached_fake_artifacts(chunk_size=16)
+    pol = EdgePolicy(art, gate="never", refine=True, seed=0, backend_options={"intra_op_threads": 1})
+    ap = AsyncEdgePolicy(pol, tick_hz=1.0 / PERIOD_S, seam="none", delay_ticks=delay)  # jobs driven by hand
+    n = pol.manifest.dims.n_action_steps
+    for tick in range(n - delay - 1):
+        executing, _ = ap.timeline.executing(tick)
+        before = None if executing is None else executing.copy()
+        ap._job(make_observation(tick), tick)
+        rows, _ = ap.timeline.executing(tick)
+        if before is not None:
+            assert pol.last_info.refined and not pol.last_info.resampled
+            np.testing.assert_array_equal(rows[: delay + 1], before[: delay + 1])  # in flight: as executing
+            assert len(rows) == len(before)
+            assert not np.allclose(rows[delay + 1:], before[delay + 1:])  # the refined rest replaced the plan
+        assert np.all(np.isfinite(ap.action_for_tick(tick)))
+    assert ap.counters.resamples == 1 and ap.timeline.counters.chunks_installed == n - delay - 1
+    assert ap.timeline.counters.empty_ticks == 0

@@ -15,7 +15,7 @@ from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
 from runtime.backend import Backend, BackendError
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
-from runtime.robot_loop import AsyncSource, SyncSource, run_robot
+from runtime.robot_loop import AsyncSource, SourceAction, SyncSource, run_robot
 from tests.serve_fixtures import ACTION_BOUND, robot_artifacts
 
 FPS = 30.0
@@ -195,3 +195,113 @@ def test_planner_keeps_only_the_rows_the_robot_took():
     assert chunk.resampled and len(chunk.actions) == 3
     assert len(policy.queued_actions()) == 2  # the first row was emitted, two were sent ahead
     robot.disconnect()
+
+
+class ScriptedSource:
+    """A custom `ActionSource` (the loop's public interface) that returns scripted actions, good or bad."""
+
+    def __init__(self, actions):
+        self.actions = list(actions)
+
+    def reset(self):
+        pass
+
+    def next_action(self, tick, robot_obs):
+        a = self.actions[min(tick, len(self.actions) - 1)]
+        return SourceAction(None if a is None else np.asarray(a, dtype=np.float32))
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("bad", [[np.nan, 0.0], [0.0, -np.inf], [0.01, 0.01, 0.01], [0.01]],
+                         ids=["nan", "inf", "too-long", "too-short"])
+def test_a_bad_action_from_any_source_never_reaches_the_robot(bad):
+    policy, _, robot, iface = make()
+    rep = run_robot(robot, ScriptedSource([[0.01, 0.0]] * 2 + [bad] * 10), iface, policy.guard.stop_action, fps=500,
+                    max_ticks=12, max_faults=3, bounds=policy.manifest.action_bounds)
+    assert rep.refused == 3 and rep.faults == 3 and "not sent" in rep.stop_reason
+    assert len(robot.sent) == 3 and np.array_equal(robot.sent[-1], policy.guard.stop_action)  # 2 good + the stop
+    assert robot.unsafe == 0
+
+
+def test_out_of_bounds_actions_are_clipped_into_the_manifest_bounds():
+    policy, _, robot, iface = make()
+    b = policy.manifest.action_bounds
+    actions = np.random.default_rng(0).normal(0.0, 0.1, size=(60, 2))  # about half outside ±0.08
+    rep = run_robot(robot, ScriptedSource(actions), iface, policy.guard.stop_action, fps=1000, max_ticks=60,
+                    bounds=b)
+    sent = np.array(robot.sent)
+    outside = int(np.sum(np.any((actions < b.low) | (actions > b.high), axis=1)))
+    assert len(sent) == 60 and np.all(sent >= b.low) and np.all(sent <= b.high)
+    assert rep.clipped == outside > 10 and rep.faults == 0 and robot.unsafe == 0
+    inside = ~np.any((actions < b.low) | (actions > b.high), axis=1)
+    np.testing.assert_allclose(sent[inside], actions[inside], rtol=1e-6)  # in-bounds actions pass untouched
+
+
+class HangingBackend(SlowBackend):
+    """The first resample completes; every later main-expert call blocks until `release` is set (a hung GPU)."""
+
+    def __init__(self, inner: Backend, release: threading.Event):
+        super().__init__(inner, 0.0)
+        self.release, self.calls = release, 0
+
+    def run_main_expert(self, *args):
+        self.calls += 1
+        if self.calls > self.steps:
+            self.release.wait(20)
+        return self.inner.run_main_expert(*args)
+
+    def denoise(self, *args):
+        self.calls += self.steps
+        if self.calls > self.steps:
+            self.release.wait(20)
+        return self.inner.denoise(*args)
+
+
+def test_a_hung_backend_ends_in_the_safe_stop_without_repeating_the_last_action():
+    """Displacement actions: once the first chunk is used up, a repeated last action would keep the robot moving.
+    The async source sends nothing while no row is ready, and `max_starved` such ticks end in the safe stop."""
+    release = threading.Event()
+    base = EdgePolicy(robot_artifacts())
+    hanging = HangingBackend(base.backend, release)
+    policy = EdgePolicy(robot_artifacts(), backend=hanging, gate="always")
+    hanging.steps = policy.num_steps
+    robot = SimReachRobot(SimReachSettings(episodes=1000, action_bound=ACTION_BOUND))
+    iface = RobotInterface.from_manifest(policy.manifest)
+    threading.Timer(3.0, release.set).start()  # lets the worker finish so close() can join it
+    try:
+        rep = run_robot(robot, AsyncSource(policy, iface, fps=50), iface, policy.guard.stop_action, fps=50,
+                        max_ticks=1000, max_starved=10, bounds=policy.manifest.action_bounds)
+    finally:
+        release.set()
+    n = policy.manifest.dims.n_action_steps
+    assert rep.stop_reason.startswith("no action for 10 ticks") and rep.stops_sent == 1
+    moves = robot.sent[:-1]
+    assert 1 <= len(moves) <= n  # only the one chunk's rows, never a repeat after it ran out
+    assert np.array_equal(robot.sent[-1], policy.guard.stop_action) and robot.unsafe == 0
+
+
+def test_async_fault_reports_name_their_own_cause():
+    """A worker exception is reported once; later job faults carry their own message, not the old exception's."""
+    from types import SimpleNamespace
+
+    policy, _, robot, iface = make()
+    source = AsyncSource(policy, iface, fps=FPS)
+    source.executor.close()
+    counters = SimpleNamespace(jobs=0, faults=0, worker_errors=0)
+    fake = SimpleNamespace(counters=counters, last_error=None, last_job=None,
+                           emitter=SimpleNamespace(last=None), submit=lambda obs, tick: None,
+                           action_for_tick=lambda tick: np.zeros(2, np.float32), close=lambda: None)
+    source.executor = fake
+    robot.connect()
+    obs = robot.get_observation()
+    counters.jobs, counters.worker_errors, fake.last_error = 1, 1, RuntimeError("worker crashed: old cause")
+    assert "old cause" in source.next_action(0, obs).fault
+    counters.jobs, counters.faults = 2, 1
+    fake.last_job = SimpleNamespace(fault="main_expert: new cause", gate_reason="", resampled=False, total_ms=0.0)
+    report = source.next_action(1, obs)
+    assert "new cause" in report.fault and "old cause" not in report.fault
+    counters.jobs = 3
+    fake.last_job = SimpleNamespace(fault=None, gate_reason="always", resampled=True, total_ms=1.0)
+    assert source.next_action(2, obs).fault == "" and source.next_action(3, obs).action is None  # no row: nothing sent

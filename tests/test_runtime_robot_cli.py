@@ -107,3 +107,39 @@ def test_runtime_serve_answers_then_stops_on_ctrl_c():
     stats = json.loads(stdout)
     assert stats["setups"] == 1 and stats["chunks_sent"] == 1
     assert "on 127.0.0.1:" in stderr
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--fps", "0"], "--fps must be a finite number > 0"), (["--fps", "nan"], "--fps must be"),
+    (["--fps", "-30"], "--fps must be"), (["--max-stall-s", "-1"], "--max-stall-s"),
+    (["--max-faults", "0"], "--max-faults"), (["--max-ticks", "-5"], "--max-ticks"),
+])
+def test_runtime_robot_loop_flags_are_refused_by_name(capsys, flags, needle):
+    """0 is a value, not "not given": --fps 0 is refused, never silently replaced by the manifest's rate."""
+    from runtime.cli import main
+
+    rc = main(["robot", "--artifacts", str(robot_artifacts()), "--robot.type=sim_reach", *flags])
+    assert rc == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--robot.episodes=0", "--robot.episodes must be an integer >= 1"), ("--robot.seed=-3", "--robot.seed"),
+    ("--robot.task_color=purple", "invalid choice: 'purple'"), ("--robot.perturb=maybe", "expected true/false"),
+    ("--robot.episodes=two", "invalid int value"),
+])
+def test_sim_reach_flags_are_refused_by_name(capsys, flag, needle):
+    from robot_adapters.factory import make_robot
+
+    with pytest.raises(SystemExit) as exc:
+        make_robot(["--robot.type=sim_reach", flag])
+    assert exc.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_sim_reach_settings_are_checked_when_built_directly():
+    from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
+
+    for field, value in (("episodes", 0), ("episodes", True), ("seed", -1), ("task_color", "purple"),
+                         ("action_bound", float("nan")), ("action_bound", 0.0)):
+        with pytest.raises(ValueError, match=f"sim_reach: {field}"):
+            SimReachRobot(SimReachSettings(**{field: value}))
+    assert SimReachRobot(SimReachSettings(task_color=None, action_bound=0.08)).success_rate == 0.0
