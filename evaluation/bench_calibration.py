@@ -51,7 +51,10 @@ def auroc(negatives: Sequence[float], positives: Sequence[float]) -> float | Non
 def label(plan_tick: int, tick: int, changes: Sequence[Any]) -> str:
     """What changed since the plan made at `plan_tick`, as seen at `tick`: a change that started after the plan,
     or a lasting one (a move, a noise burst) still acting at planning time (its end changes the image again)."""
-    since = [c for c in changes if c.tick <= tick and (c.tick > plan_tick or (c.duration > 1 and c.end >= plan_tick))]
+    # a goal move's last step is at its end tick (a plan made then saw the final goal); an irrelevant lasting
+    # change ending at the planning tick still changes the image back at end + 1
+    since = [c for c in changes if c.tick <= tick and (c.tick > plan_tick or (
+        c.duration > 1 and (c.end > plan_tick if c.relevant else c.end >= plan_tick)))]
     if any(c.relevant for c in since):
         return "relevant"
     return "irrelevant" if since else "quiet"

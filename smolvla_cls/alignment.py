@@ -133,10 +133,12 @@ def alignment_metrics(obs: np.ndarray, act: np.ndarray) -> dict[str, Any]:
         raise ValueError(f"alignment_metrics: need >= 2 pairs of equal count (got {obs.shape}, {act.shape})")
     zo, za = _normalise(obs.astype(np.float64)), _normalise(act.astype(np.float64))
     sim = zo @ za.T
-    ranks_o2a = (sim > np.diag(sim)[:, None]).sum(axis=1)  # 0 = matched chunk is the best candidate
-    ranks_a2o = (sim.T > np.diag(sim)[:, None]).sum(axis=1)
-    k5 = min(5, b)
     off = ~np.eye(b, dtype=bool)
+    # rank 0 = the matched item beats every other candidate; a tie counts against it (collapsed embeddings
+    # must score chance or worse, never a perfect top-1)
+    ranks_o2a = ((sim >= np.diag(sim)[:, None]) & off).sum(axis=1)
+    ranks_a2o = ((sim.T >= np.diag(sim)[:, None]) & off).sum(axis=1)
+    k5 = min(5, b)
     std_o, std_a = zo.std(axis=0), za.std(axis=0)
     return {
         "n_pairs": b,
@@ -168,7 +170,8 @@ def nearest_top1(queries: np.ndarray, gallery: np.ndarray) -> float:
     if q.shape != g.shape or len(q) < 2:
         raise ValueError(f"nearest_top1: need >= 2 equal-shaped pairs (got {queries.shape}, {gallery.shape})")
     d = (q * q).sum(1)[:, None] - 2 * q @ g.T + (g * g).sum(1)[None]
-    return float((d.argmin(axis=1) == np.arange(len(q))).mean())
+    others = np.where(np.eye(len(q), dtype=bool), np.inf, d).min(axis=1)
+    return float((np.diag(d) < others).mean())  # a tie with another item is not a hit
 
 
 def plan_retrieval_ceiling(torch_policy, heldout: HeldOut, act_gt: np.ndarray | None = None,

@@ -52,3 +52,18 @@ def test_sampled_retrieval_mean_of_draws_beats_one_draw():
     assert "samples" not in sampled_retrieval(gt[:, None], gt)
     with pytest.raises(ValueError, match="do not match"):
         sampled_retrieval(gt[:, None, :3], gt)
+
+
+@pytest.mark.parametrize("clusters", [1, 4])
+def test_collapsed_embeddings_never_score_ties_as_hits(clusters):
+    """An act-CLS collapsed onto a few points ties with every pair in its cluster: no hit, whatever the order."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(clusters, 16))
+    x = centres[np.arange(64) % clusters]
+    m = alignment_metrics(x, x)
+    assert m["retrieval_top1"] == 0.0 and m["retrieval_top1_act_to_obs"] == 0.0
+    assert m["retrieval_top5"] == (1.0 if 64 // clusters <= 5 else 0.0)
+    assert nearest_top1(x, x) == 0.0
+    y = rng.normal(size=(64, 16))
+    y[1] = y[0]  # one duplicated gallery item: its two queries lose their hit, the others keep theirs
+    assert nearest_top1(y, y) == pytest.approx(62 / 64)

@@ -78,6 +78,15 @@ def test_calibration_labels():
     assert label(12, 15, [jump]) == "quiet"  # the plan already saw the jump
     assert label(6, 7, [burst]) == "irrelevant"  # planned during the burst: its end changes the image again
     assert label(9, 12, [burst]) == "quiet"
+    assert label(8, 9, [burst]) == "irrelevant"  # planned on the burst's last tick: the image changes back at 9
+
+
+def test_a_plan_made_at_a_moves_last_step_saw_its_final_goal():
+    move = Change(15, "move", duration=6, speed=0.01)  # goal positions at ticks 15..20
+    assert move.end == 20
+    assert label(19, 23, [move]) == "relevant"  # the step at 20 came after the plan
+    assert label(20, 23, [move]) == label(21, 30, [move]) == "quiet"  # the plan saw the final position
+    assert label(10, 15, [move]) == "relevant"
 
 
 @settings(max_examples=60, deadline=None)
