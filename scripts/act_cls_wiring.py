@@ -7,7 +7,8 @@ Per checkpoint (its `act_cls_wiring` decides how act-CLS is computed, exactly as
 - alignment (smolvla_cls.alignment): retrieval top-1 obs -> act, AUROC matched vs mismatched, effective rank,
   and the retrieval ceiling: top-1 of the policy's own sampled chunk among the ground-truth chunks;
 - consistency calibration (export.graphs.gate_calibration, what the export writes into the manifest): AUROC of
-  the consistency distance, "plan still valid" vs "target moved", and of the drift distance for reference;
+  the consistency distance, "plan still valid" vs "target moved", and of the drift distance for reference, on
+  the policy's own plans (the manifest's rule) and, in brackets, on the scripted expert's (the earlier rule);
 - obs-CLS drift (`--drift N`, N perturbed held-out episodes): the runtime's cosine distance of obs-CLS between
   the frame before and the frame after the target jump (relevant), and between the frame before the jump and
   the same frame under a brightness / colour / noise-burst change (irrelevant: simtask/image_changes.py, the
@@ -96,9 +97,14 @@ def consistency_calibration(checkpoint: Path, episodes: int) -> dict:
     cfg = loaded.policy.config
     norm = Normalizer(loaded.stats, "observation.state", cfg.max_state_dim, cfg.max_action_dim)
     _, tokenize = _tokenizer_fn(Path(cfg.vlm_model_name), cfg.tokenizer_max_length)
-    gate = calibrate_on_simtask(loaded.policy.model.eval(), norm.state, norm.action, tokenize, episodes, progress=False)
-    return {metric: {k: gate[metric][k] for k in ("auroc", "n_unchanged", "n_changed", "default_threshold")}
-            for metric in ("consistency", "drift")}
+    out = {}
+    for plans in ("policy", "expert"):  # policy: what the manifest gets; expert: the earlier rule, for comparison
+        gate = calibrate_on_simtask(loaded.policy.model.eval(), norm.state, norm.action, tokenize, episodes,
+                                    progress=False, plans=plans, unnormalize_action=norm.action_raw)
+        for metric in ("consistency", "drift"):
+            key = metric if plans == "policy" else f"{metric}_expert_plans"
+            out[key] = {k: gate[metric][k] for k in ("auroc", "n_unchanged", "n_changed", "default_threshold")}
+    return out
 
 
 def measure(label: str, checkpoint: Path, episodes: int, calib_episodes: int, drift_episodes: int = 0,
@@ -129,7 +135,7 @@ def format_row(r: dict) -> str:
     auc = lambda m: "n/a" if m not in cal or cal[m]["auroc"] is None else f"{cal[m]['auroc']:.3f}"
     return (f"| {r['label']} ({r['act_cls_wiring']}) | {r['act_change_plan']:.4f} / {r['act_change_obs']:.4f} = "
             f"{r['ratio_plan_over_obs']:.2f}x | {r['retrieval_top1']:.3f} | {r['ceiling']['policy_chunk_top1']:.3f} | "
-            f"{auc('consistency')} | {auc('drift')} | "
+            f"{auc('consistency')} ({auc('consistency_expert_plans')}) | {auc('drift')} ({auc('drift_expert_plans')}) | "
             f"{r['act_effective_rank']:.1f} / {r['obs_effective_rank']:.1f} of {r['dims']} |")
 
 

@@ -10,11 +10,15 @@ Distances are the runtime's: mean over CLS tokens, L2-normalise, cosine distance
                (remaining actions shifted to the front, tail repeating the last one)
 - jump:        d(obs-CLS at tick t − 1, obs-CLS at t): the per-tick `jump` gate's lag-1 distance; "changed"
                = the target jump becomes visible at t (`step_pairs`; horizon 2: pairs one tick apart)
-"unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The plan made at t0 is
-what the noise-free expert does from t0 *knowing only the world at t0*: before a jump, the same scene rolled
-out without the jump (identical up to the jump tick); the executed actions themselves would already turn
-towards the new target after it, so a plan-only act-CLS would see the jump through its own plan. The default threshold
-is the 95th percentile of the unchanged distances (≈ 5 % spurious resamples when nothing happened).
+"unchanged" pairs have no target jump in (t0, t0 + k]; "changed" pairs have one. The plans are the policy's
+own (`plans="policy"`, what the export writes): the model drives the simulator, sampling a chunk with its main
+expert (the runtime's Euler loop) every H ticks and executing it open-loop — the plans, trajectories and
+distances the runtime's gate meets on the robot. The default threshold is the 95th percentile of the unchanged
+distances (≈ 5 % spurious resamples when nothing happened). `plans="expert"` is the earlier rule: the
+noise-free scripted expert's rollout, the plan made at t0 being what the expert does from t0 knowing only the
+world at t0 (before a jump, the same scene rolled out without it). Its quiet distances are smaller than the
+policy's — the expert's plan is exact, the policy's is a sample — so its p95 fired on about 22 % of the
+runtime's quiet ticks (consistency 0.81 vs 1.30, jump 0.10 vs 0.61 on the default model).
 
 Horizon H: pairs are at most H − 1 ticks apart (0 < k < H), with planning ticks H apart. The gate compares
 against a plan only while that plan runs: n_action_steps ticks in the synchronous runtime (the default H),
@@ -32,7 +36,7 @@ import math
 import numpy as np
 import torch
 
-from export.graphs.graph_wrappers import DeltaExpertGraph, PlanEncoderGraph, PrefixGraph
+from export.graphs.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PlanEncoderGraph, PrefixGraph
 from runtime.default_gate import capped, check_default_gate_fits, default_gate_parts
 from runtime.gate import cosine_distance as unit_cosine_distance
 from runtime.gate import embed
@@ -124,17 +128,30 @@ def _rollout(task_cfg, seed: int, perturb: bool) -> tuple[list[dict], list[np.nd
     return frames, actions, env.perturb_tick
 
 
+PLAN_SOURCES = ("policy", "expert")
+
+
 @torch.no_grad()
 def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_episodes: int = 24,
-                         seed: int = 4242, progress: bool = True, horizon: int | None = None) -> dict:
-    """Run the PyTorch graphs (same code as the ONNX ones) on expert rollouts and summarise distances over
-    pairs less than `horizon` ticks apart (default n_action_steps; see the module docstring)."""
+                         seed: int = 4242, progress: bool = True, horizon: int | None = None,
+                         plans: str = "policy", unnormalize_action=None) -> dict:
+    """Run the PyTorch graphs (same code as the ONNX ones) on simtask rollouts and summarise distances over
+    pairs less than `horizon` ticks apart (default n_action_steps; see the module docstring).
+
+    `plans="policy"` (the default, what the manifest gets): the model drives — every `horizon` ticks it samples
+    a chunk (its own main expert, the runtime's Euler loop) and executes it open-loop, so the distances are
+    those the runtime sees on its own plans and trajectories (needs `unnormalize_action`). `"expert"`: the
+    noise-free scripted expert's plans and rollouts (the earlier rule: its quiet distances are smaller than
+    the policy's, so its p95 fired on ~22 % of the runtime's quiet ticks)."""
     from simtask import TaskConfig
 
+    if plans not in PLAN_SOURCES:
+        raise ValueError(f"plans must be one of {PLAN_SOURCES}, got {plans!r}")
+    if plans == "policy" and unnormalize_action is None:
+        raise ValueError("plans='policy' needs unnormalize_action (the model's chunk drives the simulator)")
     cfg = model.config
     horizon = check_horizon(horizon, cfg.n_action_steps)
-    prefix, delta = PrefixGraph(model).eval(), DeltaExpertGraph(model).eval()
-    plan_encoder = PlanEncoderGraph(model).eval() if cfg.act_cls_wiring == "plan_only" else None
+    graphs = _Graphs(model)
     h, w = cfg.resize_imgs_with_padding
     task_cfg = TaskConfig(image_size=h)
     if h != w:
@@ -146,45 +163,101 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="gate calibration", unit="ep")
+        iterator = tqdm(iterator, desc=f"gate calibration ({plans} plans)", unit="ep")
     for ep in iterator:
-        frames, actions, jump = _rollout(task_cfg, seed + ep, perturb=(ep % 2 == 0))
-        planned = actions if jump is None else _rollout(task_cfg, seed + ep, perturb=False)[1]
-        # the no-jump episode ends at its target, where the expert holds still (zero displacement)
-        planned = list(planned) + [np.zeros_like(actions[0])] * max(0, len(actions) - len(planned))
-        tokens, mask = tokenize(frames[0]["task"])
-        outs = []
-        for o in frames:
-            img = torch.from_numpy(o["observation.images.top"]).permute(2, 0, 1).float()[None, None] / 255.0
-            state = torch.from_numpy(normalize_state(o["observation.state"]))[None]
-            outs.append(prefix(img, tokens, mask, state))
+        if plans == "policy":
+            outs, chunks, jump = _policy_rollout(graphs, task_cfg, seed + ep, ep % 2 == 0, horizon, normalize_state,
+                                                 unnormalize_action, tokenize)
+        else:
+            outs, chunks, jump = _expert_plans(graphs, task_cfg, seed + ep, ep % 2 == 0, horizon, normalize_state,
+                                               normalize_action, tokenize)
         jumps += step_pairs([o[3].numpy() for o in outs], jump)
-        acts = normalize_action(np.asarray(actions, dtype=np.float32))
-        before_jump = normalize_action(np.asarray(planned, dtype=np.float32))
-        t_len = cfg.chunk_size
-        for t0 in range(0, len(frames) - 1, horizon):
-            source = before_jump if jump is not None and t0 < jump else acts
-            plan = source[t0:t0 + t_len]
-            plan = np.concatenate([plan, np.repeat(plan[-1:], t_len - len(plan), axis=0)], axis=0)
-            chunk = np.zeros((t_len, cfg.max_action_dim), dtype=np.float32)
-            chunk[:, : acts.shape[1]] = plan
-            for k in range(1, min(horizon, len(frames) - t0)):  # horizon <= n_action_steps: a plan is queued
+        for t0, chunk in chunks.items():
+            for k in range(1, min(horizon, len(outs) - t0)):  # horizon <= n_action_steps: a plan is queued
                 changed = jump is not None and t0 < jump <= t0 + k
                 k_, v_, pad_, obs_cls = outs[t0 + k]
                 drift.append((k, changed, cosine_distance(outs[t0][3].numpy(), obs_cls.numpy())))
-                if plan_encoder is not None:
-                    plan_in, valid = plan_encoder_inputs(chunk, k, cfg.n_action_steps)
-                    act_cls = plan_encoder(torch.from_numpy(plan_in), torch.from_numpy(valid))
-                else:
-                    _, act_cls = delta(torch.from_numpy(delta_inputs(chunk, k)), k_, v_, pad_)
+                act_cls = graphs.act_cls(chunk, k, k_, v_, pad_)
                 consistency.append((k, changed, cosine_distance(obs_cls.numpy(), act_cls.numpy())))
+    source = ("the policy's own closed-loop simtask rollouts (a sampled chunk executed open-loop every "
+              f"{horizon} ticks)" if plans == "policy" else "simtask scripted-expert rollouts and plans")
     return {"metric": "cosine_distance", "embedding": "mean over CLS tokens, L2-normalised",
-            "act_cls_wiring": cfg.act_cls_wiring,
-            "source": f"simtask scripted-expert rollouts, {n_episodes} episodes (half perturbed), seed {seed}, "
-                      f"pairs < {horizon} ticks apart",
+            "act_cls_wiring": cfg.act_cls_wiring, "plans": plans,
+            "source": f"{source}, {n_episodes} episodes (half perturbed), seed {seed}, pairs < {horizon} ticks apart",
             "drift": summarise_pairs(drift, horizon),
             "consistency": summarise_pairs(consistency, horizon),
             "jump": summarise_pairs(jumps, 2)}
+
+
+class _Graphs:
+    """The exported graphs' PyTorch modules, called as the runtime calls the ONNX ones."""
+
+    def __init__(self, model):
+        self.cfg = model.config
+        self.prefix, self.delta = PrefixGraph(model).eval(), DeltaExpertGraph(model).eval()
+        self.main = MainExpertGraph(model).eval()
+        self.plan_encoder = PlanEncoderGraph(model).eval() if self.cfg.act_cls_wiring == "plan_only" else None
+
+    def observe(self, obs: dict, tokens, mask, normalize_state) -> tuple:
+        img = torch.from_numpy(obs["observation.images.top"]).permute(2, 0, 1).float()[None, None] / 255.0
+        return self.prefix(img, tokens, mask, torch.from_numpy(normalize_state(obs["observation.state"]))[None])
+
+    def sample(self, prefix_out: tuple, generator: torch.Generator) -> np.ndarray:
+        """One chunk [T, max_action_dim] (normalised): the runtime's Euler loop from t = 1 to 0."""
+        k, v, pad, _ = prefix_out
+        x = torch.randn(1, self.cfg.chunk_size, self.cfg.max_action_dim, generator=generator)
+        dt = -1.0 / self.cfg.num_steps
+        for i in range(self.cfg.num_steps):
+            x = x + dt * self.main(x, torch.tensor([1.0 + i * dt]), k, v, pad)
+        return x[0].numpy()
+
+    def act_cls(self, chunk: np.ndarray, consumed: int, k, v, pad):
+        """act-CLS of `chunk` with `consumed` actions executed, as the runtime's consistency gate computes it."""
+        if self.plan_encoder is not None:
+            plan_in, valid = plan_encoder_inputs(chunk, consumed, self.cfg.n_action_steps)
+            return self.plan_encoder(torch.from_numpy(plan_in), torch.from_numpy(valid))
+        return self.delta(torch.from_numpy(delta_inputs(chunk, consumed)), k, v, pad)[1]
+
+
+def _policy_rollout(graphs: _Graphs, task_cfg, seed: int, perturb: bool, horizon: int, normalize_state,
+                    unnormalize_action, tokenize) -> tuple[list, dict[int, np.ndarray], int | None]:
+    """(prefix outputs per frame, {planning tick: normalised chunk}, jump tick) of one episode the model drives."""
+    from simtask import ReachEnv
+
+    env = ReachEnv(task_cfg)
+    obs = env.reset(seed=seed, perturb=perturb)
+    tokens, mask = tokenize(obs["task"])
+    gen = torch.Generator().manual_seed(seed)
+    outs, chunks, t = [], {}, 0
+    while True:
+        outs.append(graphs.observe(obs, tokens, mask, normalize_state))
+        if t % horizon == 0:
+            chunks[t] = graphs.sample(outs[-1], gen)
+        row = chunks[t - t % horizon][t % horizon]
+        obs, done, _ = env.step(unnormalize_action(row))  # the simulator clips the step as the robot would
+        t += 1
+        if done or t >= task_cfg.max_steps:
+            return outs, chunks, env.perturb_tick
+
+
+def _expert_plans(graphs: _Graphs, task_cfg, seed: int, perturb: bool, horizon: int, normalize_state,
+                  normalize_action, tokenize) -> tuple[list, dict[int, np.ndarray], int | None]:
+    """The earlier rule: the noise-free expert's rollout; the plan made at t0 is what the expert does from t0
+    knowing only the world at t0 (before a jump: the same scene rolled out without it, holding at its target)."""
+    frames, actions, jump = _rollout(task_cfg, seed, perturb=perturb)
+    planned = actions if jump is None else _rollout(task_cfg, seed, perturb=False)[1]
+    planned = list(planned) + [np.zeros_like(actions[0])] * max(0, len(actions) - len(planned))
+    tokens, mask = tokenize(frames[0]["task"])
+    outs = [graphs.observe(o, tokens, mask, normalize_state) for o in frames]
+    acts = normalize_action(np.asarray(actions, dtype=np.float32))
+    before_jump = normalize_action(np.asarray(planned, dtype=np.float32))
+    cfg, chunks = graphs.cfg, {}
+    for t0 in range(0, len(frames) - 1, horizon):
+        plan = (before_jump if jump is not None and t0 < jump else acts)[t0:t0 + cfg.chunk_size]
+        plan = np.concatenate([plan, np.repeat(plan[-1:], cfg.chunk_size - len(plan), axis=0)], axis=0)
+        chunks[t0] = np.zeros((cfg.chunk_size, cfg.max_action_dim), dtype=np.float32)
+        chunks[t0][:, : acts.shape[1]] = plan
+    return outs, chunks, jump
 
 
 AUTO_GATES = ("drift", "consistency")  # what `--default-gate auto` chooses between, by calibration AUROC

@@ -109,6 +109,12 @@ class Normalizer:
     def action(self, raw: np.ndarray) -> np.ndarray:
         return ((raw - self.action_mean) / (self.action_std + NORM_EPS)).astype(np.float32)
 
+    def action_raw(self, normalised: np.ndarray) -> np.ndarray:
+        """One normalised row [max_action_dim] → raw action [action_dim], as the runtime unnormalises (LeRobot:
+        with std alone, not std + eps)."""
+        n = len(self.action_mean)
+        return (np.asarray(normalised)[..., :n] * self.action_std + self.action_mean).astype(np.float32)
+
 
 def _tokenizer_fn(vlm_dir: Path, max_length: int):
     from transformers import AutoTokenizer
@@ -250,7 +256,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
             norm = Normalizer(loaded.stats, "observation.state", loaded.policy.config.max_state_dim,
                               loaded.policy.config.max_action_dim)
             gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress,
-                                        horizon=gate_horizon)
+                                        horizon=gate_horizon, unnormalize_action=norm.action_raw)
         else:
             gate = uncalibrated(model)
         try:

@@ -1,0 +1,113 @@
+"""The export's gate calibration measures what the runtime will see: the policy's own sampled chunks, executed
+open-loop along the policy's own trajectory (`plans="policy"`, the default), not the scripted expert's plans —
+whose quiet distances are smaller, so their p95 fired on ~22 % of the runtime's quiet ticks (review of #20)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from export.graphs.gate_calibration import _Graphs, calibrate_on_simtask
+from export.graphs.onnx_export import Normalizer
+from simtask.reach_env import ReachEnv
+from tests.test_export import _loaded
+
+HORIZON = 4
+
+
+def _tokenize(text: str):
+    return torch.full((1, 8), 7, dtype=torch.long), torch.ones(1, 8, dtype=torch.bool)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    loaded = _loaded()
+    cfg = loaded.policy.config
+    return loaded, Normalizer(loaded.stats, "observation.state", cfg.max_state_dim, cfg.max_action_dim)
+
+
+def test_policy_calibration_executes_its_own_sampled_chunks(setup, monkeypatch):
+    loaded, norm = setup
+    sampled: list[np.ndarray] = []
+    events: list[np.ndarray | None] = []  # None: an episode starts; else the action sent to the simulator
+    sample, step, reset = _Graphs.sample, ReachEnv.step, ReachEnv.reset
+
+    def spy_sample(self, prefix_out, generator):
+        sampled.append(sample(self, prefix_out, generator))
+        return sampled[-1]
+
+    def spy_step(self, action):
+        events.append(np.asarray(action, dtype=np.float64))
+        return step(self, action)
+
+    def spy_reset(self, *args, **kwargs):
+        events.append(None)
+        return reset(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Graphs, "sample", spy_sample)
+    monkeypatch.setattr(ReachEnv, "step", spy_step)
+    monkeypatch.setattr(ReachEnv, "reset", spy_reset)
+    g = calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, n_episodes=2, progress=False,
+                             horizon=HORIZON, unnormalize_action=norm.action_raw)
+    assert g["plans"] == "policy" and "policy's own" in g["source"]
+    # every executed action is a row of the chunk sampled at the episode's last multiple of H, unnormalised as
+    # the runtime unnormalises; a new chunk exactly every H ticks
+    chunk_i, t, steps = -1, 0, 0
+    for e in events:
+        if e is None:
+            t = 0
+            continue
+        if t % HORIZON == 0:
+            chunk_i += 1
+        np.testing.assert_allclose(e, sampled[chunk_i][t % HORIZON, :2] * norm.action_std + norm.action_mean,
+                                   rtol=1e-5, atol=1e-7)
+        t, steps = t + 1, steps + 1
+    assert chunk_i + 1 == len(sampled) and steps >= 2 * HORIZON
+    for metric in ("drift", "consistency"):
+        assert g[metric]["n_unchanged"] + g[metric]["n_changed"] > 0
+        assert g[metric]["default_threshold"] == pytest.approx(g[metric]["stats"]["p95"])
+
+
+def test_sampling_is_the_runtimes_euler_loop(setup):
+    """Same noise, same graphs: `_Graphs.sample` equals the runtime backend's `denoise` on the PyTorch velocity."""
+    from runtime.backend import Backend
+
+    loaded, _ = setup
+    graphs = _Graphs(loaded.policy.model)
+    cfg = loaded.policy.config
+    with torch.no_grad():
+        out = graphs.prefix(torch.rand(1, 1, 3, *cfg.resize_imgs_with_padding), *_tokenize(""),
+                            torch.zeros(1, cfg.max_state_dim))
+        mine = graphs.sample(out, torch.Generator().manual_seed(3))
+    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(3)).numpy()
+
+    class TorchVelocity(Backend):
+        run_prefix = run_delta_expert = None
+
+        def run_main_expert(self, x, t, prefix):
+            with torch.no_grad():
+                return graphs.main(torch.from_numpy(x), torch.tensor([t], dtype=torch.float32), *out[:3]).numpy()
+
+    theirs = Backend.denoise(TorchVelocity(), noise, cfg.num_steps, None)
+    np.testing.assert_allclose(mine, theirs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_plan_source_and_its_needs_are_checked(setup):
+    loaded, norm = setup
+    with pytest.raises(ValueError, match="plans must be one of"):
+        calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 1, progress=False, plans="oracle")
+    with pytest.raises(ValueError, match="unnormalize_action"):
+        calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 1, progress=False)
+    expert = calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 2, progress=False,
+                                  plans="expert", horizon=HORIZON)
+    assert expert["plans"] == "expert" and "scripted-expert" in expert["source"]
+
+
+def test_action_raw_inverts_the_runtime_normalisation(setup):
+    _, norm = setup
+    raw = np.array([0.03, -0.02])
+    row = np.zeros(norm.max_action, dtype=np.float32)
+    row[:2] = (raw - norm.action_mean) / norm.action_std
+    np.testing.assert_allclose(norm.action_raw(row), raw, rtol=1e-5)
+    np.testing.assert_allclose(norm.action_raw(np.stack([row, row])), np.stack([raw, raw]), rtol=1e-5)
