@@ -60,7 +60,7 @@ def direct(artifacts: str | Path, episodes: int, *, seed: int = 0, gate: str = "
         if interface.state_names is None:  # an export without a robot section: the sim robot's names
             interface = dataclasses.replace(interface, state_names=STATE_NAMES, action_names=ACTION_NAMES)
         run_robot(robot, SyncSource(policy, interface), interface, policy.guard.stop_action, fps=1e6,
-                  should_stop=robot.finished.is_set)
+                  should_stop=robot.finished.is_set, bounds=policy.manifest.action_bounds)
         return robot, policy.counters.as_dict()
 
 
