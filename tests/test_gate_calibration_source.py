@@ -97,11 +97,26 @@ def test_plan_source_and_its_needs_are_checked(setup):
     loaded, norm = setup
     with pytest.raises(ValueError, match="plans must be one of"):
         calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 1, progress=False, plans="oracle")
-    with pytest.raises(ValueError, match="unnormalize_action"):
-        calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 1, progress=False)
+    with pytest.raises(ValueError, match="unnormalize_action"):  # a normaliser that cannot be inverted
+        calibrate_on_simtask(loaded.policy.model, norm.state, lambda a: np.tanh(a), _tokenize, 1, progress=False)
     expert = calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 2, progress=False,
                                   plans="expert", horizon=HORIZON)
     assert expert["plans"] == "expert" and "scripted-expert" in expert["source"]
+
+
+def test_without_unnormalize_the_affine_inverse_of_the_normaliser_is_used(setup):
+    from export.graphs.gate_calibration import affine_inverse
+
+    loaded, norm = setup
+    inverse = affine_inverse(norm.action, 2)
+    row = np.zeros(norm.max_action, dtype=np.float32)
+    row[:2] = [0.5, -1.5]
+    np.testing.assert_allclose(inverse(row), norm.action_raw(row), rtol=1e-6)
+    a = calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 2, progress=False,
+                             horizon=HORIZON)
+    b = calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 2, progress=False,
+                             horizon=HORIZON, unnormalize_action=norm.action_raw)
+    assert a["consistency"]["stats"] == pytest.approx(b["consistency"]["stats"], rel=1e-4)
 
 
 def test_action_raw_inverts_the_runtime_normalisation(setup):

@@ -140,16 +140,17 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
 
     `plans="policy"` (the default, what the manifest gets): the model drives — every `horizon` ticks it samples
     a chunk (its own main expert, the runtime's Euler loop) and executes it open-loop, so the distances are
-    those the runtime sees on its own plans and trajectories (needs `unnormalize_action`). `"expert"`: the
+    those the runtime sees on its own plans and trajectories. `"expert"`: the
     noise-free scripted expert's plans and rollouts (the earlier rule: its quiet distances are smaller than
-    the policy's, so its p95 fired on ~22 % of the runtime's quiet ticks)."""
+    the policy's, so its p95 fired on ~22 % of the runtime's quiet ticks). Without `unnormalize_action` the
+    inverse of `normalize_action` is used (`affine_inverse`)."""
     from simtask import TaskConfig
 
     if plans not in PLAN_SOURCES:
         raise ValueError(f"plans must be one of {PLAN_SOURCES}, got {plans!r}")
-    if plans == "policy" and unnormalize_action is None:
-        raise ValueError("plans='policy' needs unnormalize_action (the model's chunk drives the simulator)")
     cfg = model.config
+    if plans == "policy" and unnormalize_action is None:
+        unnormalize_action = affine_inverse(normalize_action, cfg.action_feature.shape[0])
     horizon = check_horizon(horizon, cfg.n_action_steps)
     graphs = _Graphs(model)
     h, w = cfg.resize_imgs_with_padding
@@ -187,6 +188,19 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
             "drift": summarise_pairs(drift, horizon),
             "consistency": summarise_pairs(consistency, horizon),
             "jump": summarise_pairs(jumps, 2)}
+
+
+def affine_inverse(normalize_action, action_dim: int):
+    """The inverse of an affine per-dimension normaliser (LeRobot's MEAN_STD / MIN_MAX), found by probing it at
+    0, 1 and 2; refused (ValueError) when it is not affine or not invertible — pass `unnormalize_action` then."""
+    probe = [np.asarray(normalize_action(np.full(action_dim, v, dtype=np.float32)), np.float64).reshape(-1)
+             for v in (0.0, 1.0, 2.0)]
+    offset, scale = probe[0], probe[1] - probe[0]
+    if probe[0].shape != (action_dim,) or np.any(np.abs(scale) < 1e-12) or \
+            not np.allclose(probe[2], offset + 2 * scale, rtol=1e-5, atol=1e-6):
+        raise ValueError("gate calibration: normalize_action is not an invertible per-dimension affine map; "
+                         "pass unnormalize_action (normalised row -> raw action)")
+    return lambda row: ((np.asarray(row, np.float64)[..., :action_dim] - offset) / scale).astype(np.float32)
 
 
 class _Graphs:
