@@ -21,6 +21,7 @@ from simtask.seeding import episode_seeds
 STATE_NAMES = ("x", "y")  # the dataset's names (smolvla_cls/dataset_recording.py)
 ACTION_NAMES = ("dx", "dy")
 CAMERA = "top"  # observation.images.top
+MAX_EPISODES = 1_000_000  # the seed list is built up front
 
 
 @dataclass
@@ -39,8 +40,8 @@ class SimReachSettings:
 def check_settings(config: Any, colors: tuple[str, ...]) -> None:
     """Refuse settings the simulated robot cannot run, naming the field (not a failure at the first episode)."""
     episodes = getattr(config, "episodes", None)
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"sim_reach: episodes must be an integer >= 1, got {episodes!r}")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or not 1 <= episodes <= MAX_EPISODES:
+        raise ValueError(f"sim_reach: episodes must be an integer in [1, {MAX_EPISODES}], got {episodes!r}")
     seed = getattr(config, "seed", None)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"sim_reach: seed must be an integer >= 0, got {seed!r}")

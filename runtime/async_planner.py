@@ -160,4 +160,4 @@ class AsyncChunkPlanner:
         if not len(refined):
             return None  # the tick consumed the last row: nothing refined is left to run
         rows = np.concatenate([executing[: delay + 1], refined]).astype(np.float32)
-        return TimedChunk(tick, rows, next(self._ids))
+        return TimedChunk(tick, rows, next(self._ids), continues=True)

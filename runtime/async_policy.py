@@ -183,8 +183,9 @@ class AsyncEdgePolicy:
                 self._job(observation, tick)
             except Exception as exc:  # noqa: BLE001 — the worker must outlive any single job (incl. a dict
                 # mutated after submit's check failing validation again)
-                self.last_error = exc
-                self.counters.worker_errors += 1
+                with self._cond:
+                    self.last_error = exc
+                    self.counters.worker_errors += 1
             finally:
                 with self._cond:
                     self._busy = False
@@ -194,14 +195,21 @@ class AsyncEdgePolicy:
         executing, ran = self.timeline.executing(tick)
         t0 = time.perf_counter()
         result = self.planner.plan(observation, tick, executing, ran, self.delay_ticks)
-        self.counters.jobs += 1
-        self.last_job = result.info
-        if result.info.fault is not None:
-            self.counters.faults += 1
+        with self._cond:  # one consistent report for the control thread (`job_report`)
+            self.last_job = result.info
+            self.counters.faults += result.info.fault is not None
+            self.counters.jobs += 1
         if result.chunk is None:
             return
         self.counters.resamples += result.info.resampled  # else the kept plan, refined
         self.timeline.install(result.chunk)
-        measured = self.timeline.next_tick - tick
-        job_ticks = math.ceil((time.perf_counter() - t0) * self.tick_hz)
-        self._delays = [*self._delays[-4:], max(measured, job_ticks)]
+        if result.info.resampled:  # the delay a fresh chunk takes; a refinement alone is faster
+            measured = self.timeline.next_tick - tick
+            job_ticks = math.ceil((time.perf_counter() - t0) * self.tick_hz)
+            self._delays = [*self._delays[-4:], max(measured, job_ticks)]
+
+    def job_report(self) -> tuple[int, int, int, object, BaseException | None]:
+        """(jobs, job faults, worker errors, last job's TickInfo, last worker exception), read together."""
+        with self._cond:
+            c = self.counters
+            return c.jobs, c.faults, c.worker_errors, self.last_job, self.last_error

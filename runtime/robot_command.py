@@ -56,6 +56,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
                    help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
+    p.add_argument("--fallback", choices=["auto", "hold", "stop"], default="auto",
+                   help="the action sent in place of a bad one: hold = the last safe action (position targets), "
+                        "stop = the manifest's stop action (displacements: no motion); auto = hold when every "
+                        "action name ends in .pos, else stop")
     p.add_argument("--max-stall-s", type=float, default=2.0,
                    help="after the first action: seconds in a row with no action ready (a hung or stalled "
                         "backend) before the safe stop; 0 turns the watchdog off")
@@ -75,6 +79,13 @@ def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
     if not math.isfinite(slew) or slew < 0:
         raise ValueError(f"--slew must be a finite number >= 0 (0 turns the limit off), got {slew!r}")
     return slew or None
+
+
+def fallback_mode(choice: str, action_names: tuple[str, ...]) -> str:
+    """--fallback auto: repeating the last action holds a position target but keeps a displacement moving."""
+    if choice != "auto":
+        return choice
+    return "hold" if action_names and all(n.endswith(".pos") for n in action_names) else "stop"
 
 
 def check_loop_arguments(args: argparse.Namespace) -> None:
@@ -102,6 +113,7 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     if iface.state_names is None:
         raise ValueError(f"{args.artifacts}: the manifest has no 'robot' section (motor names); re-export with "
                          "a LeRobotDataset (export --dataset-root) to drive a robot")
+    policy.guard.fallback_mode = fallback_mode(args.fallback, iface.action_names or ())
     robot = importlib.import_module(ADAPTERS).make_robot(robot_args)
     task = args.task if args.task is not None else getattr(robot, "task", None)
     if task is None:

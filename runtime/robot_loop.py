@@ -11,7 +11,8 @@ Nothing reaches the robot unvetted, whatever the source (`ActionSource` is a pub
 or wrong-sized action is not sent (a fault), a finite one outside the manifest's action bounds is clipped.
 When no action is ready the robot is sent nothing (position-controlled arms keep their target, displacement
 robots stand still) — never a repeat of the last action, which for displacement actions would keep moving.
-After the first action, `max_starved` such ticks in a row (a hung or stalled backend) end in the safe stop.
+`max_starved` such ticks in a row (a hung or stalled backend; before the first action STARTUP_GRACE times as
+many, for the first inference) end in the safe stop.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from runtime.robot_interface import RobotInterface
 
 log = logging.getLogger("runtime.robot")
 ON_STOP = ("stop", "hold")
+STARTUP_GRACE = 5  # before the first action the watchdog allows 5x max_starved (first inference, CUDA warm-up)
 
 
 @dataclass
@@ -93,16 +95,15 @@ class AsyncSource:
             # no plan row for this tick (before the first chunk, or the timeline ran dry): the robot holds where
             # it is — not the emitter's fallback, which repeats the last action (moving on, for displacements)
             action = None
-        c = ex.counters
-        seen, self._seen = self._seen, (c.jobs, c.faults, c.worker_errors)
+        jobs, faults, errors, job, error = ex.job_report()  # one consistent snapshot of the worker's results
+        seen, self._seen = self._seen, (jobs, faults, errors)
         fault = ""
-        if self._seen[2] > seen[2]:  # this report's own worker exception, never an older one
-            fault = str(ex.last_error) if ex.last_error is not None else ""
-        elif self._seen[1] > seen[1]:
-            fault = ex.last_job.fault if ex.last_job and ex.last_job.fault else ""
+        if errors > seen[2]:  # this report's own worker exception, never an older one
+            fault = str(error) if error is not None else ""
+        elif faults > seen[1]:
+            fault = job.fault if job is not None and job.fault else ""
         if self._seen[1:] != seen[1:]:
             fault = fault or "inference fault"
-        job = ex.last_job
         return SourceAction(action, job.gate_reason if job else "", bool(job and job.resampled),
                             job.total_ms if job else 0.0, fault=fault, news=self._seen != seen)
 
@@ -131,8 +132,8 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
               fps: float, max_ticks: int | None = None, max_faults: int = 3, on_stop: str = "stop",
               should_stop: Callable[[], bool] | None = None, on_tick: Callable[[int, SourceAction, float], None] | None = None,
               bounds: Bounds | None = None, max_starved: int | None = None) -> LoopReport:
-    """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C, `max_faults` consecutive faults or (after
-    the first action) `max_starved` consecutive ticks without an action.
+    """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C, `max_faults` consecutive faults or
+    `max_starved` consecutive ticks without an action (STARTUP_GRACE times as many before the first one).
 
     Connects the robot if needed and always disconnects it; the safe stop (stop action once, or hold)
     runs on every exit except a normal end of `max_ticks`/`should_stop`. `bounds`: the manifest's action
@@ -185,7 +186,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     rep = LoopReport()
     consecutive = 0  # robot I/O or source exceptions in a row
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
-    starved_run, sent_any = 0, False  # ticks in a row with nothing to send, after the first action
+    starved_run, sent_any = 0, False  # ticks in a row with nothing to send; whether anything was sent yet
     start = last = time.perf_counter()
     try:
         while (max_ticks is None or rep.ticks < max_ticks) and not (should_stop and should_stop()):
@@ -196,9 +197,11 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 action, why = (None, "") if sa.action is None else vet(sa.action)
                 if sa.action is None:  # nothing ready: the robot holds; neither a fault nor a recovery
                     rep.starved += 1
-                    starved_run += sent_any
-                    if max_starved is not None and starved_run >= max_starved:
-                        rep.stop_reason = f"no action for {starved_run} ticks in a row (inference stalled?)"
+                    starved_run += 1
+                    limit = None if max_starved is None else max_starved * (1 if sent_any else STARTUP_GRACE)
+                    if limit is not None and starved_run >= limit:
+                        rep.stop_reason = (f"no action for {starved_run} ticks in a row "
+                                           f"({'inference stalled?' if sent_any else 'the first plan never came'})")
                         break
                 elif action is None:  # the source's action failed the last check: a fault, nothing sent
                     raise UnsentAction(why)

@@ -45,6 +45,9 @@ class TimedChunk:
     planned_tick: int
     actions: np.ndarray
     chunk_id: int
+    # the executing plan itself, refined (not a new plan): pinned to its own ticks in every mode, and not a
+    # fresh chunk for the emitter (no skipped rows, the re-anchoring residual and the slew scale carry on)
+    continues: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,15 +101,16 @@ class ActionTimeline:
         """Make `chunk` the executing plan from the next untaken tick on; False when it is entirely stale."""
         with self._lock:
             now = self._last_tick + 1
-            base = chunk.planned_tick if self.align else now
+            base = chunk.planned_tick if self.align or chunk.continues else now
             first = now - base
             if first >= len(chunk.actions):
                 self.counters.stale_chunks += 1
                 return False
             self._actions, self._base, self._chunk_id = chunk.actions, base, chunk.chunk_id
-            self._fresh = True
             self.counters.chunks_installed += 1
-            self.counters.skipped_actions += max(first, 0)
+            if not chunk.continues:  # a continuation's elapsed rows ran from the plan it refines: none skipped
+                self._fresh = True
+                self.counters.skipped_actions += max(first, 0)
             return True
 
     def take(self, tick: int) -> TimelineTick:

@@ -339,3 +339,18 @@ def test_seam_steps_split_boundaries_from_within_chunk_steps():
     ids = np.array([0, 0, 0, 1, 1, -1])
     seam, within = seam_steps(actions, ids)
     assert seam.tolist() == [4.0] and sorted(within.tolist()) == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_a_continuation_runs_on_its_own_ticks_in_both_modes(align):
+    """A refined plan (`continues=True`) replaces the executing rows tick for tick: nothing replayed, nothing
+    skipped or counted skipped, whether or not fresh chunks are aligned."""
+    tl = ActionTimeline(align=align)
+    first = np.arange(10, dtype=np.float32)[:, None]
+    tl.install(TimedChunk(0, first, 0))
+    rows = [tl.take(t).row[0] for t in range(4)]
+    refined = first + 100.0
+    assert tl.install(TimedChunk(2, refined[2:], 1, continues=True))  # pinned to tick 2; ticks 2, 3 ran
+    rows += [tl.take(t).row[0] for t in range(4, 7)]
+    assert rows == [0, 1, 2, 3, 104, 105, 106]
+    assert tl.counters.skipped_actions == 0 and tl.take(7).skipped is None

@@ -293,6 +293,7 @@ def test_async_fault_reports_name_their_own_cause():
     fake = SimpleNamespace(counters=counters, last_error=None, last_job=None,
                            emitter=SimpleNamespace(last=None), submit=lambda obs, tick: None,
                            action_for_tick=lambda tick: np.zeros(2, np.float32), close=lambda: None)
+    fake.job_report = lambda: (counters.jobs, counters.faults, counters.worker_errors, fake.last_job, fake.last_error)
     source.executor = fake
     robot.connect()
     obs = robot.get_observation()
@@ -305,3 +306,14 @@ def test_async_fault_reports_name_their_own_cause():
     counters.jobs = 3
     fake.last_job = SimpleNamespace(fault=None, gate_reason="always", resampled=True, total_ms=1.0)
     assert source.next_action(2, obs).fault == "" and source.next_action(3, obs).action is None  # no row: nothing sent
+
+
+def test_a_backend_that_never_delivers_the_first_plan_ends_in_the_safe_stop():
+    """Before the first action the watchdog waits STARTUP_GRACE x max_starved ticks (first inference), not forever."""
+    from runtime.robot_loop import STARTUP_GRACE
+
+    policy, _, robot, iface = make()
+    rep = run_robot(robot, ScriptedSource([None]), iface, policy.guard.stop_action, fps=1000, max_ticks=10_000,
+                    max_starved=4, on_stop="hold")
+    assert rep.starved == 4 * STARTUP_GRACE and "first plan never came" in rep.stop_reason
+    assert robot.sent == [] and rep.stops_sent == 0

@@ -123,7 +123,8 @@ def test_runtime_robot_loop_flags_are_refused_by_name(capsys, flags, needle):
 
 
 @pytest.mark.parametrize("flag, needle", [
-    ("--robot.episodes=0", "--robot.episodes must be an integer >= 1"), ("--robot.seed=-3", "--robot.seed"),
+    ("--robot.episodes=0", "--robot.episodes must be an integer in [1, 1000000]"),
+    ("--robot.episodes=100000000000", "--robot.episodes must be an integer in"), ("--robot.seed=-3", "--robot.seed"),
     ("--robot.task_color=purple", "invalid choice: 'purple'"), ("--robot.perturb=maybe", "expected true/false"),
     ("--robot.episodes=two", "invalid int value"),
 ])
@@ -143,3 +144,13 @@ def test_sim_reach_settings_are_checked_when_built_directly():
         with pytest.raises(ValueError, match=f"sim_reach: {field}"):
             SimReachRobot(SimReachSettings(**{field: value}))
     assert SimReachRobot(SimReachSettings(task_color=None, action_bound=0.08)).success_rate == 0.0
+
+
+def test_fallback_auto_stops_displacements_and_holds_positions():
+    from runtime.robot_command import fallback_mode
+
+    assert fallback_mode("auto", ("dx", "dy")) == "stop"  # repeating a displacement keeps moving
+    assert fallback_mode("auto", ("shoulder_pan.pos", "gripper.pos")) == "hold"
+    assert fallback_mode("auto", ("shoulder_pan.pos", "base_dx")) == "stop"  # any displacement: stop
+    assert fallback_mode("auto", ()) == "stop"
+    assert fallback_mode("hold", ("dx",)) == "hold" and fallback_mode("stop", ("a.pos",)) == "stop"
