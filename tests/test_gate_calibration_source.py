@@ -119,10 +119,14 @@ def test_without_unnormalize_the_affine_inverse_of_the_normaliser_is_used(setup)
     assert a["consistency"]["stats"] == pytest.approx(b["consistency"]["stats"], rel=1e-4)
 
 
-def test_action_raw_inverts_the_runtime_normalisation(setup):
+def test_action_raw_is_the_runtimes_unnormalisation(setup):
+    """The calibration drives the simulator with the same raw actions the runtime would send (its own code)."""
+    from runtime.manifest import NormStats
+    from runtime.preprocess import ActionUnnormalizer
+
     _, norm = setup
-    raw = np.array([0.03, -0.02])
-    row = np.zeros(norm.max_action, dtype=np.float32)
-    row[:2] = (raw - norm.action_mean) / norm.action_std
-    np.testing.assert_allclose(norm.action_raw(row), raw, rtol=1e-5)
-    np.testing.assert_allclose(norm.action_raw(np.stack([row, row])), np.stack([raw, raw]), rtol=1e-5)
+    runtime = ActionUnnormalizer(NormStats("mean_std", np.asarray(norm.action_mean), np.asarray(norm.action_std),
+                                           None, None, 1e-8), 2)
+    rows = np.random.default_rng(0).normal(size=(5, norm.max_action)).astype(np.float32)
+    np.testing.assert_allclose(norm.action_raw(rows), runtime(rows), rtol=1e-6)
+    np.testing.assert_allclose(norm.action(norm.action_raw(rows)), rows[:, :2], rtol=1e-4, atol=1e-5)
