@@ -130,3 +130,16 @@ def test_action_raw_is_the_runtimes_unnormalisation(setup):
     rows = np.random.default_rng(0).normal(size=(5, norm.max_action)).astype(np.float32)
     np.testing.assert_allclose(norm.action_raw(rows), runtime(rows), rtol=1e-6)
     np.testing.assert_allclose(norm.action(norm.action_raw(rows)), rows[:, :2], rtol=1e-4, atol=1e-5)
+
+
+def test_policy_rollouts_clip_into_the_manifest_bounds_as_the_runtime_guard(setup, monkeypatch):
+    loaded, norm = setup
+    sent: list[np.ndarray] = []
+    step = ReachEnv.step
+    monkeypatch.setattr(ReachEnv, "step", lambda self, a: (sent.append(np.asarray(a)), step(self, a))[1])
+    low, high = np.array([-0.01, -0.02]), np.array([0.015, 0.01])  # tighter than the random model's actions
+    calibrate_on_simtask(loaded.policy.model, norm.state, norm.action, _tokenize, 1, progress=False,
+                         horizon=HORIZON, action_bounds=(low, high))
+    a = np.stack(sent)
+    assert np.all(a >= low - 1e-9) and np.all(a <= high + 1e-9)
+    assert np.any(np.isclose(a, low) | np.isclose(a, high))  # the bounds really cut something

@@ -134,7 +134,8 @@ PLAN_SOURCES = ("policy", "expert")
 @torch.no_grad()
 def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_episodes: int = 24,
                          seed: int = 4242, progress: bool = True, horizon: int | None = None,
-                         plans: str = "policy", unnormalize_action=None) -> dict:
+                         plans: str = "policy", unnormalize_action=None,
+                         action_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Run the PyTorch graphs (same code as the ONNX ones) on simtask rollouts and summarise distances over
     pairs less than `horizon` ticks apart (default n_action_steps; see the module docstring).
 
@@ -143,7 +144,8 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
     those the runtime sees on its own plans and trajectories. `"expert"`: the
     noise-free scripted expert's plans and rollouts (the earlier rule: its quiet distances are smaller than
     the policy's, so its p95 fired on ~22 % of the runtime's quiet ticks). Without `unnormalize_action` the
-    inverse of `normalize_action` is used (`affine_inverse`)."""
+    inverse of `normalize_action` is used (`affine_inverse`); `action_bounds` (low, high): the manifest's, into
+    which the runtime's guard clips every action before the robot gets it."""
     from simtask import TaskConfig
 
     if plans not in PLAN_SOURCES:
@@ -168,7 +170,7 @@ def calibrate_on_simtask(model, normalize_state, normalize_action, tokenize, n_e
     for ep in iterator:
         if plans == "policy":
             outs, chunks, jump = _policy_rollout(graphs, task_cfg, seed + ep, ep % 2 == 0, horizon, normalize_state,
-                                                 unnormalize_action, tokenize)
+                                                 unnormalize_action, tokenize, action_bounds)
         else:
             outs, chunks, jump = _expert_plans(graphs, task_cfg, seed + ep, ep % 2 == 0, horizon, normalize_state,
                                                normalize_action, tokenize)
@@ -234,7 +236,7 @@ class _Graphs:
 
 
 def _policy_rollout(graphs: _Graphs, task_cfg, seed: int, perturb: bool, horizon: int, normalize_state,
-                    unnormalize_action, tokenize) -> tuple[list, dict[int, np.ndarray], int | None]:
+                    unnormalize_action, tokenize, action_bounds=None) -> tuple[list, dict[int, np.ndarray], int | None]:
     """(prefix outputs per frame, {planning tick: normalised chunk}, jump tick) of one episode the model drives."""
     from simtask import ReachEnv
 
@@ -248,7 +250,10 @@ def _policy_rollout(graphs: _Graphs, task_cfg, seed: int, perturb: bool, horizon
         if t % horizon == 0:
             chunks[t] = graphs.sample(outs[-1], gen)
         row = chunks[t - t % horizon][t % horizon]
-        obs, done, _ = env.step(unnormalize_action(row))  # the simulator clips the step as the robot would
+        action = unnormalize_action(row)
+        if action_bounds is not None:  # the runtime's guard, then the simulator's own step clip
+            action = np.clip(action, action_bounds[0], action_bounds[1])
+        obs, done, _ = env.step(action)
         t += 1
         if done or t >= task_cfg.max_steps:
             return outs, chunks, env.perturb_tick

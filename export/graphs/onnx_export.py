@@ -255,8 +255,10 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         if will_calibrate:
             norm = Normalizer(loaded.stats, "observation.state", loaded.policy.config.max_state_dim,
                               loaded.policy.config.max_action_dim)
+            bounds = _bounds(loaded.stats, "action", BOUNDS_MARGIN)
             gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress,
-                                        horizon=gate_horizon, unnormalize_action=norm.action_raw)
+                                        horizon=gate_horizon, unnormalize_action=norm.action_raw,
+                                        action_bounds=(np.asarray(bounds["low"]), np.asarray(bounds["high"])))
         else:
             gate = uncalibrated(model)
         try:
