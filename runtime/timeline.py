@@ -45,8 +45,8 @@ class TimedChunk:
     planned_tick: int
     actions: np.ndarray
     chunk_id: int
-    # the executing plan itself, refined (not a new plan): pinned to its own ticks in every mode, and not a
-    # fresh chunk for the emitter (no skipped rows, the re-anchoring residual and the slew scale carry on)
+    # the executing plan itself, refined (not a new plan; `planned_tick` = the tick passed to `executing()`):
+    # spliced into the executing chunk, never a fresh one for the emitter (`ActionTimeline.install`)
     continues: bool = False
 
 
@@ -98,20 +98,40 @@ class ActionTimeline:
         return self._last_tick + 1
 
     def install(self, chunk: TimedChunk) -> bool:
-        """Make `chunk` the executing plan from the next untaken tick on; False when it is entirely stale."""
+        """Make `chunk` the executing plan from the next untaken tick on; False when it is entirely stale.
+
+        A continuation (`chunk.continues`: the executing plan refined, its row 0 being the row `executing()`
+        gave for `planned_tick`) is spliced into the executing chunk at that row: base, id and the fresh
+        flag stay, so a fresh chunk not taken yet keeps its skipped rows (re-anchoring) and nothing shifts
+        when chunks are pinned to their arrival (`align=False`)."""
         with self._lock:
             now = self._last_tick + 1
-            base = chunk.planned_tick if self.align or chunk.continues else now
+            if chunk.continues:
+                return self._splice(chunk, now)
+            base = chunk.planned_tick if self.align else now
             first = now - base
             if first >= len(chunk.actions):
                 self.counters.stale_chunks += 1
                 return False
             self._actions, self._base, self._chunk_id = chunk.actions, base, chunk.chunk_id
+            self._fresh = True
             self.counters.chunks_installed += 1
-            if not chunk.continues:  # a continuation's elapsed rows ran from the plan it refines: none skipped
-                self._fresh = True
-                self.counters.skipped_actions += max(first, 0)
+            self.counters.skipped_actions += max(first, 0)
             return True
+
+    def _splice(self, chunk: TimedChunk, now: int) -> bool:
+        """Install a continuation (lock held): the executing rows before its first one, then its rows."""
+        if self._actions is None:
+            self.counters.stale_chunks += 1
+            return False
+        at = max(chunk.planned_tick - self._base, 0)  # as `executing()` clamps
+        rows = np.concatenate([self._actions[:at], chunk.actions])
+        if now - self._base >= len(rows):
+            self.counters.stale_chunks += 1
+            return False
+        self._actions = rows
+        self.counters.chunks_installed += 1
+        return True
 
     def take(self, tick: int) -> TimelineTick:
         """The row for `tick` (ticks must increase; a skipped tick's row is skipped, never replayed later)."""

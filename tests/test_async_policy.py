@@ -255,3 +255,49 @@ def test_a_refined_plan_keeps_the_reanchoring_catch_up():
         assert np.linalg.norm(owed) > 1e-3
         np.testing.assert_allclose(delivered, owed, rtol=1e-3, atol=1e-6)  # the catch-up, paid in full
         assert skipped == 3  # the late chunk's elapsed rows; a continuation's own rows are never "skipped"
+
+
+def test_a_refinement_before_the_fresh_chunks_first_take_keeps_its_catch_up():
+    """The worker often refines the next observation before the control thread took the fresh chunk's first
+    row: the continuation is spliced in behind the fresh rows, so the late chunk's catch-up is still paid."""
+    from runtime.timeline import TimedChunk
+
+    pol = EdgePolicy(cached_fake_artifacts(chunk_size=16), gate="never", refine=True, seed=0,
+                     backend_options={"intra_op_threads": 1})
+    ap = AsyncEdgePolicy(pol, tick_hz=20, seam="none", delay_ticks=0, reanchor=True)
+    ap._job(make_observation(0), 0)
+    chunk = ap.timeline.executing(0)[0].copy()
+    ap.timeline.reset()
+    ap.emitter.reset()
+    early = sum(ap.action_for_tick(t) for t in range(4))  # the chunk lands 4 ticks late
+    ap.timeline.install(TimedChunk(0, chunk, 99))
+    owed = ap.emitter.unnormalize(chunk[:4]).sum(axis=0) - early
+    ap._job(make_observation(3), 3)  # a refinement job finishes before tick 4 is taken
+    assert pol.last_info.refined and ap.timeline.counters.chunks_installed == 2
+    delivered = 0.0
+    for t in range(4, 15):
+        sent = ap.action_for_tick(t)
+        delivered = delivered + sent - ap.emitter.unnormalize(ap.emitter.last.row)
+    assert np.linalg.norm(owed) > 1e-3
+    np.testing.assert_allclose(delivered, owed, rtol=1e-3, atol=1e-6)
+
+
+def test_a_continuation_lines_up_with_chunks_pinned_to_their_arrival():
+    """align=False: a fresh chunk runs from its row 0 at arrival; a refinement of an earlier observation must
+    neither skip nor shift its rows."""
+    pol = EdgePolicy(cached_fake_artifacts(chunk_size=16), gate="never", refine=True, seed=0,
+                     backend_options={"intra_op_threads": 1})
+    ap = AsyncEdgePolicy(pol, tick_hz=20, seam="none", delay_ticks=0, align=False)
+    for t in range(4):
+        ap.action_for_tick(t)
+    ap._job(make_observation(0), 0)  # lands at tick 4: row 0 runs at 4
+    fresh = ap.timeline.executing(4)[0].copy()
+    ap._job(make_observation(3), 3)  # the pending observation of tick 3: kept and refined
+    assert pol.last_info.refined
+    rows = []
+    for t in range(4, 8):
+        ap.action_for_tick(t)
+        rows.append(ap.emitter.last.row.copy())
+    np.testing.assert_array_equal(rows[0], fresh[0])  # the row in flight is the fresh chunk's first
+    step = np.linalg.norm(fresh[1] - fresh[0])
+    assert all(np.linalg.norm(rows[i] - fresh[i]) < 0.5 * step for i in range(1, 4))  # refined, not shifted
