@@ -12,13 +12,17 @@ import importlib
 import json
 import logging
 import math
+import re
 import signal
+
+import numpy as np
 
 from runtime.async_planner import check_margin
 from runtime.policy import EdgePolicy
 from runtime.policy_arguments import add_identity_arguments
 from runtime.robot_interface import RobotInterface
 from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, run_robot
+from runtime.safety import ActionGuard
 from runtime.seam import SEAM_MODES
 
 ADAPTERS = "robot_adapters.factory"  # outside the runtime core; loaded only when a robot is asked for
@@ -58,8 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
     p.add_argument("--fallback", choices=["auto", "hold", "stop"], default="auto",
                    help="the action sent in place of a bad one: hold = the last safe action (position targets), "
-                        "stop = the manifest's stop action (displacements: no motion); auto = hold when every "
-                        "action name ends in .pos, else stop")
+                        "stop = the manifest's stop action; auto = hold, but stop on displacement / velocity "
+                        "dimensions (dx, x.vel, *delta*), where a repeat keeps moving")
     p.add_argument("--max-stall-s", type=float, default=2.0,
                    help="after the first action: seconds in a row with no action ready (a hung or stalled "
                         "backend) before the safe stop; 0 turns the watchdog off")
@@ -81,11 +85,18 @@ def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
     return slew or None
 
 
-def fallback_mode(choice: str, action_names: tuple[str, ...]) -> str:
-    """--fallback auto: repeating the last action holds a position target but keeps a displacement moving."""
+def moves_on(name: str) -> bool:
+    """An action dimension that a repeated value keeps moving: a displacement or velocity (`dx`, `x.vel`, …)."""
+    n = name.lower()
+    return n.endswith((".vel", ".velocity", ".delta")) or "delta" in n or re.fullmatch(r"d[a-z]{1,2}", n) is not None
+
+
+def fallback_mode(choice: str, action_names: tuple[str, ...]) -> tuple[str, np.ndarray | None]:
+    """--fallback → (guard mode, stop_dims). auto: hold, but the stop action on dimensions that a repeated value
+    keeps moving (`moves_on`): position targets hold, displacements and velocities stop."""
     if choice != "auto":
-        return choice
-    return "hold" if action_names and all(n.endswith(".pos") for n in action_names) else "stop"
+        return choice, None
+    return "hold", np.array([moves_on(n) for n in action_names], dtype=bool) if action_names else None
 
 
 def check_loop_arguments(args: argparse.Namespace) -> None:
@@ -113,7 +124,10 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     if iface.state_names is None:
         raise ValueError(f"{args.artifacts}: the manifest has no 'robot' section (motor names); re-export with "
                          "a LeRobotDataset (export --dataset-root) to drive a robot")
-    policy.guard.fallback_mode = fallback_mode(args.fallback, iface.action_names or ())
+    mode, stop_dims = fallback_mode(args.fallback, iface.action_names or ())
+    g = policy.guard
+    policy.guard = ActionGuard(policy.manifest.action_bounds, policy.manifest.stop_action, mode, g.out_of_bounds,
+                               stop_dims)
     robot = importlib.import_module(ADAPTERS).make_robot(robot_args)
     task = args.task if args.task is not None else getattr(robot, "task", None)
     if task is None:

@@ -5,8 +5,9 @@ Rules (in order):
 - a finite action outside `action_bounds` (which already include the export-time margin) is clipped
   into the bounds (`out_of_bounds="clip"`, default) or replaced by the fallback (`"fallback"`);
 - fallback `"hold"` repeats the last action this guard let through (the natural "keep doing what you
-  were doing" for position targets); before any safe action exists, and for `"stop"`, it is the
-  manifest's `safety.stop_action` (zero displacement when the manifest defines none), clipped into bounds.
+  were doing" for position targets) — except on `stop_dims` (displacement / velocity dimensions, where a
+  repeat keeps moving), which take the stop action; before any safe action exists, and for `"stop"`, it is
+  the manifest's `safety.stop_action` (zero displacement when the manifest defines none), clipped into bounds.
 Every replacement is reported to the caller so it shows up in TickInfo and the counters.
 """
 
@@ -34,7 +35,7 @@ class ActionGuard:
     """Stateful (remembers the last safe action); call `reset()` at each episode start."""
 
     def __init__(self, bounds: Bounds, stop_action: np.ndarray | None = None, fallback: str = "hold",
-                 out_of_bounds: str = "clip"):
+                 out_of_bounds: str = "clip", stop_dims: np.ndarray | None = None):
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         if out_of_bounds not in OUT_OF_BOUNDS:
@@ -45,6 +46,7 @@ class ActionGuard:
         self.stop_action = np.clip(stop, self.low, self.high)
         self.fallback_mode = fallback
         self.out_of_bounds = out_of_bounds
+        self.stop_dims = None if stop_dims is None else np.asarray(stop_dims, dtype=bool).reshape(self.low.shape)
         self._last_safe: np.ndarray | None = None
 
     def reset(self) -> None:
@@ -52,7 +54,10 @@ class ActionGuard:
 
     def fallback_action(self) -> np.ndarray:
         if self.fallback_mode == "hold" and self._last_safe is not None:
-            return self._last_safe.copy()
+            held = self._last_safe.copy()
+            if self.stop_dims is not None:
+                held[self.stop_dims] = self.stop_action[self.stop_dims]
+            return held
         return self.stop_action.copy()
 
     def check(self, action: np.ndarray | None) -> GuardResult:

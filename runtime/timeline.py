@@ -197,7 +197,7 @@ class ActionEmitter:
         self.unnormalize = policy.unnormalize
         g = policy.guard
         self.guard = ActionGuard(policy.manifest.action_bounds, policy.manifest.stop_action, g.fallback_mode,
-                                 g.out_of_bounds)
+                                 g.out_of_bounds, g.stop_dims)
         self.fallbacks = 0
         self.clipped = 0
         self.last: TimelineTick | None = None

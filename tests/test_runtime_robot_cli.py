@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.serve_fixtures import robot_artifacts
@@ -149,8 +150,20 @@ def test_sim_reach_settings_are_checked_when_built_directly():
 def test_fallback_auto_stops_displacements_and_holds_positions():
     from runtime.robot_command import fallback_mode
 
-    assert fallback_mode("auto", ("dx", "dy")) == "stop"  # repeating a displacement keeps moving
-    assert fallback_mode("auto", ("shoulder_pan.pos", "gripper.pos")) == "hold"
-    assert fallback_mode("auto", ("shoulder_pan.pos", "base_dx")) == "stop"  # any displacement: stop
-    assert fallback_mode("auto", ()) == "stop"
-    assert fallback_mode("hold", ("dx",)) == "hold" and fallback_mode("stop", ("a.pos",)) == "stop"
+    mode, dims = fallback_mode("auto", ("dx", "dy"))
+    assert mode == "hold" and dims.tolist() == [True, True]  # repeating a displacement keeps moving
+    mode, dims = fallback_mode("auto", ("shoulder_pan.pos", "main_gripper", "x.vel", "theta.vel"))
+    assert dims.tolist() == [False, False, True, True]  # LeKiwi-style: the arm holds, the base stops
+    assert fallback_mode("hold", ("dx",)) == ("hold", None) and fallback_mode("stop", ("a.pos",)) == ("stop", None)
+    assert fallback_mode("auto", ()) == ("hold", None)
+
+
+def test_a_per_dimension_fallback_holds_positions_and_stops_displacements():
+    from runtime.manifest import Bounds
+    from runtime.safety import ActionGuard
+
+    g = ActionGuard(Bounds(np.array([-1.0, -1.0, -1.0]), np.array([1.0, 1.0, 1.0])), np.array([0.0, 0.0, 0.0]),
+                    "hold", "clip", stop_dims=np.array([False, True, True]))
+    assert g.check(np.array([0.5, 0.2, -0.3])).fallback is False
+    res = g.check(np.array([np.nan, 0.0, 0.0]))
+    assert res.fallback and res.action.tolist() == pytest.approx([0.5, 0.0, 0.0])  # position held, motion stopped
