@@ -101,8 +101,12 @@ class LatencyLoop:
                 res = self.planner.plan(obs, tick, executing, ran, 0 if self.mode.pause else self.latency)
                 faults += res.info.fault is not None
                 free_at = tick + 1
-                if res.chunk is not None:
-                    resamples += res.info.resampled  # else the kept plan, refined (same timing, no resample)
+                if res.chunk is not None and not res.info.resampled:
+                    # the running plan refined (a continuation, spliced into it): the latency modelled here is a
+                    # resample's; with waypoints the refined rows keep the running chunk's path
+                    self.timeline.install(res.chunk)
+                elif res.chunk is not None:
+                    resamples += 1
                     # the plan ran out (or the first plan); a retried gate resample ("pending") is a gate decision
                     refills += res.info.gate_reason == "queue_empty"
                     if self.waypoints:

@@ -354,3 +354,20 @@ def test_a_continuation_runs_on_its_own_ticks_in_both_modes(align):
     rows += [tl.take(t).row[0] for t in range(4, 7)]
     assert rows == [0, 1, 2, 3, 104, 105, 106]
     assert tl.counters.skipped_actions == 0 and tl.take(7).skipped is None
+
+
+@pytest.mark.parametrize("mode", ["sync", "aligned"])
+def test_latency_loop_models_resample_latency_only(mode):
+    """A refinement of the running plan is spliced in at once: it neither pauses the robot (sync) nor counts as a
+    resample; the same episode with refinement off pauses exactly as often."""
+    from simtask import ReachEnv, TaskConfig
+
+    runs = {}
+    for refine in (False, True):
+        pol = EdgePolicy(cached_fake_artifacts(chunk_size=16), gate="never", refine=refine, seed=0,
+                         backend_options={"intra_op_threads": 1})
+        rec = LatencyLoop(pol, mode, 4).episode(ReachEnv(TaskConfig(max_steps=40)), 7, perturb=False)
+        runs[refine] = (rec, pol.counters.refines)
+    (plain, _), (refined, refines) = runs[False], runs[True]
+    assert refines > 5
+    assert refined["paused_ticks"] == plain["paused_ticks"] and refined["resamples"] == plain["resamples"]
