@@ -227,59 +227,52 @@ def test_refinement_neither_shrinks_the_delay_estimate_nor_starves_the_robot():
     assert len(empty) <= 2, empty  # a loaded machine may lose a tick, not a refill window
 
 
-def test_a_refined_plan_keeps_the_reanchoring_catch_up():
-    """A refined plan continues the executing one: the displacement the late chunk still owes (re-anchoring) is
-    paid in full, and no executed row is counted as skipped."""
+def _late_chunk(refine: bool, late: int):
+    """A re-anchoring executor whose first chunk (planned at tick 0) lands `late` ticks late: (executor, policy,
+    the displacement the chunk still owes = its elapsed rows minus the fallbacks sent meanwhile)."""
     from runtime.timeline import TimedChunk
 
-    def run(refine: bool) -> tuple[np.ndarray, np.ndarray, int]:
-        pol = EdgePolicy(cached_fake_artifacts(chunk_size=16), gate="never", refine=refine, seed=0,
-                         backend_options={"intra_op_threads": 1})
-        ap = AsyncEdgePolicy(pol, tick_hz=20, seam="none", delay_ticks=0, reanchor=True)
-        ap._job(make_observation(0), 0)
-        chunk = ap.timeline.executing(0)[0].copy()
-        ap.timeline.reset()
-        ap.emitter.reset()
-        early = sum(ap.action_for_tick(t) for t in range(3))  # the chunk lands 3 ticks late: fallbacks sent
-        ap.timeline.install(TimedChunk(0, chunk, 99))
-        owed = ap.emitter.unnormalize(chunk[:3]).sum(axis=0) - early
-        delivered = ap.action_for_tick(3) - ap.emitter.unnormalize(ap.emitter.last.row)
-        ap._job(make_observation(4), 4)  # a kept tick: with refine, a continuation is installed
-        for t in range(4, 15):
-            sent = ap.action_for_tick(t)
-            delivered = delivered + sent - ap.emitter.unnormalize(ap.emitter.last.row)
-        return owed, delivered, ap.timeline.counters.skipped_actions
-
-    for refine in (False, True):
-        owed, delivered, skipped = run(refine)
-        assert np.linalg.norm(owed) > 1e-3
-        np.testing.assert_allclose(delivered, owed, rtol=1e-3, atol=1e-6)  # the catch-up, paid in full
-        assert skipped == 3  # the late chunk's elapsed rows; a continuation's own rows are never "skipped"
-
-
-def test_a_refinement_before_the_fresh_chunks_first_take_keeps_its_catch_up():
-    """The worker often refines the next observation before the control thread took the fresh chunk's first
-    row: the continuation is spliced in behind the fresh rows, so the late chunk's catch-up is still paid."""
-    from runtime.timeline import TimedChunk
-
-    pol = EdgePolicy(cached_fake_artifacts(chunk_size=16), gate="never", refine=True, seed=0,
+    pol = EdgePolicy(cached_fake_artifacts(chunk_size=16), gate="never", refine=refine, seed=0,
                      backend_options={"intra_op_threads": 1})
     ap = AsyncEdgePolicy(pol, tick_hz=20, seam="none", delay_ticks=0, reanchor=True)
     ap._job(make_observation(0), 0)
     chunk = ap.timeline.executing(0)[0].copy()
     ap.timeline.reset()
     ap.emitter.reset()
-    early = sum(ap.action_for_tick(t) for t in range(4))  # the chunk lands 4 ticks late
+    early = sum(ap.action_for_tick(t) for t in range(late))
     ap.timeline.install(TimedChunk(0, chunk, 99))
-    owed = ap.emitter.unnormalize(chunk[:4]).sum(axis=0) - early
-    ap._job(make_observation(3), 3)  # a refinement job finishes before tick 4 is taken
-    assert pol.last_info.refined and ap.timeline.counters.chunks_installed == 2
-    delivered = 0.0
-    for t in range(4, 15):
+    return ap, pol, ap.emitter.unnormalize(chunk[:late]).sum(axis=0) - early
+
+
+def _catch_up(ap, ticks: range, delivered=0.0):
+    """What the emitter sent beyond the plan's rows over `ticks` (re-anchoring's catch-up)."""
+    for t in ticks:
         sent = ap.action_for_tick(t)
         delivered = delivered + sent - ap.emitter.unnormalize(ap.emitter.last.row)
+    return delivered
+
+
+def test_a_refined_plan_keeps_the_reanchoring_catch_up():
+    """A refined plan continues the executing one: the displacement the late chunk still owes (re-anchoring) is
+    paid in full, and no executed row is counted as skipped."""
+    for refine in (False, True):
+        ap, _, owed = _late_chunk(refine, late=3)
+        delivered = _catch_up(ap, range(3, 4))
+        ap._job(make_observation(4), 4)  # a kept tick: with refine, a continuation is installed
+        delivered = _catch_up(ap, range(4, 15), delivered)
+        assert np.linalg.norm(owed) > 1e-3
+        np.testing.assert_allclose(delivered, owed, rtol=1e-3, atol=1e-6)  # the catch-up, paid in full
+        assert ap.timeline.counters.skipped_actions == 3  # the late chunk's elapsed rows only
+
+
+def test_a_refinement_before_the_fresh_chunks_first_take_keeps_its_catch_up():
+    """The worker often refines the next observation before the control thread took the fresh chunk's first
+    row: the continuation is spliced in behind the fresh rows, so the late chunk's catch-up is still paid."""
+    ap, pol, owed = _late_chunk(True, late=4)
+    ap._job(make_observation(3), 3)  # a refinement job finishes before tick 4 is taken
+    assert pol.last_info.refined and ap.timeline.counters.chunks_installed == 2
     assert np.linalg.norm(owed) > 1e-3
-    np.testing.assert_allclose(delivered, owed, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(_catch_up(ap, range(4, 15)), owed, rtol=1e-3, atol=1e-6)
 
 
 def test_a_continuation_lines_up_with_chunks_pinned_to_their_arrival():
