@@ -9,9 +9,10 @@ the plan has at most delay + margin rows left, so it lands with `margin` rows of
 to the observation's tick; the seam mode decides how it continues the executing plan (`runtime.seam`) —
 narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
 a change (`reactive`, learned from the policy's gate decision just before the denoise via
-`EdgePolicy.before_resample`). With refinement on, a kept plan that the policy refined is returned too (pinned
-like a fresh chunk, `info.resampled` False), so the refined rows execute. Faults, deadline deferrals and
-retries of a failed resample are the policy's own rules (its pending-resample flag survives the sync). Used by the threaded `AsyncEdgePolicy` and by the
+`EdgePolicy.before_resample`). With refinement on, a kept plan that the policy refined is returned too, as a
+continuation (`TimedChunk.continues`, `info.resampled` False) the timeline splices into the executing chunk, so
+the refined rows execute. Faults, deadline deferrals and retries of a failed resample are the policy's own
+rules (its pending-resample flag survives the sync). Used by the threaded `AsyncEdgePolicy` and by the
 simulated closed loop in `evaluation.latency`.
 """
 
@@ -152,10 +153,10 @@ class AsyncChunkPlanner:
         return PlanResult(TimedChunk(tick, np.array(chunk, dtype=np.float32), next(self._ids)), info)
 
     def _refined(self, tick: int, executing: np.ndarray, delay: int) -> TimedChunk | None:
-        """The kept plan, refined by the policy against this observation, as a chunk pinned to `tick` like a
-        fresh one: the rows that run while the job is in flight (the first `delay`, and the one the policy's
-        tick consumed) stay as they are executing, the rest are the refined queue — so nothing is replayed,
-        no tick is left empty, and no seam is needed (it continues the same plan)."""
+        """The kept plan, refined by the policy against this observation, as a continuation of the rows
+        `executing` gave for `tick`: the rows that run while the job is in flight (the first `delay`, and the
+        one the policy's tick consumed) stay as they are, the rest are the refined queue — so nothing is
+        replayed, no tick is left empty, and no seam is needed (`ActionTimeline.install` splices it)."""
         refined = self.policy.queued_actions(normalised=True)
         if not len(refined):
             return None  # the tick consumed the last row: nothing refined is left to run
