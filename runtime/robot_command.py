@@ -25,6 +25,8 @@ from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSour
 from runtime.safety import ActionGuard
 from runtime.seam import SEAM_MODES
 
+MAX_FPS = 1000.0  # the manifest's robot.fps bound too
+MAX_STALL_S = 3600.0
 ADAPTERS = "robot_adapters.factory"  # outside the runtime core; loaded only when a robot is asked for
 
 
@@ -101,10 +103,10 @@ def fallback_mode(choice: str, action_names: tuple[str, ...]) -> tuple[str, np.n
 
 def check_loop_arguments(args: argparse.Namespace) -> None:
     """The loop's numeric flags, refused by name (0 is a value, never "not given")."""
-    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
-        raise ValueError(f"--fps must be a finite number > 0, got {args.fps!r}")
-    if not (math.isfinite(args.max_stall_s) and args.max_stall_s >= 0):
-        raise ValueError(f"--max-stall-s must be a finite number >= 0 (0: off), got {args.max_stall_s!r}")
+    if args.fps is not None and not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
+        raise ValueError(f"--fps must be a number in (0, {MAX_FPS}], got {args.fps!r}")
+    if not (math.isfinite(args.max_stall_s) and 0 <= args.max_stall_s <= MAX_STALL_S):
+        raise ValueError(f"--max-stall-s must be a number in [0, {MAX_STALL_S}] seconds (0: off), got {args.max_stall_s!r}")
     if args.max_faults < 1:
         raise ValueError(f"--max-faults must be >= 1, got {args.max_faults!r}")
     if args.max_ticks is not None and args.max_ticks < 0:

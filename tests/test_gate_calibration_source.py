@@ -143,3 +143,14 @@ def test_policy_rollouts_clip_into_the_manifest_bounds_as_the_runtime_guard(setu
     a = np.stack(sent)
     assert np.all(a >= low - 1e-9) and np.all(a <= high + 1e-9)
     assert np.any(np.isclose(a, low) | np.isclose(a, high))  # the bounds really cut something
+
+
+def test_the_default_gates_cap_sets_the_calibration_horizon():
+    """`any:…,interval:k` lets the CLS part decide only while fewer than k actions of a plan ran: calibrate there."""
+    from export.graphs.gate_calibration import capped_horizon
+
+    assert capped_horizon("auto", "auto", 10) == 6  # auto cap round(0.6 n)
+    assert capped_horizon("auto", "0", 10) == 10  # no cap: the whole chunk
+    assert capped_horizon("auto", "4", 10) == 4 and capped_horizon("auto", "1", 10) == 2  # at least 2
+    assert capped_horizon("any:drift,interval:3", "auto", 10) == 3  # the spec's own cap
+    assert capped_horizon("consistency", "8", 10) == 8 and capped_horizon("auto", "auto", 25) == 15

@@ -111,7 +111,8 @@ def test_runtime_serve_answers_then_stops_on_ctrl_c():
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--fps", "0"], "--fps must be a finite number > 0"), (["--fps", "nan"], "--fps must be"),
+    (["--fps", "0"], "--fps must be a number in (0, 1000.0]"), (["--fps", "nan"], "--fps must be"),
+    (["--fps", "1e308"], "--fps must be"), (["--max-stall-s", "1e308"], "--max-stall-s must be a number in"),
     (["--fps", "-30"], "--fps must be"), (["--max-stall-s", "-1"], "--max-stall-s"),
     (["--max-faults", "0"], "--max-faults"), (["--max-ticks", "-5"], "--max-ticks"),
 ])

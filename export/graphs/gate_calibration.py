@@ -288,6 +288,20 @@ def auto_cap(n_action_steps: int) -> int:
     return min(n_action_steps, max(1, math.floor(CAP_RATIO * n_action_steps + 0.5)))
 
 
+def capped_horizon(choice: str, cap: str, n_action_steps: int) -> int:
+    """The calibration horizon the default gate needs: a plan-age cap `interval:k` makes the CLS part decide
+    only while k' < k actions of a plan ran, so calibrate on those pairs (H = k, at least 2), not on the whole
+    chunk — a p95 over older pairs is too high for the ticks the gate really decides on."""
+    k = parse_cap(cap, n_action_steps)
+    if choice != "auto":
+        try:
+            own = default_gate_parts(choice)[1]
+        except ValueError:
+            own = None  # refused with its own message by `with_default_gate`
+        k = own if own is not None else k
+    return n_action_steps if k is None else min(n_action_steps, max(2, k))
+
+
 def parse_cap(value: str, n_action_steps: int) -> int | None:
     """`--default-cap auto|K|0` → the cap k (None = no cap); ValueError naming the option otherwise."""
     if value == "auto":

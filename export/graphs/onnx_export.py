@@ -23,6 +23,7 @@ from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, loa
 from export.graphs.gate_calibration import (
     AUTO_GATES,
     calibrate_on_simtask,
+    capped_horizon,
     check_horizon,
     uncalibrated,
     with_default_gate,
@@ -213,7 +214,8 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
                      dataset_root: Path | None = None, gate_horizon: int | None = None,
                      default_gate: str = "auto", default_cap: str = "auto") -> dict:
     """Write the artifact folder atomically; returns the manifest (identity signed when `signing_key` is given).
-    `gate_horizon`: calibrate the gate on pairs < that many ticks apart (default n_action_steps; gate_calibration).
+    `gate_horizon`: calibrate the gate on pairs < that many ticks apart (default: the default gate's plan-age
+    cap, else n_action_steps; `gate_calibration.capped_horizon`).
     `default_gate`: the manifest's recommended gate (`gate.default`; "auto" = by calibration AUROC), capped by
     `default_cap` (auto | K | 0; see `with_default_gate`)."""
     from tqdm import tqdm
@@ -256,8 +258,10 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
             norm = Normalizer(loaded.stats, "observation.state", loaded.policy.config.max_state_dim,
                               loaded.policy.config.max_action_dim)
             bounds = _bounds(loaded.stats, "action", BOUNDS_MARGIN)
+            horizon = gate_horizon if gate_horizon is not None else capped_horizon(default_gate, default_cap,
+                                                                                   cfg.n_action_steps)
             gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress,
-                                        horizon=gate_horizon, unnormalize_action=norm.action_raw,
+                                        horizon=horizon, unnormalize_action=norm.action_raw,
                                         action_bounds=(np.asarray(bounds["low"]), np.asarray(bounds["high"])))
         else:
             gate = uncalibrated(model)
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-episodes", type=int, default=24)
     parser.add_argument("--gate-horizon", type=int, default=None, metavar="H",
                         help="calibrate the gate on observation pairs < H ticks apart: the ticks a plan runs "
-                             "(default n_action_steps; n_action_steps - L for an async runtime with delay L)")
+                             "before the gate's cap replans (default: the default gate's interval:k, else "
+                             "n_action_steps; at most n_action_steps - L for an async runtime with delay L)")
     parser.add_argument("--stop-action", type=float, nargs="+", default=None,
                         help="raw action the runtime emits to stop (default: zeros = no displacement)")
     parser.add_argument("--sign-key", type=Path, default=None,
