@@ -67,8 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "stop = the manifest's stop action; auto = hold, but stop on displacement / velocity "
                         "dimensions (dx, x.vel, *delta*), where a repeat keeps moving")
     p.add_argument("--max-stall-s", type=float, default=2.0,
-                   help="after the first action: seconds in a row with no action ready (a hung or stalled "
-                        "backend) before the safe stop; 0 turns the watchdog off")
+                   help="seconds in a row with no action ready (a hung or stalled backend) before the safe stop; "
+                        "5x as long before the first action (first inference); 0 turns the watchdog off")
     p.add_argument("--max-ticks", type=int, default=None)
     p.add_argument("--log-every", type=int, default=30, help="log one tick in N (1: every tick)")
     add_identity_arguments(p)

@@ -90,20 +90,16 @@ def obs_drift(torch_policy, n_episodes: int, seed: int = HELDOUT_BASE_SEED + 1) 
 def consistency_calibration(checkpoint: Path, episodes: int) -> dict:
     """The export's gate calibration on this checkpoint (same code, same held-out rollouts)."""
     from export.graphs.checkpoint_loading import load_checkpoint
-    from export.graphs.gate_calibration import calibrate_on_simtask, capped_horizon
-    from export.graphs.onnx_export import BOUNDS_MARGIN, Normalizer, _bounds, _tokenizer_fn
+    from export.graphs.gate_calibration import capped_horizon
+    from export.graphs.onnx_export import _tokenizer_fn, simtask_gate_calibration
 
     loaded = load_checkpoint(checkpoint)
     cfg = loaded.policy.config
-    norm = Normalizer(loaded.stats, "observation.state", cfg.max_state_dim, cfg.max_action_dim)
     _, tokenize = _tokenizer_fn(Path(cfg.vlm_model_name), cfg.tokenizer_max_length)
-    bounds = _bounds(loaded.stats, "action", BOUNDS_MARGIN)  # the manifest's: the runtime clips into them
     horizon = capped_horizon("auto", "auto", cfg.n_action_steps)  # the default export's (its gate's cap)
     out = {}
     for plans in ("policy", "expert"):  # policy: what the manifest gets; expert: the earlier rule, for comparison
-        gate = calibrate_on_simtask(loaded.policy.model.eval(), norm.state, norm.action, tokenize, episodes,
-                                    progress=False, plans=plans, unnormalize_action=norm.action_raw, horizon=horizon,
-                                    action_bounds=(np.asarray(bounds["low"]), np.asarray(bounds["high"])))
+        gate = simtask_gate_calibration(loaded, tokenize, episodes, horizon, plans=plans)
         for metric in ("consistency", "drift"):
             key = metric if plans == "policy" else f"{metric}_expert_plans"
             out[key] = {k: gate[metric][k] for k in ("auroc", "n_unchanged", "n_changed", "default_threshold")}

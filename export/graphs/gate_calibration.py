@@ -18,11 +18,12 @@ distances (≈ 5 % spurious resamples when nothing happened). `plans="expert"` i
 noise-free scripted expert's rollout, the plan made at t0 being what the expert does from t0 knowing only the
 world at t0 (before a jump, the same scene rolled out without it). Its quiet distances are smaller than the
 policy's — the expert's plan is exact, the policy's is a sample — so its p95 fired on about 22 % of the
-runtime's quiet ticks (consistency 0.81 vs 1.30, jump 0.10 vs 0.61 on the default model).
+runtime's quiet ticks (default model, H = 6: consistency 0.81 vs 1.19, jump 0.10 vs 0.67).
 
 Horizon H: pairs are at most H − 1 ticks apart (0 < k < H), with planning ticks H apart. The gate compares
-against a plan only while that plan runs: n_action_steps ticks in the synchronous runtime (the default H),
-but only n − L ticks in an asynchronous runtime with an inference delay of L ticks (the chunk lands L ticks
+against a plan only while that plan runs and the gate's plan-age cap `interval:k` has not replanned: k ticks
+(the export's default H, `capped_horizon`; n_action_steps without a cap) in the synchronous runtime, at most
+n − L ticks in an asynchronous runtime with an inference delay of L ticks (the chunk lands L ticks
 after the observation it was planned from, and its replacement is requested L ticks before it runs out).
 Unchanged distances grow with k (the agent moves), so a threshold taken over longer pairs than the runtime
 ever sees is too high: it misses jumps at short k (a chunk-20 model calibrated over k ≤ 19: drift AUROC

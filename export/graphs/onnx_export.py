@@ -117,6 +117,18 @@ class Normalizer:
         return (np.asarray(normalised)[..., :n] * self.action_std + self.action_mean).astype(np.float32)
 
 
+def simtask_gate_calibration(loaded: LoadedPolicy, tokenize, episodes: int, horizon: int, plans: str = "policy",
+                             progress: bool = False) -> dict:
+    """The export's gate calibration of `loaded` (gate_calibration.calibrate_on_simtask) with the checkpoint's
+    normalisation and the manifest's action bounds — one place, so scripts measure what the manifest gets."""
+    cfg = loaded.policy.config
+    norm = Normalizer(loaded.stats, "observation.state", cfg.max_state_dim, cfg.max_action_dim)
+    bounds = _bounds(loaded.stats, "action", BOUNDS_MARGIN)
+    return calibrate_on_simtask(loaded.policy.model.eval(), norm.state, norm.action, tokenize, episodes,
+                                progress=progress, horizon=horizon, plans=plans, unnormalize_action=norm.action_raw,
+                                action_bounds=(np.asarray(bounds["low"]), np.asarray(bounds["high"])))
+
+
 def _tokenizer_fn(vlm_dir: Path, max_length: int):
     from transformers import AutoTokenizer
 
@@ -255,14 +267,9 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         shutil.copyfile(vlm_dir / "tokenizer.json", tmp / "tokenizer.json")
         tokenizer, tokenize = _tokenizer_fn(vlm_dir, loaded.policy.config.tokenizer_max_length)
         if will_calibrate:
-            norm = Normalizer(loaded.stats, "observation.state", loaded.policy.config.max_state_dim,
-                              loaded.policy.config.max_action_dim)
-            bounds = _bounds(loaded.stats, "action", BOUNDS_MARGIN)
             horizon = gate_horizon if gate_horizon is not None else capped_horizon(default_gate, default_cap,
                                                                                    cfg.n_action_steps)
-            gate = calibrate_on_simtask(model, norm.state, norm.action, tokenize, calib_episodes, progress=progress,
-                                        horizon=horizon, unnormalize_action=norm.action_raw,
-                                        action_bounds=(np.asarray(bounds["low"]), np.asarray(bounds["high"])))
+            gate = simtask_gate_calibration(loaded, tokenize, calib_episodes, horizon, progress=progress)
         else:
             gate = uncalibrated(model)
         try:
