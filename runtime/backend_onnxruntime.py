@@ -21,7 +21,8 @@ import onnxruntime as ort
 from runtime.artifact_files import ArtifactFileError, confined_path
 from runtime.backend import Backend, BackendError, PrefixState
 from runtime.fingerprint import sha256_bytes
-from runtime.manifest import GRAPH_NAMES, GraphSpec, Manifest, ManifestError
+from runtime.graph_io import DYNAMIC, LoadedTensor, check_graph_io
+from runtime.manifest import GRAPH_NAMES, REEXPORT_HINT, GraphSpec, Manifest, ManifestError
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool",
               "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(double)": "float64"}
@@ -33,21 +34,16 @@ def _check_finite(graph: str, name: str, arr: np.ndarray) -> None:
         raise BackendError(f"graph '{graph}' produced non-finite values in output '{name}'")
 
 
+def session_io(session: ort.InferenceSession) -> list[LoadedTensor]:
+    """The session's I/O as LoadedTensors (symbolic / unknown axes → DYNAMIC)."""
+    return [LoadedTensor(a.name, kind, _ORT_TYPES.get(a.type, a.type),
+                         tuple(d if isinstance(d, int) and d >= 0 else DYNAMIC for d in a.shape))
+            for kind, args in (("input", session.get_inputs()), ("output", session.get_outputs())) for a in args]
+
+
 def check_session_io(session: ort.InferenceSession, spec: GraphSpec) -> None:
-    """The ONNX graph's I/O names, dtypes and static shapes must equal the manifest's (else refuse)."""
-    for kind, have, want in (("input", session.get_inputs(), spec.inputs), ("output", session.get_outputs(), spec.outputs)):
-        have_by_name = {a.name: a for a in have}
-        if set(have_by_name) != {s.name for s in want}:
-            raise BackendError(f"graph '{spec.name}' {kind} names {sorted(have_by_name)} differ from the manifest's "
-                               f"{sorted(s.name for s in want)}; re-export the artifacts with `make export`")
-        for s in want:
-            arg = have_by_name[s.name]
-            dtype = _ORT_TYPES.get(arg.type, arg.type)
-            if dtype != s.dtype:
-                raise BackendError(f"graph '{spec.name}' {kind} '{s.name}' has dtype {dtype}, manifest says {s.dtype}")
-            shape = tuple(arg.shape)
-            if len(shape) != len(s.shape) or any(isinstance(a, int) and a != b for a, b in zip(shape, s.shape)):
-                raise BackendError(f"graph '{spec.name}' {kind} '{s.name}' has shape {list(shape)}, manifest says {list(s.shape)}")
+    """The ONNX graph's I/O names, kinds, dtypes and static shapes must equal the manifest's (else refuse)."""
+    check_graph_io(spec, session_io(session), REEXPORT_HINT)
 
 
 class OnnxRuntimeBackend(Backend):

@@ -4,7 +4,8 @@ Device buffers are allocated once, one per tensor name: `prefix_k` / `prefix_v` 
 prefix engine are the very buffers both experts read, so nothing goes back to the host between graphs.
 Host copies happen only for the prefix inputs, obs_cls, the initial noise and the actions out. The
 execution contexts share one scratch allocation (they never run at the same time), which matters on an
-8 GB Orin Nano. TensorRT and cuda-python are imported when the backend is built, never by `import runtime`.
+8 GB Orin Nano. Each engine's I/O must be the manifest's (runtime.graph_io), checked before any device memory
+is allocated. TensorRT and cuda-python are imported when the backend is built, never by `import runtime`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 
 from runtime.backend import Backend, BackendError, PrefixState
 from runtime.fingerprint import EngineFingerprint
+from runtime.graph_io import DYNAMIC, LoadedTensor, check_graph_io, manifest_graph
 from runtime.manifest import GRAPH_NAMES
+from runtime.trt_api import dims, engine_io
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from runtime.cuda_memory import CudaGraph, DeviceBuffer, Stream
 
 GRAPHS = GRAPH_NAMES  # prefix, main_expert, delta_expert, plan_encoder
+REBUILD_HINT = "rebuild the engines from this artifact folder with `make engine`"
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,6 @@ class _Tensor:
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
     buffer: DeviceBuffer
-
-
-def _dims(dims: trt.Dims) -> tuple[int, ...]:
-    """TensorRT Dims → tuple (Dims indexes but does not declare iteration)."""
-    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def _numpy_dtype(dtype: trt.DataType, name: str) -> np.dtype[Any]:
@@ -115,19 +114,26 @@ class TensorRTBackend(Backend):
         self._logger = _Logger.make()  # must outlive the runtime and engines
         self._runtime = trt.Runtime(self._logger)
         self._engines: dict[str, trt.ICudaEngine] = {}
+        self._io: dict[str, list[LoadedTensor]] = {}  # per graph, checked against the manifest
         for graph in GRAPHS:
             self._engines[graph] = self._load_engine(graph, engines, device.name, device.compute_capability)
 
         self._stream: Stream = Stream()
         self._tensors: dict[str, _Tensor] = {}
-        for graph, engine in self._engines.items():
-            for i in range(engine.num_io_tensors):
-                self._bind_buffer(graph, engine, engine.get_tensor_name(i), DeviceBuffer)
-
         self._scratch: DeviceBuffer | None = None
-        self._contexts: dict[str, trt.IExecutionContext] = self._make_contexts(DeviceBuffer)
-
+        self._contexts: dict[str, trt.IExecutionContext] = {}
         self._euler: EulerKernel | None = None
+        try:
+            for graph, engine in self._engines.items():
+                spec = manifest_graph(self._manifest, graph)
+                wanted = {s.name: s.shape for s in (*spec.inputs, *spec.outputs)}
+                for tensor in self._io[graph]:
+                    self._bind_buffer(graph, engine, tensor, wanted[tensor.name], DeviceBuffer)
+            self._contexts = self._make_contexts(DeviceBuffer)
+        except BaseException:
+            self.close()  # a refused engine set keeps no GPU memory
+            raise
+
         if all(self._tensors[n].dtype == np.float32 for n in ("x_t", "t", "v_t")):
             try:
                 self._euler = EulerKernel(device.compute_capability)
@@ -139,24 +145,29 @@ class TensorRTBackend(Backend):
     # ---------------------------------------------------------------- set-up
 
     def _load_engine(self, graph: str, engines: Path, gpu_name: str, cc: tuple[int, int]) -> trt.ICudaEngine:
-        """Read the fingerprint, refuse a foreign/stale engine, then deserialise the plan."""
+        """Read the fingerprint, refuse a foreign/stale engine, deserialise the plan, refuse I/O the manifest lacks."""
         import tensorrt as trt
 
+        spec = manifest_graph(self._manifest, graph)
         fingerprint = EngineFingerprint.read(engines / f"{graph}.fingerprint.json")
-        onnx_file = self._manifest["graphs"][graph]["file"]
-        fingerprint.check_against(self._manifest["files"][onnx_file]["sha256"], trt.__version__, gpu_name, cc)
+        fingerprint.check_against(self._manifest["files"][spec.file]["sha256"], trt.__version__, gpu_name, cc)
         plan = (engines / f"{graph}.plan").read_bytes()
         fingerprint.check_engine_bytes(plan)
         engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise BackendError(f"TensorRT could not deserialise {engines / (graph + '.plan')}")
+        self._io[graph] = engine_io(trt, engine)
+        check_graph_io(spec, self._io[graph], REBUILD_HINT)
         return engine
 
-    def _bind_buffer(self, graph: str, engine: trt.ICudaEngine, name: str, buffer_cls: type[DeviceBuffer]) -> None:
-        """One device buffer per tensor name; a name shared by two engines must agree on shape and dtype."""
-        shape = _dims(engine.get_tensor_shape(name))
-        if any(d < 0 for d in shape):  # dynamic engine: the manifest's static shape is the one we run
-            shape = self._manifest_shape(graph, name)
+    def _bind_buffer(self, graph: str, engine: trt.ICudaEngine, tensor: LoadedTensor, wanted: tuple[int, ...],
+                     buffer_cls: type[DeviceBuffer]) -> None:
+        """One device buffer per tensor name, of the manifest's shape; a name shared by two engines must agree."""
+        name = tensor.name
+        shape = tuple(e if m == DYNAMIC else m for e, m in zip(tensor.shape, wanted))
+        if DYNAMIC in shape:
+            raise BackendError(f"{graph}: tensor {name!r} is dynamic in the engine and has no static shape in the "
+                               "manifest")
         dtype = _numpy_dtype(engine.get_tensor_dtype(name), name)
         known = self._tensors.get(name)
         if known is not None:
@@ -168,13 +179,6 @@ class TensorRTBackend(Backend):
             return
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self._tensors[name] = _Tensor(shape, dtype, buffer_cls(nbytes))
-
-    def _manifest_shape(self, graph: str, name: str) -> tuple[int, ...]:
-        entry = self._manifest["graphs"][graph]
-        for spec in entry.get("inputs", []) + entry.get("outputs", []):
-            if spec["name"] == name and all(isinstance(d, int) and d > 0 for d in spec["shape"]):
-                return tuple(spec["shape"])
-        raise BackendError(f"{graph}: tensor {name!r} is dynamic in the engine and has no static shape in the manifest")
 
     def _make_contexts(self, buffer_cls: type[DeviceBuffer]) -> dict[str, trt.IExecutionContext]:
         """Contexts sharing one scratch allocation (TensorRT >= 10.1), all tensors bound once."""
@@ -191,19 +195,31 @@ class TensorRTBackend(Backend):
                 contexts[graph] = user_managed_context(trt, engine, self._scratch.ptr, size)
         else:  # a TensorRT without device_memory_size_v2: each context owns its activation memory
             contexts = {graph: engine.create_execution_context() for graph, engine in self._engines.items()}
-        for graph, engine in self._engines.items():
+        for graph in self._engines:
             ctx = contexts[graph]
             if ctx is None:
                 raise BackendError(f"{graph}: could not create a TensorRT execution context (out of GPU memory?)")
-            for i in range(engine.num_io_tensors):
-                name = engine.get_tensor_name(i)
-                if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and -1 in _dims(
-                    engine.get_tensor_shape(name)
-                ):
-                    ctx.set_input_shape(name, trt.Dims(list(self._tensors[name].shape)))
-                if not ctx.set_tensor_address(name, self._tensors[name].buffer.ptr):
-                    raise BackendError(f"{graph}: could not bind tensor {name!r}")
+            self._set_shapes(graph, ctx)
+            for tensor in self._io[graph]:
+                if not ctx.set_tensor_address(tensor.name, self._tensors[tensor.name].buffer.ptr):
+                    raise BackendError(f"{graph}: could not bind tensor {tensor.name!r}")
         return contexts
+
+    def _set_shapes(self, graph: str, ctx: trt.IExecutionContext) -> None:
+        """Dynamic inputs get the manifest's shapes; the outputs they imply must be the buffers' shapes."""
+        import tensorrt as trt
+
+        dynamic = [t for t in self._io[graph] if DYNAMIC in t.shape]
+        for tensor in (t for t in dynamic if t.kind == "input"):
+            shape = self._tensors[tensor.name].shape
+            if not ctx.set_input_shape(tensor.name, trt.Dims(list(shape))):
+                raise BackendError(f"{graph}: TensorRT refused input shape {list(shape)} for {tensor.name!r} "
+                                   f"(outside the engine's optimisation profile); {REBUILD_HINT}")
+        for tensor in (t for t in dynamic if t.kind == "output"):
+            shape, resolved = self._tensors[tensor.name].shape, dims(ctx.get_tensor_shape(tensor.name))
+            if resolved != shape:
+                raise BackendError(f"{graph}: output {tensor.name!r} comes out {list(resolved)} for the manifest's "
+                                   f"input shapes, manifest says {list(shape)}; {REBUILD_HINT}")
 
     # ---------------------------------------------------------------- helpers
 
@@ -270,6 +286,8 @@ class TensorRTBackend(Backend):
         self, images: np.ndarray, lang_tokens: np.ndarray, lang_mask: np.ndarray, state: np.ndarray
     ) -> PrefixState:
         self._check_open()
+        self._generation += 1  # the K/V buffers change from the first write on: every earlier PrefixState is stale
+        generation = self._generation
         staged = [
             self._put("images", images),
             self._put("lang_tokens", lang_tokens),
@@ -280,8 +298,7 @@ class TensorRTBackend(Backend):
         obs_cls = self._get("obs_cls")
         self._finish(obs_cls=obs_cls)
         del staged
-        self._generation += 1
-        return PrefixState(obs_cls=obs_cls.astype(np.float32, copy=False), handle=_DevicePrefix(self._generation))
+        return PrefixState(obs_cls=obs_cls.astype(np.float32, copy=False), handle=_DevicePrefix(generation))
 
     def run_main_expert(self, x_t: np.ndarray, t: float, prefix: PrefixState) -> np.ndarray:
         self._check_prefix(prefix)

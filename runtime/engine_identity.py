@@ -12,14 +12,50 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from runtime.artifact_files import ArtifactFileError, confined_path, sha256_and_size
 from runtime.artifact_identity import IdentityError, stamp_identity, verify_identity
+from runtime.manifest_schema import IdentityModel, Key, Sha256Hex, describe
 
 RECORD = "engines.identity.json"
 DOMAIN = b"smolvla-cls-edge engine set v1\n"
 FORMAT_VERSION = 1
+
+
+class EngineRecordModel(BaseModel):
+    """Every field of `engines.identity.json` the runtime reads, with its type (unknown keys refused)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    format_version: Literal[1]
+    artifact_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+    fingerprints: dict[Key, Sha256Hex] = Field(min_length=1, max_length=64)
+    identity: IdentityModel
+
+    @field_validator("format_version", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        if type(value) is not int:  # Literal[1] alone takes true and 1.0
+            raise ValueError(f"Input should be the integer {FORMAT_VERSION}")
+        return value
+
+
+def read_engine_record(folder: Path) -> tuple[dict[str, Any], EngineRecordModel]:
+    """The folder's record as parsed JSON and as checked structure; IdentityError naming file and field otherwise."""
+    path = folder / RECORD
+    try:
+        raw = json.loads(confined_path(folder, RECORD).read_text(encoding="utf-8")[:1 << 20])
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise IdentityError(f"{path}: not valid JSON") from None
+    except ArtifactFileError as exc:
+        raise IdentityError(str(exc)) from None
+    try:
+        return raw, EngineRecordModel.model_validate(raw)
+    except ValidationError as exc:
+        raise IdentityError(f"{path}: not an engine identity record of format {FORMAT_VERSION}: "
+                            f"{describe(exc)}") from None
 
 
 def engine_record(engines_dir: Path, artifact_digest: str, graphs: Iterable[str]) -> dict[str, Any]:
@@ -55,20 +91,17 @@ def verify_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: 
             raise IdentityError(f"{path} is missing but a trusted key is required "
                                 "(sign the engines: python -m export.signing sign-engines)")
         return None
+    raw, record = read_engine_record(folder)
     try:
-        raw = json.loads(confined_path(folder, RECORD).read_text(encoding="utf-8")[:1 << 20])
-        if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-            raise IdentityError(f"{path}: not an engine identity record of format {FORMAT_VERSION}")
         digest = verify_identity(raw, trusted_keys=keys, domain=DOMAIN, what=RECORD)
-        if raw.get("artifact_digest") != artifact_digest:
-            raise IdentityError(f"{path}: the engines were built from artifacts {str(raw.get('artifact_digest'))[:19]}…,"
+        if record.artifact_digest != artifact_digest:
+            raise IdentityError(f"{path}: the engines were built from artifacts {record.artifact_digest[:19]}…,"
                                 f" not {artifact_digest[:19]}…; rebuild them with `make engine`")
         want = engine_record(folder, artifact_digest, graphs)["fingerprints"]
-    except (ValueError, ArtifactFileError) as exc:  # JSONDecodeError, IdentityError
-        raise IdentityError(str(exc) if isinstance(exc, (IdentityError, ArtifactFileError))
-                            else f"{path}: not valid JSON") from None
+    except ArtifactFileError as exc:
+        raise IdentityError(str(exc)) from None
     for graph, sha in want.items():
-        if raw["fingerprints"].get(graph) != sha:
+        if record.fingerprints.get(graph) != sha:
             raise IdentityError(f"{graph}.fingerprint.json in {folder} differs from {RECORD}: "
                                 "the engine changed after the record was written; rebuild with `make engine`")
     return digest

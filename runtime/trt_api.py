@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.graph_io import DYNAMIC, LoadedTensor
+
 # TensorRT DataType member -> numpy dtype the host side can hold (BF16/FP8/INT4 cannot cross the contract).
 _HOST_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
                 "INT8": np.int8, "UINT8": np.uint8}
@@ -78,3 +80,34 @@ def user_managed_context(trt: Any, engine: Any, ptr: int, size: int) -> Any:
     if ctx is not None:
         ctx.set_device_memory(ptr, size)
     return ctx
+
+
+def dims(value: Any) -> tuple[int, ...]:
+    """TensorRT Dims → tuple (Dims indexes but does not declare iteration)."""
+    return tuple(int(value[i]) for i in range(len(value)))
+
+
+def engine_io(trt: Any, engine: Any) -> list[LoadedTensor]:
+    """An engine's I/O tensors: name, mode, dtype, shape (-1 dynamic) and, for a dynamic input, profile 0's min/max.
+
+    Uses only ICudaEngine's tensor API: num_io_tensors, get_tensor_name / _mode / _dtype / _shape and
+    get_tensor_profile_shape (pyCore.cpp, tags v8.6.1, v10.3.0, v10.13.0, v11.0).
+    """
+    kinds = {member(trt, "TensorIOMode", "INPUT"): "input", member(trt, "TensorIOMode", "OUTPUT"): "output"}
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        mode = engine.get_tensor_mode(name)
+        kind = kinds.get(mode, str(getattr(mode, "name", mode)).lower())
+        shape = tuple(d if d >= 0 else DYNAMIC for d in dims(engine.get_tensor_shape(name)))
+        dtype = engine.get_tensor_dtype(name)
+        try:
+            dtype_name = host_dtype(trt, dtype, name).name
+        except TensorRTApiError:  # BF16, FP8, ...: named as TensorRT names it, refused by the manifest check
+            dtype_name = str(getattr(dtype, "name", dtype))
+        profile = None
+        if kind == "input" and DYNAMIC in shape:
+            low, _, high = engine.get_tensor_profile_shape(name, 0)
+            profile = (dims(low), dims(high))
+        out.append(LoadedTensor(name, kind, dtype_name, shape, profile))
+    return out

@@ -3,8 +3,10 @@ a version lacks fails here, not on a robot.
 
 Enum members and the attributes that differ are taken from NVIDIA/TensorRT python/src/infer/pyCore.cpp and
 pyFoundationalTypes.cpp at tags v10.3.0, v10.13.0 and v11.0. The fake parser reads the ONNX with `onnx`
-(one fake layer per node, typed from shape inference); a built "plan" is JSON of the network's I/O, and
-executing a context fills every output with `OUTPUT_VALUE` (through the fake CUDA of tests/fake_cuda.py).
+(one fake layer per node, typed from shape inference); a built "plan" is JSON of the network's I/O (dynamic
+axes -1) and its optimisation profile, and executing a context fills every output with `OUTPUT_VALUE` (through
+the fake CUDA of tests/fake_cuda.py). A plan's optional "output_shapes" are what a context resolves its dynamic
+outputs to; `set_input_shape` refuses shapes outside the profile and the inputs named in `REFUSED_INPUT_SHAPES`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import onnx
 
 OUTPUT_VALUE = 0.5
+REFUSED_INPUT_SHAPES: set[str] = set()  # inputs whose set_input_shape returns False whatever the shape
 
 _BUILDER_FLAGS_10 = ["FP16", "BF16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32",
                      "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
@@ -127,7 +130,7 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
             def tensor(name: str) -> Tensor:
                 t = infos[name].type.tensor_type
                 dtype = getattr(DataType, _ONNX_TO_TRT.get(t.elem_type, "FLOAT"))
-                return Tensor(name, dtype, tuple(d.dim_value for d in t.shape.dim))
+                return Tensor(name, dtype, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim))
 
             self.network.inputs = [tensor(v.name) for v in g.input]
             self.network.outputs = [tensor(v.name) for v in g.output]
@@ -166,9 +169,16 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
             return True
 
-        def add_optimization_profile(self, profile: Any) -> int:
+        def add_optimization_profile(self, profile: Profile) -> int:
             self.profiles.append(profile)
             return len(self.profiles) - 1
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, list[list[int]]] = {}
+
+        def set_shape(self, name: str, low: Any, opt: Any, high: Any) -> None:
+            self.shapes[name] = [list(low), list(opt), list(high)]
 
     class Builder:
         last_config: Config | None = None
@@ -183,35 +193,60 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
             Builder.last_config = Config()
             return Builder.last_config
 
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
         def build_serialized_network(self, network: Network, config: Config) -> bytes:
             io = [(t.name, t.dtype.name, list(t.shape), "INPUT") for t in network.inputs]
             io += [(t.name, t.dtype.name, list(t.shape), "OUTPUT") for t in network.outputs]
-            return json.dumps({"io": io, "flags": network.flags}).encode()
+            profile = config.profiles[0].shapes if config.profiles else {}
+            return json.dumps({"io": io, "flags": network.flags, "profile": profile}).encode()
 
     class Context:
         def __init__(self, engine: Engine, strategy: Any) -> None:
             self.engine, self.strategy, self.addresses, self.device_memory = engine, strategy, {}, None
+            self.input_shapes: dict[str, tuple[int, ...]] = {}
 
         def set_device_memory(self, ptr: int, size: int) -> None:
             self.device_memory = (ptr, size)
 
         def set_input_shape(self, name: str, dims: Any) -> bool:
+            spec = self.engine._spec(name)
+            low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+            shape = tuple(dims)
+            fits = len(shape) == len(low) and all(a <= d <= b for a, d, b in zip(low, shape, high))
+            if spec[3] != "INPUT" or -1 not in spec[2] or not fits or name in REFUSED_INPUT_SHAPES:
+                return False
+            self.input_shapes[name] = shape
             return True
+
+        def get_tensor_shape(self, name: str) -> Dims:
+            spec = self.engine._spec(name)
+            if spec[3] == "INPUT":
+                return Dims(self.input_shapes.get(name, spec[2]))
+            unset = any(-1 in s[2] and s[0] not in self.input_shapes for s in self.engine._inputs())
+            return Dims(spec[2] if unset else self.engine.output_shapes.get(name, spec[2]))
 
         def set_tensor_address(self, name: str, ptr: int) -> bool:
             self.addresses[name] = ptr
             return True
 
         def execute_async_v3(self, stream: int) -> bool:
-            outputs = [(self.addresses[n], s, d) for n, d, s, m in self.engine.io if m == "OUTPUT"]
+            outputs = [(self.addresses[n], tuple(self.get_tensor_shape(n)), d) for n, d, s, m in self.engine.io
+                       if m == "OUTPUT"]
+            if any(-1 in shape for _, shape, _ in outputs):  # a dynamic input has no shape yet
+                return False
             cuda.enqueue(stream, lambda: [cuda.fill(ptr, np.full(shape, OUTPUT_VALUE, _NP[dt])) for ptr, shape, dt
                                           in outputs])
             return True
 
     class Engine:
         def __init__(self, plan: bytes) -> None:
-            self.io = json.loads(plan)["io"]
+            data = json.loads(plan)
+            self.io, self.profile = data["io"], data.get("profile", {})
+            self.output_shapes: dict[str, list[int]] = data.get("output_shapes", {})
             self.num_io_tensors = len(self.io)
+            self.num_optimization_profiles = 1  # TensorRT's implicit profile when none was added
             self.device_memory_size_v2 = 4096
             if surface != "11.x":
                 self.device_memory_size = 4096
@@ -230,6 +265,15 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
 
         def get_tensor_mode(self, name: str) -> Any:
             return getattr(trt.TensorIOMode, self._spec(name)[3])
+
+        def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[Dims]:
+            spec = self._spec(name)
+            if spec[3] != "INPUT" or profile_index >= self.num_optimization_profiles:
+                return [Dims(), Dims(), Dims()]  # TensorRT logs an error and returns invalid Dims
+            return [Dims(d) for d in self.profile.get(name, [spec[2]] * 3)]
+
+        def _inputs(self) -> list[list[Any]]:
+            return [s for s in self.io if s[3] == "INPUT"]
 
         def create_execution_context(self, strategy: Any = None) -> Context:
             return Context(self, strategy)

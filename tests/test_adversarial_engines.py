@@ -7,6 +7,7 @@ TensorRT backend) and the ONNX hash; the policy checks the record before it impo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -109,3 +110,61 @@ def test_sign_engines_command_checks_plans_and_onnx(setup, tmp_path):
     assert verify_engine_record(engines, m.digest, GRAPH_NAMES, [load_public_key(public)]) == digest
     (engines / "prefix.plan").write_bytes(b"another engine")
     assert signing_main(["sign-engines", "--engines", str(engines), "--artifacts", str(art), "--key", str(private)]) == 2
+
+
+# ------------------------------------------------------------------ malformed records: every field, every wrong type
+
+WRONG_VALUES = (None, True, 0, 1.5, "x", [], ["a"], {})
+
+
+def _record_cases(good: dict) -> list[tuple[str, dict, bool]]:
+    """(field the error must name, record, restamp the digest) for a wrong type or a missing key of each field."""
+    cases = []
+    for key in ("format_version", "artifact_digest", "fingerprints", "identity"):
+        for value in (*WRONG_VALUES, "missing"):
+            body = json.loads(json.dumps(good))
+            if value == "missing":
+                del body[key]
+            else:
+                body[key] = value
+            cases.append((key, body, key != "identity"))
+    for graph_value in (5, None, [], "f" * 63, "F" * 64):
+        body = json.loads(json.dumps(good))
+        body["fingerprints"]["prefix"] = graph_value
+        cases.append(("fingerprints.prefix", body, True))
+    for sub, value in (("digest", 5), ("digest", None), ("signature", []), ("signature", ["key_id", "value"]),
+                       ("signature", {"key_id": 5, "value": "x"}), ("parts", [])):
+        body = json.loads(json.dumps(good))
+        body["identity"][sub] = value
+        cases.append((f"identity.{sub}", body, False))
+    cases.append(("unexpected", {**json.loads(json.dumps(good)), "unexpected": 1}, True))
+    return cases
+
+
+def test_every_malformed_record_field_is_refused_naming_file_and_field(setup):
+    """Each wrong type / missing key, with or without trusted keys: IdentityError naming the record and the field."""
+    from runtime.artifact_identity import stamp_identity
+    from runtime.engine_identity import DOMAIN
+
+    _, engines, m = setup
+    write_engine_record(engines, m.digest, GRAPH_NAMES, KEY)
+    good = json.loads((engines / RECORD).read_text())
+    cases = _record_cases(good)
+    for field, body, restamp in cases:
+        if restamp:  # a consistent digest: only the structure is wrong
+            stamp_identity(body, KEY, domain=DOMAIN)
+        (engines / RECORD).write_text(json.dumps(body))
+        for keys in ((), [KEY.public_key()]):
+            with pytest.raises(IdentityError) as info:
+                verify_engine_record(engines, m.digest, GRAPH_NAMES, keys)
+            message = str(info.value)
+            assert str(engines / RECORD) in message and f"'{field}" in message, (field, body, message)
+    assert len(cases) > 40
+
+
+@pytest.mark.parametrize("text", ["[]", '"record"', "1", "null", "[" * 100_000, "{\"format_version\": NaN}"])
+def test_record_that_is_not_an_object_is_refused(setup, text):
+    _, engines, m = setup
+    (engines / RECORD).write_text(text)
+    with pytest.raises(IdentityError, match=re.escape(str(engines / RECORD))):
+        verify_engine_record(engines, m.digest, GRAPH_NAMES)

@@ -150,7 +150,7 @@ def test_backend_refuses_graph_that_disagrees_with_manifest(tmp_path):
     raw["graphs"]["main_expert"]["file"] = "delta_expert.onnx"
     write_manifest_dict(art, raw)
     m = Manifest.load(art)
-    with pytest.raises(BackendError, match="main_expert.*names"):
+    with pytest.raises(BackendError, match=r"graph 'main_expert' has \w+ '\w+', which the manifest does not list"):
         OnnxRuntimeBackend(art, m)
     assert json.loads((art / "manifest.json").read_text())["format_version"] == 3
 

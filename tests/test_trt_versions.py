@@ -169,7 +169,10 @@ def test_make_engine_refuses_nodes_the_installed_parser_rejects(monkeypatch: pyt
     from onnx import TensorProto, helper, numpy_helper
 
     art = build_fake_artifacts(tmp_path / "onnx")
-    path = art / json.loads((art / "manifest.json").read_text())["graphs"]["prefix"]["file"]
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["graphs"]["prefix"]["outputs"].append({"name": "planted_pos", "shape": [1, 3], "dtype": "int64"})
+    (art / "manifest.json").write_text(json.dumps(manifest))  # the built engine must have the manifest's I/O
+    path = art / manifest["graphs"]["prefix"]["file"]
     model = onnx.load(str(path))
     model.graph.initializer.append(numpy_helper.from_array(np.array([[1, 0, 1]], np.int64), "planted_ids"))
     model.graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64), "planted_axis"))

@@ -26,7 +26,8 @@ from export.trt.engine_plan import (
 from export.trt.engine_precision import PrecisionPlan, check_strongly_typed_dtypes, must_stay_fp32, plan_precision
 from runtime.cuda_memory import DeviceInfo
 from runtime.fingerprint import EngineFingerprint
-from runtime.trt_api import apply_builder_flags, network_flags
+from runtime.graph_io import GraphIOError, check_graph_io
+from runtime.trt_api import apply_builder_flags, engine_io, network_flags
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -157,6 +158,20 @@ def _parse(parser: trt.OnnxParser, job: GraphJob) -> None:
         raise BuildError(f"{job.graph}: TensorRT could not parse {job.onnx_path}: {errors or 'no details'}")
 
 
+def check_built_engine(job: GraphJob, blob: bytes, logger: trt.ILogger) -> None:
+    """Deserialise a just-built plan and refuse it (BuildError) unless its I/O is the manifest's."""
+    import tensorrt as trt
+
+    engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
+    if engine is None:
+        raise BuildError(f"{job.graph}: TensorRT could not deserialise the engine it just built")
+    try:
+        check_graph_io(job.io, engine_io(trt, engine), "the engine is not saved; the ONNX and manifest.json of "
+                       "this folder disagree: re-export it with `make export`")
+    except GraphIOError as exc:
+        raise BuildError(str(exc)) from None
+
+
 def build_engine(
     job: GraphJob,
     options: BuildOptions,
@@ -213,6 +228,8 @@ def build_engine(
     if serialized is None:  # the binding returns None on failure; the logger has printed why
         raise BuildError(f"{job.graph}: TensorRT failed to build the engine (see the [TensorRT ERROR] lines)")
     blob_out = memoryview(serialized).tobytes()
+    del serialized, parser, network  # free the network before a second copy of the engine is loaded
+    check_built_engine(job, blob_out, logger)
 
     job.plan_path.parent.mkdir(parents=True, exist_ok=True)
     job.plan_path.write_bytes(blob_out)

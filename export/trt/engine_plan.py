@@ -14,6 +14,8 @@ from typing import Any
 
 from export.trt.engine_precision import PRECISIONS
 from runtime.fingerprint import EngineFingerprint, sha256_bytes
+from runtime.graph_io import GraphIOError, manifest_graph
+from runtime.manifest import GraphSpec
 from runtime.manifest_schema import FORMAT_VERSION as MANIFEST_FORMAT
 
 GRAPHS = ("prefix", "main_expert", "delta_expert", "plan_encoder")  # runtime.manifest.GRAPH_NAMES
@@ -67,7 +69,7 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class GraphJob:
-    """One engine to build: where its ONNX is, where the plan goes, and its shape profile (if dynamic)."""
+    """One engine to build: where its ONNX is, where the plan goes, its shape profile (if dynamic) and its I/O."""
 
     graph: str
     onnx_path: Path
@@ -75,6 +77,7 @@ class GraphJob:
     plan_path: Path
     fingerprint_path: Path
     profile: dict[str, ShapeRange]
+    io: GraphSpec  # the manifest's I/O, which the built engine must have
 
 
 def validate_options(precision: str, workspace_gb: float, opt_level: int) -> None:
@@ -232,8 +235,13 @@ def plan_jobs(
         sha = manifest.get("files", {}).get(entry["file"], {}).get("sha256")
         if not isinstance(sha, str):
             raise PlanError(f"manifest.json has no files[{entry['file']!r}].sha256 (needed for the fingerprint)")
+        try:
+            io = manifest_graph(manifest, graph)  # checks the entries derive_profile reads
+        except GraphIOError as exc:
+            raise PlanError(str(exc)) from None
         profile = derive_profile(entry, manifest.get("dims", {}), options.dim_ranges)
-        jobs.append(GraphJob(graph, onnx_path, sha, out / f"{graph}.plan", out / f"{graph}.fingerprint.json", profile))
+        jobs.append(GraphJob(graph, onnx_path, sha, out / f"{graph}.plan", out / f"{graph}.fingerprint.json",
+                             profile, io))
     return jobs
 
 
