@@ -6,7 +6,10 @@ emits for it is numbered t + 1 (the next one the robot runs), the queued rest t 
 any that elapsed meanwhile. Before gating, the policy's queue is advanced past the actions the robot
 executed since the last chunk, so the gate compares against what is left of the plan the robot runs.
 The gate keeps the plan → an empty chunk (the robot keeps its queue); a resample or a refined plan →
-the whole remaining plan; `must_go` (the robot's queue ran dry) forces a resample.
+the whole remaining plan; `must_go` (the robot's queue ran dry) forces a resample. An observation whose
+timestep is not newer than the last one planned from (a duplicate, or a stale one overtaken on the wire)
+is skipped — no inference, an empty chunk — as lerobot's own policy server skips predicted timesteps:
+advancing by a negative count would shift the plan against the robot's timeline.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
 from runtime.safety import ActionGuard
+
+STALE = "stale"  # Chunk.gate_reason of a skipped observation (timestep not newer than the last planned)
 
 
 @dataclass
@@ -44,12 +49,17 @@ class ChunkPlanner:
         # vets the queued rows sent ahead; separate from the policy's guard so its "last safe" stays the emitted one
         self._ahead_guard = ActionGuard(m.action_bounds, m.stop_action, "hold", "clip")
         self._next_timestep: int | None = None  # timestep of the policy queue's head
+        self.last_timestep: int | None = None  # the newest observation planned from
 
     def plan(self, robot_obs: Mapping[str, Any], timestep: int, must_go: bool) -> Chunk:
         t0 = time.perf_counter()
         p = self.policy
         obs = self.interface.observation(robot_obs, state_names=self.state_names)
         nxt = timestep + 1  # the next action the robot will execute
+        if not must_go and self.last_timestep is not None and timestep <= self.last_timestep:
+            return Chunk(np.zeros((0, p.manifest.dims.action_dim), dtype=np.float32), nxt, False, False, STALE,
+                         (time.perf_counter() - t0) * 1e3)
+        self.last_timestep = timestep if self.last_timestep is None else max(timestep, self.last_timestep)
         if must_go or self._next_timestep is None:
             p.advance(p.manifest.dims.chunk_size)  # queue dry on the robot → empty here too → resample
         else:

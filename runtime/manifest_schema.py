@@ -235,7 +235,7 @@ class IdentityModel(_Closed):
 class RobotCameraModel(_Closed):
     height: int = _dim(8192)
     width: int = _dim(8192)
-    channels: Literal[1, 3, 4]
+    channels: Literal[3]  # RGB, as the graphs read it (robot_interface checks the client's cameras against it)
 
 
 class RobotModel(_Open):

@@ -7,6 +7,7 @@ a robot client announces against it. Without a `robot` section, names are not ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from runtime.manifest import Manifest
 IMAGES_PREFIX = "observation.images."
 STATE_FEATURE = "observation.state"
 TASK_KEY = "task"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class RobotInterfaceError(ValueError):
@@ -70,7 +72,13 @@ class RobotInterface:
             v = robot_obs.get(n)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise RobotInterfaceError(f"robot observation '{n}' must be a number, got {type(v).__name__}")
-            state[i] = float(v)
+            try:
+                f = float(v)
+            except OverflowError:  # an int beyond any float
+                f = math.inf
+            if not abs(f) <= FLOAT32_MAX:  # NaN, inf, or beyond float32 (the state's dtype in the graphs)
+                raise RobotInterfaceError(f"robot observation '{n}' must be a finite float32 number, got {v!r:.40}")
+            state[i] = f
         out[self.state_key] = state
         instruction = task if task is not None else robot_obs.get(TASK_KEY)
         if instruction is not None:
@@ -99,6 +107,9 @@ class RobotInterface:
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}'].names must list motor names")
         names = tuple(names)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}'].names repeats motor(s) {repeated}")
         if self.state_names is not None:
             missing = [n for n in self.state_names if n not in names]
             extra = [n for n in names if n not in self.state_names]

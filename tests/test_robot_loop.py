@@ -144,12 +144,23 @@ def test_interface_maps_robot_dicts_both_ways():
 def test_worker_inference_failures_count_as_faults():
     policy, _, robot, iface = make()
     real_obs = robot.get_observation
-    robot.get_observation = lambda: {**real_obs(), "x": float("nan")}  # the policy refuses a NaN state
+    # the interface passes images through; the policy (in the worker) refuses one outside [0, 1]
+    robot.get_observation = lambda: {**real_obs(), "top": np.full((64, 64, 3), 7.0)}
     source = AsyncSource(policy, iface, fps=100)
     rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=100, max_ticks=200, max_faults=3)
-    assert "consecutive faults" in rep.stop_reason and "observation.state" in rep.stop_reason
+    assert "consecutive faults" in rep.stop_reason and "observation.images.top" in rep.stop_reason
     assert rep.stops_sent == 1 and robot.sent and np.array_equal(robot.sent[-1], policy.guard.stop_action)
     assert len(robot.sent) == 1  # nothing but the stop action ever reached the robot
+    source.close()
+    # a NaN motor reading is refused before the worker, by the interface, naming the motor: also a fault
+    policy, _, robot, iface = make()
+    real_obs = robot.get_observation
+    robot.get_observation = lambda: {**real_obs(), "x": float("nan")}
+    source = AsyncSource(policy, iface, fps=100)
+    rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=100, max_ticks=200, max_faults=3)
+    source.close()
+    assert "consecutive faults" in rep.stop_reason and "'x' must be a finite" in rep.stop_reason
+    assert len(robot.sent) == 1 and rep.stops_sent == 1
 
 
 class FailingBackend(SlowBackend):

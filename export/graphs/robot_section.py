@@ -52,6 +52,8 @@ def robot_section(dataset_root: Path, action_dim: int, state_dim: int, camera_ke
         if ft is None or len(ft["shape"]) != 3:
             raise ExportInputError(f"dataset '{dataset_root}': camera '{key}' missing or not HxWxC")
         h, w, c = (int(v) for v in ft["shape"])
+        if c != 3:  # the policy's graphs read RGB; a grayscale / RGBA robot camera could never be served
+            raise ExportInputError(f"dataset '{dataset_root}': camera '{key}' has {c} channels, the policy reads RGB (3)")
         cams[key] = {"height": h, "width": w, "channels": c}
     return {"fps": info["fps"], "action_names": names("action", action_dim), "state_names": names(state_key, state_dim),
             "cameras": cams}

@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback --host without a token (LeRobot's stock client sends none)")
     p.add_argument("--max-observation-mb", type=float, default=32.0)
+    p.add_argument("--max-sessions", type=int, default=8, help="robot clients with a session at once")
+    p.add_argument("--stream-deadline-s", type=float, default=10.0,
+                   help="an observation stream not finished within this is cancelled (frees its worker thread)")
     add_identity_arguments(p)
     p.add_argument("--stats-every", type=float, default=10.0, help="log the counters every N seconds (0: never)")
     p.add_argument("--verbose", action="store_true", help="log every observation (gate decision, latency)")
@@ -39,12 +42,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = ServeConfig(artifacts=args.artifacts, backend=args.backend, device=args.device, gate=args.gate,
-                      refine=args.refine, host=args.host, port=args.port,
-                      token=args.token or os.environ.get(TOKEN_ENV) or None,
-                      max_observation_bytes=int(args.max_observation_mb * (1 << 20)),
-                      expected_digest=expected_digest(args.expect_digest), trusted_keys=trusted_keys(args.trusted_key))
-    server, svc, port = build_server(cfg, allow_public=args.allow_unauthenticated)
+    mb = args.max_observation_mb
+    if not 0 < mb <= 1024:
+        raise SystemExit(f"runtime serve: --max-observation-mb={mb} must be in (0, 1024]")
+    try:
+        cfg = ServeConfig(artifacts=args.artifacts, backend=args.backend, device=args.device, gate=args.gate,
+                          refine=args.refine, host=args.host, port=args.port,
+                          token=args.token or os.environ.get(TOKEN_ENV) or None,
+                          max_observation_bytes=int(mb * (1 << 20)),
+                          max_sessions=args.max_sessions, stream_deadline_s=args.stream_deadline_s,
+                          expected_digest=expected_digest(args.expect_digest), trusted_keys=trusted_keys(args.trusted_key))
+        server, svc, port = build_server(cfg, allow_public=args.allow_unauthenticated)
+    except ValueError as exc:  # a setting out of range, or a public bind without a token: named, no trace
+        raise SystemExit(f"runtime {exc}") from None
     server.start()
     log = logging.getLogger("runtime.serve")
     log.info("serving %s (%s, gate %s) on %s:%d; robot interface: %s", args.artifacts, args.backend, args.gate,

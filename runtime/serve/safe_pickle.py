@@ -7,10 +7,12 @@ decoded object is then checked field by field. Anything else raises `PayloadErro
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +23,11 @@ _DTYPES = {"b1", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8
 MAX_ARRAY_BYTES = 64 << 20
 MAX_ITEMS = 4096  # keys in an observation / features dict
 MAX_NODES = 100_000  # values visited when checking one payload (memo references can nest a small pickle into a huge tree)
+MAX_TIMESTEP = 1 << 62  # the client counts actions from 0; anything near 2**63 is not a robot's timeline
+# bytes the decoder may materialise on top of twice the payload's length (an array's bytes are copied at
+# most twice): a memo reference can feed one stored buffer to a reconstructor again and again, so every
+# copy counts against this budget (see _Budget)
+DECODE_SLACK_BYTES = 1 << 20
 
 
 class PayloadError(ValueError):
@@ -30,6 +37,9 @@ class PayloadError(ValueError):
 @dataclass
 class RemotePolicyConfig:
     """Local stand-in for lerobot's RemotePolicyConfig (the client's setup message)."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("policy_type", "pretrained_name_or_path", "lerobot_features",
+                                           "actions_per_chunk")  # no default in lerobot's class either
 
     policy_type: str = ""
     pretrained_name_or_path: str = ""
@@ -45,6 +55,8 @@ class RemotePolicyConfig:
 @dataclass
 class TimedObservation:
     """Local stand-in for lerobot's TimedObservation (one raw robot observation plus `task`)."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("timestamp", "timestep", "observation")
 
     timestamp: float = 0.0
     timestep: int = 0
@@ -62,8 +74,27 @@ def _set_fields(obj: Any, state: Any, name: str) -> None:
     unknown = sorted(str(k) for k in state if k not in known)
     if unknown:
         raise PayloadError(f"{name}: unknown field(s) {unknown}")
+    missing = [k for k in obj.REQUIRED if k not in state]
+    if missing:
+        raise PayloadError(f"{name}: missing field(s) {missing}")
+    # NEWOBJ skipped __init__: optional fields the sender left out take the dataclass defaults
+    for k in known - set(state):
+        f = obj.__dataclass_fields__[k]
+        setattr(obj, k, f.default_factory() if f.default is MISSING else f.default)
     for k, v in state.items():
         setattr(obj, k, v)
+
+
+class _Budget:
+    """Bytes the decoder may still materialise for one payload; every reconstructor copy spends from it."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def spend(self, n: int, what: str) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise PayloadError(f"{what}: the payload decodes to more bytes than it carries (memo amplification); refused")
 
 
 class _NdarrayType:
@@ -82,24 +113,27 @@ def _reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
     return np.ndarray.__new__(np.ndarray, (0,), np.uint8)  # BUILD → __setstate__ checks size against data
 
 
-def _scalar(dtype: Any, data: Any) -> Any:
+def _scalar(dtype: Any, data: Any, *, budget: _Budget) -> Any:
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise PayloadError("numpy scalar refused (numeric dtype and matching byte count required)")
+    budget.spend(len(data), "numpy scalar")
     return np.frombuffer(data, dtype=dtype)[0].item()
 
 
-def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, *, budget: _Budget) -> np.ndarray:
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(buf, (bytes, bytearray)):
         raise PayloadError("numpy _frombuffer refused (numeric dtype over bytes required)")
     if len(buf) > MAX_ARRAY_BYTES:
         raise PayloadError(f"numpy array of {len(buf)} bytes exceeds {MAX_ARRAY_BYTES}")
+    budget.spend(2 * len(buf), "numpy _frombuffer")  # bytes(buf) and the array's own copy
     return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order="F" if order == "F" else "C").copy()
 
 
-def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+def _latin1(text: Any, encoding: Any = "latin1", *, budget: _Budget) -> bytes:
     """Protocol-2 pickles spell bytes as `_codecs.encode(str, 'latin1')`; only that form is admitted."""
     if not isinstance(text, str) or encoding != "latin1":
         raise PayloadError("_codecs.encode refused (only str → latin1 bytes)")
+    budget.spend(len(text), "_codecs.encode")
     return text.encode("latin1")
 
 
@@ -115,6 +149,7 @@ for _mod in ("numpy.core", "numpy._core"):
     _ADMITTED[(f"{_mod}.multiarray", "scalar")] = _scalar
     _ADMITTED[(f"{_mod}.numeric", "_frombuffer")] = _frombuffer
 # copyreg.__newobj__ is never named by protocol >= 2 pickles (NEWOBJ opcode); nothing else is admitted.
+_SPENDING = {_latin1, _scalar, _frombuffer}  # reconstructors that copy bytes: bound to the payload's budget
 
 
 def _check_array_state(state: Any) -> None:
@@ -134,11 +169,16 @@ def _check_array_state(state: Any) -> None:
 class _Unpickler(pickle._Unpickler):  # the Python implementation, so BUILD can be checked before it runs
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.budget = _Budget(2 * len(data) + DECODE_SLACK_BYTES)  # each stored byte copied at most twice
+
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ADMITTED[(module, name)]
+            found = _ADMITTED[(module, name)]
         except KeyError:
             raise PayloadError(f"class {module}.{name} is not part of the protocol; refused") from None
+        return functools.partial(found, budget=self.budget) if found in _SPENDING else found
 
     def persistent_load(self, pid: Any) -> Any:
         raise PayloadError("persistent ids are not part of the protocol; refused")
@@ -154,6 +194,7 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation, so BUILD can 
             return
         if isinstance(inst, np.ndarray):
             _check_array_state(state)
+            self.budget.spend(len(state[4]), "numpy array")
         pickle._Unpickler.load_build(self)
 
     dispatch[pickle.BUILD[0]] = _load_build
@@ -162,7 +203,7 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation, so BUILD can 
 def loads(data: bytes, expect: type) -> Any:
     """Decode `data` as an instance of `expect` (RemotePolicyConfig or TimedObservation), or raise PayloadError."""
     try:
-        obj = _Unpickler(io.BytesIO(data)).load()
+        obj = _Unpickler(data).load()
     except PayloadError:
         raise
     except Exception as exc:  # noqa: BLE001 — truncated/corrupt pickles raise many types
@@ -170,7 +211,12 @@ def loads(data: bytes, expect: type) -> Any:
     if not isinstance(obj, expect):
         raise PayloadError(f"expected a {expect.__name__}, got {type(obj).__name__}")
     check = _check_setup if expect is RemotePolicyConfig else _check_observation
-    check(obj)
+    try:
+        check(obj)
+    except PayloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — a field the checks did not foresee must still be a refusal
+        raise PayloadError(f"{expect.__name__}: unreadable field ({type(exc).__name__}: {exc})") from None
     return obj
 
 
@@ -205,6 +251,12 @@ def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = No
     raise PayloadError(f"{where}: type {type(value).__name__} refused")
 
 
+def _short(value: Any) -> str:
+    """A number for a message: huge ints neither overflow a float format nor flood the log."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}…({len(text)} digits)"
+
+
 def _typed(obj: Any, name: str, types: tuple[type, ...], where: str) -> None:
     v = getattr(obj, name)
     if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
@@ -228,6 +280,12 @@ def _check_observation(obs: TimedObservation) -> None:
     _typed(obs, "timestep", (int,), "TimedObservation")
     _typed(obs, "must_go", (bool,), "TimedObservation")
     _typed(obs, "observation", (dict,), "TimedObservation")
-    if obs.timestep < 0:
-        raise PayloadError(f"TimedObservation.timestep must be >= 0, got {obs.timestep}")
+    if not 0 <= obs.timestep <= MAX_TIMESTEP:
+        raise PayloadError(f"TimedObservation.timestep must be in [0, 2**62], got {_short(obs.timestep)}")
+    try:
+        finite = math.isfinite(float(obs.timestamp))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise PayloadError(f"TimedObservation.timestamp must be a finite number of seconds, got {_short(obs.timestamp)}")
     _plain(obs.observation, "TimedObservation.observation")

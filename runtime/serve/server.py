@@ -22,14 +22,14 @@ from typing import Any
 
 import grpc
 
-from runtime.chunk_planner import ChunkPlanner
+from runtime.chunk_planner import STALE, ChunkPlanner
 from runtime.observation import ObservationError
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
 from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
-from runtime.serve.session import ServeSession, session_counters
+from runtime.serve.session import STREAMS_PER_SESSION, ServeSession, session_counters
 
 log = logging.getLogger("runtime.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -52,9 +52,23 @@ class ServeConfig:
     get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
     max_workers: int = 16
     session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
+    max_sessions: int = 8  # sessions kept at once (each holds an EdgePolicy); a new client drops the quietest
+    stream_deadline_s: float = 10.0  # one observation stream must end (TRANSFER_END) within this
     seed: int = 0
     expected_digest: str | None = None  # accept only this export (sessions are pinned to the loaded one anyway)
     trusted_keys: tuple = ()  # Ed25519 public keys, one of which must have signed the export
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would disable a limit or overflow a timer, naming the field."""
+        bounds = {"max_observation_bytes": (1 << 10, 1 << 30), "max_sessions": (1, 1024), "max_workers": (2, 1024),
+                  "stream_deadline_s": (0.01, 3600.0), "session_idle_s": (0.01, 86400.0),
+                  "get_actions_wait_s": (0.0, 60.0)}
+        for name, (lo, hi) in bounds.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise ValueError(f"serve: {name}={v!r} must be a number in [{lo}, {hi}]")
+        if self.max_sessions * STREAMS_PER_SESSION >= self.max_workers:  # streams must not hold every worker
+            raise ValueError(f"serve: max_sessions={self.max_sessions} must stay below max_workers={self.max_workers}")
 
 
 class _Refused(Exception):
@@ -89,6 +103,12 @@ class InferenceServicer:
     def _session(self, context: grpc.ServicerContext) -> ServeSession | None:
         with self._sessions_lock:
             return self.sessions.get(context.peer())
+
+    def _retire(self, peer: str) -> None:
+        """Drop a session (caller holds the sessions lock); its counters stay in stats()."""
+        old = self.sessions.pop(peer)
+        old.close()
+        self._retired.update(old.policy.counters.as_dict())
 
     def stats(self) -> dict[str, Any]:
         """Server counters plus the summed EdgePolicy counters of every session (gate savings show here)."""
@@ -126,9 +146,14 @@ class InferenceServicer:
             now = time.monotonic()
             stale = [p for p, s in self.sessions.items() if p == peer or now - s.last_seen > self.cfg.session_idle_s]
             for p in stale:  # a reconnecting client, or clients gone quiet for session_idle_s
-                old = self.sessions.pop(p)
-                old.close()
-                self._retired.update(old.policy.counters.as_dict())
+                self._retire(p)
+            if len(self.sessions) >= self.cfg.max_sessions:
+                # full: the least recently seen session makes room (a robot that reconnects from a new port
+                # leaves its old one behind, and must always get back in); its open stream is cancelled
+                quiet = min(self.sessions, key=lambda p: self.sessions[p].last_seen)
+                log.warning("%d sessions (--max-sessions): dropping the least recently seen, %s", len(self.sessions), quiet)
+                self.counters["sessions_evicted"] += 1
+                self._retire(quiet)
             self.sessions[peer] = session
         self.counters["setups"] += 1
         log.info("client %s: policy_type=%r, %d actions per chunk, motors %s (requested %r is served by %s)",
@@ -138,10 +163,21 @@ class InferenceServicer:
 
     def SendObservations(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         session = self._session(context)
+        if session is None:  # before reading a byte: a client without setup holds no worker thread
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         "no policy setup from this client (call SendPolicyInstructions first)")
+            return wire.Empty()
+        if not session.streams.acquire(blocking=False):  # the stock client sends one observation at a time
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"more than {STREAMS_PER_SESSION} concurrent observation streams from this client")
+            return wire.Empty()
+        # a stream that never ends would hold a worker thread: cancel it after the deadline
+        timer = threading.Timer(self.cfg.stream_deadline_s, context.cancel)
+        timer.daemon = True
+        timer.start()
+        session.stream_context = context  # a dropped session cancels its open stream (session.close)
         try:
             data = self._assemble(request_iterator)
-            if session is None:
-                raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, "no policy setup from this client (call SendPolicyInstructions first)")
             obs = loads(data, TimedObservation)
         except _Refused as exc:
             if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
@@ -153,10 +189,15 @@ class InferenceServicer:
         except PayloadError as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation: {exc}")
             return wire.Empty()
-        except grpc.RpcError as exc:  # the client vanished mid-stream
+        except grpc.RpcError as exc:  # the client vanished mid-stream, or the deadline cancelled it
             self.counters["streams_broken"] += 1
-            log.warning("observation stream from %s broke: %s", context.peer(), exc)
+            log.warning("observation stream from %s broke (or ran past %.0f s): %s", context.peer(),
+                        self.cfg.stream_deadline_s, exc)
             return wire.Empty()
+        finally:
+            timer.cancel()
+            session.stream_context = None
+            session.streams.release()
         self.counters["observations_received"] += 1
         session.put(obs)
         return wire.Empty()
@@ -196,6 +237,9 @@ class InferenceServicer:
                 reply = session.infer(obs)
         except (ObservationError, RobotInterfaceError) as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation #{obs.timestep}: {exc}")
+            return wire.Actions()
+        if reply.gate_reason == STALE:  # not newer than what this session last planned from: skipped
+            self.counters["observations_stale"] += 1
             return wire.Actions()
         self.counters["observations_processed"] += 1
         self.counters["must_go"] += reply.forced

@@ -10,6 +10,8 @@ from typing import Any
 from runtime.chunk_planner import Chunk, ChunkPlanner
 from runtime.serve.safe_pickle import TimedObservation
 
+STREAMS_PER_SESSION = 1  # concurrent SendObservations per client (the stock client sends them one by one)
+
 
 class ServeSession:
     """`infer` is serialised by the server's inference lock (one backend)."""
@@ -21,12 +23,19 @@ class ServeSession:
         self.pending: TimedObservation | None = None
         self.cond = threading.Condition()
         self.last_seen = time.monotonic()
+        self.streams = threading.BoundedSemaphore(STREAMS_PER_SESSION)  # observation streams in flight
+        self.stream_context: Any = None  # the gRPC context of the open observation stream, if any
 
     def put(self, obs: TimedObservation) -> None:
-        """Latest observation wins; a must_go flag survives being replaced (the client's queue is still dry)."""
+        """The newest observation wins (by timestep: one overtaken on the wire does not replace a newer one);
+        a must_go flag survives being replaced (the client's queue is still dry)."""
         with self.cond:
-            if self.pending is not None and self.pending.must_go:
-                obs.must_go = True
+            if self.pending is not None:
+                older = obs.timestep < self.pending.timestep
+                obs.must_go = obs.must_go or self.pending.must_go
+                if older:
+                    self.pending.must_go = obs.must_go
+                    obs = self.pending
             self.pending = obs
             self.last_seen = time.monotonic()
             self.cond.notify_all()
@@ -42,9 +51,13 @@ class ServeSession:
         return self.planner.plan(tobs.observation, tobs.timestep, tobs.must_go)
 
     def close(self) -> None:
+        """Forget the pending observation and cancel an open stream (its worker thread is freed now)."""
         with self.cond:
             self.pending = None
             self.cond.notify_all()
+        ctx = self.stream_context
+        if ctx is not None:
+            ctx.cancel()
 
 
 def session_counters(policies: list[Any]) -> dict[str, int]:
