@@ -164,7 +164,7 @@ def test_trickling_streams_hold_no_worker():
         yield services_pb2.Observation(transfer_state=services_pb2.TRANSFER_BEGIN, data=b"x")
         stop.wait(20)
 
-    with running_server(stream_deadline_s=0.5) as (svc, port):
+    with running_server(stream_deadline_s=2.0) as (svc, port):
         anon = Client(port)  # no setup: refused before a byte is read
         futs = [anon.stub.SendObservations.future(trickle()) for _ in range(20)]
         good_client_is_served(port)
@@ -175,12 +175,22 @@ def test_trickling_streams_hold_no_worker():
         c = Client(port)
         c.setup()
         first = c.stub.SendObservations.future(trickle())
-        time.sleep(0.1)
+        assert wait_for(lambda: any(s.stream_context is not None for s in svc.sessions.values()), timeout_s=5)
         refused(lambda: c.stub.SendObservations(trickle()), grpc.StatusCode.RESOURCE_EXHAUSTED, "concurrent")
         with pytest.raises(grpc.RpcError):  # cancelled by the server at its deadline, not after 20 s
-            first.result(timeout=5)
-        assert wait_for(lambda: svc.counters["streams_broken"] + svc.counters["refused"] >= 22, timeout_s=5)
-        c.observe()  # the session's stream slot is free again
+            first.result(timeout=8)
+
+        def slot_free() -> bool:  # the server thread releases the slot just after the client sees the cancel
+            try:
+                c.observe()
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                return False
+            return True
+
+        assert wait_for(slot_free, timeout_s=5)
+        assert svc.counters["streams_broken"] + svc.counters["refused"] >= 22
         assert len(c.actions()) == 10
         stop.set()
         c.close()

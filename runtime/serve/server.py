@@ -191,7 +191,7 @@ class InferenceServicer:
             return wire.Empty()
         except grpc.RpcError as exc:  # the client vanished mid-stream, or the deadline cancelled it
             self.counters["streams_broken"] += 1
-            log.warning("observation stream from %s broke (or ran past %.0f s): %s", context.peer(),
+            log.warning("observation stream from %s broke (or ran past %g s): %s", context.peer(),
                         self.cfg.stream_deadline_s, exc)
             return wire.Empty()
         finally:
