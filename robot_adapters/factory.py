@@ -1,13 +1,13 @@
 """Build a robot from `--robot.type=... --robot.<field>=...` flags (what `runtime robot` passes on).
 
 `sim_reach` is built here without lerobot; any other type goes through lerobot's own config parser
-(draccus) and `make_robot_from_config`, with lerobot's cameras and third-party robot plugins registered.
+(draccus) and `make_robot_from_config` in `robot_adapters.lerobot_robot` (stock robots, cameras and
+third-party plugins registered; parser errors as one line naming the flag).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from typing import Any
 
 from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
@@ -46,16 +46,6 @@ def make_robot(args: list[str]) -> Any:
         raise ValueError("no robot given: pass --robot.type=<lerobot robot type or sim_reach> and its --robot.* flags")
     if types[-1] == "sim_reach":
         return _sim(args)
-    import draccus  # lerobot's config parser
-    from lerobot.cameras.opencv.configuration_opencv import OpenCVCameraConfig  # noqa: F401  (registers 'opencv')
-    from lerobot.robots import RobotConfig, make_robot_from_config
-    from lerobot.utils.import_utils import register_third_party_plugins
+    from robot_adapters.lerobot_robot import make_lerobot_robot
 
-    register_third_party_plugins()
-
-    @dataclass
-    class _Args:
-        robot: RobotConfig
-
-    cfg = draccus.parse(config_class=_Args, args=args)
-    return make_robot_from_config(cfg.robot)
+    return make_lerobot_robot(args)

@@ -115,10 +115,18 @@ def check_loop_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("runtime.robot")
     check_loop_arguments(args)  # before anything is loaded or connected
     policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine,
                         expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
+    try:
+        return _drive(args, robot_args, policy)
+    finally:  # whatever happened (a refused robot, a failed disconnect, a second Ctrl-C): the backend is released
+        policy.close()
+
+
+def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy) -> int:
+    """`run` once the policy is loaded: build and check the robot, then the loop and its report."""
+    log = logging.getLogger("runtime.robot")
     if args.margin is not None:  # refused before the robot is connected
         check_margin(args.margin, policy.manifest.dims.n_action_steps)
     slew = reanchor_slew(args.slew, args.reanchor)
@@ -131,6 +139,7 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     policy.guard = ActionGuard(policy.manifest.action_bounds, policy.manifest.stop_action, mode, g.out_of_bounds,
                                stop_dims)
     robot = importlib.import_module(ADAPTERS).make_robot(robot_args)
+    iface.check_robot(robot)  # other motors / cameras: refused by name before anything is started or connected
     task = args.task if args.task is not None else getattr(robot, "task", None)
     if task is None:
         raise ValueError("--task is required: the instruction sent with every observation")
@@ -162,18 +171,25 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     def on_sigterm(signum: int, frame: object) -> None:  # systemd / docker stop: the same safe stop as Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
     def on_tick(tick: int, sa: SourceAction, period_ms: float) -> None:
         if tick % max(1, args.log_every) == 0:
             log.info("tick %d: period %.1f ms, gate %s, resampled %s, inference %.1f ms%s", tick, period_ms,
                      sa.gate_reason or "-", sa.resampled, sa.latency_ms, "" if sa.action is not None else ", no action (held)")
 
-    rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=fps, max_ticks=args.max_ticks,
-                    max_faults=args.max_faults, on_stop=args.on_stop, on_tick=on_tick,
-                    bounds=policy.manifest.action_bounds, max_starved=max_starved)
+    try:
+        rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=fps, max_ticks=args.max_ticks,
+                        max_faults=args.max_faults, on_stop=args.on_stop, on_tick=on_tick,
+                        bounds=policy.manifest.action_bounds, max_starved=max_starved)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM while connecting, or a second one during the safe stop (whose
+        # stop/close/disconnect steps still all ran): no report, one line instead of a traceback
+        log.error("interrupted while connecting or again during the safe stop (steps taken: see above)")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     print(json.dumps({"ticks": rep.ticks, "seconds": round(rep.seconds, 2), "rate_hz": round(rep.rate_hz, 2),
                       "starved": rep.starved, "clipped": rep.clipped, "faults": rep.faults, "stop": rep.stop_reason or "end",
-                      "stops_sent": rep.stops_sent, "policy": policy.counters.as_dict()}))
-    policy.close()
-    return 0 if not rep.faults else 1
+                      "stops_sent": rep.stops_sent, "repeated_frames": rep.repeated_frames,
+                      "disconnect": rep.disconnect_error or "ok", "policy": policy.counters.as_dict()}))
+    return 0 if not (rep.faults or rep.disconnect_error) else 1

@@ -2,14 +2,15 @@
 keys and sizes, fps, written at export from the LeRobotDataset) and the two mappings it gives:
 a LeRobot `Robot.get_observation()` dict (`"<motor>.pos"` floats + HxWx3 camera arrays) → the policy's
 observation, and an action vector → named motor values for `send_action`. Also checks the `lerobot_features`
-a robot client announces against it. Without a `robot` section, names are not checked, only counts.
+a robot client announces, or a robot's own `observation_features` / `action_features`, against it (before
+anything moves). Without a `robot` section, names are not checked, only counts, and camera sizes are free.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,32 @@ IMAGES_PREFIX = "observation.images."
 STATE_FEATURE = "observation.state"
 TASK_KEY = "task"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+ASPECT_TOLERANCE = 0.01  # a frame whose width/height differs more from the recorded one is another camera or crop
+MAX_SHAPES_SEEN = 64  # the per-camera shape cache is cleared past this (a client cycling sizes cannot grow it)
+
+
+def _aspect_error(camera: str, got: tuple[Any, Any], recorded: tuple[int, int]) -> str | None:
+    """Why a (height, width) frame cannot stand in for the recorded one (None when it can, or is unknown):
+    resizing to another resolution is fine, squeezing another aspect ratio into the recorded one is not."""
+    h, w = got
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+        return None  # unknown yet (a camera without width/height set) or malformed (refused elsewhere)
+    rh, rw = recorded
+    if abs((w / h) / (rw / rh) - 1.0) <= ASPECT_TOLERANCE:
+        return None
+    return (f"camera '{camera}' gives {h}x{w} frames, the artifact was recorded at {rh}x{rw} (aspect "
+            f"{w / h:.3f} vs {rw / rh:.3f}): another camera or crop; set its width/height to the recorded aspect")
+
+
+def hardware_names(features: Any, where: str) -> tuple[tuple[str, ...], dict[str, tuple]]:
+    """A robot's `observation_features` / `action_features` (name → `float` for a motor, a shape tuple for a
+    camera) → (motor names, {camera: shape}), split the way lerobot's `hw_to_dataset_features` does."""
+    if not isinstance(features, Mapping):
+        raise RobotInterfaceError(f"the robot's {where} must be a dict (name -> float or camera shape), "
+                                  f"got {type(features).__name__}")
+    motors = tuple(str(k) for k, v in features.items() if v is float)
+    cameras = {str(k): v for k, v in features.items() if isinstance(v, tuple)}
+    return motors, cameras
 
 
 class RobotInterfaceError(ValueError):
@@ -35,6 +62,8 @@ class RobotInterface:
     state_key: str
     action_dim: int
     state_dim: int
+    recorded: bool = False  # camera sizes come from the dataset (the robot section): aspect ratios are checked
+    _shapes_ok: set = field(default_factory=set, compare=False, repr=False)  # (camera, shape, uint8) accepted
 
     @classmethod
     def from_manifest(cls, m: Manifest) -> RobotInterface:
@@ -47,7 +76,7 @@ class RobotInterface:
             return cls(None, None, None, cams, m.state_key, d.action_dim, d.state_dim)
         cams.update({key: (c.height, c.width, c.channels) for key, c in r.cameras.items()})
         return cls(float(r.fps), tuple(r.action_names), tuple(r.state_names), cams, m.state_key, d.action_dim,
-                   d.state_dim)
+                   d.state_dim, recorded=True)
 
     # ------------------------------------------------------------- robot → policy
     @property
@@ -66,6 +95,8 @@ class RobotInterface:
             img = robot_obs.get(robot_key, robot_obs.get(key))
             if img is None:
                 raise RobotInterfaceError(f"robot observation lacks camera '{robot_key}'")
+            if self.recorded:
+                self._check_frame(robot_key, key, img)
             out[key] = img
         state = np.empty(len(names), dtype=np.float32)
         for i, n in enumerate(names):
@@ -84,6 +115,24 @@ class RobotInterface:
         if instruction is not None:
             out[TASK_KEY] = instruction
         return out
+
+    def _check_frame(self, robot_key: str, key: str, img: Any) -> None:
+        """Refuse a frame of another aspect ratio than the recorded one (the policy would see a squeezed scene);
+        another resolution is resized. Checked once per camera and shape: later ticks cost one set look-up."""
+        shape = getattr(img, "shape", None)
+        if not isinstance(shape, tuple):
+            return  # not an array: observation.py names it
+        seen = (key, shape, getattr(img, "dtype", None) == np.uint8)
+        if seen in self._shapes_ok:
+            return
+        if len(shape) == 3 and (shape[2] if seen[2] else shape[0]) == 3:  # uint8 HxWx3, float 3xHxW; other
+            h, w = shape[:2] if seen[2] else shape[1:]  # layouts are refused (and named) by observation.py
+            why = _aspect_error(robot_key, (h, w), self.cameras[key][:2])
+            if why:
+                raise RobotInterfaceError(why)
+        if len(self._shapes_ok) >= MAX_SHAPES_SEEN:
+            self._shapes_ok.clear()
+        self._shapes_ok.add(seen)
 
     def action_dict(self, action: np.ndarray, action_names: tuple[str, ...] | None = None) -> dict[str, float]:
         """Action vector → {motor name: value} for `Robot.send_action`."""
@@ -106,26 +155,55 @@ class RobotInterface:
         names = state.get("names")
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}'].names must list motor names")
-        names = tuple(names)
+        names = self._check_motors(tuple(names), self.state_names, self.state_dim, f"lerobot_features['{STATE_FEATURE}']")
+        announced = {k: features[k].get("shape") if isinstance(features[k], Mapping) else None
+                     for k in features if k.startswith(IMAGES_PREFIX)}
+        self._check_cameras(announced, "lerobot_features", lambda key: f"lerobot_features['{key}'].shape")
+        return self.state_names or names
+
+    def check_robot_features(self, observation_features: Any, action_features: Any) -> None:
+        """Check a LeRobot robot's own `observation_features` / `action_features` against the artifact before
+        it is connected: motors, cameras (and their aspect ratio) and the action's motor names, each mismatch
+        named. Converted as lerobot's `hw_to_dataset_features` does (`float` → motor, shape tuple → camera)."""
+        motors, cams = hardware_names(observation_features, "observation_features")
+        self._check_motors(motors, self.state_names, self.state_dim, "the robot's observation_features")
+        self._check_cameras({IMAGES_PREFIX + k: shape for k, shape in cams.items()}, "the robot's observation_features",
+                            lambda key: f"the robot's observation_features['{key.removeprefix(IMAGES_PREFIX)}']")
+        actions, _ = hardware_names(action_features, "action_features")
+        self._check_motors(actions, self.action_names, self.action_dim, "the robot's action_features")
+
+    @staticmethod
+    def _check_motors(names: tuple[str, ...], expected: tuple[str, ...] | None, dim: int, where: str) -> tuple[str, ...]:
+        """Distinct names, and the artifact's (when it has a robot section; else only the count)."""
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}'].names repeats motor(s) {repeated}")
-        if self.state_names is not None:
-            missing = [n for n in self.state_names if n not in names]
-            extra = [n for n in names if n not in self.state_names]
+            raise RobotInterfaceError(f"{where}.names repeats motor(s) {repeated}")
+        if expected is not None:
+            missing = [n for n in expected if n not in names]
+            extra = [n for n in names if n not in expected]
             if missing or extra:
                 what = [f"motor '{n}' missing" for n in missing] + [f"motor '{n}' not in the artifact" for n in extra]
-                raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}']: {', '.join(what)}; "
-                                          f"the artifact expects {list(self.state_names)}")
-        elif len(names) != self.state_dim:
-            raise RobotInterfaceError(f"lerobot_features['{STATE_FEATURE}']: {len(names)} motors, "
-                                      f"the artifact expects {self.state_dim}")
-        announced = {k for k in features if k.startswith(IMAGES_PREFIX)}
-        for key in sorted(announced ^ set(self.cameras)):
-            where = "not in the artifact" if key in announced else "missing on the robot"
-            raise RobotInterfaceError(f"lerobot_features: camera '{key}' {where}; the artifact expects {sorted(self.cameras)}")
-        for key in sorted(announced):
-            shape = features[key].get("shape") if isinstance(features[key], Mapping) else None
+                raise RobotInterfaceError(f"{where}: {', '.join(what)}; the artifact expects {list(expected)}")
+        elif len(names) != dim:
+            raise RobotInterfaceError(f"{where}: {len(names)} motors, the artifact expects {dim}")
+        return names
+
+    def _check_cameras(self, shapes: Mapping[str, Any], where: str, shape_field: Any) -> None:
+        """The same camera keys as the artifact; each shape (H, W, 3), of the recorded aspect ratio."""
+        for key in sorted(set(shapes) ^ set(self.cameras)):
+            state = "not in the artifact" if key in shapes else "missing on the robot"
+            raise RobotInterfaceError(f"{where}: camera '{key}' {state}; the artifact expects {sorted(self.cameras)}")
+        for key in sorted(shapes):
+            shape = shapes[key]
             if not isinstance(shape, (list, tuple)) or len(shape) != 3 or shape[2] != 3:
-                raise RobotInterfaceError(f"lerobot_features['{key}'].shape must be (H, W, 3), got {shape!r}")
-        return self.state_names or names
+                raise RobotInterfaceError(f"{shape_field(key)} must be (H, W, 3), got {shape!r}")
+            why = _aspect_error(key.removeprefix(IMAGES_PREFIX), (shape[0], shape[1]), self.cameras[key][:2])
+            if self.recorded and why:
+                raise RobotInterfaceError(why)
+
+    def check_robot(self, robot: Any) -> None:
+        """`check_robot_features` on a robot object, before `connect()`; a robot without the feature properties
+        (a duck-typed test double) is checked tick by tick only."""
+        obs, act = getattr(robot, "observation_features", None), getattr(robot, "action_features", None)
+        if obs is not None or act is not None:
+            self.check_robot_features(obs, act)

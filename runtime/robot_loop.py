@@ -5,7 +5,10 @@ Actions come from an `ActionSource`: `AsyncSource` (the default) runs the asynch
 `AsyncEdgePolicy` — chunks planned on a worker thread, aligned to the tick they were planned from, so a slow
 resample never stalls the rate; `SyncSource` runs EdgePolicy on the loop thread (fast models). Safe stop: on Ctrl-C and after `max_faults` consecutive
 faults the loop sends the manifest's stop action once (`on_stop="stop"`) or sends nothing more
-(`"hold"`: the arm keeps its last target), then disconnects. Each tick is logged (gate decision, latency).
+(`"hold"`: the arm keeps its last target), then disconnects — each of the three steps runs even when the one
+before failed or a second Ctrl-C arrived (that interrupt is re-raised after), and a failing disconnect is
+logged and noted in the report, never lost with it. Each tick is logged (gate decision, latency).
+Before connecting, the robot's `observation_features` / `action_features` are checked against the artifact.
 
 Nothing reaches the robot unvetted, whatever the source (`ActionSource` is a public interface): a non-finite
 or wrong-sized action is not sent (a fault), a finite one outside the manifest's action bounds is clipped.
@@ -121,6 +124,8 @@ class LoopReport:
     refused: int = 0  # non-finite / wrong-sized actions not sent (counted as faults)
     stop_reason: str = ""
     stops_sent: int = 0
+    repeated_frames: int = 0  # camera frames that were the very array of the tick before (no new frame yet)
+    disconnect_error: str = ""  # the robot's disconnect failed (logged; the report is still returned)
     periods_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -135,9 +140,10 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
     """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C, `max_faults` consecutive faults or
     `max_starved` consecutive ticks without an action (STARTUP_GRACE times as many before the first one).
 
-    Connects the robot if needed and always disconnects it; the safe stop (stop action once, or hold)
-    runs on every exit except a normal end of `max_ticks`/`should_stop`. `bounds`: the manifest's action
-    bounds every action is clipped into (None: only finiteness and size are checked).
+    Checks the robot's features against the artifact, connects it if needed and always disconnects it
+    (when it reports being connected); the safe stop (stop action once, or hold) runs on every exit except a
+    normal end of `max_ticks`/`should_stop`. `bounds`: the manifest's action bounds every action is clipped
+    into (None: only finiteness and size are checked). `source` is closed on every exit.
     """
     if on_stop not in ON_STOP:
         raise ValueError(f"on_stop must be one of {ON_STOP}, got {on_stop!r}")
@@ -146,8 +152,13 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
     if max_starved is not None and (isinstance(max_starved, bool) or not isinstance(max_starved, int) or max_starved < 1):
         raise ValueError(f"max_starved must be an integer >= 1 (ticks) or None, got {max_starved!r}")
     vet = _ActionVet(interface, bounds)
-    if not getattr(robot, "is_connected", False):
-        robot.connect()
+    try:
+        interface.check_robot(robot)  # another robot (other motors or cameras) is refused before it is connected
+        if not getattr(robot, "is_connected", False):
+            robot.connect()
+    except BaseException:
+        source.close()
+        raise
     with own_sigint():  # Ctrl-C must reach the safe stop below, whatever the process inherited
         return _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
                            on_tick, vet, max_starved)
@@ -187,12 +198,15 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     consecutive = 0  # robot I/O or source exceptions in a row
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
     starved_run, sent_any = 0, False  # ticks in a row with nothing to send; whether anything was sent yet
+    frames = _RepeatedFrames(tuple(interface.camera_names))
+    interrupt: BaseException | None = None
     start = last = time.perf_counter()
     try:
         while (max_ticks is None or rep.ticks < max_ticks) and not (should_stop and should_stop()):
             tick = rep.ticks
             try:
                 obs = robot.get_observation()
+                rep.repeated_frames += frames.count(obs)
                 sa = source.next_action(tick, obs)
                 action, why = (None, "") if sa.action is None else vet(sa.action)
                 if sa.action is None:  # nothing ready: the robot holds; neither a fault nor a recovery
@@ -245,16 +259,68 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
         rep.stop_reason = "interrupted (Ctrl-C)"
     finally:
         rep.seconds = time.perf_counter() - start
+        interrupt = _shut_down(robot, source, interface, stop_action, on_stop, rep)
+    if interrupt is not None:  # a second Ctrl-C / SIGTERM during the shutdown: honoured now that it is done
+        raise interrupt
+    return rep
+
+
+class _RepeatedFrames:
+    """Counts camera frames that are the same array object as the tick before: LeRobot's `read_latest()` hands
+    back its last frame (up to 500 ms old) when no new one arrived. One identity test per camera and tick."""
+
+    def __init__(self, cameras: tuple[str, ...]):
+        self.cameras, self.last = cameras, dict.fromkeys(cameras)
+
+    def count(self, obs: Any) -> int:
+        get = getattr(obs, "get", None)
+        if get is None:
+            return 0
+        n = 0
+        for cam in self.cameras:
+            img = get(cam)
+            n += img is not None and img is self.last[cam]
+            self.last[cam] = img
+        return n
+
+
+def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, on_stop: str,
+               rep: LoopReport) -> BaseException | None:
+    """The safe stop (if one is due), closing the source, disconnecting the robot: each step runs whatever the
+    one before did — failed, or was cut short by a second Ctrl-C / SIGTERM (nested `finally`s, so even an
+    interrupt landing between steps cannot skip the disconnect, i.e. torque-off). Returns such an interrupt."""
+    interrupts: list[BaseException] = []
+
+    def attempt(what: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            interrupts.append(exc)
+            log.error("%s interrupted (%s): finishing the shutdown first", what, type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 — logged; the next step still runs
+            log.error("%s failed: %s", what, exc)
+            if what == "disconnect":
+                rep.disconnect_error = str(exc) or type(exc).__name__
+
+    def send_stop() -> None:
         if rep.stop_reason:
             log.warning("safe stop: %s → %s", rep.stop_reason, on_stop)
             if on_stop == "stop":
-                try:
-                    robot.send_action(interface.action_dict(stop_action))
-                    rep.stops_sent += 1
-                except Exception as exc:  # noqa: BLE001
-                    log.error("stop action failed: %s", exc)
-        try:
-            source.close()
-        finally:
+                robot.send_action(interface.action_dict(stop_action))
+                rep.stops_sent += 1
+
+    def disconnect() -> None:
+        if getattr(robot, "is_connected", True):  # lerobot raises DeviceNotConnectedError otherwise
             robot.disconnect()
-    return rep
+        else:
+            rep.disconnect_error = "the robot was no longer connected (link lost?): disconnect skipped"
+            log.warning(rep.disconnect_error)
+
+    try:
+        attempt("stop action", send_stop)
+    finally:
+        try:
+            attempt("closing the action source", source.close)
+        finally:
+            attempt("disconnect", disconnect)
+    return interrupts[0] if interrupts else None
