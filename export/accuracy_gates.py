@@ -79,17 +79,26 @@ def report(rows: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def vocab_size(artifacts: Path, manifest: dict[str, Any]) -> int:
-    """Token ids the artifact's tokenizer can produce (1 + its largest id); 1000 when it records none."""
-    path = artifacts / manifest.get("tokenizer", {}).get("file", "tokenizer.json")
+def token_id_limit(tokenizer_file: Path) -> int | None:
+    """1 + the largest id a `tokenizer.json` can produce (model vocabulary and added tokens); None if unreadable."""
     try:
-        tok = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return 1000
-    vocab = tok.get("model", {}).get("vocab", {})
-    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
-    ids += [a.get("id", 0) for a in tok.get("added_tokens", [])]
-    return max(ids, default=999) + 1
+        tok = json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
+        vocab = (tok.get("model") or {}).get("vocab") or {}
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
+        ids += [a.get("id", 0) for a in tok.get("added_tokens") or []]
+        return max((int(i) for i in ids), default=-1) + 1
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def vocab_size(artifacts: Path, manifest: dict[str, Any]) -> int:
+    """Token ids the artifact's tokenizer can produce (1 + its largest id), at most the embedding rows the
+    manifest records (dims.vocab_size); 1000 when it records neither."""
+    limit = token_id_limit(artifacts / manifest.get("tokenizer", {}).get("file", "tokenizer.json"))
+    rows = manifest.get("dims", {}).get("vocab_size")
+    if limit is None or limit < 1:
+        limit = 1000
+    return min(limit, rows) if isinstance(rows, int) and rows > 0 else limit
 
 
 def random_inputs(manifest: dict[str, Any], rng: np.random.Generator, vocab: int = 1000) -> dict[str, np.ndarray]:

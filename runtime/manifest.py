@@ -53,6 +53,7 @@ class Dims:
     num_cls_suffix: int
     cls_dim: int
     delta_time: float
+    vocab_size: int | None = None  # prefix graph's embedding rows: token ids must be below it (None: unrecorded)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class TokenizerSpec:
     padding_side: str
     append_newline: bool
     truncation: bool
+    vocab_size: int | None = None  # dims.vocab_size: token ids must be below it (None: unrecorded)
 
 
 @dataclass(frozen=True)
@@ -275,9 +277,11 @@ class Manifest:
             raise ManifestError("manifest: 'safety.stop_action' lies outside 'action_bounds'")
         t = m.tokenizer
         self.tokenizer = TokenizerSpec(t.file, t.max_length, t.pad_token_id, t.padding_side, t.append_newline,
-                                       t.truncation)
+                                       t.truncation, dims.vocab_size)
         if t.max_length != dims.lang_len:
             raise ManifestError("manifest: 'tokenizer.max_length' differs from 'dims.lang_len'")
+        if dims.vocab_size is not None and t.pad_token_id >= dims.vocab_size:
+            raise ManifestError(f"manifest: 'tokenizer.pad_token_id' is not below 'dims.vocab_size'; {REEXPORT_HINT}")
         self.delta_input = m.delta_input
         self.act_cls_wiring = m.act_cls.wiring  # which graph feeds the consistency gate (seed | plan_only)
         self.graphs = {name: self._graph(name, getattr(m.graphs, name)) for name in GRAPH_NAMES}

@@ -65,6 +65,9 @@ class DimsModel(_Open):
     num_cls_suffix: int = _dim(256)
     cls_dim: int = _dim(65536)
     delta_time: Finite = Field(ge=0.0, le=1.0)
+    # optional (older producers omit it; older runtimes ignore it): rows of the prefix graph's token embedding;
+    # an instruction that encodes to an id >= vocab_size is refused (it would index past the table), naming `task`
+    vocab_size: int | None = Field(default=None, ge=1, le=10_000_001)
 
     @model_validator(mode="after")
     def _ordered(self) -> DimsModel:

@@ -26,6 +26,10 @@ class InstructionTooLongError(ValueError):
     """The instruction is longer than MAX_INSTRUCTION_BYTES or encodes to more tokens than the exported length."""
 
 
+class UnknownTokenError(ValueError):
+    """The instruction encodes to a token id the prefix graph's embedding table has no row for."""
+
+
 def quoted(text: str) -> str:
     """A bounded repr of an instruction for messages."""
     return repr(text) if len(text) <= _QUOTE else repr(text[:_QUOTE]) + f"… ({len(text)} characters)"
@@ -88,6 +92,11 @@ class InstructionTokenizer:
                     f"max_length={L}; shorten it or re-export with a longer lang_len"
                 )
             ids = ids[:L]
+        rows = spec.vocab_size
+        if rows is not None and ids and max(ids) >= rows:  # would index past the embedding (TensorRT: UB)
+            raise UnknownTokenError(f"instruction {quoted(text)} encodes to token id {max(ids)}, but the model's "
+                                    f"embedding has {rows} rows (dims.vocab_size); rephrase it or re-export "
+                                    "with the VLM's own tokenizer")
         n = len(ids)
         tokens = np.full((1, L), spec.pad_token_id, dtype=np.int64)
         mask = np.zeros((1, L), dtype=np.bool_)

@@ -7,6 +7,7 @@ combinations fail at construction with a message that names the field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lerobot.configs.policies import PreTrainedConfig
@@ -14,6 +15,23 @@ from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
 SUFFIX_CLS_ATTENTION_MODES = ("all", "window")
 ACT_CLS_WIRINGS = ("seed", "plan_only")  # smolvla_cls/plan_pass.py
+# Every float field (loss weights, noise, time embedding, optimiser, model width): (name, lower bound, bound
+# excluded). inf / nan in one makes training non-finite far from its cause: refused at construction, named.
+FLOAT_FIELDS = (
+    ("vicreg_weight", 0.0, False), ("vicreg_lambda", 0.0, False), ("vicreg_mu", 0.0, False),
+    ("vicreg_nu", 0.0, False), ("vicreg_gamma", 0.0, True), ("vicreg_eps", 0.0, False),
+    ("cls_noise_scale", 0.0, False), ("delta_time", 0.0, True), ("min_period", 0.0, True),
+    ("max_period", 0.0, True), ("optimizer_lr", 0.0, False), ("optimizer_eps", 0.0, False),
+    ("optimizer_weight_decay", 0.0, False), ("optimizer_grad_clip_norm", 0.0, True),
+    ("scheduler_decay_lr", 0.0, False), ("expert_width_multiplier", 0.0, True),
+)
+
+
+def _number(value: object) -> float | None:
+    """`value` as a float, or None for a bool or a non-number (a config field typed float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 class ConfigError(ValueError):
@@ -88,13 +106,17 @@ class SmolVLACLSConfig(SmolVLAConfig):
                 fail("suffix_cls_window", ">= 1 with suffix_cls_attention='window'")
             if 2 * self.suffix_cls_window > self.chunk_size:
                 fail("suffix_cls_window", f"<= chunk_size/2 ({self.chunk_size // 2}): first n + last n must fit the chunk")
-        for name in ("vicreg_weight", "vicreg_lambda", "vicreg_mu", "vicreg_nu", "cls_noise_scale", "vicreg_eps"):
-            if not float(getattr(self, name)) >= 0.0:
-                fail(name, "a finite number >= 0")
-        if not self.vicreg_gamma > 0.0:
-            fail("vicreg_gamma", "> 0")
-        if not 0.0 < self.delta_time <= 1.0:
+        for name, low, strict in FLOAT_FIELDS:
+            value = _number(getattr(self, name))
+            if value is None or not math.isfinite(value) or (value <= low if strict else value < low):
+                fail(name, f"a finite number {'>' if strict else '>='} {low:g}")
+        betas = [_number(b) for b in self.optimizer_betas]
+        if len(betas) != 2 or not all(b is not None and 0.0 <= b < 1.0 for b in betas):
+            fail("optimizer_betas", "two numbers in [0, 1)")
+        if not self.delta_time <= 1.0:
             fail("delta_time", "in (0, 1]")
+        if self.adapt_to_pi_aloha:  # lerobot's Aloha state/action remapping: neither trained nor exported here
+            fail("adapt_to_pi_aloha", "False (the pi-Aloha joint remapping is not supported by smolvla_cls)")
         if self.vlm_preset is not None and self.vlm_preset not in ("tiny", "full"):
             fail("vlm_preset", "'tiny', 'full' or None")
         if self.pad_language_to not in ("longest", "max_length"):

@@ -398,7 +398,7 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         if not isinstance(config, SmolVLACLSConfig):
             raise TypeError(f"config: expected SmolVLACLSConfig, got {type(config).__name__}")
         super(SmolVLAPolicy, self).__init__(config)
-        config._validate_cls_fields()  # again: fields may have been changed since construction (rtc_config)
+        config._validate_cls_fields()  # again: fields may have been changed since construction (rtc_config, adapt_to_pi_aloha)
         config.validate_features()
         self.config = config
         self.init_rtc_processor()
@@ -437,8 +437,6 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r}: expected 'mean' or 'none'")
         validate_batch(self.config, batch, need_action=True)
-        if self.config.adapt_to_pi_aloha:
-            raise NotImplementedError("adapt_to_pi_aloha is not supported by smolvla_cls")
         inputs = self._inputs(batch)
         action_is_pad = batch.get("action_is_pad")
         loss_dict: dict[str, float] = {}

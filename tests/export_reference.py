@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from export.graphs.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PrefixGraph
-from export.graphs.onnx_export import NORM_EPS
+from export.graphs.normalization import NORM_EPS
 
 OBS_SEED = 3
 

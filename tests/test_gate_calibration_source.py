@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from export.graphs.gate_calibration import _Graphs, calibrate_on_simtask
-from export.graphs.onnx_export import Normalizer
+from export.graphs.normalization import Normalizer
 from simtask.reach_env import ReachEnv
 from tests.test_export import _loaded
 
@@ -60,7 +60,8 @@ def test_policy_calibration_executes_its_own_sampled_chunks(setup, monkeypatch):
             continue
         if t % HORIZON == 0:
             chunk_i += 1
-        np.testing.assert_allclose(e, sampled[chunk_i][t % HORIZON, :2] * norm.action_std + norm.action_mean,
+        act = loaded.stats["action"]
+        np.testing.assert_allclose(e, sampled[chunk_i][t % HORIZON, :2] * act["std"] + act["mean"],
                                    rtol=1e-5, atol=1e-7)
         t, steps = t + 1, steps + 1
     assert chunk_i + 1 == len(sampled) and steps >= 2 * HORIZON
@@ -124,12 +125,19 @@ def test_action_raw_is_the_runtimes_unnormalisation(setup):
     from runtime.manifest import NormStats
     from runtime.preprocess import ActionUnnormalizer
 
-    _, norm = setup
-    runtime = ActionUnnormalizer(NormStats("mean_std", np.asarray(norm.action_mean), np.asarray(norm.action_std),
-                                           None, None, 1e-8), 2)
+    loaded, norm = setup
+    act = loaded.stats["action"]
+    runtime = ActionUnnormalizer(NormStats("mean_std", act["mean"], act["std"], None, None, 1e-8), 2)
     rows = np.random.default_rng(0).normal(size=(5, norm.max_action)).astype(np.float32)
     np.testing.assert_allclose(norm.action_raw(rows), runtime(rows), rtol=1e-6)
     np.testing.assert_allclose(norm.action(norm.action_raw(rows)), rows[:, :2], rtol=1e-4, atol=1e-5)
+    cfg = loaded.policy.config  # a MIN_MAX checkpoint: calibration unnormalises as the runtime's min_max
+    minmax = Normalizer(loaded.stats, "observation.state", cfg.max_state_dim, cfg.max_action_dim,
+                        {"observation.state": "identity", "action": "min_max"})
+    runtime = ActionUnnormalizer(NormStats("min_max", None, None, act["min"], act["max"], 1e-8), 2)
+    np.testing.assert_allclose(minmax.action_raw(rows), runtime(rows), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(minmax.action(minmax.action_raw(rows)), rows[:, :2], rtol=1e-4, atol=1e-5)
+    assert np.array_equal(minmax.state(np.array([0.3, 0.7]))[:3], np.array([0.3, 0.7, 0.0], np.float32))
 
 
 def test_policy_rollouts_clip_into_the_manifest_bounds_as_the_runtime_guard(setup, monkeypatch):

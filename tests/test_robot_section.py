@@ -5,11 +5,14 @@ simulated robot's motor and camera names."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 
 from export.graphs.checkpoint_loading import ExportInputError
-from export.graphs.robot_section import dataset_root_from_checkpoint, robot_section
+from export.graphs.export_checks import check_dataset_stats
+from export.graphs.robot_section import dataset_root_from_checkpoint, robot_section, training_cwd
 from robot_adapters.sim_reach import SimReachRobot
 from runtime.manifest import Manifest, ManifestError
 from runtime.robot_interface import RobotInterface
@@ -54,6 +57,85 @@ def test_dataset_root_from_train_config(tmp_path, dataset_root, capsys):
     (tmp_path / "train_config.json").write_text(json.dumps({"dataset": {"repo_id": "local/reach", "root": "elsewhere/reach"}}))
     assert dataset_root_from_checkpoint(tmp_path) is None  # trained on another machine: no section, a warning
     assert "--dataset-root" in capsys.readouterr().err
+
+
+def _train_layout(base, output_dir: str, root: str, link: bool):
+    """`make train`'s layout under `base`: <output_dir>/checkpoints/000004/pretrained_model with a train_config,
+    optionally reached through the `checkpoints -> stage_x/checkpoints` link train.py makes."""
+    run = base / output_dir
+    ckpt = run / "checkpoints" / "000004" / "pretrained_model"
+    ckpt.mkdir(parents=True)
+    (ckpt / "train_config.json").write_text(json.dumps({"output_dir": output_dir, "dataset": {"root": root}}))
+    if link:
+        (run.parent / "checkpoints").symlink_to(f"{run.name}/checkpoints")
+        return run.parent / "checkpoints" / "000004" / "pretrained_model"
+    return ckpt
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_relative_root_resolves_against_the_training_directory(tmp_path, dataset_root, monkeypatch, capsys, link):
+    """lerobot resolved dataset.root against the directory training ran in, not the export's."""
+    train_dir = tmp_path / "project"
+    shutil.copytree(dataset_root, train_dir / "data" / "reach")
+    ckpt = _train_layout(train_dir, "outputs/train/default/stage_delta", "data/reach", link)
+    other = tmp_path / "elsewhere"
+    shutil.copytree(dataset_root, other / "data" / "reach")  # same relative path here: must not be picked
+    monkeypatch.chdir(other)
+    assert training_cwd(ckpt, "outputs/train/default/stage_delta") == train_dir
+    assert dataset_root_from_checkpoint(ckpt) == train_dir / "data" / "reach"
+    assert f"{train_dir / 'data' / 'reach'} (against the training directory)" in capsys.readouterr().err
+
+
+def test_unknown_training_directory_falls_back_to_here_and_says_so(tmp_path, dataset_root, monkeypatch, capsys):
+    ckpt = _train_layout(tmp_path / "run", "outputs/x", "data/reach", False)
+    (ckpt / "train_config.json").write_text(json.dumps({"output_dir": str(tmp_path / "moved"),
+                                                        "dataset": {"root": "data/reach"}}))
+    assert training_cwd(ckpt, str(tmp_path / "moved")) is None and training_cwd(ckpt, "other/run") is None
+    shutil.copytree(dataset_root, tmp_path / "here" / "data" / "reach")
+    monkeypatch.chdir(tmp_path / "here")
+    assert dataset_root_from_checkpoint(ckpt) == tmp_path / "here" / "data" / "reach"
+    assert "against this directory (the training directory is unknown)" in capsys.readouterr().err
+
+
+def _write_stats(root, stats):
+    (root / "meta" / "stats.json").write_text(json.dumps(
+        {k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in stats.items()}))
+
+
+STATS = {"observation.state": {"mean": [0.49, 0.5], "std": [0.2, 0.21], "min": [0.01, 0.04], "max": [0.96, 0.97]},
+         "action": {"mean": [0.0005, -0.0003], "std": [0.039, 0.038], "min": [-0.06, -0.06], "max": [0.06, 0.06]}}
+KEYS = ("observation.state", "action")
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("stat", ["mean", "std", "min", "max"])
+def test_a_dataset_with_other_stats_is_refused_naming_the_feature(tmp_path, dataset_root, key, stat):
+    root = shutil.copytree(dataset_root, tmp_path / "ds")
+    ours = {k: {s: np.asarray(v, dtype=np.float32).astype(np.float64) for s, v in d.items()} for k, d in STATS.items()}
+    _write_stats(root, STATS)
+    check_dataset_stats(root, ours, KEYS)  # float32 copies of the dataset's stats: the same dataset
+    theirs = json.loads(json.dumps(STATS))
+    theirs[key][stat][1] += 0.01
+    _write_stats(root, theirs)
+    with pytest.raises(ExportInputError, match=f"'{key}' {stat} .* differs from the checkpoint's normaliser"):
+        check_dataset_stats(root, ours, KEYS)
+
+
+def test_a_dataset_without_stats_is_noted_not_refused(dataset_root, capsys):
+    check_dataset_stats(dataset_root, {}, KEYS)
+    assert "cannot check" in capsys.readouterr().err
+
+
+def test_export_refuses_a_dataset_the_checkpoint_was_not_trained_on(tmp_path, dataset_root):
+    from export.graphs.onnx_export import export_artifacts
+    from tests.test_export import _loaded
+
+    loaded = _loaded()  # action std 0.04 / 0.03
+    root = shutil.copytree(dataset_root, tmp_path / "ds")
+    _write_stats(root, STATS)  # action std 0.039 / 0.038: another recording
+    with pytest.raises(ExportInputError, match="'observation.state' mean .* not the dataset this checkpoint"):
+        export_artifacts(loaded, tmp_path / "out", calibrate=False, progress=False, dataset_root=root)
+    assert not (tmp_path / "out").exists()
 
 
 def test_runtime_reads_it_and_the_sim_robot_matches(dataset_root, tmp_path):

@@ -123,6 +123,9 @@ def test_graph_shape_must_agree_with_dims(artifacts):
     (lambda r: r["gate"]["drift"].__setitem__("default_threshold", "high"), "gate.drift.default_threshold"),
     (lambda r: r.__setitem__("delta_input", "zeros"), "delta_input"),
     (lambda r: r.__setitem__("safety", {"stop_action": [5.0, 0.0]}), "safety.stop_action"),
+    (lambda r: r["dims"].__setitem__("vocab_size", 0), "dims.vocab_size"),
+    (lambda r: r["dims"].__setitem__("vocab_size", 10.0), "dims.vocab_size"),
+    (lambda r: (r["dims"].update(vocab_size=4), r["tokenizer"].update(pad_token_id=4)), "tokenizer.pad_token_id"),
 ])
 def test_bad_values_are_named(artifacts, edit, needle):
     raw = load_manifest_dict(artifacts)

@@ -15,7 +15,7 @@ except ImportError:
     from fake_artifacts import VOCAB, cached_fake_artifacts
 
 from runtime.manifest import Manifest
-from runtime.tokenizer import InstructionTokenizer, InstructionTooLongError
+from runtime.tokenizer import InstructionTokenizer, InstructionTooLongError, UnknownTokenError
 
 WORDS = ["reach", "the", "red", "green", "blue", "target"]
 
@@ -93,3 +93,41 @@ def test_cache_is_bounded(manifest):
 def test_unknown_words_map_to_unk(tok):
     ids, _ = tok.encode("reach the purple target")
     assert VOCAB.index("[UNK]") in ids[0].tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=5), rows=st.integers(1, len(VOCAB) + 2))
+def test_ids_at_or_past_the_embedding_rows_are_refused(manifest, words, rows):
+    """dims.vocab_size = the prefix graph's embedding rows: an id >= rows would index past the table."""
+    text = " ".join(words)
+    plain = InstructionTokenizer(manifest.tokenizer_path, manifest.tokenizer).encode(text)[0]
+    real = plain[0, : int((plain != 0).sum())]
+    spec = dataclasses.replace(manifest.tokenizer, vocab_size=rows)
+    tok = InstructionTokenizer(manifest.tokenizer_path, spec)
+    if int(real.max()) >= rows:
+        with pytest.raises(UnknownTokenError, match=f"token id {int(real.max())}.*{rows} rows"):
+            tok.encode(text)
+    else:
+        assert np.array_equal(tok.encode(text)[0], plain)
+
+
+def test_out_of_vocabulary_task_is_an_observation_error_naming_task(tmp_path):
+    """Through the policy: the error type of every bad instruction, naming `task`; a table with a row for
+    every id (and an older manifest without vocab_size) steps as before."""
+    from runtime.observation import ObservationError
+    from runtime.policy import EdgePolicy
+
+    try:
+        from tests.fake_artifacts import build_fake_artifacts
+    except ImportError:
+        from fake_artifacts import build_fake_artifacts
+    obs = {"observation.images.top": np.zeros((64, 64, 3), np.uint8), "observation.state": np.full(2, 0.5, np.float32),
+           "task": "reach the red target"}
+    short = build_fake_artifacts(tmp_path / "a", edit_manifest=lambda m: m["dims"].update(vocab_size=len(VOCAB) - 1))
+    with pytest.raises(ObservationError, match=f"'task'.*token id {len(VOCAB) - 1}") as exc:  # "\n", appended
+        EdgePolicy(short, backend="onnxruntime").step(obs)
+    assert exc.value.field == "task"
+    full = build_fake_artifacts(tmp_path / "b", edit_manifest=lambda m: m["dims"].update(vocab_size=len(VOCAB)))
+    assert EdgePolicy(full, backend="onnxruntime").step(obs).shape == (2,)
+    old = EdgePolicy(build_fake_artifacts(tmp_path / "c"), backend="onnxruntime")
+    assert old.manifest.tokenizer.vocab_size is None and old.step(obs).shape == (2,)

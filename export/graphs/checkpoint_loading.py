@@ -21,21 +21,45 @@ class LoadedPolicy:
     source: str  # checkpoint path or "preset:<name>"
     preset: str | None
     stats: dict[str, dict[str, np.ndarray]]  # normalisation stats per feature
+    norm_map: dict[str, str] | None = None  # feature type -> lerobot mode of the saved normaliser (None: config's)
+    norm_eps: float = 1e-8  # the saved normaliser's eps
 
 
-def _normalizer_stats(checkpoint: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Stats of lerobot's saved normaliser step (the exact numbers training used)."""
+def _processor_step(checkpoint: Path, pipeline: str, registry_name: str) -> dict | None:
+    """The step `registry_name` of the saved `<pipeline>.json` (None when the file or the step is absent)."""
+    path = checkpoint / f"{pipeline}.json"
+    if not path.is_file():
+        return None
+    try:
+        steps = json.loads(path.read_text()).get("steps") or []
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ExportInputError(f"{path} is not a lerobot processor file ({exc})") from None
+    return next((st for st in steps if isinstance(st, dict) and st.get("registry_name") == registry_name), None)
+
+
+def _normalizer(checkpoint: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str] | None, float]:
+    """Stats, norm_map and eps of lerobot's saved normaliser step (the exact numbers and modes training used);
+    the postprocessor's unnormaliser must agree on the action's mode (it is what lerobot deploys)."""
     from safetensors.numpy import load_file
 
-    files = sorted(checkpoint.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))
-    if not files:
+    step = _processor_step(checkpoint, "policy_preprocessor", "normalizer_processor")
+    files = [checkpoint / step["state_file"]] if step and step.get("state_file") else sorted(
+        checkpoint.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))
+    if not files or not files[0].is_file():
         raise ExportInputError(f"{checkpoint}: no policy_preprocessor normaliser stats (not a lerobot training checkpoint?)")
     flat = load_file(str(files[0]))
     stats: dict[str, dict[str, np.ndarray]] = {}
     for key, value in flat.items():
         feature, _, stat = key.rpartition(".")
         stats.setdefault(feature, {})[stat] = value.astype(np.float64)
-    return stats
+    config = (step or {}).get("config") or {}
+    norm_map = config.get("norm_map")
+    post = (_processor_step(checkpoint, "policy_postprocessor", "unnormalizer_processor") or {}).get("config") or {}
+    post_action = (post.get("norm_map") or {}).get("ACTION")
+    if norm_map is not None and post_action is not None and post_action != norm_map.get("ACTION"):
+        raise ExportInputError(f"{checkpoint}: 'action' is normalised with {norm_map.get('ACTION')} but unnormalised "
+                               f"with {post_action} (policy_pre/postprocessor.json disagree): fix the checkpoint")
+    return stats, norm_map, float(config.get("eps", 1e-8))
 
 
 def load_checkpoint(checkpoint: Path) -> LoadedPolicy:
@@ -58,7 +82,8 @@ def load_checkpoint(checkpoint: Path) -> LoadedPolicy:
     except Exception as exc:  # corrupt safetensors, shape mismatch, ...
         raise ExportInputError(f"checkpoint {checkpoint} could not be loaded: {type(exc).__name__}: {exc}") from exc
     policy.eval()
-    return LoadedPolicy(policy, str(checkpoint), policy.config.vlm_preset, _normalizer_stats(checkpoint))
+    stats, norm_map, eps = _normalizer(checkpoint)
+    return LoadedPolicy(policy, str(checkpoint), policy.config.vlm_preset, stats, norm_map, eps)
 
 
 def load_preset(preset: str, seed: int = 0) -> LoadedPolicy:

@@ -20,6 +20,7 @@ import torch
 
 from export.atomic_folder import atomic_folder
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
+from export.graphs.export_checks import check_dataset_stats, check_vocab
 from export.graphs.gate_calibration import (
     AUTO_GATES,
     calibrate_on_simtask,
@@ -43,6 +44,7 @@ from export.graphs.graph_wrappers import (
     PrefixGraph,
     example_inputs,
 )
+from export.graphs.normalization import Normalizer, normalization_section
 from export.graphs.onnx_checks import graph_problems
 from export.graphs.robot_section import dataset_root_from_checkpoint, robot_section
 from export.graphs.tensorrt_rewrites import make_tensorrt_portable
@@ -53,7 +55,6 @@ from runtime.manifest_schema import FORMAT_VERSION
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 256 << 20  # graphs with more weight bytes than this keep weights in <name>.onnx.data
-NORM_EPS = 1e-8  # lerobot's MEAN_STD normaliser: (x - mean) / (std + eps)
 BOUNDS_MARGIN = 0.1  # action bounds = dataset [min, max] widened by 10 % of the span on each side
 
 GRAPHS = {
@@ -94,39 +95,20 @@ def export_graph(module: torch.nn.Module, inputs: tuple, names_in, names_out, pa
             "outputs": _spec(names_out, outputs), "nodes": len(model.graph.node)}
 
 
-class Normalizer:
-    """MEAN_STD (de)normalisation with the checkpoint's stats, zero-padded to the model's max dims."""
-
-    def __init__(self, stats: dict, state_key: str, max_state: int, max_action: int):
-        self.state_mean, self.state_std = stats[state_key]["mean"], stats[state_key]["std"]
-        self.action_mean, self.action_std = stats["action"]["mean"], stats["action"]["std"]
-        self.max_state, self.max_action = max_state, max_action
-
-    def state(self, raw: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.max_state, dtype=np.float32)
-        out[: len(self.state_mean)] = (raw - self.state_mean) / (self.state_std + NORM_EPS)
-        return out
-
-    def action(self, raw: np.ndarray) -> np.ndarray:
-        return ((raw - self.action_mean) / (self.action_std + NORM_EPS)).astype(np.float32)
-
-    def action_raw(self, normalised: np.ndarray) -> np.ndarray:
-        """One normalised row [max_action_dim] → raw action [action_dim], as the runtime unnormalises (LeRobot:
-        with std alone, not std + eps)."""
-        n = len(self.action_mean)
-        return (np.asarray(normalised)[..., :n] * self.action_std + self.action_mean).astype(np.float32)
-
-
 def simtask_gate_calibration(loaded: LoadedPolicy, tokenize, episodes: int, horizon: int, plans: str = "policy",
                              progress: bool = False) -> dict:
     """The export's gate calibration of `loaded` (gate_calibration.calibrate_on_simtask) with the checkpoint's
     normalisation and the manifest's action bounds — one place, so scripts measure what the manifest gets."""
-    cfg = loaded.policy.config
-    norm = Normalizer(loaded.stats, "observation.state", cfg.max_state_dim, cfg.max_action_dim)
+    norm = Normalizer.of(loaded)
     bounds = _bounds(loaded.stats, "action", BOUNDS_MARGIN)
     return calibrate_on_simtask(loaded.policy.model.eval(), norm.state, norm.action, tokenize, episodes,
                                 progress=progress, horizon=horizon, plans=plans, unnormalize_action=norm.action_raw,
                                 action_bounds=(np.asarray(bounds["low"]), np.asarray(bounds["high"])))
+
+
+def embedding_rows(policy) -> int:
+    """Rows of the VLM's input embedding: every token id fed to the prefix graph must be below it."""
+    return int(policy.model.vlm_with_expert.vlm.get_input_embeddings().weight.shape[0])
 
 
 def _tokenizer_fn(vlm_dir: Path, max_length: int):
@@ -187,18 +169,15 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
                  "lang_len": cfg.tokenizer_max_length, "prefix_len": prefix_k[2], "num_layers": prefix_k[0],
                  "kv_heads": prefix_k[3], "head_dim": prefix_k[4], "num_cls_prefix": model.num_prefix_cls,
                  "num_cls_suffix": model.num_suffix_cls, "cls_dim": model.vlm_with_expert.expert_hidden_size,
-                 "delta_time": cfg.delta_time, "vlm_hidden": vlm_text.hidden_size},
+                 "delta_time": cfg.delta_time, "vlm_hidden": vlm_text.hidden_size,
+                 "vocab_size": embedding_rows(policy)},  # token ids the prefix graph's embedding has rows for
         "cameras": cams,
         "state_key": state_key,
         "image_preprocess": {"height": h, "width": w, "resize": "keep_aspect_pad", "pad_side": "left_top",
                              "pad_value": 0.0, "input_range": [0.0, 1.0], "interpolation": "bilinear",
                              "input_dtype": "float32 CHW or uint8 HWC", "graph_applies": "x * 2 - 1"},
-        "normalization": {
-            state_key: {"mode": "mean_std", "mean": loaded.stats[state_key]["mean"].tolist(),
-                        "std": loaded.stats[state_key]["std"].tolist(), "eps": NORM_EPS},
-            "action": {"mode": "mean_std", "mean": loaded.stats["action"]["mean"].tolist(),
-                       "std": loaded.stats["action"]["std"].tolist(), "eps": NORM_EPS},
-        },
+        # each feature's mode as the checkpoint's normaliser applied it (mean_std | min_max | identity), checked
+        "normalization": normalization_section(loaded, state_key),
         "action_bounds": _bounds(loaded.stats, "action", BOUNDS_MARGIN),
         "state_bounds": _bounds(loaded.stats, state_key, 0.0),
         "tokenizer": {"file": "tokenizer.json", "max_length": cfg.tokenizer_max_length,
@@ -235,6 +214,8 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
     started = time.time()
     out = Path(out)
     action_dim = loaded.policy.config.action_feature.shape[0]
+    normalization_section(loaded)  # modes the runtime applies, finite usable stats: refused before anything else
+    check_vocab(Path(loaded.policy.config.vlm_model_name) / "tokenizer.json", embedding_rows(loaded.policy))
     try:  # refuse a bad --default-gate / --default-cap before minutes of export (gate.jump only comes with the
         # simtask calibration of a tiny model)
         will_calibrate = calibrate and loaded.preset == "tiny"
@@ -251,9 +232,12 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         check_horizon(gate_horizon, cfg.n_action_steps)
     except ValueError as exc:
         raise ExportInputError(f"--gate-horizon: {exc}") from None
-    root = dataset_root or (None if loaded.preset else dataset_root_from_checkpoint(Path(loaded.source)))
+    from_checkpoint = not loaded.source.startswith("preset:")  # a tiny-VLM checkpoint has a preset too
+    root = dataset_root or (dataset_root_from_checkpoint(Path(loaded.source)) if from_checkpoint else None)
     robot = None if root is None else robot_section(root, action_dim, cfg.robot_state_feature.shape[0],
                                                     list(cfg.image_features))
+    if root is not None:  # the robot section must describe the dataset this checkpoint was trained on
+        check_dataset_stats(root, loaded.stats, ("observation.state", "action"))
     with atomic_folder(out) as tmp:
         model = loaded.policy.model.eval()
         n_cams = len(loaded.policy.config.image_features)

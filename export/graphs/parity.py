@@ -125,7 +125,7 @@ def chunk_parity(model, artifacts: Path, action_std: np.ndarray, seed: int | Non
     a = chunk(OrtRunner(artifacts), inputs, noise, cfg.num_steps)
     b = chunk(TorchRunner(model), inputs, noise, cfg.num_steps)
     dim = len(action_std)
-    units = lambda x: x[..., :dim] * action_std  # normalised -> action units, mean cancels
+    units = lambda x: x[..., :dim] * action_std  # normalised -> action units (std, or half the min_max span)
     return [compare("chunk.actions[action units]", units(a[0]), units(b[0]), CHUNK_ATOL, 0.9999),
             compare("chunk.obs_cls", a[1], b[1], GRAPH_ATOL, GRAPH_COSINE),
             compare("chunk.act_cls", a[2], b[2], CHUNK_ATOL, 0.9999),
@@ -148,16 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    from export.graphs.normalization import Normalizer
+
     try:
         loaded = load_preset(args.preset) if args.preset else load_checkpoint(
             args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
+        action_scale = Normalizer.of(loaded).action_scale  # raw units per normalised unit, per the action's mode
     except ExportInputError as exc:
         print(f"parity: {exc}", file=sys.stderr)
         return 2
     if not (args.artifacts / "manifest.json").is_file():
         print(f"parity: {args.artifacts}/manifest.json is missing (run `make export`)", file=sys.stderr)
         return 2
-    report = run_parity(loaded.policy.model, args.artifacts, np.asarray(loaded.stats["action"]["std"]), args.trials)
+    report = run_parity(loaded.policy.model, args.artifacts, action_scale, args.trials)
     print(f"{'comparison':42s} {'max|Δ|':>10s} {'cosine':>10s}  ok")
     for r in report["results"]:
         print(f"{r['what']:42s} {r['max_abs']:10.2e} {r['cosine']:10.7f}  {'yes' if r['ok'] else 'NO'}")

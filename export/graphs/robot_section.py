@@ -14,19 +14,44 @@ from export.graphs.checkpoint_loading import ExportInputError
 IMAGES_PREFIX = "observation.images."
 
 
+def training_cwd(checkpoint: Path, output_dir: str | None) -> Path | None:
+    """The directory lerobot-train ran in, when knowable: the checkpoint lies at
+    `<cwd>/<output_dir>/checkpoints/<step>/pretrained_model` for a relative `output_dir` (the path as given, or
+    with symlinks such as `checkpoints -> stage_delta/checkpoints` resolved). None when it cannot be told."""
+    rel = Path(output_dir) if output_dir else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts:
+        return None
+    for path in (Path(checkpoint).absolute(), Path(checkpoint).resolve()):
+        run = path.parent.parent.parent  # pretrained_model -> <step> -> checkpoints -> run folder
+        if path.name != "pretrained_model" or path.parent.parent.name != "checkpoints":
+            continue
+        if run.parts[-len(rel.parts):] == rel.parts:
+            return Path(*run.parts[: -len(rel.parts)])
+    return None
+
+
 def dataset_root_from_checkpoint(checkpoint: Path | None) -> Path | None:
     """`dataset.root` from lerobot's train_config.json next to the weights, if that dataset is here (else None:
-    the export then has no robot section, and says so)."""
+    the export then has no robot section, and says so). A relative root is resolved against the directory
+    training ran in (`training_cwd`) when that is knowable, else against this one; either way the resolved
+    path is printed."""
     if checkpoint is None or not (Path(checkpoint) / "train_config.json").is_file():
         return None
-    root = (json.loads((Path(checkpoint) / "train_config.json").read_text()).get("dataset") or {}).get("root")
+    train = json.loads((Path(checkpoint) / "train_config.json").read_text())
+    root = (train.get("dataset") or {}).get("root")
     if not root:
         return None
-    if not (Path(root) / "meta" / "info.json").is_file():
-        print(f"[export] train_config's dataset '{root}' is not here: no robot section (pass --dataset-root)",
-              file=sys.stderr)
+    path, base = Path(root), "as recorded"
+    if not path.is_absolute():
+        cwd = training_cwd(Path(checkpoint), train.get("output_dir"))
+        path, base = ((cwd / path, "against the training directory") if cwd is not None else
+                      (Path.cwd() / path, "against this directory (the training directory is unknown)"))
+    if not (path / "meta" / "info.json").is_file():
+        print(f"[export] train_config's dataset '{root}' ({path}, {base}) is not here: no robot section "
+              "(pass --dataset-root)", file=sys.stderr)
         return None
-    return Path(root)
+    print(f"[export] robot section from train_config's dataset '{root}': {path} ({base})", file=sys.stderr)
+    return path
 
 
 def robot_section(dataset_root: Path, action_dim: int, state_dim: int, camera_keys: list[str],

@@ -21,7 +21,8 @@ _STAMP_SOURCES = ("smolvla_cls/presets.py", "smolvla_cls/configuration_smolvla_c
                   "smolvla_cls/modeling_smolvla_cls.py", "smolvla_cls/attention.py", "smolvla_cls/masks.py",
                   "export/graphs/checkpoint_loading.py", "export/graphs/graph_wrappers.py",
                   "export/graphs/onnx_export.py", "export/graphs/gate_calibration.py", "export/graphs/onnx_checks.py",
-                  "export/graphs/tensorrt_rewrites.py")
+                  "export/graphs/tensorrt_rewrites.py", "export/graphs/normalization.py",
+                  "export/graphs/export_checks.py")
 
 
 def code_stamp(sources: tuple[str, ...] = _STAMP_SOURCES,
