@@ -7,8 +7,8 @@ any that elapsed meanwhile. Before gating, the policy's queue is advanced past t
 executed since the last chunk, so the gate compares against what is left of the plan the robot runs.
 The gate keeps the plan → an empty chunk (the robot keeps its queue); a resample or a refined plan →
 the whole remaining plan; `must_go` (the robot's queue ran dry) forces a resample. An observation whose
-timestep is not newer than the last one planned from (a duplicate, or a stale one overtaken on the wire)
-is skipped — no inference, an empty chunk — as lerobot's own policy server skips predicted timesteps:
+timestep is not newer than the last one planned from without a fault (a duplicate, or a stale one
+overtaken on the wire) is skipped — no inference, an empty chunk — as lerobot's own policy server skips predicted timesteps:
 advancing by a negative count would shift the plan against the robot's timeline.
 """
 
@@ -59,14 +59,24 @@ class ChunkPlanner:
         if not must_go and self.last_timestep is not None and timestep <= self.last_timestep:
             return Chunk(np.zeros((0, p.manifest.dims.action_dim), dtype=np.float32), nxt, False, False, STALE,
                          (time.perf_counter() - t0) * 1e3)
-        self.last_timestep = timestep if self.last_timestep is None else max(timestep, self.last_timestep)
-        if must_go or self._next_timestep is None:
-            p.advance(p.manifest.dims.chunk_size)  # queue dry on the robot → empty here too → resample
-        else:
-            p.advance(nxt - self._next_timestep)
-        action = p.step(obs)
+        try:
+            if must_go or self._next_timestep is None:
+                p.advance(p.manifest.dims.chunk_size)  # queue dry on the robot → empty here too → resample
+            else:
+                p.advance(nxt - self._next_timestep)
+            self._next_timestep = nxt  # already advanced: a failing step must not advance it a second time
+            action = p.step(obs)
+        except BaseException:
+            self._next_timestep = None  # what the robot holds is unknown now: the next observation resamples
+            raise
         info = p.last_info
-        self._next_timestep = nxt + 1
+        if info.fault:
+            # a faulted tick may have left the robot with nothing (a must_go answered empty): the next
+            # observation, even with the same timestep, is planned afresh — never skipped as stale
+            self._next_timestep = None
+        else:
+            self._next_timestep = nxt + 1
+            self.last_timestep = timestep if self.last_timestep is None else max(timestep, self.last_timestep)
         if info.resampled or info.refined:
             ahead = [self._ahead_guard.check(a).action for a in p.queued_actions()]
             rows = np.stack([action, *ahead])[: self.max_actions]

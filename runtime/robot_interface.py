@@ -8,6 +8,7 @@ anything moves). Without a `robot` section, names are not checked, only counts, 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from runtime.manifest import Manifest
 IMAGES_PREFIX = "observation.images."
 STATE_FEATURE = "observation.state"
 TASK_KEY = "task"
+log = logging.getLogger("runtime.robot")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 ASPECT_TOLERANCE = 0.01  # a frame whose width/height differs more from the recorded one is another camera or crop
 MAX_SHAPES_SEEN = 64  # the per-camera shape cache is cleared past this (a client cycling sizes cannot grow it)
@@ -189,11 +191,15 @@ class RobotInterface:
         return names
 
     def _check_cameras(self, shapes: Mapping[str, Any], where: str, shape_field: Any) -> None:
-        """The same camera keys as the artifact; each shape (H, W, 3), of the recorded aspect ratio."""
-        for key in sorted(set(shapes) ^ set(self.cameras)):
-            state = "not in the artifact" if key in shapes else "missing on the robot"
-            raise RobotInterfaceError(f"{where}: camera '{key}' {state}; the artifact expects {sorted(self.cameras)}")
-        for key in sorted(shapes):
+        """Every camera of the artifact, each shape (H, W, 3) of the recorded aspect ratio; cameras the artifact
+        does not use are ignored (an extra monitoring camera, a policy trained on a subset of them)."""
+        for key in sorted(set(self.cameras) - set(shapes)):
+            raise RobotInterfaceError(f"{where}: camera '{key}' missing on the robot (it has {sorted(shapes)}); "
+                                      f"the artifact expects {sorted(self.cameras)}")
+        extra = sorted(set(shapes) - set(self.cameras))
+        if extra:
+            log.info("%s: camera(s) %s not used by the artifact: ignored", where, extra)
+        for key in sorted(set(shapes) & set(self.cameras)):
             shape = shapes[key]
             if not isinstance(shape, (list, tuple)) or len(shape) != 3 or shape[2] != 3:
                 raise RobotInterfaceError(f"{shape_field(key)} must be (H, W, 3), got {shape!r}")

@@ -91,7 +91,7 @@ SIM_ACT = {"dx": float, "dy": float}
 @pytest.mark.parametrize("obs, act, needle", [
     ({"shoulder.pos": float, "elbow.pos": float, "top": (64, 64, 3)}, SIM_ACT, "motor 'x' missing"),
     ({**SIM_OBS, "z": float}, SIM_ACT, "motor 'z' not in the artifact"),
-    ({"x": float, "y": float, "front": (64, 64, 3)}, SIM_ACT, "camera 'observation.images.front' not in the artifact"),
+    ({"x": float, "y": float, "front": (64, 64, 3)}, SIM_ACT, "camera 'observation.images.top' missing on the robot (it has ['observation.images.front'])"),
     ({"x": float, "y": float}, SIM_ACT, "camera 'observation.images.top' missing on the robot"),
     ({**SIM_OBS, "top": (480, 640, 3)}, SIM_ACT, "camera 'top' gives 480x640 frames"),
     ({**SIM_OBS, "top": (64, 64, 1)}, SIM_ACT, "observation_features['top'] must be (H, W, 3)"),
@@ -109,6 +109,8 @@ def test_fitting_features_pass_whatever_the_order_or_resolution(iface):
     iface.check_robot_features({"top": (480, 480, 3), "y": float, "x": float}, {"dy": float, "dx": float})
     iface.check_robot_features({**SIM_OBS, "top": (None, None, 3)}, SIM_ACT)  # camera size not set: checked per frame
     iface.check_robot(SimReachRobot())
+    # a camera the artifact does not use (a monitoring camera) is ignored, whatever its shape
+    iface.check_robot_features({**SIM_OBS, "wrist": (480, 640, 3), "depth": (480, 640, 1)}, SIM_ACT)
 
 
 def test_run_robot_refuses_another_robot_before_connecting(iface):

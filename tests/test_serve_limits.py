@@ -147,6 +147,35 @@ def test_stale_and_duplicate_timesteps_change_nothing(steps, stale):
     assert clean.policy.counters.as_dict() == noisy.policy.counters.as_dict()
 
 
+@pytest.mark.parametrize("failure", ["backend fault", "bad observation"])
+def test_a_failed_tick_never_locks_the_client_out(failure):
+    """The stock client clears must_go after one observation and repeats its timestep while its queue is dry:
+    a faulted or refused tick must leave the next observation with that timestep planned, never skipped."""
+    from runtime.observation import ObservationError
+
+    planner = _planner()
+    p = planner.policy
+    real = p.backend.run_prefix if failure == "backend fault" else p.step
+    calls = []
+
+    def once_broken(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise (RuntimeError("transient") if failure == "backend fault" else ObservationError("task", "refused"))
+        return real(*a, **k)
+
+    if failure == "backend fault":
+        p.backend.run_prefix = once_broken
+        assert len(planner.plan(_robot_obs(0), 0, True).actions) == 0  # the fault: nothing for the robot
+    else:
+        p.step = once_broken
+        with pytest.raises(ObservationError):
+            planner.plan(_robot_obs(0), 0, True)
+    again = planner.plan(_robot_obs(0), 0, False)  # same timestep, must_go cleared by the client
+    assert again.gate_reason != "stale" and len(again.actions) == 10 and again.first_timestep == 1
+    assert planner.plan(_robot_obs(0), 0, False).gate_reason == "stale"  # now a real duplicate
+
+
 def test_session_keeps_the_newest_observation():
     from runtime.serve.session import ServeSession
 
@@ -209,8 +238,11 @@ class _OwnConnection(Client):
         self.stub = services_pb2_grpc.AsyncInferenceStub(self.channel)
 
 
-def test_sessions_are_capped_and_a_new_client_always_gets_in():
-    """At the cap the least recently seen session makes room, and its open stream is cancelled at once."""
+def test_sessions_are_capped_and_only_quiet_ones_make_room():
+    """At the cap a driving client is never dropped for a newcomer (refused instead); a session whose client
+    went quiet makes room, and its open stream is cancelled at once."""
+    from runtime.serve.server import ACTIVE_WINDOW_S
+
     stop = threading.Event()
 
     def trickle():
@@ -221,12 +253,17 @@ def test_sessions_are_capped_and_a_new_client_always_gets_in():
         clients = [_OwnConnection(port) for _ in range(3)]
         clients[0].setup()
         clients[1].setup()
-        stuck = clients[0].stub.SendObservations.future(trickle())  # the oldest session's stream hangs
-        time.sleep(0.2)
+        refused(clients[2].setup, grpc.StatusCode.RESOURCE_EXHAUSTED, "max-sessions")  # both active
+        stuck = clients[0].stub.SendObservations.future(trickle())  # client 0's stream hangs, and it goes quiet
+        assert wait_for(lambda: any(s.stream_context is not None for s in svc.sessions.values()), timeout_s=5)
         clients[1].observe(observation_bytes(timestep=0))
         assert len(clients[1].actions()) == 10
+        with svc._sessions_lock:
+            for s in svc.sessions.values():
+                if s.stream_context is not None:
+                    s.last_seen -= ACTIVE_WINDOW_S + 1
         t0 = time.monotonic()
-        clients[2].setup()  # full: client 0 (seen least recently) is dropped, client 1 is kept
+        clients[2].setup()  # client 0 is dropped, client 1 (driving) is kept
         with pytest.raises(grpc.RpcError):
             stuck.result(timeout=5)
         assert time.monotonic() - t0 < 5 and svc.stats()["sessions"] == 2 and svc.counters["sessions_evicted"] == 1
@@ -240,9 +277,17 @@ def test_sessions_are_capped_and_a_new_client_always_gets_in():
 
 @pytest.mark.parametrize("field,value", [("max_sessions", 0), ("stream_deadline_s", float("nan")),
                                          ("stream_deadline_s", 1e308), ("max_observation_bytes", 0),
-                                         ("session_idle_s", -1.0), ("max_sessions", 16)])
+                                         ("session_idle_s", -1.0), ("max_workers", 1)])
 def test_serve_settings_are_checked_by_name(field, value):
     from runtime.serve.server import ServeConfig
 
     with pytest.raises(ValueError, match=field):
         ServeConfig(artifacts=robot_artifacts(), **{field: value})
+
+
+def test_workers_follow_the_session_cap():
+    from runtime.serve.server import ServeConfig
+
+    assert ServeConfig(artifacts=robot_artifacts(), max_sessions=100).max_workers == 200
+    with pytest.raises(ValueError, match="max_sessions=16 must stay below max_workers=16"):
+        ServeConfig(artifacts=robot_artifacts(), max_sessions=16, max_workers=16)

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback --host without a token (LeRobot's stock client sends none)")
     p.add_argument("--max-observation-mb", type=float, default=32.0)
-    p.add_argument("--max-sessions", type=int, default=8, help="robot clients with a session at once")
+    p.add_argument("--max-sessions", type=int, default=32,
+                   help="robot clients with a session at once (the server runs max(16, 2 × this) worker threads)")
     p.add_argument("--stream-deadline-s", type=float, default=10.0,
                    help="an observation stream not finished within this is cancelled (frees its worker thread)")
     add_identity_arguments(p)

@@ -35,6 +35,7 @@ log = logging.getLogger("runtime.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_MESSAGE_BYTES = 4 << 20  # one gRPC message: the client sends 2 MB chunks
 MAX_SETUP_BYTES = 1 << 20
+ACTIVE_WINDOW_S = 5.0  # a client heard from within this is driving: its session is never dropped for a newcomer
 
 
 @dataclass
@@ -50,9 +51,9 @@ class ServeConfig:
     token: str | None = None
     max_observation_bytes: int = 32 << 20
     get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
-    max_workers: int = 16
+    max_workers: int | None = None  # gRPC worker threads; None: max(16, 2 × max_sessions)
     session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
-    max_sessions: int = 8  # sessions kept at once (each holds an EdgePolicy); a new client drops the quietest
+    max_sessions: int = 32  # sessions kept at once (each holds an EdgePolicy); a newcomer may drop one quiet for ACTIVE_WINDOW_S
     stream_deadline_s: float = 10.0  # one observation stream must end (TRANSFER_END) within this
     seed: int = 0
     expected_digest: str | None = None  # accept only this export (sessions are pinned to the loaded one anyway)
@@ -60,7 +61,9 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         """Refuse settings that would disable a limit or overflow a timer, naming the field."""
-        bounds = {"max_observation_bytes": (1 << 10, 1 << 30), "max_sessions": (1, 1024), "max_workers": (2, 1024),
+        if self.max_workers is None:
+            self.max_workers = max(16, 2 * self.max_sessions) if isinstance(self.max_sessions, int) else 16
+        bounds = {"max_observation_bytes": (1 << 10, 1 << 30), "max_sessions": (1, 1024), "max_workers": (2, 4096),
                   "stream_deadline_s": (0.01, 3600.0), "session_idle_s": (0.01, 86400.0),
                   "get_actions_wait_s": (0.0, 60.0)}
         for name, (lo, hi) in bounds.items():
@@ -148,13 +151,22 @@ class InferenceServicer:
             for p in stale:  # a reconnecting client, or clients gone quiet for session_idle_s
                 self._retire(p)
             if len(self.sessions) >= self.cfg.max_sessions:
-                # full: the least recently seen session makes room (a robot that reconnects from a new port
-                # leaves its old one behind, and must always get back in); its open stream is cancelled
+                # full: the least recently seen session makes room if its client has been quiet for
+                # ACTIVE_WINDOW_S (a robot that reconnected from a new port left it behind); its open stream is
+                # cancelled. A driving robot (observations or GetActions polls) is never dropped for a newcomer.
                 quiet = min(self.sessions, key=lambda p: self.sessions[p].last_seen)
-                log.warning("%d sessions (--max-sessions): dropping the least recently seen, %s", len(self.sessions), quiet)
-                self.counters["sessions_evicted"] += 1
-                self._retire(quiet)
-            self.sessions[peer] = session
+                if now - self.sessions[quiet].last_seen > ACTIVE_WINDOW_S:
+                    log.warning("%d sessions (--max-sessions): dropping the quietest, %s", len(self.sessions), quiet)
+                    self.counters["sessions_evicted"] += 1
+                    self._retire(quiet)
+            full = len(self.sessions) >= self.cfg.max_sessions
+            if not full:
+                self.sessions[peer] = session
+        if full:
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"{self.cfg.max_sessions} clients were active in the last {ACTIVE_WINDOW_S:g} s "
+                         "(--max-sessions)")
+            return wire.Empty()
         self.counters["setups"] += 1
         log.info("client %s: policy_type=%r, %d actions per chunk, motors %s (requested %r is served by %s)",
                  peer, setup.policy_type, setup.actions_per_chunk, list(state_names),
@@ -229,6 +241,7 @@ class InferenceServicer:
         if session is None:
             time.sleep(min(self.cfg.get_actions_wait_s, 0.1))  # no busy loop for a client without setup
             return wire.Actions()
+        session.last_seen = time.monotonic()  # the stock client polls GetActions all the time: it is alive
         obs = session.take(self.cfg.get_actions_wait_s)
         if obs is None:
             return wire.Actions()
