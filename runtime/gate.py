@@ -31,6 +31,8 @@ from runtime.preprocess import to_chw_float
 
 GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "jump", "random", "state", "pixel", "any")
 MANIFEST_THRESHOLD_GATES = ("drift", "consistency", "jump")  # their threshold defaults to gate.<name> in the manifest
+MAX_INTERVAL = 1_000_000  # interval:k beyond this is `never` spelled differently
+MAX_COSINE_DISTANCE = 2.0  # drift / consistency / jump compare unit vectors
 SCHEDULE_GATES = ("always", "never", "interval")  # fire on the clock, not on what the observation shows
 PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
 
@@ -100,8 +102,13 @@ class Gate(abc.ABC):
         if inp.queue_left <= 0:
             return GateDecision(True, False, reason="queue_empty")
         if not self.will_check(inp.queue_left, inp.ticks_since_plan):
-            return GateDecision(False, False, reason="not_checked")
+            return self._between_checks(inp)
         return self._decide(inp)
+
+    def _between_checks(self, inp: GateInputs) -> GateDecision:
+        """A tick `check_every` skips: the inputs were not computed, so only a schedule (which needs none) may
+        fire — a plan-age cap must hold whatever the check rhythm."""
+        return GateDecision(False, False, reason="not_checked")
 
     @abc.abstractmethod
     def _decide(self, inp: GateInputs) -> GateDecision: ...
@@ -142,8 +149,8 @@ class IntervalGate(Gate):
 
     def __init__(self, k: int, check_every: int = 1):
         super().__init__(check_every)
-        if k < 1:
-            raise ValueError(f"interval k must be >= 1, got {k}")
+        if not 1 <= k <= MAX_INTERVAL:
+            raise ValueError(f"interval k must be in [1, {MAX_INTERVAL}] ticks, got {k}")
         self.k = k
 
     @property
@@ -153,6 +160,10 @@ class IntervalGate(Gate):
     def _decide(self, inp: GateInputs) -> GateDecision:
         fire = inp.ticks_since_plan >= self.k
         return GateDecision(fire, True, float(inp.ticks_since_plan), float(self.k), "interval")
+
+    def _between_checks(self, inp: GateInputs) -> GateDecision:
+        decision = self._decide(inp)
+        return decision if decision.resample else super()._between_checks(inp)
 
 
 class _ThresholdGate(Gate):
@@ -316,6 +327,13 @@ class AnyGate(Gate):
 
         return max(decisions, key=closeness)
 
+    def _between_checks(self, inp: GateInputs) -> GateDecision:
+        for part in self.parts:  # only schedules can decide without the skipped inputs (e.g. the cap of the default)
+            decision = part._between_checks(inp)
+            if decision.resample:
+                return decision
+        return super()._between_checks(inp)
+
 
 def jump_lag_mismatch(gate: Gate, calibration: Mapping[str, GateCalibration], lag: int) -> str | None:
     """Why a `jump` part's manifest threshold does not fit how far apart its observations are, or None: it was
@@ -354,10 +372,10 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
         except ValueError:
             raise ValueError(f"gate '{spec}': {what} must be {'an integer' if kind is int else 'a number'}, got {arg!r}") from None
 
-    if name == "always":
-        return AlwaysGate(check_every)
-    if name == "never":
-        return NeverGate(check_every)
+    if name in ("always", "never"):
+        if arg:
+            raise ValueError(f"gate '{spec}': '{name}' takes no argument")
+        return (AlwaysGate if name == "always" else NeverGate)(check_every)
     if name == "interval":
         return IntervalGate(number(int, "an interval k"), check_every)
     if name in MANIFEST_THRESHOLD_GATES:
@@ -369,6 +387,8 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
                 raise ValueError(f"gate '{name}' has no threshold: the manifest's gate.{name}.default_threshold "
                                  f"is not set; pass one explicitly, e.g. '{name}:0.1'")
             thr = cal.default_threshold
+        if not 0 <= thr <= MAX_COSINE_DISTANCE:  # NaN fails too; above 2 the gate could never fire
+            raise ValueError(f"gate '{spec}': a {name} threshold is a finite cosine distance in [0, 2], got {thr:g}")
         cls = {"drift": DriftGate, "consistency": ConsistencyGate, "jump": JumpGate}[name]
         return cls(thr, check_every)
     if name == "random":

@@ -83,6 +83,8 @@ class ObservationValidator:
             raise ObservationError(key, f"expected a numpy array (uint8 HWC or float32 CHW), got {type(img).__name__}")
         if img.ndim != 3:
             raise ObservationError(key, f"expected 3 dims (uint8 HxWx3 or float32 3xHxW), got shape {img.shape}")
+        if img.dtype.kind == "f" and not img.dtype.isnative:  # big-endian floats (a file, another host): same values
+            img = img.astype(img.dtype.newbyteorder("="))
         if img.dtype == np.uint8:
             h, w, c = img.shape
             layout = "uint8 images must be HxWx3 (RGB)"

@@ -17,6 +17,8 @@ SUFFIX_CLS_ATTENTION_MODES = ("all", "window")
 ACT_CLS_WIRINGS = ("seed", "plan_only")  # smolvla_cls/plan_pass.py
 # Every float field (loss weights, noise, time embedding, optimiser, model width): (name, lower bound, bound
 # excluded). inf / nan in one makes training non-finite far from its cause: refused at construction, named.
+POSITIVE_INT_FIELDS = ("chunk_size", "n_action_steps", "num_steps", "max_action_dim", "max_state_dim",
+                       "tokenizer_max_length")
 FLOAT_FIELDS = (
     ("vicreg_weight", 0.0, False), ("vicreg_lambda", 0.0, False), ("vicreg_mu", 0.0, False),
     ("vicreg_nu", 0.0, False), ("vicreg_gamma", 0.0, True), ("vicreg_eps", 0.0, False),
@@ -106,6 +108,17 @@ class SmolVLACLSConfig(SmolVLAConfig):
                 fail("suffix_cls_window", ">= 1 with suffix_cls_attention='window'")
             if 2 * self.suffix_cls_window > self.chunk_size:
                 fail("suffix_cls_window", f"<= chunk_size/2 ({self.chunk_size // 2}): first n + last n must fit the chunk")
+        for name in POSITIVE_INT_FIELDS:  # 0 or negative: no chunk, no denoising step (raw noise as the plan), ...
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, "an integer >= 1")
+        if self.n_action_steps > self.chunk_size:
+            fail("n_action_steps", f"<= chunk_size ({self.chunk_size})")
+        if self.n_obs_steps != 1:
+            fail("n_obs_steps", "1 (SmolVLA reads one observation step)")
+        size = self.resize_imgs_with_padding
+        if size is not None and (len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size)):
+            fail("resize_imgs_with_padding", "None or two integers >= 1 (height, width)")
         for name, low, strict in FLOAT_FIELDS:
             value = _number(getattr(self, name))
             if value is None or not math.isfinite(value) or (value <= low if strict else value < low):

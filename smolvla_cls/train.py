@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -270,10 +271,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--irrelevant-augment-stages={args.irrelevant_augment_stages!r}: expected stages from {STAGES}")
     if args.delta_steps is not None and args.delta_steps < 1:
         parser.error(f"--delta-steps={args.delta_steps}: expected >= 1")
+    if args.delta_lr is not None and not (math.isfinite(args.delta_lr) and args.delta_lr > 0):
+        parser.error(f"--delta-lr={args.delta_lr}: expected a finite learning rate > 0")
+    if args.chunk_size < 1:
+        parser.error(f"--chunk-size={args.chunk_size}: expected >= 1")
+    if args.num_workers < 0:
+        parser.error(f"--num-workers={args.num_workers}: expected >= 0")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed={args.seed}: expected an integer in [0, 2**32)")
     stages = [s for s in args.stages.split(",") if s]
     for s in stages:
         if s not in STAGES:
             parser.error(f"--stages: unknown stage {s!r} (expected {STAGES})")
+    if not stages:
+        parser.error(f"--stages={args.stages!r}: expected one or more of {','.join(STAGES)}")
+    main_done = args.output_dir / "stage_main" / "checkpoints" / "last" / "pretrained_model"
+    if "delta" in stages and "main" not in stages and not main_done.exists():
+        # the delta stage freezes the VLM and main expert: from random weights it would train on noise
+        parser.error(f"--stages delta needs the main stage's checkpoint {main_done} (run --stages main first)")
     info = check_dataset(args.dataset_root)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -283,15 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - max(1, args.num_workers)))
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    init = None
+    init = main_done if "main" not in stages else None  # delta alone continues from the main stage on disk
+    ran = []
     for plan in plan_stages(args.preset, args.quick, args.steps, args.delta_steps, args.delta_lr):
         if plan.name not in stages:
             continue
         init = run_stage(plan, args, out, init, info)
+        ran.append(plan.name)
     link = out / "checkpoints"
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(Path(f"stage_{stages[-1]}") / "checkpoints")
+    link.symlink_to(Path(f"stage_{ran[-1]}") / "checkpoints")  # the stage that ran last (always main → delta)
     final = out / "checkpoints" / "last" / "pretrained_model"
     print(f"[train] final policy: {final}")
     if not args.no_report:

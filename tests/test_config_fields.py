@@ -55,3 +55,18 @@ def test_adapt_to_pi_aloha_is_refused_by_the_config_and_the_policy():
     config.adapt_to_pi_aloha = True  # set after construction: the policy validates again
     with pytest.raises(ConfigError, match="adapt_to_pi_aloha"):
         SmolVLACLSPolicy(config)
+
+
+@pytest.mark.parametrize("field", ["n_action_steps", "num_steps", "max_action_dim", "max_state_dim", "tokenizer_max_length"])
+@pytest.mark.parametrize("value", [0, -1, 2.5, True], ids=repr)
+def test_counts_that_would_break_the_model_are_refused(field, value):
+    """num_steps=-1 used to denoise zero times and return the raw noise as the plan."""
+    with pytest.raises(ConfigError, match=rf"^{field}="):
+        tiny_config(**{field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [("n_obs_steps", 2), ("resize_imgs_with_padding", (0, 0)),
+                                              ("resize_imgs_with_padding", (64,))])
+def test_shapes_smolvla_cannot_read_are_refused(field, value):
+    with pytest.raises(ConfigError, match=rf"^{field}="):
+        tiny_config(**{field: value})

@@ -167,3 +167,16 @@ def test_fuzz_malformed_observations(policies):
     assert strict.counters.observation_errors >= N_MALFORMED
     assert lenient.counters.faults == lenient.counters.observation_errors >= N_MALFORMED
     assert seen["valid_interleaved"] > 50 and lenient.counters.resamples > 0
+
+
+@pytest.mark.parametrize("order", [">", "<"])
+def test_byte_order_of_a_float_image_does_not_matter(policies, order):
+    """A big-endian float frame (read from a file, sent by another host) is the same picture: same action."""
+    strict, _ = policies
+    img = np.random.default_rng(3).random((3, 64, 64)).astype(np.float32)
+    state = np.zeros(strict.manifest.dims.state_dim, np.float32)
+    actions = []
+    for frame in (img, img.astype(np.dtype(np.float32).newbyteorder(order))):
+        strict.reset(seed=0)
+        actions.append(strict.step({CAMERA_KEY: frame, STATE_KEY: state, "task": "reach the red target"}))
+    np.testing.assert_array_equal(actions[0], actions[1])

@@ -49,10 +49,28 @@ def test_gate_only_checks_every_m_ticks(spec, every, since):
     g = make_gate(spec, CAL, check_every=every)
     # maximally "different" inputs: every checking gate would want to resample
     d = g.decide(_inputs(since=since, obs=(1, 0), plan_obs=(-1, 0), act=(0, 1), state=(9, 9)))
-    if since % every:
+    cap = g.k if isinstance(g, IntervalGate) else None
+    if since % every and cap is not None and since >= cap:
+        # a schedule needs no inputs: its plan-age cap holds between checks too
+        assert d.resample and d.reason == "interval"
+    elif since % every:
         assert not d.resample and not d.checked and d.reason == "not_checked"
     else:
         assert d.checked
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 12), every=st.integers(1, 6), other=st.sampled_from(["drift:0.5", "consistency:0.5", "never"]))
+def test_a_plan_age_cap_holds_whatever_the_check_rhythm(k, every, other):
+    """interval:k, alone or inside any:, replans exactly when the plan is k ticks old — also on ticks that
+    check_every skips (whose CLS inputs were never computed: only the schedule decides there)."""
+    for spec in (f"interval:{k}", f"any:{other},interval:{k}"):
+        g = make_gate(spec, CAL, check_every=every)
+        for since in range(1, 3 * k + 2):
+            skipped = since % every != 0
+            d = g.decide(_inputs(since=since) if skipped else _inputs(since=since, obs=(1, 0), plan_obs=(1, 0),
+                                                                      act=(1, 0), state=(0, 0)))
+            assert d.resample == (since >= k), (spec, every, since, d)
 
 
 @pytest.mark.parametrize("k", [1, 2, 5])
@@ -118,7 +136,9 @@ def test_default_thresholds_come_from_calibration():
 @pytest.mark.parametrize("spec, msg", [
     ("interval", "needs an interval"), ("interval:x", "integer"), ("random", "probability"),
     ("random:2", r"\[0, 1\]"), ("state", "threshold"), ("magic", "unknown gate"), ("", "non-empty"),
-    ("drift:nan", "finite"),
+    ("drift:nan", "finite"), ("consistency:5", r"cosine distance in \[0, 2\]"), ("jump:-0.1", r"\[0, 2\]"),
+    ("always:5", "takes no argument"), ("any:always:3,never", "takes no argument"), ("never:abc", "no argument"),
+    ("interval:99999999999999999999", r"\[1, 1000000\]"), ("interval:0", r"\[1, 1000000\]"),
 ])
 def test_bad_specs_are_explained(spec, msg):
     with pytest.raises(ValueError, match=msg):

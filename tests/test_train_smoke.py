@@ -83,6 +83,7 @@ def test_cls_readout_flag_reaches_the_config(flag, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "check_dataset", lambda root: {})
     monkeypatch.setattr(train, "policy_config", recording_config)
     argv = ["--output-dir", str(tmp_path / "out"), "--no-report", "--stages", "delta"]
+    (tmp_path / "out" / "stage_main" / "checkpoints" / "last" / "pretrained_model").mkdir(parents=True)
     with pytest.raises(Built):
         train.main(argv + ([] if flag is None else ["--cls-readout", flag]))
     assert [c.train_cls_readout for c in built] == [flag != "off"]
@@ -198,3 +199,27 @@ def test_bad_irrelevant_augment_options_are_named(tmp_path, argv, capsys):
     with pytest.raises(SystemExit):
         train_main(["--dataset-root", str(tmp_path / "none"), "--output-dir", str(tmp_path / "out"), *argv])
     assert "--irrelevant-augment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--stages", ","], "--stages"), (["--stages", ""], "--stages"), (["--stages", "delta"], "--stages delta needs"),
+    (["--delta-lr", "nan"], "--delta-lr"), (["--delta-lr", "-1"], "--delta-lr"), (["--delta-lr", "0"], "--delta-lr"),
+    (["--chunk-size", "0"], "--chunk-size"), (["--num-workers", "-2"], "--num-workers"), (["--seed", "-1"], "--seed"),
+])
+def test_bad_training_flags_are_named_before_any_work(tmp_path, argv, flag, capsys):
+    """Refused by name at once — not after the main stage, not as a trace, and --stages delta never from random weights."""
+    with pytest.raises(SystemExit) as exc:
+        train_main(["--dataset-root", str(tmp_path / "none"), "--output-dir", str(tmp_path / "out"), *argv])
+    assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_the_link_names_the_stage_that_ran_last(tmp_path, monkeypatch):
+    """--stages delta,main still runs main then delta; `checkpoints` must point at delta (the final policy)."""
+    from smolvla_cls import train
+
+    monkeypatch.setattr(train, "check_dataset", lambda root: {})
+    ran = []
+    monkeypatch.setattr(train, "run_stage", lambda plan, args, out, init, info: ran.append(plan.name) or out)
+    train.main(["--output-dir", str(tmp_path / "out"), "--no-report", "--stages", "delta,main"])
+    assert ran == ["main", "delta"]
+    assert (tmp_path / "out" / "checkpoints").readlink().as_posix() == "stage_delta/checkpoints"
