@@ -32,7 +32,6 @@ from runtime.preprocess import to_chw_float
 GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "jump", "random", "state", "pixel", "any")
 MANIFEST_THRESHOLD_GATES = ("drift", "consistency", "jump")  # their threshold defaults to gate.<name> in the manifest
 MAX_INTERVAL = 1_000_000  # interval:k beyond this is `never` spelled differently
-MAX_COSINE_DISTANCE = 2.0  # drift / consistency / jump compare unit vectors
 SCHEDULE_GATES = ("always", "never", "interval")  # fire on the clock, not on what the observation shows
 PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
 
@@ -387,8 +386,8 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
                 raise ValueError(f"gate '{name}' has no threshold: the manifest's gate.{name}.default_threshold "
                                  f"is not set; pass one explicitly, e.g. '{name}:0.1'")
             thr = cal.default_threshold
-        if not 0 <= thr <= MAX_COSINE_DISTANCE:  # NaN fails too; above 2 the gate could never fire
-            raise ValueError(f"gate '{spec}': a {name} threshold is a finite cosine distance in [0, 2], got {thr:g}")
+        if not 0 <= thr < math.inf:  # NaN fails too (a threshold above 2, the largest cosine distance, never fires)
+            raise ValueError(f"gate '{spec}': a {name} threshold must be a finite cosine distance >= 0, got {thr:g}")
         cls = {"drift": DriftGate, "consistency": ConsistencyGate, "jump": JumpGate}[name]
         return cls(thr, check_every)
     if name == "random":
