@@ -83,6 +83,17 @@ def check_dataset(root: Path) -> dict:
     return info
 
 
+def warn_long_instructions(root: Path, preset: str) -> None:
+    """Training truncates instructions past the language length and the runtime refuses them: say so first."""
+    from transformers import AutoTokenizer
+
+    from smolvla_cls.instruction_length import warn_overlong
+    from smolvla_cls.presets import POLICY_OVERRIDES, materialize_preset
+
+    tokenizer = AutoTokenizer.from_pretrained(str(materialize_preset(preset)))
+    warn_overlong("train", root, tokenizer, POLICY_OVERRIDES[preset]["tokenizer_max_length"])
+
+
 def policy_config(preset: str, stage: str, device: str, chunk: int, act_cls_wiring: str = "plan_only",
                   cls_readout: bool = True):
     from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
@@ -291,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--stages delta needs the main stage's checkpoint {main_done} (run --stages main first)")
     info = check_dataset(args.dataset_root)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warn_long_instructions(args.dataset_root, args.preset)
     import torch
 
     # Leave one core per loader worker: on 2 cores, 2 torch threads + 1 worker oversubscribe the CPU and

@@ -52,6 +52,7 @@ from export.signing import SigningError, load_private_key, stamp_identity
 from export.trt.parser_compat import check_model, rules
 from runtime.fingerprint import file_records
 from runtime.manifest_schema import FORMAT_VERSION
+from smolvla_cls.instruction_length import warn_overlong
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 256 << 20  # graphs with more weight bytes than this keep weights in <name>.onnx.data
@@ -250,6 +251,8 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         vlm_dir = Path(loaded.policy.config.vlm_model_name)
         shutil.copyfile(vlm_dir / "tokenizer.json", tmp / "tokenizer.json")
         tokenizer, tokenize = _tokenizer_fn(vlm_dir, loaded.policy.config.tokenizer_max_length)
+        if root is not None:  # training truncated these; the exported runtime will refuse them
+            warn_overlong("export", root, tokenizer, loaded.policy.config.tokenizer_max_length)
         if will_calibrate:
             horizon = gate_horizon if gate_horizon is not None else capped_horizon(default_gate, default_cap,
                                                                                    cfg.n_action_steps)
