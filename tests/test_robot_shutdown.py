@@ -9,6 +9,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
@@ -109,26 +110,39 @@ def test_a_lost_link_is_not_disconnected_again_and_the_stop_reason_survives(poli
     assert "no longer connected" in rep.disconnect_error
 
 
-class SameFrame(SimReachRobot):
-    """A camera that hands back its last frame object until a new one arrives (lerobot's read_latest)."""
+class StaleCamera(SimReachRobot):
+    """A camera with sensor noise whose driver has a new frame only every `fresh_every` ticks; in between it hands
+    back the last frame object (lerobot's read_latest), a copy of it, or refills one buffer in place."""
 
-    def __init__(self, fresh_every):
+    def __init__(self, fresh_every, mode):
         super().__init__(SimReachSettings(episodes=5))
-        self.fresh_every, self.n, self.frame = fresh_every, 0, None
+        self.fresh_every, self.mode, self.n, self.frame = fresh_every, mode, 0, None
+        self.rng = np.random.default_rng(0)
+        self.buffer = None
 
     def get_observation(self):
         obs = super().get_observation()
-        if self.n % self.fresh_every == 0:
-            self.frame = obs["top"]
+        if self.n % self.fresh_every == 0:  # a new exposure: the scene plus fresh sensor noise
+            noise = self.rng.integers(-2, 3, size=obs["top"].shape)
+            self.frame = np.clip(obs["top"].astype(np.int16) + noise, 0, 255).astype(np.uint8)
         self.n += 1
-        obs["top"] = self.frame
+        if self.mode == "same object":
+            obs["top"] = self.frame
+        elif self.mode == "copy":
+            obs["top"] = self.frame.copy()
+        else:  # "in place": one buffer, refilled every tick (a new frame in the same object is not a repeat)
+            if self.buffer is None:
+                self.buffer = np.empty_like(self.frame)
+            self.buffer[...] = self.frame
+            obs["top"] = self.buffer
         return obs
 
 
+@pytest.mark.parametrize("mode", ["same object", "copy", "in place"])
 @pytest.mark.parametrize("fresh_every", [1, 2, 3])
-def test_repeated_camera_frames_are_counted(policy, fresh_every):
+def test_repeated_camera_frames_are_counted(policy, fresh_every, mode):
     iface = RobotInterface.from_manifest(policy.manifest)
-    rep = drive(policy, SameFrame(fresh_every), Source(policy, iface), max_ticks=12)
+    rep = drive(policy, StaleCamera(fresh_every, mode), Source(policy, iface), max_ticks=12)
     assert rep.ticks == 12 and rep.repeated_frames == 12 - 12 // fresh_every
 
 
