@@ -31,3 +31,4 @@ def running_server(**overrides) -> Iterator[tuple[InferenceServicer, int]]:
         yield svc, port
     finally:
         server.stop(grace=None).wait()
+        svc.close()

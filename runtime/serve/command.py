@@ -69,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     server.stop(grace=1.0).wait()
+    svc.close()
     print(json.dumps(svc.stats(), indent=1))
     return 0

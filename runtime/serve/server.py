@@ -28,6 +28,7 @@ from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
 from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
+from runtime.serve.deadlines import DeadlineWatch
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
 from runtime.serve.session import STREAMS_PER_SESSION, ServeSession, session_counters
 
@@ -95,6 +96,11 @@ class InferenceServicer:
         self._infer_lock = threading.Lock()  # one backend: inference runs one session at a time
         self.counters: Counter[str] = Counter()
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
+        self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
+
+    def close(self) -> None:
+        """Stop the deadline thread (after the gRPC server stopped: no stream is open any more)."""
+        self.deadlines.close()
 
     # ----------------------------------------------------------------- helpers
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
@@ -184,9 +190,7 @@ class InferenceServicer:
                          f"more than {STREAMS_PER_SESSION} concurrent observation streams from this client")
             return wire.Empty()
         # a stream that never ends would hold a worker thread: cancel it after the deadline
-        timer = threading.Timer(self.cfg.stream_deadline_s, context.cancel)
-        timer.daemon = True
-        timer.start()
+        timer = self.deadlines.arm(self.cfg.stream_deadline_s, context.cancel)
         session.stream_context = context  # a dropped session cancels its open stream (session.close)
         try:
             data = self._assemble(request_iterator)

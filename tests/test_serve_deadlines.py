@@ -1,0 +1,64 @@
+"""One watchdog thread for every stream deadline: due callbacks run once, in order; cancelled ones never."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.serve.deadlines import DeadlineWatch
+
+
+@pytest.fixture()
+def watch():
+    w = DeadlineWatch()
+    yield w
+    w.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(delays=st.lists(st.integers(0, 40), min_size=1, max_size=12), cancel=st.data())
+def test_due_callbacks_run_once_in_deadline_order_and_cancelled_never(delays, cancel):
+    watch = DeadlineWatch()
+    try:
+        fired, done = [], threading.Event()
+        handles = [watch.arm(d / 1000, lambda i=i: fired.append(i)) for i, d in enumerate(delays)]
+        dropped = set(cancel.draw(st.sets(st.sampled_from(range(len(delays))))))
+        for i in dropped:
+            handles[i].cancel()
+        watch.arm(0.08, done.set)  # after every other deadline
+        assert done.wait(5)
+        expected = [i for i in sorted(range(len(delays)), key=lambda i: (delays[i], i)) if i not in dropped]
+        # deadlines within a millisecond may fire in either order; each fires exactly once
+        assert sorted(fired) == sorted(expected) and len(fired) == len(set(fired))
+        assert all(delays[a] <= delays[b] + 1 for a, b in itertools.pairwise(fired))
+        assert watch.pending() == 0
+    finally:
+        watch.close()
+
+
+def test_a_thousand_open_streams_share_one_thread(watch):
+    before = threading.active_count()
+    handles = [watch.arm(30, lambda: None) for _ in range(1000)]
+    assert threading.active_count() == before and watch.pending() == 1000
+    for h in handles:
+        h.cancel()
+    assert watch.pending() == 0
+
+
+def test_a_failing_callback_does_not_stop_later_deadlines(watch):
+    ran = threading.Event()
+    watch.arm(0.0, lambda: 1 / 0)
+    watch.arm(0.01, ran.set)
+    assert ran.wait(5)
+
+
+def test_closed_watch_refuses_and_its_thread_ends():
+    watch = DeadlineWatch()
+    watch.close()
+    assert not watch._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        watch.arm(1, lambda: None)
