@@ -93,8 +93,10 @@ class EdgePolicy:
         self.refine = args.boolean("refine", refine)
         self.tick_budget_ms = tick_budget_ms
         self.on_bad_observation = on_bad_observation
-        self.tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer, expected_sha256=(
-            m.files[m.tokenizer.file]["sha256"] if verify_hashes else None))
+        # always hash-checked, also with verify_hashes=False (which spares the large graphs a shared backend has
+        # already verified): the tokenizer is small, and each policy (a serve session) reads it from disk again
+        self.tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer,
+                                              expected_sha256=m.files[m.tokenizer.file]["sha256"])
         self.validator = ObservationValidator(m, self.tokenizer, state_tolerance)
         if isinstance(gate, str) and gate.strip().lower() == "default":
             gate = m.default_gate  # the export's recommendation (manifest gate.default; drift if absent)

@@ -291,3 +291,26 @@ def test_workers_follow_the_session_cap():
     assert ServeConfig(artifacts=robot_artifacts(), max_sessions=100).max_workers == 200
     with pytest.raises(ValueError, match="max_sessions=16 must stay below max_workers=16"):
         ServeConfig(artifacts=robot_artifacts(), max_sessions=16, max_workers=16)
+
+
+def test_a_tokenizer_changed_after_start_is_refused_for_new_sessions(tmp_path):
+    """Each session reads tokenizer.json again; with the graphs verified once at start (verify_hashes=False per
+    session) the tokenizer is still checked against the manifest, so an edited file serves no client."""
+    import json
+    import shutil
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(robot_artifacts(), folder)
+    with running_server(artifacts=str(folder)) as (svc, port):
+        good_client_is_served(port)
+        tok = folder / "tokenizer.json"
+        data = json.loads(tok.read_text())
+        vocab = data["model"]["vocab"]
+        vocab["red"], vocab["blue"] = vocab["blue"], vocab["red"]  # same size, other meaning
+        tok.write_text(json.dumps(data))
+        c = Client(port)
+        try:
+            refused(c.setup, grpc.StatusCode.FAILED_PRECONDITION, "tokenizer.json")
+        finally:
+            c.close()
+        assert "changed since the server started" in svc.stats()["last_refusal"]

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from runtime.chunk_planner import STALE, ChunkPlanner
+from runtime.manifest import ManifestError
 from runtime.observation import ObservationError
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
@@ -146,10 +147,15 @@ class InferenceServicer:
         except (PayloadError, RobotInterfaceError) as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"policy setup: {exc}")
             return wire.Empty()
-        policy = EdgePolicy(self.cfg.artifacts, backend=self.template.backend, gate=self.cfg.gate,
-                            refine=self.cfg.refine, fallback=self.cfg.fallback, seed=self.cfg.seed,
-                            verify_hashes=False,  # the shared backend's graphs were verified at start;
-                            expected_digest=self.template.manifest.digest)  # the manifest must be the same one
+        try:
+            policy = EdgePolicy(self.cfg.artifacts, backend=self.template.backend, gate=self.cfg.gate,
+                                refine=self.cfg.refine, fallback=self.cfg.fallback, seed=self.cfg.seed,
+                                verify_hashes=False,  # the shared backend's graphs were verified at start;
+                                expected_digest=self.template.manifest.digest)  # the manifest: the same one
+        except (ManifestError, OSError) as exc:  # the folder changed on disk since start (tokenizer, manifest)
+            self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"artifacts {self.cfg.artifacts} changed since the server started: {exc}")
+            return wire.Empty()
         session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps)
         with self._sessions_lock:
             now = time.monotonic()
