@@ -30,7 +30,11 @@ def confined_path(root: Path, name: str) -> Path:
     if not path.exists() and not path.is_symlink():
         raise ArtifactFileError(f"artifact file '{name}' listed in the manifest is missing from '{root}'; "
                                 "re-export the artifacts with `make export`")
-    real, inside = path.resolve(), root.resolve()
+    try:
+        real, inside = path.resolve(), root.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13), a vanished parent
+        raise ArtifactFileError(f"artifact file '{name}' cannot be resolved inside '{root}' (a symlink loop?): "
+                                f"{str(exc)[:160]}") from None
     if real.parent != inside:
         raise ArtifactFileError(f"artifact file '{name}' is a link to '{real}', outside the artifact folder "
                                 f"'{inside}': refused")

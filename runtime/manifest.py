@@ -26,6 +26,7 @@ from runtime.manifest_schema import FORMAT_VERSION, ManifestModel, NormModel, de
 
 GRAPH_NAMES = ("prefix", "main_expert", "delta_expert", "plan_encoder")
 REEXPORT_HINT = "re-export the artifacts with `make export`"
+TASK_KEY = "task"  # the observation key of the instruction (runtime.observation reads it)
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is ~100 KB; more is not a manifest
 MAX_DEPTH = 32  # JSON nesting; the contract's own keys nest 5 deep
 _DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "int32": np.int32, "float16": np.float16}
@@ -259,6 +260,13 @@ class Manifest:
         if len(set(self.camera_keys)) != len(self.cameras):
             raise ManifestError("manifest: 'cameras' lists a key twice")
         self.state_key = m.state_key
+        # one observation dict carries the cameras, the state and the instruction: a shared key could never be fed
+        for where, key in [(f"cameras[{i}].key", k) for i, k in enumerate(self.camera_keys)] + [("state_key", m.state_key)]:
+            clash = "the instruction's key" if key == TASK_KEY else "the action's key" if key == "action" else (
+                "the state key" if where != "state_key" and key == m.state_key else None)
+            if clash:
+                raise ManifestError(f"manifest: '{where}' is {key!r}, {clash}: an observation could never carry both; "
+                                    f"{REEXPORT_HINT}")
         ip = m.image_preprocess
         self.image = ImageSpec(ip.height, ip.width, ip.resize, ip.pad_side, ip.pad_value)
         for key in (self.state_key, "action"):

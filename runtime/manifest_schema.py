@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from runtime.default_gate import FIELD as DEFAULT_GATE_FIELD
@@ -28,7 +29,22 @@ MAX_TENSOR_ELEMENTS = 1 << 31  # ~8 GiB of float32 in one tensor: anything large
 FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(float32).max: the runtime computes in float32
+# finite and representable in float32: 1e39 is finite JSON but becomes inf in the runtime's arrays
+def _fits_float32(value: float) -> float:
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{value:g} is outside float32's range (±3.4e38): the runtime computes in float32")
+    return value
+
+
+def _float32_schema(schema: dict[str, Any]) -> None:
+    """The float32 range in the JSON Schema, where a field has no tighter bound of its own."""
+    schema.setdefault("minimum", -FLOAT32_MAX)
+    schema.setdefault("maximum", FLOAT32_MAX)
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False, json_schema_extra=_float32_schema),
+                   AfterValidator(_fits_float32)]
 Vector = Annotated[list[Finite], Field(min_length=1, max_length=MAX_VECTOR)]
 
 
@@ -116,10 +132,17 @@ class NormModel(_Closed):
         for key in need:
             if getattr(self, key) is None:
                 raise ValueError(f"{key}: missing required key for mode {self.mode!r}")
-        if self.mode == "mean_std" and min(self.std) <= 0.0:  # type: ignore[arg-type]
-            raise ValueError("std: must be > 0 everywhere (a zero or negative std inverts or explodes actions)")
-        if self.mode == "min_max" and any(hi <= lo for lo, hi in zip(self.min, self.max)):  # type: ignore[arg-type]
-            raise ValueError("max: must exceed 'min' everywhere")
+        # checked as the runtime computes, in float32: 1e-50 is a std of 0 there, 1 and 1 + 1e-8 are equal, and a
+        # span of 6e38 overflows to inf
+        f32 = np.float32
+        if self.mode == "mean_std" and min(f32(v) for v in self.std) <= 0.0:  # type: ignore[union-attr]
+            raise ValueError("std: must be > 0 everywhere in float32 (a zero or negative std inverts or explodes "
+                             "actions)")
+        if self.mode == "min_max":
+            with np.errstate(over="ignore"):
+                spans = [f32(hi) - f32(lo) for lo, hi in zip(self.min, self.max)]  # type: ignore[arg-type]
+            if not all(np.isfinite(d) and d > 0 for d in spans):
+                raise ValueError("max: must exceed 'min' everywhere, by a span float32 can hold")
         return self
 
 
@@ -187,7 +210,7 @@ class ActClsModel(_Open):
 
 class GateMetricModel(_Open):
     stats: dict[Key, Finite] = Field(default_factory=dict, max_length=64)
-    default_threshold: Finite | None = Field(default=None, ge=0.0, le=2.0)  # cosine distance lies in [0, 2]
+    default_threshold: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=2.0)] | None = None  # cosine: [0, 2]
     # optional: calibrated on observation pairs < horizon ticks apart (the ticks a plan runs; absent = n_action_steps)
     horizon: int | None = Field(default=None, ge=2, le=1024)
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.manifest import Manifest
+from runtime.manifest import TASK_KEY, Manifest  # TASK_KEY re-exported: the key of the instruction
 from runtime.tokenizer import InstructionTokenizer
 
-TASK_KEY = "task"
 MAX_IMAGE_SIDE = 8192  # anything larger is a driver bug, not a camera frame
 _FLOAT_RANGE_TOL = 1e-3  # float images may overshoot [0,1] by rounding noise, not by a 0..255 scale
 

@@ -148,6 +148,16 @@ def test_symlink_inside_the_folder_is_allowed(folder):
     Manifest.load(folder)
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "prefix.onnx"])
+def test_a_symlink_loop_is_refused_naming_the_file(folder, name):
+    (folder / name).unlink()
+    os.symlink(name, folder / name)  # points at itself
+    with pytest.raises(ManifestError) as exc:
+        Manifest.load(folder)
+    _one_line_naming(exc, name)
+    assert "symlink loop" in str(exc.value)
+
+
 def test_manifest_json_symlinked_outside_is_refused(folder, tmp_path):
     shutil.move(folder / "manifest.json", tmp_path / "m.json")
     os.symlink(tmp_path / "m.json", folder / "manifest.json")

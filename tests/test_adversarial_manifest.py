@@ -103,6 +103,15 @@ SCHEMA_CASES = [
     ("image_preprocess.input_range", [-1.0, 1.0]), ("image_preprocess.input_range", [0.0, 255.0]),
     ("image_preprocess.input_range", [0.0]), ("image_preprocess.input_range", "0..1"),
     ("image_preprocess.interpolation", "nearest"), ("image_preprocess.interpolation", 1),
+    # finite JSON that the runtime's float32 arrays cannot hold: inf bounds, a 0 std, a span that overflows
+    ("action_bounds.high", [1e39, 0.08]), ("state_bounds.high", [3.5e38, 1.0]), ("safety.stop_action", [1e39, 0.0]),
+    ("normalization.action.std", [1e-50, 0.03]), ("normalization.action.mean", [-1e39, 0.0]),
+    ("normalization.action", {"mode": "min_max", "min": [-3e38, -1.0], "max": [3e38, 1.0]}),
+    ("normalization.action", {"mode": "min_max", "min": [1.0, -1.0], "max": [1.00000001, 1.0]}),
+    ("gate.drift.stats", {"p50": 1e39}),
+    # keys one observation dict must carry side by side
+    ("cameras[0].key", "task"), ("cameras[0].key", "action"), ("cameras[0].key", "observation.state"),
+    ("state_key", "task"),
 ]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 
-from export.atomic_folder import atomic_folder
+from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
 from export.graphs.export_checks import check_dataset_stats, check_vocab
 from export.graphs.gate_calibration import (
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                                     signing_key=key, dataset_root=args.dataset_root,
                                     gate_horizon=args.gate_horizon, default_gate=args.default_gate,
                                     default_cap=args.default_cap)
-    except (ExportInputError, SigningError) as exc:
+    except (ExportInputError, SigningError, AtomicFolderError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2
     sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in manifest["files"].items())
