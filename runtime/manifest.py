@@ -176,11 +176,12 @@ def _finite_float(text: str) -> float:
 def read_manifest_json(path: Path) -> dict[str, Any]:
     """Decoded manifest.json, bounded in size and depth; ManifestError naming the file otherwise."""
     where = f"manifest.json in '{path.parent}'"
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{where} has {size} bytes, more than {MAX_MANIFEST_BYTES}; {REEXPORT_HINT}")
+    with open(path, "rb") as fh:  # read once, bounded: a file growing after a size check cannot slip past it
+        data = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{where} has more than {MAX_MANIFEST_BYTES} bytes; {REEXPORT_HINT}")
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant,
+        raw = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
                          parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{where} is not UTF-8 text (byte {exc.start}); {REEXPORT_HINT}") from None

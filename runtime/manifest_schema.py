@@ -227,6 +227,9 @@ DefaultGate = Annotated[str, AfterValidator(_default_gate), Field(json_schema_ex
 
 
 class GateModel(_Open):
+    # what the thresholds and stats measure: the runtime's gates compute cosine distance only, so thresholds
+    # calibrated on another metric would be misread (absent = cosine_distance, what every export writes)
+    metric: Literal["cosine_distance"] = "cosine_distance"
     drift: GateMetricModel
     consistency: GateMetricModel
     # optional (format 3 unchanged): the per-tick jump gate's lag-1 calibration; absent = `jump` needs an

@@ -108,7 +108,7 @@ SCHEMA_CASES = [
     ("normalization.action.std", [1e-50, 0.03]), ("normalization.action.mean", [-1e39, 0.0]),
     ("normalization.action", {"mode": "min_max", "min": [-3e38, -1.0], "max": [3e38, 1.0]}),
     ("normalization.action", {"mode": "min_max", "min": [1.0, -1.0], "max": [1.00000001, 1.0]}),
-    ("gate.drift.stats", {"p50": 1e39}),
+    ("gate.drift.stats", {"p50": 1e39}), ("gate.metric", "euclidean"),
     # keys one observation dict must carry side by side
     ("cameras[0].key", "task"), ("cameras[0].key", "action"), ("cameras[0].key", "observation.state"),
     ("state_key", "task"),
