@@ -62,3 +62,20 @@ def test_closed_watch_refuses_and_its_thread_ends():
     assert not watch._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         watch.arm(1, lambda: None)
+
+
+def test_cancel_says_whether_the_deadline_already_fired(watch):
+    """The decision to fire and cancel() are atomic: a cancel that lands as the callback starts reports it, so
+    the server drops that observation (the client was cancelled) instead of using it."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_cancel():
+        started.set()
+        release.wait(5)
+
+    late = watch.arm(0.0, slow_cancel)
+    assert started.wait(5)
+    assert late.cancel() is True  # fired: the callback is running
+    release.set()
+    early = watch.arm(30, lambda: None)
+    assert early.cancel() is False and early.cancel() is False

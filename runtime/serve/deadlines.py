@@ -17,15 +17,19 @@ log = logging.getLogger(__name__)
 
 
 class Deadline:
-    """A handle for one armed deadline; `cancel()` (idempotent) keeps its callback from running."""
+    """A handle for one armed deadline. `cancel()` (idempotent) keeps its callback from running and returns
+    whether it was too late: True if the deadline had already fired (its callback runs or ran), so the caller
+    knows the stream was cancelled even when the cancellation lands as the stream finishes."""
 
-    __slots__ = ("cancelled",)
+    __slots__ = ("_lock", "cancelled", "fired")
 
-    def __init__(self) -> None:
-        self.cancelled = False
+    def __init__(self, lock: threading.Condition) -> None:
+        self._lock, self.cancelled, self.fired = lock, False, False
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def cancel(self) -> bool:
+        with self._lock:
+            self.cancelled = True
+            return self.fired
 
 
 class DeadlineWatch:
@@ -40,7 +44,7 @@ class DeadlineWatch:
         self._thread.start()
 
     def arm(self, seconds: float, callback: Callable[[], object]) -> Deadline:
-        handle = Deadline()
+        handle = Deadline(self._wake)
         with self._wake:
             if self._closed:
                 raise RuntimeError("DeadlineWatch is closed")
@@ -72,7 +76,8 @@ class DeadlineWatch:
                 if self._closed:
                     return
                 _, _, handle, callback = heapq.heappop(self._heap)
-            if not handle.cancelled:
+                handle.fired = not handle.cancelled  # decided under the lock that cancel() takes
+            if handle.fired:
                 try:
                     callback()
                 except Exception:

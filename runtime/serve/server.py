@@ -217,9 +217,12 @@ class InferenceServicer:
                         self.cfg.stream_deadline_s, exc)
             return wire.Empty()
         finally:
-            timer.cancel()
+            late = timer.cancel()  # True: the deadline fired as the stream ended; the client sees CANCELLED
             session.stream_context = None
             session.streams.release()
+        if late:  # so the observation is not used either: client and server agree it was not delivered
+            self.counters["streams_broken"] += 1
+            return wire.Empty()
         self.counters["observations_received"] += 1
         session.put(obs)
         return wire.Empty()
