@@ -20,7 +20,7 @@ from typing import Any
 
 from runtime.artifact_identity import stamp_identity
 from runtime.engine_identity import write_engine_record
-from runtime.fingerprint import EngineFingerprint, FingerprintError, FingerprintMismatch
+from runtime.fingerprint import REBUILD_HINT, EngineFingerprint, FingerprintError, FingerprintMismatch, graph_hashes
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 
@@ -88,7 +88,8 @@ def sign_folder(folder: str | Path, key_path: str | Path) -> str:
 
 
 def sign_engines(engines: str | Path, artifacts: str | Path, key_path: str | Path) -> str:
-    """Check each engine against its fingerprint and the verified ONNX folder, then sign the engine set."""
+    """Check each engine against its fingerprint and the verified ONNX folder (graph and external weights), then
+    sign the engine set."""
     engines, key = Path(engines), load_private_key(key_path)
     try:
         manifest = Manifest.load(artifacts, verify_hashes=True)
@@ -100,8 +101,11 @@ def sign_engines(engines: str | Path, artifacts: str | Path, key_path: str | Pat
     for g in built:
         try:
             fp = EngineFingerprint.read(engines / f"{g}.fingerprint.json")
-            if fp.onnx_sha256 != manifest.files[manifest.graphs[g].file]["sha256"]:
-                raise SigningError(f"--engines {engines}: {g} was built from another ONNX than --artifacts {artifacts}")
+            spec = manifest.graphs[g]
+            found = fp.source_differences(*graph_hashes(manifest.files, spec.file, spec.data_file))
+            if found:
+                raise SigningError(f"--engines {engines}: {g} was not built from the graph and weights of "
+                                   f"--artifacts {artifacts}: " + "; ".join(found) + f" — {REBUILD_HINT}")
             fp.check_engine_bytes((engines / f"{g}.plan").read_bytes())
         except (FingerprintError, FingerprintMismatch, OSError) as exc:
             raise SigningError(f"--engines {engines}: {exc}") from None

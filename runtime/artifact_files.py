@@ -8,7 +8,7 @@ to must be that graph's listed `data_file`. Errors name the file in one line.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -74,19 +74,23 @@ def external_data_locations(graph_path: Path) -> set[str]:
         model = onnx.load_model(str(graph_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 — protobuf's DecodeError, onnx's own errors, OSError
         raise ArtifactFileError(f"artifact file '{graph_path.name}' is not a readable ONNX model ({str(exc)[:200]})") from None
-    found: set[str] = set()
-    stack = [model.graph]
+    return {e.value for t, _ in external_tensors(model.graph) for e in t.external_data if e.key == "location"}
+
+
+def external_tensors(graph: Any) -> Iterator[tuple[Any, bool]]:
+    """(tensor, is a top-level initializer) for every tensor with external data anywhere in an ONNX graph:
+    initializers, sparse values, attributes, subgraphs."""
+    import onnx
+
+    stack = [(graph, True)]
     while stack:
-        graph = stack.pop()
-        tensors = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
-        for node in graph.node:
+        g, top = stack.pop()
+        tensors = [(t, top) for t in g.initializer] + [(s.values, False) for s in g.sparse_initializer]
+        for node in g.node:
             for attr in node.attribute:
-                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-                stack += ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-        for t in tensors:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                found |= {e.value for e in t.external_data if e.key == "location"}
-    return found
+                tensors += [(t, False) for t in ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)]
+                stack += [(sub, False) for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+        yield from ((t, top_level) for t, top_level in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
 
 
 def check_external_data(root: Path, graph: str, file: str, data_file: str | None) -> None:

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtime.artifact_files import ArtifactFileError, confined_path
 from runtime.backend import Backend, BackendError, PrefixState
-from runtime.fingerprint import sha256_bytes
 from runtime.graph_io import DYNAMIC, LoadedTensor, check_graph_io
-from runtime.manifest import GRAPH_NAMES, REEXPORT_HINT, GraphSpec, Manifest, ManifestError
+from runtime.manifest import GRAPH_NAMES, REEXPORT_HINT, GraphSpec, Manifest
+from runtime.ort_model_bytes import load_graph_bytes
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool",
               "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(double)": "float64"}
@@ -51,8 +50,10 @@ class OnnxRuntimeBackend(Backend):
 
     `io_binding` (default: on exactly when CUDA loaded) selects the IO-binding path; forcing it on for
     CPU keeps K/V as CPU OrtValues, which lets the binding code be tested on machines without a GPU.
-    `verify` (default on): a graph without external data is loaded from the bytes whose SHA-256 was checked;
-    one with external data is loaded from its files and both are checked again after the session opened them.
+    `verify` (default on): each graph is built from the bytes of its .onnx and external-data file whose size and
+    SHA-256 were checked against the manifest, held in process memory (runtime.ort_model_bytes): onnxruntime
+    opens no artifact file, so a file rewritten or truncated later cannot change or crash a running session.
+    verify=False skips only the hash check; the session is still built from bytes read once.
     `run_timeout_ms`: each graph call is terminated (onnxruntime RunOptions.terminate) after this long and
     raises BackendError, which the policy turns into a fault and a safe action instead of a hang.
     """
@@ -70,27 +71,25 @@ class OnnxRuntimeBackend(Backend):
         self.run_timeout_ms = run_timeout_ms
         self.manifest = manifest
         self.device_id = device_id
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if device == "cuda":
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
         root = Path(artifacts_dir)
         self.sessions: dict[str, ort.InferenceSession] = {}
+        self._weights: dict[str, tuple[ort.OrtValue, ...]] = {}  # injected weights a session may use in place
         for g in GRAPH_NAMES:
             spec = manifest.graphs[g]
+            graph = load_graph_bytes(root, spec, manifest.files, verify)
+            opts = ort.SessionOptions()  # one per session: external initializers must not leak between graphs
+            opts.intra_op_num_threads = intra_op_threads
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             try:
-                sess = ort.InferenceSession(self._model_source(root, spec, verify), sess_options=opts,
-                                            providers=providers)
-            except (BackendError, ManifestError):
-                raise
+                sess = ort.InferenceSession(graph.model, sess_options=graph.add_to(opts), providers=providers)
             except Exception as exc:
                 raise BackendError(f"onnxruntime could not load graph '{g}' from '{root / spec.file}': {exc}") from exc
-            if verify and spec.data_file:
-                manifest.verify_files([spec.file, spec.data_file])  # what the session read is what was verified
             check_session_io(sess, spec)
             self.sessions[g] = sess
+            self._weights[g] = graph.initializers  # (the model bytes themselves are not kept)
         loaded = self.sessions["prefix"].get_providers()
         self.on_gpu = device == "cuda" and "CUDAExecutionProvider" in loaded
         if device == "cuda" and not self.on_gpu:
@@ -136,22 +135,9 @@ class OnnxRuntimeBackend(Backend):
 
     def close(self) -> None:
         self.sessions.clear()
+        self._weights.clear()
 
     # ---------------------------------------------------------------- helpers
-    def _model_source(self, root: Path, spec: GraphSpec, verify: bool) -> str | bytes:
-        """The verified bytes of a self-contained graph, else its confined path (verified again after loading)."""
-        try:
-            path = confined_path(root, spec.file)
-        except ArtifactFileError as exc:
-            raise ManifestError(str(exc)) from None
-        if not verify or spec.data_file:
-            return str(path)
-        data = path.read_bytes()
-        if sha256_bytes(data) != self.manifest.files[spec.file]["sha256"]:
-            raise ManifestError(f"artifact file '{spec.file}' changed after the manifest check (SHA-256 differs): "
-                                "refused; re-export the artifacts with `make export`")
-        return data
-
     @contextmanager
     def _watchdog(self, graph: str) -> Iterator[ort.RunOptions | None]:
         """RunOptions that a timer terminates after run_timeout_ms (None when no timeout is set)."""

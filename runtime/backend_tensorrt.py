@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runtime.backend import Backend, BackendError, PrefixState
-from runtime.fingerprint import EngineFingerprint
+from runtime.fingerprint import EngineFingerprint, graph_hashes
 from runtime.graph_io import DYNAMIC, LoadedTensor, check_graph_io, manifest_graph
 from runtime.manifest import GRAPH_NAMES
 from runtime.trt_api import dims, engine_io
@@ -150,7 +150,8 @@ class TensorRTBackend(Backend):
 
         spec = manifest_graph(self._manifest, graph)
         fingerprint = EngineFingerprint.read(engines / f"{graph}.fingerprint.json")
-        fingerprint.check_against(self._manifest["files"][spec.file]["sha256"], trt.__version__, gpu_name, cc)
+        onnx_sha, data_sha = graph_hashes(self._manifest["files"], spec.file, spec.data_file)
+        fingerprint.check_against(onnx_sha, trt.__version__, gpu_name, cc, manifest_data_sha256=data_sha)
         plan = (engines / f"{graph}.plan").read_bytes()
         fingerprint.check_engine_bytes(plan)
         engine = self._runtime.deserialize_cuda_engine(plan)

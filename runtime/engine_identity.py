@@ -1,7 +1,8 @@
 """Identity of a TensorRT engine folder: one digest over the ONNX artifact digest and every engine fingerprint.
 
-Each `<graph>.fingerprint.json` pins its `.plan` (engine_sha256, checked by the TensorRT backend) and its ONNX
-(onnx_sha256). `engines.identity.json` pins the fingerprints and the artifact folder they were built from:
+Each `<graph>.fingerprint.json` pins its `.plan` (engine_sha256, checked by the TensorRT backend), its ONNX
+(onnx_sha256) and its external weights (data_sha256). `engines.identity.json` pins the fingerprints and the
+artifact folder they were built from:
 `{"format_version": 1, "artifact_digest": ..., "fingerprints": {graph: sha256 of the file}, "identity":
 {"digest": ..., "signature": ...}}`, digest and signature made as for the manifest (runtime.artifact_identity,
 with its own domain prefix). `make engine` writes it unsigned; `python -m export.signing sign-engines` signs it.

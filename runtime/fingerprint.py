@@ -1,9 +1,15 @@
-"""Engine fingerprint: the JSON next to each `<graph>.plan` that ties it to one ONNX file, GPU and TensorRT.
+"""Engine fingerprint: the JSON next to each `<graph>.plan` that ties it to one ONNX graph and its weights,
+one GPU and one TensorRT.
 
 A TensorRT engine only runs on the GPU model and TensorRT version that built it, and only matches the ONNX
 it was built from. Export writes this record (docs/10-artifact-contract.md, "Engine fingerprint"); the runtime
 reads it and refuses a stale or foreign engine with a message that says what differs. Stdlib only, so
 both `export` and `runtime` can import it without torch, TensorRT or CUDA.
+
+Format 2 adds `data_sha256`, the hash of the graph's external-data file (`<graph>.onnx.data`, null when the
+weights are inside the .onnx): with external data the .onnx holds only offsets, so its hash alone does not
+name the weights. A format-1 fingerprint is still accepted for a graph without external data (its .onnx hash
+covers the weights) and refused, with a rebuild hint, for a graph with external data.
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what export writes
+READABLE_VERSIONS = (1, 2)  # 1: no data_sha256 (read as None; see source_differences)
 REBUILD_HINT = "rebuild the engines with `make engine` on this device"
 
 
@@ -29,7 +37,7 @@ class FingerprintMismatch(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineFingerprint:
-    """Exactly the fields of the contract's engine fingerprint (format version 1)."""
+    """Exactly the fields of the contract's engine fingerprint (format version 2; version 1 lacks data_sha256)."""
 
     graph: str
     onnx_sha256: str
@@ -43,12 +51,15 @@ class EngineFingerprint:
     build_seconds: float
     engine_bytes: int
     engine_sha256: str
+    data_sha256: str | None = None  # SHA-256 of the graph's external-data file; None: weights inside the .onnx
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the contract's key order (format_version first)."""
         body = dataclasses.asdict(self)
         body["compute_capability"] = list(self.compute_capability)
+        if self.format_version == 1:  # a version-1 record read back is written back as it was
+            del body["data_sha256"]
         return {"format_version": body.pop("format_version"), **body}
 
     def write(self, path: str | Path) -> None:
@@ -63,16 +74,24 @@ class EngineFingerprint:
         """Validate a decoded JSON object; the error names the first missing or ill-typed field."""
         if not isinstance(data, dict):
             raise FingerprintError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        if "format_version" not in data:
+            raise FingerprintError(f"{source}: missing field 'format_version'")
+        version = _checked("format_version", data["format_version"], source)
+        if version not in READABLE_VERSIONS:
+            raise FingerprintError(
+                f"{source}: format_version {version} is not supported "
+                f"(this runtime reads {', '.join(map(str, READABLE_VERSIONS))}); {REBUILD_HINT}"
+            )
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
+            if field.name == "data_sha256" and version == 1:
+                if field.name in data:
+                    raise FingerprintError(f"{source}: field 'data_sha256' is not part of format_version 1; "
+                                           f"{REBUILD_HINT}")
+                continue  # stays None: a version-1 fingerprint records no external-data hash
             if field.name not in data:
                 raise FingerprintError(f"{source}: missing field {field.name!r}")
             values[field.name] = _checked(field.name, data[field.name], source)
-        if values["format_version"] != FORMAT_VERSION:
-            raise FingerprintError(
-                f"{source}: format_version {values['format_version']} is not supported "
-                f"(this runtime reads {FORMAT_VERSION}); {REBUILD_HINT}"
-            )
         return cls(**values)
 
     @classmethod
@@ -87,20 +106,48 @@ class EngineFingerprint:
             raise FingerprintError(f"{p}: not valid JSON ({exc}); {REBUILD_HINT}") from None
         return cls.from_dict(data, source=str(p))
 
-    def differences(
-        self,
-        manifest_file_sha256: str,
-        trt_version: str,
-        gpu_name: str,
-        compute_capability: tuple[int, int] | list[int],
-    ) -> list[str]:
-        """Human-readable list of what differs from the running setup (empty when the engine fits)."""
+    def source_differences(self, manifest_file_sha256: str, manifest_data_sha256: str | None) -> list[str]:
+        """What differs between the graph the engine was built from and the manifest's graph and weights.
+
+        `manifest_data_sha256` is the manifest's hash of the graph's external-data file, None when it has none.
+        """
         found: list[str] = []
         if self.onnx_sha256 != manifest_file_sha256:
             found.append(
                 f"ONNX sha256 {self.onnx_sha256[:12]}… != manifest {manifest_file_sha256[:12]}… "
                 "(the ONNX artifacts changed since the engine was built)"
             )
+        if manifest_data_sha256 is None:
+            if self.data_sha256 is not None:
+                found.append(f"external weights sha256 {self.data_sha256[:12]}… (built) but the manifest's graph "
+                             "has no external-data file (the ONNX artifacts changed since the engine was built)")
+        elif self.data_sha256 is None:
+            found.append(
+                f"the fingerprint (format_version {self.format_version}) records no hash of the graph's external "
+                "weights, so it does not show which weights the engine was built from"
+            )
+        elif self.data_sha256 != manifest_data_sha256:
+            found.append(
+                f"external weights sha256 {self.data_sha256[:12]}… != manifest {manifest_data_sha256[:12]}… "
+                "(the weights changed since the engine was built)"
+            )
+        return found
+
+    def differences(
+        self,
+        manifest_file_sha256: str,
+        trt_version: str,
+        gpu_name: str,
+        compute_capability: tuple[int, int] | list[int],
+        *,
+        manifest_data_sha256: str | None,
+    ) -> list[str]:
+        """Human-readable list of what differs from the running setup (empty when the engine fits).
+
+        `manifest_data_sha256`: the manifest's hash of the graph's external-data file (None: it has none); keyword
+        and required, so that no caller checks the .onnx alone.
+        """
+        found = self.source_differences(manifest_file_sha256, manifest_data_sha256)
         if self.tensorrt_version != trt_version:
             found.append(f"TensorRT {self.tensorrt_version} (built) != {trt_version} (running)")
         if self.gpu_name != gpu_name:
@@ -117,9 +164,12 @@ class EngineFingerprint:
         trt_version: str,
         gpu_name: str,
         compute_capability: tuple[int, int] | list[int],
+        *,
+        manifest_data_sha256: str | None,
     ) -> None:
         """Raise FingerprintMismatch naming every difference; return quietly when the engine fits."""
-        found = self.differences(manifest_file_sha256, trt_version, gpu_name, compute_capability)
+        found = self.differences(manifest_file_sha256, trt_version, gpu_name, compute_capability,
+                                 manifest_data_sha256=manifest_data_sha256)
         if found:
             raise FingerprintMismatch(
                 f"engine {self.graph!r} does not fit this setup: " + "; ".join(found) + f" — {REBUILD_HINT}"
@@ -132,6 +182,11 @@ class EngineFingerprint:
                 f"engine {self.graph!r}: the .plan file does not match its fingerprint "
                 f"({len(plan)} bytes vs {self.engine_bytes} recorded) — {REBUILD_HINT}"
             )
+
+
+def graph_hashes(files: Mapping[str, Any], file: str, data_file: str | None) -> tuple[str, str | None]:
+    """The manifest's SHA-256 of a graph's .onnx and of its external-data file (None when it has none)."""
+    return files[file]["sha256"], (files[data_file]["sha256"] if data_file else None)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -170,6 +225,10 @@ def _checked(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         return float(value)
+    if name == "data_sha256":
+        if value is not None and not isinstance(value, str):
+            raise bad("a string or null")
+        return value
     if name in ("format_version", "builder_optimization_level", "workspace_bytes", "engine_bytes"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an int")

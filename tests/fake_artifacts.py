@@ -275,3 +275,33 @@ def make_observation(rng: np.random.Generator | int = 0, task: str = "reach the 
     return {CAMERA_KEY: rng.integers(0, 256, size=(*size, 3), dtype=np.uint8),
             STATE_KEY: rng.uniform(0.0, 1.0, size=2).astype(np.float32),
             "task": task}
+
+
+def externalize_weights(folder: str | Path, graph: str, scale: float = 1.0) -> Path:
+    """Move `graph`'s float32 initializers (weights and biases; integer shape constants stay inline) into
+    `<graph>.onnx.data`, as export does for graphs over 256 MB, and re-record the manifest; returns the data file.
+    The weights are multiplied by `scale` first: two folders with different scales hold the same `<graph>.onnx`
+    bytes but other weights (another checkpoint of the same architecture)."""
+    from onnx.external_data_helper import set_external_data
+
+    folder = Path(folder)
+    path, data = folder / f"{graph}.onnx", folder / f"{graph}.onnx.data"
+    model = onnx.load(str(path))
+    blob = bytearray()
+    for t in model.graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if arr.dtype != np.float32:
+            continue
+        raw = (arr * np.float32(scale)).astype(np.float32).tobytes()
+        t.CopyFrom(numpy_helper.from_array(arr, t.name))  # the same proto layout for every scale
+        set_external_data(t, location=data.name, offset=len(blob), length=len(raw))
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        blob += raw
+    data.write_bytes(bytes(blob))
+    onnx.save_model(model, str(path))
+    raw_manifest = load_manifest_dict(folder)
+    raw_manifest["graphs"][graph]["data_file"] = data.name
+    raw_manifest["files"][path.name], raw_manifest["files"][data.name] = _sha(path), _sha(data)
+    write_manifest_dict(folder, raw_manifest)
+    return data

@@ -36,6 +36,7 @@ fingerprints = st.builds(
     build_seconds=st.floats(0, 1e5, allow_nan=False),
     engine_bytes=st.integers(0, 1 << 34),
     engine_sha256=HEX,
+    data_sha256=st.none() | HEX,
 )
 
 
@@ -74,8 +75,9 @@ def test_json_keys_are_exactly_the_contract(tmp_path: Path) -> None:
         "build_seconds",
         "engine_bytes",
         "engine_sha256",
+        "data_sha256",
     ]
-    assert data["compute_capability"] == [8, 7] and data["format_version"] == 1
+    assert data["compute_capability"] == [8, 7] and data["format_version"] == 2 and data["data_sha256"] is None
 
 
 @settings(max_examples=60, deadline=None)
@@ -84,35 +86,42 @@ def test_round_trip(tmp_path_factory: pytest.TempPathFactory, fp: EngineFingerpr
     path = tmp_path_factory.mktemp("fp") / "g.fingerprint.json"
     fp.write(path)
     assert EngineFingerprint.read(path) == fp
-    fp.check_against(fp.onnx_sha256, fp.tensorrt_version, fp.gpu_name, list(fp.compute_capability))
+    fp.check_against(fp.onnx_sha256, fp.tensorrt_version, fp.gpu_name, list(fp.compute_capability),
+                     manifest_data_sha256=fp.data_sha256)
 
 
-FLIPPABLE = ["onnx", "trt", "gpu", "cc"]
+FLIPPABLE = ["onnx", "data", "trt", "gpu", "cc"]
 
 
 @settings(max_examples=80, deadline=None)
 @given(fp=fingerprints, which=st.sampled_from(FLIPPABLE), data=st.data())
 def test_any_single_difference_is_detected_and_named(fp: EngineFingerprint, which: str, data: st.DataObject) -> None:
-    running = {"onnx": fp.onnx_sha256, "trt": fp.tensorrt_version, "gpu": fp.gpu_name, "cc": fp.compute_capability}
+    running = {"onnx": fp.onnx_sha256, "data": fp.data_sha256, "trt": fp.tensorrt_version, "gpu": fp.gpu_name,
+               "cc": fp.compute_capability}
     if which == "cc":
         running["cc"] = data.draw(CC.filter(lambda c: c != fp.compute_capability))
+    elif which == "data":  # other weights, or external weights appearing / disappearing
+        running["data"] = data.draw((st.none() | HEX).filter(lambda s: s != fp.data_sha256))
     else:
         running[which] = data.draw(st.text(min_size=1, max_size=64).filter(lambda s: s != running[which]))
     with pytest.raises(FingerprintMismatch) as info:
-        fp.check_against(running["onnx"], running["trt"], running["gpu"], running["cc"])  # type: ignore[arg-type]
+        fp.check_against(running["onnx"], running["trt"], running["gpu"], running["cc"],  # type: ignore[arg-type]
+                         manifest_data_sha256=running["data"])  # type: ignore[arg-type]
     message = str(info.value)
     assert "make engine" in message
-    label = {"onnx": "ONNX sha256", "trt": "TensorRT", "gpu": "GPU", "cc": "compute capability"}[which]
+    label = {"onnx": "ONNX sha256", "data": "external weights", "trt": "TensorRT", "gpu": "GPU",
+             "cc": "compute capability"}[which]
     assert label in message
-    assert len(fp.differences(running["onnx"], running["trt"], running["gpu"], running["cc"])) == 1  # type: ignore[arg-type]
+    assert len(fp.differences(running["onnx"], running["trt"], running["gpu"], running["cc"],  # type: ignore[arg-type]
+                              manifest_data_sha256=running["data"])) == 1  # type: ignore[arg-type]
 
 
 def test_all_differences_reported_together() -> None:
     fp = _example()
     with pytest.raises(FingerprintMismatch) as info:
-        fp.check_against("b" * 64, "10.7.0", "NVIDIA H100", (9, 0))
+        fp.check_against("b" * 64, "10.7.0", "NVIDIA H100", (9, 0), manifest_data_sha256="c" * 64)
     text = str(info.value)
-    for part in ("ONNX sha256", "TensorRT 10.3.0", "GPU 'Orin'", "compute capability 8.7"):
+    for part in ("ONNX sha256", "external weights", "TensorRT 10.3.0", "GPU 'Orin'", "compute capability 8.7"):
         assert part in text
 
 
@@ -149,8 +158,8 @@ def test_ill_typed_field_is_named(field: str, bad: object) -> None:
 
 def test_unsupported_format_version_and_bad_files(tmp_path: Path) -> None:
     data = _example().to_dict()
-    data["format_version"] = 2
-    with pytest.raises(FingerprintError, match="format_version 2"):
+    data["format_version"] = 3
+    with pytest.raises(FingerprintError, match="format_version 3 is not supported"):
         EngineFingerprint.from_dict(data)
     with pytest.raises(FingerprintError, match="not found"):
         EngineFingerprint.read(tmp_path / "missing.json")
@@ -169,3 +178,22 @@ def test_engine_bytes_check_and_hashes(tmp_path: Path) -> None:
     path = tmp_path / "x.bin"
     path.write_bytes(b"abc" * 1000)
     assert sha256_file(path, chunk=7) == sha256_bytes(b"abc" * 1000)
+
+
+def test_format_1_reads_without_weights_hash_and_binds_only_graphs_without_external_data(tmp_path: Path) -> None:
+    """Format 1 (before data_sha256): still valid where the .onnx hash covers the weights, refused otherwise."""
+    data = _example().to_dict()
+    del data["data_sha256"]
+    data["format_version"] = 1
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = EngineFingerprint.read(tmp_path / "old.json")
+    assert old.format_version == 1 and old.data_sha256 is None
+    assert list(old.to_dict()) == list(data)  # written back as it was read
+    old.check_against(old.onnx_sha256, "10.3.0", "Orin", (8, 7), manifest_data_sha256=None)
+    with pytest.raises(FingerprintMismatch, match=r"format_version 1\) records no hash of the graph's external "
+                                                   r"weights.*make engine"):
+        old.check_against(old.onnx_sha256, "10.3.0", "Orin", (8, 7), manifest_data_sha256="d" * 64)
+    with pytest.raises(FingerprintError, match="'data_sha256' is not part of format_version 1"):
+        EngineFingerprint.from_dict({**data, "data_sha256": "d" * 64})
+    with pytest.raises(FingerprintError, match="field 'data_sha256' must be a string or null"):
+        EngineFingerprint.from_dict(_example().to_dict() | {"data_sha256": 5})

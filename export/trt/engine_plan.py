@@ -78,6 +78,7 @@ class GraphJob:
     fingerprint_path: Path
     profile: dict[str, ShapeRange]
     io: GraphSpec  # the manifest's I/O, which the built engine must have
+    data_sha256: str | None  # the manifest's hash of the external-data file (None: weights in the .onnx)
 
 
 def validate_options(precision: str, workspace_gb: float, opt_level: int) -> None:
@@ -232,17 +233,24 @@ def plan_jobs(
         if integer_ops:
             raise PlanError(f"{onnx_path} is an onnxruntime dynamically quantized graph ({', '.join(integer_ops)}); "
                             f"TensorRT cannot parse it: {QUANTIZED_HINT}")
-        sha = manifest.get("files", {}).get(entry["file"], {}).get("sha256")
-        if not isinstance(sha, str):
-            raise PlanError(f"manifest.json has no files[{entry['file']!r}].sha256 (needed for the fingerprint)")
+        sha = _file_sha256(manifest, entry["file"])
+        data_sha = _file_sha256(manifest, data_file) if data_file else None
         try:
             io = manifest_graph(manifest, graph)  # checks the entries derive_profile reads
         except GraphIOError as exc:
             raise PlanError(str(exc)) from None
         profile = derive_profile(entry, manifest.get("dims", {}), options.dim_ranges)
         jobs.append(GraphJob(graph, onnx_path, sha, out / f"{graph}.plan", out / f"{graph}.fingerprint.json",
-                             profile, io))
+                             profile, io, data_sha))
     return jobs
+
+
+def _file_sha256(manifest: dict[str, Any], name: str) -> str:
+    """The manifest's recorded SHA-256 of one file (the fingerprint binds the engine to it)."""
+    sha = manifest.get("files", {}).get(name, {}).get("sha256")
+    if not isinstance(sha, str):
+        raise PlanError(f"manifest.json has no files[{name!r}].sha256 (needed for the fingerprint)")
+    return sha
 
 
 def _shape_arg(profile: dict[str, ShapeRange], which: str) -> str:
@@ -283,6 +291,7 @@ def assemble_fingerprint(
     return EngineFingerprint(
         graph=job.graph,
         onnx_sha256=job.onnx_sha256,
+        data_sha256=job.data_sha256,
         tensorrt_version=tensorrt_version,
         gpu_name=gpu_name,
         compute_capability=(int(compute_capability[0]), int(compute_capability[1])),
@@ -305,19 +314,23 @@ def tensorrt_major(version: str) -> int:
 
 
 def artifacts_for_engines(engines: Path, candidates: list[Path]) -> Path:
-    """The artifact folder these engines were built from: the candidate whose prefix ONNX hash is the one in
-    `prefix.fingerprint.json` (`make engine` builds fp16/bf16 from `<artifacts>-<precision>`, not `<artifacts>`)."""
+    """The artifact folder these engines were built from: the candidate whose prefix ONNX hash (and external-data
+    hash, when the fingerprint records one) is the one in `prefix.fingerprint.json` (`make engine` builds
+    fp16/bf16 from `<artifacts>-<precision>`, not `<artifacts>`)."""
     fingerprint = engines / "prefix.fingerprint.json"
     if not fingerprint.is_file():
         raise PlanError(f"{fingerprint} is missing (run `make engine` first)")
-    wanted = json.loads(fingerprint.read_text(encoding="utf-8")).get("onnx_sha256")
+    recorded = json.loads(fingerprint.read_text(encoding="utf-8"))
     for folder in candidates:
         path = folder / "manifest.json"
         if not path.is_file():
             continue
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        prefix_file = manifest.get("graphs", {}).get("prefix", {}).get("file")
-        if manifest.get("files", {}).get(prefix_file, {}).get("sha256") == wanted:
+        prefix = manifest.get("graphs", {}).get("prefix", {})
+        files = manifest.get("files", {})
+        data_sha = files.get(prefix.get("data_file"), {}).get("sha256") if prefix.get("data_file") else None
+        if (files.get(prefix.get("file"), {}).get("sha256") == recorded.get("onnx_sha256")
+                and ("data_sha256" not in recorded or recorded["data_sha256"] == data_sha)):
             return folder
     raise PlanError(f"none of {', '.join(map(str, candidates))} holds the ONNX the engines in {engines} were built "
                     "from; rebuild them with `make engine`")
