@@ -223,6 +223,14 @@ def test_plan_jobs_checks_files(tmp_path: Path) -> None:
         plan_jobs(art, tmp_path, GRAPHS, json.loads((art / "manifest.json").read_text()), BuildOptions())
 
 
+def test_plan_jobs_refuses_files_changed_since_the_export(tmp_path: Path) -> None:
+    """The fingerprint records the manifest's hashes: an engine built from other bytes must not carry them."""
+    art = make_artifacts(tmp_path / "onnx")
+    (art / "prefix.onnx").write_bytes(b"not really onnx prefiX")
+    with pytest.raises(PlanError, match="prefix.onnx differs from its SHA-256"):
+        plan_jobs(art, tmp_path, GRAPHS, json.loads((art / "manifest.json").read_text()), BuildOptions())
+
+
 # ------------------------------------------------------------------ trtexec line + fingerprint assembly
 
 

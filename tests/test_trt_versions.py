@@ -180,6 +180,11 @@ def test_make_engine_refuses_nodes_the_installed_parser_rejects(monkeypatch: pyt
                                              name="planted_cumsum"))
     model.graph.output.append(helper.make_tensor_value_info("planted_pos", TensorProto.INT64, [1, 3]))
     onnx.save(model, str(path))
+    from runtime.artifact_files import sha256_and_size
+
+    sha, size = sha256_and_size(path)  # the planted graph is the export's: make engine checks files against it
+    manifest["files"][path.name].update(sha256=sha, bytes=size)
+    (art / "manifest.json").write_text(json.dumps(manifest))
     for surface, code in (("10.3", 2), ("10.13", 0)):
         _install(monkeypatch, surface)
         capsys.readouterr()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from export.trt.engine_precision import PRECISIONS
+from runtime.artifact_files import sha256_and_size
 from runtime.fingerprint import EngineFingerprint, sha256_bytes
 from runtime.graph_io import GraphIOError, manifest_graph
 from runtime.manifest import GraphSpec
@@ -235,6 +236,10 @@ def plan_jobs(
                             f"TensorRT cannot parse it: {QUANTIZED_HINT}")
         sha = _file_sha256(manifest, entry["file"])
         data_sha = _file_sha256(manifest, data_file) if data_file else None
+        for name, want in ((entry["file"], sha), (data_file, data_sha)):
+            if name and sha256_and_size(artifacts / name)[0] != want:  # the fingerprint would vouch for other bytes
+                raise PlanError(f"{artifacts / name} differs from its SHA-256 in manifest.json (changed since the "
+                                "export): re-export, or copy the whole folder again, then build")
         try:
             io = manifest_graph(manifest, graph)  # checks the entries derive_profile reads
         except GraphIOError as exc:
