@@ -11,7 +11,11 @@ The worker takes the newest submitted observation (older ones are dropped), runs
 Rules: the control side never waits for the model and never sends nothing or anything unsafe (an empty plan
 gives the guard's fallback); a failed resample is retried by the next job (the policy's own rule); a bad
 observation raises `ObservationError` from `submit` (checked on the caller's thread) and never reaches the
-worker; an unexpected worker error is counted and the worker keeps going; `close()` stops and joins it.
+worker; `submit` copies the observation's arrays, so a driver that refills one frame buffer in place cannot
+change what a job pinned to a tick plans from; an unexpected worker error is counted and the worker keeps
+going; `close()` stops and joins it. A worker stuck in a hung graph call is waited for at most
+`_JOIN_TIMEOUT_S` by `close()` and `reset()`, which then raise `WorkerHung`; after such a `close()` the policy
+is not released (its lock is the stuck call's: `hung` tells the owner not to wait on it).
 """
 
 from __future__ import annotations
@@ -26,14 +30,30 @@ import numpy as np
 from runtime.async_planner import AsyncChunkPlanner
 from runtime.observation import ObservationValidator
 from runtime.policy import EdgePolicy, TickInfo
-from runtime.timeline import ActionEmitter, ActionTimeline
+from runtime.timeline import ActionEmitter, ActionTimeline, TimelineCounters
 from runtime.tokenizer import InstructionTokenizer
 
 _JOIN_TIMEOUT_S = 30.0  # longer than any single graph call we expect; a hung backend is reported, not awaited
 
 
+class WorkerHung(RuntimeError):
+    """The planner worker did not finish its job in time: a graph call is hung."""
+
+
+def snapshot(observation: dict) -> dict:
+    """The observation with its arrays copied (a shallow copy otherwise): what the worker plans from later must be
+    the frame of the tick it was submitted for, whatever the driver does to its buffers meanwhile. A copy of a
+    640x480 RGB frame is ~0.1 ms; strings and numbers are immutable already."""
+    if not isinstance(observation, dict):
+        return observation  # the validator names what is wrong with it
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in observation.items()}
+
+
 @dataclass
 class AsyncCounters:
+    """Totals since the executor was built, across `reset()`s (as `EdgePolicy.counters`; the current episode's
+    timeline counts are `timeline.counters`)."""
+
     ticks: int = 0
     submitted: int = 0
     dropped_observations: int = 0  # replaced by a newer one before the worker picked them up
@@ -84,6 +104,7 @@ class AsyncEdgePolicy:
         self._thread: threading.Thread | None = None
         self._tick = 0
         self.counters = AsyncCounters()
+        self._past = TimelineCounters()  # the timeline's counts of the episodes before this one (it resets per episode)
         self.last_job: TickInfo | None = None
         self.last_error: BaseException | None = None
 
@@ -97,16 +118,24 @@ class AsyncEdgePolicy:
         return self
 
     def close(self) -> None:
-        """Stop the worker (after its current job) and release the policy's backend. Safe to call twice."""
+        """Stop the worker (after its current job) and release the policy's backend. Safe to call twice. A worker
+        still in its job after `_JOIN_TIMEOUT_S` (a hung graph call) raises `WorkerHung` and the policy is left
+        open: closing it would wait on the lock the stuck call holds (`hung` says so; the process exit ends it)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(_JOIN_TIMEOUT_S)
             if self._thread.is_alive():
-                raise RuntimeError(f"planner worker did not stop within {_JOIN_TIMEOUT_S:.0f} s (backend hung)")
+                raise WorkerHung(f"planner worker did not stop within {_JOIN_TIMEOUT_S:.0f} s (backend hung): "
+                                 "the policy's backend is not released")
             self._thread = None
         self.policy.close()
+
+    @property
+    def hung(self) -> bool:
+        """`close()` gave up on a worker still inside a graph call: the policy must not be closed or waited on."""
+        return self._stop and self._thread is not None and self._thread.is_alive()
 
     def __enter__(self) -> AsyncEdgePolicy:  # noqa: PYI034
         return self.start()
@@ -115,15 +144,25 @@ class AsyncEdgePolicy:
         self.close()
 
     def reset(self, seed: int | None = None) -> None:
-        """Episode start: waits for an in-flight job, then drops the plan, the pending observation and the tick."""
+        """Episode start: waits for an in-flight job (at most `_JOIN_TIMEOUT_S`, else `WorkerHung` and nothing is
+        reset), then drops the plan, the pending observation and the tick. `counters` keep counting."""
+        deadline = time.monotonic() + _JOIN_TIMEOUT_S
         with self._cond:
             self._pending = None
             while self._busy:
-                self._cond.wait()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerHung(f"reset: the planner worker's job did not finish within {_JOIN_TIMEOUT_S:.0f} s "
+                                     "(backend hung); the episode was not reset")
+                self._cond.wait(left)
             self.planner.reset(seed)
+            done = self.timeline.counters
+            for f in fields(done):
+                setattr(self._past, f.name, getattr(self._past, f.name) + getattr(done, f.name))
             self.timeline.reset()
             self.emitter.reset()
             self._tick = 0
+            self._mirror()
 
     # ------------------------------------------------------------ control side
     @property
@@ -132,7 +171,9 @@ class AsyncEdgePolicy:
         return self._tick
 
     def submit(self, observation: dict, tick: int | None = None) -> None:
-        """Hand the observation of `tick` (default: the next tick) to the worker; raises ObservationError."""
+        """Hand the observation of `tick` (default: the next tick) to the worker; raises ObservationError. Its
+        arrays are copied first (`snapshot`): the worker plans from them later, on its own thread."""
+        observation = snapshot(observation)
         self._validator.validate(observation)
         with self._cond:
             if self._pending is not None:
@@ -141,20 +182,26 @@ class AsyncEdgePolicy:
             self.counters.submitted += 1
             self._cond.notify_all()
 
-    def action_for_tick(self, tick: int) -> np.ndarray:
-        """The raw, safe action for `tick` from the aligned plan (the fallback when none is queued)."""
-        action = self.emitter.emit(tick)
+    def action_for_tick(self, tick: int, hold_empty: bool = False) -> np.ndarray | None:
+        """The raw, safe action for `tick` from the aligned plan: the fallback when none is queued, or with
+        `hold_empty` None (the caller then sends nothing, and re-anchoring counts no motion for the tick)."""
+        action = self.emitter.emit(tick, hold_empty)
         self._tick = tick + 1
-        c, t = self.counters, self.timeline.counters
-        c.ticks, c.empty_ticks, c.skipped_actions = t.ticks, t.empty_ticks, t.skipped_actions
-        c.chunks_installed, c.stale_chunks = t.chunks_installed, t.stale_chunks
-        c.fallbacks, c.clipped = self.emitter.fallbacks, self.emitter.clipped
+        self._mirror()
         return action
+
+    def _mirror(self) -> None:
+        """The timeline's and the emitter's counts into `counters`, as totals over every episode."""
+        c, t, p = self.counters, self.timeline.counters, self._past
+        c.ticks, c.empty_ticks, c.skipped_actions = p.ticks + t.ticks, p.empty_ticks + t.empty_ticks, \
+            p.skipped_actions + t.skipped_actions
+        c.chunks_installed, c.stale_chunks = p.chunks_installed + t.chunks_installed, p.stale_chunks + t.stale_chunks
+        c.fallbacks, c.clipped = self.emitter.fallbacks, self.emitter.clipped  # the emitter never resets these
 
     def step(self, observation: dict) -> np.ndarray:
         tick = self._tick
         self.submit(observation, tick)
-        return self.action_for_tick(tick)
+        return self.action_for_tick(tick)  # type: ignore[return-value]  (never None without hold_empty)
 
     act = step
 

@@ -118,13 +118,19 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     check_loop_arguments(args)  # before anything is loaded or connected
     policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine,
                         expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
+    sources: list[ActionSource] = []  # the source `_drive` built, once it has
     try:
-        return _drive(args, robot_args, policy)
+        return _drive(args, robot_args, policy, sources)
     finally:  # whatever happened (a refused robot, a failed disconnect, a second Ctrl-C): the backend is released
-        policy.close()
+        if any(getattr(source, "hung", False) for source in sources):
+            # its worker is stuck in a graph call, holding the policy: closing would wait forever (the exit ends it)
+            logging.getLogger("runtime.robot").error("the inference worker is stuck in a graph call: its backend "
+                                                     "is left for the process exit to release")
+        else:
+            policy.close()
 
 
-def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy) -> int:
+def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, sources: list[ActionSource]) -> int:
     """`run` once the policy is loaded: build and check the robot, then the loop and its report."""
     log = logging.getLogger("runtime.robot")
     if args.margin is not None:  # refused before the robot is connected
@@ -165,6 +171,7 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy) 
         source = AsyncSource(policy, iface, task=task, fps=fps, seam=seam,
                              margin=1 if args.margin is None else args.margin, reanchor=args.reanchor,
                              slew=slew)
+    sources.append(source)
     log.info("driving %s at %.1f Hz with %s (%s, gate %s, inference %s); task %r", type(robot).__name__, fps,
              args.artifacts, args.backend, policy.gate.spec, args.inference, task)
 
@@ -189,6 +196,8 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy) 
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
     print(json.dumps({"ticks": rep.ticks, "seconds": round(rep.seconds, 2), "rate_hz": round(rep.rate_hz, 2),
+                      "overruns": rep.overruns, "max_period_ms": round(rep.max_period_ms, 1),
+                      "p95_period_ms": round(rep.p95_period_ms, 1),
                       "starved": rep.starved, "clipped": rep.clipped, "faults": rep.faults, "stop": rep.stop_reason or "end",
                       "stops_sent": rep.stops_sent, "repeated_frames": rep.repeated_frames,
                       "disconnect": rep.disconnect_error or "ok", "policy": policy.counters.as_dict()}))

@@ -3,12 +3,17 @@ get_observation, send_action, disconnect, observation_features / action_features
 
 Actions come from an `ActionSource`: `AsyncSource` (the default) runs the asynchronous executor
 `AsyncEdgePolicy` — chunks planned on a worker thread, aligned to the tick they were planned from, so a slow
-resample never stalls the rate; `SyncSource` runs EdgePolicy on the loop thread (fast models). Safe stop: on Ctrl-C and after `max_faults` consecutive
-faults the loop sends the manifest's stop action once (`on_stop="stop"`) or sends nothing more
-(`"hold"`: the arm keeps its last target), then disconnects — each of the three steps runs even when the one
-before failed or a second Ctrl-C arrived (that interrupt is re-raised after), and a failing disconnect is
-logged and noted in the report, never lost with it. Each tick is logged (gate decision, latency).
-Before connecting, the robot's `observation_features` / `action_features` are checked against the artifact.
+resample never stalls the rate; `SyncSource` runs EdgePolicy on the loop thread (fast models). The schedule is
+a fixed grid that, after an overrun (a stalled driver, a slow inline resample), is re-based instead of sending
+the missed ticks back to back (runtime.pacing; `overruns` and the period statistics in the report show them).
+Safe stop: on Ctrl-C, after `max_faults` consecutive faults, and when anything else ends the loop (an exception
+from a hook or a driver, a SystemExit: re-raised after) the loop sends the manifest's stop action once
+(`on_stop="stop"`) or sends nothing more (`"hold"`: the arm keeps its last target), then disconnects, then
+closes the source (last: a worker stuck in a hung graph call must not delay the torque-off) — each of the
+three steps runs even when the one before failed or a second Ctrl-C arrived (that interrupt is re-raised
+after), and a failing disconnect is logged and noted in the report, never lost with it. Each tick is logged
+(gate decision, latency). Before connecting, the robot's `observation_features` / `action_features` are
+checked against the artifact; a robot whose `connect()` fails is disconnected again (what of it connected).
 
 Nothing reaches the robot unvetted, whatever the source (`ActionSource` is a public interface): a non-finite
 or wrong-sized action is not sent (a fault), a finite one outside the manifest's action bounds is clipped.
@@ -32,8 +37,10 @@ import numpy as np
 from runtime.async_policy import AsyncEdgePolicy
 from runtime.interrupts import own_sigint
 from runtime.manifest import Bounds
+from runtime.pacing import Pacer
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
+from runtime.safety import NO_ACTION
 
 log = logging.getLogger("runtime.robot")
 ON_STOP = ("stop", "hold")
@@ -59,7 +66,9 @@ class ActionSource(Protocol):
 
 
 class SyncSource:
-    """EdgePolicy.step on the loop thread: one observation in, one action out."""
+    """EdgePolicy.step on the loop thread: one observation in, one action out (none when the policy has no plan
+    to take it from: its fallback is not sent). One plan row per tick it is asked for: a stall of the loop
+    elapses no row (the loop's ticks are control steps, runtime.pacing)."""
 
     def __init__(self, policy: EdgePolicy, interface: RobotInterface, task: str | None = None):
         self.policy, self.interface, self.task = policy, interface, task
@@ -70,6 +79,10 @@ class SyncSource:
     def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
         a = self.policy.step(self.interface.observation(robot_obs, task=self.task))
         i = self.policy.last_info
+        if i.fallback and i.safety == NO_ACTION:
+            # nothing queued (a fault before the first plan, or after the plan ran out): the robot holds where it
+            # is, as with AsyncSource — not the guard's fallback, which is the stop pose before any action was sent
+            a = None
         return SourceAction(a, i.gate_reason, i.resampled, i.total_ms, fault=i.fault or "")
 
     def close(self) -> None:
@@ -92,12 +105,11 @@ class AsyncSource:
 
     def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
         ex = self.executor
-        ex.submit(self.interface.observation(robot_obs, task=self.task), tick)
-        action = ex.action_for_tick(tick)
-        if ex.emitter.last is None or ex.emitter.last.row is None:
-            # no plan row for this tick (before the first chunk, or the timeline ran dry): the robot holds where
-            # it is — not the emitter's fallback, which repeats the last action (moving on, for displacements)
-            action = None
+        ex.submit(self.interface.observation(robot_obs, task=self.task), tick)  # arrays copied: driver buffers
+        # no plan row for this tick (before the first chunk, or the timeline ran dry): None, the robot holds where it
+        # is — not the emitter's fallback, which repeats the last action (moving on, for displacements) or is the
+        # stop pose; nor is it recorded as sent (re-anchoring counts what the robot really did)
+        action = ex.action_for_tick(tick, hold_empty=True)
         jobs, faults, errors, job, error = ex.job_report()  # one consistent snapshot of the worker's results
         seen, self._seen = self._seen, (jobs, faults, errors)
         fault = ""
@@ -113,6 +125,11 @@ class AsyncSource:
     def close(self) -> None:
         self.executor.close()
 
+    @property
+    def hung(self) -> bool:
+        """`close()` gave up on a worker stuck in a graph call: the policy must not be closed or waited on."""
+        return self.executor.hung
+
 
 @dataclass
 class LoopReport:
@@ -126,11 +143,21 @@ class LoopReport:
     stops_sent: int = 0
     repeated_frames: int = 0  # camera frames with the content of the tick before (no new frame yet)
     disconnect_error: str = ""  # the robot's disconnect failed (logged; the report is still returned)
-    periods_ms: list[float] = field(default_factory=list, repr=False)
+    overruns: int = 0  # ticks that overran (a stall; the schedule re-based instead of catching up, runtime.pacing)
+    periods_ms: list[float] = field(default_factory=list, repr=False)  # tick start to the next tick's start
 
     @property
     def rate_hz(self) -> float:
+        """Ticks per second really run (stalls included: the schedule never catches up on them)."""
         return (len(self.periods_ms) / (sum(self.periods_ms) / 1e3)) if self.periods_ms else 0.0
+
+    @property
+    def max_period_ms(self) -> float:
+        return max(self.periods_ms, default=0.0)
+
+    @property
+    def p95_period_ms(self) -> float:
+        return float(np.percentile(self.periods_ms, 95)) if self.periods_ms else 0.0
 
 
 def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, *,
@@ -140,28 +167,65 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
     """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C, `max_faults` consecutive faults or
     `max_starved` consecutive ticks without an action (STARTUP_GRACE times as many before the first one).
 
-    Checks the robot's features against the artifact, connects it if needed and always disconnects it
-    (when it reports being connected); the safe stop (stop action once, or hold) runs on every exit except a
-    normal end of `max_ticks`/`should_stop`. `bounds`: the manifest's action bounds every action is clipped
-    into (None: only finiteness and size are checked). `source` is closed on every exit.
+    Checks the arguments and the robot's features against the artifact, connects the robot if needed and always
+    disconnects it (when it reports being connected; after a failed `connect()`, what of it connected); the safe
+    stop (stop action once, or hold) runs on every exit of the loop except a normal end of
+    `max_ticks`/`should_stop` — an exception from `should_stop`, `on_tick` or the robot that is not a fault
+    (a SystemExit) is re-raised after it. `bounds`: the manifest's action bounds every action is clipped into
+    (None: only finiteness and size are checked). `source` is closed on every exit, a refused argument included.
     """
+    try:
+        _check_arguments(fps, on_stop, max_starved)
+        vet = _ActionVet(interface, bounds)
+        interface.check_robot(robot)  # another robot (other motors or cameras) is refused before it is connected
+        if not getattr(robot, "is_connected", False):
+            try:
+                robot.connect()
+            except BaseException:
+                _release_after_failed_connect(robot)
+                raise
+    except BaseException:
+        try:
+            source.close()
+        except Exception as exc:  # noqa: BLE001 — logged; the refusal above is what the caller must see
+            log.error("closing the action source failed: %s", exc)
+        raise
+    with own_sigint():  # Ctrl-C must reach the safe stop below, whatever the process inherited
+        return _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
+                           on_tick, vet, max_starved)
+
+
+def _check_arguments(fps: object, on_stop: object, max_starved: object) -> None:
     if on_stop not in ON_STOP:
         raise ValueError(f"on_stop must be one of {ON_STOP}, got {on_stop!r}")
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
     if max_starved is not None and (isinstance(max_starved, bool) or not isinstance(max_starved, int) or max_starved < 1):
         raise ValueError(f"max_starved must be an integer >= 1 (ticks) or None, got {max_starved!r}")
-    vet = _ActionVet(interface, bounds)
+
+
+def _release_after_failed_connect(robot: Any) -> None:
+    """`connect()` raised, perhaps after connecting part of the robot (lerobot: the motor bus, then a camera that
+    failed; the motors may hold torque): disconnect what is connected. lerobot's `disconnect()` refuses a robot
+    that is not wholly connected (DeviceNotConnectedError), so then each part that reports being connected — its
+    `bus` (torque off unless the robot's config says otherwise) and `cameras` — is disconnected itself. Failures
+    are logged: the connect error is what the caller sees."""
     try:
-        interface.check_robot(robot)  # another robot (other motors or cameras) is refused before it is connected
-        if not getattr(robot, "is_connected", False):
-            robot.connect()
-    except BaseException:
-        source.close()
-        raise
-    with own_sigint():  # Ctrl-C must reach the safe stop below, whatever the process inherited
-        return _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
-                           on_tick, vet, max_starved)
+        robot.disconnect()
+        return
+    except Exception as exc:  # noqa: BLE001 — e.g. DeviceNotConnectedError: the parts are tried below
+        log.warning("disconnect after the failed connect: %s", exc)
+    torque_off = getattr(getattr(robot, "config", None), "disable_torque_on_disconnect", True)
+    bus, cameras = getattr(robot, "bus", None), getattr(robot, "cameras", None)
+    parts = [("motor bus", bus, (torque_off,))] + [
+        (f"camera {name}", cam, ()) for name, cam in (cameras.items() if isinstance(cameras, dict) else ())]
+    for what, part, arguments in parts:
+        if part is not None and getattr(part, "is_connected", False) is True:
+            try:
+                part.disconnect(*arguments)
+                log.warning("%s disconnected after the failed connect", what)
+            except Exception as exc:  # noqa: BLE001 — the next part is still released
+                log.error("disconnecting the %s after the failed connect failed: %s", what, exc)
 
 
 class UnsentAction(Exception):
@@ -193,14 +257,14 @@ class _ActionVet:
 def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_faults, on_stop, should_stop,
                 on_tick, vet, max_starved) -> LoopReport:
     """The loop of `run_robot` (arguments checked there)."""
-    period = 1.0 / fps
     rep = LoopReport()
     consecutive = 0  # robot I/O or source exceptions in a row
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
     starved_run, sent_any = 0, False  # ticks in a row with nothing to send; whether anything was sent yet
     frames = _RepeatedFrames(tuple(interface.camera_names))
     interrupt: BaseException | None = None
-    start = last = time.perf_counter()
+    pacer = Pacer(1.0 / fps)  # the schedule: a fixed grid, re-based after an overrun (never a catch-up burst)
+    start = pacer.tick_start
     try:
         while (max_ticks is None or rep.ticks < max_ticks) and not (should_stop and should_stop()):
             tick = rep.ticks
@@ -223,6 +287,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                     if why:
                         rep.clipped += 1
                         log.warning("tick %d: %s", tick, why)
+                    pacer.sending()
                     robot.send_action(interface.action_dict(action.astype(np.float32)))
                     consecutive, starved_run, sent_any = 0, 0, True
                 if sa.fault:
@@ -245,20 +310,19 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 if consecutive >= max_faults:
                     rep.stop_reason = f"{consecutive} consecutive faults ({exc})"
                     break
-            now = time.perf_counter()
             if on_tick is not None:
-                on_tick(tick, sa, (now - last) * 1e3)
+                on_tick(tick, sa, (time.perf_counter() - pacer.tick_start) * 1e3)
             log.debug("tick %d: gate %s resampled=%s inference %.1f ms", tick, sa.gate_reason, sa.resampled, sa.latency_ms)
             rep.ticks += 1
-            deadline = start + rep.ticks * period  # absolute schedule: no drift from sleep jitter
-            time.sleep(max(0.0, deadline - time.perf_counter()))
-            now = time.perf_counter()
-            rep.periods_ms.append((now - last) * 1e3)
-            last = now
+            rep.periods_ms.append(pacer.wait())
     except KeyboardInterrupt:
         rep.stop_reason = "interrupted (Ctrl-C)"
+    except BaseException as exc:  # a hook (should_stop, on_tick) or a driver's SystemExit: the safe stop runs
+        rep.stop_reason = f"ended by {type(exc).__name__}: {exc}"  # (in `finally`), then the exception goes on
+        raise
     finally:
         rep.seconds = time.perf_counter() - start
+        rep.overruns = pacer.overruns
         interrupt = _shut_down(robot, source, interface, stop_action, on_stop, rep)
     if interrupt is not None:  # a second Ctrl-C / SIGTERM during the shutdown: honoured now that it is done
         raise interrupt
@@ -299,9 +363,11 @@ class _RepeatedFrames:
 
 def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, on_stop: str,
                rep: LoopReport) -> BaseException | None:
-    """The safe stop (if one is due), closing the source, disconnecting the robot: each step runs whatever the
+    """The safe stop (if one is due), disconnecting the robot, closing the source: each step runs whatever the
     one before did — failed, or was cut short by a second Ctrl-C / SIGTERM (nested `finally`s, so even an
-    interrupt landing between steps cannot skip the disconnect, i.e. torque-off). Returns such an interrupt."""
+    interrupt landing between steps cannot skip the disconnect, i.e. torque-off). The source closes last: its
+    worker may be stuck in a hung graph call, and joining it (up to its timeout) must not delay the torque-off;
+    nothing the source does reaches the robot (the loop thread alone sends). Returns such an interrupt."""
     interrupts: list[BaseException] = []
 
     def attempt(what: str, step: Callable[[], None]) -> None:
@@ -333,7 +399,7 @@ def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop
         attempt("stop action", send_stop)
     finally:
         try:
-            attempt("closing the action source", source.close)
-        finally:
             attempt("disconnect", disconnect)
+        finally:
+            attempt("closing the action source", source.close)
     return interrupts[0] if interrupts else None

@@ -20,6 +20,7 @@ import numpy as np
 from runtime.manifest import Bounds
 
 FALLBACKS = ("hold", "stop")
+NO_ACTION = "no action available"  # the reason given when the chain had nothing to emit (no plan queued)
 OUT_OF_BOUNDS = ("clip", "fallback")
 
 
@@ -63,7 +64,7 @@ class ActionGuard:
     def check(self, action: np.ndarray | None) -> GuardResult:
         """Vet one raw-unit action; `None` means the chain produced nothing usable (emit the fallback)."""
         if action is None:
-            return GuardResult(self.fallback_action(), False, True, "no action available")
+            return GuardResult(self.fallback_action(), False, True, NO_ACTION)
         a = np.asarray(action, dtype=np.float32).reshape(-1)
         if a.shape != self.low.shape:
             return GuardResult(self.fallback_action(), False, True, f"action has shape {a.shape}, expected {self.low.shape}")

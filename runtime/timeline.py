@@ -215,8 +215,14 @@ class ActionEmitter:
         self._step_sum, self._step_n = 0.0, 0
         self._last_planned = None
 
-    def emit(self, tick: int) -> np.ndarray:
+    def emit(self, tick: int, hold_empty: bool = False) -> np.ndarray | None:
+        """The safe raw action for `tick`: its plan row through the guard, or the guard's fallback when no row is
+        queued — or, with `hold_empty`, None then (the caller sends nothing, so nothing is recorded as sent:
+        re-anchoring must not count motion the robot never made)."""
         taken = self.timeline.take(tick)
+        if taken.row is None and hold_empty:
+            self.last, self._last_planned = taken, None
+            return None
         planned = None if taken.row is None else self.unnormalize(taken.row)
         if planned is not None and self.slew is not None and self.guard.out_of_bounds == "clip" \
                 and np.all(np.isfinite(planned)):

@@ -301,9 +301,9 @@ def test_async_fault_reports_name_their_own_cause():
     source = AsyncSource(policy, iface, fps=FPS)
     source.executor.close()
     counters = SimpleNamespace(jobs=0, faults=0, worker_errors=0)
-    fake = SimpleNamespace(counters=counters, last_error=None, last_job=None,
-                           emitter=SimpleNamespace(last=None), submit=lambda obs, tick: None,
-                           action_for_tick=lambda tick: np.zeros(2, np.float32), close=lambda: None)
+    fake = SimpleNamespace(counters=counters, last_error=None, last_job=None,  # no plan row: the fallback, or None
+                           submit=lambda obs, tick: None, close=lambda: None,
+                           action_for_tick=lambda tick, hold_empty=False: None if hold_empty else np.zeros(2, np.float32))
     fake.job_report = lambda: (counters.jobs, counters.faults, counters.worker_errors, fake.last_job, fake.last_error)
     source.executor = fake
     robot.connect()
@@ -328,3 +328,37 @@ def test_a_backend_that_never_delivers_the_first_plan_ends_in_the_safe_stop():
                     max_starved=4, on_stop="hold")
     assert rep.starved == 4 * STARTUP_GRACE and "first plan never came" in rep.stop_reason
     assert robot.sent == [] and rep.stops_sent == 0
+
+
+class FailFirstBackend(SlowBackend):
+    """The first `n` prefix passes fail (a CUDA warm-up hiccup): faults before any plan exists."""
+
+    def __init__(self, inner: Backend, n: int):
+        super().__init__(inner, 0.0)
+        self.n = n
+
+    def run_prefix(self, *args):
+        self.n -= 1
+        if self.n >= 0:
+            raise BackendError("CUDA warm-up hiccup")
+        return self.inner.run_prefix(*args)
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+@pytest.mark.parametrize("source", ["sync", "async"])
+def test_nothing_is_sent_while_no_plan_exists(source, failures):
+    """Faults before the first plan: both sources send nothing (the arm holds) — never the guard's fallback, which
+    before any action is the stop action (a rest pose for position-controlled arms). Before, inline sent it."""
+    from runtime.safety import ActionGuard
+
+    base = EdgePolicy(robot_artifacts())
+    policy = EdgePolicy(robot_artifacts(), backend=FailFirstBackend(base.backend, failures), gate="drift")
+    rest = np.array([0.07, -0.07], np.float32)  # stands for a rest pose (--stop-action at export)
+    policy.guard = ActionGuard(policy.manifest.action_bounds, rest, "hold", "clip")
+    robot = SimReachRobot(SimReachSettings(episodes=1000, action_bound=ACTION_BOUND))
+    iface = RobotInterface.from_manifest(policy.manifest)
+    src = SyncSource(policy, iface) if source == "sync" else AsyncSource(policy, iface, fps=FPS)
+    rep = run_robot(robot, src, iface, rest, fps=FPS, max_ticks=12, max_faults=5)
+    assert rep.faults == failures and rep.stops_sent == 0 and rep.starved >= failures
+    assert robot.sent and not any(np.array_equal(a, rest) for a in robot.sent)
+    assert len(robot.sent) == rep.ticks - rep.starved  # a tick either sent its plan's action or nothing
