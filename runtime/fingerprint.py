@@ -82,6 +82,9 @@ class EngineFingerprint:
                 f"{source}: format_version {version} is not supported "
                 f"(this runtime reads {', '.join(map(str, READABLE_VERSIONS))}); {REBUILD_HINT}"
             )
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise FingerprintError(f"{source}: unknown field {unknown[0]!r} (not part of format_version {version})")
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             if field.name == "data_sha256" and version == 1:
@@ -99,11 +102,20 @@ class EngineFingerprint:
         """Load and validate `<graph>.fingerprint.json`."""
         p = Path(path)
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            with open(p, "rb") as fh:
+                raw = fh.read(MAX_FINGERPRINT_BYTES + 1)
         except FileNotFoundError:
             raise FingerprintError(f"{p}: fingerprint file not found; {REBUILD_HINT}") from None
-        except json.JSONDecodeError as exc:
-            raise FingerprintError(f"{p}: not valid JSON ({exc}); {REBUILD_HINT}") from None
+        except OSError as exc:  # a folder in its place, no permission
+            raise FingerprintError(f"{p}: cannot be read ({exc.strerror or exc}); {REBUILD_HINT}") from None
+        if len(raw) > MAX_FINGERPRINT_BYTES:
+            raise FingerprintError(f"{p}: larger than {MAX_FINGERPRINT_BYTES} bytes, not a fingerprint; {REBUILD_HINT}")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise FingerprintError(f"{p}: not UTF-8 text (byte {exc.start}); {REBUILD_HINT}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError; absurd nesting
+            raise FingerprintError(f"{p}: not valid JSON ({str(exc)[:120]}); {REBUILD_HINT}") from None
         return cls.from_dict(data, source=str(p))
 
     def source_differences(self, manifest_file_sha256: str, manifest_data_sha256: str | None) -> list[str]:
@@ -222,20 +234,33 @@ def _checked(name: str, value: Any, source: str) -> Any:
             raise bad("a bool")
         return value
     if name == "build_seconds":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise bad("a finite number >= 0")
         return float(value)
-    if name == "data_sha256":
-        if value is not None and not isinstance(value, str):
-            raise bad("a string or null")
+    if name in _SHA256_FIELDS:
+        if value is None and name == "data_sha256":
+            return value
+        if not isinstance(value, str) or not _is_sha256(value):
+            raise bad("64 lower-case hex digits (a SHA-256)" + (" or null" if name == "data_sha256" else ""))
         return value
-    if name in ("format_version", "builder_optimization_level", "workspace_bytes", "engine_bytes"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an int")
+    if name in _INT_RANGES:
+        low, high = _INT_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad(f"an int in [{low}, {high}]")
         return value
-    if not isinstance(value, str):
-        raise bad("a string")
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise bad("a non-empty string of at most 256 characters")
     return value
+
+
+MAX_FINGERPRINT_BYTES = 1 << 20  # a real one is ~600 bytes
+_SHA256_FIELDS = ("onnx_sha256", "engine_sha256", "data_sha256")
+_INT_RANGES = {"format_version": (0, 1 << 31), "builder_optimization_level": (0, 5),
+               "workspace_bytes": (0, 1 << 50), "engine_bytes": (0, 1 << 50)}
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def file_records(folder: str | Path) -> dict[str, dict[str, int | str]]:

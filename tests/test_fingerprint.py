@@ -147,6 +147,10 @@ def test_missing_field_is_named(tmp_path: Path, field: str) -> None:
         ("build_seconds", "1"),
         ("graph", 3),
         ("format_version", "1"),
+        # values of the right type that no engine has
+        ("workspace_bytes", -5), ("engine_bytes", -1), ("build_seconds", float("nan")), ("build_seconds", -1.0),
+        ("builder_optimization_level", 9), ("engine_sha256", ""), ("onnx_sha256", "XYZ"), ("data_sha256", "ab"),
+        ("gpu_name", ""), ("tensorrt_version", "v" * 300),
     ],
 )
 def test_ill_typed_field_is_named(field: str, bad: object) -> None:
@@ -168,6 +172,18 @@ def test_unsupported_format_version_and_bad_files(tmp_path: Path) -> None:
         EngineFingerprint.read(tmp_path / "bad.json")
     with pytest.raises(FingerprintError, match="JSON object"):
         EngineFingerprint.from_dict([1, 2])
+    with pytest.raises(FingerprintError, match="unknown field 'unknown_field'"):
+        EngineFingerprint.from_dict({**_example().to_dict(), "unknown_field": 1})
+    # every unreadable file is a FingerprintError naming it, never a raw exception
+    (tmp_path / "latin1.json").write_bytes('{"graph": "caf\xe9"}'.encode("latin-1"))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "huge.json").write_bytes(b" " * ((1 << 20) + 2))
+    for name, needle in (("latin1", "not UTF-8"), ("deep", "not valid JSON"), ("dir", "cannot be read"),
+                         ("huge", "larger than")):
+        with pytest.raises(FingerprintError, match=needle) as exc:
+            EngineFingerprint.read(tmp_path / f"{name}.json")
+        assert f"{name}.json" in str(exc.value)
 
 
 def test_engine_bytes_check_and_hashes(tmp_path: Path) -> None:
@@ -195,5 +211,5 @@ def test_format_1_reads_without_weights_hash_and_binds_only_graphs_without_exter
         old.check_against(old.onnx_sha256, "10.3.0", "Orin", (8, 7), manifest_data_sha256="d" * 64)
     with pytest.raises(FingerprintError, match="'data_sha256' is not part of format_version 1"):
         EngineFingerprint.from_dict({**data, "data_sha256": "d" * 64})
-    with pytest.raises(FingerprintError, match="field 'data_sha256' must be a string or null"):
+    with pytest.raises(FingerprintError, match="field 'data_sha256' must be 64 lower-case hex digits"):
         EngineFingerprint.from_dict(_example().to_dict() | {"data_sha256": 5})
