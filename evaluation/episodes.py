@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli_flags import as_flags
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy, TickInfo
 from runtime.policy_arguments import add_identity_arguments
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, TensorRT missing
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
 
 

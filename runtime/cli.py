@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from runtime import policy_arguments, robot_command
+from runtime.cli_flags import as_flags
 from runtime.manifest import Manifest, ManifestError
 from runtime.serve import command as serve_command
 
@@ -53,18 +54,38 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     serve_command.add_parser(sub)
     robot_command.add_parser(sub)
+    p.set_defaults(commands=sub.choices)  # main() reports an unknown flag with its command's usage line
     return p
+
+
+def robot_flags(rest: list[str]) -> tuple[list[str], list[str]]:
+    """Split what argparse left over into `--robot.<field>=value` flags (what lerobot's parser and `sim_reach`
+    read) and the flags nobody knows. `--robot.type sim_reach` (a space, not `=`) is joined into
+    `--robot.type=sim_reach`; a value that starts with `--` is never taken, so `--robot.id --fps 30` leaves
+    `--robot.id` without a value (lerobot's parser names it) instead of swallowing `--fps`."""
+    robot: list[str] = []
+    unknown: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg.startswith("--robot.") and "=" not in arg and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            robot.append(f"{arg}={rest[i + 1]}")
+            i += 2
+            continue
+        (robot if arg.startswith("--robot.") else unknown).append(arg)
+        i += 1
+    return robot, unknown
 
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
-    robot_args = [a for a in rest if a.startswith("--robot.")]
-    if rest and (args.command != "robot" or len(robot_args) != len(rest)):
-        build_parser().parse_args(argv)  # unknown flags: argparse's own error
+    robot_args, unknown = robot_flags(rest) if args.command == "robot" else ([], rest)
+    if unknown:  # argparse's format and exit code 2, naming only the flags nobody reads
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args, robot_args) if args.command == "robot" else args.func(args)
     except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, no TensorRT
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -172,3 +172,19 @@ def add_identity_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse any artifact folder whose digest differs (printed by export and `info`)")
     p.add_argument("--trusted-key", action="append", default=None, metavar="PEM",
                    help="require a signature by this Ed25519 public key (repeatable; python -m export.signing)")
+
+
+def add_engines_argument(p: argparse.ArgumentParser) -> None:
+    """--engines: the TensorRT engine folder (runtime serve / robot, evaluation run)."""
+    p.add_argument("--engines", default=None, metavar="DIR",
+                   help="with --backend tensorrt: the engine folder (default: <artifacts>/../engines)")
+
+
+def engine_options(backend: str, engines: str | None) -> dict[str, Any]:
+    """--engines → backend_options. Refused without --backend tensorrt: the user meant TensorRT engines, and
+    running on onnxruntime instead would be a silent surprise."""
+    if engines is None:
+        return {}
+    if backend != "tensorrt":
+        raise PolicyArgumentError(f"--engines {engines} needs --backend tensorrt (the backend is {backend})")
+    return {"engines": engines}

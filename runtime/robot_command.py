@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.async_planner import check_margin
 from runtime.policy import EdgePolicy
-from runtime.policy_arguments import add_identity_arguments
+from runtime.policy_arguments import add_engines_argument, add_identity_arguments, engine_options
 from runtime.robot_interface import RobotInterface
 from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, run_robot
 from runtime.safety import ActionGuard
@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", default="artifacts/onnx")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu")
+    add_engines_argument(p)
     p.add_argument("--gate", default="default", help="gate spec; default = the manifest's gate.default")
     p.add_argument("--refine", action="store_true")
     p.add_argument("--task", default=None, help="instruction (default: the robot's own `task`, if it has one)")
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_loop_arguments(args)  # before anything is loaded or connected
     policy = EdgePolicy(args.artifacts, backend=args.backend, device=args.device, gate=args.gate, refine=args.refine,
-                        expected_digest=args.expect_digest, trusted_keys=args.trusted_key)
+                        expected_digest=args.expect_digest, trusted_keys=args.trusted_key,
+                        backend_options=engine_options(args.backend, args.engines))
     sources: list[ActionSource] = []  # the source `_drive` built, once it has
     try:
         return _drive(args, robot_args, policy, sources)

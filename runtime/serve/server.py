@@ -10,8 +10,10 @@ call metadata (`authorization: Bearer <token>` or `x-runtime-token: <token>`).
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -60,9 +62,13 @@ class ServeConfig:
     seed: int = 0
     expected_digest: str | None = None  # accept only this export (sessions are pinned to the loaded one anyway)
     trusted_keys: tuple = ()  # Ed25519 public keys, one of which must have signed the export
+    backend_options: dict | None = None  # EdgePolicy's, e.g. {"engines": folder} for tensorrt
 
     def __post_init__(self) -> None:
         """Refuse settings that would disable a limit or overflow a timer, naming the field."""
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            # gRPC would bind port % 65536 (another port, silently)
+            raise ValueError(f"serve: port={self.port!r} must be an integer in [0, 65535] (0: any free port)")
         if self.max_workers is None:
             self.max_workers = max(16, 2 * self.max_sessions) if isinstance(self.max_sessions, int) else 16
         bounds = {"max_observation_bytes": (1 << 10, 1 << 30), "max_sessions": (1, 1024), "max_workers": (2, 4096),
@@ -89,7 +95,8 @@ class InferenceServicer:
         self.cfg = cfg
         self.template = EdgePolicy(cfg.artifacts, backend=cfg.backend, gate=cfg.gate, refine=cfg.refine,
                                    fallback=cfg.fallback, device=cfg.device, seed=cfg.seed,
-                                   expected_digest=cfg.expected_digest, trusted_keys=list(cfg.trusted_keys))
+                                   expected_digest=cfg.expected_digest, trusted_keys=list(cfg.trusted_keys),
+                                   backend_options=cfg.backend_options)
         self.interface = RobotInterface.from_manifest(self.template.manifest)
         self.fps = self.interface.fps or 30.0
         self.sessions: dict[str, ServeSession] = {}
@@ -305,19 +312,49 @@ def _handlers(svc: InferenceServicer) -> grpc.GenericRpcHandler:
     })
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on before the policy is loaded (fast, and without gRPC's own error
+    log). A best-effort probe: gRPC's bind, without SO_REUSEPORT, still refuses a port taken in between."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"--host {host!r}: not an address of this machine ({exc})") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a TIME_WAIT port is free
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise RuntimeError(f"{host}:{port} is in use (another `runtime serve`?): stop that server "
+                                       "or choose another --port") from None
+
+
 def build_server(cfg: ServeConfig, allow_public: bool = False) -> tuple[grpc.Server, InferenceServicer, int]:
-    """Create (not start) the server; returns it, the servicer and the bound port (cfg.port 0 → any free)."""
+    """Create (not start) the server; returns it, the servicer and the bound port (cfg.port 0 → any free).
+
+    SO_REUSEPORT is off (gRPC turns it on by default): a second server on the same port fails to bind instead of
+    silently sharing the port with the first, each getting some of the clients."""
     if cfg.host not in LOOPBACK and not (cfg.token or allow_public):
         raise ValueError(f"refusing to bind {cfg.host!r} without --token (or --allow-unauthenticated): "
                          "anyone on that network could drive the robot")
+    check_port_free(cfg.host, cfg.port)
     svc = InferenceServicer(cfg)
     interceptors = [_token_interceptor(cfg.token)] if cfg.token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
                          maximum_concurrent_rpcs=4 * cfg.max_workers)
     server.add_generic_rpc_handlers((_handlers(svc),))
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    try:
+        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    except RuntimeError:  # grpcio >= 1.56 raises instead of returning 0
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}")
+        svc.close()
+        svc.template.close()
+        raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}: the port is in use or the address is not this "
+                           "machine's; choose another --port or --host")
     return server, svc, port
