@@ -31,7 +31,7 @@ def make_backend(backend: str | Backend, manifest: Manifest, device: str, option
             # engines live next to the ONNX folder by default (artifacts/onnx → artifacts/engines)
             engines = Path(options.pop("engines", manifest.root.parent / "engines"))
             # fingerprints pinned to this artifact digest (IdentityError otherwise); signed when keys are required
-            verify_engine_record(engines, manifest.digest, GRAPH_NAMES, trusted_keys)
+            verify_engine_record(engines, manifest.digest, GRAPH_NAMES, trusted_keys, manifest.root)
             return TensorRTBackend(manifest.root, engines, manifest=manifest.raw, **options)
     except TypeError as exc:  # an unknown or ill-typed option reached the backend's constructor
         raise PolicyArgumentError(f"backend_options {sorted(options)[:8]}: {str(exc)[:200]}") from None

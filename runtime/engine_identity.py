@@ -24,6 +24,8 @@ from runtime.manifest_schema import IdentityModel, Key, Sha256Hex, describe
 RECORD = "engines.identity.json"
 DOMAIN = b"smolvla-cls-edge engine set v1\n"
 FORMAT_VERSION = 1
+MAX_NEIGHBOURS = 64  # folders looked at for the artifact folder a foreign engine set was built from
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 class EngineRecordModel(BaseModel):
@@ -77,13 +79,56 @@ def write_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: I
     return digest
 
 
+def _declared_digest(folder: Path) -> str | None:
+    """The identity digest a folder's manifest.json declares (unverified: only used to name a folder in a hint)."""
+    try:
+        with (folder / "manifest.json").open("rb") as f:
+            raw = json.loads(f.read(MAX_MANIFEST_BYTES))
+        digest = raw["identity"]["digest"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def find_artifacts(digest: str, near: Iterable[Path]) -> Path | None:
+    """An artifact folder next to `near` (e.g. `artifacts/onnx-fp16` next to `artifacts/onnx` and
+    `artifacts/engines`) whose manifest declares `digest`; None if there is none (at most MAX_NEIGHBOURS
+    folders are looked at in each place)."""
+    for parent in dict.fromkeys(p.parent for p in near):
+        try:
+            folders = sorted(f for f in parent.iterdir() if f.is_dir())[:MAX_NEIGHBOURS]
+        except OSError:
+            continue
+        for folder in folders:
+            if _declared_digest(folder) == digest:
+                return folder
+    return None
+
+
+def _foreign_artifacts(path: Path, built_from: str, artifact_digest: str, artifacts_dir: Path | None) -> str:
+    """The refusal for engines built from another artifact folder, naming that folder when it is found nearby
+    (`make engine` builds fp16 engines from <artifacts>-fp16, not from the fp32 export next to it)."""
+    near = [path.parent] + ([artifacts_dir] if artifacts_dir is not None else [])
+    source = find_artifacts(built_from, near)
+    given = f" ({artifacts_dir})" if artifacts_dir is not None else ""
+    if source is not None:
+        return (f"{path}: the engines were built from {source} ({built_from[:19]}…), not from these artifacts"
+                f"{given} ({artifact_digest[:19]}…): pass --artifacts {source}, or --engines with engines built "
+                "from these artifacts")
+    return (f"{path}: the engines were built from artifacts {built_from[:19]}…, not {artifact_digest[:19]}…{given}: "
+            "pass --artifacts with the folder they were built from (`make engine` builds from <artifacts>-fp16 "
+            "by default; `python -m runtime info` prints a folder's digest), or build engines from these "
+            "artifacts (python -m export.trt.build_engines --artifacts <this folder>) and pass --engines")
+
+
 def verify_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: Iterable[str],
-                         trusted_keys: Iterable[Any] = ()) -> str | None:
+                         trusted_keys: Iterable[Any] = (), artifacts_dir: str | Path | None = None) -> str | None:
     """Check the engine folder's record; None when there is none and no key is required.
 
     Refused (IdentityError, one line naming the file): a record for another artifact folder, a fingerprint that
     changed since the record was written, a changed record, and — with trusted keys — a missing, unsigned or
-    foreign-signed record.
+    foreign-signed record. `artifacts_dir` (the folder `artifact_digest` belongs to) only sharpens the message
+    for engines of another artifact folder.
     """
     folder, keys = Path(engines_dir), list(trusted_keys)
     path = folder / RECORD
@@ -96,8 +141,8 @@ def verify_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: 
     try:
         digest = verify_identity(raw, trusted_keys=keys, domain=DOMAIN, what=RECORD)
         if record.artifact_digest != artifact_digest:
-            raise IdentityError(f"{path}: the engines were built from artifacts {record.artifact_digest[:19]}…,"
-                                f" not {artifact_digest[:19]}…; rebuild them with `make engine`")
+            raise IdentityError(_foreign_artifacts(path, record.artifact_digest, artifact_digest,
+                                                   None if artifacts_dir is None else Path(artifacts_dir)))
         want = engine_record(folder, artifact_digest, graphs)["fingerprints"]
     except ArtifactFileError as exc:
         raise IdentityError(str(exc)) from None

@@ -74,6 +74,24 @@ def test_engines_of_another_export_are_refused(setup):
         verify_engine_record(engines, m.digest, GRAPH_NAMES)
 
 
+def test_engines_of_a_neighbouring_folder_name_it(setup, tmp_path):
+    """`make engine` builds from artifacts/onnx-fp16: engines used with artifacts/onnx name the folder to pass,
+    instead of a `make engine` hint that would rebuild from onnx-fp16 again."""
+    art, engines, _ = setup
+    fp16 = tmp_path / "onnx-fp16"
+    fp16.mkdir()
+    other = "sha256:" + "2" * 64
+    (fp16 / "manifest.json").write_text(json.dumps({"identity": {"digest": other}}))
+    write_engine_record(engines, other, GRAPH_NAMES)
+    with pytest.raises(IdentityError, match=re.escape(f"were built from {fp16} (sha256:2222222222")) as exc:
+        EdgePolicy(art, backend="tensorrt", backend_options={"engines": str(engines)})  # before TensorRT loads
+    assert f"not from these artifacts ({art})" in str(exc.value) and f"pass --artifacts {fp16}," in str(exc.value)
+    (fp16 / "manifest.json").write_text("{not json")  # no folder found: say what to pass, and how to find it
+    with pytest.raises(IdentityError, match="pass --artifacts with the folder they were built from") as exc:
+        EdgePolicy(art, backend="tensorrt", backend_options={"engines": str(engines)})
+    assert "python -m runtime info" in str(exc.value) and "rebuild them with `make engine`" not in str(exc.value)
+
+
 def test_edited_record_is_refused(setup):
     _, engines, m = setup
     write_engine_record(engines, m.digest, GRAPH_NAMES)
