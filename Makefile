@@ -10,7 +10,9 @@ DATASET_ROOT ?= data/reach
 EPISODES ?= 1000
 # K >= 1 records episodes that continue K ticks past success (expert holds at the goal; docs/02-training.md)
 HOLD_AFTER_SUCCESS ?= 0
-OUT ?= outputs/train/default
+# train-quick trains into its own folder (a finished stage is never retrained in place, and a re-run with other
+# settings is refused): `make train-quick export parity` uses outputs/train/quick throughout, `make train` default.
+OUT ?= $(if $(filter train-quick,$(MAKECMDGOALS)),outputs/train/quick,outputs/train/default)
 STEPS ?=
 DEVICE ?= cpu
 CHECKPOINT ?= $(OUT)/checkpoints/last/pretrained_model

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.cli_args import non_negative_int, positive_float, positive_int
 from runtime.cli_flags import as_flags
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy, TickInfo
@@ -124,19 +125,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate", default="default",
                      help="default (the manifest's gate.default) | always | never | interval:k | drift[:thr] | "
                           "consistency[:thr] | random:p | state:thr | pixel[:thr] | any:SPEC,SPEC")
-    p.add_argument("--check-every", type=int, default=1, help="consult the gate every m ticks")
+    p.add_argument("--check-every", type=positive_int, default=1, help="consult the gate every m ticks")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
                      help="one delta-expert step on the plan at resample and on kept ticks")
-    p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the manifest's)")
-    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--num-steps", type=positive_int, default=None, help="Euler steps (default: the manifest's)")
+    p.add_argument("--episodes", type=positive_int, default=20)
     p.add_argument("--perturb", action="store_true", help="target jumps mid-episode")
     p.add_argument("--swap-instruction", action="store_true", help="instruction names another disc (language probe)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tick-budget-ms", type=float, default=None)
+    p.add_argument("--tick-budget-ms", type=positive_float, default=None)
     p.add_argument("--fallback", default="hold", choices=["hold", "stop"])
-    p.add_argument("--warmup", type=int, default=3, help="untimed full resamples before the first episode")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed full resamples before the first episode")
     p.add_argument("--json", default=None, help="also write the summary as JSON here")
-    p.add_argument("--run-timeout-ms", type=float, default=None,
+    p.add_argument("--run-timeout-ms", type=positive_float, default=None,
                    help="onnxruntime: terminate a graph call after this long (fault + safe action, not a hang)")
     add_identity_arguments(p)
 
@@ -149,8 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, TensorRT missing
-        print(f"error: {as_flags(str(exc))}", file=sys.stderr)
+        print(f"error: {flag_named(as_flags(str(exc)))}", file=sys.stderr)
         return 2
+
+
+# EdgePolicy's argument errors name its parameters; runtime.cli_flags maps the ones every CLI shares, these are
+# this command's own (its --warmup feeds the latency runs, `runs`)
+_FLAGS = {"runs": "--warmup", "gate": "--gate", "artifacts_dir": "--artifacts"}
+
+
+def flag_named(message: str) -> str:
+    """`check_every must be …` → `--check-every must be …` (messages that start with a parameter name)."""
+    for name, flag in _FLAGS.items():
+        if message.startswith(name + " "):
+            return flag + message[len(name):]
+    return message
 
 
 if __name__ == "__main__":

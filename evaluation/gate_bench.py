@@ -18,7 +18,6 @@ Outputs `<out>/gate_bench.json`, `<out>/gate_bench.md` and plots (`evaluation.be
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 from evaluation.bench_calibration import THRESHOLD_FAMILIES, record_distances, summarize_family
 from evaluation.bench_report import DEFAULT_FAMILY, POOLED, compute_bench_headline, write_bench_report
 from evaluation.bench_runner import run_episode, summarize
+from evaluation.cli_args import non_negative_int, output_dir, positive_int, read_json_file
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
 
@@ -218,16 +218,16 @@ def render_plots(report: dict, out: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation.gate_bench", description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default="artifacts/onnx")
-    p.add_argument("--out", default="reports/gate_bench")
-    p.add_argument("--episodes", type=int, default=40, help="episodes per kind and policy")
-    p.add_argument("--calibration-episodes", type=int, default=8, help="held-out episodes per kind for calibration")
+    p.add_argument("--out", type=output_dir, default=Path("reports/gate_bench"), help="report folder")
+    p.add_argument("--episodes", type=positive_int, default=40, help="episodes per kind and policy")
+    p.add_argument("--calibration-episodes", type=positive_int, default=8, help="held-out episodes per kind for calibration")
     p.add_argument("--kinds", nargs="+", default=list(EPISODE_KINDS), choices=list(EPISODE_KINDS))
-    p.add_argument("--slack", type=int, default=5, help="ticks added to the scripted expert's time for the deadline")
+    p.add_argument("--slack", type=non_negative_int, default=5, help="ticks added to the scripted expert's time for the deadline")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--intervals", type=int, nargs="*", default=[3, 5],
+    p.add_argument("--threads", type=non_negative_int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--intervals", type=positive_int, nargs="*", default=[3, 5],
                    help="interval:k gates (the chunk and every --caps K always added)")
-    p.add_argument("--caps", type=int, nargs="*", default=list(DEFAULT_CAPS),
+    p.add_argument("--caps", type=positive_int, nargs="*", default=list(DEFAULT_CAPS),
                    help="plan-age caps K: drift/consistency/jump/pixel at p95 (and manifest) also run as "
                         "any:<gate>,interval:K")
     p.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP),
@@ -245,20 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rerender:
         path = Path(args.rerender)
-        report = json.loads(path.read_text())
-        report["headline"] = compute_bench_headline(report["policies"])
-        report["headline_pooled"] = compute_bench_headline(report["policies"], POOLED)
+        report = read_json_file(path, "--rerender")
+        try:
+            report["headline"] = compute_bench_headline(report["policies"])
+            report["headline_pooled"] = compute_bench_headline(report["policies"], POOLED)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SystemExit(f"error: --rerender {path}: not a gate_bench.json report "
+                             f"({type(exc).__name__}: {exc})") from None
         if not args.no_plots:
             render_plots(report, path.parent)
         write_bench_report(path.parent, report)
         print((path.parent / "gate_bench.md").read_text())
         return 0
-    if args.episodes < 1 or args.calibration_episodes < 1:
-        print("error: --episodes and --calibration-episodes must be >= 1", file=sys.stderr)
-        return 2
-    if any(k < 1 for k in args.caps):
-        print(f"error: --caps must be >= 1, got {args.caps}", file=sys.stderr)
-        return 2
     args.caps = sorted(set(args.caps))  # a repeated K would run (and name) the same policy twice
     try:
         report = run_gate_bench(args.artifacts, args.out, args.episodes, args.calibration_episodes, args.seed,

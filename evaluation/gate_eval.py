@@ -27,7 +27,6 @@ same resample budget, plus paired per-episode win/loss counts.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -35,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluation.cli_args import episode_max_steps, non_negative_int, output_dir, positive_int, read_json_file
 from evaluation.gate_headline import BUDGET_FRAC, SUCCESS_TOL, compute_headline
 from evaluation.gate_policies import (
     CLS_FAMILIES,
@@ -172,10 +172,14 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
 
 
 def rerender(json_path: str | Path, plots: bool = True) -> dict:
-    """Recompute the headline, markdown and plots from an existing gate_eval.json (no episodes are run)."""
+    """Recompute the headline, markdown and plots from an existing gate_eval.json (no episodes are run).
+    A missing, non-JSON or foreign file is a SystemExit naming --rerender (one line, not a traceback)."""
     path = Path(json_path)
-    report = json.loads(path.read_text())
-    report["headline"] = compute_headline(report["policies"])
+    report = read_json_file(path, "--rerender")
+    try:
+        report["headline"] = compute_headline(report["policies"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SystemExit(f"error: --rerender {path}: not a gate_eval.json report ({type(exc).__name__}: {exc})") from None
     out = path.parent
     if plots:
         from evaluation import plots as plotmod
@@ -190,22 +194,22 @@ def rerender(json_path: str | Path, plots: bool = True) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation.gate_eval", description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default="artifacts/onnx")
-    p.add_argument("--out", default="reports/gate")
-    p.add_argument("--episodes", type=int, default=30, help="perturbed episodes per policy")
-    p.add_argument("--unperturbed", type=int, default=None,
+    p.add_argument("--out", type=output_dir, default=Path("reports/gate"), help="report folder")
+    p.add_argument("--episodes", type=positive_int, default=30, help="perturbed episodes per policy")
+    p.add_argument("--unperturbed", type=non_negative_int, default=None,
                    help="unperturbed episodes per policy (default episodes//3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="CI mode: a few policies, 2 perturbed + 1 unperturbed episode")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (0 = library default)")
+    p.add_argument("--threads", type=non_negative_int, default=1, help="onnxruntime intra-op threads (0 = library default)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--check-every", type=int, nargs="+", default=[1, 2], help="m values for the CLS gates")
+    p.add_argument("--check-every", type=positive_int, nargs="+", default=[1, 2], help="m values for the CLS gates")
     p.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), choices=list(FAMILIES))
-    p.add_argument("--max-random", type=int, default=6, help="number of matched-rate random gates")
+    p.add_argument("--max-random", type=non_negative_int, default=6, help="number of matched-rate random gates")
     p.add_argument("--timeline-episode", type=int, default=-1,
                    help="perturbed episode index drawn in the timeline plot (-1: first with a mid-chunk jump)")
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=episode_max_steps, default=None,
                    help="episode limit in ticks (default: the task's 60); e.g. 40 makes reaction time decide success")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -220,9 +224,6 @@ def main(argv: list[str] | None = None) -> int:
         rerender(args.rerender, not args.no_plots)
         print((Path(args.rerender).parent / "gate_eval.md").read_text())
         return 0
-    if args.episodes < 1:
-        print("error: --episodes must be >= 1", file=sys.stderr)
-        return 2
     try:
         report = run_gate_eval(args.artifacts, args.out, args.episodes, args.unperturbed, args.seed, args.quick,
                                args.backend, args.device, args.threads, args.refine, tuple(args.check_every),

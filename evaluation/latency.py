@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+from evaluation.cli_args import episode_max_steps, non_negative_int, output_dir, positive_int
 from evaluation.latency_loop import MODES, LatencyLoop, summarize
 
 DEFAULT_MODES = ",".join(MODES)
@@ -135,27 +136,29 @@ def _bar(total: int):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evaluation.latency", description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default="artifacts/onnx")
-    p.add_argument("--out", default="reports/latency")
-    p.add_argument("--episodes", type=int, default=30)
+    p.add_argument("--out", type=output_dir, default=Path("reports/latency"), help="report folder")
+    p.add_argument("--episodes", type=positive_int, default=30, help="perturbed episodes per cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latencies", default="0,1,3,5,10")
     p.add_argument("--gates", default="always,drift",
                    help="comma-separated gate specs; separate with ';' when a spec has commas ('always;any:drift,interval:6')")
     p.add_argument("--modes", default=DEFAULT_MODES)
-    p.add_argument("--max-steps", type=int, default=60, help="episode tick limit (the task's deadline)")
-    p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the manifest's)")
+    p.add_argument("--max-steps", type=episode_max_steps, default=60, help="episode tick limit (the task's deadline)")
+    p.add_argument("--num-steps", type=positive_int, default=None, help="Euler steps (default: the manifest's)")
     p.add_argument("--waypoints", action="store_true",
                    help="position-controlled robot: chunks become absolute waypoints (the latency-sensitive variant)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    p.add_argument("--seam-width", type=int, default=3, help="rows after the delay over which blend/inpaint fade out")
-    p.add_argument("--react-width", type=int, default=1,
+    p.add_argument("--threads", type=non_negative_int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    p.add_argument("--seam-width", type=positive_int, default=3, help="rows after the delay over which blend/inpaint fade out")
+    p.add_argument("--react-width", type=non_negative_int, default=1,
                    help="soft seam rows after the delay on a chunk that reacts to a change (0: none)")
     p.add_argument("--slew", type=float, default=2.0,
                    help="mode aligned+reanchor+slew: per-tick action change limit, as a multiple of the plans' mean "
                         "row-to-row step")
-    p.add_argument("--margin", type=int, default=0,
+    p.add_argument("--margin", type=non_negative_int, default=0,
                    help="refill when the plan has <= L + margin rows left (rows of overlap for the seam)")
     args = p.parse_args(argv)
+    if args.react_width > args.seam_width:
+        p.error(f"--react-width {args.react_width}: expected at most --seam-width ({args.seam_width})")
     if not (math.isfinite(args.slew) and args.slew > 0):
         print(f"error: --slew must be a finite number > 0, got {args.slew!r}", file=sys.stderr)
         return 2
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.json").write_text(json.dumps(report, indent=1))
     md = markdown(report["cells"], args.episodes, report["task"])

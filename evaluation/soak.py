@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.cli_args import non_negative_int, output_file, positive_float, positive_int
 from runtime.policy import EdgePolicy
 
 
@@ -49,6 +50,8 @@ def soak(artifacts: str | Path, ticks: int = 100_000, gate: str = "default", che
 
     if ticks < 1:
         raise ValueError(f"ticks must be >= 1, got {ticks}")
+    if max_seconds is not None and not max_seconds > 0:  # 0 or less: nothing would run, yet a summary would print
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
     rss_every = max(1, int(rss_every))
     rss_import = rss_kb()
     options: dict[str, Any] = {"intra_op_threads": threads} if backend == "onnxruntime" else {}
@@ -208,18 +211,18 @@ def format_summary(s: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation.soak", description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default="artifacts/onnx")
-    p.add_argument("--ticks", type=int, default=100_000)
+    p.add_argument("--ticks", type=positive_int, default=100_000)
     p.add_argument("--gate", default="default", help="gate spec; default = the manifest's gate.default")
-    p.add_argument("--check-every", type=int, default=1)
+    p.add_argument("--check-every", type=positive_int, default=1)
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=non_negative_int, default=1,
                    help="onnxruntime intra-op threads (0 = library default; 1 is fastest on a shared CPU)")
-    p.add_argument("--rss-every", type=int, default=10_000, help="sample VmRSS every this many ticks")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop early after this long (reported as truncated)")
-    p.add_argument("--out", default="reports/soak.json")
+    p.add_argument("--rss-every", type=positive_int, default=10_000, help="sample VmRSS every this many ticks")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="stop early after this long (reported as truncated)")
+    p.add_argument("--out", type=output_file, default=Path("reports/soak.json"), help="JSON summary to write")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(s, indent=1))
     print(format_summary(s))

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -65,15 +66,37 @@ def direct(artifacts: str | Path, episodes: int, *, seed: int = 0, gate: str = "
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Flags are checked first (one argparse line naming the flag); a failure of the run itself (an unloadable
+    export, a client that does not start, a timeout) is one `error:` line and exit status 2, not a traceback."""
+    from evaluation.cli_args import output_file, positive_int
+    from runtime.manifest import ManifestError
+
+    p = argparse.ArgumentParser(prog="python -m robot_adapters.closed_loop",
+                                description="served (LeRobot RobotClient → runtime serve) vs direct runtime")
+    p.add_argument("--artifacts", default="artifacts/onnx")
+    p.add_argument("--episodes", type=positive_int, default=40)
+    p.add_argument("--gate", default="default", help="gate spec; default = the manifest's gate.default")
+    p.add_argument("--fps", type=positive_int, default=30)
+    p.add_argument("--out", type=output_file, default=None, help="write the numbers as JSON here")
+    args = p.parse_args(argv)
+    if not (Path(args.artifacts) / "manifest.json").is_file():
+        p.error(f"--artifacts {args.artifacts}: no manifest.json there (export one with `make export`)")
+    try:
+        res = _compare(args)
+    except (ManifestError, ValueError, RuntimeError, TimeoutError, ImportError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> dict:
+    """served, then direct, on the same episodes; the numbers docs/07 reports."""
     from runtime.serve.server import ServeConfig, build_server
 
-    p = argparse.ArgumentParser(description="served (LeRobot RobotClient → runtime serve) vs direct runtime")
-    p.add_argument("--artifacts", default="artifacts/onnx")
-    p.add_argument("--episodes", type=int, default=40)
-    p.add_argument("--gate", default="default", help="gate spec; default = the manifest's gate.default")
-    p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
-    args = p.parse_args(argv)
     server, svc, port = build_server(ServeConfig(artifacts=args.artifacts, gate=args.gate, port=0))
     server.start()
     try:
@@ -90,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
            "served_resamples_per_observation": stats["policy"]["resamples"] / max(1, stats["observations_processed"]),
            "direct_resamples_per_tick": direct_counters["resamples"] / max(1, direct_counters["ticks"]),
            "server": stats, "direct": direct_counters}
-    print(json.dumps(res, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1))
-    return 0
+    return res
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def read_sidecar(root: Path) -> dict[str, Any] | None:
     """The recording's sidecar (identity, task config, per-episode records); None if absent or unreadable."""
     try:
         return json.loads((root / SIDECAR).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # OSError: also a root that is a file
         return None
 
 
@@ -312,6 +312,10 @@ def _parse_args(argv: list[str] | None) -> tuple[RecordingConfig, bool]:
     p.add_argument("--force", action="store_true", help="delete and re-record an existing root")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    # a file where the dataset folder (or a folder above it) must go: named here, not a NotADirectoryError later
+    existing = next(q for q in (a.root, *a.root.absolute().parents) if q.exists())
+    if not existing.is_dir():
+        p.error(f"--root {a.root}: {existing} is a file, not a folder; pick another --root")
     try:
         cfg = RecordingConfig(
             root=a.root,

@@ -11,6 +11,8 @@ Stage 2 "delta" — the seed's delta objective: main expert and VLM frozen but i
 Each stage is a plain `lerobot.scripts.lerobot_train.train(cfg)` run with its own lerobot output folder;
 `<output>/checkpoints` points at the last stage's checkpoints, so
 `<output>/checkpoints/last/pretrained_model` is the final policy in lerobot's layout.
+A finished stage is skipped on a re-run only if it was trained with the same settings; other settings (or an
+interrupted stage without `--resume`) are refused before any work, naming the flags (train_settings.py).
 Loss components of every step are recorded to `<output>/<stage>/loss_log.jsonl` (lerobot only sends
 them to wandb) and plotted next to the checkpoint.
 """
@@ -22,10 +24,13 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from smolvla_cls.train_settings import check_rerun
 
 STAGES = ("main", "delta")
 
@@ -185,12 +190,14 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
 
     import smolvla_cls.modeling_smolvla_cls  # noqa: F401  (policy class for lerobot's lookup)
     from smolvla_cls.lerobot_compat import datasets_transformed, train_config_kwargs
+    from smolvla_cls.train_settings import stage_settings, write_settings
 
     stage_dir = out_dir / f"stage_{plan.name}"
     last = stage_dir / "checkpoints" / "last" / "pretrained_model"
-    if last.exists() and (stage_dir / "DONE").exists():
+    if last.exists() and (stage_dir / "DONE").exists():  # main() has checked its settings are these
         print(f"[train] stage {plan.name}: already done ({last})")
         return last
+    write_settings(out_dir, plan.name, stage_settings(plan, args))  # before training: --resume checks it too
     policy = policy_config(args.preset, plan.name, args.device, args.chunk_size, args.act_cls_wiring,
                            args.cls_readout == "on")
     policy.optimizer_lr = plan.lr
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-root", type=Path, default=Path("data/reach"))
     parser.add_argument("--preset", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/train/default"))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or xpu (cuda falls back to cpu "
+                        "where there is none)")
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps over both stages")
     parser.add_argument("--quick", action="store_true", help="same pipeline, few steps (smoke/demo)")
     parser.add_argument("--delta-steps", type=int, default=None,
@@ -296,11 +304,21 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--stages: unknown stage {s!r} (expected {STAGES})")
     if not stages:
         parser.error(f"--stages={args.stages!r}: expected one or more of {','.join(STAGES)}")
+    if not re.fullmatch(r"cpu|mps|xpu|cuda(:\d+)?", args.device):
+        parser.error(f"--device={args.device!r}: expected cpu, cuda, cuda:N, mps or xpu")
+    existing = next(p for p in (args.output_dir, *args.output_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        parser.error(f"--output-dir={args.output_dir}: {existing} is a file, not a folder; pick another --output-dir")
+    if not os.access(existing, os.W_OK):
+        parser.error(f"--output-dir={args.output_dir}: {existing} is not writable; pick another --output-dir")
     main_done = args.output_dir / "stage_main" / "checkpoints" / "last" / "pretrained_model"
     if "delta" in stages and "main" not in stages and not main_done.exists():
         # the delta stage freezes the VLM and main expert: from random weights it would train on noise
         parser.error(f"--stages delta needs the main stage's checkpoint {main_done} (run --stages main first)")
     info = check_dataset(args.dataset_root)
+    plans = [p for p in plan_stages(args.preset, args.quick, args.steps, args.delta_steps, args.delta_lr)
+             if p.name in stages]
+    check_rerun(args.output_dir, plans, args)  # a re-run with other settings is refused here, not skipped
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warn_long_instructions(args.dataset_root, args.preset)
     import torch
@@ -312,9 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     init = main_done if "main" not in stages else None  # delta alone continues from the main stage on disk
     ran = []
-    for plan in plan_stages(args.preset, args.quick, args.steps, args.delta_steps, args.delta_lr):
-        if plan.name not in stages:
-            continue
+    for plan in plans:
         init = run_stage(plan, args, out, init, info)
         ran.append(plan.name)
     link = out / "checkpoints"

@@ -223,3 +223,22 @@ def test_the_link_names_the_stage_that_ran_last(tmp_path, monkeypatch):
     train.main(["--output-dir", str(tmp_path / "out"), "--no-report", "--stages", "delta,main"])
     assert ran == ["main", "delta"]
     assert (tmp_path / "out" / "checkpoints").readlink().as_posix() == "stage_delta/checkpoints"
+
+
+def test_rerun_with_other_settings_keeps_nothing_silently(trained, tmp_path):
+    """`make train-quick` then `make train` into one folder printed "already done" twice and kept the quick model:
+    now refused in one line naming the flags (old → new); the same settings still skip."""
+    import shutil
+
+    src, _ = trained
+    out = tmp_path / "out"
+    shutil.copytree(src, out, symlinks=True)
+    base = ["-m", "smolvla_cls.train", "--dataset-root", str(src.parent / "reach"), "--output-dir", str(out),
+            "--no-report", "--num-workers", "0"]
+    res = _run([*base, "--steps", "6", "--chunk-size", "5", "--act-cls-wiring", "seed"], 120)
+    assert res.returncode == 1 and "already done" not in res.stdout, res.stdout[-2000:]
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "--chunk-size 10 → 5" in res.stderr and "--output-dir" in res.stderr
+    same = _run([*base, "--steps", "4", "--quick"], 120)
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "stage main: already done" in same.stdout and "stage delta: already done" in same.stdout

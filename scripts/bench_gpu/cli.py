@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import scripts.bench_gpu
+from evaluation.cli_args import non_negative_int, output_dir, positive_int
 from scripts.bench_gpu.chain import GraphChain, bench_chain
 from scripts.bench_gpu.environment import run_meta, wheel_requirements
 from scripts.bench_gpu.lerobot_side import bench_lerobot, lerobot_batch
@@ -27,16 +29,24 @@ ALL_VARIANTS = ("ceilings", "lerobot-fp32", "lerobot-bf16", "chain-fp32", "chain
 CPU_VARIANTS = ("lerobot-fp32", "lerobot-bf16", "chain-fp32", "chain-bf16")  # what a --device cpu dry run can do
 
 
+def torch_device(text: str) -> str:
+    """cpu, cuda or cuda:N — refused by argparse instead of a torch RuntimeError after the models are built."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     doc = scripts.bench_gpu.__doc__ or ""
     p = argparse.ArgumentParser(prog="python -m scripts.bench_gpu", description=doc.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(doc.split("\n")[9:]))
-    p.add_argument("--out", type=Path, default=Path("reports/bench_gpu"))
+    p.add_argument("--out", type=output_dir, default=Path("reports/bench_gpu"))
     p.add_argument("--preset", default="full", choices=["tiny", "full"])
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (dry run: eager variants only)")
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", type=torch_device, default="cuda",
+                   help="cuda (default), cuda:N or cpu (dry run: eager variants only)")
+    p.add_argument("--reps", type=positive_int, default=20)
+    p.add_argument("--warmup", type=non_negative_int, default=3)
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list from {', '.join(ALL_VARIANTS)}")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/onnx-bench-full"),
                    help="ONNX folder the TensorRT engines were built from")
