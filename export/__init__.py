@@ -1,1 +1,1 @@
-"""ONNX export (three graphs + manifest) and its derived folders: int8 for CPUs, fp16/bf16 for TensorRT, engines."""
+"""ONNX export (four graphs + manifest) and its derived folders: int8 for CPUs, fp16/bf16 for TensorRT, engines."""

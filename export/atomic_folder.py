@@ -1,19 +1,51 @@
 """Write an artifact folder under a temporary sibling name and move it into place only when complete,
 so a failed or interrupted export/quantization never leaves a folder that looks valid, and never loses the
-folder it replaces."""
+folder it replaces. `destination_problem` is the check every writer runs first: the swap replaces whatever
+folder is at the destination, so only a new, empty or earlier output folder may be there."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class AtomicFolderError(OSError):
     """The finished folder could not be moved into place; says where the old and the new folder are."""
+
+
+def destination_problem(dst: Path, flag: str, replaceable: Callable[[dict[str, Any]], bool], refusal: str,
+                        keep_apart: Sequence[tuple[str, Path]] = ()) -> str | None:
+    """Why `dst` must not be given to `atomic_folder`, as one line naming `flag`, or None when it may.
+
+    `atomic_folder` replaces the whole folder at `dst`, so that folder must be new, empty, or one whose
+    manifest.json `replaceable` accepts (an earlier output of the same tool); `refusal` finishes the line that
+    refuses any other folder. `dst` must also lie apart from each `(flag, folder)` in `keep_apart` (the inputs):
+    neither that folder, nor inside it, nor around it — else the swap would delete the input it reads."""
+    dst = Path(dst)
+    resolved = dst.resolve()
+    for other_flag, other in keep_apart:
+        o = Path(other).resolve()
+        if resolved == o or o in resolved.parents or resolved in o.parents:
+            return f"{flag} {dst} must be a new folder outside {other_flag} {other}"
+    if not dst.exists():
+        return None
+    if not dst.is_dir():
+        return f"{flag} {dst} exists and is not a folder; choose another {flag}"
+    if not any(dst.iterdir()):
+        return None
+    try:
+        raw = json.loads((dst / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no manifest, unreadable, not JSON / not UTF-8
+        raw = None
+    if isinstance(raw, dict) and replaceable(raw):
+        return None
+    return f"{flag} {dst} {refusal}"
 
 
 @contextmanager

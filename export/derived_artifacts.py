@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from export.atomic_folder import destination_problem
 from export.signing import stamp_identity
 from runtime.fingerprint import file_records
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
@@ -69,21 +70,12 @@ def check_source(src: Path) -> Manifest:
 
 def check_destination(src: Path, dst: Path) -> None:
     """`dst` must be outside `src`, and new, empty, or an earlier derived folder (which is replaced)."""
-    s, d = src.resolve(), dst.resolve()
-    if d == s or s in d.parents or d in s.parents:
-        raise DerivationInputError(f"--dst {dst} must be a new folder outside --src {src}")
-    if not dst.exists():
-        return
-    replaceable = False
-    man = dst / "manifest.json"
-    if dst.is_dir() and man.is_file():
-        try:
-            replaceable = derivation_of(json.loads(man.read_text())) is not None
-        except (json.JSONDecodeError, AttributeError):
-            replaceable = False
-    if not replaceable and not (dst.is_dir() and not any(dst.iterdir())):
-        raise DerivationInputError(f"--dst {dst} exists and is not a derived artifact folder; choose another --dst "
-                                   "(only an earlier quantized or mixed-precision folder is replaced)")
+    problem = destination_problem(
+        dst, "--dst", lambda raw: derivation_of(raw) is not None,
+        "exists and is not a derived artifact folder; choose another --dst (only an earlier quantized or "
+        "mixed-precision folder is replaced)", keep_apart=[("--src", src)])
+    if problem:
+        raise DerivationInputError(problem)
 
 
 def copy_unchanged(src: Path, tmp: Path, manifest: Manifest) -> None:

@@ -28,19 +28,20 @@ class SigningError(ValueError):
     """A key or folder cannot be used; the message names the option and the problem (CLI: exit 2)."""
 
 
-def load_private_key(path: str | Path) -> Any:
-    """An Ed25519 private key from an unencrypted PEM file written by `keygen`."""
+def load_private_key(path: str | Path, flag: str = "--key") -> Any:
+    """An Ed25519 private key from an unencrypted PEM file written by `keygen`; errors name `flag`, the option
+    the user gave the key with (`--key` here, `--sign-key` in the export)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except OSError as exc:
-        raise SigningError(f"--key {path}: cannot be read ({exc.strerror})") from None
+        raise SigningError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
     except (ValueError, TypeError) as exc:
-        raise SigningError(f"--key {path}: not an unencrypted PEM private key ({exc})") from None
+        raise SigningError(f"{flag} {path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SigningError(f"--key {path}: not an Ed25519 private key")
+        raise SigningError(f"{flag} {path}: not an Ed25519 private key")
     return key
 
 

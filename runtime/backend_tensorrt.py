@@ -1,4 +1,4 @@
-"""TensorRT backend: the three engines on one stream, prefix K/V kept on the GPU, the Euler loop in a CUDA graph.
+"""TensorRT backend: the four engines on one stream, prefix K/V kept on the GPU, the Euler loop in a CUDA graph.
 
 Device buffers are allocated once, one per tensor name: `prefix_k` / `prefix_v` / `prefix_pad` written by the
 prefix engine are the very buffers both experts read, so nothing goes back to the host between graphs.

@@ -295,6 +295,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--opt-level", "9"], "--opt-level must be 0..5"),
         (["--workspace-gb", "zero"], "invalid float value"),
         (["--bogus"], "unrecognized arguments"),
+        (["--graphs", ","], "--graphs ',' names no graph"),
     ],
 )
 def test_cli_bad_args_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -312,6 +313,42 @@ def test_cli_missing_artifacts_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = _cli("--artifacts", str(tmp_path / "empty"))
     assert result.returncode == 2 and "manifest.json is missing" in result.stderr
+
+
+def test_cli_refuses_an_unusable_out_before_building(tmp_path: Path) -> None:
+    """--out an existing file, the artifact folder itself or a folder inside it: refused before TensorRT is
+    looked for (it used to surface as FileExistsError after the build), and --artifacts a file is named so."""
+    art = make_artifacts(tmp_path / "onnx")
+    (tmp_path / "afile").write_text("x")
+    for out, needle in ((tmp_path / "afile", "exists and is not a folder"), (tmp_path / "afile" / "e", "afile"),
+                        (art, "must be a folder apart from --artifacts"), (art / "e", "apart from --artifacts")):
+        result = _cli("--artifacts", str(art), "--out", str(out))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"make engine: --out {out}") and needle in lines[0], lines[0]
+    result = _cli("--artifacts", str(tmp_path / "afile"), "--out", str(tmp_path / "e"))
+    assert result.returncode == 2 and "--artifacts" in result.stderr and "is not a folder" in result.stderr
+    assert not (tmp_path / "e").exists() and not (art / "e").exists()
+
+
+def test_engine_accuracy_checks_its_arguments_before_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from export.trt import engine_accuracy
+
+    art = make_artifacts(tmp_path / "onnx")
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    for g in GRAPHS:
+        (engines / f"{g}.fingerprint.json").write_text("{}")
+    (tmp_path / "afile").write_text("x")
+    cases = [(["--trials", "0"], "--trials must be at least 1, got 0"),
+             (["--artifacts", str(tmp_path / "afile")], f"--artifacts {tmp_path / 'afile'} is not a folder"),
+             (["--artifacts", str(tmp_path)], "has no manifest.json"),
+             (["--engines", str(tmp_path / "nope")], "does not exist"),
+             (["--engines", str(art)], "has no prefix.fingerprint.json")]
+    for args, needle in cases:
+        assert engine_accuracy.main(["--artifacts", str(art), "--engines", str(engines), *args]) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("engine accuracy: ") and needle in lines[0], lines
 
 
 def test_cli_refuses_quantized_artifacts_one_line(tmp_path: Path) -> None:

@@ -65,6 +65,9 @@ def _normalizer(checkpoint: Path) -> tuple[dict[str, dict[str, np.ndarray]], dic
 def load_checkpoint(checkpoint: Path) -> LoadedPolicy:
     checkpoint = Path(checkpoint)
     config_file = checkpoint / "config.json"
+    if checkpoint.exists() and not checkpoint.is_dir():
+        raise ExportInputError(f"checkpoint {checkpoint} is not a folder: pass --checkpoint a lerobot pretrained_model "
+                               "folder (config.json + model.safetensors)")
     if not checkpoint.is_dir():
         raise ExportInputError(f"checkpoint {checkpoint} does not exist (train one with `make train`)")
     if not config_file.is_file() or not (checkpoint / "model.safetensors").is_file():

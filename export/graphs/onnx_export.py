@@ -1,7 +1,9 @@
-"""`make export`: checkpoint (or offline preset) -> artifact folder with three ONNX graphs, the tokenizer
-and manifest.json (docs/10-artifact-contract.md). The folder is written under a temporary name and renamed
-into place only when complete, so a failed export never leaves a folder that looks valid. The manifest carries
-the folder's identity digest (signed with `--sign-key`, see export/signing.py), printed at the end.
+"""`make export`: checkpoint (or offline preset) -> artifact folder with four ONNX graphs (prefix, main_expert,
+delta_expert, plan_encoder), the tokenizer and manifest.json (docs/10-artifact-contract.md). The folder is
+written under a temporary name and renamed into place only when complete, so a failed export never leaves a
+folder that looks valid; `--out` may only name a new or empty folder or an earlier artifact folder, since the
+rename replaces what is there. The manifest carries the folder's identity digest (signed with `--sign-key`,
+see export/signing.py), printed at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from export.atomic_folder import AtomicFolderError, atomic_folder
+from export.atomic_folder import AtomicFolderError, atomic_folder, destination_problem
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
 from export.graphs.export_checks import check_dataset_stats, check_vocab
 from export.graphs.gate_calibration import (
@@ -201,6 +203,25 @@ def build_manifest(loaded: LoadedPolicy, graphs: dict, gate: dict, tokenizer, fi
     return manifest
 
 
+def check_out(out: Path, checkpoint: Path | None) -> None:
+    """Refuse an `--out` the export's atomic swap would wrongly replace: it must be a new or empty folder or an
+    earlier artifact folder (a manifest.json with a graphs section), and apart from the checkpoint it reads."""
+    keep_apart = [("--checkpoint", Path(checkpoint))] if checkpoint is not None else []
+    problem = destination_problem(
+        Path(out), "--out", lambda raw: isinstance(raw.get("graphs"), dict),
+        "exists and is not an artifact folder (no manifest.json with graphs); choose a new or empty folder for "
+        "--out (only an earlier export is replaced, and all its contents go)", keep_apart=keep_apart)
+    if problem:
+        raise ExportInputError(problem)
+
+
+def check_calib_episodes(episodes: int) -> None:
+    """At least one simulated episode: with none the gate calibration is empty (no stats, fallback thresholds)."""
+    if episodes < 1:
+        raise ExportInputError(f"--calib-episodes must be at least 1, got {episodes}; to skip the gate "
+                               "calibration pass --no-calibration instead")
+
+
 def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, calib_episodes: int = 24,
                      progress: bool = True, stop_action: list[float] | None = None, signing_key: object = None,
                      dataset_root: Path | None = None, gate_horizon: int | None = None,
@@ -214,6 +235,10 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
 
     started = time.time()
     out = Path(out)
+    from_checkpoint = not loaded.source.startswith("preset:")  # a tiny-VLM checkpoint has a preset too
+    check_out(out, Path(loaded.source) if from_checkpoint and Path(loaded.source).is_dir() else None)
+    if calibrate:
+        check_calib_episodes(calib_episodes)
     action_dim = loaded.policy.config.action_feature.shape[0]
     normalization_section(loaded)  # modes the runtime applies, finite usable stats: refused before anything else
     check_vocab(Path(loaded.policy.config.vlm_model_name) / "tokenizer.json", embedding_rows(loaded.policy))
@@ -233,7 +258,6 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         check_horizon(gate_horizon, cfg.n_action_steps)
     except ValueError as exc:
         raise ExportInputError(f"--gate-horizon: {exc}") from None
-    from_checkpoint = not loaded.source.startswith("preset:")  # a tiny-VLM checkpoint has a preset too
     root = dataset_root or (dataset_root_from_checkpoint(Path(loaded.source)) if from_checkpoint else None)
     robot = None if root is None else robot_section(root, action_dim, cfg.robot_state_feature.shape[0],
                                                     list(cfg.image_features))
@@ -271,13 +295,16 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export SmolVLA-CLS to three ONNX graphs + manifest.")
+    parser = argparse.ArgumentParser(description="Export SmolVLA-CLS to four ONNX graphs (prefix, main_expert, "
+                                     "delta_expert, plan_encoder) + tokenizer + manifest.")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path, default=None, help="lerobot pretrained_model folder")
     src.add_argument("--preset", default=None, help="export a random-weight preset instead (tiny | full)")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/onnx"))
-    parser.add_argument("--no-calibration", action="store_true")
-    parser.add_argument("--calib-episodes", type=int, default=24)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/onnx"),
+                        help="artifact folder to write: new, empty, or an earlier export (replaced whole)")
+    parser.add_argument("--no-calibration", action="store_true", help="skip the simtask gate calibration")
+    parser.add_argument("--calib-episodes", type=int, default=24,
+                        help="simulated episodes for the gate calibration (at least 1; default 24)")
     parser.add_argument("--gate-horizon", type=int, default=None, metavar="H",
                         help="calibrate the gate on observation pairs < H ticks apart: the ticks a plan runs "
                              "before the gate's cap replans (default: the default gate's interval:k, else "
@@ -297,12 +324,14 @@ def main(argv: list[str] | None = None) -> int:
                              "round(0.6 x n_action_steps), 6 for n = 10 (the ratio was measured on the gate "
                              "benchmark with n = 10 only, docs/11); 0 = no cap")
     args = parser.parse_args(argv)
-    try:
-        key = load_private_key(args.sign_key) if args.sign_key is not None else None
-        if args.preset is not None:
-            loaded = load_preset(args.preset)
-        else:
-            loaded = load_checkpoint(args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
+    checkpoint = None if args.preset is not None else (
+        args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))
+    try:  # argument mistakes first, before the (slow) model load
+        check_out(args.out, checkpoint)
+        if not args.no_calibration:
+            check_calib_episodes(args.calib_episodes)
+        key = load_private_key(args.sign_key, flag="--sign-key") if args.sign_key is not None else None
+        loaded = load_preset(args.preset) if checkpoint is None else load_checkpoint(checkpoint)
         manifest = export_artifacts(loaded, args.out, calibrate=not args.no_calibration,
                                     calib_episodes=args.calib_episodes, stop_action=args.stop_action,
                                     signing_key=key, dataset_root=args.dataset_root,

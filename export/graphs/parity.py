@@ -85,6 +85,9 @@ def _np(inputs) -> tuple[np.ndarray, ...]:
 
 
 def graph_parity(model, artifacts: Path, trials: int = 2, seed: int | None = None) -> list[Comparison]:
+    """Each graph alone on `trials` fresh random inputs (at least 1: zero trials would compare nothing)."""
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
     seed = int(time.time_ns() % 2**31) if seed is None else seed
     ort_r, torch_r = OrtRunner(artifacts), TorchRunner(model)
     names = {"prefix": ("prefix_k", "prefix_v", "prefix_pad", "obs_cls"), "main_expert": ("v_t",),
@@ -137,6 +140,19 @@ def run_parity(model, artifacts: Path, action_std: np.ndarray, trials: int = 2, 
     return {"ok": all(r.ok for r in results), "results": [asdict(r) for r in results]}
 
 
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """One line naming the flag when --trials or --json cannot work, else None."""
+    if args.trials < 1:
+        return f"--trials must be at least 1, got {args.trials} (with none no graph would be compared)"
+    if args.json is not None:
+        if args.json.is_dir():
+            return f"--json {args.json} is a folder; give a file path, e.g. {args.json / 'parity.json'}"
+        blocker = next((p for p in args.json.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"--json {args.json}: {blocker} is a file, not a folder; choose another path for --json"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from export.graphs.checkpoint_loading import ExportInputError, load_checkpoint, load_preset
 
@@ -145,11 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--checkpoint", type=Path)
     src.add_argument("--preset")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/onnx"))
-    parser.add_argument("--trials", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--trials", type=int, default=2, help="random-input trials per graph (at least 1)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
     from export.graphs.normalization import Normalizer
 
+    problem = _argument_problem(args)  # before the model load and the whole run
+    if problem:
+        print(f"parity: {problem}", file=sys.stderr)
+        return 2
     try:
         loaded = load_preset(args.preset) if args.preset else load_checkpoint(
             args.checkpoint or Path("outputs/train/default/checkpoints/last/pretrained_model"))

@@ -3,7 +3,7 @@
     python -m export.int8.quantization --src artifacts/onnx --dst artifacts/onnx-int8 [--weight-type int8|uint8]
         [--per-channel] [--ops MatMul] [--exclude REGEX ...] [--no-default-exclude]
 
-One job: read an intact artifact folder (docs/10-artifact-contract.md), rewrite its three graphs with
+One job: read an intact artifact folder (docs/10-artifact-contract.md), rewrite its four graphs with
 `onnxruntime.quantization.quantize_dynamic` and write a new folder with the same I/O contract. Weights of
 MatMuls whose second input is a constant become int8 (per tensor, or per output channel), activations
 are quantized to uint8 at run time, per tensor, so onnxruntime uses its u8·s8 integer GEMM (AVX-512 VNNI

@@ -19,6 +19,7 @@ from export.trt.engine_plan import (
     PRECISIONS,
     BuildOptions,
     PlanError,
+    check_out,
     load_manifest,
     parse_dim_ranges,
     parse_graphs,
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             dim_ranges=parse_dim_ranges(args.dim),
         )
         manifest = load_manifest(args.artifacts)
+        check_out(args.artifacts, args.out)
         jobs = plan_jobs(args.artifacts, args.out, graphs, manifest, options)
     except PlanError as exc:
         _fail(EXIT_USAGE, str(exc))

@@ -25,7 +25,7 @@ PROG = "engine accuracy"
 
 
 class _Reference:
-    """The three ONNX graphs on onnxruntime CPU, fp32 (the ground truth)."""
+    """The four ONNX graphs on onnxruntime CPU, fp32 (the ground truth)."""
 
     def __init__(self, artifacts: Path, manifest: dict[str, Any]) -> None:
         import onnxruntime as ort
@@ -116,6 +116,24 @@ def check(artifacts: Path, engines: Path, trials: int, seed: int) -> tuple[list[
     return rows, precision
 
 
+def argument_problem(artifacts: Path, engines: Path, trials: int) -> str | None:
+    """One line naming the flag when an argument cannot work, else None — checked before TensorRT is looked
+    for, so mistakes show on any machine, not only on the device."""
+    if trials < 1:
+        return f"--trials must be at least 1, got {trials} (with none nothing would be compared)"
+    needs = (("--artifacts", artifacts, ["manifest.json"], "`make export`"),
+             ("--engines", engines, [f"{g}.fingerprint.json" for g in GRAPHS], "`make engine`"))
+    for flag, folder, files, how in needs:
+        if not folder.exists():
+            return f"{flag} {folder} does not exist (write it with {how})"
+        if not folder.is_dir():
+            return f"{flag} {folder} is not a folder"
+        missing = next((f for f in files if not (folder / f).is_file()), None)
+        if missing:
+            return f"{flag} {folder} has no {missing}: not the folder {how} writes"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.trt.engine_accuracy", description="TensorRT vs onnxruntime gate")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/onnx"))
@@ -123,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    problem = argument_problem(args.artifacts, args.engines, args.trials)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return 2
 
     from runtime.trt_env import tensorrt_missing_reason
 

@@ -93,14 +93,32 @@ def validate_options(precision: str, workspace_gb: float, opt_level: int) -> Non
 
 
 def parse_graphs(text: str | None) -> tuple[str, ...]:
-    """`prefix,main_expert` → ('prefix', 'main_expert'); None/empty → all three, in contract order."""
+    """`prefix,main_expert` → ('prefix', 'main_expert'); None/empty → all four, in contract order. A list that
+    names no graph (`,`) is refused: it would build nothing and still exit 0."""
     if not text:
         return GRAPHS
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise PlanError(f"--graphs {text!r} names no graph; list some of {','.join(GRAPHS)} or leave --graphs out "
+                        "for all of them")
     unknown = [n for n in names if n not in GRAPHS]
     if unknown:
         raise PlanError(f"unknown graph(s) {', '.join(unknown)}; choose from {', '.join(GRAPHS)}")
     return names
+
+
+def check_out(artifacts: Path, out: Path) -> None:
+    """`--out` must be able to hold the plans, and lie apart from the artifact folder: checked before any build
+    (else an existing file there, or plans mixed into the export that `make export` replaces whole, show up only
+    after minutes of building)."""
+    a, o = artifacts.resolve(), out.resolve()
+    if o == a or a in o.parents:
+        raise PlanError(f"--out {out} must be a folder apart from --artifacts {artifacts} (neither it nor inside "
+                        "it: `make export` replaces that folder whole); e.g. --out artifacts/engines")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "" if blocker == out else f": {blocker}"
+        raise PlanError(f"--out {out}{where} exists and is not a folder; choose another --out")
 
 
 def parse_dim_ranges(items: list[str] | None) -> dict[str, tuple[int, int, int]]:
@@ -124,6 +142,8 @@ def parse_dim_ranges(items: list[str] | None) -> dict[str, tuple[int, int, int]]
 
 def load_manifest(artifacts: Path) -> dict[str, Any]:
     """Read `<artifacts>/manifest.json`, with one-line errors for the usual mistakes."""
+    if artifacts.exists() and not artifacts.is_dir():
+        raise PlanError(f"--artifacts {artifacts} is not a folder (expected the export folder with manifest.json)")
     if not artifacts.is_dir():
         raise PlanError(f"artifact folder {artifacts} does not exist (run `make export` first)")
     path = artifacts / "manifest.json"
