@@ -1,8 +1,8 @@
 """When each tick of `runtime robot`'s loop starts: a fixed grid (start + n x period) while the loop keeps up,
 re-based after an overrun so that the robot never gets actions in a catch-up burst.
 
-An overrun is a tick that ran past the next tick's slot, or whose action went out late (a stall before the
-send: a camera read that hung, a resample on the loop thread). A purely absolute schedule then starts the
+An overrun is a tick that ran past the next tick's slot (a camera read that hung, a resample on the loop
+thread longer than a period). A purely absolute schedule then starts the
 missed ticks back to back, and the robot gets their actions a fraction of a millisecond apart (a displacement
 robot moves several steps at once, a position target jumps) while the reported rate still reads the target.
 Here the next tick never starts sooner than lets its action go out one period (less `TOLERANCE`, for read and
@@ -54,19 +54,21 @@ class Pacer:
         self._sent_at = now
 
     def next_start(self) -> float:
-        """When the next tick starts: its grid slot, unless this tick overran — it ended past the slot, or at
-        the slot the next action would go out less than (1 - TOLERANCE) periods after the last — then when the
-        next action goes out one whole period after the last, and not before now."""
+        """When the next tick starts: its grid slot, unless this tick overran (ended past the slot) — then when
+        the next action goes out one whole period after the last, and not before now. A tick that sent late but
+        ended in time keeps the grid: `sending()`'s hold-back spaces the next actions (≥ 1 - TOLERANCE periods)
+        for the few ticks it takes to get back onto it, so a resample that fits its period neither drifts the
+        rate nor counts as an overrun."""
         slot = self.base + (self._n + 1) * self.period
         now = self.clock()
+        if now <= slot:
+            return slot  # on time: the grid holds, no drift
         due = now  # with nothing sent yet, only the end of this tick bounds the next start
         if self._sent_at is not None:
-            # the usual lead: the shortest of the ticks before (not this one's, which a stall lengthened; 0 before
-            # any, so the first tick's action is followed a whole period later whatever its lead was)
-            lead = min(self._leads, default=0.0)
+            # the usual lead: the shortest of the ticks before (not this one's, which a stall lengthened; this
+            # one's if there is none before it)
+            lead = min(self._leads, default=self._lead if self._lead is not None else 0.0)
             due = self._sent_at + self.period - lead
-        if now <= slot and due <= slot + TOLERANCE * self.period:
-            return slot  # on time (within jitter): the grid holds, no drift
         return max(now, due)
 
     def wait(self) -> float:

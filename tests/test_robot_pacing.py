@@ -86,6 +86,24 @@ def test_a_loop_that_keeps_up_stays_on_the_grid():
     assert pacer.overruns == 0
 
 
+@pytest.mark.parametrize("first_lead", [0.0, 0.6])
+def test_a_resample_that_fits_its_period_neither_drifts_nor_counts(first_lead):
+    """Every 5th tick sends 0.45 periods late (an inline resample) but ends in time: the grid holds (30 ticks
+    take 30 periods), no overrun is counted, and the hold-back still spaces the actions; a slow first tick (the
+    first inference) is no overrun either."""
+    ft = FakeTime()
+    pacer = Pacer(PERIOD, clock=ft.clock, sleep=ft.sleep)
+    t0, sends = ft.t, []
+    for n in range(30):
+        ft.t += (first_lead if n == 0 else 0.45 if n % 5 == 4 else 0.03) * PERIOD
+        pacer.sending()
+        sends.append(ft.t)
+        ft.t += 0.02 * PERIOD
+        pacer.wait()
+    assert pacer.overruns == 0 and ft.t == pytest.approx(t0 + 30 * PERIOD, abs=1e-9)
+    assert np.all(np.diff(sends) >= (1 - TOLERANCE) * PERIOD - 1e-9)
+
+
 class ScriptedSource:
     """One fixed action per tick; `slow` maps tick → seconds its action takes (a resample on the loop thread)."""
 
