@@ -29,10 +29,15 @@ def settings_path(out: Path, stage: str) -> Path:
 
 def stage_settings(plan, args) -> dict:
     """The settings that decide what a stage trains (not how fast: device and loader workers are left out)."""
-    p = args.irrelevant_augment if plan.name in args.irrelevant_augment_stages.split(",") else 0.0
+    from smolvla_cls.augmentation import simtask_colours
+
+    # as train.py resolves them, not as typed: `--augment auto` on a simtask recording is `on`, and the irrelevant
+    # changes ride on that augmentation (ignored without it)
+    augment = args.augment != "off" and simtask_colours(args.dataset_root) is not None
+    p = args.irrelevant_augment if augment and plan.name in args.irrelevant_augment_stages.split(",") else 0.0
     settings = {"steps": plan.steps, "lr": plan.lr, "preset": args.preset,
                 "dataset_root": str(Path(args.dataset_root).resolve()), "chunk_size": args.chunk_size,
-                "seed": args.seed, "augment": args.augment, "pad_hold": bool(args.pad_hold),
+                "seed": args.seed, "augment": "on" if augment else "off", "pad_hold": bool(args.pad_hold),
                 "mask_after_jump": bool(args.mask_after_jump), "irrelevant_augment": p}
     if plan.name == "delta":  # act-CLS wiring and the obs-CLS read-out change only the delta stage
         settings.update(act_cls_wiring=args.act_cls_wiring, cls_readout=args.cls_readout)

@@ -44,7 +44,29 @@ def stubbed(monkeypatch):
     """No dataset and no tokenizer needed: the re-run check comes before both matter."""
     monkeypatch.setattr(train, "check_dataset", lambda root: {})
     monkeypatch.setattr(train, "warn_long_instructions", lambda root, preset: None)
+    import smolvla_cls.augmentation as augmentation
+
+    # a simtask recording (its sidecar names the colours), whether or not data/reach was recorded here
+    monkeypatch.setattr(augmentation, "simtask_colours", lambda root: ("red", "green", "blue"))
     return monkeypatch
+
+
+def test_the_same_training_spelled_differently_is_skipped(tmp_path, stubbed):
+    """Settings are compared as train.py resolves them: `--augment auto` is `on` for a simtask recording."""
+    out = tmp_path / "out"
+    _earlier_run(out, _argv(out), stubbed)
+    assert _rerun(_argv(out, "--augment", "on"), stubbed) == ["main", "delta"]  # both skip inside run_stage
+
+
+def test_irrelevant_changes_do_not_count_without_the_augmentation_they_ride_on(tmp_path, stubbed):
+    import smolvla_cls.augmentation as augmentation
+
+    stubbed.setattr(augmentation, "simtask_colours", lambda root: None)  # real-robot data: augmentation off
+    out = tmp_path / "out"
+    _earlier_run(out, _argv(out), stubbed)
+    assert _rerun(_argv(out, "--irrelevant-augment", "0.2"), stubbed) == ["main", "delta"]
+    with pytest.raises(SystemExit, match=r"--chunk-size 10 → 5"):
+        _rerun(_argv(out, "--chunk-size", "5"), stubbed)
 
 
 def _rerun(argv: list[str], monkeypatch) -> list[str]:
