@@ -186,16 +186,21 @@ def test_robot_names_the_digest_flag(capsys):
 
 
 @pytest.mark.parametrize("flags, needle", [
-    (["--check-every", "0"], "--check-every must be an integer in [1, 10000]"),
-    (["--num-steps", "0"], "--num-steps must be an integer"), (["--tick-budget-ms", "-1"], "--tick-budget-ms must be"),
-    (["--run-timeout-ms", "-5"], "--run-timeout-ms must be"), (["--expect-digest", "x"], "--expect-digest must"),
+    (["--check-every", "0"], "--check-every"), (["--num-steps", "0"], "--num-steps"),
+    (["--tick-budget-ms", "-1"], "--tick-budget-ms"), (["--run-timeout-ms", "-5"], "--run-timeout-ms"),
+    (["--expect-digest", "x"], "error: --expect-digest must"),
 ])
 def test_evaluation_run_names_the_flags(capsys, flags, needle):
+    """Refused by argparse (ranges) or by the policy (the digest's form): either way one line naming the flag."""
     from evaluation.episodes import main as evaluation_main
 
-    rc = evaluation_main(["run", "--artifacts", str(cached_fake_artifacts()), "--episodes", "1", "--warmup", "0",
-                          *flags])
-    assert rc == 2 and capsys.readouterr().err.startswith(f"error: {needle}")
+    try:
+        rc = evaluation_main(["run", "--artifacts", str(cached_fake_artifacts()), "--episodes", "1", "--warmup", "0",
+                              *flags])
+    except SystemExit as exc:  # argparse's own refusal: usage + "argument --flag: ..."
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "_" not in err.splitlines()[-1].split(":")[0], err
 
 
 def test_only_a_leading_field_name_is_rewritten():
