@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import pytest
@@ -26,18 +25,25 @@ def test_due_callbacks_run_once_in_deadline_order_and_cancelled_never(delays, ca
     try:
         fired, done = [], threading.Event()
         handles = [watch.arm(d / 1000, lambda i=i: fired.append(i)) for i, d in enumerate(delays)]
-        dropped = set(cancel.draw(st.sets(st.sampled_from(range(len(delays))))))
-        for i in dropped:
-            handles[i].cancel()
+        chosen = cancel.draw(st.sets(st.sampled_from(range(len(delays)))))
+        # on a loaded machine a short deadline may fire before its cancel(): then cancel() says so (True), and the
+        # callback ran; a cancel() that returns False must have kept it from ever running
+        dropped = {i for i in chosen if not handles[i].cancel()}
         watch.arm(0.08, done.set)  # after every other deadline
         assert done.wait(5)
         expected = [i for i in sorted(range(len(delays)), key=lambda i: (delays[i], i)) if i not in dropped]
-        # deadlines within a millisecond may fire in either order; each fires exactly once
+        # each due deadline fires exactly once (the order is tested below with margins a loaded machine keeps)
         assert sorted(fired) == sorted(expected) and len(fired) == len(set(fired))
-        assert all(delays[a] <= delays[b] + 1 for a, b in itertools.pairwise(fired))
         assert watch.pending() == 0
     finally:
         watch.close()
+
+
+def test_an_earlier_deadline_fires_first_whatever_the_arming_order(watch):
+    fired, done = [], threading.Event()
+    watch.arm(0.4, lambda: (fired.append("late"), done.set()))
+    watch.arm(0.05, lambda: fired.append("early"))
+    assert done.wait(5) and fired == ["early", "late"]
 
 
 def test_a_thousand_open_streams_share_one_thread(watch):

@@ -44,7 +44,7 @@ def stubbed(monkeypatch):
     """No dataset and no tokenizer needed: the re-run check comes before both matter."""
     monkeypatch.setattr(train, "check_dataset", lambda root: {})
     monkeypatch.setattr(train, "warn_long_instructions", lambda root, preset: None)
-    import smolvla_cls.augmentation as augmentation
+    from smolvla_cls import augmentation
 
     # a simtask recording (its sidecar names the colours), whether or not data/reach was recorded here
     monkeypatch.setattr(augmentation, "simtask_colours", lambda root: ("red", "green", "blue"))
@@ -59,7 +59,7 @@ def test_the_same_training_spelled_differently_is_skipped(tmp_path, stubbed):
 
 
 def test_irrelevant_changes_do_not_count_without_the_augmentation_they_ride_on(tmp_path, stubbed):
-    import smolvla_cls.augmentation as augmentation
+    from smolvla_cls import augmentation
 
     stubbed.setattr(augmentation, "simtask_colours", lambda root: None)  # real-robot data: augmentation off
     out = tmp_path / "out"
