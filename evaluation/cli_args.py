@@ -42,6 +42,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_in(low: int, high: int):
+    """An `argparse` type for an integer in [low, high] (e.g. --warmup: 0 = none, up to the runtime's 1000)."""
+
+    def check(text: str) -> int:
+        value = _int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
+        return value
+
+    return check
+
+
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (warm-up counts; thread counts where 0 means the library's default)."""
     value = _int(text)

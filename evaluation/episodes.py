@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.cli_args import non_negative_int, positive_float, positive_int
+from evaluation.cli_args import int_in, positive_float, positive_int
 from runtime.cli_flags import as_flags
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy, TickInfo
@@ -135,7 +135,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tick-budget-ms", type=positive_float, default=None)
     p.add_argument("--fallback", default="hold", choices=["hold", "stop"])
-    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed full resamples before the first episode")
+    p.add_argument("--warmup", type=int_in(0, 1000), default=3,
+                   help="untimed full resamples before the first episode (0: none)")
     p.add_argument("--json", default=None, help="also write the summary as JSON here")
     p.add_argument("--run-timeout-ms", type=positive_float, default=None,
                    help="onnxruntime: terminate a graph call after this long (fault + safe action, not a hang)")

@@ -148,6 +148,7 @@ def test_latency_zero_episodes_writes_no_report(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ evaluation run
 @pytest.mark.parametrize("argv, flag", [(["--episodes", "0"], "--episodes"), (["--warmup", "-1"], "--warmup"),
+                                        (["--warmup", "5000"], "--warmup: expected an integer in [0, 1000]"),
                                         (["--check-every", "0"], "--check-every")])
 def test_run_flags(argv, flag, capsys, monkeypatch):
     from evaluation import episodes
