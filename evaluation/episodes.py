@@ -151,21 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ManifestError, ValueError, RuntimeError, ImportError, OSError) as exc:  # incl. BackendError, TensorRT missing
-        print(f"error: {flag_named(as_flags(str(exc)))}", file=sys.stderr)
+        print(f"error: {as_flags(str(exc), _FLAGS)}", file=sys.stderr)
         return 2
 
 
 # EdgePolicy's argument errors name its parameters; runtime.cli_flags maps the ones every CLI shares, these are
 # this command's own (its --warmup feeds the latency runs, `runs`)
 _FLAGS = {"runs": "--warmup", "gate": "--gate", "artifacts_dir": "--artifacts"}
-
-
-def flag_named(message: str) -> str:
-    """`check_every must be …` → `--check-every must be …` (messages that start with a parameter name)."""
-    for name, flag in _FLAGS.items():
-        if message.startswith(name + " "):
-            return flag + message[len(name):]
-    return message
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ after ServeConfig's `serve: ` prefix), so a path or a manifest key inside a mess
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 FLAGS = {  # field → flag; the field names of EdgePolicy / backend_options / ServeConfig that a CLI flag sets
     "expected_digest": "--expect-digest", "trusted_keys": "--trusted-key", "check_every": "--check-every",
@@ -19,7 +20,13 @@ FLAGS = {  # field → flag; the field names of EdgePolicy / backend_options / S
 _FIELD = re.compile(r"(?:serve: )?(" + "|".join(map(re.escape, FLAGS)) + r")(?=[ =])")
 
 
-def as_flags(text: str) -> str:
-    """`check_every must be ...` → `--check-every must be ...`; any other message unchanged."""
+def as_flags(text: str, own: Mapping[str, str] | None = None) -> str:
+    """`check_every must be ...` → `--check-every must be ...`; any other message unchanged. `own`: a command's
+    own field → flag names, tried after the shared ones (e.g. evaluation run's `runs` → `--warmup`)."""
     m = _FIELD.match(text)
-    return FLAGS[m.group(1)] + text[m.end():] if m else text
+    if m:
+        return FLAGS[m.group(1)] + text[m.end():]
+    for name, flag in (own or {}).items():
+        if text.startswith(name + " "):
+            return flag + text[len(name):]
+    return text

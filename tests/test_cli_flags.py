@@ -207,5 +207,7 @@ def test_only_a_leading_field_name_is_rewritten():
     from runtime.cli_flags import as_flags
 
     assert as_flags("serve: stream_deadline_s=0 must be") == "--stream-deadline-s=0 must be"
+    assert as_flags("runs must be in [1, 1000]", {"runs": "--warmup"}) == "--warmup must be in [1, 1000]"
+    assert as_flags("runsX must be", {"runs": "--warmup"}) == "runsX must be"  # a whole leading word only
     assert as_flags("/data/num_steps/manifest.json: dims.num_steps must be") == "/data/num_steps/manifest.json: dims.num_steps must be"
     assert as_flags("seeds must be") == "seeds must be" and as_flags("num_steps") == "num_steps"
