@@ -190,6 +190,11 @@ class AsyncEdgePolicy:
         self._mirror()
         return action
 
+    def delivered(self, tick: int, action: np.ndarray | None) -> None:
+        """The caller's report of what the robot really got for `tick` (None: nothing) when it differs from
+        `action_for_tick`'s answer — a failed send, a refused or clipped action (`ActionEmitter.delivered`)."""
+        self.emitter.delivered(tick, action)
+
     def _mirror(self) -> None:
         """The timeline's and the emitter's counts into `counters`, as totals over every episode."""
         c, t, p = self.counters, self.timeline.counters, self._past

@@ -64,6 +64,9 @@ class ActionSource(Protocol):
 
     def close(self) -> None: ...
 
+    # optional: `delivered(tick, action)` — what the robot really got for the tick's action (None: nothing, the
+    # send failed or the loop's last check refused it; else the array sent, which that check may have clipped)
+
 
 class SyncSource:
     """EdgePolicy.step on the loop thread: one observation in, one action out (none when the policy has no plan
@@ -84,6 +87,9 @@ class SyncSource:
             # is, as with AsyncSource — not the guard's fallback, which is the stop pose before any action was sent
             a = None
         return SourceAction(a, i.gate_reason, i.resampled, i.total_ms, fault=i.fault or "")
+
+    def delivered(self, tick: int, action: np.ndarray | None) -> None:
+        pass  # the synchronous policy keeps no record of what was sent
 
     def close(self) -> None:
         pass
@@ -121,6 +127,9 @@ class AsyncSource:
             fault = fault or "inference fault"
         return SourceAction(action, job.gate_reason if job else "", bool(job and job.resampled),
                             job.total_ms if job else 0.0, fault=fault, news=self._seen != seen)
+
+    def delivered(self, tick: int, action: np.ndarray | None) -> None:
+        self.executor.delivered(tick, action)  # re-anchoring and the slew limit count what the robot really got
 
     def close(self) -> None:
         self.executor.close()
@@ -268,10 +277,12 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     try:
         while (max_ticks is None or rep.ticks < max_ticks) and not (should_stop and should_stop()):
             tick = rep.ticks
+            proposed, delivered = None, None  # the source's action for the tick; what send_action took
             try:
                 obs = robot.get_observation()
                 rep.repeated_frames += frames.count(obs)
                 sa = source.next_action(tick, obs)
+                proposed = sa.action
                 action, why = (None, "") if sa.action is None else vet(sa.action)
                 if sa.action is None:  # nothing ready: the robot holds; neither a fault nor a recovery
                     rep.starved += 1
@@ -288,7 +299,9 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                         rep.clipped += 1
                         log.warning("tick %d: %s", tick, why)
                     pacer.sending()
-                    robot.send_action(interface.action_dict(action.astype(np.float32)))
+                    sent = action.astype(np.float32)
+                    robot.send_action(interface.action_dict(sent))
+                    delivered = sent
                     consecutive, starved_run, sent_any = 0, 0, True
                 if sa.fault:
                     rep.faults += 1
@@ -310,6 +323,8 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 if consecutive >= max_faults:
                     rep.stop_reason = f"{consecutive} consecutive faults ({exc})"
                     break
+            if proposed is not None:
+                _report_delivered(source, tick, delivered)
             if on_tick is not None:
                 on_tick(tick, sa, (time.perf_counter() - pacer.tick_start) * 1e3)
             log.debug("tick %d: gate %s resampled=%s inference %.1f ms", tick, sa.gate_reason, sa.resampled, sa.latency_ms)
@@ -327,6 +342,17 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     if interrupt is not None:  # a second Ctrl-C / SIGTERM during the shutdown: honoured now that it is done
         raise interrupt
     return rep
+
+
+def _report_delivered(source: ActionSource, tick: int, delivered: np.ndarray | None) -> None:
+    """Tell the source what the robot really got (a source without `delivered` keeps no record of it)."""
+    tell = getattr(source, "delivered", None)
+    if tell is None:
+        return
+    try:
+        tell(tick, delivered)
+    except Exception as exc:  # noqa: BLE001 — bookkeeping only: the tick's outcome stands
+        log.warning("tick %d: the source could not record what was sent: %s", tick, exc)
 
 
 class _RepeatedFrames:

@@ -256,6 +256,23 @@ class ActionEmitter:
         self._last_planned = None if planned is None or res.fallback else res.action
         return res.action
 
+    def delivered(self, tick: int, action: np.ndarray | None) -> None:
+        """What the robot really got for `tick`, when it differs from what `emit` returned: None (the send
+        failed or a later check refused it) or the action a later check clipped. Re-anchoring and the slew limit
+        then count the robot's real motion, not the plan's."""
+        if not self._sent or self._sent[-1][0] != tick:
+            return  # nothing was recorded for this tick (`hold_empty`), or it is not the last one emitted
+        if action is None:
+            self._sent.pop()
+            self._last_planned = None  # the robot may not have received it: the slew limit must not start there
+            return
+        got = np.array(action, dtype=self._sent[-1][1].dtype).reshape(self._sent[-1][1].shape)
+        if np.array_equal(got, self._sent[-1][1]):
+            return
+        self._sent[-1] = (tick, got)
+        if self._last_planned is not None:
+            self._last_planned = got
+
     def _valid(self, planned: np.ndarray) -> bool:
         """A finite row inside the bounds: the only kind re-anchoring or the slew limit may change."""
         return bool(np.all(np.isfinite(planned)) and np.all((planned >= self.guard.low) & (planned <= self.guard.high)))

@@ -296,3 +296,44 @@ def test_a_row_just_outside_the_bounds_is_clipped_then_limited(policy, reanchor)
         steps.append(float(np.linalg.norm(sent[-1] - sent[-2])))
         assert np.all(sent[-1] <= high + 1e-6) and np.all(sent[-1] >= low - 1e-6)
     assert steps[1] == pytest.approx(steps[0], rel=1e-3) and steps[0] < float(np.linalg.norm(high - low)) * 0.5
+
+
+@settings(max_examples=30, deadline=None)
+@given(planned=st.integers(2, 4), delay=st.integers(1, 3), lost=st.sets(st.integers(0, 6)), seed=st.integers(0, 999))
+def test_actions_the_robot_never_got_are_not_counted_as_motion(policy, planned, delay, lost, seed):
+    """The old plan moves; some of its sends fail (`delivered(tick, None)`). Re-anchoring then catches up the
+    motion those ticks lost: what the robot really got from the planning tick on adds up to the new chunk's total."""
+    rng = np.random.default_rng(seed)
+    low, high = policy.guard.low, policy.guard.high
+    old = np.full((CHUNK, len(low)), 0.02, np.float32) * (high - low) / 2
+    new = rng.uniform(0.05, 0.2, size=(CHUNK, len(low))).astype(np.float32) * (high - low) / 2 * 0.5
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=True)
+    tl.install(TimedChunk(0, _normalised(policy, old), 0))
+    got = {}
+    for tick in range(planned + delay):
+        a = em.emit(tick)
+        if tick in lost:
+            em.delivered(tick, None)
+        else:
+            got[tick] = a
+    assert tl.install(TimedChunk(planned, _normalised(policy, new), 1))
+    for tick in range(planned + delay, planned + CHUNK):
+        got[tick] = em.emit(tick)
+    total = np.sum([got[t] for t in range(planned, planned + CHUNK) if t in got], axis=0)
+    np.testing.assert_allclose(total, new.sum(axis=0), atol=1e-4)
+
+
+def test_a_clipped_delivery_replaces_the_record_and_an_unknown_tick_is_ignored(policy):
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=True)
+    low, high = policy.guard.low, policy.guard.high
+    tl.install(TimedChunk(0, _normalised(policy, np.full((CHUNK, len(low)), 0.5, np.float32) * high), 0))
+    a = em.emit(0)
+    em.delivered(5, None)  # not the last tick emitted: nothing changes
+    assert em._sent[-1][0] == 0 and np.array_equal(em._sent[-1][1], a)
+    em.delivered(0, a * 0.5)
+    np.testing.assert_allclose(em._sent[-1][1], a * 0.5)
+    np.testing.assert_allclose(em._last_planned, a * 0.5)  # the slew limit starts from what the robot got
+    em.delivered(0, None)
+    assert not em._sent and em._last_planned is None

@@ -362,3 +362,47 @@ def test_nothing_is_sent_while_no_plan_exists(source, failures):
     assert rep.faults == failures and rep.stops_sent == 0 and rep.starved >= failures
     assert robot.sent and not any(np.array_equal(a, rest) for a in robot.sent)
     assert len(robot.sent) == rep.ticks - rep.starved  # a tick either sent its plan's action or nothing
+
+
+class DeliveryRecorder(ScriptedSource):
+    """A scripted source that records what the loop reports the robot really got."""
+
+    def __init__(self, actions):
+        super().__init__(actions)
+        self.reports: dict[int, np.ndarray | None] = {}
+
+    def delivered(self, tick, action):
+        self.reports[tick] = None if action is None else np.array(action)
+
+
+@pytest.mark.parametrize("fail_at", [(), (1,), (0, 2, 3)])
+def test_the_source_learns_what_the_robot_really_got(fail_at):
+    """A failed send reports None, a clipped action the clipped values, a sent one itself; a tick with nothing
+    to send reports nothing, and a source without `delivered` still runs (it keeps no record)."""
+    policy, _, robot, iface = make()
+    b = policy.manifest.action_bounds
+    send = robot.send_action
+
+    def flaky_send(action):
+        if len(calls) in fail_at:
+            calls.append(None)
+            raise ConnectionError("bus write failed")
+        calls.append(action)
+        return send(action)
+    calls: list = []
+    robot.send_action = flaky_send
+    actions = [[0.01, 0.0], [1.0, -1.0], None, [0.02, 0.01], [0.0, 0.03]]
+    src = DeliveryRecorder(actions)
+    run_robot(robot, src, iface, policy.guard.stop_action, fps=500, max_ticks=len(actions), max_faults=10, bounds=b)
+    assert 2 not in src.reports  # nothing to send: nothing to report
+    sends = [t for t in range(len(actions)) if actions[t] is not None]
+    for i, tick in enumerate(sends):
+        got = src.reports[tick]
+        if i in fail_at:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, np.clip(actions[tick], b.low, b.high), rtol=1e-6)
+    plain = make()
+    rep = run_robot(plain[2], ScriptedSource(actions), plain[3], policy.guard.stop_action, fps=500,
+                    max_ticks=len(actions), bounds=b)
+    assert rep.faults == 0 and len(plain[2].sent) == 4  # every action went out
