@@ -187,9 +187,11 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, 
             log.info("tick %d: period %.1f ms, gate %s, resampled %s, inference %.1f ms%s", tick, period_ms,
                      sa.gate_reason or "-", sa.resampled, sa.latency_ms, "" if sa.action is not None else ", no action (held)")
 
+    finished = getattr(robot, "finished", None)  # a robot that ends on its own (sim_reach: its episodes are done)
+    should_stop = finished.is_set if callable(getattr(finished, "is_set", None)) else None
     try:
         rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=fps, max_ticks=args.max_ticks,
-                        max_faults=args.max_faults, on_stop=args.on_stop, on_tick=on_tick,
+                        max_faults=args.max_faults, on_stop=args.on_stop, on_tick=on_tick, should_stop=should_stop,
                         bounds=policy.manifest.action_bounds, max_starved=max_starved)
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM while connecting, or a second one during the safe stop (whose
         # stop/close/disconnect steps still all ran): no report, one line instead of a traceback
@@ -202,5 +204,14 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, 
                       "p95_period_ms": round(rep.p95_period_ms, 1),
                       "starved": rep.starved, "clipped": rep.clipped, "faults": rep.faults, "stop": rep.stop_reason or "end",
                       "stops_sent": rep.stops_sent, "repeated_frames": rep.repeated_frames,
-                      "disconnect": rep.disconnect_error or "ok", "policy": policy.counters.as_dict()}))
+                      "disconnect": rep.disconnect_error or "ok", "policy": policy.counters.as_dict(),
+                      **_episode_summary(robot)}))
     return 0 if not (rep.faults or rep.disconnect_error) else 1
+
+
+def _episode_summary(robot: Any) -> dict[str, Any]:
+    """A robot that keeps episode outcomes (sim_reach): how many ran and succeeded; nothing for a real robot."""
+    outcomes = getattr(robot, "outcomes", None)
+    if not isinstance(outcomes, list):
+        return {}
+    return {"episodes": len(outcomes), "successes": sum(bool(getattr(o, "success", False)) for o in outcomes)}

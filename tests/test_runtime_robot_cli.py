@@ -38,6 +38,18 @@ def test_runtime_robot_on_the_simulated_robot(inference):
     assert "tick 30: period" in out.stderr and "gate" in out.stderr
 
 
+def test_runtime_robot_on_the_simulated_robot_ends_when_its_episodes_are_done():
+    """No --max-ticks: the sim robot's last episode ends the run (it used to run on until Ctrl-C, the frozen
+    scene repeated), and the report counts the episodes and successes."""
+    out = subprocess.run([sys.executable, "-m", "runtime", "robot", "--artifacts", str(robot_artifacts()),
+                          "--robot.type=sim_reach", "--robot.episodes=2", "--fps", "1000", "--log-every", "1000"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rep["episodes"] == 2 and 0 <= rep["successes"] <= 2 and rep["stop"] == "end"
+    assert rep["repeated_frames"] <= 2  # at most the frame after each episode's reset
+
+
 def test_runtime_robot_errors_name_the_problem():
     out = subprocess.run([sys.executable, "-m", "runtime", "robot", "--artifacts", str(robot_artifacts())],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120, check=False)
