@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import signal
+from typing import Any
 
 import numpy as np
 
