@@ -5,9 +5,9 @@ changes that do not matter?
 
 Episodes (`simtask.bench_env`, seed stream `bench`): relevant changes (`jump`, `multi_jump`, `moving`), irrelevant
 ones (`distractor`, `lighting`, `noise`) and a `mixed` suite (one target jump among a distractor jump, a lighting
-shift and a noise burst), each with a deadline sized from the scripted expert's reaction. Every policy runs the
-same seeds. Gates: `always`, the manifest's `gate.default` (as `EdgePolicy(gate="default")` builds it; the headline says
-whether it meets the rule), `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
+shift and a noise burst), with deadlines sized from the scripted expert's reaction (a reach-by deadline per goal
+change, a final one for success). Every policy runs the same seeds. Gates: `always`, the manifest's
+`gate.default` (as `EdgePolicy(gate="default")` builds it; the headline says whether it meets the rule), `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
 and the threshold gates `state`, `pixel`, `drift`, `consistency`, `jump` (per tick) and both since-plan CLS
 gates at once (`any:`), all calibrated by one rule on the same held-out episodes
 (`evaluation.bench_calibration`); the change gates also with a plan-age cap (`<family>+cap:<label>/K` =
@@ -257,6 +257,36 @@ def render_plots(report: dict, out: Path) -> None:
             print(f"warning: {key} plot failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+def rerender(path: Path, plots: bool = True) -> int:
+    """Headline, markdown (and plots) again from `path`; a file that is not a gate_bench.json report is refused
+    in one line naming --rerender (exit status 2) before anything is written."""
+    def refuse(why: str) -> SystemExit:
+        print(f"error: --rerender {path}: {why}", file=sys.stderr)
+        return SystemExit(2)
+
+    try:
+        report = read_json_file(path, "--rerender")
+    except SystemExit as exc:  # its own one-line message; the exit status of the other CLI errors
+        print(exc.code, file=sys.stderr)
+        raise SystemExit(2) from None
+    problem = report_problem(report)
+    if problem:
+        raise refuse(f"not a gate_bench.json report ({problem})")
+    try:
+        report = null_non_finite(report)  # reports written before the strict writer may hold NaN
+        report.setdefault("plots", {})
+        report["headline"] = compute_bench_headline(report["policies"])
+        report["headline_pooled"] = compute_bench_headline(report["policies"], POOLED)
+        markdown(report)  # every key the tables read, before anything is written
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise refuse(f"not a gate_bench.json report ({type(exc).__name__}: {exc})") from None
+    if plots:
+        render_plots(report, path.parent)
+    write_bench_report(path.parent, report)
+    print((path.parent / "gate_bench.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation.gate_bench", description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default="artifacts/onnx")
@@ -288,25 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rerender:
-        path = Path(args.rerender)
-        report = read_json_file(path, "--rerender")
-        problem = report_problem(report)
-        try:
-            if problem:
-                raise ValueError(problem)
-            report = null_non_finite(report)  # reports written before the strict writer may hold NaN
-            report.setdefault("plots", {})
-            report["headline"] = compute_bench_headline(report["policies"])
-            report["headline_pooled"] = compute_bench_headline(report["policies"], POOLED)
-            markdown(report)  # every key the tables read, before anything is written
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise SystemExit(f"error: --rerender {path}: not a gate_bench.json report "
-                             f"({type(exc).__name__}: {exc})") from None
-        if not args.no_plots:
-            render_plots(report, path.parent)
-        write_bench_report(path.parent, report)
-        print((path.parent / "gate_bench.md").read_text())
-        return 0
+        return rerender(Path(args.rerender), plots=not args.no_plots)
     args.caps = sorted(set(args.caps))  # a repeated K would run (and name) the same policy twice
     args.kinds = list(dict.fromkeys(args.kinds))  # likewise a repeated kind (order kept)
     try:

@@ -82,8 +82,12 @@ def test_one_episode_reports_are_strict_json_and_rerender(small, capsys):
 
 @pytest.mark.parametrize("content", ['{"policies": []}', '{"policies": [], "config": {}, "calibration": {}}'])
 def test_rerender_of_a_report_without_its_keys_is_one_line(content, tmp_path, capsys):
+    """One line naming --rerender, exit status 2 (as argparse's), nothing written — not a KeyError traceback."""
     path = tmp_path / "gate_bench.json"
     path.write_text(content)
-    err = _refused(capsys, gate_bench.main, ["--rerender", str(path)], "--rerender")
-    assert "not a gate_bench.json report" in err
+    with pytest.raises(SystemExit) as exc:
+        gate_bench.main(["--rerender", str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: --rerender {path}: not a gate_bench.json report (")
     assert not (tmp_path / "gate_bench.md").exists()
