@@ -77,7 +77,8 @@ def test_one_episode_reports_are_strict_json_and_rerender(small, capsys):
     assert gate_bench.main(["--rerender", str(path)]) == 0  # plots included: they read the null intervals
     again = _strict(path.read_text())
     assert again["policies"][0]["per_kind"]["jump"]["resamples"]["lo"] is None
-    assert f"{len(again['policies'])} policies" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"{len(again['policies'])} policies" in captured.out and "plot failed" not in captured.err
 
 
 @pytest.mark.parametrize("content", ['{"policies": []}', '{"policies": [], "config": {}, "calibration": {}}'])
