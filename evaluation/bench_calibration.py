@@ -29,6 +29,8 @@ LABELS = ("quiet", "irrelevant", "relevant", "moving")
 DEFAULT_QUANTILE = 95.0
 SWEEP_QUANTILES = (80.0, 90.0, 95.0, 98.0, 99.0)
 ABOVE_P99 = 3.0
+MANIFEST_LABEL = "manifest"  # the manifest's own threshold (families it calibrates only)
+SWEEP_LABELS = (*(f"p{p:g}" for p in SWEEP_QUANTILES), f"{ABOVE_P99:g}xp99", MANIFEST_LABEL)  # every sweep label
 
 
 def auroc(negatives: Sequence[float], positives: Sequence[float]) -> float | None:
@@ -106,7 +108,8 @@ def record_distances(make_policy: Callable[[str], Any], env: Any, family: str,
 
 
 def summarize_family(dist: dict[str, list[float]], manifest_default: float | None = None) -> dict:
-    """Quantiles, AUROCs and the threshold sweep of one family."""
+    """Quantiles, AUROCs and the threshold sweep of one family (every label of SWEEP_LABELS; `manifest` only
+    with a `manifest_default`)."""
     quiet = dist["quiet"]
     if not quiet:
         raise ValueError("calibration: no quiet distances recorded (too few calibration episodes?)")
@@ -114,11 +117,10 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
     sweep = [(f"p{p:g}", q[f"p{p:g}"]) for p in SWEEP_QUANTILES]
     sweep.append((f"{ABOVE_P99:g}xp99", ABOVE_P99 * q["p99"]))  # above the quiet band: fires on events only
     if manifest_default is not None:
-        sweep.append(("manifest", float(manifest_default)))
-    uniq: list[tuple[str, float]] = []
-    for name, thr in sorted(sweep, key=lambda s: s[1]):
-        if not any(abs(thr - t) <= 1e-9 * max(1.0, abs(t)) for _, t in uniq):
-            uniq.append((name, thr))
+        sweep.append((MANIFEST_LABEL, float(manifest_default)))
+    # every label is kept, ties included (p80 = p95 on a coarse distribution): a baseline keyed on a label
+    # (`<family>:p95`, `+cap:p95/K`, random matched to p95, --refine names) must always resolve
+    sweep.sort(key=lambda s: s[1])
 
     def mean(xs: list[float]) -> float | None:
         return float(np.mean(xs)) if xs else None
@@ -128,4 +130,15 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
             "default_threshold": q[f"p{DEFAULT_QUANTILE:g}"],
             "auroc_relevant_vs_quiet": auroc(dist["quiet"], dist["relevant"]),
             "auroc_relevant_vs_irrelevant": auroc(dist["irrelevant"], dist["relevant"]),
-            "sweep": uniq}
+            "sweep": sweep}
+
+
+def missing_labels(calibration: dict, labels: Sequence[str], manifest_families: Sequence[str]) -> list[str]:
+    """`family:label` for each requested label a family's sweep lacks (`manifest` only counts for the families
+    in `manifest_families`, the ones the manifest calibrates): their policies would silently not run."""
+    out = []
+    for fam, cal in calibration.items():
+        have = {lb for lb, _ in cal.get("sweep", [])}
+        out += [f"{fam}:{lb}" for lb in dict.fromkeys(labels) if lb not in have
+                and (lb != MANIFEST_LABEL or fam in manifest_families)]
+    return out

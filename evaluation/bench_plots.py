@@ -81,9 +81,30 @@ def _timeline_gates(report: dict) -> list[dict]:
     return out[:4]
 
 
+def timeline_series(ticks: list[dict]) -> tuple[list[dict], bool]:
+    """The distances of one traced episode, one series per gate part ((reason, threshold): an `any:` gate reports
+    the part that fired or came closest). One part: raw distances against its threshold (scaled False); several:
+    distance / the part's own threshold, so every part fires above 1 (scaled True)."""
+    parts: dict[tuple[str, float | None], dict] = {}
+    for t in ticks:
+        if t["distance"] is None:
+            continue
+        s = parts.setdefault((t["reason"], t["threshold"]), {"part": t["reason"], "threshold": t["threshold"],
+                                                             "ticks": [], "values": []})
+        s["ticks"].append(t["tick"])
+        s["values"].append(t["distance"])
+    series = list(parts.values())
+    scaled = len(series) > 1
+    if scaled:
+        for s in series:
+            s["values"] = [v / s["threshold"] if s["threshold"] else v for v in s["values"]]
+    return series, scaled
+
+
 def timeline(report: dict, path: str | Path) -> str | None:
     """Rows: gates; columns: the traced relevant and irrelevant episodes. Distance where the gate checked, its
-    threshold, resamples (gate vs empty queue) and the changes (solid: relevant, dashed: irrelevant)."""
+    threshold (an `any:` gate: distance / threshold per part), resamples (gate vs empty queue) and the changes
+    (solid: relevant, dashed: irrelevant)."""
     plt = _pyplot()
     gates = _timeline_gates(report)
     if plt is None or not gates:
@@ -93,12 +114,15 @@ def timeline(report: dict, path: str | Path) -> str | None:
     for row, r in zip(axes, gates):
         for ax, kind in zip(row, kinds):
             tr = r["traces"][kind]
-            pts = [(t["tick"], t["distance"]) for t in tr["ticks"] if t["distance"] is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], ".-", color="tab:blue", label="gate distance")
-            thr = next((t["threshold"] for t in tr["ticks"] if t["threshold"] is not None), None)
+            series, scaled = timeline_series(tr["ticks"])
+            for s, colour in zip(series, ("tab:blue", "tab:purple", "tab:brown", "tab:gray")):
+                what = f"{s['part']} / {s['threshold']:.3g}" if scaled and s["threshold"] else "gate distance"
+                ax.plot(s["ticks"], s["values"], ".-", color=colour, label=what)
+            thr = 1.0 if scaled else next((s["threshold"] for s in series if s["threshold"] is not None), None)
             if thr is not None:
-                ax.axhline(thr, color="tab:red", linestyle="--", linewidth=1, label=f"threshold {thr:.3g}")
-            top = max([p[1] for p in pts] + [thr or 0.0, 1e-6])
+                ax.axhline(thr, color="tab:red", linestyle="--", linewidth=1,
+                           label="threshold (each part's)" if scaled else f"threshold {thr:.3g}")
+            top = max([v for s in series for v in s["values"]] + [thr or 0.0, 1e-6])
             gated = [t["tick"] for t in tr["ticks"] if t["resampled"] and t["reason"] not in ("queue_empty", "pending")]
             forced = [t["tick"] for t in tr["ticks"] if t["resampled"] and t["reason"] in ("queue_empty", "pending")]
             ax.scatter(gated, [top * 1.1] * len(gated), marker="v", color="tab:green", label="resample (gate)")
@@ -112,7 +136,7 @@ def timeline(report: dict, path: str | Path) -> str | None:
                          fontsize=9)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=6, loc="upper left")
-        row[0].set_ylabel("distance")
+            ax.set_ylabel("distance / threshold" if scaled else "distance")
     for ax in axes[-1]:
         ax.set_xlabel("tick")
     fig.tight_layout()

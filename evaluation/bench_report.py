@@ -5,6 +5,7 @@ vs the pixel gate and vs a fixed interval / the plan-age cap alone, with paired 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,45 @@ CAP_SUFFIX = "+cap"  # `<family>+cap` = the family's gate with a plan-age cap (`
 SIGNIFICANT_P = 0.05
 DEFAULT_FAMILY = "default"  # the manifest's gate.default (evaluation.gate_bench runs it as the policy would)
 POOLED = "all"  # `kind` for the headline over every episode kind at once (280 episodes at 40 per kind)
+
+
+# what --rerender needs of a gate_bench.json (checked up front: one line instead of a KeyError traceback)
+REPORT_KEYS = {"config": dict, "policies": list, "calibration": dict}
+CONFIG_KEYS = ("artifacts", "episodes_per_kind", "kinds", "seed", "slack", "chunk_size", "n_action_steps", "host")
+POLICY_KEYS = ("name", "family", "gate", "label", "refine", "per_kind", "episodes")
+
+
+def report_problem(report: Any) -> str | None:
+    """What makes `report` not a gate_bench.json report (a missing or mistyped key), or None."""
+    if not isinstance(report, dict):
+        return f"expected a JSON object, got {type(report).__name__}"
+    for key, kind in REPORT_KEYS.items():
+        if not isinstance(report.get(key), kind):
+            return f"no {kind.__name__} '{key}'"
+    missing = [k for k in CONFIG_KEYS if k not in report["config"]]
+    if missing:
+        return f"config lacks {', '.join(missing)}"
+    for i, r in enumerate(report["policies"]):
+        lacks = [k for k in POLICY_KEYS if not isinstance(r, dict) or k not in r]
+        if lacks:
+            return f"policies[{i}] lacks {', '.join(lacks)}"
+    return None
+
+
+def null_non_finite(obj: Any) -> Any:
+    """`obj` with every NaN / inf float replaced by None (what the strict writer accepts)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: null_non_finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [null_non_finite(v) for v in obj]
+    return obj
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value to 3 significant digits (0.125, 1.00, 0.00400)."""
+    return "–" if p is None else f"{p:#.3g}"
 
 
 def base_family(family: str) -> str:
@@ -85,7 +125,7 @@ def _verdict_line(what: str, short: str, v: dict) -> str:
             f" the rule: success {v['success']:.3f}, {v['resamples']:.2f} resamples/episode "
             f"({100 * (v['resample_fraction'] or 0):.0f} % of always), {fmt(v['irrelevant'])} on irrelevant "
             f"changes; paired vs always: only {short} {pa['only_this']}, only always {pa['only_other']} "
-            f"(McNemar p = {pa['mcnemar_p']:.2f}).")
+            f"(McNemar p = {fmt_p(pa['mcnemar_p'])}).")
 
 
 def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict:
@@ -170,7 +210,7 @@ def headline_lines(h: dict) -> list[str]:
             lines.append(f"- no pixel gate reaches the CLS gate's success; the best, **{p['name']}**, scores "
                          f"{p['success']:.3f} at {p['resamples']:.2f} resamples/episode → the CLS gate wins on success.")
         lines.append(f"- paired CLS vs that pixel gate: only CLS {pc['only_this']}, only pixel {pc['only_other']} "
-                     f"(McNemar p = {pc['mcnemar_p']:.2f}); pixel gates meeting the rule themselves: "
+                     f"(McNemar p = {fmt_p(pc['mcnemar_p'])}); pixel gates meeting the rule themselves: "
                      f"{', '.join(p['pixel_meets_rule']) or 'none'}.")
     lines += _interval_lines(h)
     return lines
@@ -186,7 +226,7 @@ def _interval_lines(h: dict) -> list[str]:
              f"{'meets' if iv['qualifies'] else 'does not meet'} it: success {iv['success']:.3f}, "
              f"{iv['resamples']:.2f} resamples/episode (the CLS gate: {c['success']:.3f} at {c['resamples']:.2f}, "
              f"{c['resamples'] - iv['resamples']:+.2f}); paired CLS vs it: only CLS {pi['only_this']}, only interval "
-             f"{pi['only_other']} (McNemar p = {pi['mcnemar_p']:.2f}).")]
+             f"{pi['only_other']} (McNemar p = {fmt_p(pi['mcnemar_p'])}).")]
     if cap:
         gain, extra, pc = cap["success_gain"], cap["extra_resamples"], cap["paired"]
         if cap["buys_success"]:
@@ -198,7 +238,7 @@ def _interval_lines(h: dict) -> list[str]:
         lines.append(f"- CLS gate vs the cap alone (`{cap['gate']}`: success {cap['success']:.3f}, "
                      f"{cap['resamples']:.2f} resamples/episode): {verdict}, for {extra:+.2f} resamples/episode "
                      f"(paired: only CLS {pc['only_this']}, only cap {pc['only_other']}, McNemar p = "
-                     f"{pc['mcnemar_p']:.2f}).")
+                     f"{fmt_p(pc['mcnemar_p'])}).")
     return lines
 
 
@@ -207,8 +247,9 @@ def markdown(report: dict) -> str:
     lines = ["# Gate benchmark (closed loop, simtask change suites)", "",
              (f"Artifacts `{cfg['artifacts']}` · {cfg['episodes_per_kind']} episodes per kind (same seeds for every "
              f"policy, base seed {cfg['seed']}) · deadline = scripted expert + {cfg['slack']} ticks · chunk "
-             f"{cfg['chunk_size']} (execute {cfg['n_action_steps']}) · {report.get('elapsed_s', 0) / 60:.1f} min on "
-             f"{cfg['host']}."), "", "## Headline", ""] + headline_lines(report["headline"])
+             f"{cfg['chunk_size']} (execute {cfg['n_action_steps']}) · {len(report['policies'])} policies × "
+             f"{len(cfg['kinds'])} kinds · {report.get('elapsed_s', 0) / 60:.1f} min on {cfg['host']}."), "",
+             "## Headline", ""] + headline_lines(report["headline"])
     if report.get("headline_pooled"):
         lines += ["", "### The same rule over all kinds pooled (more episodes, less selection noise)", ""]
         lines += headline_lines(report["headline_pooled"])
@@ -223,9 +264,10 @@ def markdown(report: dict) -> str:
                      f"{fmt(c['auroc_relevant_vs_quiet'], 3)} | {fmt(c['auroc_relevant_vs_irrelevant'], 3)} |")
     for kind in cfg["kinds"]:
         lines += ["", f"## `{kind}`", "",
-                  ("success (95 % Wilson CI) · resamples/ep and gate-decided resamples blamed on irrelevant changes "
-                  "(mean, 95 % CI) · reaction = ticks from a relevant change to the next resample · recovery = ticks "
-                  "from the last relevant change to success"), "",
+                  ("success (95 % Wilson CI) · resamples/ep and resamples a change-detecting gate (not a clock: "
+                  "interval, always, random) fired within 5 ticks after an irrelevant change (mean, 95 % CI) · "
+                  "reaction = ticks from a relevant change to the next resample · recovery = ticks from the end of "
+                  "the last relevant change to the first tick within the success radius"), "",
                   ("| policy | gate | success | resamples/ep | on irrelevant/ep | reaction | recovery | prefix/ep "
                   "| delta/ep | plan enc/ep | ms/tick |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["policies"]:
@@ -244,5 +286,6 @@ def markdown(report: dict) -> str:
 
 
 def write_bench_report(out: Path, report: dict) -> None:
-    (out / "gate_bench.json").write_text(json.dumps(report, indent=1))
+    """Strict JSON (a NaN or inf raises instead of writing a non-standard token), then the markdown."""
+    (out / "gate_bench.json").write_text(json.dumps(report, indent=1, allow_nan=False))
     (out / "gate_bench.md").write_text(markdown(report))

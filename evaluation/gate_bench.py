@@ -5,9 +5,9 @@ changes that do not matter?
 
 Episodes (`simtask.bench_env`, seed stream `bench`): relevant changes (`jump`, `multi_jump`, `moving`), irrelevant
 ones (`distractor`, `lighting`, `noise`) and a `mixed` suite (one target jump among a distractor jump, a lighting
-shift and a noise burst), each with a deadline sized from the scripted expert's reaction. Every policy runs the
-same seeds. Gates: `always`, the manifest's `gate.default` (as `EdgePolicy(gate="default")` builds it; the headline says
-whether it meets the rule), `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
+shift and a noise burst), with deadlines sized from the scripted expert's reaction (a reach-by deadline per goal
+change, a final one for success). Every policy runs the same seeds. Gates: `always`, the manifest's
+`gate.default` (as `EdgePolicy(gate="default")` builds it; the headline says whether it meets the rule), `interval:k`, `random:p` at the rates the p95 drift and pixel gates fired,
 and the threshold gates `state`, `pixel`, `drift`, `consistency`, `jump` (per tick) and both since-plan CLS
 gates at once (`any:`), all calibrated by one rule on the same held-out episodes
 (`evaluation.bench_calibration`); the change gates also with a plan-age cap (`<family>+cap:<label>/K` =
@@ -26,10 +26,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.bench_calibration import THRESHOLD_FAMILIES, record_distances, summarize_family
-from evaluation.bench_report import DEFAULT_FAMILY, POOLED, compute_bench_headline, write_bench_report
+from evaluation.bench_calibration import (
+    MANIFEST_LABEL,
+    SWEEP_LABELS,
+    THRESHOLD_FAMILIES,
+    missing_labels,
+    record_distances,
+    summarize_family,
+)
+from evaluation.bench_report import (
+    DEFAULT_FAMILY,
+    POOLED,
+    compute_bench_headline,
+    markdown,
+    null_non_finite,
+    report_problem,
+    write_bench_report,
+)
 from evaluation.bench_runner import run_episode, summarize
 from evaluation.cli_args import non_negative_int, output_dir, positive_int, read_json_file
+from runtime.gate import MANIFEST_THRESHOLD_GATES
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
 
@@ -103,8 +119,22 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
         out.append(BenchSpec(ANY_FAMILY, f"any:drift:{d_sweep[label]:.6g},consistency:{c_sweep[label]:.6g}", label))
     out += capped_specs(calibration, caps)
     by_name = {s.name: s for s in out}
-    out += [BenchSpec(s.family, s.spec, s.label, s.param, True) for n in refine if (s := by_name.get(n))]
+    unknown = [n for n in dict.fromkeys(refine) if n not in by_name]
+    if unknown:  # a typo must not silently run nothing
+        raise ValueError(f"--refine: no policy named {', '.join(map(repr, unknown))} among the built ones "
+                         f"({', '.join(by_name)})")
+    out += [BenchSpec(s.family, s.spec, s.label, s.param, True) for n in dict.fromkeys(refine) if (s := by_name[n])]
     return out
+
+
+def _expected_specs(manifest: Any, intervals: Sequence[int], sweep: Sequence[str], refine: Sequence[str],
+                    caps: Sequence[int]) -> list[BenchSpec]:
+    """policy_specs on a stand-in calibration with every label calibration will produce (thresholds aside): checks
+    --refine names before minutes of calibration."""
+    stand_in = {fam: {"sweep": [(lb, 1.0) for lb in SWEEP_LABELS if lb != MANIFEST_LABEL or (
+        (cal := manifest.gate_calibration.get(fam)) is not None and cal.default_threshold is not None)]}
+        for fam in THRESHOLD_FAMILIES}
+    return policy_specs(stand_in, manifest.dims.n_action_steps, intervals, sweep, refine, caps, manifest.default_gate)
 
 
 def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, calibration_episodes: int = 8,
@@ -118,10 +148,10 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
 
     t_start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    kinds = tuple(dict.fromkeys(kinds))  # a repeated kind would run (and pair) the same episodes twice
     if quick:
         episodes, calibration_episodes, intervals, sweep = min(episodes, 2), min(calibration_episodes, 1), (), ("p95",)
-        refine, caps = ("pixel:p95",), tuple(caps)[:1]
+        refine = ("pixel:p95",)
     env = BenchEnv(slack=slack)
     seeds = episode_seeds(seed, episodes * len(kinds), "bench")
     by_kind = {k: seeds[i * episodes:(i + 1) * episodes] for i, k in enumerate(kinds)}
@@ -130,6 +160,15 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
 
     first = EdgePolicy(artifacts, gate="always", backend_options={"intra_op_threads": threads}, seed=seed)
     manifest, backend = first.manifest, first.backend
+    caps = sorted({int(k) for k in caps if k < manifest.dims.n_action_steps})  # K >= chunk never binds: not run
+    if quick:
+        caps = caps[:1]
+    try:
+        _expected_specs(manifest, intervals, sweep, refine, caps)  # bad --refine names: refused before any work
+    except ValueError:
+        backend.close()
+        raise
+    out.mkdir(parents=True, exist_ok=True)
     first.warmup(env.reset(2**31 - 1, kinds[0]), runs=3)
 
     def make_policy(spec: str, with_refine: bool = False) -> EdgePolicy:
@@ -145,6 +184,9 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
                                             cal.default_threshold if cal is not None else None)
     if bar is not None:
         bar.close()
+    missing = missing_labels(calibration, [*sweep, *(CAP_LABELS if caps else ())], MANIFEST_THRESHOLD_GATES)
+    if missing:
+        print(f"warning: no calibrated threshold for {', '.join(missing)}: those policies are not run", file=sys.stderr)
 
     specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, refine, caps,
                          manifest.default_gate)
@@ -189,7 +231,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     report: dict[str, Any] = {
         "config": {"artifacts": str(artifacts), "episodes_per_kind": episodes, "kinds": list(kinds),
                    "calibration_episodes_per_kind": calibration_episodes, "seed": seed, "slack": slack,
-                   "caps": list(caps),
+                   "caps": list(caps),  # the caps actually run (K < n_action_steps)
                    "settle": env.settle, "quick": quick, "threads": threads, "host": platform.node() or "?",
                    "chunk_size": manifest.dims.chunk_size, "n_action_steps": manifest.dims.n_action_steps,
                    "num_steps": manifest.dims.num_steps, "seeds": by_kind, "task": env.config.to_dict()},
@@ -215,24 +257,56 @@ def render_plots(report: dict, out: Path) -> None:
             print(f"warning: {key} plot failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+def rerender(path: Path, plots: bool = True) -> int:
+    """Headline, markdown (and plots) again from `path`; a file that is not a gate_bench.json report is refused
+    in one line naming --rerender (exit status 2) before anything is written."""
+    def refuse(why: str) -> SystemExit:
+        print(f"error: --rerender {path}: {why}", file=sys.stderr)
+        return SystemExit(2)
+
+    try:
+        report = read_json_file(path, "--rerender")
+    except SystemExit as exc:  # its own one-line message; the exit status of the other CLI errors
+        print(exc.code, file=sys.stderr)
+        raise SystemExit(2) from None
+    problem = report_problem(report)
+    if problem:
+        raise refuse(f"not a gate_bench.json report ({problem})")
+    try:
+        report = null_non_finite(report)  # reports written before the strict writer may hold NaN
+        report.setdefault("plots", {})
+        report["headline"] = compute_bench_headline(report["policies"])
+        report["headline_pooled"] = compute_bench_headline(report["policies"], POOLED)
+        markdown(report)  # every key the tables read, before anything is written
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise refuse(f"not a gate_bench.json report ({type(exc).__name__}: {exc})") from None
+    if plots:
+        render_plots(report, path.parent)
+    write_bench_report(path.parent, report)
+    print((path.parent / "gate_bench.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation.gate_bench", description=__doc__.split("\n")[0])
     p.add_argument("--artifacts", default="artifacts/onnx")
     p.add_argument("--out", type=output_dir, default=Path("reports/gate_bench"), help="report folder")
     p.add_argument("--episodes", type=positive_int, default=40, help="episodes per kind and policy")
     p.add_argument("--calibration-episodes", type=positive_int, default=8, help="held-out episodes per kind for calibration")
-    p.add_argument("--kinds", nargs="+", default=list(EPISODE_KINDS), choices=list(EPISODE_KINDS))
+    p.add_argument("--kinds", nargs="+", default=list(EPISODE_KINDS), choices=list(EPISODE_KINDS),
+                   help="episode kinds (a repeated one runs once)")
     p.add_argument("--slack", type=non_negative_int, default=5, help="ticks added to the scripted expert's time for the deadline")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed of the episode streams")
     p.add_argument("--threads", type=non_negative_int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--intervals", type=positive_int, nargs="*", default=[3, 5],
                    help="interval:k gates (the chunk and every --caps K always added)")
     p.add_argument("--caps", type=positive_int, nargs="*", default=list(DEFAULT_CAPS),
                    help="plan-age caps K: drift/consistency/jump/pixel at p95 (and manifest) also run as "
                         "any:<gate>,interval:K")
-    p.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP),
-                   help="calibrated thresholds to run per family (p80 p90 p95 p98 p99 3xp99 manifest)")
-    p.add_argument("--refine", nargs="*", default=list(DEFAULT_REFINE), help="policy names also run with refinement")
+    p.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP), choices=list(SWEEP_LABELS),
+                   help="calibrated thresholds to run per family")
+    p.add_argument("--refine", nargs="*", default=list(DEFAULT_REFINE),
+                   help="names of built policies also run with refinement (e.g. drift:p95, interval:chunk)")
     p.add_argument("--quick", action="store_true", help="CI mode: 2 episodes per kind, a few policies")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -244,20 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rerender:
-        path = Path(args.rerender)
-        report = read_json_file(path, "--rerender")
-        try:
-            report["headline"] = compute_bench_headline(report["policies"])
-            report["headline_pooled"] = compute_bench_headline(report["policies"], POOLED)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SystemExit(f"error: --rerender {path}: not a gate_bench.json report "
-                             f"({type(exc).__name__}: {exc})") from None
-        if not args.no_plots:
-            render_plots(report, path.parent)
-        write_bench_report(path.parent, report)
-        print((path.parent / "gate_bench.md").read_text())
-        return 0
+        return rerender(Path(args.rerender), plots=not args.no_plots)
     args.caps = sorted(set(args.caps))  # a repeated K would run (and name) the same policy twice
+    args.kinds = list(dict.fromkeys(args.kinds))  # likewise a repeated kind (order kept)
     try:
         report = run_gate_bench(args.artifacts, args.out, args.episodes, args.calibration_episodes, args.seed,
                                 args.kinds, args.slack, args.quick, args.threads, args.intervals, args.sweep,

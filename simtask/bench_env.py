@@ -1,12 +1,19 @@
-"""The gate benchmark's episodes: the reach task with scheduled relevant and irrelevant changes and a
-deadline that the scripted expert's reaction sizes.
+"""The gate benchmark's episodes: the reach task with scheduled relevant and irrelevant changes and
+deadlines that the scripted expert's reaction sizes.
 
 Same scenes as ``ReachEnv`` for a seed (``layout.sample_scene``); the changes come from
 ``simtask.events``. Success counts only from the *arm* tick on (the end of the last change, plus
 ``settle`` ticks after an irrelevant one, so the agent must hold the goal through the distraction).
-When the last change starts, the episode's deadline is fixed: the noise-free scripted expert, started
-from the agent's position then and reacting at once, would succeed at tick T; the deadline is
-T + ``slack``. A policy that keeps executing a stale plan for more than a few ticks misses it.
+Two kinds of deadline, each = the tick the noise-free scripted expert (taking over from the agent's
+position then, reacting at once) would reach T, plus ``slack``:
+
+- *reach*: when a relevant change (goal jump or move) starts, the agent must come within the success radius
+  of the goal by T + slack (arm rule ignored), unless a later relevant change starts first (its own deadline
+  then governs). Missing it ends the episode as a failure then: a late reaction to a goal jump costs the
+  episode even when irrelevant changes follow it.
+- *final*: when the last change starts, success (arm rule included) must come by T + slack.
+
+Where a jump is the only change the two coincide (the single deadline of before).
 """
 
 from __future__ import annotations
@@ -63,8 +70,11 @@ class BenchEnv:
         self._s = _State(scene.target_positions.copy(), scene.agent_start.copy())
         self.arm_tick = max(c.end + (0 if c.relevant else self.settle) for c in self.schedule)
         self.last_start = max(c.tick for c in self.schedule)
-        self.deadline: int | None = None
+        self.deadline: int | None = None  # the final deadline, set when the last change starts
         self.expert_ticks: int | None = None
+        self.reach_deadlines: list[dict[str, Any]] = []  # one per relevant change, in the order they start
+        self._pending: dict[str, Any] | None = None  # the reach deadline that governs now (not yet reached)
+        self.failed_deadline: dict[str, Any] | None = None
         self.success = self.done = False
         return self._observe()
 
@@ -73,15 +83,30 @@ class BenchEnv:
         if self.done:
             raise RuntimeError("BenchEnv.step: the episode is over; call reset()")
         started = self._advance(s, clip_action(action, self.config.max_step))
+        for c in started:
+            if c.relevant:  # supersedes any earlier relevant change's pending deadline
+                reach = self._expert_success_tick(s, armed=False)
+                self._pending = {"change": self.schedule.index(c), "type": c.type, "tick": s.t,
+                                 "deadline": reach + self.slack, "reached": None}
+                self.reach_deadlines.append(self._pending)
         if s.t == self.last_start:
             self.expert_ticks = self._expert_success_tick(s) - s.t
             self.deadline = s.t + self.expert_ticks + self.slack
         distance = float(np.linalg.norm(s.agent - s.positions[self.goal_index]))
-        self.success = s.t >= self.arm_tick and distance <= self.config.success_radius
+        within = distance <= self.config.success_radius
+        if self._pending is not None and within:
+            self._pending["reached"], self._pending = s.t, None
+        self.success = s.t >= self.arm_tick and within
         limit = self.deadline if self.deadline is not None else self.last_start + 200
-        self.done = self.success or s.t >= limit
+        if not self.success and self._pending is not None and s.t >= self._pending["deadline"]:
+            self.failed_deadline = {"rule": "reach", **{k: v for k, v in self._pending.items() if k != "reached"}}
+        elif not self.success and s.t >= limit:
+            self.failed_deadline = {"rule": "final", "deadline": limit}
+        self.done = self.success or self.failed_deadline is not None
         info = {"t": s.t, "success": self.success, "started": [c.type for c in started],
-                "relevant_now": any(c.relevant for c in started), "distance": distance, "deadline": self.deadline}
+                "relevant_now": any(c.relevant for c in started), "distance": distance, "within": within,
+                "deadline": self.deadline, "reach_deadline": self._pending and self._pending["deadline"],
+                "failed_deadline": self.failed_deadline}
         return self._observe(), self.done, info
 
     # ----------------------------------------------------------------- dynamics
@@ -158,11 +183,12 @@ class BenchEnv:
             best = max(best, (moved, path), key=lambda b: b[0])
         return best[1] or path  # no direction kept clear of the other discs: the last one tried
 
-    def _expert_success_tick(self, s: _State) -> int:
-        """Tick at which the noise-free expert, taking over now, would succeed (on a copy of the state)."""
+    def _expert_success_tick(self, s: _State, armed: bool = True) -> int:
+        """Tick at which the noise-free expert, taking over now, would succeed (on a copy of the state); with
+        ``armed`` False, the first tick it is within the success radius (the reach deadlines' rule)."""
         sim = copy.deepcopy(s)
         for _ in range(500):
-            if sim.t >= self.arm_tick and np.linalg.norm(sim.agent - sim.positions[self.goal_index]) <= \
+            if (sim.t >= self.arm_tick or not armed) and np.linalg.norm(sim.agent - sim.positions[self.goal_index]) <= \
                     self.config.success_radius:
                 return sim.t
             self._advance(sim, expert_action(sim.positions[self.goal_index], sim.agent, self.config.max_step))

@@ -125,3 +125,56 @@ def test_scenes_match_reach_env_and_seed_streams_stay_apart():
     assert not bench & (set(episode_seeds(0, 50, "train")) | set(episode_seeds(0, 50, "eval")))
     with pytest.raises(ValueError, match="slack"):
         BenchEnv(slack=-1)
+
+
+def _lagged_run(env: BenchEnv, seed: int, kind: str, lag: int) -> dict:
+    """The noise-free scripted expert that sees the goal `lag` ticks late; the last step's info."""
+    env.reset(seed, kind)
+    seen, done, info = [env.goal_position], False, {}
+    while not done:
+        _, done, info = env.step(expert_action(seen[max(0, len(seen) - 1 - lag)], env.agent_position, MAX_STEP))
+        seen.append(env.goal_position)
+    return info
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, late=st.integers(3, 8))
+def test_a_late_reaction_to_the_jump_fails_mixed_whether_or_not_the_jump_is_last(seed, late):
+    """Every relevant change has its own reach-by deadline: reacting `slack + late` ticks late to a goal jump
+    fails even when irrelevant changes follow it (before: the deadline was recomputed at the last change, from
+    the late agent's own position, so lateness cost nothing)."""
+    env = BenchEnv()
+    info = _lagged_run(env, seed, "mixed", env.slack + late)
+    jump = next(i for i, c in enumerate(env.schedule) if c.relevant)
+    assert not env.success
+    assert info["failed_deadline"]["rule"] == "reach" and info["failed_deadline"]["change"] == jump
+    assert env.t == info["failed_deadline"]["deadline"] == env.reach_deadlines[0]["deadline"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, kind=st.sampled_from(EPISODE_KINDS))
+def test_reacting_at_once_meets_every_reach_deadline(seed, kind):
+    env = BenchEnv()
+    info = _lagged_run(env, seed, kind, 0)
+    assert env.success and info["failed_deadline"] is None
+    relevant = [i for i, c in enumerate(env.schedule) if c.relevant]
+    assert [d["change"] for d in env.reach_deadlines] == relevant
+    for d, after in zip(env.reach_deadlines, env.reach_deadlines[1:] + [None]):
+        if d["reached"] is None:  # only a later relevant change starting first may take its place
+            assert after is not None and after["tick"] <= d["deadline"]
+        else:
+            assert d["tick"] <= d["reached"] <= d["deadline"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, lag=st.integers(0, 14))
+def test_a_lone_jump_keeps_the_one_deadline_of_before(seed, lag):
+    """Where the jump is the only change its reach deadline is the episode's deadline: the episode ends at the
+    first armed tick within the radius or at the deadline, as before."""
+    env = BenchEnv()
+    info = _lagged_run(env, seed, "jump", lag)
+    (reach,) = env.reach_deadlines
+    assert reach["deadline"] == env.deadline == env.last_start + env.expert_ticks + env.slack
+    assert env.success == (info["distance"] <= env.config.success_radius and env.t >= env.arm_tick)
+    assert env.success or env.t == env.deadline
+    assert (info["failed_deadline"] is None) == env.success

@@ -272,3 +272,65 @@ def test_pooled_headline_pairs_episodes_by_kind_and_seed():
     assert h["cls"]["success"] == 0.75 and not h["cls"]["qualifies"]
     assert (h["interval"]["paired_cls"]["only_this"], h["interval"]["paired_cls"]["only_other"]) == (20, 20)
     assert "all kinds pooled" in "\n".join(headline_lines(h))
+
+
+@settings(max_examples=30, deadline=None)
+@given(tied=st.integers(96, 100), tail=st.lists(st.floats(1.5, 9.0), max_size=4), manifest=st.sampled_from([None, 1.0]))
+def test_tied_quantiles_keep_every_label(tied, tail, manifest):
+    """p80 = p90 = p95 (a coarse quiet distribution) must still leave p95 and everything keyed on it: the
+    family's p95 gate, its capped copy, the default +refine, the random gate matched to it."""
+    from evaluation.bench_calibration import SWEEP_LABELS, missing_labels
+
+    quiet = [1.0] * tied + tail
+    cal = {f: summarize_family({"quiet": quiet, "irrelevant": [2.0], "relevant": [3.0], "moving": []},
+                               manifest if f == "drift" else None)
+           for f in ("drift", "consistency", "jump", "pixel", "state")}
+    for fam, c in cal.items():
+        labels = [lb for lb, _ in c["sweep"]]
+        assert sorted(labels) == sorted(lb for lb in SWEEP_LABELS if lb != "manifest" or (fam == "drift" and manifest))
+        assert dict(c["sweep"])["p95"] == c["default_threshold"]
+    names = {s.name for s in policy_specs(cal, 10, (3,), ("p80", "p95"), ("pixel:p95", "drift:p95"), (6,))}
+    assert {"pixel:p80", "pixel:p95", "pixel:p95+refine", "drift:p95+refine", "pixel+cap:p95/6",
+            "drift+consistency:p95"} <= names
+    assert missing_labels(cal, ["p95", "manifest"], ("drift", "consistency", "jump")) == \
+        [f"{f}:manifest" for f in ("drift", "consistency", "jump") if f != "drift" or manifest is None]
+
+
+def test_policy_specs_refuse_an_unknown_refine_name():
+    cal = {"drift": {"sweep": [("p95", 0.7)]}}
+    with pytest.raises(ValueError, match=r"--refine: no policy named 'drift:p99'"):
+        policy_specs(cal, 10, (), ("p95",), ("drift:p95", "drift:p99"), ())
+
+
+def test_p_values_have_three_significant_digits():
+    """0/4 discordant pairs: exact p = 0.125 (it printed as 0.13)."""
+    h = compute_bench_headline([_res("always", "always", 1.0, 30), _res("drift:p95", "drift", 0.9, 5)])
+    assert h["cls"]["paired_always"]["mcnemar_p"] == pytest.approx(0.125)
+    text = "\n".join(headline_lines(h))
+    assert "p = 0.125" in text and "p = 0.13" not in text
+    from evaluation.bench_report import fmt_p
+
+    assert [fmt_p(p) for p in (1.0, 0.004, 0.125, 0.5)] == ["1.00", "0.00400", "0.125", "0.500"]
+
+
+def test_the_report_states_its_policy_count(quick):
+    report, out = quick
+    assert f"· {len(report['policies'])} policies × {len(KINDS)} kinds ·" in (out / "gate_bench.md").read_text()
+
+
+def test_timeline_of_an_any_gate_keeps_each_parts_threshold():
+    """`any:drift:0.5,consistency:1.2`: each tick's distance comes from one part; one threshold line would
+    misplace half of them. Several parts → distance / own threshold (fires above 1), one series per part."""
+    from evaluation.bench_plots import timeline_series
+
+    ticks = [{"tick": 0, "distance": None, "threshold": None, "reason": "queue_empty"},
+             {"tick": 1, "distance": 0.25, "threshold": 0.5, "reason": "drift"},
+             {"tick": 2, "distance": 0.6, "threshold": 1.2, "reason": "consistency"},
+             {"tick": 3, "distance": 1.0, "threshold": 0.5, "reason": "drift"}]
+    series, scaled = timeline_series(ticks)
+    assert scaled and {(s["part"], s["threshold"]) for s in series} == {("drift", 0.5), ("consistency", 1.2)}
+    by = {s["part"]: s for s in series}
+    assert by["drift"]["ticks"] == [1, 3] and by["drift"]["values"] == [0.5, 2.0]
+    assert by["consistency"]["values"] == [0.5]
+    one, scaled = timeline_series([t for t in ticks if t["reason"] != "consistency"])
+    assert not scaled and one[0]["values"] == [0.25, 1.0] and one[0]["threshold"] == 0.5  # one part: raw distance
