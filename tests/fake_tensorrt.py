@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 OUTPUT_VALUE = 0.5
+TIMING_CACHE_BLOB = b"cache"  # what a fake timing cache serialises to (and reads back)
 REFUSED_INPUT_SHAPES: set[str] = set()  # inputs whose set_input_shape returns False whatever the shape
 
 _BUILDER_FLAGS_10 = ["FP16", "BF16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32",
@@ -142,11 +143,11 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
 
     class TimingCache:
         def serialize(self) -> bytes:
-            return b"cache"
+            return TIMING_CACHE_BLOB
 
     class Config:
         def __init__(self) -> None:
-            self.flags: set[Any] = set()
+            self.flags: set[Any] = {trt.BuilderFlag.TF32}  # on by default (NvInfer.h, BuilderFlag::kTF32)
             self.pools: dict[Any, int] = {}
             self.builder_optimization_level = 3
             self.progress_monitor: Any = None
@@ -163,10 +164,13 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
             assert isinstance(flag, trt.BuilderFlag), flag
             self.flags.discard(flag)
 
-        def create_timing_cache(self, blob: bytes) -> TimingCache:
-            return TimingCache()
+        def create_timing_cache(self, blob: bytes) -> TimingCache | None:
+            # a blob TensorRT cannot read (corrupt, another version's format) gives nullptr: None in Python
+            return TimingCache() if blob in (b"", TIMING_CACHE_BLOB) else None
 
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            if not isinstance(cache, TimingCache):  # pybind11 refuses None for a reference parameter
+                raise TypeError("set_timing_cache(): incompatible function arguments")
             return True
 
         def add_optimization_profile(self, profile: Profile) -> int:

@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from export.trt.engine_plan import (
     GRAPHS,
@@ -31,6 +34,7 @@ from export.trt.engine_plan import (
 from export.trt.engine_precision import (
     PrecisionError,
     check_strongly_typed_dtypes,
+    fp32_nodes,
     must_stay_fp32,
     plan_precision,
 )
@@ -93,23 +97,25 @@ def make_artifacts(folder: Path, dynamic: bool = False) -> Path:
 # ------------------------------------------------------------------ precision mapping
 
 
-def test_strongly_typed_sets_no_precision_flags() -> None:
-    for precision in ("fp16", "bf16"):
+def test_strongly_typed_sets_no_precision_flags_and_clears_tf32() -> None:
+    """TF32 is on by default in TensorRT: cleared for every precision, so the lowering's fp32 sections stay IEEE fp32,
+    and the trtexec line says so (`--noTF32`), else it reproduces a TF32 engine."""
+    for precision in ("fp32", "fp16", "bf16"):
         plan = plan_precision(precision, True, (8, 7), 10)
         assert plan.network_flags == ("STRONGLY_TYPED",)
         assert plan.builder_flags == () and not plan.pin_norms_fp32
-        assert plan.trtexec_flags == ("--stronglyTyped",)
-    fp32 = plan_precision("fp32", True, (8, 7), 10)
-    assert fp32.cleared_builder_flags == ("TF32",)
+        assert plan.cleared_builder_flags == ("TF32",)
+        assert plan.trtexec_flags == ("--stronglyTyped", "--noTF32")
 
 
 def test_weakly_typed_reduced_precision_pins_norms() -> None:
     fp16 = plan_precision("fp16", False, (8, 7), 10)
     assert fp16.network_flags == ()
     assert fp16.builder_flags == ("FP16", "OBEY_PRECISION_CONSTRAINTS") and fp16.pin_norms_fp32
-    assert fp16.trtexec_flags == ("--fp16", "--precisionConstraints=obey")
+    assert fp16.cleared_builder_flags == ("TF32",)  # the pinned fp32 layers must not run in TF32 either
+    assert fp16.trtexec_flags == ("--fp16", "--noTF32", "--precisionConstraints=obey")
     bf16 = plan_precision("bf16", False, (8, 0), 10)
-    assert bf16.builder_flags == ("BF16", "OBEY_PRECISION_CONSTRAINTS")
+    assert bf16.builder_flags == ("BF16", "OBEY_PRECISION_CONSTRAINTS") and bf16.cleared_builder_flags == ("TF32",)
     fp32 = plan_precision("fp32", False, (7, 5), 10)
     assert fp32.builder_flags == () and fp32.cleared_builder_flags == ("TF32",)
     assert fp32.trtexec_flags == ("--noTF32",)
@@ -128,19 +134,64 @@ def test_bf16_needs_ampere_and_weak_typing_needs_trt10() -> None:
         plan_precision("fp16", True, (5, 0), 10)
 
 
+def _dynamo_norm() -> onnx.ModelProto:
+    """A decomposed RMSNorm + softmax as the dynamo exporter writes them: generic node names (`node_pow_1`), the
+    torch module only in the node metadata; the projection after it is an ordinary fp16 candidate."""
+    def node(op: str, ins: list[str], out: str, name: str, scope: str, **attrs: object) -> onnx.NodeProto:
+        n = helper.make_node(op, ins, [out], name=name, **attrs)
+        helper.set_metadata_props(n, {"pkg.torch.onnx.name_scopes": repr(["", scope, name.removeprefix("node_")])})
+        return n
+
+    ln = "model.delta_expert.layers.0.input_layernorm"
+    nodes = [node("Pow", ["x", "two"], "sq", "node_pow_1", ln),
+             node("ReduceMean", ["sq"], "ms", "node_mean", ln, axes=[-1]),
+             node("Add", ["ms", "eps"], "mse", "node_add_2", ln),
+             node("Sqrt", ["mse"], "rms", "node_Sqrt_177", ln),
+             node("Reciprocal", ["rms"], "inv", "node_rsqrt", ln),
+             node("Mul", ["x", "inv"], "xn", "node_mul_5", ln),
+             node("MatMul", ["xn", "w"], "q", "node_linear", "model.delta_expert.layers.0.self_attn.q_proj"),
+             node("Softmax", ["q"], "p", "node_Softmax_205", "model.delta_expert.layers.0.self_attn"),
+             helper.make_node("Mul", ["p", "two"], ["y"])]  # unnamed: TensorRT calls its layer node_of_y
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+             numpy_helper.from_array(np.ones((4, 4), np.float32), "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @pytest.mark.parametrize(
     ("layer_type", "name", "pinned"),
     [
-        ("SOFTMAX", "/attn/Softmax", True),
-        ("NORMALIZATION", "/ln", True),
-        ("REDUCE", "/model/layers.0/input_layernorm/ReduceMean", True),
-        ("ELEMENTWISE", "/model/norm/Pow", True),
-        ("MATRIX_MULTIPLY", "/model/layers.0/self_attn/q_proj/MatMul", False),
-        ("ELEMENTWISE", "/model/layers.0/mlp/Mul", False),
+        ("SOFTMAX", "anything", True),
+        ("NORMALIZATION", "anything", True),
+        ("ELEMENTWISE", "node_pow_1", True),  # the RMSNorm's square: overflows fp16 past |x| = 256
+        ("REDUCE", "node_mean", True),
+        ("ELEMENTWISE", "node_add_2", True),  # + eps, inside the norm module (its scope)
+        ("UNARY", "node_rsqrt", True),
+        ("SHUFFLE", "node_pow_1_2817", True),  # a helper layer of node_pow_1, uniquified by the parser
+        ("ELEMENTWISE", "node_mul_5", True),
+        ("MATRIX_MULTIPLY", "node_linear", False),
+        ("SHUFFLE", "node_linear_12", False),
+        ("ELEMENTWISE", "node_of_y", False),
+        ("SHUFFLE", "ONNXTRT_ShapeShuffle_3", False),
     ],
 )
-def test_fp32_pinning_rule(layer_type: str, name: str, pinned: bool) -> None:
-    assert must_stay_fp32(layer_type, name) is pinned
+def test_fp32_pinning_rule_on_dynamo_names(layer_type: str, name: str, pinned: bool) -> None:
+    """Layers are named after their ONNX node (onnx-tensorrt registerLayer); a dynamo export's node names carry no
+    module path, so what stays fp32 comes from the graph: op type and torch scope, matched back by node name."""
+    assert must_stay_fp32(layer_type, name, fp32_nodes(_dynamo_norm())) is pinned
+
+
+def test_fp32_nodes_keep_torchscript_style_names() -> None:
+    """An export without scope metadata still pins by the module path in the node name (`/model/norm/...`)."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"], name="/model/layers.0/input_layernorm/Mul"),
+             helper.make_node("Mul", ["a", "x"], ["y"], name="/model/layers.0/mlp/Mul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    pins = fp32_nodes(helper.make_model(graph))
+    assert must_stay_fp32("ELEMENTWISE", "/model/layers.0/input_layernorm/Mul", pins)
+    assert not must_stay_fp32("ELEMENTWISE", "/model/layers.0/mlp/Mul", pins)
 
 
 def test_strongly_typed_build_needs_matching_onnx_dtypes() -> None:
@@ -259,7 +310,7 @@ def test_trtexec_command_dynamic_weakly_typed(tmp_path: Path) -> None:
     job = plan_jobs(art, tmp_path / "e", ("prefix",), json.loads((art / "manifest.json").read_text()), options)[0]
     plan = plan_precision("fp16", False, (8, 7), 10)
     line = trtexec_command(job, options, plan.trtexec_flags, ("/ln/ReduceMean", "/attn/Softmax"))
-    assert "--fp16 --precisionConstraints=obey" in line
+    assert "--fp16 --noTF32 --precisionConstraints=obey" in line
     assert "--layerPrecisions=/ln/ReduceMean:fp32,/attn/Softmax:fp32" in line
     assert "--minShapes=lang_tokens:1x8,lang_mask:1x8" in line
     assert "--optShapes=lang_tokens:1x16,lang_mask:1x16" in line

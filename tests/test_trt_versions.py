@@ -17,7 +17,7 @@ from runtime.backend import Backend
 from runtime.backend_tensorrt import TensorRTBackend
 from tests.fake_artifacts import build_fake_artifacts
 from tests.fake_cuda import install_cuda
-from tests.fake_tensorrt import OUTPUT_VALUE, SURFACES, make_tensorrt
+from tests.fake_tensorrt import OUTPUT_VALUE, SURFACES, TIMING_CACHE_BLOB, make_tensorrt
 
 VERSIONS = tuple(SURFACES)
 
@@ -58,7 +58,7 @@ def test_strongly_typed_build_on_every_version(monkeypatch: pytest.MonkeyPatch, 
     for g in GRAPHS:
         assert (tmp_path / f"{g}.plan").is_file() and (tmp_path / f"{g}.fingerprint.json").is_file()
     config = trt.Builder.last_config
-    assert config.flags == set()  # strongly typed: no precision flag set; fp32 clears TF32
+    assert config.flags == set()  # strongly typed: no precision flag set, and TF32 (on by default) cleared
     assert config.pools == {trt.MemoryPoolType.WORKSPACE: 4 << 30}
 
 
@@ -74,6 +74,19 @@ def test_weak_typing_pins_norms_on_10x_and_is_refused_on_11(monkeypatch: pytest.
     assert _build(folders, tmp_path / "11", "weak", "--weakly-typed") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TensorRT 11" in err[0]
+
+
+def test_unreadable_timing_cache_starts_a_new_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   folders: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrupt or other-version timing.cache makes create_timing_cache return None: warn and start afresh
+    (set_timing_cache(None) would raise TypeError)."""
+    _install(monkeypatch, "10.13")
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "timing.cache").write_bytes(b"\x00 not a timing cache")
+    assert _build(folders, tmp_path, "fp32", "--graphs", "prefix") == 0
+    err = capsys.readouterr().err
+    assert f"timing cache {tmp_path / 'timing.cache'}" in err and "starting a new one" in err
+    assert (tmp_path / "timing.cache").read_bytes() == TIMING_CACHE_BLOB
 
 
 @pytest.mark.parametrize("surface", VERSIONS)

@@ -23,7 +23,14 @@ from export.trt.engine_plan import (
     tensorrt_major,
     trtexec_command,
 )
-from export.trt.engine_precision import PrecisionPlan, check_strongly_typed_dtypes, must_stay_fp32, plan_precision
+from export.trt.engine_precision import (
+    Fp32Nodes,
+    PrecisionPlan,
+    check_strongly_typed_dtypes,
+    load_fp32_nodes,
+    must_stay_fp32,
+    plan_precision,
+)
 from runtime.cuda_memory import DeviceInfo
 from runtime.fingerprint import EngineFingerprint
 from runtime.graph_io import GraphIOError, check_graph_io
@@ -132,14 +139,14 @@ def _network_dtypes(network: trt.INetworkDefinition) -> set[str]:
     return seen
 
 
-def _pin_fp32(network: trt.INetworkDefinition) -> tuple[str, ...]:
+def _pin_fp32(network: trt.INetworkDefinition, fp32: Fp32Nodes) -> tuple[str, ...]:
     """Weakly typed fp16/bf16: constrain softmax / norm layers (and their fp32 outputs) to fp32."""
     import tensorrt as trt
 
     pinned = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if not must_stay_fp32(layer.type.name, layer.name):
+        if not must_stay_fp32(layer.type.name, layer.name, fp32):
             continue
         outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype == trt.DataType.FLOAT]
         if not outputs:  # shape / index / bool layers: nothing to keep in fp32
@@ -194,8 +201,8 @@ def build_engine(
     pinned: tuple[str, ...] = ()
     if plan.strongly_typed:
         check_strongly_typed_dtypes(options.precision, job.graph, _network_dtypes(network))
-    elif plan.pin_norms_fp32:
-        pinned = _pin_fp32(network)
+    elif plan.pin_norms_fp32:  # layers carry their ONNX node's name; which nodes are norms, the graph says
+        pinned = _pin_fp32(network, load_fp32_nodes(job.onnx_path))
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
@@ -214,6 +221,9 @@ def build_engine(
     if timing_cache_path is not None:
         blob = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
         cache = config.create_timing_cache(blob)
+        if cache is None:  # a blob TensorRT cannot read (corrupt, another version's format): nullptr
+            print(f"{job.graph}: timing cache {timing_cache_path} is unreadable; starting a new one", file=sys.stderr)
+            cache = config.create_timing_cache(b"")
         if not config.set_timing_cache(cache, False):  # False: refuse a cache from another GPU
             print(
                 f"{job.graph}: timing cache {timing_cache_path} does not fit this GPU; starting a new one",
