@@ -312,6 +312,7 @@ def test_trtexec_command_dynamic_weakly_typed(tmp_path: Path) -> None:
     line = trtexec_command(job, options, plan.trtexec_flags, ("/ln/ReduceMean", "/attn/Softmax"))
     assert "--fp16 --noTF32 --precisionConstraints=obey" in line
     assert "--layerPrecisions=/ln/ReduceMean:fp32,/attn/Softmax:fp32" in line
+    assert "--layerOutputTypes=/ln/ReduceMean:fp32,/attn/Softmax:fp32" in line  # outputs pinned as in the build
     assert "--minShapes=lang_tokens:1x8,lang_mask:1x8" in line
     assert "--optShapes=lang_tokens:1x16,lang_mask:1x16" in line
     assert "--maxShapes=lang_tokens:1x48,lang_mask:1x48" in line

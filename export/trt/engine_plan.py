@@ -292,7 +292,8 @@ def trtexec_command(
     """The trtexec line that builds the same engine (and benchmarks it with CUDA graphs), for the record."""
     args = ["trtexec", f"--onnx={job.onnx_path}", f"--saveEngine={job.plan_path}", *precision_flags]
     if fp32_layers:
-        args.append("--layerPrecisions=" + ",".join(f"{name}:fp32" for name in fp32_layers))
+        pins = ",".join(f"{name}:fp32" for name in fp32_layers)
+        args += [f"--layerPrecisions={pins}", f"--layerOutputTypes={pins}"]  # the build sets both (engine_build)
     args.append(f"--memPoolSize=workspace:{round(options.workspace_bytes / (1 << 20))}M")
     args.append(f"--builderOptimizationLevel={options.opt_level}")
     if timing_cache is not None:
