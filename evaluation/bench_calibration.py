@@ -17,12 +17,14 @@ CLS thresholds are added to the sweep as `manifest`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-NEVER = 1e9  # a threshold no distance reaches (cosine <= 2; mean |Δ| <= 255; state is in the unit square)
+from runtime.gate import MANIFEST_THRESHOLD_GATES, MAX_COSINE_DISTANCE, observing_gate
+
 THRESHOLD_FAMILIES = ("drift", "consistency", "jump", "pixel", "state")
 PER_TICK_FAMILIES = ("jump",)  # families whose distance compares consecutive ticks, not now vs the plan
 LABELS = ("quiet", "irrelevant", "relevant", "moving")
@@ -76,12 +78,12 @@ def step_label(prev_tick: int, tick: int, changes: Sequence[Any]) -> str:
     return "moving" if any(c.relevant and c.end > prev_tick for c in lasting) else "quiet"
 
 
-def record_distances(make_policy: Callable[[str], Any], env: Any, family: str,
+def record_distances(make_policy: Callable[[Any], Any], env: Any, family: str,
                      episodes: Sequence[tuple[int, str]], bar: Any = None) -> dict[str, list[float]]:
     """Distances of `family`'s gate per label over `episodes` ((seed, kind) pairs), never firing. Since-plan
     families are labelled by `label`, per-tick ones (`PER_TICK_FAMILIES`) by `step_label` against the previous
     tick on which the prefix ran."""
-    policy = make_policy(f"{family}:{NEVER:g}")
+    policy = make_policy(observing_gate(family))  # checks, reports its distance, never fires
     per_tick = family in PER_TICK_FAMILIES
     out: dict[str, list[float]] = {k: [] for k in LABELS}
     for seed, kind in episodes:
@@ -105,8 +107,10 @@ def record_distances(make_policy: Callable[[str], Any], env: Any, family: str,
     return out
 
 
-def summarize_family(dist: dict[str, list[float]], manifest_default: float | None = None) -> dict:
-    """Quantiles, AUROCs and the threshold sweep of one family."""
+def summarize_family(dist: dict[str, list[float]], manifest_default: float | None = None,
+                     family: str | None = None) -> dict:
+    """Quantiles, AUROCs and the threshold sweep of one family. A cosine family's (drift, consistency, jump)
+    sweep leaves out thresholds from 2 on: no distance exceeds them, and `make_gate` refuses such a spec."""
     quiet = dist["quiet"]
     if not quiet:
         raise ValueError("calibration: no quiet distances recorded (too few calibration episodes?)")
@@ -116,8 +120,9 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
     if manifest_default is not None:
         sweep.append(("manifest", float(manifest_default)))
     uniq: list[tuple[str, float]] = []
+    upper = MAX_COSINE_DISTANCE if family in MANIFEST_THRESHOLD_GATES else math.inf
     for name, thr in sorted(sweep, key=lambda s: s[1]):
-        if not any(abs(thr - t) <= 1e-9 * max(1.0, abs(t)) for _, t in uniq):
+        if thr < upper and not any(abs(thr - t) <= 1e-9 * max(1.0, abs(t)) for _, t in uniq):
             uniq.append((name, thr))
 
     def mean(xs: list[float]) -> float | None:

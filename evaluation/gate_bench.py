@@ -30,6 +30,7 @@ from evaluation.bench_calibration import THRESHOLD_FAMILIES, record_distances, s
 from evaluation.bench_report import DEFAULT_FAMILY, POOLED, compute_bench_headline, write_bench_report
 from evaluation.bench_runner import run_episode, summarize
 from evaluation.cli_args import non_negative_int, output_dir, positive_int, read_json_file
+from runtime.gate import Gate
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
 
@@ -132,7 +133,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     manifest, backend = first.manifest, first.backend
     first.warmup(env.reset(2**31 - 1, kinds[0]), runs=3)
 
-    def make_policy(spec: str, with_refine: bool = False) -> EdgePolicy:
+    def make_policy(spec: str | Gate, with_refine: bool = False) -> EdgePolicy:
         return EdgePolicy(artifacts, backend=backend, gate=spec, refine=with_refine, seed=seed, verify_hashes=False)
 
     bar = _bar(len(THRESHOLD_FAMILIES) * len(cal_eps), progress)
@@ -142,7 +143,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     for fam in THRESHOLD_FAMILIES:
         cal = manifest.gate_calibration.get(fam)
         calibration[fam] = summarize_family(record_distances(make_policy, env, fam, cal_eps, bar),
-                                            cal.default_threshold if cal is not None else None)
+                                            cal.default_threshold if cal is not None else None, family=fam)
     if bar is not None:
         bar.close()
 
