@@ -354,8 +354,9 @@ OBSERVER_THRESHOLD = 1e9  # above any distance (cosine <= 2, mean |Δ| <= 255, s
 def observing_gate(name: str, check_every: int = 1) -> Gate:
     """A drift/consistency/jump/state/pixel gate that checks (its distance is reported) but never fires: for
     recording distances (benchmarks, tests). Not a spec: `make_gate` refuses thresholds that can never fire."""
-    cls = {"drift": DriftGate, "consistency": ConsistencyGate, "jump": JumpGate, "state": StateGate,
-           "pixel": PixelGate}.get(name)
+    classes: dict[str, type[_ThresholdGate]] = {"drift": DriftGate, "consistency": ConsistencyGate,
+                                                "jump": JumpGate, "state": StateGate, "pixel": PixelGate}
+    cls = classes.get(name)
     if cls is None:
         raise ValueError(f"observing_gate: no threshold gate named {name!r}")
     return cls(OBSERVER_THRESHOLD, check_every)
@@ -426,6 +427,7 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
             float, "an L2 threshold in raw state units" if name == "state" else "a mean |Δ| threshold in uint8 levels")
         if not 0 <= thr < math.inf:  # NaN fails too; a negative one would fire on every check
             raise ValueError(f"gate '{spec}': a {name} threshold must be a finite number >= 0, got {thr:g}")
-        return (StateGate if name == "state" else PixelGate)(thr, check_every)
+        kind: type[_ThresholdGate] = StateGate if name == "state" else PixelGate
+        return kind(thr, check_every)
     raise ValueError(f"unknown gate {spec!r}; choose one of: default (policy only), always, never, interval:k, drift[:thr], "
                      f"consistency[:thr], jump[:thr], random:p, state:thr, pixel[:thr], any:SPEC,SPEC")
