@@ -17,12 +17,14 @@ CLS thresholds are added to the sweep as `manifest`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-NEVER = 1e9  # a threshold no distance reaches (cosine <= 2; mean |Δ| <= 255; state is in the unit square)
+from runtime.gate import MANIFEST_THRESHOLD_GATES, MAX_COSINE_DISTANCE, observing_gate
+
 THRESHOLD_FAMILIES = ("drift", "consistency", "jump", "pixel", "state")
 PER_TICK_FAMILIES = ("jump",)  # families whose distance compares consecutive ticks, not now vs the plan
 LABELS = ("quiet", "irrelevant", "relevant", "moving")
@@ -78,12 +80,12 @@ def step_label(prev_tick: int, tick: int, changes: Sequence[Any]) -> str:
     return "moving" if any(c.relevant and c.end > prev_tick for c in lasting) else "quiet"
 
 
-def record_distances(make_policy: Callable[[str], Any], env: Any, family: str,
+def record_distances(make_policy: Callable[[Any], Any], env: Any, family: str,
                      episodes: Sequence[tuple[int, str]], bar: Any = None) -> dict[str, list[float]]:
     """Distances of `family`'s gate per label over `episodes` ((seed, kind) pairs), never firing. Since-plan
     families are labelled by `label`, per-tick ones (`PER_TICK_FAMILIES`) by `step_label` against the previous
     tick on which the prefix ran."""
-    policy = make_policy(f"{family}:{NEVER:g}")
+    policy = make_policy(observing_gate(family))  # checks, reports its distance, never fires
     per_tick = family in PER_TICK_FAMILIES
     out: dict[str, list[float]] = {k: [] for k in LABELS}
     for seed, kind in episodes:
@@ -107,9 +109,11 @@ def record_distances(make_policy: Callable[[str], Any], env: Any, family: str,
     return out
 
 
-def summarize_family(dist: dict[str, list[float]], manifest_default: float | None = None) -> dict:
+def summarize_family(dist: dict[str, list[float]], manifest_default: float | None = None,
+                     family: str | None = None) -> dict:
     """Quantiles, AUROCs and the threshold sweep of one family (every label of SWEEP_LABELS; `manifest` only
-    with a `manifest_default`)."""
+    with a `manifest_default`). A cosine family's (drift, consistency, jump) sweep leaves out thresholds from 2
+    on: no distance exceeds them, and `make_gate` refuses such a spec."""
     quiet = dist["quiet"]
     if not quiet:
         raise ValueError("calibration: no quiet distances recorded (too few calibration episodes?)")
@@ -120,7 +124,8 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
         sweep.append((MANIFEST_LABEL, float(manifest_default)))
     # every label is kept, ties included (p80 = p95 on a coarse distribution): a baseline keyed on a label
     # (`<family>:p95`, `+cap:p95/K`, random matched to p95, --refine names) must always resolve
-    sweep.sort(key=lambda s: s[1])
+    upper = MAX_COSINE_DISTANCE if family in MANIFEST_THRESHOLD_GATES else math.inf
+    sweep = sorted(((name, thr) for name, thr in sweep if thr < upper), key=lambda s: s[1])
 
     def mean(xs: list[float]) -> float | None:
         return float(np.mean(xs)) if xs else None

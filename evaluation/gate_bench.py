@@ -45,7 +45,7 @@ from evaluation.bench_report import (
 )
 from evaluation.bench_runner import run_episode, summarize
 from evaluation.cli_args import non_negative_int, output_dir, positive_int, read_json_file
-from runtime.gate import MANIFEST_THRESHOLD_GATES
+from runtime.gate import MANIFEST_THRESHOLD_GATES, Gate
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
 
@@ -171,7 +171,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     out.mkdir(parents=True, exist_ok=True)
     first.warmup(env.reset(2**31 - 1, kinds[0]), runs=3)
 
-    def make_policy(spec: str, with_refine: bool = False) -> EdgePolicy:
+    def make_policy(spec: str | Gate, with_refine: bool = False) -> EdgePolicy:
         return EdgePolicy(artifacts, backend=backend, gate=spec, refine=with_refine, seed=seed, verify_hashes=False)
 
     bar = _bar(len(THRESHOLD_FAMILIES) * len(cal_eps), progress)
@@ -181,7 +181,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     for fam in THRESHOLD_FAMILIES:
         cal = manifest.gate_calibration.get(fam)
         calibration[fam] = summarize_family(record_distances(make_policy, env, fam, cal_eps, bar),
-                                            cal.default_threshold if cal is not None else None)
+                                            cal.default_threshold if cal is not None else None, family=fam)
     if bar is not None:
         bar.close()
     missing = missing_labels(calibration, [*sweep, *(CAP_LABELS if caps else ())], MANIFEST_THRESHOLD_GATES)

@@ -2,7 +2,8 @@
 `EdgePolicy` (the synchronous chain is reused as is, not rewritten).
 
 Before the job the policy's queued plan is synced to what the robot will still be executing once a chunk
-planned now can arrive (`delay` ticks later): the gate sees the real remaining plan, and a plan that will
+planned now can arrive (`delay` ticks later), while the consistency gate encodes the plan from the observation's
+tick on (the pairing its threshold was calibrated on); a plan that will
 run out during inference forces a resample in time — `margin` rows early: the next chunk is requested once
 the plan has at most delay + margin rows left, so it lands with `margin` rows of the old plan still to run
 (room for the seam to fade, slack for a delay estimate that was too short). A fresh chunk is returned pinned
@@ -85,6 +86,7 @@ class AsyncChunkPlanner:
         self.margin = int(margin)
         self._due_change = False  # a change-triggered resample was deferred or failed: its retry still reacts
         self._job: tuple[np.ndarray | None, int] = (None, 0)
+        self._last_check: int | None = None  # tick of the last job whose gate checked or that resampled
         self.last_reacted = False  # the last job's chunk was planned as a reaction (narrow seam)
         self.seam = check_seam_mode(seam)
         self.seam_width = int(seam_width)
@@ -95,6 +97,7 @@ class AsyncChunkPlanner:
     def reset(self, seed: int | None = None) -> None:
         self.policy.reset(seed)
         self._due_change = self.last_reacted = False
+        self._last_check = None
 
     def _before_resample(self, decision: GateDecision) -> None:
         """Called by the policy after its gate decided to resample, before the denoise."""
@@ -125,7 +128,10 @@ class AsyncChunkPlanner:
         left = None if executing is None else executing[delay:]
         if left is not None and len(left) <= self.margin:
             left = None  # the plan runs out within `margin` ticks of a chunk planned now landing: refill now
-        self.policy.sync_plan(left, ran + delay)
+        # queue = rows after the delay; the consistency gate encodes the rows from the observation's tick (as
+        # calibrated); plan age ran + delay (interval:k lands its chunk at age k); check_every counts real ticks
+        since_check = ran if self._last_check is None else max(tick - self._last_check, 0)
+        self.policy.sync_plan(left, ran + delay, gate_plan=executing if delay else None, ticks_since_check=since_check)
         backend = self.policy.backend
         if isinstance(backend, InpaintingBackend):
             backend.set_prior(executing if self.seam == "inpaint" else None, delay, self.seam_width)
@@ -140,6 +146,8 @@ class AsyncChunkPlanner:
                 backend.set_prior(None, 0)  # an unused prior never leaks into a later job
         info = self.policy.last_info
         chunk = self.policy.last_chunk
+        if info.gate_checked or info.resampled:
+            self._last_check = tick
         if not info.resampled or chunk is None:
             if world_changed(info.gate_reason, info.gate_distance, info.gate_threshold) or self.last_reacted:
                 self._due_change = True  # deferred or failed: the retry ("pending") still reacts

@@ -2,7 +2,8 @@
 
 The onnxruntime backend already checks its own outputs, but TensorRT and custom backends may hand back a short
 plan, a resized `obs_cls`, a list or a float64 array. Each such case is a `BackendError` naming the output,
-which the policy reports as a fault and answers with a safe action.
+which the policy reports as a fault and answers with a safe action. So is a CLS output whose token mean has no
+length (all zeros: a backend gone silent), which would read as a constant cosine distance and never fire a gate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backend import BackendError, PrefixState
+from runtime.gate import embed
 
 
 def checked(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -27,14 +29,24 @@ def checked(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
     return value if value.dtype == np.float32 else value.astype(np.float32)
 
 
+def checked_cls(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """`checked`, and the CLS tokens must have a direction (`gate.embed`); BackendError naming `name` otherwise."""
+    out = checked(name, value, shape)
+    try:
+        embed(out)
+    except ValueError as exc:
+        raise BackendError(f"backend output '{name}': {exc}") from None
+    return out
+
+
 def checked_prefix(prefix: Any, obs_cls_shape: tuple[int, ...]) -> PrefixState:
     if not isinstance(prefix, PrefixState):
         raise BackendError(f"backend run_prefix must return a PrefixState, got {type(prefix).__name__}")
-    prefix.obs_cls = checked("obs_cls", prefix.obs_cls, obs_cls_shape)
+    prefix.obs_cls = checked_cls("obs_cls", prefix.obs_cls, obs_cls_shape)
     return prefix
 
 
 def checked_delta(out: Any, plan_shape: tuple[int, ...], act_cls_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(out, tuple) or len(out) != 2:
         raise BackendError(f"backend run_delta_expert must return (delta, act_cls), got {type(out).__name__}")
-    return checked("delta", out[0], plan_shape), checked("act_cls", out[1], act_cls_shape)
+    return checked("delta", out[0], plan_shape), checked_cls("act_cls", out[1], act_cls_shape)

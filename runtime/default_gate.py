@@ -12,6 +12,7 @@ sections (`check_default_gate_fits`). Export uses the same functions, so both si
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 CLS_PARTS = ("drift", "consistency", "jump")
 _PART = r"(?:drift|consistency|jump|interval:[1-9][0-9]{0,3})"
@@ -43,14 +44,20 @@ def check_default_gate(spec: str) -> str:
     return spec
 
 
-def check_default_gate_fits(spec: str, n_action_steps: int, has_jump: bool) -> None:
+def check_default_gate_fits(spec: str, n_action_steps: int, has_jump: bool,
+                            thresholds: Mapping[str, float | None] | None = None) -> None:
     """The cross-section rules: the cap lies in 1..n_action_steps (a longer one never fires: the plan runs out
-    first) and `jump` comes with its calibration (gate.jump). ValueError naming gate.default otherwise."""
+    first), `jump` comes with its calibration (gate.jump), and with `thresholds` (metric → default_threshold, the
+    manifest's) every CLS part has one — the default gate takes it from there. ValueError naming the field."""
     cls, cap = default_gate_parts(spec)
     if cap is not None and not 1 <= cap <= n_action_steps:
         raise ValueError(f"{FIELD}: interval:{cap} is out of range 1..{n_action_steps} (dims.n_action_steps) in {spec!r}")
     if "jump" in cls and not has_jump:
         raise ValueError(f"{FIELD}: {spec!r} uses jump, but the manifest has no gate.jump calibration")
+    for part in cls if thresholds is not None else ():
+        if thresholds.get(part) is None:
+            raise ValueError(f"gate.{part}.default_threshold: not set, but {FIELD} {spec!r} takes its {part} "
+                             "threshold from there")
 
 
 def capped(base: str, cap: int | None) -> str:

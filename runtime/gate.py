@@ -2,14 +2,15 @@
 
 A gate is consulted with the numbers of one tick (`GateInputs`) and answers resample or keep executing
 the queued plan. Two rules hold for every gate: a queue that ran out always resamples, and the gate's
-own test only runs every `check_every` ticks after a plan (in between, the queued plan is executed).
+own test only runs every `check_every` ticks after a plan or its last check (in between, the plan is executed).
 Gates declare what they need (`needs_obs_cls`, `needs_act_cls`, `needs_state`, `needs_image`) so the policy
 runs the prefix/delta graphs only when a decision depends on them (`state` and `pixel` never need them).
 
 Spec strings (`make_gate`): always | never | interval:k | drift[:thr] | consistency[:thr] | jump[:thr] |
 random:p | state:thr | pixel[:thr] | any:SPEC,SPEC[,…] (fires when one of its parts fires). drift, consistency
 and jump default to the manifest's calibrated `gate.<metric>.default_threshold` (an error naming that field when
-it is absent); pixel to `PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels).
+it is absent); pixel to `PIXEL_DEFAULT_THRESHOLD` (mean |Δ| in uint8 levels). A spec's threshold is refused,
+naming the spec, when negative or not finite, and for the cosine gates from 2 on (no distance exceeds it).
 
 drift compares obs-CLS now with obs-CLS at planning time; jump compares it with that of the last gate decision
 or plan (with check_every 1: the previous tick), so it sees a step change in the scene but not the slow, large
@@ -31,16 +32,21 @@ from runtime.preprocess import to_chw_float
 
 GATE_NAMES = ("always", "never", "interval", "drift", "consistency", "jump", "random", "state", "pixel", "any")
 MANIFEST_THRESHOLD_GATES = ("drift", "consistency", "jump")  # their threshold defaults to gate.<name> in the manifest
+MAX_COSINE_DISTANCE = 2.0  # 1 - <a, b> of unit vectors: opposite directions
 MAX_INTERVAL = 1_000_000  # interval:k beyond this is `never` spelled differently
 SCHEDULE_GATES = ("always", "never", "interval")  # fire on the clock, not on what the observation shows
 PIXEL_DEFAULT_THRESHOLD = 2.0  # mean |Δ| (uint8 levels) that separated target jumps on simtask (issue #20)
+EMBED_MIN_NORM = 1e-12  # a mean CLS vector this short has no direction: every cosine distance would read 1.0
 
 
 def embed(cls_tokens: np.ndarray) -> np.ndarray:
-    """[1, N, E] CLS tokens → unit vector [E] (mean over tokens, then L2-normalised; contract rule)."""
+    """[1, N, E] CLS tokens → unit vector [E] (mean over tokens, then L2-normalised; contract rule). ValueError
+    when the mean has (almost) no length: a silent backend would otherwise read as a constant distance of 1."""
     v = np.asarray(cls_tokens, dtype=np.float64).reshape(-1, cls_tokens.shape[-1]).mean(axis=0)
     n = np.linalg.norm(v)
-    return v / n if n > 1e-12 else v
+    if not n > EMBED_MIN_NORM:  # NaN fails too
+        raise ValueError(f"degenerate CLS embedding: its mean vector has norm {n:.3g} (<= {EMBED_MIN_NORM:g})")
+    return v / n
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,6 +74,8 @@ class GateInputs:
     images: list[np.ndarray] | None = None  # camera images now (uint8 HWC, or float CHW in [0, 1])
     plan_images: list[np.ndarray] | None = None  # camera images at planning time
     prev_obs_emb: np.ndarray | None = None  # unit obs-CLS of the last gate decision or plan this episode (jump)
+    # ticks since the gate last checked (or the plan was made); None: unknown, check on plan ages m, 2m, …
+    ticks_since_check: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,14 +101,20 @@ class Gate(abc.ABC):
             raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
         self.check_every = check_every
 
-    def will_check(self, queue_left: int, ticks_since_plan: int) -> bool:
-        """True when this tick runs the gate's own test (so its inputs must be computed)."""
-        return queue_left > 0 and ticks_since_plan % self.check_every == 0
+    def will_check(self, queue_left: int, ticks_since_plan: int, ticks_since_check: int | None = None) -> bool:
+        """True when this tick runs the gate's own test (so its inputs must be computed): `check_every` ticks
+        after the last check — counted, so a caller whose ticks come in steps (async jobs) still checks; without
+        that count, on plan ages that are multiples of `check_every`."""
+        if queue_left <= 0:
+            return False
+        if ticks_since_check is None:
+            return ticks_since_plan % self.check_every == 0
+        return self.check_every == 1 or ticks_since_check >= self.check_every
 
     def decide(self, inp: GateInputs) -> GateDecision:
         if inp.queue_left <= 0:
             return GateDecision(True, False, reason="queue_empty")
-        if not self.will_check(inp.queue_left, inp.ticks_since_plan):
+        if not self.will_check(inp.queue_left, inp.ticks_since_plan, inp.ticks_since_check):
             return self._between_checks(inp)
         return self._decide(inp)
 
@@ -168,9 +182,9 @@ class IntervalGate(Gate):
 class _ThresholdGate(Gate):
     def __init__(self, threshold: float, check_every: int = 1):
         super().__init__(check_every)
-        if not np.isfinite(threshold):
-            raise ValueError(f"{self.name} threshold must be finite, got {threshold}")
-        self.threshold = float(threshold)
+        if not 0 <= threshold < math.inf:  # a programmatic observer may pass one no distance reaches (benchmarks)
+            raise ValueError(f"{self.name} threshold must be a finite number >= 0, got {threshold}")
+        self.threshold = float(threshold) + 0.0  # -0.0 → 0.0 (the spec never reads '-0')
 
     @property
     def spec(self) -> str:
@@ -334,6 +348,20 @@ class AnyGate(Gate):
         return super()._between_checks(inp)
 
 
+OBSERVER_THRESHOLD = 1e9  # above any distance (cosine <= 2, mean |Δ| <= 255, state is bounded): never fires
+
+
+def observing_gate(name: str, check_every: int = 1) -> Gate:
+    """A drift/consistency/jump/state/pixel gate that checks (its distance is reported) but never fires: for
+    recording distances (benchmarks, tests). Not a spec: `make_gate` refuses thresholds that can never fire."""
+    classes: dict[str, type[_ThresholdGate]] = {"drift": DriftGate, "consistency": ConsistencyGate,
+                                                "jump": JumpGate, "state": StateGate, "pixel": PixelGate}
+    cls = classes.get(name)
+    if cls is None:
+        raise ValueError(f"observing_gate: no threshold gate named {name!r}")
+    return cls(OBSERVER_THRESHOLD, check_every)
+
+
 def jump_lag_mismatch(gate: Gate, calibration: Mapping[str, GateCalibration], lag: int) -> str | None:
     """Why a `jump` part's manifest threshold does not fit how far apart its observations are, or None: it was
     calibrated on observations one tick apart, while `check_every` > 1 or an asynchronous delay (after a
@@ -386,16 +414,20 @@ def make_gate(spec: str, calibration: Mapping[str, GateCalibration] | None = Non
                 raise ValueError(f"gate '{name}' has no threshold: the manifest's gate.{name}.default_threshold "
                                  f"is not set; pass one explicitly, e.g. '{name}:0.1'")
             thr = cal.default_threshold
-        if not 0 <= thr < math.inf:  # NaN fails too (a threshold above 2, the largest cosine distance, never fires)
-            raise ValueError(f"gate '{spec}': a {name} threshold must be a finite cosine distance >= 0, got {thr:g}")
+        # a cosine distance is at most 2 and the gate fires on distance > threshold: from 2 on it never fires
+        if not 0 <= thr < MAX_COSINE_DISTANCE:  # NaN fails too
+            raise ValueError(f"gate '{spec}': a {name} threshold must be a finite cosine distance in [0, 2) (2, "
+                             f"opposite directions, is the largest: from there the gate never fires), got {thr:g}")
         cls = {"drift": DriftGate, "consistency": ConsistencyGate, "jump": JumpGate}[name]
         return cls(thr, check_every)
     if name == "random":
         return RandomGate(number(float, "a firing probability p"), check_every, seed)
-    if name == "state":
-        return StateGate(number(float, "an L2 threshold in raw state units"), check_every)
-    if name == "pixel":  # not in the manifest's calibration: evaluation.gate_bench calibrates it per task
-        thr = number(float, "a mean |Δ| threshold in uint8 levels") if arg else PIXEL_DEFAULT_THRESHOLD
-        return PixelGate(thr, check_every)
+    if name in ("state", "pixel"):  # pixel is not in the manifest's calibration: evaluation.gate_bench calibrates it
+        thr = PIXEL_DEFAULT_THRESHOLD if name == "pixel" and not arg else number(
+            float, "an L2 threshold in raw state units" if name == "state" else "a mean |Δ| threshold in uint8 levels")
+        if not 0 <= thr < math.inf:  # NaN fails too; a negative one would fire on every check
+            raise ValueError(f"gate '{spec}': a {name} threshold must be a finite number >= 0, got {thr:g}")
+        kind: type[_ThresholdGate] = StateGate if name == "state" else PixelGate
+        return kind(thr, check_every)
     raise ValueError(f"unknown gate {spec!r}; choose one of: default (policy only), always, never, interval:k, drift[:thr], "
                      f"consistency[:thr], jump[:thr], random:p, state:thr, pixel[:thr], any:SPEC,SPEC")

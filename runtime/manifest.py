@@ -301,9 +301,15 @@ class Manifest:
             for metric, g in (("drift", m.gate.drift), ("consistency", m.gate.consistency), ("jump", m.gate.jump))
             if g is not None  # gate.jump is optional
         }
+        for metric, cal in self.gate_calibration.items():  # pairs further apart than a plan runs cannot exist
+            if cal.horizon is not None and cal.horizon > dims.n_action_steps:
+                raise ManifestError(f"manifest: 'gate.{metric}.horizon' is {cal.horizon}, above 'dims.n_action_steps' "
+                                    f"({dims.n_action_steps}): a plan runs at most that many ticks; {REEXPORT_HINT}")
         self.default_gate = m.gate.default or "drift"  # a gate spec; thresholds from gate_calibration
-        try:  # the cap within the plan, jump with its calibration (runtime.default_gate)
-            check_default_gate_fits(self.default_gate, dims.n_action_steps, m.gate.jump is not None)
+        try:  # the cap within the plan, jump with its calibration, a written default's thresholds (runtime.default_gate)
+            check_default_gate_fits(self.default_gate, dims.n_action_steps, m.gate.jump is not None,
+                                    None if m.gate.default is None else
+                                    {k: c.default_threshold for k, c in self.gate_calibration.items()})
         except ValueError as exc:
             raise ManifestError(f"manifest: {exc}") from None
         self.files = {k: v.model_dump() for k, v in m.files.items()}

@@ -210,7 +210,7 @@ class ActClsModel(_Open):
 
 class GateMetricModel(_Open):
     stats: dict[Key, Finite] = Field(default_factory=dict, max_length=64)
-    default_threshold: Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=2.0)] | None = None  # cosine: [0, 2]
+    default_threshold: Annotated[float, Field(allow_inf_nan=False, ge=0.0, lt=2.0)] | None = None  # cosine: [0, 2) (from 2 on never fires)
     # optional: calibrated on observation pairs < horizon ticks apart (the ticks a plan runs; absent = n_action_steps)
     horizon: int | None = Field(default=None, ge=2, le=1024)
 

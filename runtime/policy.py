@@ -40,18 +40,19 @@ import numpy as np
 from runtime import policy_arguments as args
 from runtime.backend import Backend, PrefixState
 from runtime.backend_factory import make_backend
-from runtime.backend_outputs import checked, checked_delta, checked_prefix
+from runtime.backend_outputs import checked, checked_cls, checked_delta, checked_prefix
 from runtime.gate import Gate, GateDecision, GateInputs, embed, jump_lag_mismatch, make_gate
 from runtime.manifest import Manifest
+from runtime.noise import draw_noise
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.plan_inputs import delta_input, plan_encoder_input
 from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
 from runtime.safety import ActionGuard
+from runtime.stage_times import resample_cost_ms, update_ema
 from runtime.tick_report import Counters, TickInfo
 from runtime.tokenizer import InstructionTokenizer
 
 BAD_OBSERVATION_MODES = ("raise", "fallback")
-_EMA_ALPHA = 0.2
 __all__ = ["BAD_OBSERVATION_MODES", "EdgePolicy", "TickInfo", "delta_input", "plan_encoder_input"]  # re-exports
 
 
@@ -139,7 +140,8 @@ class EdgePolicy:
         self.guard.reset()
         self._plan: np.ndarray | None = None  # remaining normalised plan [R, max_action_dim]
         self._queue_left = 0
-        self._ticks_since_plan = 0
+        self._ticks_since_plan = self._ticks_since_check = 0
+        self._gate_plan: np.ndarray | None = None  # async: the rows from the observation's tick on (sync_plan)
         self._plan_obs_emb: np.ndarray | None = None
         # obs-CLS of the latest prefix pass; the jump gate's reference = that of the last gate decision or plan (a pass
         # the gate did not decide on — refine-only, a faulted check — must not move it, or its jump would be lost)
@@ -152,13 +154,17 @@ class EdgePolicy:
         self.last_chunk: np.ndarray | None = None
         self.episode_counters = Counters()
 
-    def sync_plan(self, plan: np.ndarray | None, ticks_since_plan: int) -> None:
-        """Async execution (runtime.async_policy): the queued plan becomes what the robot will still execute
-        (normalised rows [R, max_action_dim]); a retry of a failed resample stays due."""
+    def sync_plan(self, plan: np.ndarray | None, ticks_since_plan: int, gate_plan: np.ndarray | None = None,
+                  ticks_since_check: int | None = None) -> None:
+        """Async execution (runtime.async_planner): the queued plan becomes what the robot will still execute
+        (normalised rows [R, max_action_dim]); `gate_plan`: the rows from the next observation's tick on, which the
+        consistency gate encodes for this tick (as calibrated; None: the queue); a due retry stays due."""
         rows = 0 if plan is None else int(plan.shape[0])
         self._plan = None if rows == 0 else np.asarray(plan, dtype=np.float32)
         self._queue_left = rows
+        self._gate_plan = None if gate_plan is None or rows == 0 else np.asarray(gate_plan, dtype=np.float32)
         self._ticks_since_plan = int(ticks_since_plan)
+        self._ticks_since_check = self._ticks_since_plan if ticks_since_check is None else int(ticks_since_check)
 
     def warmup(self, observation: dict, runs: int = 3) -> None:
         """Run `runs` full resample ticks on one observation so sessions/allocators warm up, then reset.
@@ -262,7 +268,7 @@ class EdgePolicy:
 
         new_task = self._plan_task is not None and obs.task != self._plan_task
         force = self._queue_left == 0 or self._pending_resample or new_task
-        checks = not force and self.gate.will_check(self._queue_left, self._ticks_since_plan)
+        checks = not force and self.gate.will_check(self._queue_left, self._ticks_since_plan, self._ticks_since_check)
         prefix: PrefixState | None = None
         if force or (checks and (self.gate.needs_obs_cls or self.gate.needs_act_cls)):
             prefix = self._prefix(obs, info)
@@ -277,11 +283,13 @@ class EdgePolicy:
             decision = GateDecision(True, False, reason=reason)
         elif checks:
             checked, delta = self._check_gate(obs, prefix, info)
+            self._ticks_since_check = 0  # checked (or faulted trying): the next check is check_every ticks on
             if checked is None:  # fault while computing the gate's inputs → keep the plan
                 return self._pop()
             decision = checked
         else:
-            decision = self.gate.decide(GateInputs(self._queue_left, self._ticks_since_plan))
+            decision = self.gate.decide(GateInputs(self._queue_left, self._ticks_since_plan,
+                                                   ticks_since_check=self._ticks_since_check))
         info.gate_checked, info.gate_reason = decision.checked, decision.reason
         info.gate_distance, info.gate_threshold = decision.distance, decision.threshold
 
@@ -337,26 +345,27 @@ class EdgePolicy:
         g = self.gate
         delta = None
         act_emb = None
+        rows = self._gate_plan  # async: the plan from this observation's tick on (None: the queue)
         if g.needs_act_cls and self.manifest.act_cls_wiring == "plan_only":
             if self._plan is None:  # cannot happen: checks imply a queued plan
                 return None, None
-            act_cls = self._run_plan_encoder(self._plan[: self._queue_left], info)
+            act_cls = self._run_plan_encoder(self._plan[: self._queue_left] if rows is None else rows, info)
             if act_cls is None:
                 return None, None
             act_emb = embed(act_cls)
         elif g.needs_act_cls:  # seed wiring: the delta expert's act-CLS over the current K/V
             if prefix is None or self._plan is None:  # cannot happen: checks imply a queued plan and a prefix
                 return None, None
-            delta = self._run_delta(self._plan, prefix, info)
+            delta = self._run_delta(self._plan if rows is None else rows, prefix, info)
             if delta is None:
                 return None, None
             act_emb = embed(delta[1])
+            delta = delta if rows is None else None  # of other rows than the queue: refinement computes its own
         t0 = time.perf_counter()
         inputs = GateInputs(
-            queue_left=self._queue_left, ticks_since_plan=self._ticks_since_plan,
+            self._queue_left, self._ticks_since_plan, ticks_since_check=self._ticks_since_check, act_emb=act_emb,
             obs_emb=self._last_obs_emb if prefix is not None and g.needs_obs_cls else None,
             plan_obs_emb=self._plan_obs_emb, prev_obs_emb=self._prev_obs_emb if g.needs_obs_cls else None,
-            act_emb=act_emb,
             state=obs.state if g.needs_state else None, plan_state=self._plan_state,
             images=obs.images if g.needs_image else None, plan_images=self._plan_images,
         )
@@ -383,7 +392,7 @@ class EdgePolicy:
         """act-CLS of the rows the robot will still execute, from the plan alone (plan_only wiring)."""
         def run() -> np.ndarray:
             plan, valid = plan_encoder_input(remaining, self.manifest.dims.chunk_size)
-            return checked("act_cls", self.backend.run_plan_encoder(plan, valid), self._act_cls_shape)
+            return checked_cls("act_cls", self.backend.run_plan_encoder(plan, valid), self._act_cls_shape)
 
         return self._small_graph(info, "plan_encoder", "plan_encoder", "plan_encoder_passes", run)
 
@@ -421,7 +430,7 @@ class EdgePolicy:
         self._plan = plan
         self.last_chunk = plan.copy()  # the whole fresh chunk (normalised), read by runtime.async_policy
         self._queue_left = self.manifest.dims.n_action_steps
-        self._ticks_since_plan = 0
+        self._ticks_since_plan = self._ticks_since_check = 0
         self._plan_obs_emb = embed(prefix.obs_cls)
         self._prev_obs_emb = self._plan_obs_emb
         self._plan_state = obs.state.copy()
@@ -453,36 +462,25 @@ class EdgePolicy:
         self._plan = self._plan[1:]
         self._queue_left -= 1
         self._ticks_since_plan += 1
+        self._ticks_since_check += 1
+        self._gate_plan = None  # it described this tick's observation only
         return a
 
     # ---------------------------------------------------------------- helpers
     def _draw_noise(self) -> np.ndarray:
-        shape = self._noise_shape
-        if self.next_noise is not None:
-            noise, self.next_noise = np.asarray(self.next_noise, dtype=np.float32), None
-            if noise.size != int(np.prod(shape)):
-                raise ValueError(f"next_noise has shape {noise.shape}, expected {shape}")
-            return noise.reshape(shape)
-        if self.noise_fn is not None:
-            return np.asarray(self.noise_fn(shape, self._rng), dtype=np.float32).reshape(shape)
-        return self._rng.standard_normal(shape, dtype=np.float32)
+        given, self.next_noise = self.next_noise, None
+        return draw_noise(self._noise_shape, self._rng, given, self.noise_fn)
 
     def _would_overrun(self, t_tick_start: float, prefix_done: bool) -> bool:
         """Would a resample now (plus what the tick still has to do) exceed tick_budget_ms? (EMA estimate)"""
-        if self.tick_budget_ms is None or "denoise" not in self._ema:
+        est = resample_cost_ms(self._ema, prefix_done, self.refine)
+        if self.tick_budget_ms is None or est is None:
             return False
-        elapsed = (time.perf_counter() - t_tick_start) * 1e3
-        est = self._ema["denoise"] + self._ema.get("post", 0.0)
-        if not prefix_done:
-            est += self._ema.get("images", 0.0) + self._ema.get("prefix", 0.0)
-        if self.refine:
-            est += self._ema.get("delta", 0.0)
-        return elapsed + est > self.tick_budget_ms
+        return (time.perf_counter() - t_tick_start) * 1e3 + est > self.tick_budget_ms
 
     def _stage_ms(self, stage: str, t0: float) -> float:
         ms = (time.perf_counter() - t0) * 1e3
-        prev = self._ema.get(stage)
-        self._ema[stage] = ms if prev is None else prev + _EMA_ALPHA * (ms - prev)
+        update_ema(self._ema, stage, ms)
         return ms
 
     def _fault(self, info: TickInfo, message: str) -> None:

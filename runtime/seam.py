@@ -10,8 +10,8 @@ jumps away from the old plan (lerobot #4223, #4454). Two fixes, compared with `n
 - `blend`: after denoising, cross-fade the new chunk from the old plan over `width` rows after the seam.
 Both act only when d >= 1: with no delay nothing of the old plan runs during inference, and pulling a chunk
 the gate asked for (the world changed) toward the old plan would only slow the reaction. For the same reason a
-resample triggered by a change (`world_changed`: a drift/consistency/state distance over its threshold, or a
-new instruction) pulls only the d rows that execute anyway (width 0): the executing plan is known to be wrong
+resample triggered by a change (`world_changed`: a drift/consistency/jump/state/pixel distance over its
+threshold, or a new instruction) pulls only the d rows that execute anyway (width 0): the executing plan is known to be wrong
 beyond them. A refill (queue running out, `always`/`interval`/`random` firing) keeps the full seam.
 Flow-matching convention of SmolVLA (and `Backend.denoise`): x_t = t·noise + (1−t)·actions, t from 1 to 0.
 """
@@ -31,7 +31,9 @@ def check_seam_mode(mode: str) -> str:
     return mode
 
 
-CHANGE_GATES = ("drift", "consistency", "jump", "state")  # gates whose firing means the observation moved away
+# gates whose firing means the observation moved away from the plan's (pixel: the camera image; its reason
+# `pixel_shape_changed`, a resolution that cannot be compared, is not evidence of a change and stays a refill)
+CHANGE_GATES = ("drift", "consistency", "jump", "state", "pixel")
 
 
 def world_changed(reason: str, distance: float | None, threshold: float | None) -> bool:

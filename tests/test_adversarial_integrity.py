@@ -80,7 +80,7 @@ def _sha(path: Path) -> dict:
     lambda r: r["normalization"]["action"].__setitem__("std", [9.03, 0.03]),  # pins every action at the bound
     lambda r: r["action_bounds"].__setitem__("high", [315.0, 315.0]),  # widened bounds
     lambda r: r["dims"].__setitem__("num_steps", 1000),
-    lambda r: r["gate"]["drift"].__setitem__("default_threshold", 2.0),
+    lambda r: r["gate"]["drift"].__setitem__("default_threshold", 1.99),  # all but disables the gate
     lambda r: r.__setitem__("safety", {"stop_action": [0.08, 0.08]}),
 ])
 def test_tampered_manifest_is_refused_naming_manifest_json(folder, edit):

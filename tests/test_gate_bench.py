@@ -107,6 +107,25 @@ def test_cis_contain_the_estimate():
     assert [lab for lab, _ in cal["sweep"]] == ["manifest", "p80", "p90", "p95", "p98", "p99", "3xp99"]
 
 
+@settings(max_examples=40, deadline=None)
+@given(scale=st.floats(0.01, 1.99), spread=st.floats(0.0, 2.0))
+def test_every_benchmarked_spec_is_one_make_gate_accepts(scale, spread):
+    """A cosine family's sweep (3 x p99, …) can land at or above 2, which no distance exceeds: it is left out of
+    the sweep, so every spec the benchmark builds parses (make_gate refuses such thresholds, naming the spec)."""
+    from runtime.gate import make_gate
+
+    quiet = list(np.linspace(scale * (1 - spread / 2), scale, 50).clip(0, 2))
+    dist = {"quiet": quiet, "irrelevant": [scale], "relevant": [2.0]}
+    cal = {fam: summarize_family(dist, None, family=fam) for fam in ("drift", "consistency", "jump")}
+    cal["state"] = summarize_family(dist, None, family="state")
+    assert all(thr < 2.0 for fam in ("drift", "consistency", "jump") for _, thr in cal[fam]["sweep"])
+    assert [lab for lab, _ in cal["state"]["sweep"]][-1] == "3xp99"  # not a cosine distance: kept
+    specs = policy_specs(cal, 10, (3,), [lab for lab, _ in cal["state"]["sweep"]], [], (6,))
+    for s in specs:
+        if s.spec != "default":
+            make_gate(s.spec)
+
+
 def _res(name, family, succ, resamples, irrelevant=0.0, n=40):
     ci = {"mean": resamples, "lo": resamples, "hi": resamples, "n": n}
     eps = [{"seed": i, "success": i < round(succ * n)} for i in range(n)]
@@ -139,13 +158,14 @@ def test_plan_only_consistency_episodes_count_plan_encoder_passes():
     """With act_cls.wiring=plan_only every consistency check runs plan_encoder (not the delta expert): the
     benchmark must record those passes per episode and show them, or plan-only consistency looks free."""
     from evaluation.bench_runner import run_episode, summarize
+    from runtime.gate import observing_gate
     from runtime.policy import EdgePolicy
     from simtask.bench_env import BenchEnv
 
     art = cached_fake_artifacts(act_cls_wiring="plan_only")
     env = BenchEnv(slack=5)
     recs = []
-    for spec in ("consistency:2.5", "always"):
+    for spec in (observing_gate("consistency"), "always"):
         policy = EdgePolicy(art, gate=spec, seed=0)
         rec = run_episode(policy, env, 11, "mixed")
         assert rec["plan_encoder_passes"] == policy.episode_counters.plan_encoder_passes

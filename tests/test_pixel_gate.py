@@ -112,3 +112,31 @@ def test_a_failing_gate_is_a_reported_fault_and_the_plan_is_kept():
     assert "gate" in p.last_info.fault and "camera 'top'" in p.last_info.fault
     assert p.last_info.queue_left == left - 1 and p.counters.faults == 1
     p.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(["drift", "consistency", "jump", "state", "pixel"]), thr=st.floats(0.0, 1.9),
+       over=st.floats(1e-3, 50.0))
+def test_every_observation_change_gate_firing_counts_as_a_world_change(name, thr, over):
+    """The seam rule narrows a resample that reacts to a change (the executing plan is known wrong). A pixel
+    gate over its threshold says the camera image moved away from the one the plan was made from, as drift says
+    of obs-CLS or state of the state: a reaction too. A resolution change (not comparable) stays a refill."""
+    from runtime.seam import world_changed
+
+    assert world_changed(name, thr + over, thr)
+    assert not world_changed(name, thr, thr)
+    assert not world_changed("pixel_shape_changed", float("inf"), thr)
+
+
+def test_an_async_resample_fired_by_the_pixel_gate_reacts():
+    from runtime.async_planner import AsyncChunkPlanner
+
+    pol = EdgePolicy(cached_fake_artifacts(chunk_size=8), gate="pixel:5", backend_options={"intra_op_threads": 1})
+    planner = AsyncChunkPlanner(pol, seam="inpaint")
+    obs = make_observation(3)
+    chunk = planner.plan(obs, 0, None, 0, 2).chunk.actions
+    assert not planner.last_reacted  # the first plan is a refill
+    changed = dict(obs)
+    changed[CAMERA_KEY] = (obs[CAMERA_KEY].astype(np.int16) ^ 0x40).astype(np.uint8)
+    res = planner.plan(changed, 2, chunk[2:], 2, 2)
+    assert res.chunk is not None and res.info.gate_reason == "pixel" and planner.last_reacted

@@ -131,6 +131,7 @@ def test_calibration_encodes_the_remaining_plan_exactly_as_the_runtime(wiring, c
 
     from export.graphs.gate_calibration import delta_inputs, plan_encoder_inputs
     from runtime.backend_onnxruntime import OnnxRuntimeBackend
+    from runtime.gate import observing_gate
     from runtime.manifest import Manifest
     from runtime.policy import EdgePolicy
     from tests.fake_artifacts import cached_fake_artifacts, make_observation
@@ -147,7 +148,7 @@ def test_calibration_encodes_the_remaining_plan_exactly_as_the_runtime(wiring, c
             seen.append((actions.copy(),))
             return super().run_delta_expert(actions, prefix)
 
-    p = EdgePolicy(art, backend=Recording(art, Manifest.load(art), intra_op_threads=1), gate="consistency:2.5")
+    p = EdgePolicy(art, backend=Recording(art, Manifest.load(art), intra_op_threads=1), gate=observing_gate("consistency"))
     p.step(make_observation(0))
     chunk = p.last_chunk.copy()
     for k in range(1, n_action_steps):

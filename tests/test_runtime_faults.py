@@ -15,6 +15,7 @@ except ImportError:
 
 from runtime.backend import Backend, BackendError
 from runtime.backend_onnxruntime import OnnxRuntimeBackend
+from runtime.gate import observing_gate
 from runtime.manifest import Manifest
 from runtime.policy import EdgePolicy
 
@@ -45,7 +46,15 @@ class FaultyBackend(Backend):
         if kind == "sleep":
             time.sleep(self.sleep_s)
             return out()
-        res = out()  # "nan": poison the first output
+        res = out()
+        if kind == "zero":  # the CLS output gone silent: all zeros, finite, no direction
+            if isinstance(res, tuple):
+                return res[0], np.zeros_like(res[1])
+            if hasattr(res, "obs_cls"):
+                res.obs_cls = np.zeros_like(res.obs_cls)
+                return res
+            return np.zeros_like(res)
+        # "nan": poison the first output
         if isinstance(res, tuple):
             return (np.full_like(res[0], np.nan),) + tuple(res[1:])
         if hasattr(res, "obs_cls"):
@@ -99,10 +108,10 @@ def test_plan_encoder_fault_keeps_the_queued_plan(kind):
     """plan_only wiring: a failing plan_encoder (the consistency gate's act-CLS) is a reported fault, the
     queued action is emitted unchanged, and the next check runs the graph again."""
     clean_backend, art = _faulty({"act_cls_wiring": "plan_only"})
-    clean = EdgePolicy(art, backend=clean_backend, gate="consistency:2.5", seed=3)
+    clean = EdgePolicy(art, backend=clean_backend, gate=observing_gate("consistency"), seed=3)
     fb, _ = _faulty({"act_cls_wiring": "plan_only"})
     fb.plan[(2, "plan_encoder")] = kind
-    faulty = EdgePolicy(art, backend=fb, gate="consistency:2.5", seed=3)
+    faulty = EdgePolicy(art, backend=fb, gate=observing_gate("consistency"), seed=3)
     for t in range(5):
         fb.tick = t
         obs = make_observation(t)
@@ -114,6 +123,34 @@ def test_plan_encoder_fault_keeps_the_queued_plan(kind):
             assert faulty.last_info.fault.startswith("plan_encoder:") and not faulty.last_info.resampled
     assert fb.injected == [(2, "plan_encoder", kind)]
     assert faulty.counters.faults == 1 and faulty.counters.plan_encoder_passes == clean.counters.plan_encoder_passes - 1
+
+
+@pytest.mark.parametrize("graph, output, gate, wiring", [
+    ("prefix", "obs_cls", "drift", "seed"), ("prefix", "obs_cls", "consistency", "plan_only"),
+    ("plan_encoder", "act_cls", "consistency", "plan_only"), ("delta_expert", "act_cls", "consistency", "seed"),
+])
+def test_an_all_zero_cls_output_is_a_reported_fault(graph, output, gate, wiring):
+    """A CLS output of zeros passes the finiteness check but has no direction: every cosine distance would read
+    1.0 and the gate would silently never (or always) fire. It is a fault naming the output, on its tick; the
+    queued plan runs on unchanged and the next check computes the gate again."""
+    clean_backend, art = _faulty({"act_cls_wiring": wiring})
+    clean = EdgePolicy(art, backend=clean_backend, gate=observing_gate(gate), seed=3)
+    fb, _ = _faulty({"act_cls_wiring": wiring})
+    fb.plan[(2, graph)] = "zero"
+    faulty = EdgePolicy(art, backend=fb, gate=observing_gate(gate), seed=3)
+    for t in range(5):
+        fb.tick = t
+        obs = make_observation(t)
+        a = faulty.step(obs)
+        np.testing.assert_array_equal(a, clean.step(obs))
+        info = faulty.last_info
+        assert _safe(faulty, a) and not info.fallback and info.resampled == (t == 0)
+        if t == 2:
+            assert info.fault is not None and info.fault.startswith(f"{graph}:")
+            assert f"'{output}'" in info.fault and "degenerate" in info.fault and not info.gate_checked
+        else:
+            assert info.fault is None and info.gate_checked == (t > 0)
+    assert fb.injected == [(2, graph, "zero")] and faulty.counters.faults == 1
 
 
 def test_plan_only_gate_refuses_a_backend_without_the_plan_encoder():
@@ -135,11 +172,11 @@ def test_plan_only_gate_refuses_a_backend_without_the_plan_encoder():
 
 def test_fault_mid_plan_continues_the_queued_plan():
     clean_backend, art = _faulty()
-    clean = EdgePolicy(art, backend=clean_backend, gate="drift:2.5", seed=3)
+    clean = EdgePolicy(art, backend=clean_backend, gate=observing_gate("drift"), seed=3)
     fb, _ = _faulty()
     for t, g, kind in [(2, "prefix", "raise"), (3, "prefix", "nan")]:
         fb.plan[(t, g)] = kind
-    faulty = EdgePolicy(art, backend=fb, gate="drift:2.5", seed=3)
+    faulty = EdgePolicy(art, backend=fb, gate=observing_gate("drift"), seed=3)
     for t in range(6):
         fb.tick = t
         obs = make_observation(t)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -136,7 +138,7 @@ def test_default_thresholds_come_from_calibration():
 @pytest.mark.parametrize("spec, msg", [
     ("interval", "needs an interval"), ("interval:x", "integer"), ("random", "probability"),
     ("random:2", r"\[0, 1\]"), ("state", "threshold"), ("magic", "unknown gate"), ("", "non-empty"),
-    ("drift:nan", "finite"), ("jump:-0.1", "finite cosine distance >= 0"),
+    ("drift:nan", "finite"), ("jump:-0.1", r"finite cosine distance in \[0, 2\)"),
     ("always:5", "takes no argument"), ("any:always:3,never", "takes no argument"), ("never:abc", "no argument"),
     ("interval:99999999999999999999", r"\[1, 1000000\]"), ("interval:0", r"\[1, 1000000\]"),
 ])
@@ -153,7 +155,49 @@ def test_embedding_rule():
     np.testing.assert_allclose(e, np.array([2, 1]) / np.sqrt(5))
     assert cosine_distance(e, e) == pytest.approx(0.0)
     assert cosine_distance(e, -e) == pytest.approx(2.0)
-    assert np.all(embed(np.zeros((1, 2, 4))) == 0)  # zero vector stays finite
+    with pytest.raises(ValueError, match="degenerate"):  # no direction: refused, not a constant distance of 1
+        embed(np.zeros((1, 2, 4)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens=st.lists(st.lists(st.floats(-1e3, 1e3), min_size=3, max_size=3), min_size=1, max_size=4),
+       scale=st.sampled_from([1.0, 1e-6, 1e-13, 0.0]))
+def test_embed_is_a_unit_vector_or_refuses_a_degenerate_mean(tokens, scale):
+    """The contract's embedding: unit length whenever the token mean has a direction; a mean of (almost) no
+    length — all zeros, or tokens that cancel — is a ValueError (the policy reports it as a backend fault)."""
+    cls = np.asarray(tokens, np.float64)[None] * scale
+    n = np.linalg.norm(cls[0].mean(axis=0))
+    if n > 1e-12:
+        assert np.linalg.norm(embed(cls)) == pytest.approx(1.0)
+    else:
+        with pytest.raises(ValueError, match="degenerate CLS embedding"):
+            embed(cls)
+    with pytest.raises(ValueError, match="degenerate"):
+        embed(np.concatenate([cls, -cls], axis=1))  # tokens that cancel exactly
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["drift", "consistency", "jump", "state", "pixel"]),
+       thr=st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([-0.0, 0.0, 2.0, 1.9999, -1.0]))
+def test_spec_thresholds_that_cannot_work_are_refused_naming_the_spec(name, thr):
+    """A negative threshold fires on every check, NaN/inf or (cosine gates) one >= 2 never fires: all refused
+    with the spec in the message. An accepted one is kept as given, and -0 reads as 0."""
+    spec = f"{name}:{thr!r}"
+    upper = 2.0 if name in ("drift", "consistency", "jump") else float("inf")
+    if 0 <= thr < upper:
+        g = make_gate(spec)
+        assert g.threshold == thr and not g.spec.startswith(f"{name}:-")
+        assert make_gate(f"any:{spec},interval:3").parts[0].threshold == thr
+    else:
+        with pytest.raises(ValueError, match=re.escape(f"gate '{spec}'")):
+            make_gate(spec)
+        with pytest.raises(ValueError, match=re.escape(f"gate '{spec}'")):
+            make_gate(f"any:interval:3,{spec}")
+
+
+def test_minus_zero_reads_as_zero():
+    assert [make_gate(f"{n}:-0").spec for n in ("consistency", "drift", "state", "pixel")] == \
+        ["consistency:0", "drift:0", "state:0", "pixel:0"]
 
 
 def test_any_gate_fires_when_one_part_fires_and_reports_that_part():
@@ -171,7 +215,8 @@ def test_any_gate_fires_when_one_part_fires_and_reports_that_part():
 
 @settings(max_examples=200, deadline=None)
 @given(a=st.lists(st.floats(-1, 1), min_size=2, max_size=2), b=st.lists(st.floats(-1, 1), min_size=2, max_size=2),
-       c=st.lists(st.floats(-1, 1), min_size=2, max_size=2), t1=st.floats(0, 2), t2=st.floats(0, 2))
+       c=st.lists(st.floats(-1, 1), min_size=2, max_size=2), t1=st.floats(0, 2, exclude_max=True),
+       t2=st.floats(0, 2, exclude_max=True))
 def test_any_gate_is_the_union_of_its_parts(a, b, c, t1, t2):
     if min(np.linalg.norm(a), np.linalg.norm(b), np.linalg.norm(c)) < 1e-3:
         return

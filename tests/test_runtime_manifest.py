@@ -218,3 +218,45 @@ def test_jump_default_needs_the_jump_calibration(artifacts):
     raw["gate"]["jump"] = {"stats": {"p95": 0.02}, "default_threshold": 0.02, "horizon": 2}
     write_manifest_dict(artifacts, raw)
     assert Manifest.load(artifacts).default_gate == "any:jump,interval:3"
+
+
+@pytest.mark.parametrize("default, metric", [("consistency", "consistency"), ("any:drift,consistency", "drift"),
+                                             ("any:consistency,interval:3", "consistency"),
+                                             ("any:jump,interval:3", "jump")])
+def test_a_default_gate_part_without_its_threshold_is_refused_at_load(artifacts, default, metric):
+    """gate.default takes each CLS part's threshold from gate.<part>.default_threshold: a null there would load
+    and only fail later, in EdgePolicy, with a plain ValueError. Refused at load, naming the field."""
+    raw = load_manifest_dict(artifacts)
+    raw["gate"]["jump"] = {"stats": {"p95": 0.02}, "default_threshold": 0.02, "horizon": 2}
+    raw["gate"]["default"] = default
+    raw["gate"][metric]["default_threshold"] = None
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match=rf"gate\.{metric}\.default_threshold.*{default}"):
+        Manifest.load(artifacts)
+    raw["gate"].pop("default")  # no recommendation written: the implicit drift default is the policy's concern
+    write_manifest_dict(artifacts, raw)
+    Manifest.load(artifacts)
+
+
+@pytest.mark.parametrize("metric", ["drift", "consistency", "jump"])
+def test_a_calibration_horizon_beyond_the_plan_is_refused_by_name(artifacts, metric):
+    """Pairs further apart than n_action_steps (6 here) cannot come from one plan: such a horizon is refused."""
+    raw = load_manifest_dict(artifacts)
+    raw["gate"]["jump"] = {"stats": {"p95": 0.02}, "default_threshold": 0.02, "horizon": 2}
+    for h, ok in ((6, True), (7, False), (500, False)):
+        raw["gate"][metric]["horizon"] = h
+        write_manifest_dict(artifacts, raw)
+        if ok:
+            assert Manifest.load(artifacts).gate_calibration[metric].horizon == h
+        else:
+            with pytest.raises(ManifestError, match=rf"gate\.{metric}\.horizon.*n_action_steps"):
+                Manifest.load(artifacts)
+
+
+def test_a_manifest_threshold_that_could_never_fire_is_refused(artifacts):
+    """Cosine distance is at most 2 and a gate fires on distance > threshold: 2 is refused like the spec's."""
+    raw = load_manifest_dict(artifacts)
+    raw["gate"]["consistency"]["default_threshold"] = 2.0
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match="gate.consistency.default_threshold"):
+        Manifest.load(artifacts)

@@ -10,6 +10,7 @@ try:
 except ImportError:
     from fake_artifacts import CAMERA_KEY, STATE_KEY, cached_fake_artifacts, make_observation
 
+from runtime.gate import observing_gate
 from runtime.policy import EdgePolicy, delta_input
 
 ACTION_STD = 0.03  # fake manifest: action mean 0, std 0.03
@@ -59,7 +60,7 @@ def test_resample_tick_follows_contract_math():
     assert action.dtype == np.float32 and action.shape == (2,)
 
 
-@pytest.mark.parametrize("gate", ["never", "drift:2.5", "consistency:2.5", "interval:100"])
+@pytest.mark.parametrize("gate", ["never", observing_gate("drift"), observing_gate("consistency"), "interval:100"])
 def test_skip_path_executes_the_queued_plan_never_noise(gate):
     """Observations change every tick, the gate keeps the plan: emitted actions are exactly its rows."""
     p = _policy(gate)
@@ -81,7 +82,7 @@ def test_prefix_only_runs_when_needed():
     for k in range(12):
         p.step(make_observation(k))
     assert p.counters.resamples == 6 and p.counters.prefix_passes == 6  # kept ticks skip the prefix
-    q = _policy("drift:2.5")
+    q = _policy(observing_gate("drift"))
     for k in range(12):
         q.step(make_observation(k))
     assert q.counters.resamples == 2 and q.counters.prefix_passes == 12 and q.counters.gate_checks == 10
@@ -115,7 +116,7 @@ def test_refine_path_applies_delta_to_remaining_plan():
 
 
 def test_consistency_gate_delta_is_reused_for_refinement():
-    p = _policy("consistency:2.5", refine=True)
+    p = _policy(observing_gate("consistency"), refine=True)
     for k in range(6):
         p.step(make_observation(k))
     # tick 0: one delta after denoising; ticks 1-5: one delta each, shared by the gate and the refinement
@@ -207,7 +208,7 @@ def test_plan_only_consistency_gate_encodes_the_queued_rows_alone():
     from runtime.gate import cosine_distance, embed
     from runtime.policy import plan_encoder_input
 
-    p = _policy("consistency:2.5", art={"act_cls_wiring": "plan_only"})
+    p = _policy(observing_gate("consistency"), art={"act_cls_wiring": "plan_only"})
     assert p.manifest.act_cls_wiring == "plan_only"
     obs = [make_observation(k) for k in range(3)]
     p.step(obs[0])
@@ -223,7 +224,7 @@ def test_plan_only_consistency_gate_encodes_the_queued_rows_alone():
 
 
 def test_seed_wiring_consistency_gate_still_uses_the_delta_expert():
-    p = _policy("consistency:2.5")
+    p = _policy(observing_gate("consistency"))
     assert p.manifest.act_cls_wiring == "seed"
     for k in range(3):
         p.step(make_observation(k))
