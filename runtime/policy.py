@@ -41,7 +41,7 @@ from runtime import policy_arguments as args
 from runtime.backend import Backend, PrefixState
 from runtime.backend_factory import make_backend
 from runtime.backend_outputs import checked, checked_cls, checked_delta, checked_prefix
-from runtime.gate import Gate, GateDecision, GateInputs, embed, jump_lag_mismatch, make_gate
+from runtime.gate import Gate, GateDecision, GateInputs, embed, jump_lag_mismatch
 from runtime.manifest import Manifest
 from runtime.noise import draw_noise
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
@@ -101,8 +101,7 @@ class EdgePolicy:
         self.validator = ObservationValidator(m, self.tokenizer, state_tolerance)
         if isinstance(gate, str) and gate.strip().lower() == "default":
             gate = m.default_gate  # the export's recommendation (manifest gate.default; drift if absent)
-        self.gate = gate if isinstance(gate, Gate) else make_gate(args.gate_spec(gate), m.gate_calibration,
-                                                                  check_every, seed)
+        self.gate = args.build_gate(gate, m.gate_calibration, check_every, seed)
         args.check_gate_threshold(self.gate)
         args.warn_gate_lag(jump_lag_mismatch(self.gate, m.gate_calibration, self.gate.check_every))
         self.guard = ActionGuard(m.action_bounds, m.stop_action, args.choice("fallback", fallback, ("hold", "stop")),

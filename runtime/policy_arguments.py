@@ -92,6 +92,23 @@ def gate_spec(value: Any) -> Any:
     return value
 
 
+def build_gate(spec: Any, calibration: Any, check_every: Any, seed: Any) -> Any:
+    """A Gate passes through; a spec is parsed by `runtime.gate.make_gate`, whose refusal (a ValueError naming
+    the spec) becomes a PolicyArgumentError like every other constructor argument's."""
+    from runtime.gate import Gate, make_gate
+
+    if isinstance(spec, Gate):
+        return spec
+    if not isinstance(spec, str):
+        raise PolicyArgumentError(f"gate must be a spec string like 'drift:0.1' or a Gate, got {_shown(spec)}")
+    try:
+        return make_gate(gate_spec(spec), calibration, check_every, seed)
+    except PolicyArgumentError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise PolicyArgumentError(str(exc)) from None
+
+
 def check_gate_threshold(gate: Any) -> None:
     """A NaN / negative threshold would disable the gate silently (NaN never compares greater)."""
     for part in getattr(gate, "parts", None) or [gate]:  # an `any:` gate: every part's threshold
