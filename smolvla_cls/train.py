@@ -74,7 +74,12 @@ def check_dataset(root: Path) -> dict:
         raise SystemExit(f"train: dataset root {root} does not exist (record it with `make dataset`)")
     if not info_path.exists():
         raise SystemExit(f"train: {info_path} is missing: {root} is not a LeRobotDataset")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"train: {info_path} is unreadable ({exc}); re-record the dataset") from None
+    if not isinstance(info, dict) or not isinstance(info.get("features", {}), dict):
+        raise SystemExit(f"train: {info_path} is not a JSON object with a 'features' object; re-record the dataset")
     features = info.get("features", {})
     need = {"action": None, "observation.state": None}
     for key in need:
@@ -83,8 +88,15 @@ def check_dataset(root: Path) -> dict:
     if not any(k.startswith("observation.images.") for k in features):
         raise SystemExit(f"train: dataset has no camera feature 'observation.images.*' in {info_path}")
     for key in ("action", "observation.state"):
-        if len(features[key].get("shape", [])) != 1:
-            raise SystemExit(f"train: feature {key!r} must be a vector, got shape {features[key].get('shape')}")
+        shape = features[key].get("shape") if isinstance(features[key], dict) else None
+        if not isinstance(shape, list) or len(shape) != 1:
+            raise SystemExit(f"train: feature {key!r} in {info_path} must be a vector, got shape {shape}")
+    from smolvla_cls.augmentation import simtask_colours
+
+    try:  # a corrupt sidecar is named here, before the settings check and the augmentation read it
+        simtask_colours(root)
+    except ValueError as exc:
+        raise SystemExit(f"train: {str(exc).removeprefix('augmentation: ')}") from None
     return info
 
 

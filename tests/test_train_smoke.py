@@ -242,3 +242,21 @@ def test_rerun_with_other_settings_keeps_nothing_silently(trained, tmp_path):
     same = _run([*base, "--steps", "4", "--quick"], 120)
     assert same.returncode == 0, same.stderr[-2000:]
     assert "stage main: already done" in same.stdout and "stage delta: already done" in same.stdout
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("info.json", "{not json", "info.json is unreadable"), ("info.json", "[1, 2]", "info.json is not a JSON object"),
+    ("simtask_recording.json", "{not json", "simtask_recording.json is unreadable"),
+    ("simtask_recording.json", '{"identity": []}', "simtask_recording.json has no identity.task.colors"),
+])
+def test_corrupt_dataset_metadata_is_named_in_one_line(tmp_path, name, text, problem):
+    """A raw JSONDecodeError trace (info.json) or "has no identity.task.colors" (a sidecar that is not JSON) before."""
+    features = {"action": {"dtype": "float32", "shape": [2]}, "observation.state": {"dtype": "float32", "shape": [2]},
+                "observation.images.top": {"dtype": "image", "shape": [64, 64, 3]}}
+    (tmp_path / "ds" / "meta").mkdir(parents=True)
+    (tmp_path / "ds" / "meta" / "info.json").write_text(json.dumps({"features": features}))
+    (tmp_path / "ds" / "meta" / name).write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        train_main(["--dataset-root", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "out"), "--no-report"])
+    message = str(exc.value.code)
+    assert message.startswith("train: ") and problem in message and "\n" not in message, message
