@@ -341,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--delta-steps={args.delta_steps}: expected >= 1")
     if args.delta_lr is not None and not (math.isfinite(args.delta_lr) and args.delta_lr > 0):
         parser.error(f"--delta-lr={args.delta_lr}: expected a finite learning rate > 0")
+    relabel = [f for f, on in (("--pad-hold", args.pad_hold), ("--mask-after-jump", args.mask_after_jump)) if on]
+    if args.augment == "off" and relabel:
+        parser.error(f"{' '.join(relabel)} rides on the simtask augmentation; drop --augment off")
     if args.chunk_size < 1:
         parser.error(f"--chunk-size={args.chunk_size}: expected >= 1")
     if args.num_workers < 0:

@@ -205,6 +205,7 @@ def test_bad_irrelevant_augment_options_are_named(tmp_path, argv, capsys):
     (["--stages", ","], "--stages"), (["--stages", ""], "--stages"), (["--stages", "delta"], "--stages delta needs"),
     (["--delta-lr", "nan"], "--delta-lr"), (["--delta-lr", "-1"], "--delta-lr"), (["--delta-lr", "0"], "--delta-lr"),
     (["--chunk-size", "0"], "--chunk-size"), (["--num-workers", "-2"], "--num-workers"), (["--seed", "-1"], "--seed"),
+    (["--augment", "off", "--pad-hold"], "--pad-hold"), (["--augment", "off", "--mask-after-jump"], "--mask-after-jump"),
 ])
 def test_bad_training_flags_are_named_before_any_work(tmp_path, argv, flag, capsys):
     """Refused by name at once — not after the main stage, not as a trace, and --stages delta never from random weights."""
