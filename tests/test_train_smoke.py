@@ -261,3 +261,38 @@ def test_corrupt_dataset_metadata_is_named_in_one_line(tmp_path, name, text, pro
         train_main(["--dataset-root", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "out"), "--no-report"])
     message = str(exc.value.code)
     assert message.startswith("train: ") and problem in message and "\n" not in message, message
+
+
+def test_lerobot_train_finds_the_policy_through_its_plugin_distribution(trained, tmp_path):
+    """`lerobot-train --policy.path=<smolvla_cls checkpoint>` failed with "Couldn't find a choice class for
+    'smolvla_cls'": nothing registered the type before draccus parsed the path. lerobot imports installed
+    distributions named `lerobot_policy_*`; ours (plugins/, `make install`) is built and put on the path here."""
+    import importlib.util
+    import shutil
+
+    import tomllib
+
+    plugin = REPO / "plugins" / "lerobot_policy_smolvla_cls"
+    project = tomllib.loads((plugin / "pyproject.toml").read_text())["project"]
+    name = project["name"]
+    assert name.startswith("lerobot_policy_") and (plugin / name / "__init__.py").exists()
+    assert f"-e plugins/{name}" in (REPO / "scripts" / "ensure_env.sh").read_text()
+    site = tmp_path / "site"
+    if importlib.util.find_spec("setuptools"):  # as pip installs it (built from a copy: no build/ in the checkout)
+        shutil.copytree(plugin, tmp_path / "plugin")
+        pip = _run(["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target",
+                    str(site), str(tmp_path / "plugin")], 120)
+        assert pip.returncode == 0, pip.stderr[-2000:]
+    else:  # a venv without setuptools (lerobot 0.6 root): the metadata lerobot reads, next to the package
+        (site / f"{name}-{project['version']}.dist-info").mkdir(parents=True)
+        (site / f"{name}-{project['version']}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {project['version']}\n")
+        shutil.copytree(plugin / name, site / name)
+    out, _ = trained
+    res = _run(["-m", "lerobot.scripts.lerobot_train", f"--policy.path={out / 'checkpoints/last/pretrained_model'}",
+                "--dataset.repo_id=local/simtask_reach", f"--dataset.root={out.parent / 'reach'}", "--steps=1",
+                "--batch_size=2", "--num_workers=0", f"--output_dir={tmp_path / 'run'}", "--policy.push_to_hub=false",
+                "--wandb.enable=false"], 180, PYTHONPATH=f"{site}{os.pathsep}{REPO}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
+    assert saved["type"] == "smolvla_cls"
