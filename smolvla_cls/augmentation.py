@@ -13,6 +13,7 @@ dataset has no such symmetry, and `--augment auto` leaves it untouched.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from simtask.config import ACTION_KEY, IMAGE_KEY, STATE_KEY
 from simtask.symmetry import Symmetry, symmetry_group
 from smolvla_cls.chunk_labels import relabel_chunk
-from smolvla_cls.dataset_recording import SIDECAR, read_sidecar
+from smolvla_cls.dataset_recording import SIDECAR
 from smolvla_cls.irrelevant_changes import random_change
 
 
@@ -33,11 +34,15 @@ def simtask_colours(dataset_root: Path) -> list[str] | None:
     path = Path(dataset_root) / SIDECAR
     if not path.exists():
         return None
-    side = read_sidecar(Path(dataset_root))
-    colours = (side or {}).get("identity", {}).get("task", {}).get("colors")
-    if not colours:
+    try:  # read here, not via read_sidecar (None when unreadable): a corrupt file is named as such
+        side = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"augmentation: {path} is unreadable ({exc})") from None
+    for key in ("identity", "task", "colors"):
+        side = side.get(key) if isinstance(side, dict) else None
+    if not side or not isinstance(side, list):
         raise ValueError(f"augmentation: {path} has no identity.task.colors")
-    return list(colours)
+    return list(side)
 
 
 def apply_symmetry(item: dict[str, Any], sym: Symmetry, colours: list[str]) -> dict[str, Any]:

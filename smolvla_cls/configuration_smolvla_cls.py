@@ -21,9 +21,10 @@ POSITIVE_INT_FIELDS = ("chunk_size", "n_action_steps", "num_steps", "max_action_
                        "tokenizer_max_length")
 FLOAT_FIELDS = (
     ("vicreg_weight", 0.0, False), ("vicreg_lambda", 0.0, False), ("vicreg_mu", 0.0, False),
-    ("vicreg_nu", 0.0, False), ("vicreg_gamma", 0.0, True), ("vicreg_eps", 0.0, False),
+    ("vicreg_nu", 0.0, False), ("vicreg_gamma", 0.0, True), ("vicreg_eps", 0.0, True),  # 0: NaN grad, collapsed dim
     ("cls_noise_scale", 0.0, False), ("delta_time", 0.0, True), ("min_period", 0.0, True),
-    ("max_period", 0.0, True), ("optimizer_lr", 0.0, False), ("optimizer_eps", 0.0, False),
+    # optimizer_lr 0: lerobot's cosine schedule divides by it (ZeroDivisionError when training starts)
+    ("max_period", 0.0, True), ("optimizer_lr", 0.0, True), ("optimizer_eps", 0.0, False),
     ("optimizer_weight_decay", 0.0, False), ("optimizer_grad_clip_norm", 0.0, True),
     ("scheduler_decay_lr", 0.0, False), ("expert_width_multiplier", 0.0, True),
 )
@@ -89,9 +90,12 @@ class SmolVLACLSConfig(SmolVLAConfig):
         def fail(field: str, expected: str) -> None:
             raise ConfigError(f"{field}={getattr(self, field)!r}: expected {expected}")
 
-        for name in ("num_cls_prefix", "num_cls_suffix", "suffix_cls_window"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                fail(name, "a non-negative integer")
+        # scheduler_decay_steps 0 divides by zero in lerobot's cosine schedule; a bool is no count (saved as true)
+        for name, low in (("num_cls_prefix", 0), ("num_cls_suffix", 0), ("suffix_cls_window", 0),
+                          ("scheduler_warmup_steps", 0), ("scheduler_decay_steps", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                fail(name, f"an integer >= {low}")
         if self.use_cls_head:
             if self.num_cls_prefix < 1:
                 fail("num_cls_prefix", ">= 1 when use_cls_head=True")

@@ -33,15 +33,16 @@ def train_config_kwargs(env_eval_every: int) -> dict[str, int]:
 
 @contextlib.contextmanager
 def datasets_transformed(lerobot_train: Any, transform: Callable[[Any], Any]) -> Iterator[None]:
-    """While active, every dataset lerobot's training loop builds passes through `transform` first
-    (0.4.4: `make_dataset`; 0.6: both datasets of `make_train_eval_datasets`)."""
+    """While active, the dataset lerobot's training loop trains on passes through `transform` first
+    (0.4.4: `make_dataset`; 0.6: the train half of `make_train_eval_datasets`: lerobot builds the eval half
+    without image transforms, and it must not see our augmentation either)."""
     if hasattr(lerobot_train, "make_train_eval_datasets"):
         name = "make_train_eval_datasets"
         original = lerobot_train.make_train_eval_datasets
 
         def patched(cfg):  # type: ignore[no-untyped-def]
             train, evaluation = original(cfg)
-            return transform(train), (None if evaluation is None else transform(evaluation))
+            return transform(train), evaluation
     elif hasattr(lerobot_train, "make_dataset"):
         name = "make_dataset"
         original = lerobot_train.make_dataset

@@ -472,8 +472,17 @@ class SmolVLACLSPolicy(SmolVLAPolicy):
     def cls_embeddings(self, batch: dict[str, Tensor], actions: Tensor | None = None,
                        plan_valid: Tensor | None = None):
         """(obs-CLS [B,NP,E], act-CLS [B,NS,E] of `actions` or of the policy's own chunk) for analysis,
-        act-CLS under the configured wiring (`plan_valid` [B,T]: the remainder rows, plan_only only)."""
+        act-CLS under the configured wiring (`plan_valid` [B,T]: the remainder rows, plan_only only). Runs in eval
+        mode and puts back the caller's (a read-out mid-training must not switch dropout off for good)."""
+        modes = [(m, m.training) for m in self.modules()]
         self.eval()
+        try:
+            return self._cls_embeddings(batch, actions, plan_valid)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    def _cls_embeddings(self, batch: dict[str, Tensor], actions: Tensor | None, plan_valid: Tensor | None):
         validate_batch(self.config, batch, need_action=False)
         images, img_masks, lang, lang_mask, state = self._inputs(batch)
         kv, pad, prefix_cls = self.model.encode_prefix(images, img_masks, lang, lang_mask, state)

@@ -13,8 +13,8 @@ Each stage is a plain `lerobot.scripts.lerobot_train.train(cfg)` run with its ow
 `<output>/checkpoints/last/pretrained_model` is the final policy in lerobot's layout.
 A finished stage is skipped on a re-run only if it was trained with the same settings; other settings (or an
 interrupted stage without `--resume`) are refused before any work, naming the flags (train_settings.py).
-Loss components of every step are recorded to `<output>/<stage>/loss_log.jsonl` (lerobot only sends
-them to wandb) and plotted next to the checkpoint.
+Loss components of every step are recorded to `<output>/loss_<stage>.jsonl` (lerobot only sends them to
+wandb; a resume cuts it back to the checkpoint's step) and plotted in the report.
 """
 
 from __future__ import annotations
@@ -74,7 +74,12 @@ def check_dataset(root: Path) -> dict:
         raise SystemExit(f"train: dataset root {root} does not exist (record it with `make dataset`)")
     if not info_path.exists():
         raise SystemExit(f"train: {info_path} is missing: {root} is not a LeRobotDataset")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"train: {info_path} is unreadable ({exc}); re-record the dataset") from None
+    if not isinstance(info, dict) or not isinstance(info.get("features", {}), dict):
+        raise SystemExit(f"train: {info_path} is not a JSON object with a 'features' object; re-record the dataset")
     features = info.get("features", {})
     need = {"action": None, "observation.state": None}
     for key in need:
@@ -83,8 +88,15 @@ def check_dataset(root: Path) -> dict:
     if not any(k.startswith("observation.images.") for k in features):
         raise SystemExit(f"train: dataset has no camera feature 'observation.images.*' in {info_path}")
     for key in ("action", "observation.state"):
-        if len(features[key].get("shape", [])) != 1:
-            raise SystemExit(f"train: feature {key!r} must be a vector, got shape {features[key].get('shape')}")
+        shape = features[key].get("shape") if isinstance(features[key], dict) else None
+        if not isinstance(shape, list) or len(shape) != 1:
+            raise SystemExit(f"train: feature {key!r} in {info_path} must be a vector, got shape {shape}")
+    from smolvla_cls.augmentation import simtask_colours
+
+    try:  # a corrupt sidecar is named here, before the settings check and the augmentation read it
+        simtask_colours(root)
+    except ValueError as exc:
+        raise SystemExit(f"train: {str(exc).removeprefix('augmentation: ')}") from None
     return info
 
 
@@ -113,14 +125,16 @@ def policy_config(preset: str, stage: str, device: str, chunk: int, act_cls_wiri
     )
 
 
-def _recording_update(update_policy, handle, first_step: int):
-    """Wrap lerobot's `update_policy` to append each step's loss components to an open JSONL file."""
-    step = [first_step]
+def _recording_update(update_policy, handle, first_step: int, elapsed: float = 0.0):
+    """Wrap lerobot's `update_policy` to append each step's loss components to an open JSONL file, with the
+    stage's wall time so far (`elapsed_s`: `elapsed` seconds of earlier, interrupted runs plus this one's)."""
+    step, started = [first_step], time.time()
 
     def wrapped(*args, **kwargs):
         tracker, output = update_policy(*args, **kwargs)
         step[0] += 1
-        record = {"step": step[0], **{k: float(v) for k, v in (output or {}).items() if isinstance(v, (int, float))}}
+        record = {"step": step[0], **{k: float(v) for k, v in (output or {}).items() if isinstance(v, (int, float))},
+                  "elapsed_s": round(elapsed + time.time() - started, 3)}
         handle.write(json.dumps(record) + "\n")
         handle.flush()
         return tracker, output
@@ -182,6 +196,36 @@ def jump_ticks(root: Path) -> dict[int, int]:
             if e.get("perturb_tick") is not None and e["perturb_tick"] < (e.get("success_length") or e["length"])}
 
 
+def checkpoint_step(stage_dir: Path) -> int:
+    """The step of the stage's last checkpoint, where lerobot's resume continues (its training_step.json)."""
+    from lerobot.utils.constants import TRAINING_STATE_DIR, TRAINING_STEP
+
+    path = stage_dir / "checkpoints" / "last" / TRAINING_STATE_DIR / TRAINING_STEP
+    try:
+        step = json.loads(path.read_text())["step"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise SystemExit(f"train: --resume: {path} is unreadable ({exc!r}); delete {stage_dir} to start "
+                         "the stage again") from None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise SystemExit(f"train: --resume: {path} holds no step count ({step!r}); delete {stage_dir}")
+    return step
+
+
+def truncate_log(log_path: Path, step: int) -> float:
+    """Keep the loss log's rows up to `step` (the later ones are trained again after a resume); returns the
+    seconds the stage already ran (the last row's `elapsed_s`, discarded rows included: that time was spent)."""
+    rows = []
+    for line in log_path.read_text().splitlines() if log_path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a row cut short by the interruption
+            continue
+    rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+    elapsed = max((float(r.get("elapsed_s", 0.0)) for r in rows), default=0.0)
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+    return elapsed
+
+
 def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info: dict) -> Path:
     """One lerobot training run; returns its last pretrained_model folder."""
     from lerobot.configs.default import DatasetConfig, WandBConfig
@@ -222,25 +266,30 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
         cfg = TrainPipelineConfig.from_pretrained(str(saved))
         cfg.resume = True
         cfg.output_dir = stage_dir  # the run folder may have been moved since it was saved
+        cfg.num_workers, cfg.policy.device = args.num_workers, policy.device  # how fast, not what: this run's
         sys.argv = [sys.argv[0], f"--config_path={saved / 'train_config.json'}"]
     else:
         sys.argv = [sys.argv[0]]  # lerobot's validate() re-reads CLI args: give it none of ours
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
     original = lerobot_train.update_policy
     log_path = stage_dir.parent / f"loss_{plan.name}.jsonl"
+    # lerobot resumes from the last checkpoint's step: rows logged after it are trained (and logged) again
+    first = checkpoint_step(stage_dir) if resume else 0
+    before = truncate_log(log_path, first) if resume else 0.0
     if not resume:
         log_path.unlink(missing_ok=True)
-    logged = len(log_path.read_text().splitlines()) if log_path.exists() else 0  # resume continues the count
     started = time.time()
     prepared = functools.partial(_prepared_dataset, args=args, stage=plan.name)
     with log_path.open("a") as log, datasets_transformed(lerobot_train, prepared):
-        lerobot_train.update_policy = _recording_update(original, log, logged)
+        lerobot_train.update_policy = _recording_update(original, log, first, before)
         try:
             lerobot_train.train(cfg)
         finally:
             lerobot_train.update_policy = original
-    (stage_dir / "DONE").write_text(json.dumps({"seconds": time.time() - started, "steps": plan.steps}))
-    print(f"[train] stage {plan.name}: {plan.steps} steps in {time.time() - started:.0f} s")
+    took = time.time() - started  # seconds: the whole stage, time before an interruption included
+    (stage_dir / "DONE").write_text(json.dumps({"seconds": before + took, "seconds_this_run": took,
+                                                "steps": plan.steps, "resumed_from_step": first if resume else None}))
+    print(f"[train] stage {plan.name}: {plan.steps} steps in {took:.0f} s" + (f" (+{before:.0f} s before)" * resume))
     return last
 
 
@@ -292,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--delta-steps={args.delta_steps}: expected >= 1")
     if args.delta_lr is not None and not (math.isfinite(args.delta_lr) and args.delta_lr > 0):
         parser.error(f"--delta-lr={args.delta_lr}: expected a finite learning rate > 0")
+    relabel = [f for f, on in (("--pad-hold", args.pad_hold), ("--mask-after-jump", args.mask_after_jump)) if on]
+    if args.augment == "off" and relabel:
+        parser.error(f"{' '.join(relabel)} rides on the simtask augmentation; drop --augment off")
     if args.chunk_size < 1:
         parser.error(f"--chunk-size={args.chunk_size}: expected >= 1")
     if args.num_workers < 0:

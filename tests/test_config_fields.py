@@ -43,7 +43,19 @@ def test_bad_optimizer_betas_are_refused(betas):
 
 def test_defaults_and_edge_values_are_accepted():
     tiny_config()
-    tiny_config(vicreg_weight=0.0, cls_noise_scale=0.0, delta_time=1.0, optimizer_lr=0, optimizer_betas=[0.0, 0.999])
+    tiny_config(vicreg_weight=0.0, cls_noise_scale=0.0, delta_time=1.0, optimizer_betas=[0.0, 0.999],
+                scheduler_warmup_steps=0)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("vicreg_eps", 0.0),  # sqrt(var + 0) of a collapsed dimension: NaN gradients
+    ("optimizer_lr", 0.0),  # lerobot's cosine schedule divides decay_lr by it: ZeroDivisionError at the first step
+    ("scheduler_decay_steps", 0), ("scheduler_decay_steps", True), ("scheduler_warmup_steps", -5),
+    ("scheduler_warmup_steps", 1.5), ("num_cls_prefix", True), ("num_cls_suffix", False), ("suffix_cls_window", True),
+])
+def test_values_that_fail_deep_inside_lerobot_are_refused_by_name(field, value):
+    with pytest.raises(ConfigError, match=rf"^{field}="):
+        tiny_config(**{field: value})
 
 
 def test_adapt_to_pi_aloha_is_refused_by_the_config_and_the_policy():

@@ -53,6 +53,16 @@ def test_datasets_transformed_wraps_the_loops_factory_and_restores_it():
         setattr(lerobot_train, name, original)
 
 
+def test_only_the_train_dataset_is_transformed_on_a_train_eval_split():
+    """lerobot 0.6 builds its eval split with `image_transforms=None`: our augmentation must leave it alone too."""
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(make_train_eval_datasets=lambda cfg: ("train", "eval"))
+    with lerobot_compat.datasets_transformed(fake, lambda d: f"seen:{d}"):
+        assert fake.make_train_eval_datasets(None) == ("seen:train", "eval")
+    assert fake.make_train_eval_datasets(None) == ("train", "eval")
+
+
 def test_dataset_info_is_a_dict_with_the_features(recording):
     info = lerobot_compat.dataset_info(recording)
     assert isinstance(info, dict) and info["fps"] == 10

@@ -261,3 +261,13 @@ def test_processors_round_trip_through_the_policy(stage):
     assert train["action"].abs().max() < 5.0  # normalised by the stats
     loss, _ = policy.forward(train)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_cls_embeddings_keeps_the_callers_mode(training):
+    """An analysis read-out in the middle of training used to leave the policy in eval mode (dropout off)."""
+    policy = tiny_policy()
+    policy.train(training)
+    before = [m.training for m in policy.modules()]
+    policy.cls_embeddings(random_batch(policy.config, batch_size=2, with_action=False))
+    assert policy.training is training and [m.training for m in policy.modules()] == before

@@ -170,3 +170,53 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path, below, capsys):
         train.main(["--dataset-root", str(tmp_path / "none"),
                     "--output-dir", str(a_file / "sub" if below else a_file)])
     assert exc.value.code == 2 and "--output-dir" in capsys.readouterr().err
+
+
+def _record(root: Path, seed: int) -> None:
+    import subprocess
+    import sys
+
+    rec = subprocess.run([sys.executable, "-m", "smolvla_cls.dataset_recording", "--root", str(root), "--episodes", "2",
+                          "--seed", str(seed), "--quiet", "--force"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert rec.returncode == 0, rec.stderr[-2000:]
+
+
+def test_a_dataset_re_recorded_at_the_same_root_is_refused(tmp_path, stubbed):
+    """Only the root was recorded: other episodes at the same path counted as "already done" (old model kept)."""
+    data, out = tmp_path / "reach", tmp_path / "out"
+    _record(data, seed=5)
+    _earlier_run(out, _argv(out, "--dataset-root", str(data)), stubbed)
+    assert _rerun(_argv(out, "--dataset-root", str(data)), stubbed) == ["main", "delta"]  # same content: skipped
+    _record(data, seed=6)
+    with pytest.raises(SystemExit) as exc:
+        _rerun(_argv(out, "--dataset-root", str(data)), stubbed)
+    message = str(exc.value.code)
+    assert "stage main" in message and "--dataset-root content" in message and "\n" not in message, message
+
+
+def test_a_record_without_the_dataset_content_still_skips(tmp_path, stubbed, capsys):
+    """Stages recorded before the content was: compared on everything else, with a note."""
+    import json
+
+    out = tmp_path / "out"
+    _earlier_run(out, _argv(out), stubbed)
+    for stage in ("main", "delta"):
+        path = out / f"stage_{stage}.settings.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "dataset"}))
+    assert _rerun(_argv(out), stubbed) == ["main", "delta"]
+    assert "dataset content was not recorded" in capsys.readouterr().out
+
+
+def test_delta_alone_refuses_a_main_stage_trained_with_other_settings(tmp_path, stubbed):
+    """`--stages delta --chunk-size 4` on a main stage trained with 10 trained happily and wrote a mixed config."""
+    out = tmp_path / "out"
+    _earlier_run(out, _argv(out, "--stages", "main"), stubbed)
+    with pytest.raises(SystemExit) as exc:
+        _rerun(_argv(out, "--stages", "delta", "--chunk-size", "4", "--pad-hold"), stubbed)
+    message = str(exc.value.code)
+    assert "--stages delta starts from the main stage" in message and "\n" not in message, message
+    assert "--chunk-size 10 → 4" in message and "--pad-hold False → True" in message
+    # how the main stage trained (steps, lr, seed) and per-stage image changes are not the delta stage's business
+    assert _rerun(_argv(out, "--stages", "delta", "--seed", "7", "--steps", "100", "--irrelevant-augment", "0.1"),
+                  stubbed) == ["delta"]

@@ -205,6 +205,7 @@ def test_bad_irrelevant_augment_options_are_named(tmp_path, argv, capsys):
     (["--stages", ","], "--stages"), (["--stages", ""], "--stages"), (["--stages", "delta"], "--stages delta needs"),
     (["--delta-lr", "nan"], "--delta-lr"), (["--delta-lr", "-1"], "--delta-lr"), (["--delta-lr", "0"], "--delta-lr"),
     (["--chunk-size", "0"], "--chunk-size"), (["--num-workers", "-2"], "--num-workers"), (["--seed", "-1"], "--seed"),
+    (["--augment", "off", "--pad-hold"], "--pad-hold"), (["--augment", "off", "--mask-after-jump"], "--mask-after-jump"),
 ])
 def test_bad_training_flags_are_named_before_any_work(tmp_path, argv, flag, capsys):
     """Refused by name at once — not after the main stage, not as a trace, and --stages delta never from random weights."""
@@ -242,3 +243,56 @@ def test_rerun_with_other_settings_keeps_nothing_silently(trained, tmp_path):
     same = _run([*base, "--steps", "4", "--quick"], 120)
     assert same.returncode == 0, same.stderr[-2000:]
     assert "stage main: already done" in same.stdout and "stage delta: already done" in same.stdout
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("info.json", "{not json", "info.json is unreadable"), ("info.json", "[1, 2]", "info.json is not a JSON object"),
+    ("simtask_recording.json", "{not json", "simtask_recording.json is unreadable"),
+    ("simtask_recording.json", '{"identity": []}', "simtask_recording.json has no identity.task.colors"),
+])
+def test_corrupt_dataset_metadata_is_named_in_one_line(tmp_path, name, text, problem):
+    """A raw JSONDecodeError trace (info.json) or "has no identity.task.colors" (a sidecar that is not JSON) before."""
+    features = {"action": {"dtype": "float32", "shape": [2]}, "observation.state": {"dtype": "float32", "shape": [2]},
+                "observation.images.top": {"dtype": "image", "shape": [64, 64, 3]}}
+    (tmp_path / "ds" / "meta").mkdir(parents=True)
+    (tmp_path / "ds" / "meta" / "info.json").write_text(json.dumps({"features": features}))
+    (tmp_path / "ds" / "meta" / name).write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        train_main(["--dataset-root", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "out"), "--no-report"])
+    message = str(exc.value.code)
+    assert message.startswith("train: ") and problem in message and "\n" not in message, message
+
+
+def test_lerobot_train_finds_the_policy_through_its_plugin_distribution(trained, tmp_path):
+    """`lerobot-train --policy.path=<smolvla_cls checkpoint>` failed with "Couldn't find a choice class for
+    'smolvla_cls'": nothing registered the type before draccus parsed the path. lerobot imports installed
+    distributions named `lerobot_policy_*`; ours (plugins/, `make install`) is built and put on the path here."""
+    import importlib.util
+    import shutil
+
+    import tomllib
+
+    plugin = REPO / "plugins" / "lerobot_policy_smolvla_cls"
+    project = tomllib.loads((plugin / "pyproject.toml").read_text())["project"]
+    name = project["name"]
+    assert name.startswith("lerobot_policy_") and (plugin / name / "__init__.py").exists()
+    assert f"-e plugins/{name}" in (REPO / "scripts" / "ensure_env.sh").read_text()
+    site = tmp_path / "site"
+    if importlib.util.find_spec("setuptools"):  # as pip installs it (built from a copy: no build/ in the checkout)
+        shutil.copytree(plugin, tmp_path / "plugin")
+        pip = _run(["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target",
+                    str(site), str(tmp_path / "plugin")], 120)
+        assert pip.returncode == 0, pip.stderr[-2000:]
+    else:  # a venv without setuptools (lerobot 0.6 root): the metadata lerobot reads, next to the package
+        (site / f"{name}-{project['version']}.dist-info").mkdir(parents=True)
+        (site / f"{name}-{project['version']}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {project['version']}\n")
+        shutil.copytree(plugin / name, site / name)
+    out, _ = trained
+    res = _run(["-m", "lerobot.scripts.lerobot_train", f"--policy.path={out / 'checkpoints/last/pretrained_model'}",
+                "--dataset.repo_id=local/simtask_reach", f"--dataset.root={out.parent / 'reach'}", "--steps=1",
+                "--batch_size=2", "--num_workers=0", f"--output_dir={tmp_path / 'run'}", "--policy.push_to_hub=false",
+                "--wandb.enable=false"], 180, PYTHONPATH=f"{site}{os.pathsep}{REPO}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
+    assert saved["type"] == "smolvla_cls"
