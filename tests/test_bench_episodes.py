@@ -52,7 +52,7 @@ def test_irrelevant_changes_keep_the_expert_action_and_change_the_image(seed, ki
 @settings(max_examples=25, deadline=None)
 @given(seed=seeds, kind=st.sampled_from(RELEVANT_KINDS))
 def test_relevant_changes_change_the_expert_action(seed, kind):
-    env = BenchEnv()
+    env = BenchEnv(slack=10_000)  # the agent stands still through the change: no deadline may end the episode
     env.reset(seed, kind)
     change = env.schedule[0]
     while env.t < change.tick - 1:  # follow the expert up to the change (where a policy would be), then stop
