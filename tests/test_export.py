@@ -85,7 +85,7 @@ def test_manifest_contract(exported):
         assert (out / name).stat().st_size == entry["bytes"]
     for metric in ("drift", "consistency"):
         assert manifest["gate"][metric]["default_threshold"] > 0
-    n = d["n_action_steps"]  # default: the higher-AUROC CLS gate with the auto plan-age cap round(0.6 n)
+    n = d["n_action_steps"]  # default: the higher-AUROC CLS gate with the auto plan-age cap round(0.5 n)
     assert manifest["gate"]["default"] in (f"any:drift,interval:{auto_cap(n)}", f"any:consistency,interval:{auto_cap(n)}")
     k_shape = manifest["graphs"]["prefix"]["outputs"][0]["shape"]
     assert k_shape == [d["num_layers"], 1, d["prefix_len"], d["kv_heads"], d["head_dim"]]
@@ -232,11 +232,11 @@ def test_default_gate_rule_follows_calibration_auroc_and_accepts_overrides():
     def default(g, *args):
         return with_default_gate(g, *args)["default"]
 
-    assert default(cal(0.95, 0.80)) == "any:drift,interval:6"  # auto cap for n = 10: round(0.6 × 10)
-    assert default(cal(0.90, 0.92)) == "any:consistency,interval:6"
+    assert default(cal(0.95, 0.80)) == "any:drift,interval:5"  # auto cap for n = 10: round(0.5 × 10)
+    assert default(cal(0.90, 0.92)) == "any:consistency,interval:5"
     assert default(cal(0.90, 0.90), "auto", "0") == "drift"  # tie: drift; 0 = no cap
     assert default(cal(None, 0.99), "auto", "0") == "drift"  # uncalibrated
-    assert default(cal(0.95, 0.80), "any:drift,consistency") == "any:drift,consistency,interval:6"
+    assert default(cal(0.95, 0.80), "any:drift,consistency") == "any:drift,consistency,interval:5"
     assert default(cal(0.95, 0.80), "consistency", "4", 5) == "any:consistency,interval:4"
     assert default(cal(0.95, 0.80), "any:drift,interval:3") == "any:drift,interval:3"  # its own cap kept
     assert default({**cal(0.9, 0.9), "jump": {}}, "jump", "2") == "any:jump,interval:2"
@@ -248,8 +248,8 @@ def test_default_gate_rule_follows_calibration_auroc_and_accepts_overrides():
             with_default_gate(cal(0.9, 0.9), *bad)
 
 
-def test_auto_cap_is_sixty_percent_of_the_plan():
-    assert [auto_cap(n) for n in (1, 2, 5, 8, 10, 50)] == [1, 1, 3, 5, 6, 30]
+def test_auto_cap_is_half_the_plan():
+    assert [auto_cap(n) for n in (1, 2, 5, 8, 10, 50)] == [1, 1, 3, 4, 5, 25]
 
 
 def test_bad_default_gate_is_refused_before_anything_is_written(tmp_path):

@@ -157,8 +157,8 @@ def test_the_default_gates_cap_sets_the_calibration_horizon():
     """`any:…,interval:k` lets the CLS part decide only while fewer than k actions of a plan ran: calibrate there."""
     from export.graphs.gate_calibration import capped_horizon
 
-    assert capped_horizon("auto", "auto", 10) == 6  # auto cap round(0.6 n)
+    assert capped_horizon("auto", "auto", 10) == 5  # auto cap round(0.5 n)
     assert capped_horizon("auto", "0", 10) == 10  # no cap: the whole chunk
     assert capped_horizon("auto", "4", 10) == 4 and capped_horizon("auto", "1", 10) == 2  # at least 2
     assert capped_horizon("any:drift,interval:3", "auto", 10) == 3  # the spec's own cap
-    assert capped_horizon("consistency", "8", 10) == 8 and capped_horizon("auto", "auto", 25) == 15
+    assert capped_horizon("consistency", "8", 10) == 8 and capped_horizon("auto", "auto", 25) == 13

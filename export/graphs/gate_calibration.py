@@ -281,11 +281,13 @@ def _expert_plans(graphs: _Graphs, task_cfg, seed: int, perturb: bool, horizon: 
 
 
 AUTO_GATES = ("drift", "consistency")  # what `--default-gate auto` chooses between, by calibration AUROC
-CAP_RATIO = 0.6  # auto cap = round(0.6 × n_action_steps): measured on the gate benchmark with n = 10 only (docs/11)
+# auto cap = round(0.5 × n_action_steps): on the gate benchmark with reach-by deadlines (n = 10 only, docs/11) the
+# cap of 6 missed the rule on `mixed` on two fresh seeds, the cap of 5 met it on both suites (docs/11)
+CAP_RATIO = 0.5
 
 
 def auto_cap(n_action_steps: int) -> int:
-    """The plan-age cap `--default-cap auto` writes: round(CAP_RATIO × n), half up, within 1..n (6 for n = 10)."""
+    """The plan-age cap `--default-cap auto` writes: round(CAP_RATIO × n), half up, within 1..n (5 for n = 10)."""
     return min(n_action_steps, max(1, math.floor(CAP_RATIO * n_action_steps + 0.5)))
 
 

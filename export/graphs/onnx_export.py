@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                              "| jump or any: of those, optionally with one interval:k, e.g. any:drift,interval:6")
     parser.add_argument("--default-cap", default="auto", metavar="auto|K|0",
                         help="plan-age cap added to gate.default as interval:K (unless the spec has one): auto = "
-                             "round(0.6 x n_action_steps), 6 for n = 10 (the ratio was measured on the gate "
+                             "round(0.5 x n_action_steps), 5 for n = 10 (the ratio was measured on the gate "
                              "benchmark with n = 10 only, docs/11); 0 = no cap")
     args = parser.parse_args(argv)
     checkpoint = None if args.preset is not None else (
