@@ -188,8 +188,14 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     if missing:
         print(f"warning: no calibrated threshold for {', '.join(missing)}: those policies are not run", file=sys.stderr)
 
-    specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, refine, caps,
-                         manifest.default_gate)
+    # a --refine name checked up front may name a threshold calibration then dropped (a cosine p99 x 3 >= 2): warned
+    built = {s.name for s in policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep, (), caps,
+                                          manifest.default_gate)}
+    unbuilt = [n for n in dict.fromkeys(refine) if n not in built]
+    if unbuilt:
+        print(f"warning: --refine {', '.join(unbuilt)}: not built after calibration, not run", file=sys.stderr)
+    specs = policy_specs(calibration, manifest.dims.n_action_steps, intervals, sweep,
+                         [n for n in refine if n in built], caps, manifest.default_gate)
     n_ep = episodes * len(kinds)
     bar = _bar((len(specs) + 2) * n_ep, progress)
     results: list[dict] = []

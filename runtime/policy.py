@@ -271,7 +271,7 @@ class EdgePolicy:
         prefix: PrefixState | None = None
         if force or (checks and (self.gate.needs_obs_cls or self.gate.needs_act_cls)):
             prefix = self._prefix(obs, info)
-            if prefix is None:  # fault: no fresh K/V this tick; a due resample is retried next tick
+            if prefix is None:  # fault: no fresh K/V this tick; a due resample or check is retried next tick
                 self._pending_resample = force and self._queue_left > 0
                 return self._pop()
 
@@ -282,9 +282,9 @@ class EdgePolicy:
             decision = GateDecision(True, False, reason=reason)
         elif checks:
             checked, delta = self._check_gate(obs, prefix, info)
-            self._ticks_since_check = 0  # checked (or faulted trying): the next check is check_every ticks on
-            if checked is None:  # fault while computing the gate's inputs → keep the plan
+            if checked is None:  # fault while computing the gate's inputs → keep the plan; retried next tick
                 return self._pop()
+            self._ticks_since_check = 0  # checked: the next check is check_every ticks on
             decision = checked
         else:
             decision = self.gate.decide(GateInputs(self._queue_left, self._ticks_since_plan,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from evaluation import gate_bench
@@ -92,3 +93,20 @@ def test_rerender_of_a_report_without_its_keys_is_one_line(content, tmp_path, ca
     assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"error: --rerender {path}: not a gate_bench.json report (")
     assert not (tmp_path / "gate_bench.md").exists()
+
+
+def test_a_refine_name_calibration_drops_is_warned_and_skipped(tmp_path, capsys, monkeypatch):
+    """`drift:3xp99` passes the up-front check, but with quiet distances up to 0.9 its threshold (≥ 2) is dropped
+    by calibration: the run warns and goes on instead of failing after minutes of calibration."""
+    rng = np.random.default_rng(0)
+
+    def distances(*args, **kwargs):
+        return {"quiet": list(rng.uniform(0.5, 0.9, 200)), "irrelevant": [0.6], "relevant": [1.5], "moving": []}
+    monkeypatch.setattr(gate_bench, "record_distances", distances)
+    rc = gate_bench.main(["--artifacts", str(cached_fake_artifacts()), "--out", str(tmp_path / "r"), "--no-progress",
+                          "--kinds", "jump", "--episodes", "1", "--calibration-episodes", "1", "--no-plots",
+                          "--sweep", "p95", "3xp99", "--caps", "99", "--refine", "drift:3xp99", "drift:p95"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "--refine drift:3xp99: not built after calibration" in err, err
+    names = {p["name"] for p in json.loads((tmp_path / "r" / "gate_bench.json").read_text())["policies"]}
+    assert "drift:p95+refine" in names and not any(n.startswith("drift:3xp99") for n in names)

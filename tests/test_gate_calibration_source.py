@@ -162,3 +162,13 @@ def test_the_default_gates_cap_sets_the_calibration_horizon():
     assert capped_horizon("auto", "4", 10) == 4 and capped_horizon("auto", "1", 10) == 2  # at least 2
     assert capped_horizon("any:drift,interval:3", "auto", 10) == 3  # the spec's own cap
     assert capped_horizon("consistency", "8", 10) == 8 and capped_horizon("auto", "auto", 25) == 13
+
+
+def test_a_degenerate_cls_output_in_calibration_is_one_line_naming_the_cause():
+    from export.graphs.checkpoint_loading import ExportInputError
+    from export.graphs.gate_calibration import cosine_distance
+
+    ok = np.ones((1, 2, 4))
+    with pytest.raises(ExportInputError, match="degenerate CLS embedding.*--no-calibration"):
+        cosine_distance(np.zeros((1, 2, 4)), ok)
+    assert cosine_distance(ok, ok) == pytest.approx(0.0, abs=1e-12)

@@ -222,3 +222,14 @@ def test_lowering_is_byte_reproducible_across_processes(tmp_path: Path, folders:
         assert r.returncode == 0, r.stderr
         hashes.append({g: sha256_file(dst / f"{g}.onnx") for g in GRAPH_NAMES})
     assert hashes[0] == hashes[1]
+
+
+@pytest.mark.parametrize("bad", [np.zeros((1, 2, 4)), np.full((1, 2, 4), np.nan)], ids=["zero", "nan"])
+def test_a_degenerate_lowered_embedding_is_the_largest_shift_not_a_crash(bad):
+    """A lowering whose obs-CLS collapses (overflow to NaN, or zeros) fails the drift row instead of stopping
+    the whole validation with a traceback (the runtime's `embed` refuses such an embedding)."""
+    from export.precision.mixed_precision import _embedding_shift
+
+    want = np.random.default_rng(0).standard_normal((1, 2, 4))
+    assert _embedding_shift(bad, want) == 2.0
+    assert _embedding_shift(want, want) == pytest.approx(0.0, abs=1e-12)

@@ -241,3 +241,22 @@ def test_stalls_count_deadline_misses_and_defer_resamples():
     assert pol.counters.deferred_resamples >= 4
     assert pol.counters.deadline_misses == sum(i.total_ms > 25.0 for i in infos) >= 5
     assert pol.stage_estimates_ms["denoise"] > 25.0
+
+
+@pytest.mark.parametrize("graph, kind", [("prefix", "raise"), ("prefix", "zero"), ("plan_encoder", "raise")])
+def test_a_check_a_fault_interrupted_is_retried_on_the_next_tick(graph, kind):
+    """check_every=3: whatever faults the check (the prefix pass, a degenerate obs-CLS, the plan encoder), the
+    gate looks again on the next tick — it did not see that observation — then every 3 ticks from there."""
+    fb, art = _faulty({"act_cls_wiring": "plan_only"})
+    pol = EdgePolicy(art, backend=fb, gate=observing_gate("consistency", check_every=3), seed=0)
+    checks = []
+    for t in range(10):
+        fb.tick = t
+        if t == 3:
+            fb.plan[(3, graph)] = kind
+        pol.step(make_observation(t % 17))
+        if pol.last_info.gate_checked:
+            checks.append(t)
+    assert fb.injected and fb.injected[0][0] == 3
+    # t=3 faulted: retried at 4 (not 3 ticks later); the queue runs out at 6 (n = 6) and restarts the rhythm: 9
+    assert checks == [4, 9], checks

@@ -37,6 +37,7 @@ import math
 import numpy as np
 import torch
 
+from export.graphs.checkpoint_loading import ExportInputError
 from export.graphs.graph_wrappers import DeltaExpertGraph, MainExpertGraph, PlanEncoderGraph, PrefixGraph
 from runtime.default_gate import capped, check_default_gate_fits, default_gate_parts
 from runtime.gate import cosine_distance as unit_cosine_distance
@@ -47,8 +48,13 @@ QUANTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """The runtime's gate distance between two [1, N, E] CLS outputs (same code, so same numbers)."""
-    return unit_cosine_distance(embed(a), embed(b))
+    """The runtime's gate distance between two [1, N, E] CLS outputs (same code, so same numbers). A degenerate
+    (zero / non-finite) CLS output is the model's fault, not a distance: ExportInputError, one line."""
+    try:
+        return unit_cosine_distance(embed(a), embed(b))
+    except ValueError as exc:
+        raise ExportInputError(f"gate calibration: the model's {exc} — the gate could never use it; retrain, or "
+                               "export with --no-calibration") from None
 
 
 def plan_encoder_inputs(chunk: np.ndarray, consumed: int, n_action_steps: int) -> tuple[np.ndarray, np.ndarray]:

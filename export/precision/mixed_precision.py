@@ -61,7 +61,7 @@ from export.precision.precision_lowering import (
 )
 from export.precision.tensor_ranges import KV_NAMES, calibrate, float_tensor_types
 from runtime.fingerprint import sha256_file
-from runtime.gate import cosine_distance, embed
+from runtime.gate import MAX_COSINE_DISTANCE, cosine_distance, embed
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 PROG = "mixed precision"
@@ -126,11 +126,20 @@ def _prefix_rows(want_run: Runner, got_run: Runner, draws: list[_Draw], manifest
         for name in ("obs_cls", *KV_NAMES):
             rows.append(compare("prefix", name, got[name], want[name], precision))
         if drift > 0:
-            shift = cosine_distance(embed(got["obs_cls"]), embed(want["obs_cls"]))  # what the drift gate sees
+            shift = _embedding_shift(got["obs_cls"], want["obs_cls"])
             rows.append(Comparison("prefix", "obs_emb", 1.0 - shift, shift, 1.0 - EMBEDDING_SHARE * drift))
         kv_want.append({n: want[n] for n in KV_NAMES})
         kv_got.append({n: got[n] for n in KV_NAMES})
     return rows, kv_want, kv_got
+
+
+def _embedding_shift(got: np.ndarray, want: np.ndarray) -> float:
+    """The drift gate's view of the lowering: cosine distance of the two obs-CLS embeddings; a degenerate
+    (zero / NaN) lowered embedding is the largest shift, a failing row rather than a crash."""
+    try:
+        return cosine_distance(embed(got), embed(want))
+    except ValueError:
+        return MAX_COSINE_DISTANCE
 
 
 def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[_Draw], kv_want: list[KV],
