@@ -430,6 +430,7 @@ class EdgePolicy:
         self.last_chunk = plan.copy()  # the whole fresh chunk (normalised), read by runtime.async_policy
         self._queue_left = self.manifest.dims.n_action_steps
         self._ticks_since_plan = self._ticks_since_check = 0
+        self._gate_plan = None  # a fresh plan: the gate encodes the queue until the next sync_plan
         self._plan_obs_emb = embed(prefix.obs_cls)
         self._prev_obs_emb = self._plan_obs_emb
         self._plan_state = obs.state.copy()
