@@ -99,14 +99,17 @@ def _compare(args: argparse.Namespace) -> dict:
 
     server, svc, port = build_server(ServeConfig(artifacts=args.artifacts, gate=args.gate, port=0))
     server.start()
+    gate_spec = svc.template.gate.spec
     try:
         bound = float(abs(svc.template.guard.low).max()), float(abs(svc.template.guard.high).max())
         s = served(port, args.episodes, fps=args.fps, action_bound=max(bound))
         stats = svc.stats()
-    finally:
+    finally:  # the server's deadline thread and its model go before the direct run loads a second copy
         server.stop(grace=None).wait()
+        svc.close()
+        svc.template.close()
     d, direct_counters = direct(args.artifacts, args.episodes, gate=args.gate, action_bound=max(bound))
-    res = {"episodes": args.episodes, "gate": svc.template.gate.spec, "fps": args.fps, "served_success": s.success_rate,
+    res = {"episodes": args.episodes, "gate": gate_spec, "fps": args.fps, "served_success": s.success_rate,
            "direct_success": d.success_rate, "served_unsafe": s.unsafe, "direct_unsafe": d.unsafe,
            "served_steps_mean": sum(o.steps for o in s.outcomes) / len(s.outcomes),
            "direct_steps_mean": sum(o.steps for o in d.outcomes) / len(d.outcomes),

@@ -7,8 +7,16 @@ robot registered, so path (a) of docs/07-robot.md runs without hardware:
 """
 
 from lerobot.async_inference.robot_client import async_client
+from lerobot.utils.import_utils import register_third_party_plugins
 
 import robot_adapters.config_sim_reach  # noqa: F401  (registers --robot.type=sim_reach)
 
-if __name__ == "__main__":
+
+def main() -> None:
+    """As the stock `__main__`: installed `lerobot_robot_*` / `lerobot_camera_*` plugins first, then the client."""
+    register_third_party_plugins()
     async_client()
+
+
+if __name__ == "__main__":
+    main()

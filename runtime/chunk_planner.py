@@ -51,6 +51,11 @@ class ChunkPlanner:
         self._next_timestep: int | None = None  # timestep of the policy queue's head
         self.last_timestep: int | None = None  # the newest observation planned from
 
+    def realign(self) -> None:
+        """Forget which timestep the queue's head stands for (a client that reconnected): the next observation
+        resamples; observations older than the newest planned from are still skipped."""
+        self._next_timestep = None
+
     def plan(self, robot_obs: Mapping[str, Any], timestep: int, must_go: bool) -> Chunk:
         t0 = time.perf_counter()
         p = self.policy

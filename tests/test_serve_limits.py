@@ -275,6 +275,29 @@ def test_sessions_are_capped_and_only_quiet_ones_make_room():
             c.close()
 
 
+def test_a_client_whose_channel_reconnected_keeps_its_session():
+    """The stock client sets up once; after a TCP drop its channel comes back from a new port without a new
+    setup. That peer takes over the quiet session its host left (and the old peer must set up again); while
+    the session is still driven, a peer without setup is refused as before."""
+    from runtime.serve.server import ADOPT_QUIET_S
+
+    with running_server() as (svc, port):
+        before, after = _OwnConnection(port), _OwnConnection(port)
+        before.setup()
+        before.observe(observation_bytes(timestep=0, must_go=True))
+        assert len(before.actions()) == 10
+        refused(after.observe, grpc.StatusCode.FAILED_PRECONDITION, "no policy setup")  # still driven: not taken
+        with svc._sessions_lock:
+            for session in svc.sessions.values():
+                session.last_seen -= ADOPT_QUIET_S + 0.5  # the old connection went quiet: dropped
+        after.observe(observation_bytes(timestep=5))  # the robot's timeline went on meanwhile
+        assert len(after.actions()) == 10  # served, and planned afresh (not aligned to the old queue)
+        assert svc.counters["sessions_adopted"] == 1 and svc.stats()["sessions"] == 1
+        refused(before.observe, grpc.StatusCode.FAILED_PRECONDITION, "no policy setup")  # the old peer sets up again
+        before.close()
+        after.close()
+
+
 @pytest.mark.parametrize("field,value", [("max_sessions", 0), ("stream_deadline_s", float("nan")),
                                          ("stream_deadline_s", 1e308), ("max_observation_bytes", 0),
                                          ("session_idle_s", -1.0), ("max_workers", 1)])

@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,15 @@ log = logging.getLogger("runtime.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_MESSAGE_BYTES = 4 << 20  # one gRPC message: the client sends 2 MB chunks
 MAX_SETUP_BYTES = 1 << 20
+# a session quiet this long, from the host of a peer that never set up, is that client's: the stock client sets up
+# once (start()) and, after a TCP drop, its channel reconnects from a new port and goes on without a new setup
+ADOPT_QUIET_S = 1.0
 ACTIVE_WINDOW_S = 5.0  # a client heard from within this is driving: its session is never dropped for a newcomer
+
+
+def _host(peer: str) -> str:
+    """A gRPC peer without its port: 'ipv4:10.0.0.5:49710' -> 'ipv4:10.0.0.5', 'ipv6:[::1]:5' -> 'ipv6:[::1]'."""
+    return peer.rsplit(":", 1)[0]
 
 
 @dataclass
@@ -104,6 +112,7 @@ class InferenceServicer:
         self._infer_lock = threading.Lock()  # one backend: inference runs one session at a time
         self.counters: Counter[str] = Counter()
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
+        self._retired_peers: deque[str] = deque(maxlen=1024)  # peers whose session was dropped or taken over
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
 
     def close(self) -> None:
@@ -118,11 +127,30 @@ class InferenceServicer:
         context.abort(code, reason)
 
     def _session(self, context: grpc.ServicerContext) -> ServeSession | None:
+        """The caller's session; for a peer that never had one, the quiet session its host left behind
+        (adopted: the client's channel reconnected from a new port, ADOPT_QUIET_S)."""
+        peer = context.peer()
         with self._sessions_lock:
-            return self.sessions.get(context.peer())
+            session = self.sessions.get(peer)
+            if session is not None or peer in self._retired_peers:
+                return session
+            now, host = time.monotonic(), _host(peer)
+            orphans = [p for p, s in self.sessions.items() if _host(p) == host and now - s.last_seen > ADOPT_QUIET_S]
+            if not orphans:
+                return None
+            old = max(orphans, key=lambda p: self.sessions[p].last_seen)  # the most recently driven one
+            session = self.sessions.pop(old)
+            self._retired_peers.append(old)  # its connection is gone; should it come back, it sets up again
+            session.planner.realign()  # what the robot holds after the drop is unknown: the next observation resamples
+            session.last_seen = now
+            self.sessions[peer] = session
+            self.counters["sessions_adopted"] += 1
+        log.warning("client %s: took over the session of %s (its channel reconnected without a new setup)", peer, old)
+        return session
 
     def _retire(self, peer: str) -> None:
         """Drop a session (caller holds the sessions lock); its counters stay in stats()."""
+        self._retired_peers.append(peer)  # an evicted client must set up again, not take over another session
         old = self.sessions.pop(peer)
         old.close()
         self._retired.update(old.policy.counters.as_dict())
