@@ -26,10 +26,14 @@ from runtime.policy import EdgePolicy
 
 
 def _ints(text: str) -> list[int]:
+    """--latencies: one or more comma-separated tick counts >= 0."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise ValueError(f"--latencies: expected comma-separated ints, got {text!r}") from exc
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise ValueError(f"--latencies: expected comma-separated ints >= 0, got {text!r}")
+    return values
 
 
 def _names(text: str, known: tuple[str, ...] | None, flag: str) -> list[str]:

@@ -193,8 +193,8 @@ def format_summary(s: dict) -> str:
         (f"ticks {s['ticks']}/{s['ticks_requested']}{'  (TRUNCATED by --max-minutes)' if s['truncated'] else ''}  "
         f"episodes {s['episodes']}  successes {s['successes']}  elapsed {s['elapsed_s']:.1f} s  "
         f"{s['ticks_per_s']:.1f} ticks/s"),
-        (f"tick ms: mean {s['tick_ms']['mean']:.2f}  p50 {s['tick_ms']['p50']:.2f}  p99 {s['tick_ms']['p99']:.2f}  "
-        f"max {s['tick_ms']['max']:.2f}"),
+        "tick ms: " + "  ".join(f"{k} {'?' if s['tick_ms'][k] is None else format(s['tick_ms'][k], '.2f')}"
+                                for k in ("mean", "p50", "p99", "max")),  # None: no tick ran
         (f"errors {s['errors']}  bad actions {s['bad_actions']} {s['bad_action_kinds']}  faults {s['counters']['faults']}  "
         f"fallbacks {s['counters']['fallbacks']}  clipped {s['counters']['clipped']}"),
         (f"resamples {s['counters']['resamples']}  prefix passes {s['counters']['prefix_passes']}  "

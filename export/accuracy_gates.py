@@ -4,6 +4,7 @@ fresh random prefix inputs, and the Euler chunk — so a lowered folder and an e
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +28,25 @@ GATES = {"fp32": Gate(0.9999, 0.9999), "fp16": Gate(0.999, 0.99), "bf16": Gate(0
 
 @dataclass(frozen=True)
 class Comparison:
-    """One compared tensor: where it comes from, its cosine, its max abs error, and the gate it must meet."""
+    """One compared tensor: where it comes from, its cosine, its max abs error, the gate it must meet, and the
+    ratio of its norm to the reference's (a uniformly scaled output keeps cosine 1: the length is gated too)."""
 
     graph: str
     tensor: str
     cosine: float
     max_abs: float
     gate: float
+    norm_ratio: float = 1.0
 
     @property
     def passed(self) -> bool:
-        return self.cosine >= self.gate
+        # the length may differ by what the cosine gate allows in angle: two equal-norm vectors at cosine c
+        # differ by sqrt(2 (1 - c)) of their norm. NaN fails both comparisons.
+        return self.cosine >= self.gate and abs(self.norm_ratio - 1.0) <= math.sqrt(2.0 * (1.0 - self.gate))
+
+    def rank(self) -> tuple[bool, float]:
+        """Sort key, worst first: failing rows, then the lowest cosine (NaN lowest of all)."""
+        return self.passed, -math.inf if math.isnan(self.cosine) else self.cosine
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,7 +69,16 @@ def compare(graph: str, tensor: str, got: np.ndarray, ref: np.ndarray, precision
         same = bool(np.array_equal(got.astype(bool), ref))
         return Comparison(graph, tensor, 1.0 if same else 0.0, 0.0 if same else 1.0, limit)
     diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
-    return Comparison(graph, tensor, cosine(got, ref), diff, limit)
+    return Comparison(graph, tensor, cosine(got, ref), diff, limit, norm_ratio(got, ref))
+
+
+def norm_ratio(got: np.ndarray, ref: np.ndarray) -> float:
+    """‖got‖ / ‖ref‖ in float64; 1 when both are zero, inf when only the reference is."""
+    g = float(np.linalg.norm(np.asarray(got, dtype=np.float64).ravel()))
+    r = float(np.linalg.norm(np.asarray(ref, dtype=np.float64).ravel()))
+    if r == 0.0:
+        return 1.0 if g == 0.0 else math.inf
+    return g / r
 
 
 def report(rows: list[Comparison]) -> str:
@@ -68,7 +86,7 @@ def report(rows: list[Comparison]) -> str:
     worst: dict[tuple[str, str], Comparison] = {}
     for row in rows:
         key = (row.graph, row.tensor)
-        if key not in worst or row.cosine < worst[key].cosine:
+        if key not in worst or row.rank() < worst[key].rank():
             worst[key] = row
     lines = [f"{'graph':<14}{'tensor':<12}{'cosine':>12}{'max |err|':>12}{'gate':>10}  result"]
     for row in worst.values():

@@ -100,3 +100,12 @@ def test_gate_specs_with_commas_are_separated_by_semicolons():
     assert _names("always; any:drift,interval:6", None, "--gates") == ["always", "any:drift,interval:6"]
     with pytest.raises(ValueError, match="--gates"):
         _names(" ; ", None, "--gates")
+
+
+@pytest.mark.parametrize("text", ["", ",", "-1", "1,x"])
+def test_latencies_must_be_ticks_and_are_named(text):
+    from evaluation.latency import _ints
+
+    with pytest.raises(ValueError, match="--latencies"):
+        _ints(text)
+    assert _ints("0, 3,5") == [0, 3, 5]

@@ -233,3 +233,23 @@ def test_a_degenerate_lowered_embedding_is_the_largest_shift_not_a_crash(bad):
     want = np.random.default_rng(0).standard_normal((1, 2, 4))
     assert _embedding_shift(bad, want) == 2.0
     assert _embedding_shift(want, want) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.5, 1.2, -1.0])
+def test_a_uniformly_scaled_output_fails_its_gate(scale):
+    """Cosine alone is blind to length: an output off by a constant factor (an fp16 overflow clamped, a wrong
+    scale folded into a weight) must fail, at every precision's gate; a faithful one passes."""
+    from export.accuracy_gates import CHUNK, GATES, compare
+
+    ref = np.random.default_rng(1).standard_normal((10, 6))
+    for precision in GATES:
+        for graph in (CHUNK, "main_expert"):
+            assert not compare(graph, "actions", scale * ref, ref, precision).passed, (precision, graph, scale)
+            assert compare(graph, "actions", ref * (1 + 1e-6), ref, precision).passed
+
+
+def test_the_report_shows_a_failing_row_even_after_a_good_one():
+    from export.accuracy_gates import Comparison, report
+
+    ok, bad = Comparison("prefix", "obs_cls", 1.0, 0.0, 0.999), Comparison("prefix", "obs_cls", float("nan"), 0.0, 0.999)
+    assert "FAIL" in report([ok, bad]) and "FAIL" in report([bad, ok])

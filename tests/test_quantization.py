@@ -312,3 +312,19 @@ def test_default_exclusions_keep_action_projections_float(tmp_path: Path) -> Non
     q = onnx.load(str(tmp_path / "q.onnx"))
     assert [n.name for n in q.graph.node if n.op_type == "MatMul"] == ["mm1"]  # the excluded one, still float
     assert sum(n.op_type in INTEGER_OPS for n in q.graph.node) >= 2
+
+
+@pytest.mark.parametrize("ops", ["Conv", "Gather"])
+def test_ops_that_quantize_nothing_are_one_line_naming_the_flag(folders: tuple[Path, Path, dict], tmp_path: Path,
+                                                                ops: str) -> None:
+    src, _, _ = folders
+    out = _run("-m", "export.int8.quantization", "--src", str(src), "--dst", str(tmp_path / "q"), "--ops", ops)
+    assert out.returncode == 2 and "--ops" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "q").exists()
+
+
+def test_graph_optimization_names_a_file_that_is_not_onnx(tmp_path: Path) -> None:
+    bad = tmp_path / "x.onnx"
+    bad.write_text("hello")
+    out = _run("-m", "export.int8.graph_optimization", str(bad))
+    assert out.returncode == 2 and "x.onnx" in out.stderr and "Traceback" not in out.stderr, out.stderr

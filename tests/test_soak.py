@@ -37,3 +37,11 @@ def test_soak_time_cap_truncates():
     s = soak(cached_fake_artifacts(), ticks=10_000_000, gate="interval:3", max_seconds=0.5, progress=False, threads=1)
     assert s["truncated"] and 0 < s["ticks"] < 10_000_000
     assert s["bad_actions"] == 0 and s["errors"] == 0
+
+
+def test_a_soak_stopped_before_its_first_tick_still_prints_its_summary():
+    from evaluation.soak import format_summary
+
+    s = soak(cached_fake_artifacts(), ticks=100, gate="interval:3", max_seconds=1e-12, progress=False, threads=1)
+    assert s["ticks"] == 0 and s["tick_ms"]["p50"] is None
+    assert "tick ms: mean ?  p50 ?  p99 ?  max ?" in format_summary(s)

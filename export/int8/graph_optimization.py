@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from export.int8.graph_editing import GraphIndex, eliminate_dead_nodes, static_shapes
 from export.int8.ort_fusions import fuse_attention, fuse_tanh_gelu
@@ -117,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = optimize_file(args.graph, args.out, [r.strip() for r in args.rewrites.split(",") if r.strip()])
-    except ValueError as exc:
-        print(f"graph_optimization: {exc}", file=sys.stderr)
+    except (ValueError, OSError, DecodeError) as exc:  # DecodeError: not an ONNX file
+        print(f"graph_optimization: {args.graph}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(f"[graph_optimization] {args.out or args.graph}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
     return 0

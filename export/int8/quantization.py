@@ -199,7 +199,9 @@ def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, 
     counts = dict(sorted(op_counts(quantized).items()))
     integer = {k: v for k, v in counts.items() if k in INTEGER_OPS}
     if not integer:
-        raise RuntimeError(f"{src_file.name}: quantize_dynamic changed no node (no {'/'.join(ops)} with constant weights)")
+        raise QuantizationInputError(f"--ops {','.join(ops)}: {src_file.name} has no {'/'.join(ops)} node that "
+                                     "quantize_dynamic turns into an integer op (with constant weights); MatMul, the "
+                                     "default, covers every graph of this export")
     return {"weight_nodes": len(candidates), "quantized_nodes": len(candidates) - len(excluded),
             "float_weight_nodes": len(excluded), "excluded_scopes": sorted({node_scope(n) or n.name for n in excluded}),
             "folded_transposes": folded, "integer_ops": integer, "graph_rewrites": rewritten,

@@ -399,7 +399,7 @@ def _worst(rows: list[Comparison]) -> dict[str, dict[str, float]]:
     worst: dict[str, Comparison] = {}
     for r in rows:
         key = f"{r.graph}.{r.tensor}"
-        if key not in worst or r.cosine < worst[key].cosine:
+        if key not in worst or r.rank() < worst[key].rank():
             worst[key] = r
     return {k: {"cosine": round(r.cosine, 7), "max_abs": float(f"{r.max_abs:.4g}"), "gate": r.gate}
             for k, r in worst.items()}
