@@ -39,7 +39,9 @@ class GraphIndex:
         self.producer: dict[str, onnx.NodeProto] = {o: n for n in self.graph.node for o in n.output if o}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in self.graph.node:
-            for name in n.input:
+            # A control-flow node (If / Loop / Scan) also reads the outer names its bodies use: count it as a
+            # consumer of each, so no rewrite treats such a tensor as single-use or drops its producer.
+            for name in dict.fromkeys([*n.input, *sorted(subgraph_reads(n))]):
                 if name:
                     self.consumers.setdefault(name, []).append(n)
         self.inits = {i.name: i for i in self.graph.initializer}
@@ -119,10 +121,23 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 
 def replace_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Point every reader of `old` at `new`, inside If / Loop / Scan bodies too (unless a body defines `old`)."""
     for n in graph.node:
         for i, name in enumerate(n.input):
             if name == old:
                 n.input[i] = new
+        for body in _bodies(n):
+            if old not in _defined_in(body):
+                replace_uses(body, old, new)
+
+
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
+def _defined_in(body: onnx.GraphProto) -> set[str]:
+    """Names a body defines itself (its inputs, initializers, node outputs), which shadow outer ones."""
+    return {*(i.name for i in body.input), *(i.name for i in body.initializer), *(o for n in body.node for o in n.output)}
 
 
 def rebuild(graph: onnx.GraphProto, dead: set[tuple[str, ...]],
@@ -146,13 +161,16 @@ def other_input(node: onnx.NodeProto, name: str) -> str | None:
     return node.input[1] if node.input[0] == name else node.input[0]
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Outer names the bodies of a control-flow node read (names a body defines itself are not outer)."""
     names: set[str] = set()
-    for a in node.attribute:
-        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in g.node:
-                names.update(n.input)
-                names.update(_subgraph_inputs(n))
+    for g in _bodies(node):
+        used: set[str] = set()
+        for n in g.node:
+            used.update(i for i in n.input if i)
+            used.update(subgraph_reads(n))
+        used.update(o.name for o in g.output)
+        names |= used - _defined_in(g)
     return names
 
 
@@ -165,7 +183,7 @@ def eliminate_dead_nodes(idx: GraphIndex) -> int:
         if any(o in needed for o in node.output if o):
             keep.append(node)
             needed.update(i for i in node.input if i)
-            needed.update(_subgraph_inputs(node))
+            needed.update(subgraph_reads(node))
     removed = len(graph.node) - len(keep)
     if removed:
         del graph.node[:]

@@ -52,6 +52,7 @@ from onnx import numpy_helper
 from export import derived_artifacts as derived
 from export.atomic_folder import atomic_folder
 from export.graphs.node_scope import node_scope
+from export.int8.graph_editing import replace_uses, subgraph_reads
 from export.int8.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
 from export.trt.engine_plan import ORT_INTEGER_OPS as INTEGER_OPS  # one set: what TensorRT refuses
 from runtime.fingerprint import sha256_file
@@ -82,7 +83,8 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
-    consumers: Counter[str] = Counter(name for n in graph.node for name in n.input)
+    # a control-flow body's reads count too, so a weight an If / Loop body still reads is never dropped
+    consumers: Counter[str] = Counter(name for n in graph.node for name in [*n.input, *subgraph_reads(n)])
     folded_as: dict[tuple[str, tuple[int, ...]], str] = {}
     rename: dict[str, str] = {}
     keep: list[onnx.NodeProto] = []
@@ -109,13 +111,11 @@ def fold_weight_transposes(model: onnx.ModelProto) -> int:
         keep.append(node)
     if len(keep) == len(graph.node):
         return 0
-    for node in keep:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
     folded = len(graph.node) - len(keep)
     del graph.node[:]
     graph.node.extend(keep)
+    for old, new in rename.items():
+        replace_uses(graph, old, new)
     return folded
 
 
