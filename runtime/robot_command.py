@@ -12,7 +12,6 @@ import importlib
 import json
 import logging
 import math
-import re
 import signal
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 from runtime.async_planner import check_margin
 from runtime.policy import EdgePolicy
 from runtime.policy_arguments import add_engines_argument, add_identity_arguments, engine_options
-from runtime.robot_interface import RobotInterface
+from runtime.robot_interface import RobotInterface, moves_on
 from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, run_robot
 from runtime.safety import ActionGuard
 from runtime.seam import SEAM_MODES
@@ -61,8 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=int, default=None,
                    help="with --inference async: request the next chunk when the plan has <= delay + margin rows "
                         "left; 0 <= margin < n_action_steps (default 1)")
-    p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
-                   help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
+    p.add_argument("--on-stop", choices=["auto", "stop", "hold"], default="auto",
+                   help="on Ctrl-C / repeated faults / a stall: auto = per dimension, the manifest's stop action on "
+                        "displacement / velocity dimensions (dx, x.vel, *delta*) and the last target sent on position "
+                        "dimensions (never a jump to the stop pose); stop = the stop action on every dimension; hold = "
+                        "send nothing more")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
     p.add_argument("--fallback", choices=["auto", "hold", "stop"], default="auto",
                    help="the action sent in place of a bad one: hold = the last safe action (position targets), "
@@ -87,12 +89,6 @@ def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
     if not math.isfinite(slew) or slew < 0:
         raise ValueError(f"--slew must be a finite number >= 0 (0 turns the limit off), got {slew!r}")
     return slew or None
-
-
-def moves_on(name: str) -> bool:
-    """An action dimension that a repeated value keeps moving: a displacement or velocity (`dx`, `x.vel`, …)."""
-    n = name.lower()
-    return n.endswith((".vel", ".velocity", ".delta")) or "delta" in n or re.fullmatch(r"d[a-z]{1,2}", n) is not None
 
 
 def fallback_mode(choice: str, action_names: tuple[str, ...]) -> tuple[str, np.ndarray | None]:
