@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtime.async_planner import check_margin
+from runtime.observation import ObservationError
 from runtime.policy import EdgePolicy
 from runtime.policy_arguments import add_engines_argument, add_identity_arguments, engine_options
 from runtime.robot_interface import RobotInterface, moves_on
@@ -148,6 +149,10 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, 
     task = args.task if args.task is not None else getattr(robot, "task", None)
     if task is None:
         raise ValueError("--task is required: the instruction sent with every observation")
+    try:  # refused before the robot is connected, not as a fault on every tick once it is
+        policy.validator.check_task(task)
+    except ObservationError as exc:
+        raise ValueError(f"{'--task' if args.task is not None else 'the robot task'}: {exc}") from None
     fps = args.fps if args.fps is not None else (iface.fps or 30.0)
     max_starved = max(1, math.ceil(args.max_stall_s * fps)) if args.max_stall_s > 0 else None
     if args.inference == "thread":
