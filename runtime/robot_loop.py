@@ -259,7 +259,9 @@ class _ActionVet:
             return None, "non-finite action: not sent"
         if self.bounds is None:
             return a, ""
-        low, high = np.asarray(self.bounds.low, np.float64), np.asarray(self.bounds.high, np.float64)
+        # the bounds as float32, like the guard's and the action sent: one the guard clipped is not "outside" again
+        low = np.asarray(self.bounds.low, np.float32).astype(np.float64)
+        high = np.asarray(self.bounds.high, np.float32).astype(np.float64)
         if np.any(a < low) or np.any(a > high):
             return np.clip(a, low, high), "action outside the action bounds: clipped"
         return a, ""

@@ -1,5 +1,6 @@
 """The safe stop of `runtime robot` never yanks a position-target arm to the stop pose: with `on_stop="auto"` (the
-default) position dimensions keep the last target sent, displacement / velocity dimensions get the stop action."""
+default) position dimensions keep the last target sent, displacement / velocity dimensions get the stop action.
+And the loop's last check agrees with the policy's guard: what the guard let through is never clipped again."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.manifest import Bounds
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
-from runtime.robot_loop import SyncSource, run_robot, stop_command
+from runtime.robot_loop import SyncSource, _ActionVet, run_robot, stop_command
+from runtime.safety import ActionGuard
 from tests.fake_artifacts import cached_fake_artifacts
 
 NAMES = st.sampled_from(["shoulder_pan.pos", "gripper.pos", "elbow", "x.vel", "theta.vel", "dx", "dz", "base_delta"])
@@ -87,3 +90,18 @@ def test_ctrl_c_never_jumps_a_position_target(names):
         for action in after:
             want = float(policy.guard.stop_action[names.index(name)]) if not name.endswith(".pos") else plan[-1][name]
             assert action[name] == pytest.approx(want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e4, 1e4), st.floats(1e-3, 1e4), st.floats(-1e6, 1e6)), min_size=1, max_size=6))
+def test_the_loop_never_clips_what_the_guard_let_through(dims):
+    """float64 manifest bounds, float32 guard: an action the guard clipped onto float32(high) > high was counted and
+    logged as clipped a second time by the loop, every tick the plan pressed against a bound."""
+    low = np.array([lo for lo, _, _ in dims])
+    high = low + np.array([span for _, span, _ in dims])
+    bounds = Bounds(low, high)
+    names = tuple(f"m{i}.pos" for i in range(len(dims)))
+    vet = _ActionVet(RobotInterface(None, names, names, {}, "observation.state", len(dims), len(dims)), bounds)
+    out = ActionGuard(bounds).check(np.array([a for _, _, a in dims])).action
+    sent, why = vet(out)
+    assert why == "" and np.array_equal(sent.astype(np.float32), out)
