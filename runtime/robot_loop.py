@@ -178,7 +178,8 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
     """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C, `max_faults` consecutive faults or
     `max_starved` consecutive ticks without an action (STARTUP_GRACE times as many before the first one).
 
-    Checks the arguments and the robot's features against the artifact, connects the robot if needed and always
+    Checks the arguments and the robot's features against the artifact, resets the source (a source used for an
+    earlier run starts a new episode: no plan from before reaches this robot), connects the robot if needed and always
     disconnects it (when it reports being connected; after a failed `connect()`, what of it connected); the safe
     stop (stop action once, or hold) runs on every exit of the loop except a normal end of
     `max_ticks`/`should_stop` — an exception from `should_stop`, `on_tick` or the robot that is not a fault
@@ -189,6 +190,7 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
         _check_arguments(fps, on_stop, max_starved)
         vet = _ActionVet(interface, bounds)
         interface.check_robot(robot)  # another robot (other motors or cameras) is refused before it is connected
+        source.reset()  # a new run is a new episode: no plan, guard state or pending job from a run before it
         if not getattr(robot, "is_connected", False):
             try:
                 robot.connect()
