@@ -13,7 +13,8 @@ gives the guard's fallback); a failed resample is retried by the next job (the p
 observation raises `ObservationError` from `submit` (checked on the caller's thread) and never reaches the
 worker; `submit` copies the observation's arrays, so a driver that refills one frame buffer in place cannot
 change what a job pinned to a tick plans from; an unexpected worker error is counted and the worker keeps
-going; `close()` stops and joins it. A worker stuck in a hung graph call is waited for at most
+going; one that ends the thread (SystemExit from a backend) makes `submit` raise `WorkerDied` naming it;
+`close()` stops and joins it. A worker stuck in a hung graph call is waited for at most
 `_JOIN_TIMEOUT_S` by `close()` and `reset()`, which then raise `WorkerHung`; after such a `close()` the policy
 is not released (its lock is the stuck call's: `hung` tells the owner not to wait on it).
 """
@@ -38,6 +39,10 @@ _JOIN_TIMEOUT_S = 30.0  # longer than any single graph call we expect; a hung ba
 
 class WorkerHung(RuntimeError):
     """The planner worker did not finish its job in time: a graph call is hung."""
+
+
+class WorkerDied(RuntimeError):
+    """The planner worker thread ended (a BaseException such as SystemExit from a backend): no plan will come."""
 
 
 def snapshot(observation: dict) -> dict:
@@ -107,6 +112,7 @@ class AsyncEdgePolicy:
         self._past = TimelineCounters()  # the timeline's counts of the episodes before this one (it resets per episode)
         self.last_job: TickInfo | None = None
         self.last_error: BaseException | None = None
+        self._death: BaseException | None = None  # what ended the worker thread (not `close()`)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> AsyncEdgePolicy:
@@ -173,6 +179,7 @@ class AsyncEdgePolicy:
     def submit(self, observation: dict, tick: int | None = None) -> None:
         """Hand the observation of `tick` (default: the next tick) to the worker; raises ObservationError. Its
         arrays are copied first (`snapshot`): the worker plans from them later, on its own thread."""
+        self._check_alive()
         observation = snapshot(observation)
         self._validator.validate(observation)
         with self._cond:
@@ -181,6 +188,14 @@ class AsyncEdgePolicy:
             self._pending = (observation, self._tick if tick is None else int(tick))
             self.counters.submitted += 1
             self._cond.notify_all()
+
+    def _check_alive(self) -> None:
+        """Raise `WorkerDied` (naming its cause) when the started worker ended without `close()`."""
+        t = self._thread
+        if t is not None and not self._stop and (self._death is not None or not t.is_alive()):
+            cause = self._death
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else "it ended"
+            raise WorkerDied(f"the planner worker died ({why}): no new plan will come")
 
     def action_for_tick(self, tick: int, hold_empty: bool = False) -> np.ndarray | None:
         """The raw, safe action for `tick` from the aligned plan: the fallback when none is queued, or with
@@ -238,6 +253,11 @@ class AsyncEdgePolicy:
                 with self._cond:
                     self.last_error = exc
                     self.counters.worker_errors += 1
+            except BaseException as exc:  # noqa: BLE001 — SystemExit & co. end the thread: `submit` names it
+                with self._cond:
+                    self.last_error = self._death = exc
+                    self.counters.worker_errors += 1
+                return
             finally:
                 with self._cond:
                     self._busy = False

@@ -132,6 +132,10 @@ class ObservationValidator:
                                         f"[{self.manifest.state_bounds.low.tolist()}, {self.manifest.state_bounds.high.tolist()}]")
         return arr
 
+    def check_task(self, task: object) -> str:
+        """An instruction alone, as `validate` checks it (str, not empty, encodable); ObservationError naming it."""
+        return self._task({TASK_KEY: task})[0]
+
     def _task(self, obs: Mapping) -> tuple[str, np.ndarray, np.ndarray]:
         if TASK_KEY not in obs:
             raise ObservationError(TASK_KEY, "missing instruction string")

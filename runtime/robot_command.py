@@ -12,16 +12,16 @@ import importlib
 import json
 import logging
 import math
-import re
 import signal
 from typing import Any
 
 import numpy as np
 
 from runtime.async_planner import check_margin
+from runtime.observation import ObservationError
 from runtime.policy import EdgePolicy
 from runtime.policy_arguments import add_engines_argument, add_identity_arguments, engine_options
-from runtime.robot_interface import RobotInterface
+from runtime.robot_interface import RobotInterface, moves_on
 from runtime.robot_loop import ActionSource, AsyncSource, SourceAction, SyncSource, run_robot
 from runtime.safety import ActionGuard
 from runtime.seam import SEAM_MODES
@@ -61,8 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=int, default=None,
                    help="with --inference async: request the next chunk when the plan has <= delay + margin rows "
                         "left; 0 <= margin < n_action_steps (default 1)")
-    p.add_argument("--on-stop", choices=["stop", "hold"], default="stop",
-                   help="on Ctrl-C / repeated faults: send the manifest's stop action once, or send nothing more")
+    p.add_argument("--on-stop", choices=["auto", "stop", "hold"], default="auto",
+                   help="on Ctrl-C / repeated faults / a stall: auto = per dimension, the manifest's stop action on "
+                        "displacement / velocity dimensions (dx, x.vel, *delta*) and the last target sent on position "
+                        "dimensions (never a jump to the stop pose); stop = the stop action on every dimension; hold = "
+                        "send nothing more")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
     p.add_argument("--fallback", choices=["auto", "hold", "stop"], default="auto",
                    help="the action sent in place of a bad one: hold = the last safe action (position targets), "
@@ -87,12 +90,6 @@ def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
     if not math.isfinite(slew) or slew < 0:
         raise ValueError(f"--slew must be a finite number >= 0 (0 turns the limit off), got {slew!r}")
     return slew or None
-
-
-def moves_on(name: str) -> bool:
-    """An action dimension that a repeated value keeps moving: a displacement or velocity (`dx`, `x.vel`, …)."""
-    n = name.lower()
-    return n.endswith((".vel", ".velocity", ".delta")) or "delta" in n or re.fullmatch(r"d[a-z]{1,2}", n) is not None
 
 
 def fallback_mode(choice: str, action_names: tuple[str, ...]) -> tuple[str, np.ndarray | None]:
@@ -152,6 +149,10 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, 
     task = args.task if args.task is not None else getattr(robot, "task", None)
     if task is None:
         raise ValueError("--task is required: the instruction sent with every observation")
+    try:  # refused before the robot is connected, not as a fault on every tick once it is
+        policy.validator.check_task(task)
+    except ObservationError as exc:
+        raise ValueError(f"{'--task' if args.task is not None else 'the robot task'}: {exc}") from None
     fps = args.fps if args.fps is not None else (iface.fps or 30.0)
     max_starved = max(1, math.ceil(args.max_stall_s * fps)) if args.max_stall_s > 0 else None
     if args.inference == "thread":

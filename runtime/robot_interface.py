@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,12 @@ def _aspect_error(camera: str, got: tuple[Any, Any], recorded: tuple[int, int]) 
         return None
     return (f"camera '{camera}' gives {h}x{w} frames, the artifact was recorded at {rh}x{rw} (aspect "
             f"{w / h:.3f} vs {rw / rh:.3f}): another camera or crop; set its width/height to the recorded aspect")
+
+
+def moves_on(name: str) -> bool:
+    """An action dimension that a repeated value keeps moving: a displacement or velocity (`dx`, `x.vel`, …)."""
+    n = name.lower()
+    return n.endswith((".vel", ".velocity", ".delta")) or "delta" in n or re.fullmatch(r"d[a-z]{1,2}", n) is not None
 
 
 def hardware_names(features: Any, where: str) -> tuple[tuple[str, ...], dict[str, tuple]]:
@@ -79,6 +86,11 @@ class RobotInterface:
         cams.update({key: (c.height, c.width, c.channels) for key, c in r.cameras.items()})
         return cls(float(r.fps), tuple(r.action_names), tuple(r.state_names), cams, m.state_key, d.action_dim,
                    d.state_dim, recorded=True)
+
+    @property
+    def moving_dims(self) -> np.ndarray | None:
+        """Per action dimension, whether it is a displacement / velocity (`moves_on`); None without names."""
+        return None if not self.action_names else np.array([moves_on(n) for n in self.action_names], dtype=bool)
 
     # ------------------------------------------------------------- robot → policy
     @property

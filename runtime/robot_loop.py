@@ -7,8 +7,10 @@ resample never stalls the rate; `SyncSource` runs EdgePolicy on the loop thread 
 a fixed grid that, after an overrun (a stalled driver, a slow inline resample), is re-based instead of sending
 the missed ticks back to back (runtime.pacing; `overruns` and the period statistics in the report show them).
 Safe stop: on Ctrl-C, after `max_faults` consecutive faults, and when anything else ends the loop (an exception
-from a hook or a driver, a SystemExit: re-raised after) the loop sends the manifest's stop action once
-(`on_stop="stop"`) or sends nothing more (`"hold"`: the arm keeps its last target), then disconnects, then
+from a hook or a driver, a SystemExit: re-raised after) the loop sends the safe stop once — `on_stop="auto"`: the
+manifest's stop action on displacement / velocity dimensions and the last target sent on position ones (a stop
+pose of zeros must not yank a joint-position arm across its workspace); `"stop"`: the stop action everywhere —
+or sends nothing more (`"hold"`: the arm keeps its last target), then disconnects, then
 closes the source (last: a worker stuck in a hung graph call must not delay the torque-off) — each of the
 three steps runs even when the one before failed or a second Ctrl-C arrived (that interrupt is re-raised
 after), and a failing disconnect is logged and noted in the report, never lost with it. Each tick is logged
@@ -43,7 +45,7 @@ from runtime.robot_interface import RobotInterface
 from runtime.safety import NO_ACTION
 
 log = logging.getLogger("runtime.robot")
-ON_STOP = ("stop", "hold")
+ON_STOP = ("auto", "stop", "hold")
 STARTUP_GRACE = 5  # before the first action the watchdog allows 5x max_starved (first inference, CUDA warm-up)
 
 
@@ -170,13 +172,14 @@ class LoopReport:
 
 
 def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, *,
-              fps: float, max_ticks: int | None = None, max_faults: int = 3, on_stop: str = "stop",
+              fps: float, max_ticks: int | None = None, max_faults: int = 3, on_stop: str = "auto",
               should_stop: Callable[[], bool] | None = None, on_tick: Callable[[int, SourceAction, float], None] | None = None,
               bounds: Bounds | None = None, max_starved: int | None = None) -> LoopReport:
     """Run the paced loop until `max_ticks`, `should_stop()`, Ctrl-C, `max_faults` consecutive faults or
     `max_starved` consecutive ticks without an action (STARTUP_GRACE times as many before the first one).
 
-    Checks the arguments and the robot's features against the artifact, connects the robot if needed and always
+    Checks the arguments and the robot's features against the artifact, resets the source (a source used for an
+    earlier run starts a new episode: no plan from before reaches this robot), connects the robot if needed and always
     disconnects it (when it reports being connected; after a failed `connect()`, what of it connected); the safe
     stop (stop action once, or hold) runs on every exit of the loop except a normal end of
     `max_ticks`/`should_stop` — an exception from `should_stop`, `on_tick` or the robot that is not a fault
@@ -187,6 +190,7 @@ def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_
         _check_arguments(fps, on_stop, max_starved)
         vet = _ActionVet(interface, bounds)
         interface.check_robot(robot)  # another robot (other motors or cameras) is refused before it is connected
+        source.reset()  # a new run is a new episode: no plan, guard state or pending job from a run before it
         if not getattr(robot, "is_connected", False):
             try:
                 robot.connect()
@@ -257,7 +261,9 @@ class _ActionVet:
             return None, "non-finite action: not sent"
         if self.bounds is None:
             return a, ""
-        low, high = np.asarray(self.bounds.low, np.float64), np.asarray(self.bounds.high, np.float64)
+        # the bounds as float32, like the guard's and the action sent: one the guard clipped is not "outside" again
+        low = np.asarray(self.bounds.low, np.float32).astype(np.float64)
+        high = np.asarray(self.bounds.high, np.float32).astype(np.float64)
         if np.any(a < low) or np.any(a > high):
             return np.clip(a, low, high), "action outside the action bounds: clipped"
         return a, ""
@@ -270,6 +276,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     consecutive = 0  # robot I/O or source exceptions in a row
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
     starved_run, sent_any = 0, False  # ticks in a row with nothing to send; whether anything was sent yet
+    last_sent: list[np.ndarray] = []  # the last action the robot took (the safe stop holds its position targets)
     frames = _RepeatedFrames(tuple(interface.camera_names))
     interrupt: BaseException | None = None
     pacer = Pacer(1.0 / fps)  # the schedule: a fixed grid, re-based after an overrun (never a catch-up burst)
@@ -302,6 +309,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                     sent = action.astype(np.float32)
                     robot.send_action(interface.action_dict(sent))
                     delivered = sent
+                    last_sent[:] = [sent]
                     consecutive, starved_run, sent_any = 0, 0, True
                 if sa.fault:
                     rep.faults += 1
@@ -338,7 +346,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     finally:
         rep.seconds = time.perf_counter() - start
         rep.overruns = pacer.overruns
-        interrupt = _shut_down(robot, source, interface, stop_action, on_stop, rep)
+        interrupt = _shut_down(robot, source, interface, stop_action, on_stop, rep, last_sent[0] if last_sent else None)
     if interrupt is not None:  # a second Ctrl-C / SIGTERM during the shutdown: honoured now that it is done
         raise interrupt
     return rep
@@ -387,8 +395,25 @@ class _RepeatedFrames:
         return n
 
 
+def stop_command(on_stop: str, stop_action: np.ndarray, last_sent: np.ndarray | None,
+                 moving: np.ndarray | None) -> np.ndarray | None:
+    """The action the safe stop sends (None: nothing). `auto`: the stop action on the `moving` (displacement /
+    velocity) dimensions, the last action sent on the others — nothing when no dimension moves on or nothing was
+    sent; without action names (`moving` None) every dimension counts as moving."""
+    stop = np.asarray(stop_action, dtype=np.float32).reshape(-1)
+    if on_stop == "hold":
+        return None
+    if on_stop == "stop" or moving is None or bool(np.all(moving)):
+        return stop
+    if last_sent is None or not np.any(moving):
+        return None  # position targets only (the arm keeps its last target), or never commanded at all
+    out = np.asarray(last_sent, dtype=np.float32).reshape(-1).copy()
+    out[moving] = stop[moving]
+    return out
+
+
 def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, on_stop: str,
-               rep: LoopReport) -> BaseException | None:
+               rep: LoopReport, last_sent: np.ndarray | None = None) -> BaseException | None:
     """The safe stop (if one is due), disconnecting the robot, closing the source: each step runs whatever the
     one before did — failed, or was cut short by a second Ctrl-C / SIGTERM (nested `finally`s, so even an
     interrupt landing between steps cannot skip the disconnect, i.e. torque-off). The source closes last: its
@@ -409,9 +434,10 @@ def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop
 
     def send_stop() -> None:
         if rep.stop_reason:
-            log.warning("safe stop: %s → %s", rep.stop_reason, on_stop)
-            if on_stop == "stop":
-                robot.send_action(interface.action_dict(stop_action))
+            command = stop_command(on_stop, stop_action, last_sent, getattr(interface, "moving_dims", None))
+            log.warning("safe stop: %s → %s%s", rep.stop_reason, on_stop, "" if command is not None else " (nothing sent)")
+            if command is not None:
+                robot.send_action(interface.action_dict(command))
                 rep.stops_sent += 1
 
     def disconnect() -> None:

@@ -171,3 +171,38 @@ def test_reanchoring_counts_only_what_the_robot_got(empty_ticks):
     caught_up = emitter.residual + (sent[3 + empty_ticks] - step[0])  # still to add + added on the first row
     np.testing.assert_allclose(caught_up, step[0] * empty_ticks, atol=1e-5)
     robot.disconnect()
+
+
+@pytest.mark.parametrize("death", [SystemExit("a driver library called sys.exit"), KeyboardInterrupt()])
+def test_a_dead_worker_is_a_named_fault_and_the_loop_stops_at_once(death):
+    """A BaseException in a job ends the worker thread: `submit` then raises WorkerDied naming it, so the robot loop
+    stops on its fault rule within max_faults ticks — even with the stall watchdog off — instead of starving."""
+    from runtime.async_policy import WorkerDied
+    from runtime.robot_loop import run_robot
+
+    policy = EdgePolicy(robot_artifacts(), gate="always")
+    real, calls = policy.backend.denoise, {"n": 0}
+
+    def denoise(*a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise death
+        return real(*a)
+    policy.backend.denoise = denoise
+    iface = RobotInterface.from_manifest(policy.manifest)
+    robot = SimReachRobot(SimReachSettings(episodes=1000, action_bound=ACTION_BOUND))
+    source = AsyncSource(policy, iface, task="reach the red target", fps=50, seam="none")
+    rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=50, max_ticks=2000, max_faults=3,
+                    max_starved=None)
+    assert "planner worker died" in rep.stop_reason and type(death).__name__ in rep.stop_reason
+    assert rep.ticks < 200 and rep.stops_sent == 1 and robot.unsafe == 0 and source.executor.last_error is death
+    # the executor alone: every submit after the death raises, naming it (close() disarms the check)
+    policy = EdgePolicy(robot_artifacts(), gate="always")
+    policy.backend.denoise = lambda *a: (_ for _ in ()).throw(death)
+    ap = AsyncEdgePolicy(policy, tick_hz=50).start()
+    obs = make_observation(0)
+    ap.submit(obs, 0)
+    ap._thread.join(10)
+    with pytest.raises(WorkerDied, match=type(death).__name__):
+        ap.submit(obs, 1)
+    ap.close()

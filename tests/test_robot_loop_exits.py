@@ -225,3 +225,23 @@ def test_runtime_robot_exits_despite_a_hung_backend(monkeypatch, capsys):
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and rep["stop"].startswith("no action for") and rep["stops_sent"] == 1
     assert rep["disconnect"] == "ok" and robot.disconnects == 1
+
+
+@pytest.mark.parametrize("gate", ["interval:10", "never", "drift"])
+@pytest.mark.parametrize("ticks", [1, 3, 9])
+def test_a_source_reused_for_a_second_run_never_sends_the_first_runs_plan(gate, ticks):
+    """Each run_robot is a new episode: before, a SyncSource used again went on with the previous run's queued
+    plan (made from another scene, another robot) — here its first action comes from a plan made in this run."""
+    from runtime.robot_loop import SyncSource
+
+    policy = EdgePolicy(robot_artifacts(), gate=gate)
+    iface = RobotInterface.from_manifest(policy.manifest)
+    source = SyncSource(policy, iface, task="reach the red target")
+    first: list[bool] = []
+    for seed in range(2):
+        robot = SimReachRobot(SimReachSettings(episodes=1, seed=seed, action_bound=ACTION_BOUND))
+        first.clear()
+        run_robot(robot, source, iface, policy.guard.stop_action, fps=500, max_ticks=ticks,
+                  on_tick=lambda tick, sa, ms: first.append(sa.resampled) if tick == 0 else None)
+        assert first == [True] and policy.last_info.queue_left == policy.manifest.dims.n_action_steps - ticks
+    assert policy.counters.resamples >= 2

@@ -181,3 +181,23 @@ def test_a_per_dimension_fallback_holds_positions_and_stops_displacements():
     assert g.check(np.array([0.5, 0.2, -0.3])).fallback is False
     res = g.check(np.array([np.nan, 0.0, 0.0]))
     assert res.fallback and res.action.tolist() == pytest.approx([0.5, 0.0, 0.0])  # position held, motion stopped
+
+
+@pytest.mark.parametrize("task", ["", "  \t", "reach " * 400, "reach [unknown] target " * 30],
+                         ids=["empty", "blank", "over-2048-bytes", "over-lang_len"])
+def test_a_bad_task_is_refused_by_name_before_the_robot_is_connected(capsys, monkeypatch, task):
+    """Before, the robot was connected, faulted --max-faults ticks on the instruction and got the stop action."""
+    from robot_adapters import factory
+    from runtime.cli import main
+
+    built = []
+
+    def make_robot(args):
+        built.append(factory._sim(args))
+        return built[-1]
+    monkeypatch.setattr(factory, "make_robot", make_robot)
+    rc = main(["robot", "--artifacts", str(robot_artifacts()), "--robot.type=sim_reach", "--task", task,
+               "--max-ticks", "20"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--task: observation field 'task'" in err, err
+    assert built and not built[0].connected and built[0].sent == []

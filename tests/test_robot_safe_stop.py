@@ -1,0 +1,107 @@
+"""The safe stop of `runtime robot` never yanks a position-target arm to the stop pose: with `on_stop="auto"` (the
+default) position dimensions keep the last target sent, displacement / velocity dimensions get the stop action.
+And the loop's last check agrees with the policy's guard: what the guard let through is never clipped again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.manifest import Bounds
+from runtime.policy import EdgePolicy
+from runtime.robot_interface import RobotInterface
+from runtime.robot_loop import SyncSource, _ActionVet, run_robot, stop_command
+from runtime.safety import ActionGuard
+from tests.fake_artifacts import cached_fake_artifacts
+
+NAMES = st.sampled_from(["shoulder_pan.pos", "gripper.pos", "elbow", "x.vel", "theta.vel", "dx", "dz", "base_delta"])
+MOVING = {"x.vel", "theta.vel", "dx", "dz", "base_delta"}
+FLOATS = st.floats(-100, 100, allow_nan=False, width=32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(NAMES, min_size=1, max_size=6), st.data())
+def test_auto_stop_holds_positions_and_stops_motion(names, data):
+    n = len(names)
+    stop = np.array(data.draw(st.lists(FLOATS, min_size=n, max_size=n)), dtype=np.float32)
+    last = data.draw(st.none() | st.lists(FLOATS, min_size=n, max_size=n))
+    last = None if last is None else np.array(last, dtype=np.float32)
+    moving = np.array([name in MOVING for name in names])
+    iface_moving = RobotInterface(None, tuple(names), tuple(names), {}, "observation.state", n, n).moving_dims
+    assert np.array_equal(iface_moving, moving)
+    out = stop_command("auto", stop, last, moving)
+    if moving.all():
+        assert np.array_equal(out, stop)  # a displacement robot: the stop action, as `stop`
+    elif last is None or not moving.any():
+        assert out is None  # never commanded, or only position targets: nothing (the arm keeps its target)
+    else:
+        assert np.array_equal(out[~moving], last[~moving]) and np.array_equal(out[moving], stop[moving])
+    assert stop_command("hold", stop, last, moving) is None
+    assert np.array_equal(stop_command("stop", stop, last, moving), stop)
+    assert np.array_equal(stop_command("auto", stop, last, None), stop)  # names unknown: every dimension moves
+
+
+def _artifacts(action_names):
+    section = {"fps": 30, "action_names": list(action_names), "state_names": ["s1.pos", "s2.pos"],
+               "cameras": {"observation.images.top": {"height": 64, "width": 64, "channels": 3}}}
+    return cached_fake_artifacts(edit_manifest=lambda m: m.__setitem__("robot", section), chunk_size=10,
+                                 n_action_steps=10)
+
+
+class Arm:
+    """Interrupted (Ctrl-C) after `ticks` observations; records every action sent."""
+
+    is_connected = False
+
+    def __init__(self, ticks: int):
+        self.sent, self.n, self.ticks = [], 0, ticks
+
+    def connect(self):
+        self.is_connected = True
+
+    def disconnect(self):
+        self.is_connected = False
+
+    def get_observation(self):
+        self.n += 1
+        if self.n > self.ticks:
+            raise KeyboardInterrupt
+        img = np.random.default_rng(self.n).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        return {"s1.pos": 0.01, "s2.pos": -0.01, "top": img}
+
+    def send_action(self, action):
+        self.sent.append(dict(action))
+        return action
+
+
+@pytest.mark.parametrize("names", [("shoulder.pos", "elbow.pos"), ("arm.pos", "x.vel"), ("dx", "dy")])
+def test_ctrl_c_never_jumps_a_position_target(names):
+    policy = EdgePolicy(_artifacts(names))
+    iface = RobotInterface.from_manifest(policy.manifest)
+    arm = Arm(ticks=12)
+    rep = run_robot(arm, SyncSource(policy, iface, task="reach the red target"), iface, policy.guard.stop_action,
+                    fps=200)
+    assert rep.stop_reason.startswith("interrupted")
+    plan, after = arm.sent[:rep.ticks], arm.sent[rep.ticks:]
+    assert len(plan) == 12 and len(after) == rep.stops_sent == (0 if all(n.endswith(".pos") for n in names) else 1)
+    for name in names:
+        for action in after:
+            want = float(policy.guard.stop_action[names.index(name)]) if not name.endswith(".pos") else plan[-1][name]
+            assert action[name] == pytest.approx(want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e4, 1e4), st.floats(1e-3, 1e4), st.floats(-1e6, 1e6)), min_size=1, max_size=6))
+def test_the_loop_never_clips_what_the_guard_let_through(dims):
+    """float64 manifest bounds, float32 guard: an action the guard clipped onto float32(high) > high was counted and
+    logged as clipped a second time by the loop, every tick the plan pressed against a bound."""
+    low = np.array([lo for lo, _, _ in dims])
+    high = low + np.array([span for _, span, _ in dims])
+    bounds = Bounds(low, high)
+    names = tuple(f"m{i}.pos" for i in range(len(dims)))
+    vet = _ActionVet(RobotInterface(None, names, names, {}, "observation.state", len(dims), len(dims)), bounds)
+    out = ActionGuard(bounds).check(np.array([a for _, _, a in dims])).action
+    sent, why = vet(out)
+    assert why == "" and np.array_equal(sent.astype(np.float32), out)
