@@ -89,8 +89,6 @@ def copy_unchanged(src: Path, tmp: Path, manifest: Manifest) -> None:
 def finish_manifest(tmp: Path, raw: dict[str, Any], producer: str, key: str, record: dict[str, Any]) -> Manifest:
     """Stamp hashes, producer, the derivation record and the identity digest (unsigned: sign the new folder
     with `python -m export.signing sign`); write manifest.json and load it back verified."""
-    for p in tmp.iterdir():
-        p.chmod(0o644)  # onnx writes external data owner-only; the folder is read like the export's
     raw["files"] = file_records(tmp)
     raw["producer"] = producer
     raw["created_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

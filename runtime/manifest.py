@@ -236,9 +236,9 @@ class Manifest:
              trusted_keys: Iterable[Any] = ()) -> Manifest:
         """Read, validate and verify a folder. `expected_digest` / `trusted_keys` pin which export is accepted."""
         root = Path(artifacts_dir)
-        if not (root / "manifest.json").exists():
-            raise ManifestError(f"no manifest.json in '{root}'; {REEXPORT_HINT}")
         try:
+            if not (root / "manifest.json").exists():
+                raise ManifestError(f"no manifest.json in '{root}'; {REEXPORT_HINT}")
             raw = read_manifest_json(confined_path(root, "manifest.json"))
             manifest = cls(raw, root)
             manifest.digest = verify_identity(raw, expected_digest=expected_digest, trusted_keys=trusted_keys)
@@ -249,8 +249,10 @@ class Manifest:
         except (ArtifactFileError, IdentityError) as exc:
             raise ManifestError(str(exc)) from None
         except OSError as exc:  # unreadable file or folder (permissions, I/O error)
+            access = (" (give the runtime's user read access: chmod -R a+rX on the folder)"
+                      if isinstance(exc, PermissionError) else "")
             raise ManifestError(f"artifact file '{Path(exc.filename or '?').name}' in '{root}' cannot be read "
-                                f"({exc.strerror})") from None
+                                f"({exc.strerror}){access}") from None
         return manifest
 
     # ---------------------------------------------------------------- parsing

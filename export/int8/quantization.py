@@ -50,7 +50,7 @@ import onnx
 from onnx import numpy_helper
 
 from export import derived_artifacts as derived
-from export.atomic_folder import atomic_folder
+from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.graphs.node_scope import node_scope
 from export.int8.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
 from export.trt.engine_plan import ORT_INTEGER_OPS as INTEGER_OPS  # one set: what TensorRT refuses
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = quantize_artifacts(args.src, dst, weight_type=args.weight_type, per_channel=args.per_channel,
                                       ops=ops, exclude=exclude, rewrites=rewrites)
-    except QuantizationInputError as exc:
+    except (QuantizationInputError, AtomicFolderError) as exc:
         print(f"quantization: {exc}", file=sys.stderr)
         return 2
     q = manifest["quantization"]

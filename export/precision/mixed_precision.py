@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from export.accuracy_gates import CHUNK, Comparison, compare, euler_chunk, random_inputs, report, vocab_size
-from export.atomic_folder import atomic_folder
+from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.derived_artifacts import (
     DerivationInputError,
     check_destination,
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = lower_artifacts(args.src, dst, precision=args.precision, data_max=args.data_max,
                                    keep=args.keep_fp32, samples=args.samples, trials=args.trials, seed=args.seed,
                                    fallback_rounds=args.fallback_rounds, emulated=args.emulated)
-    except DerivationInputError as exc:
+    except (DerivationInputError, AtomicFolderError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     except AccuracyGateError as exc:
