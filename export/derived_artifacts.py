@@ -19,7 +19,7 @@ from typing import Any
 
 from export.atomic_folder import destination_problem
 from export.signing import stamp_identity
-from runtime.fingerprint import file_records
+from runtime.fingerprint import file_records, sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 DERIVATION_KEYS = ("quantization", "mixed_precision")
@@ -66,6 +66,22 @@ def check_source(src: Path) -> Manifest:
         raise DerivationInputError(f"--src {src} is already {what} ({record.get('mode', record.get('precision'))}); "
                                    f"start from the float32 export it came from ({record.get('source', '?')})")
     return manifest
+
+
+def source_unchanged(src: Path, manifest: Manifest) -> str:
+    """Verify `src` again once everything was read from it and return its manifest.json's SHA-256 (the record's
+    `source_manifest_sha256`): a re-export landing in `src` half way would mix two models, all hashes fresh."""
+    try:
+        before = sha256_file(src / "manifest.json")
+        digest = Manifest.load(src, verify_hashes=True).digest
+        after = sha256_file(src / "manifest.json")
+    except (ManifestError, OSError) as exc:
+        raise DerivationInputError(f"--src {src} changed while it was being derived ({str(exc)[:200]}); nothing "
+                                   "written: run again") from None
+    if digest != manifest.digest or before != after:
+        raise DerivationInputError(f"--src {src} changed while it was being derived (digest {manifest.digest[:19]}… "
+                                   f"at the start, {digest[:19]}… now: another export?); nothing written: run again")
+    return after
 
 
 def check_destination(src: Path, dst: Path) -> None:

@@ -54,7 +54,6 @@ from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.graphs.node_scope import node_scope
 from export.int8.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
 from export.trt.engine_plan import ORT_INTEGER_OPS as INTEGER_OPS  # one set: what TensorRT refuses
-from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES
 
 MODE = "int8-dynamic"
@@ -245,7 +244,7 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
             "activations": "uint8, per tensor, dynamic (computed at run time)",
             "weight_type": weight_type, "per_channel": per_channel, "ops": list(ops), "exclude": list(exclude),
             "graph_rewrites": list(rewrites),
-            "source": str(src), "source_manifest_sha256": sha256_file(src / "manifest.json"),
+            "source": str(src), "source_manifest_sha256": derived.source_unchanged(src, manifest),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
         new_manifest = derived.finish_manifest(tmp, raw, "smolvla-cls-edge export.int8.quantization", "quantization", record)

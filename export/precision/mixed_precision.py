@@ -49,6 +49,7 @@ from export.derived_artifacts import (
     check_source,
     copy_unchanged,
     finish_manifest,
+    source_unchanged,
 )
 from export.precision.precision_lowering import (
     DEFAULT_DATA_MAX,
@@ -341,7 +342,7 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
             "calibration": {"samples": samples, "seed": seed, "inputs": "chained random observations"},
             "validation": {"trials": trials, "seed": seed + 1, "by": f"onnxruntime CPU, {precision} storage emulated",
                            "worst": _worst(rows), "table": table.splitlines()},
-            "source": str(src), "source_manifest_sha256": sha256_file(src / "manifest.json"),
+            "source": str(src), "source_manifest_sha256": source_unchanged(src, manifest),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
         new_manifest = finish_manifest(tmp, raw, "smolvla-cls-edge export.precision.mixed_precision", "mixed_precision", record)
