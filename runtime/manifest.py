@@ -211,6 +211,10 @@ def _check_version(raw: Mapping[str, Any]) -> None:
         raise ManifestError(f"manifest format_version is 2 (no plan_encoder graph, no act_cls section: its "
                             f"consistency gate read act-CLS that sees the observation); this runtime reads version "
                             f"{FORMAT_VERSION} only: {REEXPORT_HINT}")
+    if type(version) is int and version > FORMAT_VERSION:  # re-exporting with the same exporter cannot help
+        raise ManifestError(f"manifest format_version is {str(version)[:40]}, newer than this runtime reads "
+                            f"({FORMAT_VERSION}): update the runtime on the robot to the exporter's version, or "
+                            f"export with a version that writes format {FORMAT_VERSION}")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ManifestError(f"manifest format_version is {str(version)[:40]!r}, this runtime reads version "
                             f"{FORMAT_VERSION}; {REEXPORT_HINT}")
