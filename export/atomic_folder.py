@@ -6,6 +6,7 @@ folder is at the destination, so only a new, empty or earlier output folder may 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -48,38 +49,77 @@ def destination_problem(dst: Path, flag: str, replaceable: Callable[[dict[str, A
     return f"{flag} {dst} {refusal}"
 
 
+def process_umask() -> int:
+    """The process umask, read from /proc where Linux has it (no change), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_permissions(folder: Path) -> None:
+    """Give `folder` and everything in it the modes a plain mkdir / open would (0777 / 0666 minus the umask):
+    mkdtemp makes it owner-only and onnx writes external data owner-only, which another account on the robot
+    (the runtime's service user) could not read."""
+    mask = process_umask()
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_folder(dst: Path) -> Iterator[Path]:
-    """Yield an empty private `.<name>.*.partial` folder next to `dst`; on normal exit it replaces `dst`, on any
-    exception (KeyboardInterrupt included) it is deleted and `dst` is left as it was.
+    """Yield an empty `.<name>.*.partial` folder next to `dst`; on normal exit it gets normal permissions (umask
+    respected) and replaces `dst`, on any exception (KeyboardInterrupt included) it is deleted and `dst` is left
+    as it was.
 
     The swap is two renames (`dst` → `.<name>.*.old`, new → `dst`), never a delete before the move: a failure
     leaves the old folder in place. A symlinked `dst` (a versioned deploy: `onnx -> onnx-v3`) keeps its link;
-    the folder it points at is replaced. Concurrent exports to one `dst` each get their own temporary folder."""
+    the folder it points at is replaced. Concurrent exports to one `dst` each get their own temporary folder.
+    Every file-system failure of the swap itself is an AtomicFolderError saying where each folder is."""
     dst = Path(dst)
     if dst.is_symlink():
         dst = dst.resolve()
     if dst.exists() and not dst.is_dir():
         raise AtomicFolderError(f"{dst} exists and is not a folder: refusing to replace it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    except OSError as exc:
+        raise AtomicFolderError(f"cannot create a folder next to {dst} ({exc.strerror or exc}); choose a "
+                                "destination in a folder you can write") from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    kept = f"the new folder stays at {tmp}"
     old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        old.rmdir()  # only its unique name is needed
-        dst.rename(old)
+    try:
+        normal_permissions(tmp)
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            old.rmdir()  # only its unique name is needed
+            dst.rename(old)
+    except OSError as exc:  # e.g. dst is a mount point (EBUSY), the parent became read-only
+        raise AtomicFolderError(f"could not move {dst} aside to replace it ({exc.strerror or exc}); {dst} is "
+                                f"unchanged and {kept}") from None
     try:
         tmp.rename(dst)
     except OSError as exc:
+        where = f"{dst} is unchanged"
         if old is not None:
-            old.rename(dst)
-        raise AtomicFolderError(f"could not move the finished folder {tmp} to {dst} ({exc}); {dst} is unchanged "
-                                f"and the new folder stays at {tmp}") from None
+            try:
+                old.rename(dst)
+            except OSError:  # another writer put a folder at dst in between
+                where = f"{dst} is another writer's folder, the one it replaced is at {old}"
+        raise AtomicFolderError(f"could not move the finished folder {tmp} to {dst} ({exc.strerror or exc}); "
+                                f"{where} and {kept}") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
         if old.exists():  # e.g. a file someone holds open on a network share: the new folder is in place anyway

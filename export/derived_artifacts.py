@@ -19,7 +19,7 @@ from typing import Any
 
 from export.atomic_folder import destination_problem
 from export.signing import stamp_identity
-from runtime.fingerprint import file_records
+from runtime.fingerprint import file_records, sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 DERIVATION_KEYS = ("quantization", "mixed_precision")
@@ -68,6 +68,22 @@ def check_source(src: Path) -> Manifest:
     return manifest
 
 
+def source_unchanged(src: Path, manifest: Manifest) -> str:
+    """Verify `src` again once everything was read from it and return its manifest.json's SHA-256 (the record's
+    `source_manifest_sha256`): a re-export landing in `src` half way would mix two models, all hashes fresh."""
+    try:
+        before = sha256_file(src / "manifest.json")
+        digest = Manifest.load(src, verify_hashes=True).digest
+        after = sha256_file(src / "manifest.json")
+    except (ManifestError, OSError) as exc:
+        raise DerivationInputError(f"--src {src} changed while it was being derived ({str(exc)[:200]}); nothing "
+                                   "written: run again") from None
+    if digest != manifest.digest or before != after:
+        raise DerivationInputError(f"--src {src} changed while it was being derived (digest {manifest.digest[:19]}… "
+                                   f"at the start, {digest[:19]}… now: another export?); nothing written: run again")
+    return after
+
+
 def check_destination(src: Path, dst: Path) -> None:
     """`dst` must be outside `src`, and new, empty, or an earlier derived folder (which is replaced)."""
     problem = destination_problem(
@@ -89,8 +105,6 @@ def copy_unchanged(src: Path, tmp: Path, manifest: Manifest) -> None:
 def finish_manifest(tmp: Path, raw: dict[str, Any], producer: str, key: str, record: dict[str, Any]) -> Manifest:
     """Stamp hashes, producer, the derivation record and the identity digest (unsigned: sign the new folder
     with `python -m export.signing sign`); write manifest.json and load it back verified."""
-    for p in tmp.iterdir():
-        p.chmod(0o644)  # onnx writes external data owner-only; the folder is read like the export's
     raw["files"] = file_records(tmp)
     raw["producer"] = producer
     raw["created_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -99,7 +99,8 @@ class AsyncEdgePolicy:
         self.emitter = ActionEmitter(policy, self.timeline, reanchor=reanchor, slew=slew)
         m = policy.manifest
         # the caller's thread validates with its own tokenizer: the worker's one is never shared
-        self._validator = ObservationValidator(m, InstructionTokenizer(m.tokenizer_path, m.tokenizer), state_tolerance)
+        tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer, expected_sha256=m.files[m.tokenizer.file]["sha256"])
+        self._validator = ObservationValidator(m, tokenizer, state_tolerance)
         self._fixed_delay = delay_ticks
         self._delays: list[int] = []
         self._cond = threading.Condition()

@@ -49,11 +49,18 @@ def read_engine_record(folder: Path) -> tuple[dict[str, Any], EngineRecordModel]
     """The folder's record as parsed JSON and as checked structure; IdentityError naming file and field otherwise."""
     path = folder / RECORD
     try:
-        raw = json.loads(confined_path(folder, RECORD).read_text(encoding="utf-8")[:1 << 20])
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting
-        raise IdentityError(f"{path}: not valid JSON") from None
+        with open(confined_path(folder, RECORD), "rb") as fh:  # bounded: a real record is ~1 KB
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
     except ArtifactFileError as exc:
         raise IdentityError(str(exc)) from None
+    except OSError as exc:  # no permission, I/O error
+        raise IdentityError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise IdentityError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes, not an engine identity record")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise IdentityError(f"{path}: not valid JSON") from None
     try:
         return raw, EngineRecordModel.model_validate(raw)
     except ValidationError as exc:

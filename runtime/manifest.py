@@ -211,6 +211,10 @@ def _check_version(raw: Mapping[str, Any]) -> None:
         raise ManifestError(f"manifest format_version is 2 (no plan_encoder graph, no act_cls section: its "
                             f"consistency gate read act-CLS that sees the observation); this runtime reads version "
                             f"{FORMAT_VERSION} only: {REEXPORT_HINT}")
+    if type(version) is int and version > FORMAT_VERSION:  # re-exporting with the same exporter cannot help
+        raise ManifestError(f"manifest format_version is {str(version)[:40]}, newer than this runtime reads "
+                            f"({FORMAT_VERSION}): update the runtime on the robot to the exporter's version, or "
+                            f"export with a version that writes format {FORMAT_VERSION}")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ManifestError(f"manifest format_version is {str(version)[:40]!r}, this runtime reads version "
                             f"{FORMAT_VERSION}; {REEXPORT_HINT}")
@@ -236,9 +240,9 @@ class Manifest:
              trusted_keys: Iterable[Any] = ()) -> Manifest:
         """Read, validate and verify a folder. `expected_digest` / `trusted_keys` pin which export is accepted."""
         root = Path(artifacts_dir)
-        if not (root / "manifest.json").exists():
-            raise ManifestError(f"no manifest.json in '{root}'; {REEXPORT_HINT}")
         try:
+            if not (root / "manifest.json").exists():
+                raise ManifestError(f"no manifest.json in '{root}'; {REEXPORT_HINT}")
             raw = read_manifest_json(confined_path(root, "manifest.json"))
             manifest = cls(raw, root)
             manifest.digest = verify_identity(raw, expected_digest=expected_digest, trusted_keys=trusted_keys)
@@ -249,8 +253,10 @@ class Manifest:
         except (ArtifactFileError, IdentityError) as exc:
             raise ManifestError(str(exc)) from None
         except OSError as exc:  # unreadable file or folder (permissions, I/O error)
+            access = (" (give the runtime's user read access: chmod -R a+rX on the folder)"
+                      if isinstance(exc, PermissionError) else "")
             raise ManifestError(f"artifact file '{Path(exc.filename or '?').name}' in '{root}' cannot be read "
-                                f"({exc.strerror})") from None
+                                f"({exc.strerror}){access}") from None
         return manifest
 
     # ---------------------------------------------------------------- parsing

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from runtime.artifact_files import ArtifactFileError, confined_path
 from runtime.fingerprint import sha256_bytes
 from runtime.manifest import ManifestError, TokenizerSpec
 
@@ -41,7 +42,13 @@ class InstructionTokenizer:
     def __init__(self, path: str | Path, spec: TokenizerSpec, cache_size: int = 64,
                  expected_sha256: str | None = None):
         self.spec = spec
-        data = Path(path).read_bytes()  # parsed from these bytes: what is checked is what is loaded
+        path = Path(path)
+        try:  # parsed from these bytes: what is checked is what is loaded
+            data = confined_path(path.parent, path.name).read_bytes()
+        except ArtifactFileError as exc:
+            raise ManifestError(str(exc)) from None
+        except OSError as exc:  # no permission, I/O error: one line naming the file, as Manifest.load says it
+            raise ManifestError(f"artifact file '{path.name}' in '{path.parent}' cannot be read ({exc.strerror})") from None
         if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
             raise ManifestError(f"artifact file '{Path(path).name}' changed after the manifest check (SHA-256 "
                                 "differs): refused; re-export the artifacts with `make export`")

@@ -186,3 +186,30 @@ def test_record_that_is_not_an_object_is_refused(setup, text):
     (engines / RECORD).write_text(text)
     with pytest.raises(IdentityError, match=re.escape(str(engines / RECORD))):
         verify_engine_record(engines, m.digest, GRAPH_NAMES)
+
+
+def test_an_unreadable_record_is_refused_naming_it(setup, monkeypatch):
+    """A record the runtime's account cannot read (an owner-only copy): one IdentityError line, no traceback."""
+    import builtins
+    import io
+
+    _, engines, m = setup
+    write_engine_record(engines, m.digest, GRAPH_NAMES)
+    real = builtins.open
+
+    def denied(file, *args, **kwargs):
+        if str(file).endswith(RECORD):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    monkeypatch.setattr(io, "open", denied)
+    with pytest.raises(IdentityError, match=re.escape(f"{engines / RECORD}: cannot be read (Permission denied)")):
+        verify_engine_record(engines, m.digest, GRAPH_NAMES)
+
+
+def test_an_oversized_record_is_refused_without_reading_it_whole(setup):
+    _, engines, m = setup
+    (engines / RECORD).write_text("{" + " " * (2 << 20) + "}")
+    with pytest.raises(IdentityError, match="larger than"):
+        verify_engine_record(engines, m.digest, GRAPH_NAMES)

@@ -42,13 +42,24 @@ def test_valid_folder_loads_with_typed_accessors(artifacts):
     assert m.plan_shape == (1, 6, 4)
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, "3", None])
+@pytest.mark.parametrize("version", [0, 1, 2, "3", None, 3.0])
 def test_other_format_version_is_refused_with_reexport_hint(artifacts, version):
     raw = load_manifest_dict(artifacts)
     raw["format_version"] = version
     write_manifest_dict(artifacts, raw)
     with pytest.raises(ManifestError, match=r"format_version.*make export"):
         Manifest.load(artifacts)
+
+
+@pytest.mark.parametrize("version", [4, 5, 99])
+def test_a_newer_format_version_says_to_update_the_runtime(artifacts, version):
+    """A folder from a newer exporter: re-exporting with that exporter would write the same format again."""
+    raw = load_manifest_dict(artifacts)
+    raw["format_version"] = version
+    write_manifest_dict(artifacts, raw)
+    with pytest.raises(ManifestError, match=rf"format_version is {version}, newer .* update the runtime") as info:
+        Manifest.load(artifacts)
+    assert "make export" not in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("path", [

@@ -50,12 +50,11 @@ import onnx
 from onnx import numpy_helper
 
 from export import derived_artifacts as derived
-from export.atomic_folder import atomic_folder
+from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.graphs.node_scope import node_scope
 from export.int8.graph_editing import replace_uses, subgraph_reads
 from export.int8.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
 from export.trt.engine_plan import ORT_INTEGER_OPS as INTEGER_OPS  # one set: what TensorRT refuses
-from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES
 
 MODE = "int8-dynamic"
@@ -245,7 +244,7 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
             "activations": "uint8, per tensor, dynamic (computed at run time)",
             "weight_type": weight_type, "per_channel": per_channel, "ops": list(ops), "exclude": list(exclude),
             "graph_rewrites": list(rewrites),
-            "source": str(src), "source_manifest_sha256": sha256_file(src / "manifest.json"),
+            "source": str(src), "source_manifest_sha256": derived.source_unchanged(src, manifest),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
         new_manifest = derived.finish_manifest(tmp, raw, "smolvla-cls-edge export.int8.quantization", "quantization", record)
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = quantize_artifacts(args.src, dst, weight_type=args.weight_type, per_channel=args.per_channel,
                                       ops=ops, exclude=exclude, rewrites=rewrites)
-    except QuantizationInputError as exc:
+    except (QuantizationInputError, AtomicFolderError) as exc:
         print(f"quantization: {exc}", file=sys.stderr)
         return 2
     q = manifest["quantization"]

@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from export.accuracy_gates import CHUNK, Comparison, compare, euler_chunk, random_inputs, report, vocab_size
-from export.atomic_folder import atomic_folder
+from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.derived_artifacts import (
     DerivationInputError,
     check_destination,
@@ -49,6 +49,7 @@ from export.derived_artifacts import (
     check_source,
     copy_unchanged,
     finish_manifest,
+    source_unchanged,
 )
 from export.precision.precision_lowering import (
     DEFAULT_DATA_MAX,
@@ -341,7 +342,7 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
             "calibration": {"samples": samples, "seed": seed, "inputs": "chained random observations"},
             "validation": {"trials": trials, "seed": seed + 1, "by": f"onnxruntime CPU, {precision} storage emulated",
                            "worst": _worst(rows), "table": table.splitlines()},
-            "source": str(src), "source_manifest_sha256": sha256_file(src / "manifest.json"),
+            "source": str(src), "source_manifest_sha256": source_unchanged(src, manifest),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
         new_manifest = finish_manifest(tmp, raw, "smolvla-cls-edge export.precision.mixed_precision", "mixed_precision", record)
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = lower_artifacts(args.src, dst, precision=args.precision, data_max=args.data_max,
                                    keep=args.keep_fp32, samples=args.samples, trials=args.trials, seed=args.seed,
                                    fallback_rounds=args.fallback_rounds, emulated=args.emulated)
-    except DerivationInputError as exc:
+    except (DerivationInputError, AtomicFolderError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     except AccuracyGateError as exc:
