@@ -110,7 +110,8 @@ class InferenceServicer:
         self.sessions: dict[str, ServeSession] = {}
         self._sessions_lock = threading.Lock()
         self._infer_lock = threading.Lock()  # one backend: inference runs one session at a time
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()  # changed only through _count (gRPC workers run at once)
+        self._counters_lock = threading.Lock()
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
         self._retired_peers: deque[str] = deque(maxlen=1024)  # peers whose session was dropped or taken over
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
@@ -120,8 +121,14 @@ class InferenceServicer:
         self.deadlines.close()
 
     # ----------------------------------------------------------------- helpers
+    def _count(self, key: str, n: int = 1) -> None:
+        """Add to a server counter; locked: a first `+=` on a Counter runs Python code (__missing__), so two
+        workers could both start from 0 and one update was lost."""
+        with self._counters_lock:
+            self.counters[key] += n
+
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
-        self.counters["refused"] += 1
+        self._count("refused")
         self.last_refusal = reason  # in stats(): an operator (or a failing test) sees why without the log
         log.warning("refused %s: %s", context.peer(), reason)
         context.abort(code, reason)
@@ -144,7 +151,7 @@ class InferenceServicer:
             session.planner.realign()  # what the robot holds after the drop is unknown: the next observation resamples
             session.last_seen = now
             self.sessions[peer] = session
-            self.counters["sessions_adopted"] += 1
+            self._count("sessions_adopted")
         log.warning("client %s: took over the session of %s (its channel reconnected without a new setup)", peer, old)
         return session
 
@@ -161,14 +168,16 @@ class InferenceServicer:
             pol = session_counters([s.policy for s in self.sessions.values()])
             for k, v in self._retired.items():
                 pol[k] = pol.get(k, 0) + v
-        gated = self.counters["observations_processed"]
-        return {**dict(self.counters), "policy": pol, "sessions": len(self.sessions),
+        with self._counters_lock:
+            counters = dict(self.counters)
+        gated = counters.get("observations_processed", 0)
+        return {**counters, "policy": pol, "sessions": len(self.sessions),
                 "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None,
                 "last_refusal": getattr(self, "last_refusal", None)}
 
     # ----------------------------------------------------------------- service
     def Ready(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.counters["ready"] += 1
+        self._count("ready")
         log.info("client %s ready", context.peer())
         return wire.Empty()
 
@@ -204,7 +213,7 @@ class InferenceServicer:
                 quiet = min(self.sessions, key=lambda p: self.sessions[p].last_seen)
                 if now - self.sessions[quiet].last_seen > ACTIVE_WINDOW_S:
                     log.warning("%d sessions (--max-sessions): dropping the quietest, %s", len(self.sessions), quiet)
-                    self.counters["sessions_evicted"] += 1
+                    self._count("sessions_evicted")
                     self._retire(quiet)
             full = len(self.sessions) >= self.cfg.max_sessions
             if not full:
@@ -214,7 +223,7 @@ class InferenceServicer:
                          f"{self.cfg.max_sessions} clients were active in the last {ACTIVE_WINDOW_S:g} s "
                          "(--max-sessions)")
             return wire.Empty()
-        self.counters["setups"] += 1
+        self._count("setups")
         log.info("client %s: policy_type=%r, %d actions per chunk, motors %s (requested %r is served by %s)",
                  peer, setup.policy_type, setup.actions_per_chunk, list(state_names),
                  setup.pretrained_name_or_path, self.cfg.artifacts)
@@ -238,7 +247,7 @@ class InferenceServicer:
             obs = loads(data, TimedObservation)
         except _Refused as exc:
             if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
-                self.counters["streams_broken"] += 1
+                self._count("streams_broken")
                 log.warning("observation stream from %s ended with the client gone: %s", context.peer(), exc.reason)
                 return wire.Empty()
             self._refuse(context, exc.code, exc.reason)
@@ -247,7 +256,7 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation: {exc}")
             return wire.Empty()
         except grpc.RpcError as exc:  # the client vanished mid-stream, or the deadline cancelled it
-            self.counters["streams_broken"] += 1
+            self._count("streams_broken")
             log.warning("observation stream from %s broke (or ran past %g s): %s", context.peer(),
                         self.cfg.stream_deadline_s, exc)
             return wire.Empty()
@@ -256,9 +265,9 @@ class InferenceServicer:
             session.stream_context = None
             session.streams.release()
         if late:  # so the observation is not used either: client and server agree it was not delivered
-            self.counters["streams_broken"] += 1
+            self._count("streams_broken")
             return wire.Empty()
-        self.counters["observations_received"] += 1
+        self._count("observations_received")
         session.put(obs)
         return wire.Empty()
 
@@ -300,11 +309,11 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation #{obs.timestep}: {exc}")
             return wire.Actions()
         if reply.gate_reason == STALE:  # not newer than what this session last planned from: skipped
-            self.counters["observations_stale"] += 1
+            self._count("observations_stale")
             return wire.Actions()
-        self.counters["observations_processed"] += 1
-        self.counters["must_go"] += reply.forced
-        self.counters["chunks_sent" if len(reply.actions) else "kept_plan"] += 1
+        self._count("observations_processed")
+        self._count("must_go", int(reply.forced))
+        self._count("chunks_sent" if len(reply.actions) else "kept_plan")
         info = session.policy.last_info
         log.debug("obs #%d %s: gate %s (d=%s thr=%s) %d actions, %.1f ms", obs.timestep, context.peer(),
                   info.gate_reason, info.gate_distance, info.gate_threshold, len(reply.actions), reply.latency_ms)
