@@ -42,7 +42,18 @@ MAX_SETUP_BYTES = 1 << 20
 # a session quiet this long, from the host of a peer that never set up, is that client's: the stock client sets up
 # once (start()) and, after a TCP drop, its channel reconnects from a new port and goes on without a new setup
 ADOPT_QUIET_S = 1.0
+# a refusal's text travels in a gRPC header: over 16 KiB the client drops the call (and its connection) with
+# "metadata size exceeds hard limit" instead of the reason; client-chosen names can be that long
+MAX_REASON_CHARS = 1000
 ACTIVE_WINDOW_S = 5.0  # a client heard from within this is driving: its session is never dropped for a newcomer
+
+
+def clip_reason(reason: str) -> str:
+    """A refusal's text within MAX_REASON_CHARS: its start and end kept (what was refused, what was expected)."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    head, tail = MAX_REASON_CHARS * 7 // 10, MAX_REASON_CHARS // 5
+    return f"{reason[:head]}…({len(reason) - head - tail} characters elided)…{reason[-tail:]}"
 
 
 def _host(peer: str) -> str:
@@ -128,6 +139,7 @@ class InferenceServicer:
             self.counters[key] += n
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
+        reason = clip_reason(reason)  # names a client chose can be megabytes long
         self._count("refused")
         self.last_refusal = reason  # in stats(): an operator (or a failing test) sees why without the log
         log.warning("refused %s: %s", context.peer(), reason)
@@ -224,7 +236,7 @@ class InferenceServicer:
                          "(--max-sessions)")
             return wire.Empty()
         self._count("setups")
-        log.info("client %s: policy_type=%r, %d actions per chunk, motors %s (requested %r is served by %s)",
+        log.info("client %s: policy_type=%.80r, %d actions per chunk, motors %.400s (requested %.200r is served by %s)",
                  peer, setup.policy_type, setup.actions_per_chunk, list(state_names),
                  setup.pretrained_name_or_path, self.cfg.artifacts)
         return wire.Empty()
@@ -248,7 +260,8 @@ class InferenceServicer:
         except _Refused as exc:
             if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
                 self._count("streams_broken")
-                log.warning("observation stream from %s ended with the client gone: %s", context.peer(), exc.reason)
+                log.warning("observation stream from %s ended with the client gone: %s", context.peer(),
+                            clip_reason(exc.reason))
                 return wire.Empty()
             self._refuse(context, exc.code, exc.reason)
             return wire.Empty()
