@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
+import grpc
 import pytest
 
 from runtime.serve.server import InferenceServicer, ServeConfig
@@ -58,3 +60,45 @@ def test_counters_lose_no_update_when_workers_race(servicer, call):
     finally:
         sys.setswitchinterval(old)
     assert lost == 0, f"{lost} of {rounds * threads_per_round} counter updates lost"
+
+
+@pytest.mark.parametrize("hostile", ["set up", "no setup"])
+def test_a_flood_of_getactions_neither_starves_nor_refuses_a_driving_client(hostile):
+    """One client (set up or not) keeps 60 GetActions calls open: its extra calls are refused RESOURCE_EXHAUSTED
+    by name at once, and another client's calls are served well within a second. Before, the flood held every
+    worker: the other client's calls queued behind it or hit gRPC's bare 'Concurrent RPC limit exceeded'."""
+    services_pb2 = pytest.importorskip("lerobot.transport.services_pb2")
+    from tests.serve_fixtures import running_server
+    from tests.test_serve_hostile import chunks, observation_bytes
+    from tests.test_serve_limits import _OwnConnection
+
+    stop, codes = threading.Event(), []
+    with running_server(max_sessions=2) as (_, port):
+        bad, good = _OwnConnection(port), _OwnConnection(port)
+        if hostile == "set up":
+            bad.setup()
+        good.setup()
+
+        def flood():
+            while not stop.is_set():
+                try:
+                    bad.stub.GetActions(services_pb2.Empty(), timeout=10)
+                except grpc.RpcError as err:
+                    codes.append((err.code(), err.details()))
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(60)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        try:
+            for step in range(5):
+                good.stub.SendObservations(chunks(observation_bytes(timestep=step)), timeout=1.0)
+                good.stub.GetActions(services_pb2.Empty(), timeout=1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
+            bad.close()
+            good.close()
+    assert codes and all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and "GetActions" in text for code, text in codes)

@@ -33,7 +33,7 @@ from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
 from runtime.serve.deadlines import DeadlineWatch
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
-from runtime.serve.session import STREAMS_PER_SESSION, ServeSession, session_counters
+from runtime.serve.session import POLLS_PER_SESSION, STREAMS_PER_SESSION, ServeSession, session_counters
 
 log = logging.getLogger("runtime.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -46,6 +46,13 @@ ADOPT_QUIET_S = 1.0
 # "metadata size exceeds hard limit" instead of the reason; client-chosen names can be that long
 MAX_REASON_CHARS = 1000
 ACTIVE_WINDOW_S = 5.0  # a client heard from within this is driving: its session is never dropped for a newcomer
+ANONYMOUS_POLLS = 4  # GetActions from peers without a session that wait (an evicted client does not spin); more: refused
+SPARE_WORKERS = 8  # for Ready, setups and refusals: never all held by the calls that wait
+
+
+def worker_budget(max_sessions: int) -> int:
+    """Workers no client can exhaust: each session's stream and GetActions, the anonymous waits, and spares."""
+    return max_sessions * (STREAMS_PER_SESSION + POLLS_PER_SESSION) + ANONYMOUS_POLLS + SPARE_WORKERS
 
 
 def clip_reason(reason: str) -> str:
@@ -74,7 +81,7 @@ class ServeConfig:
     token: str | None = None
     max_observation_bytes: int = 32 << 20
     get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
-    max_workers: int | None = None  # gRPC worker threads; None: max(16, 2 × max_sessions)
+    max_workers: int | None = None  # gRPC worker threads; None (and at least): worker_budget(max_sessions)
     session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
     max_sessions: int = 32  # sessions kept at once (each holds an EdgePolicy); a newcomer may drop one quiet for ACTIVE_WINDOW_S
     stream_deadline_s: float = 10.0  # one observation stream must end (TRANSFER_END) within this
@@ -89,7 +96,7 @@ class ServeConfig:
             # gRPC would bind port % 65536 (another port, silently)
             raise ValueError(f"serve: port={self.port!r} must be an integer in [0, 65535] (0: any free port)")
         if self.max_workers is None:
-            self.max_workers = max(16, 2 * self.max_sessions) if isinstance(self.max_sessions, int) else 16
+            self.max_workers = worker_budget(self.max_sessions) if isinstance(self.max_sessions, int) else 16
         bounds = {"max_observation_bytes": (1 << 10, 1 << 30), "max_sessions": (1, 1024), "max_workers": (2, 4096),
                   "stream_deadline_s": (0.01, 3600.0), "session_idle_s": (0.01, 86400.0),
                   "get_actions_wait_s": (0.0, 60.0)}
@@ -97,8 +104,10 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"serve: {name}={v!r} must be a number in [{lo}, {hi}]")
-        if self.max_sessions * STREAMS_PER_SESSION >= self.max_workers:  # streams must not hold every worker
-            raise ValueError(f"serve: max_sessions={self.max_sessions} must stay below max_workers={self.max_workers}")
+        if self.max_workers < worker_budget(self.max_sessions):  # waiting calls must not hold every worker
+            raise ValueError(f"serve: max_workers={self.max_workers} must be at least {worker_budget(self.max_sessions)} "
+                             f"for max_sessions={self.max_sessions} ({STREAMS_PER_SESSION} stream + {POLLS_PER_SESSION} "
+                             f"GetActions each, {ANONYMOUS_POLLS + SPARE_WORKERS} spare)")
 
 
 class _Refused(Exception):
@@ -121,6 +130,7 @@ class InferenceServicer:
         self.sessions: dict[str, ServeSession] = {}
         self._sessions_lock = threading.Lock()
         self._infer_lock = threading.Lock()  # one backend: inference runs one session at a time
+        self._anonymous_polls = threading.BoundedSemaphore(ANONYMOUS_POLLS)  # GetActions without a session, waiting
         self.counters: Counter[str] = Counter()  # changed only through _count (gRPC workers run at once)
         self._counters_lock = threading.Lock()
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
@@ -307,10 +317,28 @@ class InferenceServicer:
         return done
 
     def GetActions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Wait up to get_actions_wait_s for the client's observation, plan from it, reply with the chunk (empty:
+        keep the plan). Calls beyond POLLS_PER_SESSION (or ANONYMOUS_POLLS without a session) are refused."""
         session = self._session(context)
         if session is None:
-            time.sleep(min(self.cfg.get_actions_wait_s, 0.1))  # no busy loop for a client without setup
+            if not self._anonymous_polls.acquire(blocking=False):
+                self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"GetActions: no policy setup from this client, and {ANONYMOUS_POLLS} such calls wait "
+                             "already (call SendPolicyInstructions first)")
+            try:
+                time.sleep(min(self.cfg.get_actions_wait_s, 0.1))  # no busy loop for a client without setup
+            finally:
+                self._anonymous_polls.release()
             return wire.Actions()
+        if not session.polls.acquire(blocking=False):  # the stock client polls from one thread
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"more than {POLLS_PER_SESSION} concurrent GetActions from this client")
+        try:
+            return self._get_actions(session, context)
+        finally:
+            session.polls.release()
+
+    def _get_actions(self, session: ServeSession, context: grpc.ServicerContext) -> Any:
         session.last_seen = time.monotonic()  # the stock client polls GetActions all the time: it is alive
         obs = session.take(self.cfg.get_actions_wait_s)
         if obs is None:
