@@ -12,6 +12,8 @@ import time
 import grpc
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.serve_fixtures import running_server
 
@@ -248,3 +250,28 @@ def test_serve_refuses_another_export_when_a_digest_is_pinned():
     server, svc, _ = build_server(ServeConfig(artifacts=robot_artifacts(), port=0, expected_digest=good))
     assert svc.template.manifest.digest == good
     server.stop(None)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(length=st.integers(1, 200_000), where=st.sampled_from(["motor", "observation key", "unknown field"]))
+def test_refusals_reach_the_client_whatever_names_it_sent(server, length, where):
+    """A refusal quoting a client-chosen name arrives as that refusal, bounded: over 16 KiB of status text the
+    client got 'metadata size exceeds hard limit' (RESOURCE_EXHAUSTED) and lost its connection instead."""
+    from runtime.serve.server import MAX_REASON_CHARS
+
+    name = "n" * length
+    c = Client(server[1])
+    try:
+        if where == "motor":
+            details = refused(lambda: c.setup(setup_bytes(state_names=("x", name))), grpc.StatusCode.INVALID_ARGUMENT,
+                              "policy setup", "the artifact expects")
+        else:
+            c.setup()
+            obs = helpers.TimedObservation(0.0, 0, {name: {1: 2}} if where == "observation key" else {}, True)
+            if where == "unknown field":
+                obs.__dict__[name] = 1
+            details = refused(lambda: c.observe(pickle.dumps(obs)), grpc.StatusCode.INVALID_ARGUMENT, "observation: ")
+        assert len(details) <= MAX_REASON_CHARS + 64
+        assert len(server[0].stats()["last_refusal"]) <= MAX_REASON_CHARS + 64
+    finally:
+        c.close()

@@ -311,8 +311,8 @@ def test_serve_settings_are_checked_by_name(field, value):
 def test_workers_follow_the_session_cap():
     from runtime.serve.server import ServeConfig
 
-    assert ServeConfig(artifacts=robot_artifacts(), max_sessions=100).max_workers == 200
-    with pytest.raises(ValueError, match="max_sessions=16 must stay below max_workers=16"):
+    assert ServeConfig(artifacts=robot_artifacts(), max_sessions=100).max_workers == 100 * 3 + 12
+    with pytest.raises(ValueError, match="max_workers=16 must be at least 60 for max_sessions=16"):
         ServeConfig(artifacts=robot_artifacts(), max_sessions=16, max_workers=16)
 
 

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="allow a non-loopback --host without a token (LeRobot's stock client sends none)")
     p.add_argument("--max-observation-mb", type=float, default=32.0)
     p.add_argument("--max-sessions", type=int, default=32,
-                   help="robot clients with a session at once (the server runs max(16, 2 × this) worker threads)")
+                   help="robot clients with a session at once (the server runs 3 × this + 12 worker threads)")
     p.add_argument("--stream-deadline-s", type=float, default=10.0,
                    help="an observation stream not finished within this is cancelled (frees its worker thread)")
     add_identity_arguments(p)

@@ -33,7 +33,7 @@ from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
 from runtime.serve.deadlines import DeadlineWatch
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
-from runtime.serve.session import STREAMS_PER_SESSION, ServeSession, session_counters
+from runtime.serve.session import POLLS_PER_SESSION, STREAMS_PER_SESSION, ServeSession, session_counters
 
 log = logging.getLogger("runtime.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -42,7 +42,25 @@ MAX_SETUP_BYTES = 1 << 20
 # a session quiet this long, from the host of a peer that never set up, is that client's: the stock client sets up
 # once (start()) and, after a TCP drop, its channel reconnects from a new port and goes on without a new setup
 ADOPT_QUIET_S = 1.0
+# a refusal's text travels in a gRPC header: over 16 KiB the client drops the call (and its connection) with
+# "metadata size exceeds hard limit" instead of the reason; client-chosen names can be that long
+MAX_REASON_CHARS = 1000
 ACTIVE_WINDOW_S = 5.0  # a client heard from within this is driving: its session is never dropped for a newcomer
+ANONYMOUS_POLLS = 4  # GetActions from peers without a session that wait (an evicted client does not spin); more: refused
+SPARE_WORKERS = 8  # for Ready, setups and refusals: never all held by the calls that wait
+
+
+def worker_budget(max_sessions: int) -> int:
+    """Workers no client can exhaust: each session's stream and GetActions, the anonymous waits, and spares."""
+    return max_sessions * (STREAMS_PER_SESSION + POLLS_PER_SESSION) + ANONYMOUS_POLLS + SPARE_WORKERS
+
+
+def clip_reason(reason: str) -> str:
+    """A refusal's text within MAX_REASON_CHARS: its start and end kept (what was refused, what was expected)."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    head, tail = MAX_REASON_CHARS * 7 // 10, MAX_REASON_CHARS // 5
+    return f"{reason[:head]}…({len(reason) - head - tail} characters elided)…{reason[-tail:]}"
 
 
 def _host(peer: str) -> str:
@@ -63,7 +81,7 @@ class ServeConfig:
     token: str | None = None
     max_observation_bytes: int = 32 << 20
     get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
-    max_workers: int | None = None  # gRPC worker threads; None: max(16, 2 × max_sessions)
+    max_workers: int | None = None  # gRPC worker threads; None (and at least): worker_budget(max_sessions)
     session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
     max_sessions: int = 32  # sessions kept at once (each holds an EdgePolicy); a newcomer may drop one quiet for ACTIVE_WINDOW_S
     stream_deadline_s: float = 10.0  # one observation stream must end (TRANSFER_END) within this
@@ -78,7 +96,7 @@ class ServeConfig:
             # gRPC would bind port % 65536 (another port, silently)
             raise ValueError(f"serve: port={self.port!r} must be an integer in [0, 65535] (0: any free port)")
         if self.max_workers is None:
-            self.max_workers = max(16, 2 * self.max_sessions) if isinstance(self.max_sessions, int) else 16
+            self.max_workers = worker_budget(self.max_sessions) if isinstance(self.max_sessions, int) else 16
         bounds = {"max_observation_bytes": (1 << 10, 1 << 30), "max_sessions": (1, 1024), "max_workers": (2, 4096),
                   "stream_deadline_s": (0.01, 3600.0), "session_idle_s": (0.01, 86400.0),
                   "get_actions_wait_s": (0.0, 60.0)}
@@ -86,8 +104,10 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"serve: {name}={v!r} must be a number in [{lo}, {hi}]")
-        if self.max_sessions * STREAMS_PER_SESSION >= self.max_workers:  # streams must not hold every worker
-            raise ValueError(f"serve: max_sessions={self.max_sessions} must stay below max_workers={self.max_workers}")
+        if self.max_workers < worker_budget(self.max_sessions):  # waiting calls must not hold every worker
+            raise ValueError(f"serve: max_workers={self.max_workers} must be at least {worker_budget(self.max_sessions)} "
+                             f"for max_sessions={self.max_sessions} ({STREAMS_PER_SESSION} stream + {POLLS_PER_SESSION} "
+                             f"GetActions each, {ANONYMOUS_POLLS + SPARE_WORKERS} spare)")
 
 
 class _Refused(Exception):
@@ -110,7 +130,9 @@ class InferenceServicer:
         self.sessions: dict[str, ServeSession] = {}
         self._sessions_lock = threading.Lock()
         self._infer_lock = threading.Lock()  # one backend: inference runs one session at a time
-        self.counters: Counter[str] = Counter()
+        self._anonymous_polls = threading.BoundedSemaphore(ANONYMOUS_POLLS)  # GetActions without a session, waiting
+        self.counters: Counter[str] = Counter()  # changed only through _count (gRPC workers run at once)
+        self._counters_lock = threading.Lock()
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
         self._retired_peers: deque[str] = deque(maxlen=1024)  # peers whose session was dropped or taken over
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
@@ -120,8 +142,15 @@ class InferenceServicer:
         self.deadlines.close()
 
     # ----------------------------------------------------------------- helpers
+    def _count(self, key: str, n: int = 1) -> None:
+        """Add to a server counter; locked: a first `+=` on a Counter runs Python code (__missing__), so two
+        workers could both start from 0 and one update was lost."""
+        with self._counters_lock:
+            self.counters[key] += n
+
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
-        self.counters["refused"] += 1
+        reason = clip_reason(reason)  # names a client chose can be megabytes long
+        self._count("refused")
         self.last_refusal = reason  # in stats(): an operator (or a failing test) sees why without the log
         log.warning("refused %s: %s", context.peer(), reason)
         context.abort(code, reason)
@@ -144,7 +173,7 @@ class InferenceServicer:
             session.planner.realign()  # what the robot holds after the drop is unknown: the next observation resamples
             session.last_seen = now
             self.sessions[peer] = session
-            self.counters["sessions_adopted"] += 1
+            self._count("sessions_adopted")
         log.warning("client %s: took over the session of %s (its channel reconnected without a new setup)", peer, old)
         return session
 
@@ -161,14 +190,16 @@ class InferenceServicer:
             pol = session_counters([s.policy for s in self.sessions.values()])
             for k, v in self._retired.items():
                 pol[k] = pol.get(k, 0) + v
-        gated = self.counters["observations_processed"]
-        return {**dict(self.counters), "policy": pol, "sessions": len(self.sessions),
+        with self._counters_lock:
+            counters = dict(self.counters)
+        gated = counters.get("observations_processed", 0)
+        return {**counters, "policy": pol, "sessions": len(self.sessions),
                 "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None,
                 "last_refusal": getattr(self, "last_refusal", None)}
 
     # ----------------------------------------------------------------- service
     def Ready(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.counters["ready"] += 1
+        self._count("ready")
         log.info("client %s ready", context.peer())
         return wire.Empty()
 
@@ -204,7 +235,7 @@ class InferenceServicer:
                 quiet = min(self.sessions, key=lambda p: self.sessions[p].last_seen)
                 if now - self.sessions[quiet].last_seen > ACTIVE_WINDOW_S:
                     log.warning("%d sessions (--max-sessions): dropping the quietest, %s", len(self.sessions), quiet)
-                    self.counters["sessions_evicted"] += 1
+                    self._count("sessions_evicted")
                     self._retire(quiet)
             full = len(self.sessions) >= self.cfg.max_sessions
             if not full:
@@ -214,8 +245,8 @@ class InferenceServicer:
                          f"{self.cfg.max_sessions} clients were active in the last {ACTIVE_WINDOW_S:g} s "
                          "(--max-sessions)")
             return wire.Empty()
-        self.counters["setups"] += 1
-        log.info("client %s: policy_type=%r, %d actions per chunk, motors %s (requested %r is served by %s)",
+        self._count("setups")
+        log.info("client %s: policy_type=%.80r, %d actions per chunk, motors %.400s (requested %.200r is served by %s)",
                  peer, setup.policy_type, setup.actions_per_chunk, list(state_names),
                  setup.pretrained_name_or_path, self.cfg.artifacts)
         return wire.Empty()
@@ -238,8 +269,9 @@ class InferenceServicer:
             obs = loads(data, TimedObservation)
         except _Refused as exc:
             if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
-                self.counters["streams_broken"] += 1
-                log.warning("observation stream from %s ended with the client gone: %s", context.peer(), exc.reason)
+                self._count("streams_broken")
+                log.warning("observation stream from %s ended with the client gone: %s", context.peer(),
+                            clip_reason(exc.reason))
                 return wire.Empty()
             self._refuse(context, exc.code, exc.reason)
             return wire.Empty()
@@ -247,7 +279,7 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation: {exc}")
             return wire.Empty()
         except grpc.RpcError as exc:  # the client vanished mid-stream, or the deadline cancelled it
-            self.counters["streams_broken"] += 1
+            self._count("streams_broken")
             log.warning("observation stream from %s broke (or ran past %g s): %s", context.peer(),
                         self.cfg.stream_deadline_s, exc)
             return wire.Empty()
@@ -256,9 +288,9 @@ class InferenceServicer:
             session.stream_context = None
             session.streams.release()
         if late:  # so the observation is not used either: client and server agree it was not delivered
-            self.counters["streams_broken"] += 1
+            self._count("streams_broken")
             return wire.Empty()
-        self.counters["observations_received"] += 1
+        self._count("observations_received")
         session.put(obs)
         return wire.Empty()
 
@@ -285,10 +317,28 @@ class InferenceServicer:
         return done
 
     def GetActions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Wait up to get_actions_wait_s for the client's observation, plan from it, reply with the chunk (empty:
+        keep the plan). Calls beyond POLLS_PER_SESSION (or ANONYMOUS_POLLS without a session) are refused."""
         session = self._session(context)
         if session is None:
-            time.sleep(min(self.cfg.get_actions_wait_s, 0.1))  # no busy loop for a client without setup
+            if not self._anonymous_polls.acquire(blocking=False):
+                self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"GetActions: no policy setup from this client, and {ANONYMOUS_POLLS} such calls wait "
+                             "already (call SendPolicyInstructions first)")
+            try:
+                time.sleep(min(self.cfg.get_actions_wait_s, 0.1))  # no busy loop for a client without setup
+            finally:
+                self._anonymous_polls.release()
             return wire.Actions()
+        if not session.polls.acquire(blocking=False):  # the stock client polls from one thread
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"more than {POLLS_PER_SESSION} concurrent GetActions from this client")
+        try:
+            return self._get_actions(session, context)
+        finally:
+            session.polls.release()
+
+    def _get_actions(self, session: ServeSession, context: grpc.ServicerContext) -> Any:
         session.last_seen = time.monotonic()  # the stock client polls GetActions all the time: it is alive
         obs = session.take(self.cfg.get_actions_wait_s)
         if obs is None:
@@ -300,11 +350,11 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation #{obs.timestep}: {exc}")
             return wire.Actions()
         if reply.gate_reason == STALE:  # not newer than what this session last planned from: skipped
-            self.counters["observations_stale"] += 1
+            self._count("observations_stale")
             return wire.Actions()
-        self.counters["observations_processed"] += 1
-        self.counters["must_go"] += reply.forced
-        self.counters["chunks_sent" if len(reply.actions) else "kept_plan"] += 1
+        self._count("observations_processed")
+        self._count("must_go", int(reply.forced))
+        self._count("chunks_sent" if len(reply.actions) else "kept_plan")
         info = session.policy.last_info
         log.debug("obs #%d %s: gate %s (d=%s thr=%s) %d actions, %.1f ms", obs.timestep, context.peer(),
                   info.gate_reason, info.gate_distance, info.gate_threshold, len(reply.actions), reply.latency_ms)

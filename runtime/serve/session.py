@@ -11,6 +11,7 @@ from runtime.chunk_planner import Chunk, ChunkPlanner
 from runtime.serve.safe_pickle import TimedObservation
 
 STREAMS_PER_SESSION = 1  # concurrent SendObservations per client (the stock client sends them one by one)
+POLLS_PER_SESSION = 2  # concurrent GetActions per client (the stock client's one receive thread; 2: a reconnect's overlap)
 
 
 class ServeSession:
@@ -24,6 +25,7 @@ class ServeSession:
         self.cond = threading.Condition()
         self.last_seen = time.monotonic()
         self.streams = threading.BoundedSemaphore(STREAMS_PER_SESSION)  # observation streams in flight
+        self.polls = threading.BoundedSemaphore(POLLS_PER_SESSION)  # GetActions calls in flight
         self.stream_context: Any = None  # the gRPC context of the open observation stream, if any
 
     def put(self, obs: TimedObservation) -> None:
