@@ -139,22 +139,20 @@ def format_row(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluation.cli_args import int_in, non_negative_int, output_file, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=DIR",
                         help="a checkpoint to measure, labelled (repeat for a side-by-side table)")
-    parser.add_argument("--episodes", type=int, default=256, help="held-out pairs (one frame per episode)")
-    parser.add_argument("--calib-episodes", type=int, default=24, help="gate-calibration rollouts (0: skip)")
-    parser.add_argument("--drift", type=int, default=0, metavar="N",
+    parser.add_argument("--episodes", type=int_in(3, 10**6), default=256, help="held-out pairs (one frame per episode)")
+    parser.add_argument("--calib-episodes", type=non_negative_int, default=24, help="gate-calibration rollouts (0: skip)")
+    parser.add_argument("--drift", type=non_negative_int, default=0, metavar="N",
                         help="obs-CLS drift, relevant vs irrelevant changes, on N perturbed episodes (0: skip)")
-    parser.add_argument("--ceiling-samples", type=int, default=1, metavar="K",
+    parser.add_argument("--ceiling-samples", type=positive_int, default=1, metavar="K",
                         help="also the retrieval ceiling of the mean of K sampled chunks per frame (K > 1)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--json", type=output_file, default=None)
     args = parser.parse_args(argv)
-    if args.episodes < 3:
-        parser.error("--episodes: expected >= 3")
-    if args.ceiling_samples < 1:
-        parser.error(f"--ceiling-samples={args.ceiling_samples}: expected >= 1")
     import torch
 
     torch.set_num_threads(args.threads)

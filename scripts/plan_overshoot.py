@@ -29,13 +29,13 @@ def overshoot(start: np.ndarray, goal: np.ndarray, rows: np.ndarray, max_step: f
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluation.cli_args import output_file, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--episodes", type=positive_int, default=100)
+    parser.add_argument("--json", type=output_file, default=None)
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error("--episodes: expected >= 1")
     from simtask import TaskConfig
     from simtask.config import STATE_KEY
     from smolvla_cls.alignment import collect_heldout
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overshoot mean {result['mean']:.3f}, p90 {result['p90']:.3f}, share > 0.1: {result['share_over_0.1']:.2f} "
           f"({args.episodes} held-out frames; a full step is {cfg.max_step})")
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     return 0
 

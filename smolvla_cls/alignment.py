@@ -230,19 +230,20 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluation.cli_args import int_in, non_negative_int, output_file
+
     parser = argparse.ArgumentParser(description="held-out CLS alignment report")
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--episodes", type=int, default=256, help="held-out pairs (one frame per episode)")
-    parser.add_argument("--seed", type=int, default=HELDOUT_BASE_SEED)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--episodes", type=int_in(2, 10**6), default=256, help="held-out pairs (one frame per episode)")
+    parser.add_argument("--seed", type=non_negative_int, default=HELDOUT_BASE_SEED)
+    parser.add_argument("--json", type=output_file, default=None)
     args = parser.parse_args(argv)
-    if args.episodes < 2:
-        parser.error("--episodes: expected >= 2")
     from smolvla_cls.torch_policy import TorchPolicy
 
     metrics, *_ = alignment_report(TorchPolicy(args.checkpoint), args.episodes, args.seed)
     print(format_metrics(metrics))
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics, indent=1))
     return 0
 

@@ -59,25 +59,26 @@ def chance_level(n_targets: int | None = None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluation.cli_args import non_negative_int, output_file, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="lerobot pretrained_model folder")
-    parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes", type=positive_int, default=50)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--perturb", action="store_true", help="target jumps once per episode")
     parser.add_argument("--swap-instruction", action="store_true", help="only the swapped-instruction run")
     parser.add_argument("--language-control", action="store_true",
                         help="also run the same scenes with a swapped instruction")
     parser.add_argument("--untrained-baseline", action="store_true",
                         help="also run a randomly initialised policy of the same config")
-    parser.add_argument("--n-action-steps", type=int, default=None, help="replan every N steps (default: config)")
-    parser.add_argument("--noise-seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the summaries here")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--n-action-steps", type=positive_int, default=None,
+                        help="replan every N steps (default: config)")
+    parser.add_argument("--noise-seed", type=non_negative_int, default=0)
+    parser.add_argument("--json", type=output_file, default=None, help="write the summaries here")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (1: batch-1 inference of the tiny model gains nothing from more, "
                              "and extra threads stall badly on a loaded machine)")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error(f"--episodes={args.episodes}: expected >= 1")
     if not args.checkpoint.is_dir():
         raise SystemExit(f"closed_loop_eval: checkpoint folder {args.checkpoint} does not exist")
     common = dict(episodes=args.episodes, seed=args.seed, perturb=args.perturb, n_action_steps=args.n_action_steps,
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from smolvla_cls.torch_policy import TorchPolicy
 
-    torch.set_num_threads(max(1, args.threads))
-    policy = TorchPolicy(args.checkpoint, n_action_steps=args.n_action_steps, noise_seed=args.noise_seed)
+    torch.set_num_threads(args.threads)
+    try:
+        policy = TorchPolicy(args.checkpoint, n_action_steps=args.n_action_steps, noise_seed=args.noise_seed)
+    except ValueError as exc:  # --n-action-steps past the checkpoint's chunk
+        parser.error(str(exc).replace("TorchPolicy: n_action_steps", "--n-action-steps"))
     runs = [evaluate_checkpoint(args.checkpoint, swap_instruction=args.swap_instruction, policy=policy, **common)]
     if args.language_control and not args.swap_instruction:
         runs.append(evaluate_checkpoint(args.checkpoint, swap_instruction=True, policy=policy, **common))

@@ -125,6 +125,11 @@ def materialize_preset(preset: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=target.parent))
     _write_preset(preset, tmp)
+    # mkdtemp makes it owner-only (0700): give it a normal folder's mode under the umask, so another account
+    # sharing SMOLVLA_CLS_CACHE can read the preset rather than getting back a folder it cannot open
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         tmp.rename(target)
     except OSError:  # another process won the race: use its folder

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -67,22 +67,23 @@ def oracle_top1(heldout: HeldOut, sigma: float, max_step: float, success_radius:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluation.cli_args import int_in, non_negative_int, output_file, positive_int
     from simtask import TaskConfig
     from simtask.config import STATE_KEY
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--episodes", type=int, default=256)
-    parser.add_argument("--chunk-size", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=HELDOUT_BASE_SEED)
+    parser.add_argument("--episodes", type=int_in(2, 10**6), default=256)
+    parser.add_argument("--chunk-size", type=positive_int, default=10)
+    parser.add_argument("--seed", type=non_negative_int, default=HELDOUT_BASE_SEED)
     parser.add_argument("--sigmas", default="0,0.002,0.004,0.008,0.016")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=output_file, default=None)
     args = parser.parse_args(argv)
     try:
         sigmas = [float(v) for v in args.sigmas.split(",") if v.strip()]
     except ValueError:
         parser.error(f"--sigmas: expected comma-separated numbers, got {args.sigmas!r}")
-    if args.episodes < 2 or args.chunk_size < 1 or not sigmas or min(sigmas) < 0:
-        parser.error("--episodes >= 2, --chunk-size >= 1 and non-negative --sigmas expected")
+    if not sigmas or not all(math.isfinite(s) and s >= 0 for s in sigmas):
+        parser.error(f"--sigmas: expected finite non-negative numbers, got {args.sigmas!r}")
     cfg = TaskConfig()
     heldout = collect_heldout(args.chunk_size, args.episodes, args.seed, config=cfg)
     rows = [oracle_top1(heldout, s, cfg.max_step, cfg.success_radius, STATE_KEY) for s in sigmas]
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['sigma']:.3f} ({r['sigma_pixels']:.2f}) | {r['chunk_top1']:.3f} | {r['first_action_top1']:.3f} |")
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
 

@@ -363,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output-dir={args.output_dir}: {existing} is a file, not a folder; pick another --output-dir")
     if not os.access(existing, os.W_OK):
         parser.error(f"--output-dir={args.output_dir}: {existing} is not writable; pick another --output-dir")
+    link = args.output_dir / "checkpoints"  # replaced by a link to the last stage's checkpoints once trained
+    if link.is_dir() and not link.is_symlink():
+        parser.error(f"--output-dir={args.output_dir}: {link} is a folder (not this command's link to the last "
+                     "stage's checkpoints, e.g. a plain lerobot-train run); pick another --output-dir or move it")
     main_done = args.output_dir / "stage_main" / "checkpoints" / "last" / "pretrained_model"
     if "delta" in stages and "main" not in stages and not main_done.exists():
         # the delta stage freezes the VLM and main expert: from random weights it would train on noise

@@ -172,6 +172,21 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path, below, capsys):
     assert exc.value.code == 2 and "--output-dir" in capsys.readouterr().err
 
 
+def test_a_checkpoints_folder_in_the_output_dir_is_refused_before_any_work(tmp_path, stubbed, capsys):
+    """`<out>/checkpoints` becomes a link to the last stage's checkpoints after training: a real folder there (a
+    plain lerobot-train run) made it fail with IsADirectoryError after both stages had trained."""
+    out = tmp_path / "out"
+    (out / "checkpoints" / "last").mkdir(parents=True)
+    ran = []
+    stubbed.setattr(train, "run_stage", lambda plan, *a: ran.append(plan.name))
+    with pytest.raises(SystemExit) as exc:
+        train.main(_argv(out))
+    assert exc.value.code == 2 and not ran
+    err = capsys.readouterr().err
+    assert "--output-dir" in err and "checkpoints is a folder" in err
+    assert (out / "checkpoints" / "last").is_dir()  # left as it was
+
+
 def _record(root: Path, seed: int) -> None:
     import subprocess
     import sys
