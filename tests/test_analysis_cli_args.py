@@ -38,7 +38,6 @@ BAD = {
     "--sigmas": ["nan", "-0.1", "inf", ""],
     "--json": ["{folder}", "{file}/sub/out.json"],
 }
-CASES = [(mod, flag, value) for mod in COMMANDS for flag, values in BAD.items() for value in values]
 
 
 def _has_flag(module: str, flag: str) -> bool:
@@ -46,10 +45,13 @@ def _has_flag(module: str, flag: str) -> bool:
     return f'"{flag}"' in source
 
 
+# only the flags each command has (a command without the flag is not a case, rather than a skip)
+CASES = [(mod, flag, value) for mod in COMMANDS for flag, values in BAD.items() if _has_flag(mod, flag)
+         for value in values]
+
+
 @pytest.mark.parametrize(("module", "flag", "value"), CASES)
 def test_bad_flag_is_one_line_naming_it(module, flag, value, tmp_path, capsys):
-    if not _has_flag(module, flag):
-        pytest.skip(f"{module} has no {flag}")
     (tmp_path / "f").write_text("x")
     value = value.format(folder=tmp_path, file=tmp_path / "f")
     main = importlib.import_module(module).main
