@@ -10,7 +10,6 @@ folder carrying some derivation key is ever replaced at the destination.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import shutil
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from export.atomic_folder import destination_problem
 from export.signing import stamp_identity
 from runtime.fingerprint import file_records, sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
+from runtime.strict_json import strict_dumps
 
 DERIVATION_KEYS = ("quantization", "mixed_precision")
 
@@ -110,7 +110,7 @@ def finish_manifest(tmp: Path, raw: dict[str, Any], producer: str, key: str, rec
     raw["created_utc"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     raw[key] = record
     stamp_identity(raw)
-    (tmp / "manifest.json").write_text(json.dumps(raw, indent=2))
+    (tmp / "manifest.json").write_text(strict_dumps(raw, indent=2))
     return Manifest.load(tmp, verify_hashes=True)
 
 

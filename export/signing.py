@@ -12,7 +12,6 @@ signed message are defined in `runtime.artifact_identity` (docs/10-artifact-cont
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from runtime.artifact_identity import stamp_identity
 from runtime.engine_identity import write_engine_record
 from runtime.fingerprint import REBUILD_HINT, EngineFingerprint, FingerprintError, FingerprintMismatch, graph_hashes
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
+from runtime.strict_json import strict_dumps
 
 
 class SigningError(ValueError):
@@ -70,7 +70,7 @@ def generate_keypair(stem: str | Path) -> tuple[Path, Path]:
 def write_manifest(folder: Path, raw: dict[str, Any]) -> None:
     """manifest.json written under a temporary name and renamed (a half-written manifest never exists)."""
     tmp = folder / "manifest.json.tmp"
-    tmp.write_text(json.dumps(raw, indent=2))
+    tmp.write_text(strict_dumps(raw, indent=2))
     tmp.replace(folder / "manifest.json")
 
 

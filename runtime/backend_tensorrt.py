@@ -10,7 +10,6 @@ is allocated. TensorRT and cuda-python are imported when the backend is built, n
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from runtime.backend import Backend, BackendError, PrefixState
 from runtime.fingerprint import EngineFingerprint, graph_hashes
 from runtime.graph_io import DYNAMIC, LoadedTensor, check_graph_io, manifest_graph
-from runtime.manifest import GRAPH_NAMES
+from runtime.manifest import GRAPH_NAMES, read_manifest_json
 from runtime.trt_api import dims, engine_io
 
 if TYPE_CHECKING:
@@ -103,7 +102,7 @@ class TensorRTBackend(Backend):
         device = gpu()
         artifacts, engines = Path(artifacts), Path(engines)
         if manifest is None:
-            manifest = json.loads((artifacts / "manifest.json").read_text(encoding="utf-8"))
+            manifest = read_manifest_json(artifacts / "manifest.json")
         self._manifest = manifest
         self._closed = False
         self._generation = 0

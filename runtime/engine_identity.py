@@ -10,7 +10,6 @@ with its own domain prefix). `make engine` writes it unsigned; `python -m export
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from runtime.artifact_files import ArtifactFileError, confined_path, sha256_and_size
 from runtime.artifact_identity import IdentityError, stamp_identity, verify_identity
 from runtime.manifest_schema import IdentityModel, Key, Sha256Hex, describe
+from runtime.strict_json import strict_dumps, strict_loads
 
 RECORD = "engines.identity.json"
 DOMAIN = b"smolvla-cls-edge engine set v1\n"
@@ -58,9 +58,11 @@ def read_engine_record(folder: Path) -> tuple[dict[str, Any], EngineRecordModel]
     if len(data) > MAX_MANIFEST_BYTES:
         raise IdentityError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes, not an engine identity record")
     try:
-        raw = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting
-        raise IdentityError(f"{path}: not valid JSON") from None
+        raw = strict_loads(data)
+    except RecursionError:  # absurd nesting
+        raise IdentityError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a key twice in one object
+        raise IdentityError(f"{path}: not valid JSON ({str(exc)[:160]})") from None
     try:
         return raw, EngineRecordModel.model_validate(raw)
     except ValidationError as exc:
@@ -81,7 +83,7 @@ def write_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: I
     body = engine_record(folder, artifact_digest, graphs)
     digest = stamp_identity(body, private_key, domain=DOMAIN)
     tmp = folder / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    tmp.write_text(strict_dumps(body, indent=2) + "\n")
     tmp.replace(folder / RECORD)
     return digest
 
@@ -90,7 +92,7 @@ def _declared_digest(folder: Path) -> str | None:
     """The identity digest a folder's manifest.json declares (unverified: only used to name a folder in a hint)."""
     try:
         with (folder / "manifest.json").open("rb") as f:
-            raw = json.loads(f.read(MAX_MANIFEST_BYTES))
+            raw = strict_loads(f.read(MAX_MANIFEST_BYTES))
         digest = raw["identity"]["digest"]
     except (OSError, ValueError, RecursionError, KeyError, TypeError):
         return None

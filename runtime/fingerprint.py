@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runtime.strict_json import strict_dumps, strict_loads
 
 FORMAT_VERSION = 2  # what export writes
 READABLE_VERSIONS = (1, 2)  # 1: no data_sha256 (read as None; see source_differences)
@@ -66,7 +67,7 @@ class EngineFingerprint:
         """Write the fingerprint as pretty JSON (atomically: a half-written file would read as corrupt)."""
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(strict_dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         tmp.replace(target)
 
     @classmethod
@@ -111,10 +112,10 @@ class EngineFingerprint:
         if len(raw) > MAX_FINGERPRINT_BYTES:
             raise FingerprintError(f"{p}: larger than {MAX_FINGERPRINT_BYTES} bytes, not a fingerprint; {REBUILD_HINT}")
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = strict_loads(raw)
         except UnicodeDecodeError as exc:
             raise FingerprintError(f"{p}: not UTF-8 text (byte {exc.start}); {REBUILD_HINT}") from None
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError; absurd nesting
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, a key twice in one object; absurd nesting
             raise FingerprintError(f"{p}: not valid JSON ({str(exc)[:120]}); {REBUILD_HINT}") from None
         return cls.from_dict(data, source=str(p))
 

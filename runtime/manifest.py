@@ -9,7 +9,6 @@ confinement plus SHA-256 of every file (`runtime.artifact_files`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from runtime.artifact_identity import IdentityError, verify_identity
 from runtime.default_gate import check_default_gate_fits
 from runtime.fingerprint import sha256_file  # noqa: F401  re-exported: one file-hash function for the contract
 from runtime.manifest_schema import FORMAT_VERSION, ManifestModel, NormModel, describe
+from runtime.strict_json import strict_loads
 
 GRAPH_NAMES = ("prefix", "main_expert", "delta_expert", "plan_encoder")
 REEXPORT_HINT = "re-export the artifacts with `make export`"
@@ -162,17 +162,6 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed (JSON numbers must be finite)")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not np.isfinite(value):  # 1e400 parses to inf
-        raise ValueError(f"number {text[:40]} is not finite")
-    return value
-
-
 def read_manifest_json(path: Path) -> dict[str, Any]:
     """Decoded manifest.json, bounded in size and depth; ManifestError naming the file otherwise."""
     where = f"manifest.json in '{path.parent}'"
@@ -181,13 +170,12 @@ def read_manifest_json(path: Path) -> dict[str, Any]:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{where} has more than {MAX_MANIFEST_BYTES} bytes; {REEXPORT_HINT}")
     try:
-        raw = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
-                         parse_float=_finite_float)
+        raw = strict_loads(data)
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{where} is not UTF-8 text (byte {exc.start}); {REEXPORT_HINT}") from None
     except RecursionError:
         raise ManifestError(f"{where} nests deeper than {MAX_DEPTH} levels; {REEXPORT_HINT}") from None
-    except ValueError as exc:  # JSONDecodeError, NaN/Infinity constants
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity constants, a key twice in one object
         raise ManifestError(f"{where} is not valid JSON ({str(exc)[:200]}); {REEXPORT_HINT}") from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{where} must be a JSON object; {REEXPORT_HINT}")

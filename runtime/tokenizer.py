@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from runtime.artifact_files import ArtifactFileError, confined_path
 from runtime.fingerprint import sha256_bytes
 from runtime.manifest import ManifestError, TokenizerSpec
+from runtime.strict_json import strict_loads
 
 MAX_INSTRUCTION_BYTES = 2048  # ~300 words; exported lang_len is 16..64 tokens, so longer can never fit
 _QUOTE = 120  # characters of an instruction quoted in an error message
@@ -52,6 +53,11 @@ class InstructionTokenizer:
         if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
             raise ManifestError(f"artifact file '{Path(path).name}' changed after the manifest check (SHA-256 "
                                 "differs): refused; re-export the artifacts with `make export`")
+        try:
+            strict_loads(data)  # a key twice: the Rust reader and a Python inspection could disagree
+        except (ValueError, RecursionError) as exc:
+            raise ManifestError(f"artifact file '{path.name}' is not valid JSON ({str(exc)[:200]}); re-export the "
+                                "artifacts with `make export`") from None
         try:
             self._tok = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as exc:  # noqa: BLE001 — tokenizers raises its own exception types

@@ -54,6 +54,7 @@ from export.signing import SigningError, load_private_key, stamp_identity
 from export.trt.parser_compat import check_model, rules
 from runtime.fingerprint import file_records
 from runtime.manifest_schema import FORMAT_VERSION
+from runtime.strict_json import strict_dumps
 from smolvla_cls.instruction_length import warn_overlong
 
 OPSET = 18
@@ -290,7 +291,7 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         files = file_records(tmp)
         manifest = build_manifest(loaded, graphs, gate, tokenizer, files, time.time() - started, stop_action, robot)
         stamp_identity(manifest, signing_key)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (tmp / "manifest.json").write_text(strict_dumps(manifest, indent=2))
     return manifest
 
 
