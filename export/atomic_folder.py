@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -14,6 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no lock files, stale folders are left for the user
+    fcntl = None  # type: ignore[assignment]
 
 
 class AtomicFolderError(OSError):
@@ -72,39 +78,83 @@ def normal_permissions(folder: Path) -> None:
             p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-@contextmanager
-def atomic_folder(dst: Path) -> Iterator[Path]:
-    """Yield an empty `.<name>.*.partial` folder next to `dst`; on normal exit it gets normal permissions (umask
-    respected) and replaces `dst`, on any exception (KeyboardInterrupt included) it is deleted and `dst` is left
-    as it was.
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
-    The swap is two renames (`dst` → `.<name>.*.old`, new → `dst`), never a delete before the move: a failure
-    leaves the old folder in place. A symlinked `dst` (a versioned deploy: `onnx -> onnx-v3`) keeps its link;
-    the folder it points at is replaced. Concurrent exports to one `dst` each get their own temporary folder.
-    Every file-system failure of the swap itself is an AtomicFolderError saying where each folder is."""
-    dst = Path(dst)
-    if dst.is_symlink():
-        dst = dst.resolve()
-    if dst.exists() and not dst.is_dir():
-        raise AtomicFolderError(f"{dst} exists and is not a folder: refusing to replace it")
+
+def _scratch(lock: Path) -> tuple[Path, Path]:
+    """The writer's new folder and the replaced folder's parking place that `lock` (`.<name>.<random>.lock`) guards."""
+    return lock.with_suffix(".partial"), lock.with_suffix(".old")
+
+
+def remove_stale_partials(dst: Path) -> list[Path]:
+    """Delete the `.partial` / `.old` folders that killed writers to `dst` left (their lock file is no longer
+    locked); a live writer's are never touched. Returns the lock files of the writers cleaned up."""
+    if fcntl is None:
+        return []
+    pattern = re.compile(rf"\.{re.escape(dst.name)}\.[A-Za-z0-9_]+\.lock")
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    except OSError as exc:
-        raise AtomicFolderError(f"cannot create a folder next to {dst} ({exc.strerror or exc}); choose a "
-                                "destination in a folder you can write") from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        locks = sorted(p for p in dst.parent.iterdir() if pattern.fullmatch(p.name))
+    except OSError:
+        return []
+    cleaned = []
+    for lock in locks:
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:  # gone meanwhile, or another account's
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _same_file(fd, lock):  # cleaned up and replaced by someone else meanwhile
+                continue
+            partial, old = _scratch(lock)
+            if old.is_dir() and not dst.exists() and not dst.is_symlink():  # killed between its two renames
+                old.rename(dst)  # the folder it replaced goes back
+            leftovers = [p for p in (partial, old) if p.exists()]
+            for p in leftovers:
+                shutil.rmtree(p, ignore_errors=True)
+            if not any(p.exists() for p in leftovers):
+                lock.unlink()
+                cleaned.append(lock)
+        except OSError:  # BlockingIOError: its writer is alive
+            continue
+        finally:
+            os.close(fd)
+    return cleaned
+
+
+def _claim(dst: Path) -> tuple[Path, Path, int]:
+    """(new folder, lock file, its locked descriptor): `.<name>.<random>.partial` next to `dst`, guarded by a lock
+    file this process holds until it ends, so a later run knows the folder is stale only once this one is gone."""
+    while True:
+        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".lock", dir=dst.parent)
+        lock = Path(name)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _same_file(fd, lock):  # a sweeper took it for a dead writer's before we locked it
+                os.close(fd)
+                continue
+        tmp = _scratch(lock)[0]
+        try:
+            tmp.mkdir()
+        except OSError:
+            lock.unlink(missing_ok=True)
+            os.close(fd)
+            raise
+        return tmp, lock, fd
+
+
+def _swap(tmp: Path, dst: Path, old: Path) -> Path | None:
+    """Put `tmp` at `dst`; returns where the replaced folder now is (`old`, or None if there was none)."""
     kept = f"the new folder stays at {tmp}"
-    old = None
     try:
         normal_permissions(tmp)
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-            old.rmdir()  # only its unique name is needed
+        if not dst.exists():
+            old = None
+        else:
             dst.rename(old)
     except OSError as exc:  # e.g. dst is a mount point (EBUSY), the parent became read-only
         raise AtomicFolderError(f"could not move {dst} aside to replace it ({exc.strerror or exc}); {dst} is "
@@ -120,7 +170,51 @@ def atomic_folder(dst: Path) -> Iterator[Path]:
                 where = f"{dst} is another writer's folder, the one it replaced is at {old}"
         raise AtomicFolderError(f"could not move the finished folder {tmp} to {dst} ({exc.strerror or exc}); "
                                 f"{where} and {kept}") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        if old.exists():  # e.g. a file someone holds open on a network share: the new folder is in place anyway
-            print(f"warning: the replaced folder {old} could not be deleted; remove it by hand", file=sys.stderr)
+    return old
+
+
+@contextmanager
+def atomic_folder(dst: Path) -> Iterator[Path]:
+    """Yield an empty `.<name>.<random>.partial` folder next to `dst`; on normal exit it gets normal permissions
+    (umask respected) and replaces `dst`, on any exception (KeyboardInterrupt included) it is deleted and `dst`
+    is left as it was.
+
+    The swap is two renames (`dst` → `.<name>.<random>.old`, new → `dst`), never a delete before the move: a
+    failure leaves the old folder in place. A symlinked `dst` (a versioned deploy: `onnx -> onnx-v3`)
+    keeps its link; the folder it points at is replaced. Concurrent exports to one `dst` each get their own
+    folder. Each writer holds a lock file (`.<name>.<random>.lock`) while it lives: the next writer to `dst`
+    deletes the folders of writers that were killed (`remove_stale_partials`). Every file-system failure of the
+    swap itself is an AtomicFolderError saying where each folder is."""
+    dst = Path(dst)
+    if dst.is_symlink():
+        dst = dst.resolve()
+    if dst.exists() and not dst.is_dir():
+        raise AtomicFolderError(f"{dst} exists and is not a folder: refusing to replace it")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(dst)
+        tmp, lock, fd = _claim(dst)
+    except OSError as exc:
+        raise AtomicFolderError(f"cannot create a folder next to {dst} ({exc.strerror or exc}); choose a "
+                                "destination in a folder you can write") from None
+    leftover: Path | None = tmp
+    try:
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            leftover = _swap(tmp, dst, _scratch(lock)[1])
+        except AtomicFolderError:
+            leftover = None  # the message names the folders it kept: the user's, never swept
+            raise
+        if leftover is not None:
+            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.exists():  # e.g. a file held open on a network share: the new folder is in place anyway
+                print(f"warning: the replaced folder {leftover} could not be deleted; the next write to {dst} "
+                      "retries, or remove it by hand", file=sys.stderr)
+    finally:
+        if leftover is None or not leftover.exists():
+            lock.unlink(missing_ok=True)
+        os.close(fd)  # a lock file left behind is unlocked now: the next writer to dst sweeps its folder

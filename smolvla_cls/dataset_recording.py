@@ -4,8 +4,8 @@ Why: training uses LeRobot's own dataset class, so the recorded data must be a r
 LeRobotDataset (parquet + meta/info.json + meta/stats.json), not an ad-hoc array dump. Images are
 stored as embedded PNGs ("image" dtype), which needs no video codec and works offline.
 
-The recording is written to a sibling temp folder and renamed into place at the end, so ``root``
-either holds a complete dataset or nothing. ``meta/simtask_recording.json`` (our own sidecar) keeps
+The recording is written to a sibling temp folder and moved into place at the end
+(``export.atomic_folder``, stdlib only), so ``root`` either holds a complete dataset or nothing. ``meta/simtask_recording.json`` (our own sidecar) keeps
 the recording parameters, the task config and per-episode seeds, which makes re-runs idempotent.
 
 ``hold_after_success`` = K >= 1 continues every episode K frames past success with the expert's hold
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from export.atomic_folder import AtomicFolderError, atomic_folder
 from simtask import (
     ACTION_DIM,
     ACTION_KEY,
@@ -203,42 +203,39 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
     if cfg.force:
         _remove_dataset_dir(cfg.root)
 
-    tmp = cfg.root.with_name(f".{cfg.root.name}.partial-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     cfg.root.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    dataset = LeRobotDataset.create(
-        repo_id=cfg.repo_id,
-        fps=cfg.task.fps,
-        features=dataset_features(cfg.task),
-        root=tmp,
-        robot_type="simtask_point",
-        use_videos=False,
-    )
-    bar = _progress(cfg.episodes, progress)
-    try:
-        with SuppressProgressBars():  # datasets prints a 'Map' bar per saved episode otherwise
-            records, skipped = _record_episodes(dataset, cfg, bar)
-    except BaseException:
+    with atomic_folder(cfg.root) as tmp:  # also deletes the folders of recordings to cfg.root that were killed
+        tmp.rmdir()  # LeRobotDataset.create makes the folder itself (and refuses an existing one)
+        dataset = LeRobotDataset.create(
+            repo_id=cfg.repo_id,
+            fps=cfg.task.fps,
+            features=dataset_features(cfg.task),
+            root=tmp,
+            robot_type="simtask_point",
+            use_videos=False,
+        )
+        bar = _progress(cfg.episodes, progress)
+        try:
+            with SuppressProgressBars():  # datasets prints a 'Map' bar per saved episode otherwise
+                records, skipped = _record_episodes(dataset, cfg, bar)
+        except BaseException:
+            dataset.finalize()
+            raise
+        finally:
+            bar.close()
         dataset.finalize()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    dataset.finalize()
-    _remove_empty_dirs(tmp / "images")  # lerobot's temporary PNG folder, empty once episodes are saved
-    flags = perturb_flags(cfg.episodes, cfg.perturb_fraction, cfg.seed)
-    frames = sum(r["length"] for r in records)
-    sidecar = {
-        "version": SIDECAR_VERSION,
-        "identity": cfg.identity(),
-        "perturbed_episodes": int(flags.sum()),
-        "skipped_failed": skipped,
-        "episodes": records,
-    }
-    (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1))
-    tmp.rename(cfg.root)
+        _remove_empty_dirs(tmp / "images")  # lerobot's temporary PNG folder, empty once episodes are saved
+        flags = perturb_flags(cfg.episodes, cfg.perturb_fraction, cfg.seed)
+        frames = sum(r["length"] for r in records)
+        sidecar = {
+            "version": SIDECAR_VERSION,
+            "identity": cfg.identity(),
+            "perturbed_episodes": int(flags.sum()),
+            "skipped_failed": skipped,
+            "episodes": records,
+        }
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1))
     seconds = time.perf_counter() - t0
     return RecordingSummary(
         str(cfg.root), cfg.episodes, frames, int(flags.sum()), skipped, seconds, _dir_bytes(cfg.root)
@@ -337,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, quiet = _parse_args(argv)
     try:
         summary = record_dataset(cfg, progress=not quiet)
-    except (FileExistsError, ValueError) as e:
+    except (FileExistsError, ValueError, AtomicFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if summary.reused:

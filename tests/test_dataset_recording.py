@@ -26,6 +26,10 @@ REPO_ID = "test/simtask_reach"
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     root = tmp_path_factory.mktemp("rec") / "reach"
+    stale = root.with_name(".reach.killed1.lock")  # a recording to the same root that was killed (lock not held)
+    stale.write_text("")
+    stale.with_suffix(".partial").mkdir()
+    (stale.with_suffix(".partial") / "data.parquet").write_bytes(b"x" * 1024)
     cfg = RecordingConfig(root=root, repo_id=REPO_ID, episodes=5, seed=3, perturb_fraction=0.4)
     summary = record_dataset(cfg, progress=False)
     return cfg, summary
@@ -43,7 +47,7 @@ def test_round_trip_frames_features_tasks(recorded):
     assert feats[STATE_KEY]["dtype"] == "float32" and tuple(feats[STATE_KEY]["shape"]) == (2,)
     assert feats["action"]["dtype"] == "float32" and tuple(feats["action"]["shape"]) == (2,)
     assert sum(e["perturb"] for e in side["episodes"]) == 2 == summary.perturbed_episodes
-    assert not list(cfg.root.parent.glob(".reach.partial-*"))
+    assert not list(cfg.root.parent.glob(".reach.*"))  # neither its own scratch nor a killed recording's
 
     env = ReachEnv(TaskConfig())
     start = 0
