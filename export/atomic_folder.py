@@ -5,6 +5,9 @@ folder is at the destination, so only a new, empty or earlier output folder may 
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
 import re
@@ -20,6 +23,9 @@ try:
     import fcntl
 except ImportError:  # not a POSIX system: no lock files, stale folders are left for the user
     fcntl = None  # type: ignore[assignment]
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_EXCHANGE_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 class AtomicFolderError(OSError):
@@ -76,6 +82,32 @@ def normal_permissions(folder: Path) -> None:
     for p in [folder, *folder.rglob("*")]:
         if not p.is_symlink():
             p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's renameat2, or None where there is none (not Linux, glibc < 2.28, musl without it)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE): a reader of either never finds it
+    missing. False where the OS or the file system cannot (nothing changed); OSError for any other failure."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _EXCHANGE_UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -154,6 +186,12 @@ def _swap(tmp: Path, dst: Path, old: Path) -> Path | None:
         normal_permissions(tmp)
         if not dst.exists():
             old = None
+        elif exchange(tmp, dst):  # the replaced folder is at tmp now: park it under the name sweeps use
+            try:
+                tmp.rename(old)
+            except OSError:
+                return tmp
+            return old
         else:
             dst.rename(old)
     except OSError as exc:  # e.g. dst is a mount point (EBUSY), the parent became read-only
@@ -179,8 +217,9 @@ def atomic_folder(dst: Path) -> Iterator[Path]:
     (umask respected) and replaces `dst`, on any exception (KeyboardInterrupt included) it is deleted and `dst`
     is left as it was.
 
-    The swap is two renames (`dst` → `.<name>.<random>.old`, new → `dst`), never a delete before the move: a
-    failure leaves the old folder in place. A symlinked `dst` (a versioned deploy: `onnx -> onnx-v3`)
+    The swap is one atomic exchange where Linux offers it (renameat2 RENAME_EXCHANGE: `dst` never goes missing
+    for a reader), else two renames (`dst` → `.<name>.<random>.old`, new → `dst`); never a delete before the
+    move: a failure leaves the old folder in place. A symlinked `dst` (a versioned deploy: `onnx -> onnx-v3`)
     keeps its link; the folder it points at is replaced. Concurrent exports to one `dst` each get their own
     folder. Each writer holds a lock file (`.<name>.<random>.lock`) while it lives: the next writer to `dst`
     deletes the folders of writers that were killed (`remove_stale_partials`). Every file-system failure of the

@@ -17,6 +17,7 @@ try:
 except ImportError:
     from fake_artifacts import cached_fake_artifacts
 
+from export import atomic_folder as atomic_module
 from export.atomic_folder import AtomicFolderError, atomic_folder, process_umask
 from runtime.manifest import Manifest, ManifestError
 from runtime.tokenizer import InstructionTokenizer
@@ -75,6 +76,7 @@ def test_a_destination_that_cannot_be_created_is_one_line(tmp_path):
 
 def test_a_destination_that_cannot_be_moved_aside_keeps_both(tmp_path, monkeypatch):
     """A mount point (EBUSY) or a parent made read-only: the old folder stays, the new one is named."""
+    monkeypatch.setattr(atomic_module, "exchange", lambda a, b: False)  # the two-rename path
     dst = tmp_path / "onnx"
     dst.mkdir()
     (dst / "manifest.json").write_text("old")
@@ -96,6 +98,7 @@ def test_a_destination_that_cannot_be_moved_aside_keeps_both(tmp_path, monkeypat
 def test_a_racing_writer_that_takes_the_destination_is_named(tmp_path, monkeypatch):
     """Two exports swapping at once: the other one's folder appears between our two renames; ours and the
     replaced one are both named, nothing is lost, no traceback."""
+    monkeypatch.setattr(atomic_module, "exchange", lambda a, b: False)  # the two-rename path
     dst = tmp_path / "onnx"
     dst.mkdir()
     (dst / "manifest.json").write_text("old")

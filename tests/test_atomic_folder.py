@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from export import atomic_folder as atomic_module
 from export.atomic_folder import AtomicFolderError, atomic_folder
 
 
@@ -69,6 +74,7 @@ def test_a_folder_that_cannot_be_emptied_is_not_lost(tmp_path, monkeypatch):
 
 
 def test_a_failed_move_restores_the_old_folder_and_names_both(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic_module, "exchange", lambda a, b: False)  # the two-rename path
     dst = tmp_path / "onnx"
     dst.mkdir()
     _write(dst, "old")
@@ -102,3 +108,79 @@ def test_a_file_in_the_way_is_refused_before_any_work(tmp_path):
     with pytest.raises(AtomicFolderError, match="not a folder"), atomic_folder(dst):
         pytest.fail("the body must not run")
     assert os.path.isfile(dst)
+
+
+def _exchange_works(where: Path) -> bool:
+    """Whether this kernel and file system swap two folders with renameat2 (asked directly, not via the code
+    under test)."""
+    a, b = where / "probe-a", where / "probe-b"
+    a.mkdir()
+    b.mkdir()
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+        return fn is not None and fn(-100, bytes(a), -100, bytes(b), 2) == 0
+    finally:
+        a.rmdir()
+        b.rmdir()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2(RENAME_EXCHANGE) is Linux's")
+def test_a_reader_never_finds_the_destination_missing_during_swaps(tmp_path):
+    """The two-rename swap left `dst` missing for a moment (a runtime loading then got "no manifest.json");
+    the exchange replaces it in one step."""
+    if not _exchange_works(tmp_path):
+        pytest.skip("this file system refuses RENAME_EXCHANGE")
+    dst = tmp_path / "onnx"
+    dst.mkdir()
+    _write(dst, "0")
+    stop, missing, seen = threading.Event(), [], set()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.add((dst / "manifest.json").read_text())
+            except FileNotFoundError:
+                missing.append(1)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(1, 201):
+            with atomic_folder(dst) as tmp:
+                _write(tmp, str(i))
+    finally:
+        stop.set()
+        thread.join()
+    assert missing == [] and len(seen) > 1
+    assert (dst / "manifest.json").read_text() == "200" and _siblings(dst) == []
+
+
+def _failing_renameat2(err: int):
+    def fn(*args):
+        ctypes.set_errno(err)
+        return -1
+    return lambda: fn
+
+
+@pytest.mark.parametrize("err", [errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_file_system_without_exchange_falls_back_to_two_renames(tmp_path, monkeypatch, err):
+    monkeypatch.setattr(atomic_module, "_renameat2", _failing_renameat2(err))
+    dst = tmp_path / "onnx"
+    dst.mkdir()
+    _write(dst, "old")
+    with atomic_folder(dst) as tmp:
+        _write(tmp, "new")
+    assert (dst / "manifest.json").read_text() == "new" and _siblings(dst) == []
+
+
+def test_an_exchange_that_fails_otherwise_keeps_both_folders_and_names_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic_module, "_renameat2", _failing_renameat2(errno.EBUSY))
+    dst = tmp_path / "onnx"
+    dst.mkdir()
+    _write(dst, "old")
+    with pytest.raises(AtomicFolderError, match="could not move .* aside") as err, atomic_folder(dst) as tmp:
+        _write(tmp, "new")
+    assert (dst / "manifest.json").read_text() == "old"
+    kept = Path(str(err.value).rsplit("stays at ", 1)[1])
+    assert (kept / "manifest.json").read_text() == "new"
+    assert not list(tmp_path.glob(".onnx.*.lock"))  # kept for the user: no later sweep deletes it
