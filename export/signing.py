@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runtime.artifact_files import ArtifactFileError, confined_path
 from runtime.artifact_identity import stamp_identity
 from runtime.engine_identity import write_engine_record
 from runtime.fingerprint import REBUILD_HINT, EngineFingerprint, FingerprintError, FingerprintMismatch, graph_hashes
@@ -99,18 +100,22 @@ def sign_engines(engines: str | Path, artifacts: str | Path, key_path: str | Pat
     built = [g for g in GRAPH_NAMES if (engines / f"{g}.fingerprint.json").exists()]
     if not built:
         raise SigningError(f"--engines {engines}: no <graph>.fingerprint.json here (build with `make engine`)")
+    checked: dict[str, bytes] = {}  # read once: what is checked here is what the record pins and the key signs
     for g in built:
         try:
-            fp = EngineFingerprint.read(engines / f"{g}.fingerprint.json")
+            name = f"{g}.fingerprint.json"
+            raw = EngineFingerprint.read_bytes(confined_path(engines, name))
+            fp = EngineFingerprint.from_bytes(raw, str(engines / name))
             spec = manifest.graphs[g]
             found = fp.source_differences(*graph_hashes(manifest.files, spec.file, spec.data_file))
             if found:
                 raise SigningError(f"--engines {engines}: {g} was not built from the graph and weights of "
                                    f"--artifacts {artifacts}: " + "; ".join(found) + f" — {REBUILD_HINT}")
             fp.check_engine_bytes((engines / f"{g}.plan").read_bytes())
-        except (FingerprintError, FingerprintMismatch, OSError) as exc:
+        except (FingerprintError, FingerprintMismatch, ArtifactFileError, OSError) as exc:
             raise SigningError(f"--engines {engines}: {exc}") from None
-    return write_engine_record(engines, manifest.digest, built, key)
+        checked[g] = raw
+    return write_engine_record(engines, manifest.digest, built, key, checked)
 
 
 def main(argv: list[str] | None = None) -> int:

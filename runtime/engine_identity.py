@@ -10,7 +10,7 @@ with its own domain prefix). `make engine` writes it unsigned; `python -m export
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from runtime.artifact_files import ArtifactFileError, confined_path, sha256_and_size
 from runtime.artifact_identity import IdentityError, stamp_identity, verify_identity
+from runtime.fingerprint import sha256_bytes
 from runtime.manifest_schema import IdentityModel, Key, Sha256Hex, describe
 from runtime.strict_json import strict_dumps, strict_loads
 
@@ -70,17 +71,23 @@ def read_engine_record(folder: Path) -> tuple[dict[str, Any], EngineRecordModel]
                             f"{describe(exc)}") from None
 
 
-def engine_record(engines_dir: Path, artifact_digest: str, graphs: Iterable[str]) -> dict[str, Any]:
-    """The record's body for the fingerprints now in `engines_dir` (no identity yet)."""
-    prints = {g: sha256_and_size(confined_path(engines_dir, f"{g}.fingerprint.json"))[0] for g in graphs}
+def engine_record(engines_dir: Path, artifact_digest: str, graphs: Iterable[str],
+                  checked: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+    """The record's body (no identity yet) for the fingerprints now in `engines_dir`, or for the fingerprint
+    bytes `checked` (graph → the bytes a caller read once and checked: those, not the file again, are pinned)."""
+    if checked is not None:
+        prints = {g: sha256_bytes(checked[g]) for g in graphs}
+    else:
+        prints = {g: sha256_and_size(confined_path(engines_dir, f"{g}.fingerprint.json"))[0] for g in graphs}
     return {"format_version": FORMAT_VERSION, "artifact_digest": artifact_digest, "fingerprints": prints}
 
 
 def write_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: Iterable[str],
-                        private_key: Any = None) -> str:
-    """Write `engines.identity.json` (signed when a key is given); returns its digest."""
+                        private_key: Any = None, checked: Mapping[str, bytes] | None = None) -> str:
+    """Write `engines.identity.json` (signed when a key is given) pinning the fingerprint files, or the fingerprint
+    bytes `checked` (see `engine_record`); returns its digest."""
     folder = Path(engines_dir)
-    body = engine_record(folder, artifact_digest, graphs)
+    body = engine_record(folder, artifact_digest, graphs, checked)
     digest = stamp_identity(body, private_key, domain=DOMAIN)
     tmp = folder / (RECORD + ".tmp")
     tmp.write_text(strict_dumps(body, indent=2) + "\n")

@@ -101,6 +101,11 @@ class EngineFingerprint:
     @classmethod
     def read(cls, path: str | Path) -> EngineFingerprint:
         """Load and validate `<graph>.fingerprint.json`."""
+        return cls.from_bytes(cls.read_bytes(path), str(path))
+
+    @staticmethod
+    def read_bytes(path: str | Path) -> bytes:
+        """The bytes of a fingerprint file, read once and bounded (check and hash these, never the file again)."""
         p = Path(path)
         try:
             with open(p, "rb") as fh:
@@ -111,13 +116,18 @@ class EngineFingerprint:
             raise FingerprintError(f"{p}: cannot be read ({exc.strerror or exc}); {REBUILD_HINT}") from None
         if len(raw) > MAX_FINGERPRINT_BYTES:
             raise FingerprintError(f"{p}: larger than {MAX_FINGERPRINT_BYTES} bytes, not a fingerprint; {REBUILD_HINT}")
+        return raw
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, source: str) -> EngineFingerprint:
+        """Validate the bytes of `<graph>.fingerprint.json`; errors name `source`."""
         try:
             data = strict_loads(raw)
         except UnicodeDecodeError as exc:
-            raise FingerprintError(f"{p}: not UTF-8 text (byte {exc.start}); {REBUILD_HINT}") from None
+            raise FingerprintError(f"{source}: not UTF-8 text (byte {exc.start}); {REBUILD_HINT}") from None
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, a key twice in one object; absurd nesting
-            raise FingerprintError(f"{p}: not valid JSON ({str(exc)[:120]}); {REBUILD_HINT}") from None
-        return cls.from_dict(data, source=str(p))
+            raise FingerprintError(f"{source}: not valid JSON ({str(exc)[:120]}); {REBUILD_HINT}") from None
+        return cls.from_dict(data, source=source)
 
     def source_differences(self, manifest_file_sha256: str, manifest_data_sha256: str | None) -> list[str]:
         """What differs between the graph the engine was built from and the manifest's graph and weights.

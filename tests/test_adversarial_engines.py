@@ -213,3 +213,29 @@ def test_an_oversized_record_is_refused_without_reading_it_whole(setup):
     (engines / RECORD).write_text("{" + " " * (2 << 20) + "}")
     with pytest.raises(IdentityError, match="larger than"):
         verify_engine_record(engines, m.digest, GRAPH_NAMES)
+
+
+@pytest.mark.parametrize("swapped", GRAPH_NAMES)
+@pytest.mark.parametrize("when", ["after its check", "after every check"])
+def test_sign_engines_signs_exactly_the_fingerprint_bytes_it_checked(setup, tmp_path, monkeypatch, swapped, when):
+    """A fingerprint swapped on disk after sign-engines checked it must not be what the key signs: the record pins
+    the checked bytes, so the swapped file is refused at load."""
+    art, engines, m = setup
+    private, public = generate_keypair(tmp_path / "k")
+    path = engines / f"{swapped}.fingerprint.json"
+    checked = path.read_bytes()
+    real = EngineFingerprint.check_engine_bytes
+
+    def check_then_swap(self, data):
+        real(self, data)
+        if self.graph == (swapped if when == "after its check" else GRAPH_NAMES[-1]):
+            forged = json.loads(path.read_text())
+            forged["engine_sha256"] = "0" * 64  # would let another .plan through
+            path.write_text(json.dumps(forged))
+
+    monkeypatch.setattr(EngineFingerprint, "check_engine_bytes", check_then_swap)
+    sign_engines(engines, art, private)
+    record = json.loads((engines / RECORD).read_text())
+    assert record["fingerprints"][swapped] == sha256_bytes(checked)
+    with pytest.raises(IdentityError, match=f"{swapped}.fingerprint.json"):
+        verify_engine_record(engines, m.digest, GRAPH_NAMES, [load_public_key(public)])
