@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from export.atomic_folder import atomic_folder
+
 PRESET_VERSION = 1
+MARKER = "smolvla_cls_preset.json"  # written last: a folder without it is incomplete
 
 # Words the default task and typical robot instructions use; anything else maps to <unk>.
 _VOCAB_WORDS = (
@@ -114,26 +116,18 @@ def _write_preset(preset: str, out: Path) -> None:
     processor = SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                  video_processor=SmolVLMVideoProcessor(), image_seq_len=tokens_per_image)
     processor.save_pretrained(out)
-    (out / "smolvla_cls_preset.json").write_text(json.dumps(_spec(preset), indent=1))
+    (out / MARKER).write_text(json.dumps(_spec(preset), indent=1))  # last: marks the folder complete
 
 
 def materialize_preset(preset: str) -> Path:
-    """Return the preset's local folder, writing it atomically on first use (idempotent)."""
+    """Return the preset's local folder, writing it atomically on first use (idempotent). A folder there without
+    the marker file (interrupted, emptied, or from a writer without the swap) is rebuilt whole."""
     target = preset_dir(preset)
-    if (target / "smolvla_cls_preset.json").exists():
+    if (target / MARKER).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=target.parent))
-    _write_preset(preset, tmp)
-    # mkdtemp makes it owner-only (0700): give it a normal folder's mode under the umask, so another account
-    # sharing SMOLVLA_CLS_CACHE can read the preset rather than getting back a folder it cannot open
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race: use its folder
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    # atomic_folder gives it a normal folder's mode under the umask (another account sharing SMOLVLA_CLS_CACHE can
+    # read it), replaces an incomplete folder in one step, and deletes the scratch folders of killed writers;
+    # racing processes each swap in an identical complete folder
+    with atomic_folder(target) as tmp:
+        _write_preset(preset, tmp)
     return target
