@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from export.atomic_folder import destination_problem
 from export.signing import stamp_identity
+from runtime.atomic_folder import destination_problem
 from runtime.fingerprint import file_records, sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 from runtime.strict_json import strict_dumps

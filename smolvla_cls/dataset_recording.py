@@ -5,7 +5,7 @@ LeRobotDataset (parquet + meta/info.json + meta/stats.json), not an ad-hoc array
 stored as embedded PNGs ("image" dtype), which needs no video codec and works offline.
 
 The recording is written to a sibling temp folder and moved into place at the end
-(``export.atomic_folder``, stdlib only), so ``root`` either holds a complete dataset or nothing. ``meta/simtask_recording.json`` (our own sidecar) keeps
+(``runtime.atomic_folder``, stdlib only), so ``root`` either holds a complete dataset or nothing. ``meta/simtask_recording.json`` (our own sidecar) keeps
 the recording parameters, the task config and per-episode seeds, which makes re-runs idempotent.
 
 ``hold_after_success`` = K >= 1 continues every episode K frames past success with the expert's hold
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from export.atomic_folder import AtomicFolderError, atomic_folder
+from runtime.atomic_folder import AtomicFolderError, atomic_folder
 from simtask import (
     ACTION_DIM,
     ACTION_KEY,

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from export.atomic_folder import atomic_folder
+from runtime.atomic_folder import atomic_folder
 
 PRESET_VERSION = 1
 MARKER = "smolvla_cls_preset.json"  # written last: a folder without it is incomplete

@@ -17,8 +17,8 @@ try:
 except ImportError:
     from fake_artifacts import cached_fake_artifacts
 
-from export import atomic_folder as atomic_module
-from export.atomic_folder import AtomicFolderError, atomic_folder, process_umask
+from runtime import atomic_folder as atomic_module
+from runtime.atomic_folder import AtomicFolderError, atomic_folder, process_umask
 from runtime.manifest import Manifest, ManifestError
 from runtime.tokenizer import InstructionTokenizer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from export import atomic_folder as atomic_module
-from export.atomic_folder import AtomicFolderError, atomic_folder
+from runtime import atomic_folder as atomic_module
+from runtime.atomic_folder import AtomicFolderError, atomic_folder
 
 
 def _write(folder: Path, text: str) -> None:

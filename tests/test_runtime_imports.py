@@ -4,6 +4,7 @@
   nor the development packages evaluation/simtask/scripts.
 - `evaluation/` (simulated episodes, gate sweep, soak, plots) may use runtime and simtask, never the
   training or export side.
+- `smolvla_cls/` (the model and its training) never imports `export/`: dependencies point one way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ TRAINING_SIDE = {"torch", "lerobot", "transformers", "smolvla_cls", "export"}
 FORBIDDEN = {
     "runtime": TRAINING_SIDE | {"evaluation", "simtask", "scripts", "tests"},
     "evaluation": TRAINING_SIDE | {"scripts", "tests"},
+    "smolvla_cls": {"export", "scripts", "tests"},  # export builds on the model, never the other way round
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export.atomic_folder import atomic_folder, remove_stale_partials
+from runtime.atomic_folder import atomic_folder, remove_stale_partials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_a_writer_killed_between_its_two_renames_gets_the_old_folder_back(tmp_pa
 _CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from export.atomic_folder import atomic_folder
+    from runtime.atomic_folder import atomic_folder
     with atomic_folder(Path(sys.argv[1])) as tmp:
         (tmp / "weights.bin").write_bytes(b"x" * 4096)
         print(tmp, flush=True)

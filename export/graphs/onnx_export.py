@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 import torch
 
-from export.atomic_folder import AtomicFolderError, atomic_folder, destination_problem
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
 from export.graphs.export_checks import check_dataset_stats, check_vocab
 from export.graphs.gate_calibration import (
@@ -52,6 +51,7 @@ from export.graphs.robot_section import dataset_root_from_checkpoint, robot_sect
 from export.graphs.tensorrt_rewrites import make_tensorrt_portable
 from export.signing import SigningError, load_private_key, stamp_identity
 from export.trt.parser_compat import check_model, rules
+from runtime.atomic_folder import AtomicFolderError, atomic_folder, destination_problem
 from runtime.fingerprint import file_records
 from runtime.manifest_schema import FORMAT_VERSION
 from runtime.strict_json import strict_dumps

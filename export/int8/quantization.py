@@ -50,11 +50,11 @@ import onnx
 from onnx import numpy_helper
 
 from export import derived_artifacts as derived
-from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.graphs.node_scope import node_scope
 from export.int8.graph_editing import replace_uses, subgraph_reads
 from export.int8.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
 from export.trt.engine_plan import ORT_INTEGER_OPS as INTEGER_OPS  # one set: what TensorRT refuses
+from runtime.atomic_folder import AtomicFolderError, atomic_folder
 from runtime.manifest import GRAPH_NAMES
 
 MODE = "int8-dynamic"

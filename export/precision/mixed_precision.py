@@ -40,7 +40,6 @@ import numpy as np
 import onnx
 
 from export.accuracy_gates import CHUNK, Comparison, compare, euler_chunk, random_inputs, report, vocab_size
-from export.atomic_folder import AtomicFolderError, atomic_folder
 from export.derived_artifacts import (
     DerivationInputError,
     check_destination,
@@ -61,6 +60,7 @@ from export.precision.precision_lowering import (
     sections_with,
 )
 from export.precision.tensor_ranges import KV_NAMES, calibrate, float_tensor_types
+from runtime.atomic_folder import AtomicFolderError, atomic_folder
 from runtime.fingerprint import sha256_file
 from runtime.gate import MAX_COSINE_DISTANCE, cosine_distance, embed
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
