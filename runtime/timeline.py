@@ -218,7 +218,7 @@ class ActionEmitter:
     def emit(self, tick: int, hold_empty: bool = False) -> np.ndarray | None:
         """The safe raw action for `tick`: its plan row through the guard, or the guard's fallback when no row is
         queued — or, with `hold_empty`, None then (the caller sends nothing, so nothing is recorded as sent:
-        re-anchoring must not count motion the robot never made)."""
+        re-anchoring must not count motion the robot never made); None too when the guard has no safe target."""
         taken = self.timeline.take(tick)
         if taken.row is None and hold_empty:
             self.last, self._last_planned = taken, None
@@ -252,7 +252,8 @@ class ActionEmitter:
         self.fallbacks += res.fallback
         self.clipped += res.clipped
         self.last = taken
-        self._sent.append((tick, res.action))
+        if res.action is not None:  # None: the guard had no safe target (position dims, nothing passed yet)
+            self._sent.append((tick, res.action))
         self._last_planned = None if planned is None or res.fallback else res.action
         return res.action
 
