@@ -29,7 +29,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from runtime.async_planner import AsyncChunkPlanner
-from runtime.observation import ObservationValidator
 from runtime.policy import EdgePolicy, TickInfo
 from runtime.timeline import ActionEmitter, ActionTimeline, TimelineCounters
 from runtime.tokenizer import InstructionTokenizer
@@ -82,8 +81,8 @@ class AsyncEdgePolicy:
     inference time into the delay (in ticks) that seam handling and the early resample use."""
 
     def __init__(self, policy: EdgePolicy, tick_hz: float, *, align: bool = True, seam: str = "inpaint",
-                 seam_width: int = 3, delay_ticks: int | None = None, state_tolerance: float | None = 1.0,
-                 react_width: int = 1, margin: int = 1, reanchor: bool = False, slew: float | None = None):
+                 seam_width: int = 3, delay_ticks: int | None = None, react_width: int = 1, margin: int = 1,
+                 reanchor: bool = False, slew: float | None = None):
         if not tick_hz > 0:
             raise ValueError(f"tick_hz must be positive, got {tick_hz!r}")
         if delay_ticks is not None and delay_ticks < 0:
@@ -98,9 +97,10 @@ class AsyncEdgePolicy:
         # each tick's action change to slew x the plans' mean row step, the rest carried (timeline.py)
         self.emitter = ActionEmitter(policy, self.timeline, reanchor=reanchor, slew=slew)
         m = policy.manifest
-        # the caller's thread validates with its own tokenizer: the worker's one is never shared
+        # the caller's thread validates with its own tokenizer (the worker's one is never shared) and the policy's
+        # own checks (its state_tolerance): what `submit` accepts, the worker's validation accepts too
         tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer, expected_sha256=m.files[m.tokenizer.file]["sha256"])
-        self._validator = ObservationValidator(m, tokenizer, state_tolerance)
+        self._validator = policy.validator.with_tokenizer(tokenizer)
         self._fixed_delay = delay_ticks
         self._delays: list[int] = []
         self._cond = threading.Condition()
