@@ -8,8 +8,8 @@
 `step(obs)` = `submit(obs)` + `action_for_tick(tick)`; a loop that owns its tick counter calls the two itself.
 The worker takes the newest submitted observation (older ones are dropped), runs gate + resample through
 `AsyncChunkPlanner`, and installs a fresh chunk on the `ActionTimeline` aligned to the tick it was planned from.
-Rules: the control side never waits for the model and never sends nothing or anything unsafe (an empty plan
-gives the guard's fallback); a failed resample is retried by the next job (the policy's own rule); a bad
+Rules: the control side never waits for the model and never gets anything unsafe (an empty plan gives the
+guard's fallback; None, send nothing, where that has no target for a position dimension yet); a failed resample is retried by the next job (the policy's own rule); a bad
 observation raises `ObservationError` from `submit` (checked on the caller's thread) and never reaches the
 worker; `submit` copies the observation's arrays, so a driver that refills one frame buffer in place cannot
 change what a job pinned to a tick plans from; an unexpected worker error is counted and the worker keeps
@@ -29,7 +29,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from runtime.async_planner import AsyncChunkPlanner
-from runtime.observation import ObservationValidator
 from runtime.policy import EdgePolicy, TickInfo
 from runtime.timeline import ActionEmitter, ActionTimeline, TimelineCounters
 from runtime.tokenizer import InstructionTokenizer
@@ -82,8 +81,8 @@ class AsyncEdgePolicy:
     inference time into the delay (in ticks) that seam handling and the early resample use."""
 
     def __init__(self, policy: EdgePolicy, tick_hz: float, *, align: bool = True, seam: str = "inpaint",
-                 seam_width: int = 3, delay_ticks: int | None = None, state_tolerance: float | None = 1.0,
-                 react_width: int = 1, margin: int = 1, reanchor: bool = False, slew: float | None = None):
+                 seam_width: int = 3, delay_ticks: int | None = None, react_width: int = 1, margin: int = 1,
+                 reanchor: bool = False, slew: float | None = None):
         if not tick_hz > 0:
             raise ValueError(f"tick_hz must be positive, got {tick_hz!r}")
         if delay_ticks is not None and delay_ticks < 0:
@@ -98,9 +97,10 @@ class AsyncEdgePolicy:
         # each tick's action change to slew x the plans' mean row step, the rest carried (timeline.py)
         self.emitter = ActionEmitter(policy, self.timeline, reanchor=reanchor, slew=slew)
         m = policy.manifest
-        # the caller's thread validates with its own tokenizer: the worker's one is never shared
+        # the caller's thread validates with its own tokenizer (the worker's one is never shared) and the policy's
+        # own checks (its state_tolerance): what `submit` accepts, the worker's validation accepts too
         tokenizer = InstructionTokenizer(m.tokenizer_path, m.tokenizer, expected_sha256=m.files[m.tokenizer.file]["sha256"])
-        self._validator = ObservationValidator(m, tokenizer, state_tolerance)
+        self._validator = policy.validator.with_tokenizer(tokenizer)
         self._fixed_delay = delay_ticks
         self._delays: list[int] = []
         self._cond = threading.Condition()
@@ -200,7 +200,8 @@ class AsyncEdgePolicy:
 
     def action_for_tick(self, tick: int, hold_empty: bool = False) -> np.ndarray | None:
         """The raw, safe action for `tick` from the aligned plan: the fallback when none is queued, or with
-        `hold_empty` None (the caller then sends nothing, and re-anchoring counts no motion for the tick)."""
+        `hold_empty` None (the caller then sends nothing, and re-anchoring counts no motion for the tick); None
+        too when the guard's fallback has no target for a position dimension yet (runtime.safety)."""
         action = self.emitter.emit(tick, hold_empty)
         self._tick = tick + 1
         self._mirror()
@@ -219,10 +220,11 @@ class AsyncEdgePolicy:
         c.chunks_installed, c.stale_chunks = p.chunks_installed + t.chunks_installed, p.stale_chunks + t.stale_chunks
         c.fallbacks, c.clipped = self.emitter.fallbacks, self.emitter.clipped  # the emitter never resets these
 
-    def step(self, observation: dict) -> np.ndarray:
+    def step(self, observation: dict) -> np.ndarray | None:
+        """`submit` + `action_for_tick`: None only as `action_for_tick` says (send nothing this tick)."""
         tick = self._tick
         self.submit(observation, tick)
-        return self.action_for_tick(tick)  # type: ignore[return-value]  (never None without hold_empty)
+        return self.action_for_tick(tick)
 
     act = step
 

@@ -6,7 +6,9 @@ emits for it is numbered t + 1 (the next one the robot runs), the queued rest t 
 any that elapsed meanwhile. Before gating, the policy's queue is advanced past the actions the robot
 executed since the last chunk, so the gate compares against what is left of the plan the robot runs.
 The gate keeps the plan → an empty chunk (the robot keeps its queue); a resample or a refined plan →
-the whole remaining plan; `must_go` (the robot's queue ran dry) forces a resample. An observation whose
+the whole remaining plan up to its first bad row (never a fallback: no stop pose or stale hold is sent ahead;
+a bad first row sends nothing and the next observation plans afresh); `must_go` (the robot's queue ran dry)
+forces a resample. An observation whose
 timestep is not newer than the last one planned from without a fault (a duplicate, or a stale one
 overtaken on the wire) is skipped — no inference, an empty chunk — as lerobot's own policy server skips predicted timesteps:
 advancing by a negative count would shift the plan against the robot's timeline.
@@ -46,8 +48,8 @@ class ChunkPlanner:
         self.state_names = state_names
         self.max_actions = max_actions
         m = policy.manifest
-        # vets the queued rows sent ahead; separate from the policy's guard so its "last safe" stays the emitted one
-        self._ahead_guard = ActionGuard(m.action_bounds, m.stop_action, "hold", "clip")
+        # clips the queued rows sent ahead (a non-finite one ends the chunk); separate from the policy's guard
+        self._ahead_guard = ActionGuard(m.action_bounds, m.stop_action, "stop", "clip")
         self._next_timestep: int | None = None  # timestep of the policy queue's head
         self.last_timestep: int | None = None  # the newest observation planned from
 
@@ -75,17 +77,27 @@ class ChunkPlanner:
             self._next_timestep = None  # what the robot holds is unknown now: the next observation resamples
             raise
         info = p.last_info
-        if info.fault:
+        new_plan = info.resampled or info.refined
+        # a bad first row of a new plan: its fallback (a stop pose, or a hold of an older chunk's row) is no target
+        # for the robot — nothing is sent (it keeps its queue), as after a fault
+        bad_first = new_plan and info.fallback
+        if info.fault or bad_first:
             # a faulted tick may have left the robot with nothing (a must_go answered empty): the next
             # observation, even with the same timestep, is planned afresh — never skipped as stale
             self._next_timestep = None
         else:
             self._next_timestep = nxt + 1
             self.last_timestep = timestep if self.last_timestep is None else max(timestep, self.last_timestep)
-        if info.resampled or info.refined:
-            ahead = [self._ahead_guard.check(a).action for a in p.queued_actions()]
+        rows = np.zeros((0, p.manifest.dims.action_dim), dtype=np.float32)
+        if bad_first:
+            p.keep_queued(0)
+        elif new_plan:
+            ahead = []
+            for a in p.queued_actions():  # up to the first bad row: the robot's queue runs dry there instead
+                res = self._ahead_guard.check(a)
+                if res.fallback:
+                    break
+                ahead.append(res.action)
             rows = np.stack([action, *ahead])[: self.max_actions]
             p.keep_queued(len(rows) - 1)  # the gate then judges the plan the robot really holds
-        else:
-            rows = np.zeros((0, action.shape[0]), dtype=np.float32)
         return Chunk(rows, nxt, info.resampled, bool(must_go), info.gate_reason, (time.perf_counter() - t0) * 1e3)

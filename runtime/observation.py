@@ -57,6 +57,7 @@ class ObservationValidator:
         self.state_dim = manifest.dims.state_dim
         self.camera_keys = manifest.camera_keys
         self.state_key = manifest.state_key
+        self.state_tolerance = state_tolerance
         if state_tolerance is None:
             self._state_lo = self._state_hi = None
         else:
@@ -64,6 +65,10 @@ class ObservationValidator:
             span = np.maximum(b.high - b.low, 1e-6)
             self._state_lo = b.low - state_tolerance * span
             self._state_hi = b.high + state_tolerance * span
+
+    def with_tokenizer(self, tokenizer: InstructionTokenizer) -> ObservationValidator:
+        """The same checks with another tokenizer (one per thread): one validator configuration, never a second."""
+        return ObservationValidator(self.manifest, tokenizer, self.state_tolerance)
 
     def validate(self, obs: object) -> ValidatedObservation:
         if not isinstance(obs, Mapping):

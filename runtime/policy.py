@@ -217,12 +217,13 @@ class EdgePolicy:
         self.close()
 
     # ---------------------------------------------------------------- the tick
-    def step(self, observation: dict) -> np.ndarray:
-        """One tick: one safe raw action [action_dim]. Thread-safe: concurrent calls run one after another."""
+    def step(self, observation: dict) -> np.ndarray | None:
+        """One tick: one safe raw action [action_dim] (None only from a guard given position `stop_dims` with no
+        target yet: send nothing, runtime.safety). Thread-safe: concurrent calls run one after another."""
         with self._lock:
             return self._step(observation)
 
-    def _step(self, observation: dict) -> np.ndarray:
+    def _step(self, observation: dict) -> np.ndarray | None:
         t_start = time.perf_counter()
         info = TickInfo(tick=self.counters.ticks)
         self._count("ticks")

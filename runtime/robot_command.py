@@ -94,10 +94,12 @@ def reanchor_slew(slew: float | None, reanchor: bool) -> float | None:
 
 def fallback_mode(choice: str, action_names: tuple[str, ...]) -> tuple[str, np.ndarray | None]:
     """--fallback → (guard mode, stop_dims). auto: hold, but the stop action on dimensions that a repeated value
-    keeps moving (`moves_on`): position targets hold, displacements and velocities stop."""
-    if choice != "auto":
-        return choice, None
-    return "hold", np.array([moves_on(n) for n in action_names], dtype=bool) if action_names else None
+    keeps moving (`moves_on`): position targets hold, displacements and velocities stop. hold: every dimension
+    holds. Either way, before any safe action the guard sends nothing rather than the stop pose (runtime.safety)."""
+    if choice == "stop" or not action_names:
+        return choice if choice != "auto" else "hold", None
+    moving = [moves_on(n) for n in action_names] if choice == "auto" else [False] * len(action_names)
+    return "hold", np.array(moving, dtype=bool)
 
 
 def check_loop_arguments(args: argparse.Namespace) -> None:

@@ -42,7 +42,7 @@ from runtime.manifest import Bounds
 from runtime.pacing import Pacer
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
-from runtime.safety import NO_ACTION
+from runtime.safety import NO_ACTION, hold_or_stop
 
 log = logging.getLogger("runtime.robot")
 ON_STOP = ("auto", "stop", "hold")
@@ -82,11 +82,11 @@ class SyncSource:
         self.policy.reset()
 
     def next_action(self, tick: int, robot_obs: dict[str, Any]) -> SourceAction:
-        a = self.policy.step(self.interface.observation(robot_obs, task=self.task))
+        a = self.policy.step(self.interface.observation(robot_obs, task=self.task))  # None: no safe target yet
         i = self.policy.last_info
         if i.fallback and i.safety == NO_ACTION:
             # nothing queued (a fault before the first plan, or after the plan ran out): the robot holds where it
-            # is, as with AsyncSource — not the guard's fallback, which is the stop pose before any action was sent
+            # is, as with AsyncSource — not the guard's fallback (a repeat keeps displacements moving)
             a = None
         return SourceAction(a, i.gate_reason, i.resampled, i.total_ms, fault=i.fault or "")
 
@@ -403,13 +403,11 @@ def stop_command(on_stop: str, stop_action: np.ndarray, last_sent: np.ndarray | 
     stop = np.asarray(stop_action, dtype=np.float32).reshape(-1)
     if on_stop == "hold":
         return None
-    if on_stop == "stop" or moving is None or bool(np.all(moving)):
+    if on_stop == "stop" or moving is None:
         return stop
-    if last_sent is None or not np.any(moving):
-        return None  # position targets only (the arm keeps its last target), or never commanded at all
-    out = np.asarray(last_sent, dtype=np.float32).reshape(-1).copy()
-    out[moving] = stop[moving]
-    return out
+    if not np.any(moving):
+        return None  # position targets only: the arm keeps its last target
+    return hold_or_stop(stop, last_sent, moving)  # the guard's per-dimension rule (None: never commanded)
 
 
 def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, on_stop: str,

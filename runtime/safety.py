@@ -4,10 +4,12 @@ Rules (in order):
 - a non-finite action is never emitted: it is replaced by the fallback action;
 - a finite action outside `action_bounds` (which already include the export-time margin) is clipped
   into the bounds (`out_of_bounds="clip"`, default) or replaced by the fallback (`"fallback"`);
-- fallback `"hold"` repeats the last action this guard let through (the natural "keep doing what you
-  were doing" for position targets) — except on `stop_dims` (displacement / velocity dimensions, where a
-  repeat keeps moving), which take the stop action; before any safe action exists, and for `"stop"`, it is
-  the manifest's `safety.stop_action` (zero displacement when the manifest defines none), clipped into bounds.
+- fallback `"stop"` is the manifest's `safety.stop_action` (zero displacement when the manifest defines none),
+  clipped into bounds; `"hold"` is `hold_or_stop`: the stop action on `stop_dims` (displacement / velocity
+  dimensions, where a repeat keeps moving), the last action this guard let through on the others (position
+  targets) — and None (send nothing: the robot holds) when a position dimension has no such target yet, never a
+  jump to the stop pose. Without `stop_dims` (no action names) every dimension holds once an action passed and,
+  before, every dimension counts as moving (the stop action), as for the robot loop's safe stop.
 Every replacement is reported to the caller so it shows up in TickInfo and the counters.
 """
 
@@ -24,9 +26,21 @@ NO_ACTION = "no action available"  # the reason given when the chain had nothing
 OUT_OF_BOUNDS = ("clip", "fallback")
 
 
+def hold_or_stop(stop: np.ndarray, last: np.ndarray | None, moving: np.ndarray) -> np.ndarray | None:
+    """Per dimension: the stop action where `moving` (displacement / velocity), `last` elsewhere (position
+    targets); None when some position dimension has no `last` (nothing may be sent, never the stop pose)."""
+    if bool(np.all(moving)):
+        return np.array(stop, dtype=np.float32, copy=True)
+    if last is None:
+        return None
+    out = np.array(last, dtype=np.float32, copy=True).reshape(-1)
+    out[moving] = np.asarray(stop, dtype=np.float32).reshape(-1)[moving]
+    return out
+
+
 @dataclass
 class GuardResult:
-    action: np.ndarray  # float32 [action_dim], finite, inside bounds
+    action: np.ndarray | None  # float32 [action_dim], finite, inside bounds; None: nothing safe to send (hold)
     clipped: bool  # a finite out-of-bounds action was clipped
     fallback: bool  # the fallback action was emitted instead of the policy's
     reason: str | None  # why the action was altered (None when it passed untouched)
@@ -53,13 +67,13 @@ class ActionGuard:
     def reset(self) -> None:
         self._last_safe = None
 
-    def fallback_action(self) -> np.ndarray:
-        if self.fallback_mode == "hold" and self._last_safe is not None:
-            held = self._last_safe.copy()
-            if self.stop_dims is not None:
-                held[self.stop_dims] = self.stop_action[self.stop_dims]
-            return held
-        return self.stop_action.copy()
+    def fallback_action(self) -> np.ndarray | None:
+        """The action sent in place of a bad one (module docstring); None: nothing may be sent this tick."""
+        if self.fallback_mode == "stop":
+            return self.stop_action.copy()
+        if self.stop_dims is None:  # no action names: hold everything, or (nothing passed yet) all count as moving
+            return self.stop_action.copy() if self._last_safe is None else self._last_safe.copy()
+        return hold_or_stop(self.stop_action, self._last_safe, self.stop_dims)
 
     def check(self, action: np.ndarray | None) -> GuardResult:
         """Vet one raw-unit action; `None` means the chain produced nothing usable (emit the fallback)."""

@@ -20,7 +20,8 @@ skipping is already right: leave it off.
 Seam slew limit (`slew=k`): the new chunk's first rows may still disagree with the action the robot is executing
 (the two plans were made from different observations). The emitted action then moves toward the row by at most
 max(k × the plans' mean row-to-row step, SLEW_FLOOR × the bounds' diagonal) per tick, starting from the last
-action sent from a plan row (not from a fallback the robot may never have received). With re-anchoring what the
+action delivered to the robot (what `emit` returned, corrected by the caller's `delivered` reports) — across empty
+ticks, fallbacks and chunk boundaries; only `reset` (a new episode) drops it. With re-anchoring what the
 limit holds back stays in the residual, so the robot still ends where the plan means; with absolute actions
 nothing needs carrying (the next row is a whole target again). A row out of bounds is clipped first when the
 guard clips (`out_of_bounds="clip"`); non-finite rows and `"fallback"` mode are never limited: the guard decides.
@@ -205,7 +206,6 @@ class ActionEmitter:
         self._ramp: list[float] = []  # re-anchoring: fractions of the residual still to add, one per row
         self._sent: deque[tuple[int, np.ndarray]] = deque(maxlen=256)  # (tick, raw action sent)
         self._step_sum, self._step_n = 0.0, 0  # slew: row-to-row steps of this episode's plans (raw units)
-        self._last_planned: np.ndarray | None = None  # slew: the last action sent from a plan row (None after a fallback)
 
     def reset(self) -> None:
         self.guard.reset()
@@ -213,15 +213,14 @@ class ActionEmitter:
         self._ramp = []
         self._sent.clear()
         self._step_sum, self._step_n = 0.0, 0
-        self._last_planned = None
 
     def emit(self, tick: int, hold_empty: bool = False) -> np.ndarray | None:
         """The safe raw action for `tick`: its plan row through the guard, or the guard's fallback when no row is
         queued — or, with `hold_empty`, None then (the caller sends nothing, so nothing is recorded as sent:
-        re-anchoring must not count motion the robot never made)."""
+        re-anchoring must not count motion the robot never made); None too when the guard has no safe target."""
         taken = self.timeline.take(tick)
         if taken.row is None and hold_empty:
-            self.last, self._last_planned = taken, None
+            self.last = taken  # nothing sent: the slew limit still starts from the last action delivered
             return None
         planned = None if taken.row is None else self.unnormalize(taken.row)
         if planned is not None and self.slew is not None and self.guard.out_of_bounds == "clip" \
@@ -252,8 +251,8 @@ class ActionEmitter:
         self.fallbacks += res.fallback
         self.clipped += res.clipped
         self.last = taken
-        self._sent.append((tick, res.action))
-        self._last_planned = None if planned is None or res.fallback else res.action
+        if res.action is not None:  # None: the guard had no safe target (position dims, nothing passed yet)
+            self._sent.append((tick, res.action))
         return res.action
 
     def delivered(self, tick: int, action: np.ndarray | None) -> None:
@@ -263,15 +262,16 @@ class ActionEmitter:
         if not self._sent or self._sent[-1][0] != tick:
             return  # nothing was recorded for this tick (`hold_empty`), or it is not the last one emitted
         if action is None:
-            self._sent.pop()
-            self._last_planned = None  # the robot may not have received it: the slew limit must not start there
+            self._sent.pop()  # the robot did not get it: the slew limit starts from the one before again
             return
         got = np.array(action, dtype=self._sent[-1][1].dtype).reshape(self._sent[-1][1].shape)
-        if np.array_equal(got, self._sent[-1][1]):
-            return
-        self._sent[-1] = (tick, got)
-        if self._last_planned is not None:
-            self._last_planned = got
+        if not np.array_equal(got, self._sent[-1][1]):
+            self._sent[-1] = (tick, got)
+
+    @property
+    def last_delivered(self) -> np.ndarray | None:
+        """The last action the robot got this episode (where the slew limit starts); None before any."""
+        return self._sent[-1][1] if self._sent else None
 
     def _valid(self, planned: np.ndarray) -> bool:
         """A finite row inside the bounds: the only kind re-anchoring or the slew limit may change."""
@@ -289,14 +289,14 @@ class ActionEmitter:
         self._step_n += int(steps.size)
 
     def _limit(self, wanted: np.ndarray) -> np.ndarray:
-        """Move from the last action sent from a plan row toward `wanted` by at most max(slew × mean plan row
-        step, SLEW_FLOOR × the bounds' diagonal) (L2). Not after a fallback or before the first plan row of the
-        episode (the robot may never have received that action), nor before a plan step is known. Both ends
-        lie within the bounds, so the result does too."""
-        if self.slew is None or self._last_planned is None or self._step_n == 0:
+        """Move from the last action delivered toward `wanted` by at most max(slew × mean plan row step,
+        SLEW_FLOOR × the bounds' diagonal) (L2); unlimited before anything was delivered this episode or a plan
+        step is known. Both ends lie within the bounds, so the result does too."""
+        start = self.last_delivered
+        if self.slew is None or start is None or self._step_n == 0:
             return wanted
         floor = SLEW_FLOOR * float(np.linalg.norm(self.guard.high - self.guard.low))
-        return slew_step(self._last_planned, wanted, max(self.slew * self._step_sum / self._step_n, floor))
+        return slew_step(start, wanted, max(self.slew * self._step_sum / self._step_n, floor))
 
     def _deficit(self, taken: TimelineTick) -> np.ndarray:
         """Sum of the skipped rows (raw) minus the sum of the actions sent in the ticks they stood for."""

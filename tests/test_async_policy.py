@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 try:
     from tests.fake_artifacts import cached_fake_artifacts, make_observation
@@ -129,6 +131,34 @@ def test_bad_observation_raises_on_submit_and_never_reaches_the_worker():
         assert ap.counters.submitted == 0
         a = ap.action_for_tick(0)  # the control side still gets a safe action
         assert np.all(np.isfinite(a))
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.1, 2.5, None])
+def test_submit_accepts_exactly_the_observations_the_wrapped_policy_accepts(tolerance):
+    """One validator configuration: `submit` refuses a state by name iff the wrapped policy would (its own
+    state_tolerance) — before, `submit` always used 1.0, so a stricter policy failed on the worker thread."""
+    pol = EdgePolicy(cached_fake_artifacts(chunk_size=16), gate="always", state_tolerance=tolerance,
+                     backend_options={"intra_op_threads": 1})
+    ap = AsyncEdgePolicy(pol, tick_hz=1.0 / PERIOD_S)  # not started: `submit` validates and queues only
+
+    @settings(max_examples=60, deadline=None)
+    @given(state=st.lists(st.floats(-4.0, 5.0, width=32), min_size=2, max_size=2))
+    def check(state):
+        obs = make_observation(0)
+        obs["observation.state"] = np.array(state, np.float32)
+        try:
+            pol.validator.validate(obs)
+            policy_ok = True
+        except ObservationError:
+            policy_ok = False
+        try:
+            ap.submit(obs)
+            assert policy_ok, f"submit accepted {state}, which the policy refuses"
+        except ObservationError as exc:
+            assert not policy_ok and exc.field == "observation.state"
+
+    check()
+    pol.close()
 
 
 def test_shutdown_stops_the_worker_cleanly_mid_resample():

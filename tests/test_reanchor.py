@@ -230,19 +230,50 @@ def test_slew_without_reanchoring_limits_absolute_targets_and_reaches_them(polic
 
 
 @pytest.mark.parametrize("reanchor", [True, False])
-def test_slew_never_starts_from_an_action_the_robot_may_not_have_received(policy, reanchor):
-    """Empty ticks before the first chunk emit the fallback (which the robot loop does not send): the first plan
-    row goes out as planned, not slewed from the stop pose; the same after a mid-episode fallback."""
+def test_slew_starts_from_nothing_before_the_first_delivery(policy, reanchor):
+    """Empty ticks before the first chunk send nothing (`hold_empty`): the first plan row goes out as planned, not
+    slewed from a stop pose the robot never got; `reset` (a new episode) forgets what was delivered."""
     low, high = policy.guard.low, policy.guard.high
     row = ((high - low) / 2 * 0.9).astype(np.float32)  # far from the stop action
     tl = ActionTimeline(align=True)
     em = ActionEmitter(policy, tl, reanchor=reanchor, slew=0.5)
     for t in range(3):
-        em.emit(t)  # nothing queued: fallback
+        assert em.emit(t, hold_empty=True) is None  # nothing queued: nothing sent
     tl.install(TimedChunk(3, _normalised(policy, np.repeat(row[None], CHUNK, 0) * np.linspace(1, 0.9, CHUNK)[:, None]), 0))
-    np.testing.assert_allclose(em.emit(3), row, rtol=1e-5)
+    np.testing.assert_allclose(em.emit(3, hold_empty=True), row, rtol=1e-5)
     em.reset()
-    assert em._last_planned is None and em._step_n == 0
+    assert em.last_delivered is None and em._step_n == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(reanchor=st.booleans(), slew=st.floats(0.5, 3.0), seed=st.integers(0, 10_000),
+       ticks=st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["ok", "lost", "clipped"])), min_size=4, max_size=30))
+def test_the_slew_limit_always_starts_from_the_last_action_delivered(policy, reanchor, slew, seed, ticks):
+    """Per tick: maybe a new chunk (smooth, at a random offset: its first row would jump), then the action, then
+    what the robot got (all of it, nothing, or a clipped copy). Across empty ticks, lost sends and chunk boundaries
+    every action is within the limit of the last one the robot really got — before, an empty tick or a lost send
+    dropped the starting point and the next chunk's first row jumped."""
+    rng = np.random.default_rng(seed)
+    low, high = policy.guard.low, policy.guard.high
+    tl = ActionTimeline(align=True)
+    em = ActionEmitter(policy, tl, reanchor=reanchor, slew=slew)
+    got = None  # what the robot really holds
+    for t, (new_rows, outcome) in enumerate(ticks):
+        if new_rows >= 2:  # a chunk of `new_rows` rows planned now (ticks after it are empty until the next one)
+            base = rng.uniform(-0.9, 0.9, len(low)) * high
+            rows = base + np.linspace(0, 0.02, new_rows)[:, None] * (high - low)
+            tl.install(TimedChunk(t, _normalised(policy, rows.astype(np.float32)), t))
+        a = em.emit(t, hold_empty=True)
+        if a is None:
+            continue
+        limit = max(slew * em._step_sum / em._step_n, _floor(policy))
+        assert got is None or np.linalg.norm(a - got) <= limit * (1 + 1e-4) + 1e-6, (t, a, got, limit)
+        assert np.all(a >= low - 1e-6) and np.all(a <= high + 1e-6)
+        if outcome == "lost":
+            em.delivered(t, None)
+        else:
+            got = a if outcome == "ok" else (a * 0.5).astype(np.float32)
+            em.delivered(t, got)
 
 
 def test_slew_floor_keeps_a_near_constant_plan_moving(policy):
@@ -334,6 +365,6 @@ def test_a_clipped_delivery_replaces_the_record_and_an_unknown_tick_is_ignored(p
     assert em._sent[-1][0] == 0 and np.array_equal(em._sent[-1][1], a)
     em.delivered(0, a * 0.5)
     np.testing.assert_allclose(em._sent[-1][1], a * 0.5)
-    np.testing.assert_allclose(em._last_planned, a * 0.5)  # the slew limit starts from what the robot got
+    np.testing.assert_allclose(em.last_delivered, a * 0.5)  # the slew limit starts from what the robot got
     em.delivered(0, None)
-    assert not em._sent and em._last_planned is None
+    assert not em._sent and em.last_delivered is None

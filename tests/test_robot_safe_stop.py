@@ -105,3 +105,46 @@ def test_the_loop_never_clips_what_the_guard_let_through(dims):
     out = ActionGuard(bounds).check(np.array([a for _, _, a in dims])).action
     sent, why = vet(out)
     assert why == "" and np.array_equal(sent.astype(np.float32), out)
+
+
+class _PoisonFirstRows:
+    """`unnormalize` whose first `n` single-row results are non-finite (a row that overflows when unnormalised)."""
+
+    def __init__(self, real, n: int):
+        self.real, self.n = real, n
+
+    def __call__(self, x):
+        out = self.real(x)
+        if np.ndim(x) == 1 and self.n > 0:
+            self.n -= 1
+            out = np.full_like(out, np.nan)
+        return out
+
+
+@pytest.mark.parametrize("inference", ["inline", "async"])
+@pytest.mark.parametrize("names", [("shoulder.pos", "elbow.pos"), ("arm.pos", "x.vel")])
+def test_a_bad_first_row_never_sends_a_position_arm_to_the_stop_pose(names, inference):
+    """`--fallback auto`, the episode's first plan rows non-finite: nothing is sent for them (the arm holds), never
+    the stop pose on a position dimension — before, the guard's fallback with nothing passed yet was the stop pose."""
+    from runtime.robot_command import fallback_mode
+    from runtime.robot_loop import AsyncSource
+
+    policy = EdgePolicy(_artifacts(names), gate="always")
+    mode, moving = fallback_mode("auto", names)
+    policy.guard = ActionGuard(policy.manifest.action_bounds, policy.manifest.stop_action, mode, stop_dims=moving)
+    iface = RobotInterface.from_manifest(policy.manifest)
+    if inference == "inline":
+        source = SyncSource(policy, iface, task="reach the red target")
+        policy.unnormalize = _PoisonFirstRows(policy.unnormalize, 2)
+    else:
+        source = AsyncSource(policy, iface, task="reach the red target", fps=200)
+        source.executor.emitter.unnormalize = _PoisonFirstRows(source.executor.emitter.unnormalize, 2)
+    arm = Arm(ticks=12)
+    rep = run_robot(arm, source, iface, policy.guard.stop_action, fps=200)
+    plan = arm.sent[: len(arm.sent) - rep.stops_sent]
+    assert plan and rep.ticks - len(plan) >= 2  # the poisoned rows: nothing sent
+    stop = policy.guard.stop_action
+    for action in plan:
+        for i, name in enumerate(names):
+            if name.endswith(".pos"):
+                assert action[name] != pytest.approx(float(stop[i]), abs=1e-9), (action, stop)

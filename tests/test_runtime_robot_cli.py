@@ -168,7 +168,9 @@ def test_fallback_auto_stops_displacements_and_holds_positions():
     assert mode == "hold" and dims.tolist() == [True, True]  # repeating a displacement keeps moving
     mode, dims = fallback_mode("auto", ("shoulder_pan.pos", "main_gripper", "x.vel", "theta.vel"))
     assert dims.tolist() == [False, False, True, True]  # LeKiwi-style: the arm holds, the base stops
-    assert fallback_mode("hold", ("dx",)) == ("hold", None) and fallback_mode("stop", ("a.pos",)) == ("stop", None)
+    mode, dims = fallback_mode("hold", ("dx", "a.pos"))
+    assert mode == "hold" and dims.tolist() == [False, False]  # every dimension holds (none yet: nothing is sent)
+    assert fallback_mode("stop", ("a.pos",)) == ("stop", None)
     assert fallback_mode("auto", ()) == ("hold", None)
 
 

@@ -14,7 +14,7 @@ except ImportError:
 
 from runtime.manifest import Bounds
 from runtime.policy import EdgePolicy
-from runtime.safety import ActionGuard
+from runtime.safety import ActionGuard, hold_or_stop
 
 B = Bounds(low=np.array([-1.0, 0.0], np.float32), high=np.array([1.0, 2.0], np.float32))
 ANY = st.floats(allow_nan=True, allow_infinity=True, width=32)
@@ -34,6 +34,29 @@ def test_guard_output_always_finite_and_inside(actions, fallback, oob):
         else:
             assert r.clipped or r.fallback  # every alteration is reported
             assert r.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(moving=st.lists(st.booleans(), min_size=2, max_size=2),
+       actions=st.lists(st.lists(ANY, min_size=2, max_size=2) | st.none(), min_size=1, max_size=8),
+       oob=st.sampled_from(["clip", "fallback"]))
+def test_a_fallback_never_sends_a_position_dimension_to_the_stop_pose(moving, actions, oob):
+    """Per dimension (`--fallback auto`): a position dimension gets the last value the guard let through, and the
+    whole tick is None (send nothing) while it has none — before, the first bad row was the stop pose everywhere."""
+    stop = np.array([0.7, 1.3], np.float32)  # a stop pose away from any action below
+    moving = np.array(moving)
+    g = ActionGuard(B, stop, "hold", oob, stop_dims=moving)
+    last = None
+    for a in actions:
+        r = g.check(None if a is None else np.array(a, np.float32))
+        if not r.fallback:
+            last = r.action
+            continue
+        assert (r.action is None) == (last is None and not moving.all())
+        if r.action is not None:
+            assert np.array_equal(r.action[moving], stop[moving])
+            assert moving.all() or np.array_equal(r.action[~moving], last[~moving])
+            assert np.array_equal(r.action, hold_or_stop(stop, last, moving))  # the safe stop's rule, shared
 
 
 def test_clip_vs_fallback_for_out_of_bounds():

@@ -147,6 +147,37 @@ def test_stale_and_duplicate_timesteps_change_nothing(steps, stale):
     assert clean.policy.counters.as_dict() == noisy.policy.counters.as_dict()
 
 
+@settings(max_examples=12, deadline=None)
+@given(bad=st.sets(st.integers(0, 9), max_size=3))
+def test_a_chunk_never_carries_a_fallback_row(bad):
+    """Plan rows `bad` non-finite once unnormalised: the chunk is the clean plan up to the first bad row (the
+    robot's queue runs dry there), empty for a bad first row, and the next observation then plans afresh —
+    before, a bad row went out as the guard's fallback: for row 0 the stop pose (a `.pos` arm driven to zeros)."""
+    clean, planner = _planner(), _planner()
+    p = planner.policy
+    real, poisoned_once = p.unnormalize, []
+
+    def poisoned(x):
+        out = np.array(real(x), copy=True)
+        if not poisoned_once:
+            rows = [0] if out.ndim == 1 else [i - 1 for i in bad if i >= 1]  # step: row 0; queued: rows 1..
+            if out.ndim == 1 and 0 in bad:
+                out[:] = np.nan
+            elif out.ndim == 2:
+                out[rows] = np.nan
+                poisoned_once.append(1)
+        return out
+
+    p.unnormalize = poisoned
+    want, got = clean.plan(_robot_obs(0), 0, True), planner.plan(_robot_obs(0), 0, True)
+    first_bad = min(bad, default=10)
+    np.testing.assert_array_equal(got.actions, want.actions[:first_bad])
+    if first_bad == 0:
+        poisoned_once.append(1)
+        again = planner.plan(_robot_obs(0), 0, False)  # same timestep: planned afresh, never skipped as stale
+        assert again.gate_reason != "stale" and len(again.actions) == 10
+
+
 @pytest.mark.parametrize("failure", ["backend fault", "bad observation"])
 def test_a_failed_tick_never_locks_the_client_out(failure):
     """The stock client clears must_go after one observation and repeats its timestep while its queue is dry:
