@@ -47,6 +47,7 @@ from runtime.noise import draw_noise
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.plan_inputs import delta_input, plan_encoder_input
 from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
+from runtime.robot_interface import RobotInterface
 from runtime.safety import ActionGuard
 from runtime.stage_times import resample_cost_ms, update_ema
 from runtime.tick_report import Counters, TickInfo
@@ -105,7 +106,8 @@ class EdgePolicy:
         args.check_gate_threshold(self.gate)
         args.warn_gate_lag(jump_lag_mismatch(self.gate, m.gate_calibration, self.gate.check_every))
         self.guard = ActionGuard(m.action_bounds, m.stop_action, args.choice("fallback", fallback, ("hold", "stop")),
-                                 args.choice("out_of_bounds", out_of_bounds, ("clip", "fallback")))
+                                 args.choice("out_of_bounds", out_of_bounds, ("clip", "fallback")),
+                                 RobotInterface.from_manifest(m).moving_dims)
         self.state_norm = StateNormalizer(m.state_norm, d.max_state_dim)
         self.unnormalize = ActionUnnormalizer(m.action_norm, d.action_dim)
         self._lock = threading.RLock()

@@ -14,7 +14,7 @@ from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
 from runtime.robot_loop import SyncSource, _ActionVet, run_robot, stop_command
 from runtime.safety import ActionGuard
-from tests.fake_artifacts import cached_fake_artifacts
+from tests.fake_artifacts import cached_fake_artifacts, make_observation
 
 NAMES = st.sampled_from(["shoulder_pan.pos", "gripper.pos", "elbow", "x.vel", "theta.vel", "dx", "dz", "base_delta"])
 MOVING = {"x.vel", "theta.vel", "dx", "dz", "base_delta"}
@@ -148,3 +148,25 @@ def test_a_bad_first_row_never_sends_a_position_arm_to_the_stop_pose(names, infe
         for i, name in enumerate(names):
             if name.endswith(".pos"):
                 assert action[name] != pytest.approx(float(stop[i]), abs=1e-9), (action, stop)
+
+
+@pytest.mark.parametrize("names", [("shoulder.pos", "elbow.pos"), ("arm.pos", "x.vel"), ("dx", "dy")])
+def test_edge_policy_default_fallback_follows_the_action_names(names):
+    """`EdgePolicy(...)` used directly (no robot command): a bad first row gives None (send nothing) where a position
+    target has no safe value yet, and the stop action on displacement / velocity dimensions; once a row passed, a
+    position dimension holds it. Before, the default guard knew no names: the stop pose on every dimension."""
+    policy = EdgePolicy(_artifacts(names), gate="always")
+    obs = make_observation(0)
+    policy.unnormalize = _PoisonFirstRows(policy.unnormalize, 1)
+    first = policy.step(obs)
+    moving = np.array([not n.endswith(".pos") for n in names])
+    if moving.all():
+        np.testing.assert_array_equal(first, policy.guard.stop_action)
+    else:
+        assert first is None and policy.last_info.fallback
+    good = policy.step(obs)
+    assert good is not None and np.all(np.isfinite(good))
+    policy.unnormalize = _PoisonFirstRows(policy.unnormalize.real, 1)
+    held = policy.step(obs)
+    np.testing.assert_array_equal(held[~moving], good[~moving])
+    np.testing.assert_array_equal(held[moving], policy.guard.stop_action[moving])
