@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
 from runtime.serve.deadlines import DeadlineWatch
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
-from runtime.serve.session import POLLS_PER_SESSION, STREAMS_PER_SESSION, ServeSession, session_counters
+from runtime.serve.session import POLLS_PER_SESSION, STREAMS_PER_SESSION, RetiredPeers, ServeSession, session_counters
 
 log = logging.getLogger("runtime.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -134,7 +134,7 @@ class InferenceServicer:
         self.counters: Counter[str] = Counter()  # changed only through _count (gRPC workers run at once)
         self._counters_lock = threading.Lock()
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
-        self._retired_peers: deque[str] = deque(maxlen=1024)  # peers whose session was dropped or taken over
+        self._retired_peers = RetiredPeers(1024)  # peers whose session was dropped or taken over
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
 
     def close(self) -> None:
@@ -169,7 +169,7 @@ class InferenceServicer:
                 return None
             old = max(orphans, key=lambda p: self.sessions[p].last_seen)  # the most recently driven one
             session = self.sessions.pop(old)
-            self._retired_peers.append(old)  # its connection is gone; should it come back, it sets up again
+            self._retired_peers.add(old)  # its connection is gone; should it come back, it sets up again
             session.planner.realign()  # what the robot holds after the drop is unknown: the next observation resamples
             session.last_seen = now
             self.sessions[peer] = session
@@ -179,7 +179,7 @@ class InferenceServicer:
 
     def _retire(self, peer: str) -> None:
         """Drop a session (caller holds the sessions lock); its counters stay in stats()."""
-        self._retired_peers.append(peer)  # an evicted client must set up again, not take over another session
+        self._retired_peers.add(peer)  # an evicted client must set up again, not take over another session
         old = self.sessions.pop(peer)
         old.close()
         self._retired.update(old.policy.counters.as_dict())

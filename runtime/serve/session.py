@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from runtime.chunk_planner import Chunk, ChunkPlanner
@@ -60,6 +61,30 @@ class ServeSession:
         ctx = self.stream_context
         if ctx is not None:
             ctx.cancel()
+
+
+class RetiredPeers:
+    """Peers whose session was dropped or taken over, at most `maxlen`: each once, the least recently retired
+    evicted first (a peer that sets up again and again must not push out the others)."""
+
+    def __init__(self, maxlen: int = 1024):
+        self.maxlen = maxlen
+        self._peers: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, peer: str) -> None:
+        self._peers.pop(peer, None)
+        self._peers[peer] = None
+        while len(self._peers) > self.maxlen:
+            self._peers.popitem(last=False)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def __iter__(self) -> Any:
+        return iter(self._peers)
+
+    def __len__(self) -> int:
+        return len(self._peers)
 
 
 def session_counters(policies: list[Any]) -> dict[str, int]:
