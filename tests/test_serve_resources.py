@@ -1,13 +1,18 @@
 """`runtime serve`'s server-wide bookkeeping under a client that repeats itself: the retired-peer list (no
-duplicates, evicted by last retirement)."""
+duplicates, evicted by last retirement) and refusal logging (rate-limited, counts exact)."""
 
 from __future__ import annotations
 
+import logging
+import re
+
+import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.serve import wire
+from runtime.serve.refusal_log import RefusalLog
 from runtime.serve.server import InferenceServicer, ServeConfig
 from runtime.serve.session import RetiredPeers
 from tests.serve_fixtures import robot_artifacts
@@ -68,3 +73,61 @@ def test_repeated_setups_do_not_push_a_retired_peer_out(servicer):
     with servicer._sessions_lock:
         servicer.sessions[busy.peer()].last_seen -= 60  # quiet: adoptable by a new peer of its host, not by `gone`
     assert servicer._session(gone) is None
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["INVALID_ARGUMENT", "stream broken"]),
+                                 st.sampled_from([0.0, 0.0, 0.5, 4.0, 11.0])), max_size=120),
+       burst=st.integers(1, 4), max_lines=st.integers(1, 12), max_keys=st.integers(1, 8))
+def test_refusal_logging_is_bounded_per_window_and_counts_every_refusal(events, burst, max_lines, max_keys):
+    now = [0.0]
+    lines = _Lines()
+    logger = logging.getLogger(f"test.refusals.{burst}.{max_lines}.{max_keys}")
+    logger.handlers[:], logger.propagate = [lines], False
+    rl = RefusalLog(logger, burst=burst, interval_s=10.0, max_lines=max_lines, max_keys=max_keys, clock=lambda: now[0])
+    window_end, per_key, in_window = 10.0, {}, 0
+    for i, (host, kind, dt) in enumerate(events):
+        now[0] += dt
+        if now[0] >= window_end:  # the model of a window: it starts with the first refusal after the last one ended
+            window_end, per_key, in_window = now[0] + 10.0, {}, 0
+        before = len(lines.lines)
+        rl.warn(f"ipv4:10.0.0.{host}:{1000 + i}", kind, "refused %s #%d", f"10.0.0.{host} {kind}", i)
+        if any(x.startswith("refused") for x in lines.lines[before:]):
+            per_key[host, kind] = per_key.get((host, kind), 0) + 1
+            in_window += 1
+        assert in_window <= max_lines and max(per_key.values(), default=0) <= burst
+        assert len(lines.lines) - before <= 2  # at most a summary and the line itself
+    now[0] += 10.0
+    rl.flush()
+    logged = sum(x.startswith("refused") for x in lines.lines)
+    summed = sum(int(m.group(1)) for x in lines.lines if (m := re.match(r"(\d+) refusals not logged", x)))
+    assert logged + rl.unlogged == len(events) and summed == rl.unlogged  # nothing lost, every skip summed up
+
+
+def test_a_flood_of_bad_calls_logs_a_few_lines_and_counts_them_all(servicer, caplog):
+    """Before, each of 500 refusals was a WARNING line; now the first few per client and kind are, the rest go
+    into one summary, and the counters stay exact. Another client's refusal is still logged."""
+    flood, other = Context("ipv4:10.0.0.7:5000"), Context("ipv4:10.0.0.8:5000")
+    with caplog.at_level(logging.WARNING, logger="runtime.serve"):
+        for i in range(500):
+            with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
+                servicer._refuse(flood, grpc.StatusCode.INVALID_ARGUMENT, f"bad payload #{i}")
+        with pytest.raises(RuntimeError):
+            servicer._refuse(other, grpc.StatusCode.INVALID_ARGUMENT, "bad payload")
+        servicer.refusal_log._window_end = 0.0  # the window ends: the next counters log carries the summary
+        stats = servicer.stats()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    burst = servicer.refusal_log.burst
+    assert sum("10.0.0.7" in x and x.startswith("refused") for x in lines) == burst
+    assert any("10.0.0.8" in x for x in lines) and len(lines) == burst + 2
+    assert lines[-1].startswith(f"{500 - burst} refusals not logged") and "ipv4:10.0.0.7 INVALID_ARGUMENT" in lines[-1]
+    assert stats["refused"] == 501 and stats["refusals_unlogged"] == 500 - burst

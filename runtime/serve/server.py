@@ -32,6 +32,7 @@ from runtime.robot_interface import RobotInterface, RobotInterfaceError
 from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
 from runtime.serve.deadlines import DeadlineWatch
+from runtime.serve.refusal_log import RefusalLog
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
 from runtime.serve.session import POLLS_PER_SESSION, STREAMS_PER_SESSION, RetiredPeers, ServeSession, session_counters
 
@@ -136,10 +137,12 @@ class InferenceServicer:
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
         self._retired_peers = RetiredPeers(1024)  # peers whose session was dropped or taken over
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
+        self.refusal_log = RefusalLog(log)  # refusals and broken streams, rate-limited per client host and kind
 
     def close(self) -> None:
         """Stop the deadline thread (after the gRPC server stopped: no stream is open any more)."""
         self.deadlines.close()
+        self.refusal_log.flush(force=True)  # the last window's unlogged refusals
 
     # ----------------------------------------------------------------- helpers
     def _count(self, key: str, n: int = 1) -> None:
@@ -152,7 +155,7 @@ class InferenceServicer:
         reason = clip_reason(reason)  # names a client chose can be megabytes long
         self._count("refused")
         self.last_refusal = reason  # in stats(): an operator (or a failing test) sees why without the log
-        log.warning("refused %s: %s", context.peer(), reason)
+        self.refusal_log.warn(context.peer(), code.name, "refused %s: %s", context.peer(), reason)
         context.abort(code, reason)
 
     def _session(self, context: grpc.ServicerContext) -> ServeSession | None:
@@ -192,9 +195,11 @@ class InferenceServicer:
                 pol[k] = pol.get(k, 0) + v
         with self._counters_lock:
             counters = dict(self.counters)
+        self.refusal_log.flush()  # stats() is the periodic counters log: a flood's summary line comes with it
         gated = counters.get("observations_processed", 0)
         return {**counters, "policy": pol, "sessions": len(self.sessions),
                 "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None,
+                "refusals_unlogged": self.refusal_log.unlogged,
                 "last_refusal": getattr(self, "last_refusal", None)}
 
     # ----------------------------------------------------------------- service
@@ -270,8 +275,8 @@ class InferenceServicer:
         except _Refused as exc:
             if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
                 self._count("streams_broken")
-                log.warning("observation stream from %s ended with the client gone: %s", context.peer(),
-                            clip_reason(exc.reason))
+                self.refusal_log.warn(context.peer(), "stream broken", "observation stream from %s ended with the "
+                                      "client gone: %s", context.peer(), clip_reason(exc.reason))
                 return wire.Empty()
             self._refuse(context, exc.code, exc.reason)
             return wire.Empty()
@@ -280,8 +285,8 @@ class InferenceServicer:
             return wire.Empty()
         except grpc.RpcError as exc:  # the client vanished mid-stream, or the deadline cancelled it
             self._count("streams_broken")
-            log.warning("observation stream from %s broke (or ran past %g s): %s", context.peer(),
-                        self.cfg.stream_deadline_s, exc)
+            self.refusal_log.warn(context.peer(), "stream broken", "observation stream from %s broke (or ran past "
+                                  "%g s): %s", context.peer(), self.cfg.stream_deadline_s, exc)
             return wire.Empty()
         finally:
             late = timer.cancel()  # True: the deadline fired as the stream ended; the client sees CANCELLED
@@ -363,16 +368,16 @@ class InferenceServicer:
         return wire.Actions(data=timed_actions(reply.actions, reply.first_timestep, float(obs.timestamp) + session.dt, session.dt))
 
 
-def _token_interceptor(token: str) -> grpc.ServerInterceptor:
+def _token_interceptor(token: str, refusals: RefusalLog) -> grpc.ServerInterceptor:
     class _Check(grpc.ServerInterceptor):
         def intercept_service(self, continuation: Any, details: Any) -> Any:
             md = dict(details.invocation_metadata or ())
             given = md.get("x-runtime-token") or md.get("authorization", "").removeprefix("Bearer ").strip()
             if given and hmac.compare_digest(given.encode(), token.encode()):
                 return continuation(details)
-            log.warning("refused %s: missing or wrong token", details.method)
-
             def deny(request: Any, context: grpc.ServicerContext) -> Any:
+                refusals.warn(context.peer(), "UNAUTHENTICATED", "refused %s %s: missing or wrong token", context.peer(),
+                              details.method)
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
 
             return grpc.unary_unary_rpc_method_handler(deny)
@@ -420,7 +425,7 @@ def build_server(cfg: ServeConfig, allow_public: bool = False) -> tuple[grpc.Ser
                          "anyone on that network could drive the robot")
     check_port_free(cfg.host, cfg.port)
     svc = InferenceServicer(cfg)
-    interceptors = [_token_interceptor(cfg.token)] if cfg.token else []
+    interceptors = [_token_interceptor(cfg.token, svc.refusal_log)] if cfg.token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
