@@ -219,7 +219,7 @@ def test_session_keeps_the_newest_observation():
     s = ServeSession(_planner(), 30.0)
     s.put(safe_pickle.TimedObservation(0.0, 7, {}, True))
     s.put(safe_pickle.TimedObservation(0.0, 5, {}, False))  # overtaken on the wire: does not replace 7
-    got = s.take(0.0)
+    got, _ = s.take(0.0)
     assert (got.timestep, got.must_go) == (7, True)
 
 

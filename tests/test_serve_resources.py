@@ -1,24 +1,29 @@
 """`runtime serve`'s server-wide bookkeeping under a client that repeats itself: the retired-peer list (no
-duplicates, evicted by last retirement) and refusal logging (rate-limited, counts exact)."""
+duplicates, evicted by last retirement), refusal logging (rate-limited, counts exact) and the budget of
+observation bytes in flight (all sessions together)."""
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 
 import grpc
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.serve import wire
+from runtime.serve import safe_pickle, wire
+from runtime.serve.budget import ObservationBudget
 from runtime.serve.refusal_log import RefusalLog
 from runtime.serve.server import InferenceServicer, ServeConfig
-from runtime.serve.session import RetiredPeers
-from tests.serve_fixtures import robot_artifacts
+from runtime.serve.session import RetiredPeers, ServeSession
+from tests.serve_fixtures import robot_artifacts, running_server
 
 pytest.importorskip("lerobot.async_inference.helpers")
-from tests.test_serve_hostile import setup_bytes
+from tests.test_serve_hostile import chunks, observation_bytes, refused, setup_bytes, wait_for
+from tests.test_serve_limits import _OwnConnection
 
 
 class Context:
@@ -131,3 +136,62 @@ def test_a_flood_of_bad_calls_logs_a_few_lines_and_counts_them_all(servicer, cap
     assert any("10.0.0.8" in x for x in lines) and len(lines) == burst + 2
     assert lines[-1].startswith(f"{500 - burst} refusals not logged") and "ipv4:10.0.0.7 INVALID_ARGUMENT" in lines[-1]
     assert stats["refused"] == 501 and stats["refusals_unlogged"] == 500 - burst
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["put", "take", "close"]), st.integers(0, 9), st.integers(0, 1000)),
+                    max_size=30))
+def test_a_sessions_mailbox_gives_back_every_byte_it_holds(ops):
+    """Whatever is put, replaced, overtaken, taken or dropped with the session: the budget holds exactly the
+    pending observation's bytes plus those taken and not yet planned from, and 0 once all is done."""
+    budget = ObservationBudget(1 << 40)
+    session = ServeSession(type("Planner", (), {"policy": None})(), 30.0, budget)  # the mailbox needs no policy
+    taken = 0
+    for op, timestep, nbytes in ops:
+        if op == "put":
+            assert budget.take(nbytes)
+            session.put(safe_pickle.TimedObservation(0.0, timestep, {}, False), nbytes)
+        elif op == "take":
+            taken += session.take(0.0)[1]
+        else:
+            session.close()
+        assert budget.in_use == session.pending_bytes + taken
+    session.close()
+    budget.give(taken)
+    assert budget.in_use == 0
+
+
+def test_observation_bytes_in_flight_are_capped_server_wide():
+    """Before, each session could hold a maximal observation (32 of them ~2.6 GB of RSS); now a stream that
+    would pass the server-wide budget is refused naming it, and the budget comes back when streams end."""
+    limit = 1 << 20
+    stop = threading.Event()
+
+    def trickle():  # 700 kB taken, then the stream hangs
+        yield from list(chunks(b"x" * 700_000, end=False))
+        stop.wait(20)
+
+    big = observation_bytes(timestep=0, pad=np.zeros(600_000, np.uint8))
+    with running_server(max_observation_bytes=limit, max_inflight_bytes=limit, stream_deadline_s=30) as (svc, port):
+        a, b = _OwnConnection(port), _OwnConnection(port)
+        a.setup()
+        b.setup()
+        stuck = a.stub.SendObservations.future(trickle())
+        assert wait_for(lambda: svc.budget.in_use >= 700_000, timeout_s=5)
+        refused(lambda: b.observe(big), grpc.StatusCode.RESOURCE_EXHAUSTED, f"would exceed {limit} bytes",
+                "--max-inflight-mb")
+        stop.set()
+        with pytest.raises(grpc.RpcError):  # ended without TRANSFER_END: refused, its bytes given back
+            stuck.result(timeout=5)
+        assert wait_for(lambda: svc.budget.in_use == 0, timeout_s=5)
+        b.observe(big)
+        assert svc.budget.in_use > 0  # in b's mailbox until planned from
+        assert len(b.actions()) == 10 and svc.budget.in_use == 0 and svc.budget.peak <= limit
+        a.close()
+        b.close()
+
+
+def test_the_inflight_budget_follows_the_observation_limit():
+    assert ServeConfig(artifacts=robot_artifacts(), max_observation_bytes=1 << 20).max_inflight_bytes == 4 << 20
+    with pytest.raises(ValueError, match="max_inflight_bytes=1024 must be an integer in .max_observation_bytes"):
+        ServeConfig(artifacts=robot_artifacts(), max_observation_bytes=1 << 20, max_inflight_bytes=1024)

@@ -31,6 +31,7 @@ from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
 from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
+from runtime.serve.budget import ObservationBudget
 from runtime.serve.deadlines import DeadlineWatch
 from runtime.serve.refusal_log import RefusalLog
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
@@ -49,6 +50,7 @@ MAX_REASON_CHARS = 1000
 ACTIVE_WINDOW_S = 5.0  # a client heard from within this is driving: its session is never dropped for a newcomer
 ANONYMOUS_POLLS = 4  # GetActions from peers without a session that wait (an evicted client does not spin); more: refused
 SPARE_WORKERS = 8  # for Ready, setups and refusals: never all held by the calls that wait
+INFLIGHT_PER_OBSERVATION = 4  # default server-wide budget: this many maximal observations in flight at once
 
 
 def worker_budget(max_sessions: int) -> int:
@@ -81,6 +83,7 @@ class ServeConfig:
     port: int = 8080
     token: str | None = None
     max_observation_bytes: int = 32 << 20
+    max_inflight_bytes: int | None = None  # all sessions' observations in flight; None: 4 × max_observation_bytes
     get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
     max_workers: int | None = None  # gRPC worker threads; None (and at least): worker_budget(max_sessions)
     session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
@@ -105,6 +108,12 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"serve: {name}={v!r} must be a number in [{lo}, {hi}]")
+        if self.max_inflight_bytes is None:
+            self.max_inflight_bytes = INFLIGHT_PER_OBSERVATION * self.max_observation_bytes
+        v = self.max_inflight_bytes
+        if isinstance(v, bool) or not isinstance(v, int) or not self.max_observation_bytes <= v <= 1 << 36:
+            raise ValueError(f"serve: max_inflight_bytes={v!r} must be an integer in [max_observation_bytes="
+                             f"{self.max_observation_bytes}, {1 << 36}] (one maximal observation must fit)")
         if self.max_workers < worker_budget(self.max_sessions):  # waiting calls must not hold every worker
             raise ValueError(f"serve: max_workers={self.max_workers} must be at least {worker_budget(self.max_sessions)} "
                              f"for max_sessions={self.max_sessions} ({STREAMS_PER_SESSION} stream + {POLLS_PER_SESSION} "
@@ -137,6 +146,7 @@ class InferenceServicer:
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
         self._retired_peers = RetiredPeers(1024)  # peers whose session was dropped or taken over
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
+        self.budget = ObservationBudget(cfg.max_inflight_bytes)  # observation bytes in flight, all sessions
         self.refusal_log = RefusalLog(log)  # refusals and broken streams, rate-limited per client host and kind
 
     def close(self) -> None:
@@ -199,7 +209,7 @@ class InferenceServicer:
         gated = counters.get("observations_processed", 0)
         return {**counters, "policy": pol, "sessions": len(self.sessions),
                 "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None,
-                "refusals_unlogged": self.refusal_log.unlogged,
+                "refusals_unlogged": self.refusal_log.unlogged, "inflight_bytes_peak": self.budget.peak,
                 "last_refusal": getattr(self, "last_refusal", None)}
 
     # ----------------------------------------------------------------- service
@@ -227,7 +237,8 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"artifacts {self.cfg.artifacts} changed since the server started: {exc}")
             return wire.Empty()
-        session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps)
+        session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps,
+                               self.budget)
         with self._sessions_lock:
             now = time.monotonic()
             stale = [p for p, s in self.sessions.items() if p == peer or now - s.last_seen > self.cfg.session_idle_s]
@@ -266,53 +277,72 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"more than {STREAMS_PER_SESSION} concurrent observation streams from this client")
             return wire.Empty()
+        held = [0]  # budget bytes this stream took: handed to the session's mailbox with its observation, or given back
+        try:
+            obs = self._receive(session, request_iterator, context, held)
+            if obs is not None:
+                self._count("observations_received")
+                session.put(obs, held[0])
+                held[0] = 0
+        finally:
+            self.budget.give(held[0])
+        return wire.Empty()
+
+    def _receive(self, session: ServeSession, request_iterator: Any, context: grpc.ServicerContext,
+                 held: list[int]) -> TimedObservation | None:
+        """One observation stream, assembled and decoded (None: refused, broken or past its deadline)."""
         # a stream that never ends would hold a worker thread: cancel it after the deadline
         timer = self.deadlines.arm(self.cfg.stream_deadline_s, context.cancel)
         session.stream_context = context  # a dropped session cancels its open stream (session.close)
         try:
-            data = self._assemble(request_iterator)
-            obs = loads(data, TimedObservation)
+            obs = loads(self._assemble(request_iterator, held), TimedObservation)
         except _Refused as exc:
             if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
                 self._count("streams_broken")
                 self.refusal_log.warn(context.peer(), "stream broken", "observation stream from %s ended with the "
                                       "client gone: %s", context.peer(), clip_reason(exc.reason))
-                return wire.Empty()
+                return None
             self._refuse(context, exc.code, exc.reason)
-            return wire.Empty()
+            return None
         except PayloadError as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation: {exc}")
-            return wire.Empty()
+            return None
         except grpc.RpcError as exc:  # the client vanished mid-stream, or the deadline cancelled it
             self._count("streams_broken")
             self.refusal_log.warn(context.peer(), "stream broken", "observation stream from %s broke (or ran past "
                                   "%g s): %s", context.peer(), self.cfg.stream_deadline_s, exc)
-            return wire.Empty()
+            return None
         finally:
             late = timer.cancel()  # True: the deadline fired as the stream ended; the client sees CANCELLED
             session.stream_context = None
             session.streams.release()
         if late:  # so the observation is not used either: client and server agree it was not delivered
             self._count("streams_broken")
-            return wire.Empty()
-        self._count("observations_received")
-        session.put(obs)
-        return wire.Empty()
+            return None
+        return obs
 
-    def _assemble(self, chunks: Any) -> bytes:
-        """Join TRANSFER_BEGIN/MIDDLE/END chunks; refuse oversize, unknown states and streams with no END."""
+    def _assemble(self, chunks: Any, held: list[int]) -> bytes:
+        """Join TRANSFER_BEGIN/MIDDLE/END chunks; refuse oversize, unknown states, streams with no END, and bytes
+        beyond the server's budget of observations in flight (taken as they arrive, counted in `held[0]`)."""
         parts: list[bytes] = []
         size = 0
         done = None
         for msg in chunks:
             if msg.transfer_state == wire.TRANSFER_BEGIN:
                 parts, size = [], 0
+                self.budget.give(held[0])
+                held[0] = 0
             elif msg.transfer_state not in (wire.TRANSFER_MIDDLE, wire.TRANSFER_END):
                 raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"unknown transfer_state {msg.transfer_state}")
             size += len(msg.data)
             if size > self.cfg.max_observation_bytes:
                 raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"observation exceeds {self.cfg.max_observation_bytes} bytes (--max-observation-mb)")
+            if not self.budget.take(len(msg.data)):
+                raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"observations in flight on this server would exceed {self.budget.limit} bytes "
+                               "(--max-inflight-mb): retry later")
+            held[0] += len(msg.data)
             parts.append(msg.data)
             if msg.transfer_state == wire.TRANSFER_END:
                 done = b"".join(parts)  # the client sends one observation per stream; later chunks are ignored
@@ -345,7 +375,7 @@ class InferenceServicer:
 
     def _get_actions(self, session: ServeSession, context: grpc.ServicerContext) -> Any:
         session.last_seen = time.monotonic()  # the stock client polls GetActions all the time: it is alive
-        obs = session.take(self.cfg.get_actions_wait_s)
+        obs, nbytes = session.take(self.cfg.get_actions_wait_s)
         if obs is None:
             return wire.Actions()
         try:
@@ -354,6 +384,8 @@ class InferenceServicer:
         except (ObservationError, RobotInterfaceError) as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation #{obs.timestep}: {exc}")
             return wire.Actions()
+        finally:
+            self.budget.give(nbytes)  # planned from (or refused): no longer in flight
         if reply.gate_reason == STALE:  # not newer than what this session last planned from: skipped
             self._count("observations_stale")
             return wire.Actions()
@@ -375,6 +407,7 @@ def _token_interceptor(token: str, refusals: RefusalLog) -> grpc.ServerIntercept
             given = md.get("x-runtime-token") or md.get("authorization", "").removeprefix("Bearer ").strip()
             if given and hmac.compare_digest(given.encode(), token.encode()):
                 return continuation(details)
+
             def deny(request: Any, context: grpc.ServicerContext) -> Any:
                 refusals.warn(context.peer(), "UNAUTHENTICATED", "refused %s %s: missing or wrong token", context.peer(),
                               details.method)
