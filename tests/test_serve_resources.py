@@ -50,7 +50,6 @@ def servicer():
     svc = InferenceServicer(ServeConfig(artifacts=robot_artifacts(), port=0))
     yield svc
     svc.close()
-    svc.template.close()
 
 
 @settings(max_examples=200, deadline=None)

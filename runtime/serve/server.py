@@ -2,7 +2,8 @@
 stream, GetActions) over EdgePolicy, so LeRobot's stock robot client drives the runtime.
 
 Safety of the service itself: payloads go through `safe_pickle` (never plain pickle), a refused payload
-is logged and answered with an error to that client only; assembled observations are bounded in size;
+is logged (rate-limited) and answered with an error to that client only; assembled observations are bounded
+in size, one by one and all in flight together;
 each client has its own session and only inference is serialised (one backend), so a slow or vanished
 client holds no lock; binds 127.0.0.1 unless told otherwise; an optional shared token is checked in the
 call metadata (`authorization: Bearer <token>` or `x-runtime-token: <token>`).
@@ -148,10 +149,20 @@ class InferenceServicer:
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
         self.budget = ObservationBudget(cfg.max_inflight_bytes)  # observation bytes in flight, all sessions
         self.refusal_log = RefusalLog(log)  # refusals and broken streams, rate-limited per client host and kind
+        self._closed = False
 
     def close(self) -> None:
-        """Stop the deadline thread (after the gRPC server stopped: no stream is open any more)."""
+        """After the gRPC server stopped: an inference still running past the stop's grace finishes, then every
+        session's policy and the template are closed (their shared backend, e.g. TensorRT's CUDA memory, once)."""
         self.deadlines.close()
+        with self._infer_lock:
+            self._closed = True  # a call still in a worker thread finds no backend to use
+            with self._sessions_lock:
+                sessions = list(self.sessions.values())  # kept: their counters stay in stats()
+            for session in sessions:
+                session.close()
+                session.policy.close()
+            self.template.close()
         self.refusal_log.flush(force=True)  # the last window's unlogged refusals
 
     # ----------------------------------------------------------------- helpers
@@ -220,6 +231,8 @@ class InferenceServicer:
 
     def SendPolicyInstructions(self, request: Any, context: grpc.ServicerContext) -> Any:
         peer = context.peer()
+        if self._closed:
+            self._refuse(context, grpc.StatusCode.UNAVAILABLE, "the server is stopping")
         if len(request.data) > MAX_SETUP_BYTES:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"policy setup of {len(request.data)} bytes exceeds {MAX_SETUP_BYTES}")
         try:
@@ -380,6 +393,8 @@ class InferenceServicer:
             return wire.Actions()
         try:
             with self._infer_lock:
+                if self._closed:  # stopping: the backend is released
+                    return wire.Actions()
                 reply = session.infer(obs)
         except (ObservationError, RobotInterfaceError) as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation #{obs.timestep}: {exc}")
@@ -470,7 +485,6 @@ def build_server(cfg: ServeConfig, allow_public: bool = False) -> tuple[grpc.Ser
         port = 0
     if port == 0:
         svc.close()
-        svc.template.close()
         raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}: the port is in use or the address is not this "
                            "machine's; choose another --port or --host")
     return server, svc, port
