@@ -11,7 +11,9 @@ a bad first row sends nothing and the next observation plans afresh); `must_go` 
 forces a resample. An observation whose
 timestep is not newer than the last one planned from without a fault (a duplicate, or a stale one
 overtaken on the wire) is skipped — no inference, an empty chunk — as lerobot's own policy server skips predicted timesteps:
-advancing by a negative count would shift the plan against the robot's timeline.
+advancing by a negative count would shift the plan against the robot's timeline. A timestep beyond the last
+action sent to this client is refused naming `timestep` (the robot cannot have run an action it never received;
+one such observation would otherwise make every later one stale until must_go).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.observation import ObservationError
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
 from runtime.safety import ActionGuard
@@ -52,6 +55,7 @@ class ChunkPlanner:
         self._ahead_guard = ActionGuard(m.action_bounds, m.stop_action, "stop", "clip")
         self._next_timestep: int | None = None  # timestep of the policy queue's head
         self.last_timestep: int | None = None  # the newest observation planned from
+        self.sent_through: int | None = None  # the newest action timestep sent to the robot
 
     def realign(self) -> None:
         """Forget which timestep the queue's head stands for (a client that reconnected): the next observation
@@ -63,6 +67,9 @@ class ChunkPlanner:
         p = self.policy
         obs = self.interface.observation(robot_obs, state_names=self.state_names)
         nxt = timestep + 1  # the next action the robot will execute
+        if self.sent_through is not None and timestep > self.sent_through:
+            raise ObservationError("timestep", f"{timestep} is beyond the last action sent to this client "
+                                               f"(#{self.sent_through}): a robot's timestep is the last action it ran")
         if not must_go and self.last_timestep is not None and timestep <= self.last_timestep:
             return Chunk(np.zeros((0, p.manifest.dims.action_dim), dtype=np.float32), nxt, False, False, STALE,
                          (time.perf_counter() - t0) * 1e3)
@@ -100,4 +107,5 @@ class ChunkPlanner:
                 ahead.append(res.action)
             rows = np.stack([action, *ahead])[: self.max_actions]
             p.keep_queued(len(rows) - 1)  # the gate then judges the plan the robot really holds
+            self.sent_through = max(nxt + len(rows) - 1, self.sent_through or 0)
         return Chunk(rows, nxt, info.resampled, bool(must_go), info.gate_reason, (time.perf_counter() - t0) * 1e3)

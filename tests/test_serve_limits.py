@@ -178,6 +178,43 @@ def test_a_chunk_never_carries_a_fallback_row(bad):
         assert again.gate_reason != "stale" and len(again.actions) == 10
 
 
+@settings(max_examples=8, deadline=None)
+@given(steps=st.lists(st.integers(0, 4), min_size=3, max_size=7), jumps=st.lists(st.integers(1, 2**62), max_size=7))
+def test_a_timestep_beyond_what_was_sent_is_refused_and_changes_nothing(steps, jumps):
+    """A robot's timestep is the last action it ran, so never beyond the last one sent: such an observation is
+    refused naming `timestep` and the session's timeline is untouched (before, one 2**62 made every later
+    observation stale until must_go)."""
+    from runtime.observation import ObservationError
+
+    clean, noisy = _planner(), _planner()
+    for p in (clean, noisy):
+        p.plan(_robot_obs(0), 0, True)
+    t = 0
+    for i, step in enumerate(steps):
+        t = min(t + step, clean.sent_through)  # what a robot executing the sent actions can report
+        if i < len(jumps):
+            with pytest.raises(ObservationError, match="'timestep'.*beyond the last action sent"):
+                noisy.plan(_robot_obs(t + 1000), noisy.sent_through + jumps[i], i % 2 == 0)
+        want, got = clean.plan(_robot_obs(t), t, False), noisy.plan(_robot_obs(t), t, False)
+        assert (got.first_timestep, got.gate_reason) == (want.first_timestep, want.gate_reason)
+        np.testing.assert_array_equal(got.actions, want.actions)
+    assert clean.policy.counters.as_dict() == noisy.policy.counters.as_dict()
+
+
+def test_the_server_refuses_a_timestep_jump_by_name():
+    with running_server() as (svc, port):
+        c = Client(port)
+        c.setup()
+        c.observe(observation_bytes(timestep=0, must_go=True))
+        assert len(c.actions()) == 10
+        c.observe(observation_bytes(timestep=2**62, must_go=False))
+        refused(c.actions, grpc.StatusCode.INVALID_ARGUMENT, "'timestep'", "beyond the last action sent")
+        c.observe(observation_bytes(timestep=3, must_go=False))  # planned, not stale
+        c.actions()
+        assert svc.counters["observations_processed"] == 2 and svc.counters["observations_stale"] == 0
+        c.close()
+
+
 @pytest.mark.parametrize("failure", ["backend fault", "bad observation"])
 def test_a_failed_tick_never_locks_the_client_out(failure):
     """The stock client clears must_go after one observation and repeats its timestep while its queue is dry:
@@ -213,7 +250,7 @@ def test_session_keeps_the_newest_observation():
     s = ServeSession(_planner(), 30.0)
     s.put(safe_pickle.TimedObservation(0.0, 7, {}, True))
     s.put(safe_pickle.TimedObservation(0.0, 5, {}, False))  # overtaken on the wire: does not replace 7
-    got = s.take(0.0)
+    got, _ = s.take(0.0)
     assert (got.timestep, got.must_go) == (7, True)
 
 

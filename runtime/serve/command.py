@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback --host without a token (LeRobot's stock client sends none)")
     p.add_argument("--max-observation-mb", type=float, default=32.0)
+    p.add_argument("--max-inflight-mb", type=float, default=None,
+                   help="observations received but not yet planned from, all clients together (default: 4 × "
+                        "--max-observation-mb); beyond it a stream is refused RESOURCE_EXHAUSTED")
     p.add_argument("--max-sessions", type=int, default=32,
                    help="robot clients with a session at once (the server runs 3 × this + 12 worker threads)")
     p.add_argument("--stream-deadline-s", type=float, default=10.0,
@@ -96,11 +99,15 @@ def run(args: argparse.Namespace) -> int:
     mb = args.max_observation_mb
     if not 0 < mb <= 1024:  # NaN fails this too
         raise ValueError(f"--max-observation-mb must be a number in (0, 1024], got {mb!r}")
+    inflight = args.max_inflight_mb
+    if inflight is not None and not mb <= inflight <= 65536:  # NaN fails this too
+        raise ValueError(f"--max-inflight-mb must be a number in [--max-observation-mb ({mb:g}), 65536], got {inflight!r}")
     stats_every = check_stats_every(args.stats_every)
     cfg = ServeConfig(artifacts=args.artifacts, backend=args.backend, device=args.device, gate=args.gate,
                       refine=args.refine, host=args.host, port=args.port,
                       token=args.token or os.environ.get(TOKEN_ENV) or None,
                       max_observation_bytes=int(mb * (1 << 20)),
+                      max_inflight_bytes=None if inflight is None else int(inflight * (1 << 20)),
                       max_sessions=args.max_sessions, stream_deadline_s=args.stream_deadline_s,
                       expected_digest=args.expect_digest, trusted_keys=args.trusted_key or (),
                       backend_options=engine_options(args.backend, args.engines))

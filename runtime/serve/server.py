@@ -2,7 +2,8 @@
 stream, GetActions) over EdgePolicy, so LeRobot's stock robot client drives the runtime.
 
 Safety of the service itself: payloads go through `safe_pickle` (never plain pickle), a refused payload
-is logged and answered with an error to that client only; assembled observations are bounded in size;
+is logged (rate-limited) and answered with an error to that client only; assembled observations are bounded
+in size, one by one and all in flight together;
 each client has its own session and only inference is serialised (one backend), so a slow or vanished
 client holds no lock; binds 127.0.0.1 unless told otherwise; an optional shared token is checked in the
 call metadata (`authorization: Bearer <token>` or `x-runtime-token: <token>`).
@@ -16,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,11 @@ from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, RobotInterfaceError
 from runtime.serve import wire
 from runtime.serve.action_pickle import timed_actions
+from runtime.serve.budget import ObservationBudget
 from runtime.serve.deadlines import DeadlineWatch
+from runtime.serve.refusal_log import RefusalLog
 from runtime.serve.safe_pickle import PayloadError, RemotePolicyConfig, TimedObservation, loads
-from runtime.serve.session import POLLS_PER_SESSION, STREAMS_PER_SESSION, ServeSession, session_counters
+from runtime.serve.session import POLLS_PER_SESSION, STREAMS_PER_SESSION, RetiredPeers, ServeSession, session_counters
 
 log = logging.getLogger("runtime.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -48,6 +51,7 @@ MAX_REASON_CHARS = 1000
 ACTIVE_WINDOW_S = 5.0  # a client heard from within this is driving: its session is never dropped for a newcomer
 ANONYMOUS_POLLS = 4  # GetActions from peers without a session that wait (an evicted client does not spin); more: refused
 SPARE_WORKERS = 8  # for Ready, setups and refusals: never all held by the calls that wait
+INFLIGHT_PER_OBSERVATION = 4  # default server-wide budget: this many maximal observations in flight at once
 
 
 def worker_budget(max_sessions: int) -> int:
@@ -80,6 +84,7 @@ class ServeConfig:
     port: int = 8080
     token: str | None = None
     max_observation_bytes: int = 32 << 20
+    max_inflight_bytes: int | None = None  # all sessions' observations in flight; None: 4 × max_observation_bytes
     get_actions_wait_s: float = 0.5  # how long GetActions waits for an observation before an empty reply
     max_workers: int | None = None  # gRPC worker threads; None (and at least): worker_budget(max_sessions)
     session_idle_s: float = 600.0  # a client silent this long loses its session when another one sets up
@@ -104,6 +109,12 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"serve: {name}={v!r} must be a number in [{lo}, {hi}]")
+        if self.max_inflight_bytes is None:
+            self.max_inflight_bytes = INFLIGHT_PER_OBSERVATION * self.max_observation_bytes
+        v = self.max_inflight_bytes
+        if isinstance(v, bool) or not isinstance(v, int) or not self.max_observation_bytes <= v <= 1 << 36:
+            raise ValueError(f"serve: max_inflight_bytes={v!r} must be an integer in [max_observation_bytes="
+                             f"{self.max_observation_bytes}, {1 << 36}] (one maximal observation must fit)")
         if self.max_workers < worker_budget(self.max_sessions):  # waiting calls must not hold every worker
             raise ValueError(f"serve: max_workers={self.max_workers} must be at least {worker_budget(self.max_sessions)} "
                              f"for max_sessions={self.max_sessions} ({STREAMS_PER_SESSION} stream + {POLLS_PER_SESSION} "
@@ -134,12 +145,25 @@ class InferenceServicer:
         self.counters: Counter[str] = Counter()  # changed only through _count (gRPC workers run at once)
         self._counters_lock = threading.Lock()
         self._retired: Counter[str] = Counter()  # EdgePolicy counters of sessions replaced or expired
-        self._retired_peers: deque[str] = deque(maxlen=1024)  # peers whose session was dropped or taken over
+        self._retired_peers = RetiredPeers(1024)  # peers whose session was dropped or taken over
         self.deadlines = DeadlineWatch()  # one thread for every open stream's --stream-deadline-s
+        self.budget = ObservationBudget(cfg.max_inflight_bytes)  # observation bytes in flight, all sessions
+        self.refusal_log = RefusalLog(log)  # refusals and broken streams, rate-limited per client host and kind
+        self._closed = False
 
     def close(self) -> None:
-        """Stop the deadline thread (after the gRPC server stopped: no stream is open any more)."""
+        """After the gRPC server stopped: an inference still running past the stop's grace finishes, then every
+        session's policy and the template are closed (their shared backend, e.g. TensorRT's CUDA memory, once)."""
         self.deadlines.close()
+        with self._infer_lock:
+            self._closed = True  # a call still in a worker thread finds no backend to use
+            with self._sessions_lock:
+                sessions = list(self.sessions.values())  # kept: their counters stay in stats()
+            for session in sessions:
+                session.close()
+                session.policy.close()
+            self.template.close()
+        self.refusal_log.flush(force=True)  # the last window's unlogged refusals
 
     # ----------------------------------------------------------------- helpers
     def _count(self, key: str, n: int = 1) -> None:
@@ -152,7 +176,7 @@ class InferenceServicer:
         reason = clip_reason(reason)  # names a client chose can be megabytes long
         self._count("refused")
         self.last_refusal = reason  # in stats(): an operator (or a failing test) sees why without the log
-        log.warning("refused %s: %s", context.peer(), reason)
+        self.refusal_log.warn(context.peer(), code.name, "refused %s: %s", context.peer(), reason)
         context.abort(code, reason)
 
     def _session(self, context: grpc.ServicerContext) -> ServeSession | None:
@@ -169,7 +193,7 @@ class InferenceServicer:
                 return None
             old = max(orphans, key=lambda p: self.sessions[p].last_seen)  # the most recently driven one
             session = self.sessions.pop(old)
-            self._retired_peers.append(old)  # its connection is gone; should it come back, it sets up again
+            self._retired_peers.add(old)  # its connection is gone; should it come back, it sets up again
             session.planner.realign()  # what the robot holds after the drop is unknown: the next observation resamples
             session.last_seen = now
             self.sessions[peer] = session
@@ -179,7 +203,7 @@ class InferenceServicer:
 
     def _retire(self, peer: str) -> None:
         """Drop a session (caller holds the sessions lock); its counters stay in stats()."""
-        self._retired_peers.append(peer)  # an evicted client must set up again, not take over another session
+        self._retired_peers.add(peer)  # an evicted client must set up again, not take over another session
         old = self.sessions.pop(peer)
         old.close()
         self._retired.update(old.policy.counters.as_dict())
@@ -192,9 +216,11 @@ class InferenceServicer:
                 pol[k] = pol.get(k, 0) + v
         with self._counters_lock:
             counters = dict(self.counters)
+        self.refusal_log.flush()  # stats() is the periodic counters log: a flood's summary line comes with it
         gated = counters.get("observations_processed", 0)
         return {**counters, "policy": pol, "sessions": len(self.sessions),
                 "resample_fraction": (pol.get("resamples", 0) / gated) if gated else None,
+                "refusals_unlogged": self.refusal_log.unlogged, "inflight_bytes_peak": self.budget.peak,
                 "last_refusal": getattr(self, "last_refusal", None)}
 
     # ----------------------------------------------------------------- service
@@ -205,6 +231,8 @@ class InferenceServicer:
 
     def SendPolicyInstructions(self, request: Any, context: grpc.ServicerContext) -> Any:
         peer = context.peer()
+        if self._closed:
+            self._refuse(context, grpc.StatusCode.UNAVAILABLE, "the server is stopping")
         if len(request.data) > MAX_SETUP_BYTES:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"policy setup of {len(request.data)} bytes exceeds {MAX_SETUP_BYTES}")
         try:
@@ -222,7 +250,8 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"artifacts {self.cfg.artifacts} changed since the server started: {exc}")
             return wire.Empty()
-        session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps)
+        session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps,
+                               self.budget)
         with self._sessions_lock:
             now = time.monotonic()
             stale = [p for p, s in self.sessions.items() if p == peer or now - s.last_seen > self.cfg.session_idle_s]
@@ -261,53 +290,72 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"more than {STREAMS_PER_SESSION} concurrent observation streams from this client")
             return wire.Empty()
+        held = [0]  # budget bytes this stream took: handed to the session's mailbox with its observation, or given back
+        try:
+            obs = self._receive(session, request_iterator, context, held)
+            if obs is not None:
+                self._count("observations_received")
+                session.put(obs, held[0])
+                held[0] = 0
+        finally:
+            self.budget.give(held[0])
+        return wire.Empty()
+
+    def _receive(self, session: ServeSession, request_iterator: Any, context: grpc.ServicerContext,
+                 held: list[int]) -> TimedObservation | None:
+        """One observation stream, assembled and decoded (None: refused, broken or past its deadline)."""
         # a stream that never ends would hold a worker thread: cancel it after the deadline
         timer = self.deadlines.arm(self.cfg.stream_deadline_s, context.cancel)
         session.stream_context = context  # a dropped session cancels its open stream (session.close)
         try:
-            data = self._assemble(request_iterator)
-            obs = loads(data, TimedObservation)
+            obs = loads(self._assemble(request_iterator, held), TimedObservation)
         except _Refused as exc:
             if not context.is_active():  # the client went away mid-stream (e.g. it stopped): nothing to answer
                 self._count("streams_broken")
-                log.warning("observation stream from %s ended with the client gone: %s", context.peer(),
-                            clip_reason(exc.reason))
-                return wire.Empty()
+                self.refusal_log.warn(context.peer(), "stream broken", "observation stream from %s ended with the "
+                                      "client gone: %s", context.peer(), clip_reason(exc.reason))
+                return None
             self._refuse(context, exc.code, exc.reason)
-            return wire.Empty()
+            return None
         except PayloadError as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation: {exc}")
-            return wire.Empty()
+            return None
         except grpc.RpcError as exc:  # the client vanished mid-stream, or the deadline cancelled it
             self._count("streams_broken")
-            log.warning("observation stream from %s broke (or ran past %g s): %s", context.peer(),
-                        self.cfg.stream_deadline_s, exc)
-            return wire.Empty()
+            self.refusal_log.warn(context.peer(), "stream broken", "observation stream from %s broke (or ran past "
+                                  "%g s): %s", context.peer(), self.cfg.stream_deadline_s, exc)
+            return None
         finally:
             late = timer.cancel()  # True: the deadline fired as the stream ended; the client sees CANCELLED
             session.stream_context = None
             session.streams.release()
         if late:  # so the observation is not used either: client and server agree it was not delivered
             self._count("streams_broken")
-            return wire.Empty()
-        self._count("observations_received")
-        session.put(obs)
-        return wire.Empty()
+            return None
+        return obs
 
-    def _assemble(self, chunks: Any) -> bytes:
-        """Join TRANSFER_BEGIN/MIDDLE/END chunks; refuse oversize, unknown states and streams with no END."""
+    def _assemble(self, chunks: Any, held: list[int]) -> bytes:
+        """Join TRANSFER_BEGIN/MIDDLE/END chunks; refuse oversize, unknown states, streams with no END, and bytes
+        beyond the server's budget of observations in flight (taken as they arrive, counted in `held[0]`)."""
         parts: list[bytes] = []
         size = 0
         done = None
         for msg in chunks:
             if msg.transfer_state == wire.TRANSFER_BEGIN:
                 parts, size = [], 0
+                self.budget.give(held[0])
+                held[0] = 0
             elif msg.transfer_state not in (wire.TRANSFER_MIDDLE, wire.TRANSFER_END):
                 raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"unknown transfer_state {msg.transfer_state}")
             size += len(msg.data)
             if size > self.cfg.max_observation_bytes:
                 raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"observation exceeds {self.cfg.max_observation_bytes} bytes (--max-observation-mb)")
+            if not self.budget.take(len(msg.data)):
+                raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"observations in flight on this server would exceed {self.budget.limit} bytes "
+                               "(--max-inflight-mb): retry later")
+            held[0] += len(msg.data)
             parts.append(msg.data)
             if msg.transfer_state == wire.TRANSFER_END:
                 done = b"".join(parts)  # the client sends one observation per stream; later chunks are ignored
@@ -340,15 +388,19 @@ class InferenceServicer:
 
     def _get_actions(self, session: ServeSession, context: grpc.ServicerContext) -> Any:
         session.last_seen = time.monotonic()  # the stock client polls GetActions all the time: it is alive
-        obs = session.take(self.cfg.get_actions_wait_s)
+        obs, nbytes = session.take(self.cfg.get_actions_wait_s)
         if obs is None:
             return wire.Actions()
         try:
             with self._infer_lock:
+                if self._closed:  # stopping: the backend is released
+                    return wire.Actions()
                 reply = session.infer(obs)
         except (ObservationError, RobotInterfaceError) as exc:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"observation #{obs.timestep}: {exc}")
             return wire.Actions()
+        finally:
+            self.budget.give(nbytes)  # planned from (or refused): no longer in flight
         if reply.gate_reason == STALE:  # not newer than what this session last planned from: skipped
             self._count("observations_stale")
             return wire.Actions()
@@ -363,16 +415,17 @@ class InferenceServicer:
         return wire.Actions(data=timed_actions(reply.actions, reply.first_timestep, float(obs.timestamp) + session.dt, session.dt))
 
 
-def _token_interceptor(token: str) -> grpc.ServerInterceptor:
+def _token_interceptor(token: str, refusals: RefusalLog) -> grpc.ServerInterceptor:
     class _Check(grpc.ServerInterceptor):
         def intercept_service(self, continuation: Any, details: Any) -> Any:
             md = dict(details.invocation_metadata or ())
             given = md.get("x-runtime-token") or md.get("authorization", "").removeprefix("Bearer ").strip()
             if given and hmac.compare_digest(given.encode(), token.encode()):
                 return continuation(details)
-            log.warning("refused %s: missing or wrong token", details.method)
 
             def deny(request: Any, context: grpc.ServicerContext) -> Any:
+                refusals.warn(context.peer(), "UNAUTHENTICATED", "refused %s %s: missing or wrong token", context.peer(),
+                              details.method)
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
 
             return grpc.unary_unary_rpc_method_handler(deny)
@@ -420,7 +473,7 @@ def build_server(cfg: ServeConfig, allow_public: bool = False) -> tuple[grpc.Ser
                          "anyone on that network could drive the robot")
     check_port_free(cfg.host, cfg.port)
     svc = InferenceServicer(cfg)
-    interceptors = [_token_interceptor(cfg.token)] if cfg.token else []
+    interceptors = [_token_interceptor(cfg.token, svc.refusal_log)] if cfg.token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
@@ -432,7 +485,6 @@ def build_server(cfg: ServeConfig, allow_public: bool = False) -> tuple[grpc.Ser
         port = 0
     if port == 0:
         svc.close()
-        svc.template.close()
         raise RuntimeError(f"could not bind {cfg.host}:{cfg.port}: the port is in use or the address is not this "
                            "machine's; choose another --port or --host")
     return server, svc, port
