@@ -226,16 +226,21 @@ def test_stop_action_outside_bounds_is_refused_before_export(tmp_path, stop, mat
 def test_default_gate_rule_follows_calibration_auroc_and_accepts_overrides():
     from export.graphs.gate_calibration import with_default_gate
 
-    def cal(d, c):
-        return {"drift": {"auroc": d}, "consistency": {"auroc": c}}
+    def cal(d, c, n=(27, 310)):
+        return {"drift": {"auroc": d, "n_changed": n[0], "n_unchanged": n[1]},
+                "consistency": {"auroc": c, "n_changed": n[0], "n_unchanged": n[1]}}
 
     def default(g, *args):
         return with_default_gate(g, *args)["default"]
 
     assert default(cal(0.95, 0.80)) == "any:drift,interval:5"  # auto cap for n = 10: round(0.5 × 10)
     assert default(cal(0.90, 0.92)) == "any:consistency,interval:5"
-    assert default(cal(0.90, 0.90), "auto", "0") == "drift"  # tie: drift; 0 = no cap
-    assert default(cal(None, 0.99), "auto", "0") == "drift"  # uncalibrated
+    assert default(cal(0.90, 0.90), "auto", "0") == "consistency"  # tie: consistency; 0 = no cap
+    # drift higher within the noise (a demo export: 0.957 vs 0.954 on 27 / 310 pairs): consistency; far beyond it: drift
+    assert default(cal(0.957, 0.954), "auto", "0") == "consistency"
+    assert default(cal(0.975, 0.954, (2700, 31000)), "auto", "0") == "drift"
+    assert default(cal(None, 0.99), "auto", "0") == "consistency"
+    assert default(cal(0.99, None), "auto", "0") == "drift"  # consistency uncalibrated
     assert default(cal(0.95, 0.80), "any:drift,consistency") == "any:drift,consistency,interval:5"
     assert default(cal(0.95, 0.80), "consistency", "4", 5) == "any:consistency,interval:4"
     assert default(cal(0.95, 0.80), "any:drift,interval:3") == "any:drift,interval:3"  # its own cap kept
@@ -246,6 +251,18 @@ def test_default_gate_rule_follows_calibration_auroc_and_accepts_overrides():
                        (("any:drift,interval:12",), "out of range")):
         with pytest.raises(ValueError, match=match):
             with_default_gate(cal(0.9, 0.9), *bad)
+
+
+def test_auroc_standard_error_matches_a_resampled_auroc():
+    """Hanley & McNeil's SE against the spread of AUROCs of fresh samples from two normal distributions: close, and
+    on the cautious side where it errs (it assumes exponential scores; high AUROCs of normal ones spread less)."""
+    from export.graphs.gate_calibration import auroc, auroc_se
+
+    rng = np.random.default_rng(0)
+    for shift, n_pos, n_neg in ((1.0, 27, 310), (2.5, 27, 310), (0.5, 200, 200)):
+        draws = [auroc(list(rng.normal(0, 1, n_neg)), list(rng.normal(shift, 1, n_pos))) for _ in range(400)]
+        a = float(np.mean(draws))
+        assert 0.9 * np.std(draws) <= auroc_se(a, n_pos, n_neg) <= 1.6 * np.std(draws)
 
 
 def test_auto_cap_is_half_the_plan():

@@ -324,15 +324,36 @@ def parse_cap(value: str, n_action_steps: int) -> int | None:
     return k or None
 
 
+def auroc_se(a: float, n_changed: int, n_unchanged: int) -> float:
+    """Standard error of an AUROC from n_changed positives and n_unchanged negatives (Hanley & McNeil, 1982)."""
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_changed - 1) * (q1 - a * a) + (n_unchanged - 1) * (q2 - a * a)) / (n_changed * n_unchanged)
+    return math.sqrt(max(var, 0.0))
+
+
+def auto_gate(gate: dict) -> str:
+    """`--default-gate auto`: consistency — the gate the benchmark supports (it ignores irrelevant changes, docs/11)
+    — unless drift's calibration AUROC is higher by more than twice the standard error of the difference; drift
+    when consistency has no calibration. A higher AUROC within the noise (27 target moves: SE ≈ 0.03) decides nothing."""
+    d, c = gate["drift"], gate["consistency"]
+    if c.get("auroc") is None:
+        return AUTO_GATES[0]
+    if d.get("auroc") is None:
+        return AUTO_GATES[1]
+    try:
+        se = math.hypot(*(auroc_se(g["auroc"], g["n_changed"], g["n_unchanged"]) for g in (d, c)))
+    except (KeyError, TypeError, ZeroDivisionError):
+        se = 0.0  # pair counts not recorded: the higher AUROC decides
+    return AUTO_GATES[0] if d["auroc"] - c["auroc"] > 2 * se else AUTO_GATES[1]
+
+
 def with_default_gate(gate: dict, choice: str = "auto", cap: str = "auto", n_action_steps: int = 10) -> dict:
-    """`gate` with `default` set. The CLS part: `choice`, or for "auto" the CLS gate whose calibration AUROC
-    (plan still valid vs target moved) is higher — drift on a tie or without a calibration. Then the plan-age
+    """`gate` with `default` set. The CLS part: `choice`, or for "auto" `auto_gate`'s. Then the plan-age
     cap `interval:k` from `cap` (auto|K|0, see `parse_cap`) unless `choice` already has one (then `cap` must be
     auto). The gate benchmark (docs/11) supports this rule: a pure change gate loses episodes to staleness."""
     k = parse_cap(cap, n_action_steps)
     if choice == "auto":
-        d, c = gate["drift"].get("auroc"), gate["consistency"].get("auroc")
-        choice = AUTO_GATES[1] if d is not None and c is not None and c > d else AUTO_GATES[0]
+        choice = auto_gate(gate)
     try:
         _cls, own = default_gate_parts(choice)
         spec = choice if own is not None else capped(choice, k)
