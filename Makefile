@@ -73,7 +73,7 @@ test-all: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check smolvla_cls export runtime evaluation simtask scripts robot_adapters tests
+	$(VENV)/bin/ruff check smolvla_cls export runtime evaluation simtask scripts robot_adapters tests plugins
 
 typecheck: install
 	$(PY) scripts/patch_tensorrt_stubs.py
