@@ -73,15 +73,18 @@ test-all: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check smolvla_cls export runtime evaluation simtask scripts robot_adapters tests
+	$(VENV)/bin/ruff check smolvla_cls export runtime evaluation simtask scripts robot_adapters tests plugins
 
 typecheck: install
 	$(PY) scripts/patch_tensorrt_stubs.py
 	$(PY) -m mypy --config-file mypy.ini
 
+# DATASET_ROOT holding another LeRobotDataset (your robot's: meta/info.json, no simtask sidecar) is trained on as it is
 dataset: install
-	$(PY) -m smolvla_cls.dataset_recording --root $(DATASET_ROOT) --episodes $(EPISODES) --seed 0 \
-	  $(if $(filter-out 0,$(HOLD_AFTER_SUCCESS)),--hold-after-success $(HOLD_AFTER_SUCCESS))
+	@if [ -f "$(DATASET_ROOT)/meta/info.json" ] && [ ! -e "$(DATASET_ROOT)/meta/simtask_recording.json" ]; then \
+	  echo "[dataset] $(DATASET_ROOT) is a LeRobotDataset not recorded by simtask: used as it is, nothing recorded"; \
+	else set -x; $(PY) -m smolvla_cls.dataset_recording --root $(DATASET_ROOT) --episodes $(EPISODES) --seed 0 \
+	  $(if $(filter-out 0,$(HOLD_AFTER_SUCCESS)),--hold-after-success $(HOLD_AFTER_SUCCESS)); fi
 
 train: dataset
 	$(PY) -m smolvla_cls.train --dataset-root $(DATASET_ROOT) --preset $(PRESET) --output-dir $(OUT) \

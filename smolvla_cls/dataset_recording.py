@@ -151,20 +151,25 @@ def read_sidecar(root: Path) -> dict[str, Any] | None:
 
 
 def _existing_matches(cfg: RecordingConfig) -> tuple[bool, str]:
-    """Whether ``cfg.root`` already holds exactly this recording; the string says why not."""
+    """Whether ``cfg.root`` already holds exactly this recording; the string says why not and what to do."""
     side = read_sidecar(cfg.root)
+    if side is None and (cfg.root / "meta" / "info.json").is_file():  # e.g. the user's own robot recording
+        return False, (f"{cfg.root} is a LeRobotDataset not recorded by simtask (no {SIDECAR}): train on it as it "
+                       f"is (`make train DATASET_ROOT={cfg.root}` records nothing there) or pick another --root; "
+                       "--force would delete it")
+    force = "; pass --force to overwrite"
     if side is None:
-        return False, f"{cfg.root} exists but has no {SIDECAR} (not a simtask recording)"
+        return False, f"{cfg.root} exists but has no {SIDECAR} (not a simtask recording){force}"
     old, new = side.get("identity", {}), cfg.identity()
     diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diffs:
-        return False, f"{cfg.root} holds a different recording; differing field(s): {diffs}"
+        return False, f"{cfg.root} holds a different recording; differing field(s): {diffs}{force}"
     try:
         info = json.loads((cfg.root / "meta/info.json").read_text())
     except FileNotFoundError:
-        return False, f"{cfg.root} has no meta/info.json"
+        return False, f"{cfg.root} has no meta/info.json{force}"
     if info.get("total_episodes") != cfg.episodes:
-        return False, f"{cfg.root} has {info.get('total_episodes')} episodes, expected {cfg.episodes}"
+        return False, f"{cfg.root} has {info.get('total_episodes')} episodes, expected {cfg.episodes}{force}"
     return True, ""
 
 
@@ -199,7 +204,7 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
                 _dir_bytes(cfg.root),
                 reused=True,
             )
-        raise FileExistsError(f"{why}; pass --force to overwrite")
+        raise FileExistsError(why)
     if cfg.force:
         _remove_dataset_dir(cfg.root)
 

@@ -6,7 +6,7 @@
 - `cls_pca.png`     PCA of obs-CLS and act-CLS embeddings of held-out frames, coloured by the instructed
                     target colour and by phase (early/late, before/after the jump);
 - `report.json`, `report.md`: closed-loop success (unperturbed, perturbed, language-swapped, untrained
-                    baseline) and the alignment metrics (see alignment.py).
+                    baseline) and the alignment metrics (see alignment.py); both only for a simtask recording.
 Episode counts: 50 per condition, 10 with quick=True; `SMOLVLA_CLS_REPORT_EPISODES=N` overrides both
 (tests use it to keep the smoke run short).
 """
@@ -144,8 +144,11 @@ def _markdown(report: dict[str, Any]) -> str:
     al = report.get("alignment")
     lines = [f"# Training report: {report['checkpoint']}", "",
              f"Dataset: `{report['dataset_root']}`; training wall time: {report.get('train_seconds_text', 'n/a')}.", "",
-             "## Closed-loop success (PyTorch, simtask eval seeds)", "",
-             "| condition | episodes | success | mean steps to success |", "|---|---|---|---|"]
+             "## Closed-loop success (PyTorch, simtask eval seeds)", ""]
+    if not ev:
+        lines += ["Skipped: the dataset is not a simtask recording (the evaluation runs the simulated reach task).", ""]
+        return "\n".join(lines + ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""])
+    lines += ["| condition | episodes | success | mean steps to success |", "|---|---|---|---|"]
     for key, label in (("unperturbed", "trained, unperturbed"), ("perturbed", "trained, target jump"),
                        ("swapped", "trained, swapped instruction (success on the intended disc)"),
                        ("untrained", "untrained, same config")):
@@ -194,24 +197,31 @@ def write_training_report(out_dir: str | Path, checkpoint_dir: str | Path, datas
 
     from smolvla_cls.alignment import alignment_report, format_metrics
     from smolvla_cls.closed_loop_eval import chance_level, evaluate_checkpoint
+    from smolvla_cls.dataset_recording import SIDECAR
     from smolvla_cls.torch_policy import TorchPolicy
 
     n = _episodes(quick)
-    policy = TorchPolicy(checkpoint_dir)
     closed: dict[str, Any] = {}
-    for key, kwargs in (("unperturbed", {}), ("perturbed", {"perturb": True}), ("swapped", {"swap_instruction": True})):
-        _log(f"closed-loop eval: {key}, {n} episodes")
-        closed[key] = evaluate_checkpoint(checkpoint_dir, episodes=n, policy=policy, label=key, **kwargs)
-        _log(f"  {key}: success {closed[key]['success_rate']:.2f}")
-    _log(f"closed-loop eval: untrained baseline, {n} episodes")
-    closed["untrained"] = evaluate_checkpoint(checkpoint_dir, episodes=n, untrained=True, label="untrained")
-    _log(f"  untrained: success {closed['untrained']['success_rate']:.2f}")
+    metrics = None
+    if not (Path(dataset_root) / SIDECAR).is_file():  # another robot's data: the simulated task cannot run it
+        _log(f"{dataset_root} is not a simtask recording: closed-loop evaluation and CLS alignment skipped "
+             "(both run the simulated reach task); loss plots only")
+    else:
+        policy = TorchPolicy(checkpoint_dir)
+        for key, kwargs in (("unperturbed", {}), ("perturbed", {"perturb": True}),
+                            ("swapped", {"swap_instruction": True})):
+            _log(f"closed-loop eval: {key}, {n} episodes")
+            closed[key] = evaluate_checkpoint(checkpoint_dir, episodes=n, policy=policy, label=key, **kwargs)
+            _log(f"  {key}: success {closed[key]['success_rate']:.2f}")
+        _log(f"closed-loop eval: untrained baseline, {n} episodes")
+        closed["untrained"] = evaluate_checkpoint(checkpoint_dir, episodes=n, untrained=True, label="untrained")
+        _log(f"  untrained: success {closed['untrained']['success_rate']:.2f}")
 
-    n_pairs = max(8, min(256, 8 * n)) if quick else 256
-    _log(f"CLS alignment on {n_pairs} held-out frames")
-    metrics, obs, act, heldout = alignment_report(policy, n_episodes=n_pairs)
-    _log("  " + format_metrics(metrics))
-    plots.append(plot_cls_pca(obs, act, heldout.target_color, heldout.phase, report_dir / "cls_pca.png").name)
+        n_pairs = max(8, min(256, 8 * n)) if quick else 256
+        _log(f"CLS alignment on {n_pairs} held-out frames")
+        metrics, obs, act, heldout = alignment_report(policy, n_episodes=n_pairs)
+        _log("  " + format_metrics(metrics))
+        plots.append(plot_cls_pca(obs, act, heldout.target_color, heldout.phase, report_dir / "cls_pca.png").name)
 
     train_seconds = {}
     for stage in ("main", "delta"):

@@ -367,9 +367,28 @@ def with_default_gate(gate: dict, choice: str = "auto", cap: str = "auto", n_act
 
 
 @torch.no_grad()
-def uncalibrated(model) -> dict:
-    """Placeholder for random-weight presets (no task to calibrate on): thresholds are not meaningful."""
+def simtask_mismatch(cfg, dataset_root=None) -> str | None:
+    """Why the simulated reach task cannot calibrate this policy's gate (its inputs or training data are
+    another robot's), or None when it can."""
+    from pathlib import Path
+
+    from simtask import ACTION_DIM, STATE_DIM
+
+    cams, state, action = len(cfg.image_features), cfg.robot_state_feature.shape[0], cfg.action_feature.shape[0]
+    if (cams, state, action) != (1, STATE_DIM, ACTION_DIM):
+        return (f"the policy reads {cams} camera(s), a {state}-D state and a {action}-D action; the simulated reach "
+                f"task has 1, {STATE_DIM}-D and {ACTION_DIM}-D")
+    h, w = cfg.resize_imgs_with_padding
+    if h != w:
+        return f"the policy's image size {h}x{w} is not square like the simulated reach task's"
+    if dataset_root is not None and not (Path(dataset_root) / "meta" / "simtask_recording.json").is_file():
+        return f"it was trained on {dataset_root}, not a simtask recording"
+    return None
+
+
+def uncalibrated(model, why: str = "random-weight preset") -> dict:
+    """Placeholder when there is no task to calibrate on (`why`): thresholds are not meaningful."""
     stub = {"stats": {}, "changed_stats": {}, "n_unchanged": 0, "n_changed": 0, "auroc": None,
             "default_threshold": 0.05}
     return {"metric": "cosine_distance", "embedding": "mean over CLS tokens, L2-normalised",
-            "source": "uncalibrated (random-weight preset)", "drift": dict(stub), "consistency": dict(stub)}
+            "source": f"uncalibrated ({why})", "drift": dict(stub), "consistency": dict(stub)}

@@ -27,6 +27,7 @@ from export.graphs.gate_calibration import (
     calibrate_on_simtask,
     capped_horizon,
     check_horizon,
+    simtask_mismatch,
     uncalibrated,
     with_default_gate,
 )
@@ -243,9 +244,15 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
     action_dim = loaded.policy.config.action_feature.shape[0]
     normalization_section(loaded)  # modes the runtime applies, finite usable stats: refused before anything else
     check_vocab(Path(loaded.policy.config.vlm_model_name) / "tokenizer.json", embedding_rows(loaded.policy))
+    root = dataset_root or (dataset_root_from_checkpoint(Path(loaded.source)) if from_checkpoint else None)
+    # the calibration drives the simulated reach task: only a tiny policy with its inputs, trained on its recordings
+    mismatch = simtask_mismatch(loaded.policy.config, root) if calibrate and loaded.preset == "tiny" else None
+    if mismatch:
+        print(f"[export] gate calibration skipped: {mismatch}; the manifest's thresholds are placeholders "
+              "(0.05): give the runtime a gate with your own, e.g. --gate any:drift:0.1,interval:5", file=sys.stderr)
     try:  # refuse a bad --default-gate / --default-cap before minutes of export (gate.jump only comes with the
         # simtask calibration of a tiny model)
-        will_calibrate = calibrate and loaded.preset == "tiny"
+        will_calibrate = calibrate and loaded.preset == "tiny" and not mismatch
         with_default_gate({"drift": {}, "consistency": {}, **({"jump": {}} if will_calibrate else {})}, default_gate,
                           default_cap, loaded.policy.config.n_action_steps)
     except ValueError as exc:
@@ -259,7 +266,6 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
         check_horizon(gate_horizon, cfg.n_action_steps)
     except ValueError as exc:
         raise ExportInputError(f"--gate-horizon: {exc}") from None
-    root = dataset_root or (dataset_root_from_checkpoint(Path(loaded.source)) if from_checkpoint else None)
     robot = None if root is None else robot_section(root, action_dim, cfg.robot_state_feature.shape[0],
                                                     list(cfg.image_features))
     if root is not None:  # the robot section must describe the dataset this checkpoint was trained on
@@ -283,7 +289,8 @@ def export_artifacts(loaded: LoadedPolicy, out: Path, calibrate: bool = True, ca
                                                                                    cfg.n_action_steps)
             gate = simtask_gate_calibration(loaded, tokenize, calib_episodes, horizon, progress=progress)
         else:
-            gate = uncalibrated(model)
+            gate = uncalibrated(model, mismatch or ("--no-calibration" if not calibrate else "random-weight preset"
+                                                    if not from_checkpoint else f"{loaded.preset} preset"))
         try:
             gate = with_default_gate(gate, default_gate, default_cap, cfg.n_action_steps)
         except ValueError as exc:  # e.g. jump without a gate.jump calibration (--no-calibration)

@@ -140,6 +140,31 @@ def run_parity(model, artifacts: Path, action_std: np.ndarray, trials: int = 2, 
     return {"ok": all(r.ok for r in results), "results": [asdict(r) for r in results]}
 
 
+def artifact_mismatch(model, artifacts: Path) -> str | None:
+    """Why the folder's graphs cannot have been exported from `model` (another checkpoint's shapes, CLS counts or
+    a missing graph), or None; compared before any graph runs, so parity names it instead of an onnxruntime error."""
+    try:
+        manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
+        graphs, dims = manifest["graphs"], manifest["dims"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        return f"{artifacts}/manifest.json is unreadable ({exc})"
+    cfg = model.config
+    for key, want in (("num_cls_prefix", model.num_prefix_cls), ("num_cls_suffix", model.num_suffix_cls),
+                      ("n_action_steps", cfg.n_action_steps), ("num_steps", cfg.num_steps),
+                      ("action_dim", cfg.action_feature.shape[0]), ("state_dim", cfg.robot_state_feature.shape[0])):
+        if dims.get(key) != want:
+            return f"{key} is {dims.get(key)} in the folder, {want} in the checkpoint"
+    inputs = example_inputs(model, len(cfg.image_features), torch.Generator().manual_seed(0))
+    for graph in GRAPH_NAMES:
+        if not isinstance(graphs.get(graph), dict) or not (Path(artifacts) / f"{graph}.onnx").is_file():
+            return f"the folder has no {graph} graph (an older export?)"
+        for spec, x in zip(graphs[graph].get("inputs", []), inputs[graph], strict=False):
+            if list(spec.get("shape", [])) != list(x.shape):
+                return (f"{graph} input '{spec.get('name')}' is {spec.get('shape')} in the folder, {list(x.shape)} "
+                        "for the checkpoint")
+    return None
+
+
 def _argument_problem(args: argparse.Namespace) -> str | None:
     """One line naming the flag when --trials or --json cannot work, else None."""
     if args.trials < 1:
@@ -179,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not (args.artifacts / "manifest.json").is_file():
         print(f"parity: {args.artifacts}/manifest.json is missing (run `make export`)", file=sys.stderr)
+        return 2
+    mismatch = artifact_mismatch(loaded.policy.model, args.artifacts)
+    if mismatch:
+        print(f"parity: {args.artifacts} was not exported from {loaded.source}: {mismatch}; export it from this "
+              "checkpoint (`make export CHECKPOINT=...`) or pass the checkpoint it came from", file=sys.stderr)
         return 2
     report = run_parity(loaded.policy.model, args.artifacts, action_scale, args.trials)
     print(f"{'comparison':42s} {'max|Δ|':>10s} {'cosine':>10s}  ok")

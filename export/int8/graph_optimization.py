@@ -44,6 +44,7 @@ in the data file as unused bytes).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -107,6 +108,15 @@ def op_counts(model: onnx.ModelProto) -> Counter[str]:
     return Counter(n.op_type for n in model.graph.node)
 
 
+def _listed_in_manifest(graph: Path) -> Path | None:
+    """The artifact folder whose manifest.json lists `graph` among its hashed files, else None."""
+    try:
+        files = json.loads((graph.parent / "manifest.json").read_text()).get("files")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return graph.parent if isinstance(files, dict) and graph.name in files else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.int8.graph_optimization", description=__doc__.split("\n")[0])
     p.add_argument("graph", type=Path)
@@ -115,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.graph.is_file():
         print(f"graph_optimization: {args.graph} is not a file", file=sys.stderr)
+        return 2
+    listed = _listed_in_manifest(args.graph)
+    if listed and (args.out is None or args.out.resolve() == args.graph.resolve()):
+        print(f"graph_optimization: {args.graph} belongs to the artifact folder {listed} (its manifest hashes it): "
+              "rewriting it in place would break that folder; pass --out, or `python -m export.int8.quantization` "
+              "writes a rewritten copy of the folder", file=sys.stderr)
         return 2
     try:
         report = optimize_file(args.graph, args.out, [r.strip() for r in args.rewrites.split(",") if r.strip()])

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 import scripts.bench
+from evaluation.cli_args import non_negative_int, output_dir, positive_int
 from scripts.bench.artifacts import artifacts_reusable, int8_reusable, make_inputs
 from scripts.bench.plot import plot
 from scripts.bench.report import PARITY_WARN, build_rows, int8_accuracy, machine_meta, render_markdown, target
@@ -91,13 +92,13 @@ def bench_config(cfg: str, args, out: Path, log) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scripts.bench", description=scripts.bench.__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("reports/bench"))
+    p.add_argument("--out", type=output_dir, default=Path("reports/bench"))
     p.add_argument("--configs", default="tiny,full", help="comma list of presets: tiny, full")
-    p.add_argument("--reps", type=int, default=None,
+    p.add_argument("--reps", type=positive_int, default=None,
                    help="repetitions of chunk-sized work (default tiny 30, full 5; single expert steps get 4× (≥20))")
     p.add_argument("--smoke", action="store_true", help="CI: tiny only, 2 reps, no full export (< 60 s)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra_op_num_threads (0 = ORT default)")
-    p.add_argument("--episodes", type=int, default=10, help="simtask episodes per gate (tiny)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="onnxruntime intra_op_num_threads (0 = ORT default)")
+    p.add_argument("--episodes", type=positive_int, default=10, help="simtask episodes per gate (tiny)")
     p.add_argument("--artifacts-root", default="artifacts", help="where artifacts/onnx-bench-<cfg> live")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 dynamically quantized variant")
     # internal: one measurement side in its own process
@@ -116,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     configs = ["tiny"] if args.smoke else [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in configs if c not in CONFIGS]
-    if bad:
-        p.error(f"--configs: unknown {bad}; expected a subset of {list(CONFIGS)}")
+    if bad or not configs:
+        p.error(f"--configs={args.configs!r}: expected a comma list from {list(CONFIGS)}" + (f", unknown {bad}" if bad else ""))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,63 @@
+"""`python -m export.graphs.parity` with a checkpoint the folder was not exported from: one line naming what
+differs, exit 2 (before: an onnxruntime INVALID_ARGUMENT traceback on the first graph)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from export.graphs.graph_wrappers import example_inputs
+from export.graphs.parity import artifact_mismatch, main
+from runtime.manifest import GRAPH_NAMES
+from tests.model_fixtures import tiny_policy
+
+
+def _folder(tmp_path, model):
+    """A manifest (graphs' input shapes, dims) as the export writes it for `model`, and placeholder graph files."""
+    cfg = model.config
+    inputs = example_inputs(model, len(cfg.image_features), torch.Generator().manual_seed(0))
+    graphs = {g: {"inputs": [{"name": f"in{i}", "shape": list(x.shape)} for i, x in enumerate(inputs[g])]}
+              for g in GRAPH_NAMES}
+    dims = {"num_cls_prefix": model.num_prefix_cls, "num_cls_suffix": model.num_suffix_cls,
+            "n_action_steps": cfg.n_action_steps, "num_steps": cfg.num_steps,
+            "action_dim": cfg.action_feature.shape[0], "state_dim": cfg.robot_state_feature.shape[0]}
+    for g in GRAPH_NAMES:
+        (tmp_path / f"{g}.onnx").write_bytes(b"")
+    (tmp_path / "manifest.json").write_text(json.dumps({"graphs": graphs, "dims": dims}))
+    return tmp_path
+
+
+VARIANTS = [dict(chunk=6), dict(chunk=8), dict(chunk=8, n_action_steps=4), dict(chunk=6, num_cls_prefix=3,
+            num_cls_suffix=3), dict(chunk=6, state_dim=6, action_dim=6), dict(chunk=6, cameras=2)]
+
+
+@pytest.mark.parametrize("a", range(len(VARIANTS)))
+@pytest.mark.parametrize("b", range(len(VARIANTS)))
+def test_a_folder_matches_only_its_own_checkpoint(tmp_path, a, b):
+    exported, other = tiny_policy(**VARIANTS[a]).model, tiny_policy(**VARIANTS[b]).model
+    folder = _folder(tmp_path, exported)
+    assert artifact_mismatch(exported, folder) is None
+    assert (artifact_mismatch(other, folder) is None) == (VARIANTS[a] == VARIANTS[b])
+
+
+def test_a_missing_graph_is_named(tmp_path):
+    model = tiny_policy(chunk=6).model
+    folder = _folder(tmp_path, model)
+    (folder / "plan_encoder.onnx").unlink()
+    assert "plan_encoder" in artifact_mismatch(model, folder)
+
+
+def test_the_cli_names_it_in_one_line(tmp_path, capsys, monkeypatch):
+    import export.graphs.checkpoint_loading as loading
+    from export.graphs.checkpoint_loading import LoadedPolicy
+
+    policy = tiny_policy(chunk=8, n_action_steps=4)
+    folder = _folder(tmp_path, tiny_policy(chunk=6).model)
+    stats = {k: {s: torch.zeros(2).numpy() + (1 if s in ("std", "max") else 0) for s in ("mean", "std", "min", "max")}
+             for k in ("observation.state", "action")}
+    monkeypatch.setattr(loading, "load_checkpoint", lambda path: LoadedPolicy(policy, str(path), "tiny", stats))
+    assert main(["--checkpoint", str(tmp_path / "ckpt"), "--artifacts", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was not exported from" in err[0] and "Traceback" not in err[0]
