@@ -188,7 +188,9 @@ class InferenceServicer:
             if session is not None or peer in self._retired_peers:
                 return session
             now, host = time.monotonic(), _host(peer)
-            orphans = [p for p, s in self.sessions.items() if _host(p) == host and now - s.last_seen > ADOPT_QUIET_S]
+            # quiet, and no call of its client running (a resample or an upload may outlast ADOPT_QUIET_S)
+            orphans = [p for p, s in self.sessions.items()
+                       if _host(p) == host and now - s.last_seen > ADOPT_QUIET_S and not s.calls]
             if not orphans:
                 return None
             old = max(orphans, key=lambda p: self.sessions[p].last_seen)  # the most recently driven one
@@ -292,7 +294,8 @@ class InferenceServicer:
             return wire.Empty()
         held = [0]  # budget bytes this stream took: handed to the session's mailbox with its observation, or given back
         try:
-            obs = self._receive(session, request_iterator, context, held)
+            with session.call():
+                obs = self._receive(session, request_iterator, context, held)
             if obs is not None:
                 self._count("observations_received")
                 session.put(obs, held[0])
@@ -382,7 +385,8 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"more than {POLLS_PER_SESSION} concurrent GetActions from this client")
         try:
-            return self._get_actions(session, context)
+            with session.call(refresh=True):
+                return self._get_actions(session, context)
         finally:
             session.polls.release()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from runtime.chunk_planner import Chunk, ChunkPlanner
@@ -32,6 +34,21 @@ class ServeSession:
         self.streams = threading.BoundedSemaphore(STREAMS_PER_SESSION)  # observation streams in flight
         self.polls = threading.BoundedSemaphore(POLLS_PER_SESSION)  # GetActions calls in flight
         self.stream_context: Any = None  # the gRPC context of the open observation stream, if any
+        self.calls = 0  # this client's SendObservations / GetActions running now: a session in use is never adopted
+
+    @contextmanager
+    def call(self, refresh: bool = False) -> Iterator[None]:
+        """One call of this client in flight (`calls`); `refresh`: it counts as heard from when it ends, too (a
+        GetActions whose inference outlasted ADOPT_QUIET_S must not leave the session looking abandoned)."""
+        with self.cond:
+            self.calls += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.calls -= 1
+                if refresh:
+                    self.last_seen = time.monotonic()
 
     def put(self, obs: TimedObservation, nbytes: int = 0) -> None:
         """The newest observation wins (by timestep: one overtaken on the wire does not replace a newer one);
