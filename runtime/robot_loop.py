@@ -250,7 +250,9 @@ class _ActionVet:
 
     def __init__(self, interface: RobotInterface, bounds: Bounds | None):
         self.size = len(interface.action_names) if getattr(interface, "action_names", None) else None
-        self.bounds = bounds
+        # the bounds as float32, like the guard's and the action sent: one the guard clipped is not "outside" again
+        self.bounds = None if bounds is None else tuple(np.asarray(b, np.float32).astype(np.float64)
+                                                        for b in (bounds.low, bounds.high))
 
     def __call__(self, action: np.ndarray) -> tuple[np.ndarray | None, str]:
         """(action to send or None, why it was changed or refused — "" when it passed untouched)."""
@@ -261,9 +263,7 @@ class _ActionVet:
             return None, "non-finite action: not sent"
         if self.bounds is None:
             return a, ""
-        # the bounds as float32, like the guard's and the action sent: one the guard clipped is not "outside" again
-        low = np.asarray(self.bounds.low, np.float32).astype(np.float64)
-        high = np.asarray(self.bounds.high, np.float32).astype(np.float64)
+        low, high = self.bounds
         if np.any(a < low) or np.any(a > high):
             return np.clip(a, low, high), "action outside the action bounds: clipped"
         return a, ""
