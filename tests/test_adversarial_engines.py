@@ -30,12 +30,12 @@ from runtime.policy import EdgePolicy
 KEY = Ed25519PrivateKey.generate()
 
 
-@pytest.fixture()
-def setup(tmp_path: Path) -> tuple[Path, Path, Manifest]:
-    art = tmp_path / "onnx"
+def fake_engine_folder(root: Path) -> tuple[Path, Path, Manifest]:
+    """A copy of the fake artifacts under `root`/onnx and an `engines` folder of fake plans with valid fingerprints."""
+    art = root / "onnx"
     shutil.copytree(cached_fake_artifacts(), art)
     m = Manifest.load(art)
-    engines = tmp_path / "engines"
+    engines = root / "engines"
     engines.mkdir()
     for g in GRAPH_NAMES:
         plan = f"plan of {g}".encode()
@@ -45,6 +45,11 @@ def setup(tmp_path: Path) -> tuple[Path, Path, Manifest]:
                           builder_optimization_level=3, workspace_bytes=1 << 30, build_seconds=1.0,
                           engine_bytes=len(plan), engine_sha256=sha256_bytes(plan)).write(engines / f"{g}.fingerprint.json")
     return art, engines, m
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[Path, Path, Manifest]:
+    return fake_engine_folder(tmp_path)
 
 
 def test_record_round_trip_and_signature(setup):

@@ -13,18 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-try:
-    from tests.fake_artifacts import cached_fake_artifacts
-except ImportError:
-    from fake_artifacts import cached_fake_artifacts
-
 from export.signing import write_manifest
 from runtime.artifact_identity import IdentityError
 from runtime.engine_identity import RECORD, verify_engine_record, write_engine_record
-from runtime.fingerprint import EngineFingerprint, FingerprintError, sha256_bytes
+from runtime.fingerprint import EngineFingerprint, FingerprintError
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 from runtime.strict_json import DuplicateKeyError, strict_dumps, strict_loads
 from runtime.tokenizer import InstructionTokenizer
+from tests.fake_artifacts import cached_fake_artifacts
+from tests.test_adversarial_engines import fake_engine_folder
 
 DECOY = "first-value"
 
@@ -69,19 +66,7 @@ def _refusal(exc: BaseException, file: str, key: str) -> None:
 
 @pytest.fixture(scope="module")
 def engine_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
-    root = tmp_path_factory.mktemp("dup")
-    art = root / "onnx"
-    shutil.copytree(cached_fake_artifacts(), art)
-    m = Manifest.load(art)
-    engines = root / "engines"
-    engines.mkdir()
-    for g in GRAPH_NAMES:
-        plan = f"plan of {g}".encode()
-        (engines / f"{g}.plan").write_bytes(plan)
-        EngineFingerprint(graph=g, onnx_sha256=m.files[m.graphs[g].file]["sha256"], tensorrt_version="10.3.0",
-                          gpu_name="Orin", compute_capability=(8, 7), precision="fp16", strongly_typed=True,
-                          builder_optimization_level=3, workspace_bytes=1 << 30, build_seconds=1.0,
-                          engine_bytes=len(plan), engine_sha256=sha256_bytes(plan)).write(engines / f"{g}.fingerprint.json")
+    _art, engines, m = fake_engine_folder(tmp_path_factory.mktemp("dup"))
     write_engine_record(engines, m.digest, GRAPH_NAMES)
     return engines, m
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.int8.graph_editing import GraphIndex, replace_uses, subgraph_reads
 from export.int8.graph_optimization import optimize_model
 from export.int8.quantization import fold_weight_transposes
+from tests.test_graph_optimization import _run
 
 PROPERTY = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -37,12 +37,6 @@ def _model(nodes: list[onnx.NodeProto], inputs: dict[str, tuple[int, list[int]]]
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
-
-
-def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)
 
 
 def _zero_add_read_by_if() -> onnx.ModelProto:
