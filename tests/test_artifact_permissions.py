@@ -74,8 +74,8 @@ def test_a_destination_that_cannot_be_created_is_one_line(tmp_path):
         pytest.fail("the body must not run")
 
 
-def test_a_destination_that_cannot_be_moved_aside_keeps_both(tmp_path, monkeypatch):
-    """A mount point (EBUSY) or a parent made read-only: the old folder stays, the new one is named."""
+def _old_destination(tmp_path, monkeypatch, before_rename) -> Path:
+    """An export folder holding an "old" manifest, swapped by two renames; `before_rename(src, target)` runs first."""
     monkeypatch.setattr(atomic_module, "exchange", lambda a, b: False)  # the two-rename path
     dst = tmp_path / "onnx"
     dst.mkdir()
@@ -83,39 +83,43 @@ def test_a_destination_that_cannot_be_moved_aside_keeps_both(tmp_path, monkeypat
     real_rename = Path.rename
 
     def rename(self, target):
-        if self == dst:
-            raise OSError(16, "Device or resource busy")
+        before_rename(self, Path(target))
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", rename)
+    return dst
+
+
+def _kept_folder(err: pytest.ExceptionInfo) -> Path:
+    return Path(str(err.value).rsplit("stays at ", 1)[1])
+
+
+def test_a_destination_that_cannot_be_moved_aside_keeps_both(tmp_path, monkeypatch):
+    """A mount point (EBUSY) or a parent made read-only: the old folder stays, the new one is named."""
+    def busy(src, _target):
+        if src == tmp_path / "onnx":
+            raise OSError(16, "Device or resource busy")
+
+    dst = _old_destination(tmp_path, monkeypatch, busy)
     with pytest.raises(AtomicFolderError, match="could not move .* aside") as err, atomic_folder(dst) as tmp:
         (tmp / "manifest.json").write_text("new")
     assert (dst / "manifest.json").read_text() == "old"
-    kept = Path(str(err.value).rsplit("stays at ", 1)[1])
-    assert (kept / "manifest.json").read_text() == "new"
+    assert (_kept_folder(err) / "manifest.json").read_text() == "new"
 
 
 def test_a_racing_writer_that_takes_the_destination_is_named(tmp_path, monkeypatch):
     """Two exports swapping at once: the other one's folder appears between our two renames; ours and the
     replaced one are both named, nothing is lost, no traceback."""
-    monkeypatch.setattr(atomic_module, "exchange", lambda a, b: False)  # the two-rename path
-    dst = tmp_path / "onnx"
-    dst.mkdir()
-    (dst / "manifest.json").write_text("old")
-    real_rename = Path.rename
+    def other_writer(src, target):
+        if str(src).endswith(".partial"):
+            target.mkdir()
+            (target / "manifest.json").write_text("other")
 
-    def rename(self, target):
-        if str(self).endswith(".partial"):
-            Path(target).mkdir()
-            (Path(target) / "manifest.json").write_text("other")
-        return real_rename(self, target)
-
-    monkeypatch.setattr(Path, "rename", rename)
+    dst = _old_destination(tmp_path, monkeypatch, other_writer)
     with pytest.raises(AtomicFolderError, match="another writer") as err, atomic_folder(dst) as tmp:
         (tmp / "manifest.json").write_text("new")
     assert (dst / "manifest.json").read_text() == "other"
-    kept = Path(str(err.value).rsplit("stays at ", 1)[1])
-    assert (kept / "manifest.json").read_text() == "new"
+    assert (_kept_folder(err) / "manifest.json").read_text() == "new"
 
 
 def _deny(monkeypatch, name: str, method: str) -> None:
