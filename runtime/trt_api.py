@@ -20,6 +20,12 @@ _HOST_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT
                 "INT8": np.int8, "UINT8": np.uint8}
 
 
+# The oldest TensorRT the engines can be built and run with: int64 engine I/O (DataType.INT64) and strongly typed
+# networks arrived in 9.0, ExecutionContextAllocationStrategy in 10.0 (pyFoundationalTypes.cpp / pyCore.cpp, tags
+# v8.6.1, v9.1.0, v10.0.0). 8.6 (JetPack 6.0) would import the int64 token inputs as int32 (onnx-tensorrt 8.6-GA).
+OLDEST_SUPPORTED = (10, 0)
+
+
 class TensorRTApiError(RuntimeError):
     """The installed TensorRT lacks an API member this code needs (named, with the version)."""
 
@@ -31,6 +37,19 @@ def major_minor(version: str) -> tuple[int, int]:
         return int(parts[0]), int(parts[1]) if parts[1].isdigit() else 0
     except ValueError:
         raise TensorRTApiError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def unsupported_version_reason(version: str) -> str | None:
+    """None when this TensorRT version is new enough for the engines, else one line saying why and what to do."""
+    try:
+        key = major_minor(version)
+    except TensorRTApiError as exc:
+        return str(exc)
+    if key >= OLDEST_SUPPORTED:
+        return None
+    oldest = ".".join(map(str, OLDEST_SUPPORTED))
+    return (f"TensorRT {version} is too old: the engines need TensorRT {oldest} or newer (int64 engine inputs, "
+            "strongly typed networks); JetPack 6.0 ships 8.6, so upgrade to JetPack 6.1 or newer (TensorRT 10.3)")
 
 
 def member(trt: Any, enum: str, name: str) -> Any:

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from runtime.cuda_memory import CudaError, DeviceInfo, device_info
+from runtime.trt_api import unsupported_version_reason
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -17,7 +18,7 @@ class TensorRTUnavailable(RuntimeError):
 
 
 def tensorrt_missing_reason() -> str | None:
-    """None when a usable TensorRT Python package is importable, else what is wrong."""
+    """None when a usable TensorRT Python package (10.0 or newer) is importable, else what is wrong."""
     try:
         trt: Any = importlib.import_module("tensorrt")
     except ImportError as exc:
@@ -26,7 +27,7 @@ def tensorrt_missing_reason() -> str | None:
         return f"TensorRT is installed but its libraries do not load ({exc})"
     if not hasattr(trt, "Builder") or not isinstance(getattr(trt, "__version__", None), str):
         return "TensorRT is not installed (import tensorrt found only type stubs, no TensorRT library)"
-    return None
+    return unsupported_version_reason(trt.__version__)  # e.g. JetPack 6.0's 8.6: too old for the engines
 
 
 def tensorrt_version() -> str:

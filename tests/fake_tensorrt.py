@@ -1,8 +1,8 @@
-"""Fake `tensorrt` modules that expose exactly one version's API surface (10.3, 10.13, 11.x), so a use of a member
-a version lacks fails here, not on a robot.
+"""Fake `tensorrt` modules that expose exactly one version's API surface (10.3, 10.13, 11.x; and 8.6, which
+JetPack 6.0 ships and this project refuses), so a use of a member a version lacks fails here, not on a robot.
 
 Enum members and the attributes that differ are taken from NVIDIA/TensorRT python/src/infer/pyCore.cpp and
-pyFoundationalTypes.cpp at tags v10.3.0, v10.13.0 and v11.0. The fake parser reads the ONNX with `onnx`
+pyFoundationalTypes.cpp at tags v8.6.1, v10.3.0, v10.13.0 and v11.0 (8.6's parser: onnx/onnx-tensorrt 8.6-GA). The fake parser reads the ONNX with `onnx`
 (one fake layer per node, typed from shape inference); a built "plan" is JSON of the network's I/O (dynamic
 axes -1) and its optimisation profile, and executing a context fills every output with `OUTPUT_VALUE` (through
 the fake CUDA of tests/fake_cuda.py). A plan's optional "output_shapes" are what a context resolves its dynamic
@@ -49,10 +49,27 @@ SURFACES: dict[str, dict[str, Any]] = {
                         "E8M0"],
              "layer_precision": False},
 }
+# TensorRT 8.6 (JetPack 6.0), only to check that it is refused: v8.6.1 pyCore.cpp BuilderFlag (l. 1069-1091),
+# NetworkDefinitionCreationFlag (l. 1235-1240); pyFoundationalTypes.cpp DataType (l. 175-182: no INT64, no BF16).
+# No IProgressMonitor, no ExecutionContextAllocationStrategy, no device_memory_size_v2 / set_device_memory.
+UNSUPPORTED_SURFACES: dict[str, dict[str, Any]] = {
+    "8.6": {"version": "8.6.2.3",
+            "builder_flags": ["FP16", "INT8", "DEBUG", "GPU_FALLBACK", "STRICT_TYPES", "REFIT", "DISABLE_TIMING_CACHE",
+                              "TF32", "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS",
+                              "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO", "REJECT_EMPTY_ALGORITHMS",
+                              "ENABLE_TACTIC_HEURISTIC", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "FP8"],
+            "network_flags": ["EXPLICIT_BATCH", "EXPLICIT_PRECISION"],
+            "dtypes": ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8"],
+            "layer_precision": True, "api8": True},
+}
 _ONNX_TO_TRT = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.BFLOAT16: "BF16",
                 onnx.TensorProto.INT32: "INT32", onnx.TensorProto.INT64: "INT64", onnx.TensorProto.BOOL: "BOOL",
                 onnx.TensorProto.INT8: "INT8", onnx.TensorProto.UINT8: "UINT8"}
 _NP = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+
+
+class _ParseFailed(Exception):
+    """A tensor type the fake parser's TensorRT has no DataType for."""
 
 
 def _enum(name: str, members: list[str]) -> type[enum.IntEnum]:
@@ -61,7 +78,8 @@ def _enum(name: str, members: list[str]) -> type[enum.IntEnum]:
 
 def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
     """A `tensorrt` module with the API surface of one version; `cuda` is the fake CUDA the contexts run on."""
-    spec = SURFACES[surface]
+    spec = SURFACES[surface] if surface in SURFACES else UNSUPPORTED_SURFACES[surface]
+    api8 = spec.get("api8", False)  # TensorRT 8.6: none of the 9.x/10.x additions below
     trt = types.ModuleType("tensorrt")
     trt.__version__ = spec["version"]  # type: ignore[attr-defined]
     trt.BuilderFlag = _enum("BuilderFlag", spec["builder_flags"])  # type: ignore[attr-defined]
@@ -70,8 +88,9 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
     trt.DataType = DataType  # type: ignore[attr-defined]
     trt.MemoryPoolType = _enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM", "TACTIC_DRAM"])  # type: ignore[attr-defined]
     trt.TensorIOMode = _enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])  # type: ignore[attr-defined]
-    trt.ExecutionContextAllocationStrategy = _enum(  # type: ignore[attr-defined]
-        "ExecutionContextAllocationStrategy", ["STATIC", "ON_PROFILE_CHANGE", "USER_MANAGED"])
+    if not api8:  # added in 10.0 (v10.0.0 pyCore.cpp l. 1106)
+        trt.ExecutionContextAllocationStrategy = _enum(  # type: ignore[attr-defined]
+            "ExecutionContextAllocationStrategy", ["STATIC", "ON_PROFILE_CHANGE", "USER_MANAGED"])
     LayerType = _enum("LayerType", ["ELEMENTWISE", "SOFTMAX", "NORMALIZATION", "MATRIX_MULTIPLY", "REDUCE", "OTHER"])
 
     class ILogger:
@@ -128,14 +147,27 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
             g = model.graph
             infos = {v.name: v for v in (*g.value_info, *g.input, *g.output)}
 
+            if api8 and not self.network.flags & 1:  # ModelImporter.cpp l. 531 (8.6-GA): explicit batch only
+                self.num_errors = 1
+                return False
+
             def tensor(name: str) -> Tensor:
                 t = infos[name].type.tensor_type
-                dtype = getattr(DataType, _ONNX_TO_TRT.get(t.elem_type, "FLOAT"))
+                trt_name = _ONNX_TO_TRT.get(t.elem_type, "FLOAT")
+                if trt_name == "INT64" and not hasattr(DataType, "INT64"):  # 8.6 casts INT64 down to INT32
+                    trt_name = "INT32"
+                if not hasattr(DataType, trt_name):  # BF16 on 8.6: "Unsupported ONNX data type"
+                    raise _ParseFailed(name)
+                dtype = getattr(DataType, trt_name)
                 return Tensor(name, dtype, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim))
 
-            self.network.inputs = [tensor(v.name) for v in g.input]
-            self.network.outputs = [tensor(v.name) for v in g.output]
-            self.network.layers = [Layer(n, [tensor(o) for o in n.output if o in infos]) for n in g.node]
+            try:
+                self.network.inputs = [tensor(v.name) for v in g.input]
+                self.network.outputs = [tensor(v.name) for v in g.output]
+                self.network.layers = [Layer(n, [tensor(o) for o in n.output if o in infos]) for n in g.node]
+            except _ParseFailed:
+                self.num_errors = 1
+                return False
             return True
 
         def get_error(self, i: int) -> str:
@@ -211,8 +243,9 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
             self.engine, self.strategy, self.addresses, self.device_memory = engine, strategy, {}, None
             self.input_shapes: dict[str, tuple[int, ...]] = {}
 
-        def set_device_memory(self, ptr: int, size: int) -> None:
-            self.device_memory = (ptr, size)
+        if not api8:  # set_device_memory(memory, size): 10.1+ (v10.1.0 pyCore.cpp l. 1042)
+            def set_device_memory(self, ptr: int, size: int) -> None:
+                self.device_memory = (ptr, size)
 
         def set_input_shape(self, name: str, dims: Any) -> bool:
             spec = self.engine._spec(name)
@@ -251,7 +284,8 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
             self.output_shapes: dict[str, list[int]] = data.get("output_shapes", {})
             self.num_io_tensors = len(self.io)
             self.num_optimization_profiles = 1  # TensorRT's implicit profile when none was added
-            self.device_memory_size_v2 = 4096
+            if not api8:  # device_memory_size_v2: 10.1+ (v10.1.0 pyCore.cpp l. 1181)
+                self.device_memory_size_v2 = 4096
             if surface != "11.x":
                 self.device_memory_size = 4096
 
@@ -290,5 +324,6 @@ def make_tensorrt(surface: str, cuda: Any = None) -> types.ModuleType:
             return Engine(plan)
 
     for cls in (ILogger, IProgressMonitor, Dims, Builder, OnnxParser, Runtime):
-        setattr(trt, cls.__name__, cls)
+        if not (api8 and cls is IProgressMonitor):  # IProgressMonitor: 9.x+ (v9.1.0 pyCore.cpp l. 921)
+            setattr(trt, cls.__name__, cls)
     return trt

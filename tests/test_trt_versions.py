@@ -206,3 +206,41 @@ def test_make_engine_refuses_nodes_the_installed_parser_rejects(monkeypatch: pyt
         assert ("node 'planted_cumsum' (CumSum): INT64 input not supported — accepted from TensorRT 10.8" in err) \
             == (code == 2)
         assert (tmp_path / surface / "prefix.plan").is_file() == (code == 0)
+
+
+def test_tensorrt_8_6_is_refused_in_one_line_everywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        folders: dict[str, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """JetPack 6.0 ships TensorRT 8.6: no STRONGLY_TYPED, no INT64 engine I/O (its parser casts int64 inputs to
+    int32), no IProgressMonitor. `make engine`, the accuracy check and the backend must each say so in one line
+    naming the version and the way out, not fail with a traceback or a parse error deep in the build."""
+    from export.trt.engine_accuracy import main as accuracy_main
+    from runtime.trt_env import TensorRTUnavailable
+
+    _install(monkeypatch, "10.3")
+    assert _build(folders, tmp_path, "fp32") == 0  # engines from a supported TensorRT, for the runtime checks
+    _install(monkeypatch, "8.6")
+    for extra in ((), ("--weakly-typed",)):
+        capsys.readouterr()
+        assert _build(folders, tmp_path / "86", "fp32", *extra) == 3
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "TensorRT 8.6.2.3" in err[0] and "10.0" in err[0] and "JetPack" in err[0], err
+    assert not (tmp_path / "86" / "prefix.plan").exists()
+    assert accuracy_main(["--artifacts", str(folders["fp32"]), "--engines", str(tmp_path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TensorRT 8.6.2.3" in err[0], err
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT 8\.6\.2\.3 .*10\.0.*JetPack"):
+        TensorRTBackend(folders["fp32"], tmp_path)
+
+
+def test_a_missing_api_member_ends_make_engine_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                           folders: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Any member runtime.trt_api looks up and the installed TensorRT lacks (11.0 marks STRONGLY_TYPED deprecated,
+    'always enabled': pyCore.cpp l. 1765 at v11.0) is one line naming it and exit 3, never a traceback."""
+    trt, _ = _install(monkeypatch, "11.x")
+    trt.NetworkDefinitionCreationFlag = type("NetworkDefinitionCreationFlag", (), {})  # a release without it
+    capsys.readouterr()
+    assert _build(folders, tmp_path, "fp32") == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no NetworkDefinitionCreationFlag.STRONGLY_TYPED" in err[0], err

@@ -4,7 +4,8 @@
         [--workspace-gb 4] [--opt-level 3] [--weakly-typed] [--graphs prefix,main_expert,delta_expert,plan_encoder]
 
 Every failure that is not a TensorRT build log ends in ONE line on stderr and a non-zero exit: bad
-arguments (2), an unusable artifact folder (2), no TensorRT / no GPU here (3), build failure (1). Nodes the
+arguments (2), an unusable artifact folder (2), no TensorRT / no GPU / a TensorRT older than 10.0 or lacking an
+API member the build needs here (3), build failure (1). Nodes the
 installed TensorRT's ONNX parser would reject (export.trt.parser_compat) get one line each, then exit 2.
 """
 
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from export.trt.engine_build import BuildError, build_all
     from export.trt.engine_precision import PrecisionError
+    from runtime.trt_api import TensorRTApiError
 
     try:
         build_all(jobs, options, device, args.out, verbose=args.verbose)
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail(EXIT_USAGE, str(exc))
     except BuildError as exc:
         _fail(EXIT_BUILD, str(exc))
+    except TensorRTApiError as exc:  # the installed TensorRT lacks an API member the build needs (named)
+        _fail(EXIT_UNAVAILABLE, f"{exc} — {where}")
     _write_engine_identity(Path(args.out), manifest)
     return 0
 
