@@ -244,3 +244,25 @@ def test_a_missing_api_member_ends_make_engine_in_one_line(monkeypatch: pytest.M
     assert _build(folders, tmp_path, "fp32") == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no NetworkDefinitionCreationFlag.STRONGLY_TYPED" in err[0], err
+
+
+def test_accuracy_check_refuses_foreign_or_broken_engines_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Path, folders: dict[str, Path],
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Engines from another TensorRT, or with a damaged fingerprint, are refused by the accuracy check with the
+    backend's one-line reason, not a FingerprintMismatch / FingerprintError traceback."""
+    from export.trt.engine_accuracy import main as accuracy_main
+
+    _install(monkeypatch, "10.3")
+    assert _build(folders, tmp_path, "fp32") == 0
+    args = ["--artifacts", str(folders["fp32"]), "--engines", str(tmp_path), "--trials", "1"]
+    _install(monkeypatch, "10.13")
+    capsys.readouterr()
+    assert accuracy_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TensorRT 10.3.0.30 (built) != 10.13.0.35 (running)" in err[0], err
+    _install(monkeypatch, "10.3")
+    (tmp_path / "main_expert.fingerprint.json").write_text("{not json")
+    assert accuracy_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "main_expert.fingerprint.json" in err[0] and "not valid JSON" in err[0], err

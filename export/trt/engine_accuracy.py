@@ -6,6 +6,8 @@ Checks each engine in isolation (the experts get the *reference* K/V, so their e
 whole chunk (TensorRT prefix → device Euler loop vs the onnxruntime chain, same noise). onnxruntime on the
 CPU is the reference because its CUDA provider uses TF32. Gates (cosine similarity):
 fp32 ≥ 0.9999 everywhere; fp16/bf16 ≥ 0.999 per engine output, ≥ 0.99 on the action chunk.
+Exit 0 pass, 1 under a gate; one line on stderr and 2 for bad arguments or engines that do not fit these
+artifacts / this GPU / this TensorRT, 3 when TensorRT or the GPU is unusable here.
 """
 
 from __future__ import annotations
@@ -146,13 +148,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return 2
 
-    from runtime.trt_env import tensorrt_missing_reason
+    from runtime.backend import BackendError
+    from runtime.cuda_memory import CudaError
+    from runtime.fingerprint import FingerprintError, FingerprintMismatch
+    from runtime.trt_api import TensorRTApiError
+    from runtime.trt_env import TensorRTUnavailable, tensorrt_missing_reason
 
+    where = "run this check on the device that built the engines"
     reason = tensorrt_missing_reason()
     if reason:
-        print(f"{PROG}: {reason} — run this check on the device that built the engines", file=sys.stderr)
+        print(f"{PROG}: {reason} — {where}", file=sys.stderr)
         return 3
-    rows, precision = check(args.artifacts, args.engines, args.trials, args.seed)
+    try:
+        rows, precision = check(args.artifacts, args.engines, args.trials, args.seed)
+    except (TensorRTUnavailable, TensorRTApiError, CudaError) as exc:  # no GPU, an API member missing, CUDA failed
+        print(f"{PROG}: {exc} — {where}", file=sys.stderr)
+        return 3
+    except (FingerprintError, FingerprintMismatch, BackendError, FileNotFoundError) as exc:  # engines not for these
+        print(f"{PROG}: {exc}", file=sys.stderr)  # artifacts / this GPU / this TensorRT, or the fp32 source missing
+        return 2
     print(f"precision {precision}, {args.trials} trial(s), worst case per tensor:")
     print(report(rows))
     failed = [r for r in rows if not r.passed]
