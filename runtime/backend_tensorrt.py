@@ -11,6 +11,7 @@ is allocated. TensorRT and cuda-python are imported when the backend is built, n
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,9 @@ class TensorRTBackend(Backend):
         engines: str | Path,
         manifest: dict[str, Any] | None = None,
         use_cuda_graph: bool = True,
+        fingerprints: Mapping[str, bytes] | None = None,
     ) -> None:
+        """`fingerprints`: each graph's fingerprint bytes as the engine record check read them (else read here)."""
         import tensorrt as trt
 
         from runtime.cuda_euler import EulerKernel
@@ -109,6 +112,7 @@ class TensorRTBackend(Backend):
         self._use_cuda_graph = use_cuda_graph
         self._graphs: dict[int, CudaGraph] = {}
         self._graph_failed: set[int] = set()
+        self._fingerprints = dict(fingerprints or {})
 
         self._logger = _Logger.make()  # must outlive the runtime and engines
         self._runtime = trt.Runtime(self._logger)
@@ -148,7 +152,9 @@ class TensorRTBackend(Backend):
         import tensorrt as trt
 
         spec = manifest_graph(self._manifest, graph)
-        fingerprint = EngineFingerprint.read(engines / f"{graph}.fingerprint.json")
+        path = engines / f"{graph}.fingerprint.json"
+        raw = self._fingerprints.get(graph)
+        fingerprint = EngineFingerprint.from_bytes(EngineFingerprint.read_bytes(path) if raw is None else raw, str(path))
         onnx_sha, data_sha = graph_hashes(self._manifest["files"], spec.file, spec.data_file)
         fingerprint.check_against(onnx_sha, trt.__version__, gpu_name, cc, manifest_data_sha256=data_sha)
         plan = (engines / f"{graph}.plan").read_bytes()

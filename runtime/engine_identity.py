@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from runtime.artifact_files import ArtifactFileError, confined_path, sha256_and_size
 from runtime.artifact_identity import IdentityError, stamp_identity, verify_identity
-from runtime.fingerprint import sha256_bytes
+from runtime.fingerprint import EngineFingerprint, sha256_bytes
 from runtime.manifest_schema import IdentityModel, Key, Sha256Hex, describe
 from runtime.strict_json import strict_dumps, strict_loads
 
@@ -137,16 +137,34 @@ def _foreign_artifacts(path: Path, built_from: str, artifact_digest: str, artifa
             "artifacts (python -m export.trt.build_engines --artifacts <this folder>) and pass --engines")
 
 
+def read_fingerprints(engines_dir: str | Path, graphs: Iterable[str]) -> dict[str, bytes]:
+    """The `<graph>.fingerprint.json` bytes present, each read once (bounded, confined to the folder): the record
+    check and the TensorRT backend both use these, so a file swapped between the two is never what loads. An absent
+    one is left out (the record check, or the backend after its TensorRT check, says so)."""
+    folder, out = Path(engines_dir), {}
+    for g in graphs:
+        name = f"{g}.fingerprint.json"
+        if not (folder / name).exists() and not (folder / name).is_symlink():
+            continue
+        try:
+            out[g] = EngineFingerprint.read_bytes(confined_path(folder, name))
+        except ArtifactFileError as exc:  # a link out of the folder, a folder in its place
+            raise IdentityError(str(exc)) from None
+    return out
+
+
 def verify_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: Iterable[str],
-                         trusted_keys: Iterable[Any] = (), artifacts_dir: str | Path | None = None) -> str | None:
+                         trusted_keys: Iterable[Any] = (), artifacts_dir: str | Path | None = None,
+                         checked: Mapping[str, bytes] | None = None) -> str | None:
     """Check the engine folder's record; None when there is none and no key is required.
 
     Refused (IdentityError, one line naming the file): a record for another artifact folder, a fingerprint that
     changed since the record was written, a changed record, and — with trusted keys — a missing, unsigned or
     foreign-signed record. `artifacts_dir` (the folder `artifact_digest` belongs to) only sharpens the message
-    for engines of another artifact folder.
+    for engines of another artifact folder. `checked` (from `read_fingerprints`): the fingerprint bytes to check,
+    instead of reading the files again.
     """
-    folder, keys = Path(engines_dir), list(trusted_keys)
+    folder, keys, graphs = Path(engines_dir), list(trusted_keys), list(graphs)
     path = folder / RECORD
     if not path.exists():
         if keys:
@@ -159,7 +177,11 @@ def verify_engine_record(engines_dir: str | Path, artifact_digest: str, graphs: 
         if record.artifact_digest != artifact_digest:
             raise IdentityError(_foreign_artifacts(path, record.artifact_digest, artifact_digest,
                                                    None if artifacts_dir is None else Path(artifacts_dir)))
-        want = engine_record(folder, artifact_digest, graphs)["fingerprints"]
+        absent = [g for g in graphs if checked is not None and g not in checked]
+        if absent:
+            raise IdentityError(f"{absent[0]}.fingerprint.json is missing from {folder} but {RECORD} pins it; "
+                                "rebuild the engines with `make engine`")
+        want = engine_record(folder, artifact_digest, graphs, checked)["fingerprints"]
     except ArtifactFileError as exc:
         raise IdentityError(str(exc)) from None
     for graph, sha in want.items():

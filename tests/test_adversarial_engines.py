@@ -244,3 +244,53 @@ def test_sign_engines_signs_exactly_the_fingerprint_bytes_it_checked(setup, tmp_
     assert record["fingerprints"][swapped] == sha256_bytes(checked)
     with pytest.raises(IdentityError, match=f"{swapped}.fingerprint.json"):
         verify_engine_record(engines, m.digest, GRAPH_NAMES, [load_public_key(public)])
+
+
+def test_tensorrt_backend_loads_the_fingerprint_bytes_the_signed_record_checked(tmp_path, monkeypatch):
+    """A fingerprint + plan swapped after the engine record was verified (a writer racing the robot's start) must not
+    load: the backend uses the fingerprint bytes the record check read, so the swapped plan fails its sha check."""
+    import sys
+
+    import tests.fake_tensorrt as fake_trt
+    from export.trt.build_engines import main as build_main
+    from runtime import backend_factory
+    from runtime.fingerprint import FingerprintMismatch
+    from tests.fake_cuda import install_cuda
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt.make_tensorrt("10.3", install_cuda(monkeypatch, "12.x")))
+    art, engines = tmp_path / "onnx", tmp_path / "engines"
+    shutil.copytree(cached_fake_artifacts(), art)
+    assert build_main(["--artifacts", str(art), "--out", str(engines), "--precision", "fp32"]) == 0
+    private, public = generate_keypair(tmp_path / "k")
+    sign_engines(engines, art, private)
+    m, keys = Manifest.load(art), [load_public_key(public)]
+    backend_factory.make_backend("tensorrt", m, "cuda", {"engines": str(engines)}, True, keys).close()  # signed: runs
+
+    real = backend_factory.verify_engine_record
+
+    def verify_then_swap(*args, **kwargs):
+        digest = real(*args, **kwargs)
+        plan = json.loads((engines / "prefix.plan").read_bytes())
+        plan["io"] = plan["io"][::-1]  # another, unsigned engine that still matches this export's I/O
+        forged = json.dumps(plan).encode()
+        (engines / "prefix.plan").write_bytes(forged)
+        fp = json.loads((engines / "prefix.fingerprint.json").read_text())
+        fp.update(engine_bytes=len(forged), engine_sha256=sha256_bytes(forged))
+        (engines / "prefix.fingerprint.json").write_text(json.dumps(fp))
+        return digest
+
+    monkeypatch.setattr(backend_factory, "verify_engine_record", verify_then_swap)
+    with pytest.raises(FingerprintMismatch, match="'prefix': the .plan file does not match its fingerprint"):
+        backend_factory.make_backend("tensorrt", m, "cuda", {"engines": str(engines)}, True, keys)
+
+
+def test_a_pinned_fingerprint_that_is_gone_is_refused_naming_it(setup):
+    """The record pins every graph's fingerprint: one missing on disk is refused before TensorRT is imported,
+    with the rebuild hint (not the manifest's re-export hint)."""
+    from runtime.backend_factory import make_backend
+
+    _, engines, m = setup
+    write_engine_record(engines, m.digest, GRAPH_NAMES)
+    (engines / "delta_expert.fingerprint.json").unlink()
+    with pytest.raises(IdentityError, match=r"delta_expert.fingerprint.json is missing from .* pins it; rebuild the engines with .make engine."):
+        make_backend("tensorrt", m, "cuda", {"engines": str(engines)}, True, [])
