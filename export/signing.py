@@ -111,7 +111,7 @@ def sign_engines(engines: str | Path, artifacts: str | Path, key_path: str | Pat
             if found:
                 raise SigningError(f"--engines {engines}: {g} was not built from the graph and weights of "
                                    f"--artifacts {artifacts}: " + "; ".join(found) + f" — {REBUILD_HINT}")
-            fp.check_engine_bytes((engines / f"{g}.plan").read_bytes())
+            fp.read_plan(engines / f"{g}.plan")
         except (FingerprintError, FingerprintMismatch, ArtifactFileError, OSError) as exc:
             raise SigningError(f"--engines {engines}: {exc}") from None
         checked[g] = raw

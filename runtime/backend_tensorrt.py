@@ -157,8 +157,7 @@ class TensorRTBackend(Backend):
         fingerprint = EngineFingerprint.from_bytes(EngineFingerprint.read_bytes(path) if raw is None else raw, str(path))
         onnx_sha, data_sha = graph_hashes(self._manifest["files"], spec.file, spec.data_file)
         fingerprint.check_against(onnx_sha, trt.__version__, gpu_name, cc, manifest_data_sha256=data_sha)
-        plan = (engines / f"{graph}.plan").read_bytes()
-        fingerprint.check_engine_bytes(plan)
+        plan = fingerprint.read_plan(engines / f"{graph}.plan")
         engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise BackendError(f"TensorRT could not deserialise {engines / (graph + '.plan')}")

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runtime.strict_json import strict_dumps, strict_loads
 
@@ -201,10 +202,24 @@ class EngineFingerprint:
     def check_engine_bytes(self, plan: bytes) -> None:
         """Raise FingerprintMismatch if the .plan on disk is not the one this fingerprint describes."""
         if len(plan) != self.engine_bytes or sha256_bytes(plan) != self.engine_sha256:
-            raise FingerprintMismatch(
-                f"engine {self.graph!r}: the .plan file does not match its fingerprint "
-                f"({len(plan)} bytes vs {self.engine_bytes} recorded) — {REBUILD_HINT}"
-            )
+            self._plan_mismatch(len(plan))
+
+    def read_plan(self, path: str | Path) -> bytes:
+        """The .plan this fingerprint describes, read once; one of another size is refused before it is read (a
+        truncated copy, another engine, a huge file), so no more than engine_bytes + 1 bytes are ever read."""
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size != self.engine_bytes:
+                self._plan_mismatch(size)
+            plan = fh.read(self.engine_bytes + 1)  # +1: a file that grew since fstat shows as too long
+        self.check_engine_bytes(plan)
+        return plan
+
+    def _plan_mismatch(self, size: int) -> NoReturn:
+        raise FingerprintMismatch(
+            f"engine {self.graph!r}: the .plan file does not match its fingerprint "
+            f"({size} bytes vs {self.engine_bytes} recorded) — {REBUILD_HINT}"
+        )
 
 
 def graph_hashes(files: Mapping[str, Any], file: str, data_file: str | None) -> tuple[str, str | None]:

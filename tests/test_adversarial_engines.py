@@ -294,3 +294,46 @@ def test_a_pinned_fingerprint_that_is_gone_is_refused_naming_it(setup):
     (engines / "delta_expert.fingerprint.json").unlink()
     with pytest.raises(IdentityError, match=r"delta_expert.fingerprint.json is missing from .* pins it; rebuild the engines with .make engine."):
         make_backend("tensorrt", m, "cuda", {"engines": str(engines)}, True, [])
+
+
+@pytest.fixture()
+def address_space_cap():
+    """Caps this process's address space a few GiB above its current size while the test runs, so a whole-file
+    read of a huge sparse .plan fails with MemoryError instead of exhausting the machine."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    status = Path("/proc/self/status").read_text().splitlines()
+    size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (size + (4 << 30), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_a_plan_of_another_size_is_refused_before_it_is_read(setup, tmp_path, monkeypatch, address_space_cap):
+    """A .plan whose size is not the fingerprint's engine_bytes (a truncated copy, another engine, a 1 TiB sparse
+    file) is refused by its size, before any of it is read, by sign-engines and by the TensorRT backend."""
+    import os
+    import sys
+
+    import tests.fake_tensorrt as fake_trt
+    from export.signing import SigningError
+    from export.trt.build_engines import main as build_main
+    from runtime.backend_tensorrt import TensorRTBackend
+    from runtime.fingerprint import FingerprintMismatch
+    from tests.fake_cuda import install_cuda
+
+    art, engines, _ = setup
+    private, _ = generate_keypair(tmp_path / "k")
+    os.truncate(engines / "main_expert.plan", 1 << 40)
+    with pytest.raises(SigningError, match=r"'main_expert': .*\(1099511627776 bytes vs \d+ recorded\)"):
+        sign_engines(engines, art, private)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt.make_tensorrt("10.3", install_cuda(monkeypatch, "12.x")))
+    built = tmp_path / "built"
+    assert build_main(["--artifacts", str(art), "--out", str(built), "--precision", "fp32"]) == 0
+    os.truncate(built / "prefix.plan", 1 << 40)
+    with pytest.raises(FingerprintMismatch, match=r"'prefix': the .plan file does not match its fingerprint "
+                                                  r"\(1099511627776 bytes vs \d+ recorded\)"):
+        TensorRTBackend(art, built)
