@@ -48,8 +48,9 @@ def unsupported_version_reason(version: str) -> str | None:
     if key >= OLDEST_SUPPORTED:
         return None
     oldest = ".".join(map(str, OLDEST_SUPPORTED))
-    return (f"TensorRT {version} is too old: the engines need TensorRT {oldest} or newer (int64 engine inputs, "
-            "strongly typed networks); JetPack 6.0 ships 8.6, so upgrade to JetPack 6.1 or newer (TensorRT 10.3)")
+    return (f"TensorRT {version} is older than {oldest}, the oldest the engines are built and run with (8.6 has no "
+            "int64 engine inputs and no strongly typed networks); JetPack 6.0 ships 8.6, so upgrade to JetPack 6.1 "
+            "or newer (TensorRT 10.3)")
 
 
 def member(trt: Any, enum: str, name: str) -> Any:
