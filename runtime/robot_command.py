@@ -206,7 +206,7 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, 
     print(json.dumps({"ticks": rep.ticks, "seconds": round(rep.seconds, 2), "rate_hz": round(rep.rate_hz, 2),
                       "overruns": rep.overruns, "max_period_ms": round(rep.max_period_ms, 1),
                       "p95_period_ms": round(rep.p95_period_ms, 1),
-                      "starved": rep.starved, "clipped": rep.clipped, "faults": rep.faults, "stop": rep.stop_reason or "end",
+                      "starved": rep.starved, "starved_stops": rep.starved_stops, "clipped": rep.clipped, "faults": rep.faults, "stop": rep.stop_reason or "end",
                       "stops_sent": rep.stops_sent, "repeated_frames": rep.repeated_frames,
                       "disconnect": rep.disconnect_error or "ok", "policy": policy.counters.as_dict(),
                       **_episode_summary(robot)}))
