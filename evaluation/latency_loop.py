@@ -208,7 +208,8 @@ def summarize(episodes: Sequence[dict]) -> dict:
         "resamples_per_episode": sum(e["resamples"] for e in episodes) / max(n, 1),
         "refills_per_episode": sum(e.get("refills", 0) for e in episodes) / max(n, 1),  # resamples because the plan ran out
         "empty_ticks_per_episode": sum(e["empty_ticks"] for e in episodes) / max(n, 1),
-        "held_ticks_per_episode": sum(e.get("held", 0) for e in episodes) / max(n, 1),  # nothing sent (no target)
+        # ticks with nothing sent (a position robot's emitter with no safe target yet)
+        "held_ticks_per_episode": sum(e.get("held", 0) for e in episodes) / max(n, 1),
         "paused_ticks_per_episode": sum(e["paused_ticks"] for e in episodes) / max(n, 1),
         "faults": sum(e["faults"] for e in episodes),
         "seam_jump_mean": stat(seam, np.mean), "seam_jump_p95": stat(seam, lambda a: np.percentile(a, 95)),

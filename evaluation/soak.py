@@ -201,7 +201,8 @@ def format_summary(s: dict) -> str:
         "tick ms: " + "  ".join(f"{k} {'?' if s['tick_ms'][k] is None else format(s['tick_ms'][k], '.2f')}"
                                 for k in ("mean", "p50", "p99", "max")),  # None: no tick ran
         (f"errors {s['errors']}  bad actions {s['bad_actions']} {s['bad_action_kinds']}  faults {s['counters']['faults']}  "
-        f"fallbacks {s['counters']['fallbacks']}  held {s.get('held', 0)}  clipped {s['counters']['clipped']}"),
+        f"fallbacks {s['counters']['fallbacks']}  held {s.get('held', 0)}  "
+        f"clipped {s['counters']['clipped']}"),
         (f"resamples {s['counters']['resamples']}  prefix passes {s['counters']['prefix_passes']}  "
         f"delta passes {s['counters']['delta_passes']}"),
         (f"RSS start {mb(r['start'])}  end {mb(r['end'])}  growth {mb(r['growth'])}  peak {mb(r['peak_hwm'])}  "

@@ -8,8 +8,8 @@ run out during inference forces a resample in time — `margin` rows early: the 
 the plan has at most delay + margin rows left, so it lands with `margin` rows of the old plan still to run
 (room for the seam to fade, slack for a delay estimate that was too short); two such refills in a row mean
 every job refills (the plan is too short for the delay): a warning says the gate is never consulted. A fresh
-chunk is returned pinned to the observation's tick; the seam mode decides how it continues the executing plan (`runtime.seam`) —
-narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
+chunk is returned pinned to the observation's tick; the seam mode decides how it continues the executing plan
+(`runtime.seam`) — narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
 a change (`reactive`, learned from the policy's gate decision just before the denoise via
 `EdgePolicy.before_resample`). With refinement on, a kept plan that the policy refined is returned too, as a
 continuation (`TimedChunk.continues`, `info.resampled` False) the timeline splices into the executing chunk, so

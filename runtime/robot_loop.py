@@ -303,7 +303,8 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                         rep.stop_reason = (f"no action for {starved_run} ticks in a row "
                                            f"({'inference stalled?' if sent_any else 'the first plan never came'})")
                         break
-                    command = None if braked else starved_stop(interface, stop_action, last_sent[0] if last_sent else None)
+                    last = last_sent[0] if last_sent else None
+                    command = None if braked else starved_stop(interface, stop_action, last)
                     if command is not None:  # a velocity robot would drive on at its last command: stop it once
                         pacer.sending()
                         robot.send_action(interface.action_dict(command))

@@ -123,8 +123,9 @@ def test_a_stalled_planner_stops_a_velocity_base_at_once_not_after_the_watchdog(
     robot = Base(names)
     threading.Timer(3.0, release.set).start()
     try:
-        rep = run_robot(robot, AsyncSource(policy, iface, task="reach the red target", fps=50), iface, policy.guard.stop_action, fps=50,
-                        max_ticks=400, max_starved=20, bounds=policy.manifest.action_bounds)
+        source = AsyncSource(policy, iface, task="reach the red target", fps=50)
+        rep = run_robot(robot, source, iface, policy.guard.stop_action, fps=50, max_ticks=400, max_starved=20,
+                        bounds=policy.manifest.action_bounds)
     finally:
         release.set()
     assert rep.stop_reason.startswith("no action for 20 ticks")
