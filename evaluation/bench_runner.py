@@ -40,10 +40,11 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, kind: str, trace: bool 
     blame = {"relevant": 0, "irrelevant": 0, "none": 0, "clock": 0}
     last_rel = max((c.end for c in env.schedule if c.relevant), default=None)
     reached: int | None = None  # first tick within the success radius from the last relevant change's end on
-    done, i = False, 0
+    done, i, held = False, 0, 0
     while not done:
         goal_distance = float(np.linalg.norm(env.agent_position - env.goal_position))
-        action = policy.step(obs)
+        action = policy.step(obs)  # None: nothing sent this tick (the env's agent stays where it is)
+        held += action is None
         info = policy.last_info
         ms.append(info.total_ms)
         if info.resampled:
@@ -75,7 +76,7 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, kind: str, trace: bool 
            "gated_irrelevant": blame["irrelevant"], "gated_other": blame["none"], "gated_clock": blame["clock"],
            "prefix_passes": c.prefix_passes, "delta_passes": c.delta_passes,
            "plan_encoder_passes": c.plan_encoder_passes, "gate_checks": c.gate_checks,
-           "faults": c.faults, "mean_tick_ms": float(np.mean(ms)) if ms else 0.0}
+           "faults": c.faults, "held": held, "mean_tick_ms": float(np.mean(ms)) if ms else 0.0}
     if trace:
         rec["trace"] = ticks
     return rec

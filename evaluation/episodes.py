@@ -33,8 +33,8 @@ class _RecordingPolicy:
     def reset(self) -> None:
         self.policy.reset()
 
-    def act(self, obs: dict) -> np.ndarray:
-        action = self.policy.step(obs)
+    def act(self, obs: dict) -> np.ndarray | None:
+        action = self.policy.step(obs)  # None: nothing sent (the simulated agent stays where it is)
         self.infos.append(self.policy.last_info)
         return action
 

@@ -23,14 +23,16 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, perturb: bool, timeline
     ticks: list[dict] = []
     ms: list[float] = []
     resample_ticks: list[int] = []
-    gated = forced = bad = 0
+    gated = forced = bad = held = 0
     done = False
     i = 0
     while not done:
         goal_distance = float(np.linalg.norm(env.agent_position - env.goal_position)) if timeline else 0.0
-        action = policy.step(obs)
+        action = policy.step(obs)  # None: nothing sent this tick (the env's agent stays where it is)
         info = policy.last_info
-        if not (action.shape == (policy.manifest.dims.action_dim,) and np.all(np.isfinite(action))):
+        if action is None:
+            held += 1
+        elif not (action.shape == (policy.manifest.dims.action_dim,) and np.all(np.isfinite(action))):
             bad += 1
         ms.append(info.total_ms)
         if info.resampled:
@@ -41,7 +43,7 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, perturb: bool, timeline
                 gated += 1
         obs, done, _ = env.step(action)
         if timeline:
-            ticks.append({"tick": i, "resampled": info.resampled, "reason": info.gate_reason,
+            ticks.append({"tick": i, "resampled": info.resampled, "held": action is None, "reason": info.gate_reason,
                           "checked": info.gate_checked, "distance": info.gate_distance,
                           "threshold": info.gate_threshold, "prefix": info.prefix_ran,
                           "total_ms": round(info.total_ms, 3),
@@ -62,7 +64,7 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, perturb: bool, timeline
         "resamples": c.resamples, "gated_resamples": gated, "forced_resamples": forced,
         "prefix_passes": c.prefix_passes, "delta_passes": c.delta_passes,
         "plan_encoder_passes": c.plan_encoder_passes, "gate_checks": c.gate_checks,
-        "faults": c.faults, "fallbacks": c.fallbacks, "clipped": c.clipped, "bad_actions": bad,
+        "faults": c.faults, "fallbacks": c.fallbacks, "clipped": c.clipped, "bad_actions": bad, "held": held,
         "resample_latency": latency, "mean_tick_ms": float(np.mean(ms)) if ms else 0.0,
         "_tick_ms": ms,
     }
@@ -114,6 +116,7 @@ def summarize(episodes: Sequence[dict]) -> dict:
         "ms_per_tick_p90": float(np.percentile(all_ms, 90)) if all_ms.size else 0.0,
         "faults": sum(e["faults"] for e in episodes),
         "bad_actions": sum(e["bad_actions"] for e in episodes),
+        "held": sum(e.get("held", 0) for e in episodes),  # ticks the policy sent nothing (no safe target)
     }
 
 

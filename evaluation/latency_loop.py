@@ -88,7 +88,7 @@ class LatencyLoop:
         self._target: np.ndarray | None = None  # waypoint variant: the position target sent last
         self._wp_steps = [0.0, 0]  # waypoint variant, slew: sum and count of the plans' waypoint-to-waypoint steps
         inflight: tuple[int, PlanResult] | None = None
-        free_at = tick = resamples = refills = faults = 0
+        free_at = tick = resamples = refills = faults = held = 0
         actions: list[np.ndarray] = []
         chunk_ids: list[int] = []
         done = False
@@ -124,14 +124,15 @@ class LatencyLoop:
                         self.timeline.install(res.chunk)
                     else:
                         inflight = (tick + self.latency, res)
-            action = self.emitter.emit(tick)
+            action = self.emitter.emit(tick)  # None: no safe target (position dims, nothing passed yet)
             if self.waypoints:
                 action = self._toward_waypoint(env)
-            actions.append(action)
+            held += action is None
+            actions.append(np.zeros_like(self.stop) if action is None else action)  # what the agent did: stay
             chunk_ids.append(self.emitter.last.chunk_id)
-            obs, done, _ = env.step(action)
+            obs, done, _ = env.step(action)  # None: nothing sent, the agent stays
             tick += 1
-        return self._record(env, seed, perturb, resamples, faults, actions, chunk_ids, refills)
+        return self._record(env, seed, perturb, resamples, faults, actions, chunk_ids, refills, held)
 
     def _path(self, obs: dict, rows: np.ndarray, max_step: float) -> np.ndarray:
         """Chunk → absolute waypoints: the planning-time position plus the cumulated displacements, each
@@ -167,13 +168,13 @@ class LatencyLoop:
         return obs, done, tick
 
     def _record(self, env: Any, seed: int, perturb: bool, resamples: int, faults: int,
-                actions: list[np.ndarray], chunk_ids: list[int], refills: int = 0) -> dict:
+                actions: list[np.ndarray], chunk_ids: list[int], refills: int = 0, held: int = 0) -> dict:
         seam, within = seam_steps(np.asarray(actions), np.asarray(chunk_ids))
         ptick = env.perturb_tick
         ok = bool(env.success)
         return {"seed": int(seed), "perturbed": perturb, "success": ok, "steps": int(env.t), "perturb_tick": ptick,
                 "recovery_ticks": (int(env.t) - ptick) if ok and ptick is not None else None,
-                "resamples": resamples, "refills": refills, "faults": faults,
+                "resamples": resamples, "refills": refills, "faults": faults, "held": held,
                 "empty_ticks": int(np.sum(np.asarray(chunk_ids) == EMPTY)),
                 "paused_ticks": int(np.sum(np.asarray(chunk_ids) == PAUSE)),
                 "seam_steps": seam.tolist(), "within_steps": within.tolist()}
@@ -207,6 +208,8 @@ def summarize(episodes: Sequence[dict]) -> dict:
         "resamples_per_episode": sum(e["resamples"] for e in episodes) / max(n, 1),
         "refills_per_episode": sum(e.get("refills", 0) for e in episodes) / max(n, 1),  # resamples because the plan ran out
         "empty_ticks_per_episode": sum(e["empty_ticks"] for e in episodes) / max(n, 1),
+        # ticks with nothing sent (a position robot's emitter with no safe target yet)
+        "held_ticks_per_episode": sum(e.get("held", 0) for e in episodes) / max(n, 1),
         "paused_ticks_per_episode": sum(e["paused_ticks"] for e in episodes) / max(n, 1),
         "faults": sum(e["faults"] for e in episodes),
         "seam_jump_mean": stat(seam, np.mean), "seam_jump_p95": stat(seam, lambda a: np.percentile(a, 95)),

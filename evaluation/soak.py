@@ -4,9 +4,10 @@
 
 Records resident memory (VmRSS from /proc/self/status) at the start, every `--rss-every` ticks and at the
 end, exceptions raised by `step()`, chain faults/fallbacks reported by the policy, and every emitted action
-that is non-finite, has the wrong shape, or lies outside the manifest's `action_bounds` (these must be 0),
-plus ticks/s and tick-time percentiles. Writes `reports/soak.json` and prints a summary; exit status 1 when
-any error or bad action occurred. Episodes alternate perturbed / unperturbed.
+that is non-finite, has the wrong shape, or lies outside the manifest's `action_bounds` (these must be 0), the
+ticks on which it sent nothing (`held`: None, no safe target yet; the agent stays), plus ticks/s and
+tick-time percentiles. Writes `reports/soak.json` and prints a summary; exit status 1 when any error or bad
+action occurred. Episodes alternate perturbed / unperturbed.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def soak(artifacts: str | Path, ticks: int = 100_000, gate: str = "default", che
     n_errors = 0
     bad = {"non_finite": 0, "out_of_bounds": 0, "bad_shape": 0}
     bad_examples: list[dict] = []
+    held = 0  # ticks the policy sent nothing (a position robot with no safe target yet): not a bad action
     episodes = finished = successes = 0
     rss_samples: list[dict] = []
     t0 = time.perf_counter()
@@ -110,9 +112,12 @@ def soak(artifacts: str | Path, ticks: int = 100_000, gate: str = "default", che
             need_reset = True
             continue
         tick_ms[t] = (time.perf_counter() - ts) * 1e3
-        a = np.asarray(action)
+        a = None if action is None else np.asarray(action)  # None: nothing sent (no safe target), the agent stays
+        held += a is None
         why = None
-        if a.shape != (action_dim,):
+        if a is None:
+            pass
+        elif a.shape != (action_dim,):
             why = "bad_shape"
         elif not np.all(np.isfinite(a)):
             why = "non_finite"
@@ -171,7 +176,7 @@ def soak(artifacts: str | Path, ticks: int = 100_000, gate: str = "default", che
                     "p99": float(np.percentile(ms, 99)) if ms.size else None,
                     "max": float(ms.max()) if ms.size else None},
         "errors": n_errors, "error_examples": errors,
-        "bad_actions": sum(bad.values()), "bad_action_kinds": bad, "bad_action_examples": bad_examples,
+        "bad_actions": sum(bad.values()), "bad_action_kinds": bad, "held": held, "bad_action_examples": bad_examples,
         "counters": c.as_dict(),
         "rss_kb": {"after_imports": rss_import, "after_load": rss_loaded, "start": rss_start, "end": rss_end,
                    "growth": (rss_end - rss_start) if rss_start is not None and rss_end is not None else None,
@@ -196,7 +201,8 @@ def format_summary(s: dict) -> str:
         "tick ms: " + "  ".join(f"{k} {'?' if s['tick_ms'][k] is None else format(s['tick_ms'][k], '.2f')}"
                                 for k in ("mean", "p50", "p99", "max")),  # None: no tick ran
         (f"errors {s['errors']}  bad actions {s['bad_actions']} {s['bad_action_kinds']}  faults {s['counters']['faults']}  "
-        f"fallbacks {s['counters']['fallbacks']}  clipped {s['counters']['clipped']}"),
+        f"fallbacks {s['counters']['fallbacks']}  held {s.get('held', 0)}  "
+        f"clipped {s['counters']['clipped']}"),
         (f"resamples {s['counters']['resamples']}  prefix passes {s['counters']['prefix_passes']}  "
         f"delta passes {s['counters']['delta_passes']}"),
         (f"RSS start {mb(r['start'])}  end {mb(r['end'])}  growth {mb(r['growth'])}  peak {mb(r['peak_hwm'])}  "

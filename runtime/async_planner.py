@@ -6,9 +6,10 @@ planned now can arrive (`delay` ticks later), while the consistency gate encodes
 tick on (the pairing its threshold was calibrated on); a plan that will
 run out during inference forces a resample in time — `margin` rows early: the next chunk is requested once
 the plan has at most delay + margin rows left, so it lands with `margin` rows of the old plan still to run
-(room for the seam to fade, slack for a delay estimate that was too short). A fresh chunk is returned pinned
-to the observation's tick; the seam mode decides how it continues the executing plan (`runtime.seam`) —
-narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
+(room for the seam to fade, slack for a delay estimate that was too short); two such refills in a row mean
+every job refills (the plan is too short for the delay): a warning says the gate is never consulted. A fresh
+chunk is returned pinned to the observation's tick; the seam mode decides how it continues the executing plan
+(`runtime.seam`) — narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
 a change (`reactive`, learned from the policy's gate decision just before the denoise via
 `EdgePolicy.before_resample`). With refinement on, a kept plan that the policy refined is returned too, as a
 continuation (`TimedChunk.continues`, `info.resampled` False) the timeline splices into the executing chunk, so
@@ -81,6 +82,7 @@ class AsyncChunkPlanner:
             raise ValueError(f"react_width must be in [0, seam_width={seam_width}], got {react_width!r}")
         check_margin(margin, policy.manifest.dims.n_action_steps)
         self._warned_margin = False
+        self._refills = 0  # jobs in a row that had to refill the plan (`_note_refill`)
         self._warned_horizon = False
         self.react_width = int(react_width)  # soft rows after the delay on a chunk that reacts to a change
         self.margin = int(margin)
@@ -98,6 +100,7 @@ class AsyncChunkPlanner:
         self.policy.reset(seed)
         self._due_change = self.last_reacted = False
         self._last_check = None
+        self._refills = 0
 
     def _before_resample(self, decision: GateDecision) -> None:
         """Called by the policy after its gate decided to resample, before the denoise."""
@@ -114,11 +117,6 @@ class AsyncChunkPlanner:
         `tick` on (`ran` of its rows ran before); `delay`: ticks until a chunk planned now takes over.
         Raises `ObservationError` for a bad observation when the policy is set to raise."""
         delay = max(int(delay), 0)
-        n = self.policy.manifest.dims.n_action_steps
-        if delay + self.margin >= n and not self._warned_margin:
-            self._warned_margin = True
-            log.warning("delay %d + margin %d >= n_action_steps %d: every job resamples, the gate %s is never "
-                        "consulted (lower --margin or speed up inference)", delay, self.margin, n, self.policy.gate.spec)
         if delay >= 1 and not self._warned_horizon:
             why = horizon_mismatch(self.policy, delay, self.margin) or jump_lag_mismatch(
                 self.policy.gate, self.policy.manifest.gate_calibration, max(delay, self.policy.gate.check_every))
@@ -146,6 +144,7 @@ class AsyncChunkPlanner:
                 backend.set_prior(None, 0)  # an unused prior never leaks into a later job
         info = self.policy.last_info
         chunk = self.policy.last_chunk
+        self._note_refill(left is None and info.resampled, delay)
         if info.gate_checked or info.resampled:
             self._last_check = tick
         if not info.resampled or chunk is None:
@@ -159,6 +158,18 @@ class AsyncChunkPlanner:
         if self.seam == "blend" and executing is not None and delay >= 1:
             chunk = blend(chunk, executing, delay, self.react_width if self.last_reacted else self.seam_width)
         return PlanResult(TimedChunk(tick, np.array(chunk, dtype=np.float32), next(self._ids)), info)
+
+    def _note_refill(self, forced: bool, delay: int) -> None:
+        """Count jobs in a row that had to refill the plan (it had <= delay + margin rows left, or none), so the
+        gate was not consulted; warn once when two did — then every job does: the plan is too short for this
+        delay and margin. Judged on the jobs themselves: whether the next one must refill depends on how many rows
+        ran before it (at least one, more when a slow job delays it), not on delay + margin alone."""
+        self._refills = self._refills + 1 if forced else 0
+        if self._refills >= 2 and not self._warned_margin:
+            self._warned_margin = True
+            log.warning("delay %d + margin %d leave no room in a plan of n_action_steps %d: every job resamples, the "
+                        "gate %s is never consulted (lower --margin or speed up inference)", delay, self.margin,
+                        self.policy.manifest.dims.n_action_steps, self.policy.gate.spec)
 
     def _refined(self, tick: int, executing: np.ndarray, delay: int) -> TimedChunk | None:
         """The kept plan, refined by the policy against this observation, as a continuation of the rows

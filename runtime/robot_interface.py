@@ -47,6 +47,12 @@ def moves_on(name: str) -> bool:
     return n.endswith((".vel", ".velocity", ".delta")) or "delta" in n or re.fullmatch(r"d[a-z]{1,2}", n) is not None
 
 
+def is_velocity(name: str) -> bool:
+    """A velocity command (`x.vel`): unlike a position target or a displacement, a tick with no command leaves the
+    motor running at the last one, so "send nothing" does not stop it."""
+    return name.lower().endswith((".vel", ".velocity"))
+
+
 def hardware_names(features: Any, where: str) -> tuple[tuple[str, ...], dict[str, tuple]]:
     """A robot's `observation_features` / `action_features` (name → `float` for a motor, a shape tuple for a
     camera) → (motor names, {camera: shape}), split the way lerobot's `hw_to_dataset_features` does."""
@@ -91,6 +97,11 @@ class RobotInterface:
     def moving_dims(self) -> np.ndarray | None:
         """Per action dimension, whether it is a displacement / velocity (`moves_on`); None without names."""
         return None if not self.action_names else np.array([moves_on(n) for n in self.action_names], dtype=bool)
+
+    @property
+    def has_velocity(self) -> bool:
+        """Some action dimension is a velocity command (`is_velocity`): nothing sent does not stop it."""
+        return any(is_velocity(n) for n in self.action_names or ())
 
     # ------------------------------------------------------------- robot → policy
     @property

@@ -20,7 +20,9 @@ checked against the artifact; a robot whose `connect()` fails is disconnected ag
 Nothing reaches the robot unvetted, whatever the source (`ActionSource` is a public interface): a non-finite
 or wrong-sized action is not sent (a fault), a finite one outside the manifest's action bounds is clipped.
 When no action is ready the robot is sent nothing (position-controlled arms keep their target, displacement
-robots stand still) — never a repeat of the last action, which for displacement actions would keep moving.
+robots stand still) — never a repeat of the last action, which for displacement actions would keep moving; a
+robot with velocity dimensions (`x.vel`), which nothing sent leaves running at its last command, gets the stop
+action on its moving dimensions once (`starved_stop`) when such a run of ticks begins after an action was sent.
 `max_starved` such ticks in a row (a hung or stalled backend; before the first action STARTUP_GRACE times as
 many, for the first inference) end in the safe stop.
 """
@@ -152,6 +154,7 @@ class LoopReport:
     refused: int = 0  # non-finite / wrong-sized actions not sent (counted as faults)
     stop_reason: str = ""
     stops_sent: int = 0
+    starved_stops: int = 0  # velocity robots: the stop sent when a run of ticks without an action began
     repeated_frames: int = 0  # camera frames with the content of the tick before (no new frame yet)
     disconnect_error: str = ""  # the robot's disconnect failed (logged; the report is still returned)
     overruns: int = 0  # ticks that overran (a stall; the schedule re-based instead of catching up, runtime.pacing)
@@ -276,6 +279,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     consecutive = 0  # robot I/O or source exceptions in a row
     inference_faults = 0  # inference results in a row that were faults (the robot got the safe fallback)
     starved_run, sent_any = 0, False  # ticks in a row with nothing to send; whether anything was sent yet
+    braked = False  # this run of starved ticks already sent a velocity robot its stop (`starved_stop`)
     last_sent: list[np.ndarray] = []  # the last action the robot took (the safe stop holds its position targets)
     frames = _RepeatedFrames(tuple(interface.camera_names))
     interrupt: BaseException | None = None
@@ -299,6 +303,13 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                         rep.stop_reason = (f"no action for {starved_run} ticks in a row "
                                            f"({'inference stalled?' if sent_any else 'the first plan never came'})")
                         break
+                    last = last_sent[0] if last_sent else None
+                    command = None if braked else starved_stop(interface, stop_action, last)
+                    if command is not None:  # a velocity robot would drive on at its last command: stop it once
+                        pacer.sending()
+                        robot.send_action(interface.action_dict(command))
+                        braked = True
+                        rep.starved_stops += 1
                 elif action is None:  # the source's action failed the last check: a fault, nothing sent
                     raise UnsentAction(why)
                 else:
@@ -310,7 +321,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                     robot.send_action(interface.action_dict(sent))
                     delivered = sent
                     last_sent[:] = [sent]
-                    consecutive, starved_run, sent_any = 0, 0, True
+                    consecutive, starved_run, sent_any, braked = 0, 0, True, False
                 if sa.fault:
                     rep.faults += 1
                     inference_faults += 1
@@ -393,6 +404,17 @@ class _RepeatedFrames:
             n += sample is not None and prev is not None and prev.shape == sample.shape and np.array_equal(prev, sample)
             self.last[cam] = sample
         return n
+
+
+def starved_stop(interface: RobotInterface, stop_action: np.ndarray, last_sent: np.ndarray | None) -> np.ndarray | None:
+    """What a tick with no action sends (None: nothing). Position targets hold and displacements stand still
+    without a command, but a velocity motor runs on at its last one until a driver or stall watchdog stops it:
+    a robot with velocity dimensions that was already commanded gets the stop action on its moving (velocity /
+    displacement) dimensions and the last target sent on the others — a whole action, as every robot takes."""
+    moving = getattr(interface, "moving_dims", None)
+    if last_sent is None or moving is None or not getattr(interface, "has_velocity", False):
+        return None
+    return hold_or_stop(np.asarray(stop_action, dtype=np.float32).reshape(-1), last_sent, moving)
 
 
 def stop_command(on_stop: str, stop_action: np.ndarray, last_sent: np.ndarray | None,

@@ -17,7 +17,7 @@ from simtask.seeding import episode_seeds
 class Policy(Protocol):
     def reset(self) -> None: ...
 
-    def act(self, obs: dict[str, Any]) -> np.ndarray: ...
+    def act(self, obs: dict[str, Any]) -> np.ndarray | None: ...  # None: nothing sent this tick (the agent stays)
 
 
 @dataclass(frozen=True)

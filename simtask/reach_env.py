@@ -18,7 +18,10 @@ def instruction_for(color: str) -> str:
 
 
 def clip_action(action: Any, max_step: float) -> np.ndarray:
-    """Validate ``action`` (exactly ACTION_DIM finite numbers) and clip its Euclidean norm."""
+    """Validate ``action`` (exactly ACTION_DIM finite numbers) and clip its Euclidean norm. None is a tick where
+    nothing was sent (``EdgePolicy.step`` with no safe target): a displacement agent then stays where it is."""
+    if action is None:
+        return np.zeros(ACTION_DIM, dtype=np.float64)
     a: np.ndarray = np.asarray(action, dtype=np.float64).reshape(-1)
     if a.shape != (ACTION_DIM,):
         raise ValueError(f"action: expected {ACTION_DIM} numbers, got shape {np.shape(action)}")
@@ -63,7 +66,7 @@ class ReachEnv:
         return self._observe()
 
     def step(self, action: Any) -> tuple[dict[str, Any], bool, dict[str, Any]]:
-        """Apply one displacement; returns (obs, done, info)."""
+        """Apply one displacement (None: nothing sent, the agent stays); returns (obs, done, info)."""
         scene = self._require_scene()
         if self._done:
             raise RuntimeError("ReachEnv.step: the episode is over; call reset()")

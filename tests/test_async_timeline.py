@@ -371,3 +371,32 @@ def test_latency_loop_models_resample_latency_only(mode):
     (plain, _), (refined, refines) = runs[False], runs[True]
     assert refines > 5
     assert refined["paused_ticks"] == plain["paused_ticks"] and refined["resamples"] == plain["resamples"]
+
+
+def _counting(plan, jobs: list[int]):
+    """`plan` that appends to `jobs` on every call (how many jobs the loop ran)."""
+    def counted(*a, **k):
+        jobs.append(1)
+        return plan(*a, **k)
+    return counted
+
+
+@pytest.mark.parametrize("delay", [0, 1, 2, 3])
+def test_the_never_consulted_warning_comes_exactly_when_every_job_resamples(delay, caplog):
+    """A 4-row plan (chunk 8, n_action_steps 4), gate `never`: whether every job must refill depends on the delay,
+    the margin and how soon the next job comes (a job's tick is after its plan's, so at least one row has run):
+    before, the warning only knew delay + margin >= n_action_steps and stayed silent when e.g. delay 1 +
+    margin 2 (or delay 2 in the simulation) left every job resampling. Each margin is judged on one episode."""
+    from simtask import ReachEnv, TaskConfig
+
+    art = cached_fake_artifacts(chunk_size=8, n_action_steps=4)
+    for margin in range(4):
+        caplog.clear()
+        loop = LatencyLoop(EdgePolicy(art, gate="never", seed=0, backend_options={"intra_op_threads": 1}), "aligned",
+                           delay, margin=margin)
+        jobs: list[int] = []
+        loop.planner.plan = _counting(loop.planner.plan, jobs)
+        with caplog.at_level("WARNING", logger="runtime.async_planner"):
+            rec = loop.episode(ReachEnv(TaskConfig()), 0, False)
+        every = rec["resamples"] == len(jobs)
+        assert caplog.text.count("never consulted") == every, (delay, margin, rec["resamples"], len(jobs))

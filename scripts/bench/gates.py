@@ -18,7 +18,7 @@ class SimtaskAdapter:
     def reset(self) -> None:
         self.policy.reset()
 
-    def act(self, obs: dict) -> np.ndarray:
+    def act(self, obs: dict) -> np.ndarray | None:  # None: nothing sent this tick (the agent stays)
         from simtask import IMAGE_KEY
 
         if self.camera_key not in obs:
