@@ -52,6 +52,7 @@ from simtask.events import EPISODE_KINDS
 TRACE_KINDS = ("jump", "distractor")  # the timeline plot: one relevant and one irrelevant change
 DEFAULT_REFINE = ("interval:chunk", "drift:p95", "pixel:p95", "consistency:p95")
 DEFAULT_SWEEP = ("p90", "p95", "p99", "3xp99", "manifest")
+BASELINE_LABEL = "p95"  # the default threshold: the random gates' matched rates and the default --refine names key on it
 ANY_FAMILY = "drift+consistency"  # the `any:drift,consistency` gate
 CAP_FAMILIES = ("drift", "consistency", "jump", "pixel")  # change gates also run with a plan-age cap
 CAP_LABELS = ("p95", "manifest")  # the calibrated thresholds that get a capped copy
@@ -150,8 +151,10 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     out = Path(out)
     kinds = tuple(dict.fromkeys(kinds))  # a repeated kind would run (and pair) the same episodes twice
     if quick:
-        episodes, calibration_episodes, intervals, sweep = min(episodes, 2), min(calibration_episodes, 1), (), ("p95",)
+        episodes, calibration_episodes, intervals, sweep = min(episodes, 2), min(calibration_episodes, 1), (), ()
         refine = ("pixel:p95",)
+    # p95 always runs: without it the matched-rate random gates (and the default --refine names) silently vanish
+    sweep = tuple(dict.fromkeys([BASELINE_LABEL, *sweep]))
     env = BenchEnv(slack=slack)
     seeds = episode_seeds(seed, episodes * len(kinds), "bench")
     by_kind = {k: seeds[i * episodes:(i + 1) * episodes] for i, k in enumerate(kinds)}
@@ -227,7 +230,8 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     for spec in specs:
         run(spec)
     for fam in ("drift", "pixel"):  # random gates at the rates the calibrated p95 gates fired (matched budget)
-        ref = next((r for r in results if r["family"] == fam and r["label"] == "p95" and not r["refine"]), None)
+        ref = next((r for r in results if r["family"] == fam and r["label"] == BASELINE_LABEL and not r["refine"]),
+                   None)
         rate = ref["all"]["fire_rate"] if ref else None
         if rate:
             run(BenchSpec("random", f"random:{rate:.4g}", f"{rate:.3g} (={fam})", rate))
@@ -238,6 +242,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
         "config": {"artifacts": str(artifacts), "episodes_per_kind": episodes, "kinds": list(kinds),
                    "calibration_episodes_per_kind": calibration_episodes, "seed": seed, "slack": slack,
                    "caps": list(caps),  # the caps actually run (K < n_action_steps)
+                   "sweep": list(sweep),  # the labels run (p95 always)
                    "settle": env.settle, "quick": quick, "threads": threads, "host": platform.node() or "?",
                    "chunk_size": manifest.dims.chunk_size, "n_action_steps": manifest.dims.n_action_steps,
                    "num_steps": manifest.dims.num_steps, "seeds": by_kind, "task": env.config.to_dict()},
@@ -310,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan-age caps K: drift/consistency/jump/pixel at p95 (and manifest) also run as "
                         "any:<gate>,interval:K")
     p.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP), choices=list(SWEEP_LABELS),
-                   help="calibrated thresholds to run per family")
+                   help="calibrated thresholds to run per family (p95, the default, always runs: the random "
+                        "baselines and the default --refine names key on it)")
     p.add_argument("--refine", nargs="*", default=list(DEFAULT_REFINE),
                    help="names of built policies also run with refinement (e.g. drift:p95, interval:chunk)")
     p.add_argument("--quick", action="store_true", help="CI mode: 2 episodes per kind, a few policies")
