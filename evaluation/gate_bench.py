@@ -86,6 +86,17 @@ def _bar(total: int, enabled: bool) -> Any:
         return None
 
 
+def exact(x: float) -> str:
+    """`x` in a spec string to the last bit (repr round-trips): the gate run is the calibrated or shipped one, not
+    a 6-digit neighbour (a manifest threshold 1.066712… ran as 1.06671; 1.9999999 as 2, which make_gate refuses)."""
+    return repr(float(x))
+
+
+def random_spec(family: str, rate: float) -> BenchSpec:
+    """The random gate matched to `family`'s measured per-check firing rate, at exactly that rate."""
+    return BenchSpec("random", f"random:{exact(rate)}", f"{rate:.3g} (={family})", rate)
+
+
 def capped_specs(calibration: dict, caps: Sequence[int]) -> list[BenchSpec]:
     """Each change family at its p95 (and manifest) threshold combined with `interval:K`: the change part
     reacts to what it sees, the cap bounds how stale a plan gets in a quiet stretch."""
@@ -93,7 +104,7 @@ def capped_specs(calibration: dict, caps: Sequence[int]) -> list[BenchSpec]:
     for fam in CAP_FAMILIES:
         thresholds = dict(calibration.get(fam, {}).get("sweep", []))
         for label in [lb for lb in CAP_LABELS if lb in thresholds]:
-            out += [BenchSpec(f"{fam}+cap", f"any:{fam}:{thresholds[label]:.6g},interval:{k}", f"{label}/{k}",
+            out += [BenchSpec(f"{fam}+cap", f"any:{fam}:{exact(thresholds[label])},interval:{k}", f"{label}/{k}",
                               float(k)) for k in caps]
     return out
 
@@ -112,12 +123,12 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
     for fam in THRESHOLD_FAMILIES:
         for label, thr in calibration.get(fam, {}).get("sweep", []):
             if label in sweep:
-                out.append(BenchSpec(fam, f"{fam}:{thr:.6g}", label, thr))
+                out.append(BenchSpec(fam, f"{fam}:{exact(thr)}", label, thr))
     # both CLS gates at once (`any:`): drift reacts to a jump within a tick, consistency to a plan that no
     # longer fits; each part at the same calibration label
     d_sweep, c_sweep = (dict(calibration.get(f, {}).get("sweep", [])) for f in ("drift", "consistency"))
     for label in [lb for lb in sweep if lb in d_sweep and lb in c_sweep]:
-        out.append(BenchSpec(ANY_FAMILY, f"any:drift:{d_sweep[label]:.6g},consistency:{c_sweep[label]:.6g}", label))
+        out.append(BenchSpec(ANY_FAMILY, f"any:drift:{exact(d_sweep[label])},consistency:{exact(c_sweep[label])}", label))
     out += capped_specs(calibration, caps)
     by_name = {s.name: s for s in out}
     unknown = [n for n in dict.fromkeys(refine) if n not in by_name]
@@ -234,7 +245,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
                    None)
         rate = ref["all"]["fire_rate"] if ref else None
         if rate:
-            run(BenchSpec("random", f"random:{rate:.4g}", f"{rate:.3g} (={fam})", rate))
+            run(random_spec(fam, rate))
     if bar is not None:
         bar.close()
     backend.close()

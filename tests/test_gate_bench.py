@@ -354,3 +354,28 @@ def test_timeline_of_an_any_gate_keeps_each_parts_threshold():
     assert by["consistency"]["values"] == [0.5]
     one, scaled = timeline_series([t for t in ticks if t["reason"] != "consistency"])
     assert not scaled and one[0]["values"] == [0.25, 1.0] and one[0]["threshold"] == 0.5  # one part: raw distance
+
+
+@settings(max_examples=60, deadline=None)
+@given(thr=st.floats(0.0, 2.0, exclude_max=True), manifest=st.floats(0.0, 2.0, exclude_max=True))
+def test_benchmarked_thresholds_are_the_calibrated_ones_exactly(thr, manifest):
+    """The gate run under `<family>:manifest` must be the shipped one: the manifest's threshold to the last bit,
+    not rounded into the spec string (1.066712039852871 ran as 1.06671; 1.9999999 as 2, which make_gate refuses)."""
+    from runtime.gate import make_gate
+
+    cal = {fam: {"sweep": [("p95", thr), ("manifest", manifest)]} for fam in ("drift", "consistency", "jump", "pixel",
+                                                                                 "state")}
+    specs = [s for s in policy_specs(cal, 10, (3,), ["p95", "manifest"], [], (5,)) if s.label.startswith(("p95", "man"))]
+    assert len(specs) == 5 * 2 + 2 + 4 * 2  # every family at both labels, drift+consistency at both, the capped ones
+    for s in specs:
+        gate = make_gate(s.spec)
+        got = {p.threshold for p in getattr(gate, "parts", [gate]) if hasattr(p, "threshold")}
+        assert got == {thr if s.label.startswith("p95") else manifest}, s
+
+
+def test_random_gate_runs_at_the_measured_rate_exactly():
+    from evaluation.gate_bench import random_spec
+    from runtime.gate import make_gate
+
+    for rate in (0.123456789, 1 / 3, 1e-7):
+        assert make_gate(random_spec("drift", rate).spec).p == rate
