@@ -113,8 +113,10 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
                  refine: Sequence[str], caps: Sequence[int] = DEFAULT_CAPS, default: str | None = None) -> list[BenchSpec]:
     """always, the manifest's default gate (`default` = its gate.default, run as EdgePolicy(gate="default")
     builds it), interval:k (every cap K included) and every threshold family's sweep (labels in `sweep`), the
-    capped change gates, plus `+refine` copies. A cap K >= chunk never binds (the queue runs out first): left out."""
+    capped change gates, plus `+refine` copies. A cap K >= chunk never binds (the queue runs out first): left out;
+    so is an interval K > chunk (interval:chunk again under another name)."""
     caps = sorted({int(k) for k in caps if k < chunk})
+    intervals = [k for k in intervals if k <= chunk]
     out = [BenchSpec("always", "always", "")]
     if default is not None:
         out.append(BenchSpec(DEFAULT_FAMILY, "default", default))
@@ -175,6 +177,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     first = EdgePolicy(artifacts, gate="always", backend_options={"intra_op_threads": threads}, seed=seed)
     manifest, backend = first.manifest, first.backend
     caps = sorted({int(k) for k in caps if k < manifest.dims.n_action_steps})  # K >= chunk never binds: not run
+    intervals = sorted({int(k) for k in intervals if k <= manifest.dims.n_action_steps})  # likewise K > chunk
     if quick:
         caps = caps[:1]
     try:
@@ -254,6 +257,7 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
                    "calibration_episodes_per_kind": calibration_episodes, "seed": seed, "slack": slack,
                    "caps": list(caps),  # the caps actually run (K < n_action_steps)
                    "sweep": list(sweep),  # the labels run (p95 always)
+                   "intervals": intervals,  # the interval:K asked for and run (K <= n_action_steps; chunk and caps too)
                    "settle": env.settle, "quick": quick, "threads": threads, "host": platform.node() or "?",
                    "chunk_size": manifest.dims.chunk_size, "n_action_steps": manifest.dims.n_action_steps,
                    "num_steps": manifest.dims.num_steps, "seeds": by_kind, "task": env.config.to_dict()},
@@ -321,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="base seed of the episode streams")
     p.add_argument("--threads", type=non_negative_int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--intervals", type=positive_int, nargs="*", default=[3, 5],
-                   help="interval:k gates (the chunk and every --caps K always added)")
+                   help="interval:k gates (the chunk and every --caps K always added; a k past the chunk is "
+                        "interval:chunk again: not run)")
     p.add_argument("--caps", type=positive_int, nargs="*", default=list(DEFAULT_CAPS),
                    help="plan-age caps K: drift/consistency/jump/pixel at p95 (and manifest) also run as "
                         "any:<gate>,interval:K")

@@ -379,3 +379,10 @@ def test_random_gate_runs_at_the_measured_rate_exactly():
 
     for rate in (0.123456789, 1 / 3, 1e-7):
         assert make_gate(random_spec("drift", rate).spec).p == rate
+
+
+def test_an_interval_past_the_chunk_is_not_run_twice():
+    """interval:K with K > the executed chunk never fires before the queue runs out: it is interval:chunk under
+    another name (a duplicate policy, and a second point on the interval curve), so like a cap it is not run."""
+    specs = policy_specs({}, 10, (3, 10, 20, 99), ["p95"], [], (5, 12))
+    assert [s.spec for s in specs if s.family == "interval"] == ["interval:3", "interval:5", "interval:10"]
