@@ -46,6 +46,7 @@ from evaluation.bench_report import (
 from evaluation.bench_runner import run_episode, summarize
 from evaluation.cli_args import non_negative_int, output_dir, positive_int, read_json_file
 from runtime.gate import MANIFEST_THRESHOLD_GATES, Gate
+from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
 
@@ -174,7 +175,10 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     cal_seeds = episode_seeds(seed, calibration_episodes * len(kinds), "bench_calibration")
     cal_eps = [(s, kinds[i // calibration_episodes]) for i, s in enumerate(cal_seeds)]
 
-    first = EdgePolicy(artifacts, gate="always", backend_options={"intra_op_threads": threads}, seed=seed)
+    try:
+        first = EdgePolicy(artifacts, gate="always", backend_options={"intra_op_threads": threads}, seed=seed)
+    except (ManifestError, OSError) as exc:  # the folder is not an artifact folder: say which flag named it
+        raise ValueError(f"--artifacts {artifacts}: {exc}") from None
     manifest, backend = first.manifest, first.backend
     caps = sorted({int(k) for k in caps if k < manifest.dims.n_action_steps})  # K >= chunk never binds: not run
     intervals = sorted({int(k) for k in intervals if k <= manifest.dims.n_action_steps})  # likewise K > chunk
