@@ -255,12 +255,14 @@ def markdown(report: dict) -> str:
         lines += headline_lines(report["headline_pooled"])
     lines += ["", "## Calibration (held-out episodes; default threshold = p95 of the quiet distances)", "",
               ("| family | quiet / irrelevant / relevant n | mean quiet | mean irrelevant | mean relevant | p95 quiet "
-              "| AUROC rel vs quiet | AUROC rel vs irrelevant |"), "|---|---|---|---|---|---|---|---|"]
+              "| p95 quiet, plan age < cap K (capped gates) | AUROC rel vs quiet | AUROC rel vs irrelevant |"),
+              "|---|---|---|---|---|---|---|---|---|"]
     for fam, c in report["calibration"].items():
         n, m = c["n"], c["mean"]
         moving = f" (+{n['moving']} moving)" if n.get("moving") else ""
         lines.append(f"| {fam} | {n['quiet']} / {n['irrelevant']} / {n['relevant']}{moving} | {fmt(m['quiet'], 4)} | "
                      f"{fmt(m['irrelevant'], 4)} | {fmt(m['relevant'], 4)} | {c['default_threshold']:.4g} | "
+                     f"{', '.join(f'K {k}: {t:.4g}' for k, t in c.get('capped_p95', {}).items()) or '–'} | "
                      f"{fmt(c['auroc_relevant_vs_quiet'], 3)} | {fmt(c['auroc_relevant_vs_irrelevant'], 3)} |")
     for kind in cfg["kinds"]:
         lines += ["", f"## `{kind}`", "",

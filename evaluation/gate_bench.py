@@ -100,13 +100,18 @@ def random_spec(family: str, rate: float) -> BenchSpec:
 
 def capped_specs(calibration: dict, caps: Sequence[int]) -> list[BenchSpec]:
     """Each change family at its p95 (and manifest) threshold combined with `interval:K`: the change part
-    reacts to what it sees, the cap bounds how stale a plan gets in a quiet stretch."""
+    reacts to what it sees, the cap bounds how stale a plan gets in a quiet stretch. Its p95 is that of the
+    plan ages < K it decides on (`capped_p95`), as the export calibrates the manifest's threshold for its cap."""
     out = []
     for fam in CAP_FAMILIES:
-        thresholds = dict(calibration.get(fam, {}).get("sweep", []))
-        for label in [lb for lb in CAP_LABELS if lb in thresholds]:
-            out += [BenchSpec(f"{fam}+cap", f"any:{fam}:{exact(thresholds[label])},interval:{k}", f"{label}/{k}",
-                              float(k)) for k in caps]
+        cal = calibration.get(fam, {})
+        manifest = dict(cal.get("sweep", [])).get(MANIFEST_LABEL)
+        for label in CAP_LABELS:
+            for k in caps:
+                thr = cal.get("capped_p95", {}).get(str(k)) if label == BASELINE_LABEL else manifest
+                if thr is not None:
+                    out.append(BenchSpec(f"{fam}+cap", f"any:{fam}:{exact(thr)},interval:{k}", f"{label}/{k}",
+                                         float(k)))
     return out
 
 
@@ -147,8 +152,8 @@ def _expected_specs(manifest: Any, intervals: Sequence[int], sweep: Sequence[str
     """policy_specs on a stand-in calibration with every label calibration will produce (thresholds aside): checks
     --refine names before minutes of calibration."""
     stand_in = {fam: {"sweep": [(lb, 1.0) for lb in SWEEP_LABELS if lb != MANIFEST_LABEL or (
-        (cal := manifest.gate_calibration.get(fam)) is not None and cal.default_threshold is not None)]}
-        for fam in THRESHOLD_FAMILIES}
+        (cal := manifest.gate_calibration.get(fam)) is not None and cal.default_threshold is not None)],
+        "capped_p95": {str(k): 1.0 for k in caps}} for fam in THRESHOLD_FAMILIES}
     return policy_specs(stand_in, manifest.dims.n_action_steps, intervals, sweep, refine, caps, manifest.default_gate)
 
 
@@ -202,10 +207,13 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     for fam in THRESHOLD_FAMILIES:
         cal = manifest.gate_calibration.get(fam)
         calibration[fam] = summarize_family(record_distances(make_policy, env, fam, cal_eps, bar),
-                                            cal.default_threshold if cal is not None else None, family=fam)
+                                            cal.default_threshold if cal is not None else None, family=fam,
+                                            caps=caps)
     if bar is not None:
         bar.close()
     missing = missing_labels(calibration, [*sweep, *(CAP_LABELS if caps else ())], MANIFEST_THRESHOLD_GATES)
+    missing += [f"{fam}+cap:{BASELINE_LABEL}/{k}" for fam in CAP_FAMILIES for k in caps
+                if str(k) not in calibration[fam]["capped_p95"]]
     if missing:
         print(f"warning: no calibrated threshold for {', '.join(missing)}: those policies are not run", file=sys.stderr)
 
