@@ -133,6 +133,8 @@ def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict
     not) at equal or better success; the best interval-only policy by the same rule; and what the CLS part
     buys over the plan-age cap alone."""
     results = [r for r in results if kind in r["per_kind"] or (kind == POOLED and r.get("all"))]
+    if not results:
+        return {"error": f"the {kind} suite was not run (--kinds)"}
     always = next((r for r in results if r["family"] == "always" and not r["refine"]), None)
     if always is None:
         return {"error": f"no 'always' run on the {kind} suite"}

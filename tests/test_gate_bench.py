@@ -421,3 +421,13 @@ def test_the_quick_run_calibrates_its_capped_gates_on_young_plans(quick):
         if r["family"].endswith("+cap") and r["label"].startswith("p95/"):
             fam, k = r["family"].removesuffix("+cap"), r["label"].split("/")[1]
             assert make_gate(r["spec"]).parts[0].threshold == report["calibration"][fam]["capped_p95"][k]
+
+
+def test_a_suite_that_was_not_run_is_not_blamed_on_always():
+    """`--kinds jump`: the `mixed` headline must say the suite did not run, not that `always` did not."""
+    rs = [_res("always", "always", 1.0, 30), _res("drift:p95", "drift", 0.975, 6)]
+    for r in rs:
+        r["per_kind"], r["episodes"] = {"jump": r["per_kind"]["mixed"]}, {"jump": r["episodes"]["mixed"]}
+    err = compute_bench_headline(rs)["error"]
+    assert "not run" in err and "--kinds" in err and "always" not in err
+    assert compute_bench_headline(rs, "jump").get("error") is None
