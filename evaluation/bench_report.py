@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.gate_report import fmt
-from evaluation.gate_stats import mcnemar_exact_p
+from evaluation.gate_stats import fmt_p, mcnemar_exact_p
 
 SUCCESS_TOL = 0.03  # acceptance: within 3 points of always
 BUDGET_FRAC = 0.30  # acceptance: at most 30 % of always's resamples
@@ -54,11 +54,6 @@ def null_non_finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [null_non_finite(v) for v in obj]
     return obj
-
-
-def fmt_p(p: float | None) -> str:
-    """A p-value to 3 significant digits (0.125, 1.00, 0.00400)."""
-    return "–" if p is None else f"{p:#.3g}"
 
 
 def base_family(family: str) -> str:

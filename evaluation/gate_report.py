@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.gate_policies import CLS_FAMILIES
+from evaluation.gate_stats import fmt_p
 
 
 def fmt(v: Any, nd: int = 2) -> str:
@@ -63,7 +64,7 @@ def markdown_report(report: dict) -> str:
         for pr in h.get("paired", []):
             lines.append(f"- paired vs `{pr['vs']}` ({pr['n']} episodes): both succeed {pr['both']}, only the gate "
                          f"{pr['only_this']}, only `{pr['vs']}` {pr['only_other']}, neither {pr['neither']} "
-                         f"(exact McNemar p = {pr.get('mcnemar_p', float('nan')):.2f}).")
+                         f"(exact McNemar p = {fmt_p(pr.get('mcnemar_p'))}).")
             rec = pr.get("recovery")
             if rec and rec["n"]:
                 lines.append(f"  - recovery (jump → success) where both succeed ({rec['n']} episodes): gate faster in "

@@ -53,6 +53,11 @@ def paired_comparison(a: dict, b: dict) -> dict:
                          "sign_test_p": mcnemar_exact_p(faster, slower)}}
 
 
+def fmt_p(p: float | None) -> str:
+    """A p-value to 3 significant digits (0.125, 1.00, 0.00400): two decimals printed 0.004 as 0.00."""
+    return "–" if p is None else f"{p:#.3g}"
+
+
 def mcnemar_exact_p(b: int, c: int) -> float:
     """Two-sided exact McNemar test on the discordant pair counts (binomial, p = 1/2); the same
     computation is the exact sign test on paired wins/losses."""

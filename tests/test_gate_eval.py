@@ -209,3 +209,16 @@ def test_max_steps_option_is_validated(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --max-steps" in err and "TaskConfig" not in err
+
+
+def test_a_small_mcnemar_p_is_not_printed_as_zero(quick_report):
+    """gate_eval.md printed p to two decimals: p = 0.004 read 'p = 0.00'. Three significant digits, as gate_bench."""
+    import copy
+
+    from evaluation.gate_report import markdown_report
+
+    report = copy.deepcopy(quick_report[0])
+    assert report["headline"]["paired"], "the quick run has a paired comparison"
+    report["headline"]["paired"][0]["mcnemar_p"] = 0.004
+    md = markdown_report(report)
+    assert "McNemar p = 0.00400)" in md and "McNemar p = 0.00)" not in md
