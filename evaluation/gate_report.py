@@ -71,10 +71,10 @@ def markdown_report(report: dict) -> str:
                              f"{rec['faster']}, slower in {rec['slower']}, equal in {rec['equal']}; mean "
                              f"{fmt(rec['mean_this'], 1)} vs {fmt(rec['mean_other'], 1)} ticks "
                              f"(exact sign test p = {rec['sign_test_p']:.3g}).")
-        se = h.get("success_standard_error")
-        if se:
-            lines.append(f"- sampling noise: one success rate near always's has a standard error of ≈ {se:.3f} "
-                         f"(95 % ≈ ±{1.96 * se:.2f}); the headline is the best of "
+        ci = h.get("always_success_ci")
+        if ci:
+            lines.append(f"- sampling noise: {h['always'].get('n_episodes', '?')} episodes pin always's success down only to "
+                         f"{ci[0]:.3f}–{ci[1]:.3f} (95 % Wilson), a gate's likewise; the headline is the best of "
                          f"{h.get('n_cls_configs', '?')} CLS configurations on the same episodes, so its margin is "
                          "optimistic (winner's curse) — trust the paired counts and p-values.")
     else:

@@ -53,6 +53,16 @@ def paired_comparison(a: dict, b: dict) -> dict:
                          "sign_test_p": mcnemar_exact_p(faster, slower)}}
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate (sane at 0/n and n/n, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def fmt_p(p: float | None) -> str:
     """A p-value to 3 significant digits (0.125, 1.00, 0.00400): two decimals printed 0.004 as 0.00."""
     return "–" if p is None else f"{p:#.3g}"
