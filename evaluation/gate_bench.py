@@ -44,7 +44,7 @@ from evaluation.bench_report import (
     write_bench_report,
 )
 from evaluation.bench_runner import run_episode, summarize
-from evaluation.cli_args import non_negative_int, output_dir, positive_int, read_json_file
+from evaluation.cli_args import MAX_SEED, int_in, non_negative_int, output_dir, positive_int, read_json_file
 from runtime.gate import MANIFEST_THRESHOLD_GATES, Gate
 from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", nargs="+", default=list(EPISODE_KINDS), choices=list(EPISODE_KINDS),
                    help="episode kinds (a repeated one runs once)")
     p.add_argument("--slack", type=non_negative_int, default=5, help="ticks added to the scripted expert's time for the deadline")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed of the episode streams")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="base seed of the episode streams")
     p.add_argument("--threads", type=non_negative_int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--intervals", type=positive_int, nargs="*", default=[3, 5],
                    help="interval:k gates (the chunk and every --caps K always added; a k past the chunk is "

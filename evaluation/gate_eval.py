@@ -34,7 +34,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.cli_args import episode_max_steps, non_negative_int, output_dir, positive_int, read_json_file
+from evaluation.cli_args import (
+    MAX_SEED,
+    episode_max_steps,
+    int_in,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    read_json_file,
+)
 from evaluation.gate_headline import BUDGET_FRAC, SUCCESS_TOL, compute_headline
 from evaluation.gate_policies import (
     CLS_FAMILIES,
@@ -202,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=positive_int, default=30, help="perturbed episodes per policy")
     p.add_argument("--unperturbed", type=non_negative_int, default=None,
                    help="unperturbed episodes per policy (default episodes//3)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed of the episode streams")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="base seed of the episode streams")
     p.add_argument("--quick", action="store_true", help="CI mode: a few policies, 2 perturbed + 1 unperturbed episode")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

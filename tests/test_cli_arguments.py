@@ -85,7 +85,7 @@ def test_soak_library_refuses_no_time(tmp_path):
 # ------------------------------------------------------------------------------------------------ gate_eval
 @pytest.mark.parametrize("argv, flag", [(["--check-every", "1", "0"], "--check-every"), (["--threads", "-1"], "--threads"),
                                         (["--episodes", "0"], "--episodes"), (["--max-steps", "0"], "--max-steps"),
-                                        (["--seed", "-1"], "--seed")])
+                                        (["--seed", "-1"], "--seed"), (["--seed", str(2**63)], "--seed")])
 def test_gate_eval_flags_before_any_gate(argv, flag, tmp_path, capsys, monkeypatch):
     from evaluation import gate_eval
 
@@ -117,7 +117,8 @@ def test_rerender_of_a_bad_file_is_one_line(tool, content, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ gate_bench
 @pytest.mark.parametrize("argv, flag", [(["--slack", "-5"], "--slack"), (["--threads", "-1"], "--threads"),
                                         (["--caps", "0"], "--caps"), (["--intervals", "0"], "--intervals"),
-                                        (["--calibration-episodes", "0"], "--calibration-episodes")])
+                                        (["--calibration-episodes", "0"], "--calibration-episodes"),
+                                        (["--seed", str(2**63)], "--seed")])
 def test_gate_bench_flags(argv, flag, tmp_path, capsys, monkeypatch):
     from evaluation import gate_bench
 
