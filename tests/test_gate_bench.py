@@ -431,3 +431,11 @@ def test_a_suite_that_was_not_run_is_not_blamed_on_always():
     err = compute_bench_headline(rs)["error"]
     assert "not run" in err and "--kinds" in err and "always" not in err
     assert compute_bench_headline(rs, "jump").get("error") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 500), frac=st.floats(0.0, 1.0))
+def test_wilson_contains_its_estimate(n, frac):
+    k = round(frac * n)
+    lo, hi = wilson(k, n)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0 and hi > lo
