@@ -10,7 +10,10 @@ tick, with an ongoing goal move as its own label `moving` (kept out of the thres
 changes the scene a little every tick, which is not what a step detector is for). The default
 threshold is the 95th percentile of the `quiet` distances (≈ 5 % spurious resamples when nothing happened),
 the rule of the export-time CLS calibration (`export/graphs/gate_calibration.py`, whose rollouts have no
-irrelevant changes); the sweep uses other quantiles of the same distribution and 3 × p99. Irrelevant changes are left out
+irrelevant changes); the sweep uses other quantiles of the same distribution and 3 × p99. A plan-age-capped gate
+(`any:<family>,interval:K`) replans on the clock from plan age K on, so its change part decides only on ages
+< K: its p95 is over the quiet distances at those ages (`capped_p95`; the export's horizon rule), since quiet
+distances grow with the plan's age. Irrelevant changes are left out
 of the threshold on purpose: whether a gate ignores them is what the benchmark measures. The manifest's own
 CLS thresholds are added to the sweep as `manifest`.
 """
@@ -84,10 +87,12 @@ def record_distances(make_policy: Callable[[Any], Any], env: Any, family: str,
                      episodes: Sequence[tuple[int, str]], bar: Any = None) -> dict[str, list[float]]:
     """Distances of `family`'s gate per label over `episodes` ((seed, kind) pairs), never firing. Since-plan
     families are labelled by `label`, per-tick ones (`PER_TICK_FAMILIES`) by `step_label` against the previous
-    tick on which the prefix ran."""
+    tick on which the prefix ran. `ages`: per label, each distance's plan age (the policy's ticks_since_plan)."""
     policy = make_policy(observing_gate(family))  # checks, reports its distance, never fires
     per_tick = family in PER_TICK_FAMILIES
-    out: dict[str, list[float]] = {k: [] for k in LABELS}
+    out: dict[str, Any] = {k: [] for k in LABELS}
+    ages: dict[str, list[int]] = {k: [] for k in LABELS}  # plan age (ticks since the plan) of each distance
+    out["ages"] = ages
     for seed, kind in episodes:
         obs = env.reset(seed, kind)
         policy.reset(seed=seed)
@@ -100,6 +105,7 @@ def record_distances(make_policy: Callable[[Any], Any], env: Any, family: str,
             elif info.gate_checked and info.gate_distance is not None:
                 lab = step_label(prefix_tick, i, env.schedule) if per_tick else label(plan_tick, i, env.schedule)
                 out[lab].append(float(info.gate_distance))
+                ages[lab].append(i - plan_tick)
             if info.prefix_ran:
                 prefix_tick = i
             obs, done, _ = env.step(action)
@@ -109,11 +115,12 @@ def record_distances(make_policy: Callable[[Any], Any], env: Any, family: str,
     return out
 
 
-def summarize_family(dist: dict[str, list[float]], manifest_default: float | None = None,
-                     family: str | None = None) -> dict:
+def summarize_family(dist: dict[str, Any], manifest_default: float | None = None,
+                     family: str | None = None, caps: Sequence[int] = ()) -> dict:
     """Quantiles, AUROCs and the threshold sweep of one family (every label of SWEEP_LABELS; `manifest` only
-    with a `manifest_default`). A cosine family's (drift, consistency, jump) sweep leaves out thresholds from 2
-    on: no distance exceeds them, and `make_gate` refuses such a spec."""
+    with a `manifest_default`), and per cap K in `caps` the p95 of the quiet distances at plan ages < K
+    (`capped_p95`, needs `dist["ages"]`). A cosine family's (drift, consistency, jump) thresholds from 2 on are
+    left out: no distance exceeds them, and `make_gate` refuses such a spec."""
     quiet = dist["quiet"]
     if not quiet:
         raise ValueError("calibration: no quiet distances recorded (too few calibration episodes?)")
@@ -127,6 +134,16 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
     upper = MAX_COSINE_DISTANCE if family in MANIFEST_THRESHOLD_GATES else math.inf
     sweep = sorted(((name, thr) for name, thr in sweep if thr < upper), key=lambda s: s[1])
 
+    capped = {}
+    if caps:
+        ages = dist.get("ages", {}).get("quiet")
+        if ages is None or len(ages) != len(quiet):
+            raise ValueError("calibration: the quiet distances carry no plan ages, needed for the capped gates")
+        for k in caps:
+            young = [d for d, a in zip(quiet, ages) if a < k]
+            if young and (thr := float(np.percentile(young, DEFAULT_QUANTILE))) < upper:
+                capped[str(k)] = thr  # no quiet tick younger than K (K = 1): no capped threshold, warned
+
     def mean(xs: list[float]) -> float | None:
         return float(np.mean(xs)) if xs else None
 
@@ -135,7 +152,7 @@ def summarize_family(dist: dict[str, list[float]], manifest_default: float | Non
             "default_threshold": q[f"p{DEFAULT_QUANTILE:g}"],
             "auroc_relevant_vs_quiet": auroc(dist["quiet"], dist["relevant"]),
             "auroc_relevant_vs_irrelevant": auroc(dist["irrelevant"], dist["relevant"]),
-            "sweep": sweep}
+            "sweep": sweep, "capped_p95": capped}
 
 
 def missing_labels(calibration: dict, labels: Sequence[str], manifest_families: Sequence[str]) -> list[str]:

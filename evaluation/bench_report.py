@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.gate_report import fmt
-from evaluation.gate_stats import mcnemar_exact_p
+from evaluation.gate_stats import fmt_p, mcnemar_exact_p
 
 SUCCESS_TOL = 0.03  # acceptance: within 3 points of always
 BUDGET_FRAC = 0.30  # acceptance: at most 30 % of always's resamples
@@ -54,11 +54,6 @@ def null_non_finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [null_non_finite(v) for v in obj]
     return obj
-
-
-def fmt_p(p: float | None) -> str:
-    """A p-value to 3 significant digits (0.125, 1.00, 0.00400)."""
-    return "–" if p is None else f"{p:#.3g}"
 
 
 def base_family(family: str) -> str:
@@ -133,6 +128,8 @@ def compute_bench_headline(results: Sequence[dict], kind: str = "mixed") -> dict
     not) at equal or better success; the best interval-only policy by the same rule; and what the CLS part
     buys over the plan-age cap alone."""
     results = [r for r in results if kind in r["per_kind"] or (kind == POOLED and r.get("all"))]
+    if not results:
+        return {"error": f"the {kind} suite was not run (--kinds)"}
     always = next((r for r in results if r["family"] == "always" and not r["refine"]), None)
     if always is None:
         return {"error": f"no 'always' run on the {kind} suite"}
@@ -255,12 +252,14 @@ def markdown(report: dict) -> str:
         lines += headline_lines(report["headline_pooled"])
     lines += ["", "## Calibration (held-out episodes; default threshold = p95 of the quiet distances)", "",
               ("| family | quiet / irrelevant / relevant n | mean quiet | mean irrelevant | mean relevant | p95 quiet "
-              "| AUROC rel vs quiet | AUROC rel vs irrelevant |"), "|---|---|---|---|---|---|---|---|"]
+              "| p95 quiet, plan age < cap K (capped gates) | AUROC rel vs quiet | AUROC rel vs irrelevant |"),
+              "|---|---|---|---|---|---|---|---|---|"]
     for fam, c in report["calibration"].items():
         n, m = c["n"], c["mean"]
         moving = f" (+{n['moving']} moving)" if n.get("moving") else ""
         lines.append(f"| {fam} | {n['quiet']} / {n['irrelevant']} / {n['relevant']}{moving} | {fmt(m['quiet'], 4)} | "
                      f"{fmt(m['irrelevant'], 4)} | {fmt(m['relevant'], 4)} | {c['default_threshold']:.4g} | "
+                     f"{', '.join(f'K {k}: {t:.4g}' for k, t in c.get('capped_p95', {}).items()) or '–'} | "
                      f"{fmt(c['auroc_relevant_vs_quiet'], 3)} | {fmt(c['auroc_relevant_vs_irrelevant'], 3)} |")
     for kind in cfg["kinds"]:
         lines += ["", f"## `{kind}`", "",

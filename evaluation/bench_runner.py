@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.gate_stats import wilson
 from runtime.policy import EdgePolicy
 
 FORCED_REASONS = ("queue_empty", "pending", "instruction_changed")  # resamples the gate did not decide
@@ -80,16 +81,6 @@ def run_episode(policy: EdgePolicy, env: Any, seed: int, kind: str, trace: bool 
     if trace:
         rec["trace"] = ticks
     return rec
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate (sane at 0/n and n/n, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def mean_ci(values: Sequence[float | int | None]) -> dict | None:

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+MAX_SEED = 2**63 - 1  # the largest seed EdgePolicy takes (numpy's 63-bit episode seeds)
+
 
 def _int(text: str) -> int:
     try:

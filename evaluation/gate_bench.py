@@ -44,14 +44,16 @@ from evaluation.bench_report import (
     write_bench_report,
 )
 from evaluation.bench_runner import run_episode, summarize
-from evaluation.cli_args import non_negative_int, output_dir, positive_int, read_json_file
+from evaluation.cli_args import MAX_SEED, int_in, non_negative_int, output_dir, positive_int, read_json_file
 from runtime.gate import MANIFEST_THRESHOLD_GATES, Gate
+from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy
 from simtask.events import EPISODE_KINDS
 
 TRACE_KINDS = ("jump", "distractor")  # the timeline plot: one relevant and one irrelevant change
 DEFAULT_REFINE = ("interval:chunk", "drift:p95", "pixel:p95", "consistency:p95")
 DEFAULT_SWEEP = ("p90", "p95", "p99", "3xp99", "manifest")
+BASELINE_LABEL = "p95"  # the default threshold: the random gates' matched rates and the default --refine names key on it
 ANY_FAMILY = "drift+consistency"  # the `any:drift,consistency` gate
 CAP_FAMILIES = ("drift", "consistency", "jump", "pixel")  # change gates also run with a plan-age cap
 CAP_LABELS = ("p95", "manifest")  # the calibrated thresholds that get a capped copy
@@ -85,15 +87,31 @@ def _bar(total: int, enabled: bool) -> Any:
         return None
 
 
+def exact(x: float) -> str:
+    """`x` in a spec string to the last bit (repr round-trips): the gate run is the calibrated or shipped one, not
+    a 6-digit neighbour (a manifest threshold 1.066712… ran as 1.06671; 1.9999999 as 2, which make_gate refuses)."""
+    return repr(float(x))
+
+
+def random_spec(family: str, rate: float) -> BenchSpec:
+    """The random gate matched to `family`'s measured per-check firing rate, at exactly that rate."""
+    return BenchSpec("random", f"random:{exact(rate)}", f"{rate:.3g} (={family})", rate)
+
+
 def capped_specs(calibration: dict, caps: Sequence[int]) -> list[BenchSpec]:
     """Each change family at its p95 (and manifest) threshold combined with `interval:K`: the change part
-    reacts to what it sees, the cap bounds how stale a plan gets in a quiet stretch."""
+    reacts to what it sees, the cap bounds how stale a plan gets in a quiet stretch. Its p95 is that of the
+    plan ages < K it decides on (`capped_p95`), as the export calibrates the manifest's threshold for its cap."""
     out = []
     for fam in CAP_FAMILIES:
-        thresholds = dict(calibration.get(fam, {}).get("sweep", []))
-        for label in [lb for lb in CAP_LABELS if lb in thresholds]:
-            out += [BenchSpec(f"{fam}+cap", f"any:{fam}:{thresholds[label]:.6g},interval:{k}", f"{label}/{k}",
-                              float(k)) for k in caps]
+        cal = calibration.get(fam, {})
+        manifest = dict(cal.get("sweep", [])).get(MANIFEST_LABEL)
+        for label in CAP_LABELS:
+            for k in caps:
+                thr = cal.get("capped_p95", {}).get(str(k)) if label == BASELINE_LABEL else manifest
+                if thr is not None:
+                    out.append(BenchSpec(f"{fam}+cap", f"any:{fam}:{exact(thr)},interval:{k}", f"{label}/{k}",
+                                         float(k)))
     return out
 
 
@@ -101,8 +119,10 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
                  refine: Sequence[str], caps: Sequence[int] = DEFAULT_CAPS, default: str | None = None) -> list[BenchSpec]:
     """always, the manifest's default gate (`default` = its gate.default, run as EdgePolicy(gate="default")
     builds it), interval:k (every cap K included) and every threshold family's sweep (labels in `sweep`), the
-    capped change gates, plus `+refine` copies. A cap K >= chunk never binds (the queue runs out first): left out."""
+    capped change gates, plus `+refine` copies. A cap K >= chunk never binds (the queue runs out first): left out;
+    so is an interval K > chunk (interval:chunk again under another name)."""
     caps = sorted({int(k) for k in caps if k < chunk})
+    intervals = [k for k in intervals if k <= chunk]
     out = [BenchSpec("always", "always", "")]
     if default is not None:
         out.append(BenchSpec(DEFAULT_FAMILY, "default", default))
@@ -111,12 +131,12 @@ def policy_specs(calibration: dict, chunk: int, intervals: Sequence[int], sweep:
     for fam in THRESHOLD_FAMILIES:
         for label, thr in calibration.get(fam, {}).get("sweep", []):
             if label in sweep:
-                out.append(BenchSpec(fam, f"{fam}:{thr:.6g}", label, thr))
+                out.append(BenchSpec(fam, f"{fam}:{exact(thr)}", label, thr))
     # both CLS gates at once (`any:`): drift reacts to a jump within a tick, consistency to a plan that no
     # longer fits; each part at the same calibration label
     d_sweep, c_sweep = (dict(calibration.get(f, {}).get("sweep", [])) for f in ("drift", "consistency"))
     for label in [lb for lb in sweep if lb in d_sweep and lb in c_sweep]:
-        out.append(BenchSpec(ANY_FAMILY, f"any:drift:{d_sweep[label]:.6g},consistency:{c_sweep[label]:.6g}", label))
+        out.append(BenchSpec(ANY_FAMILY, f"any:drift:{exact(d_sweep[label])},consistency:{exact(c_sweep[label])}", label))
     out += capped_specs(calibration, caps)
     by_name = {s.name: s for s in out}
     unknown = [n for n in dict.fromkeys(refine) if n not in by_name]
@@ -132,8 +152,8 @@ def _expected_specs(manifest: Any, intervals: Sequence[int], sweep: Sequence[str
     """policy_specs on a stand-in calibration with every label calibration will produce (thresholds aside): checks
     --refine names before minutes of calibration."""
     stand_in = {fam: {"sweep": [(lb, 1.0) for lb in SWEEP_LABELS if lb != MANIFEST_LABEL or (
-        (cal := manifest.gate_calibration.get(fam)) is not None and cal.default_threshold is not None)]}
-        for fam in THRESHOLD_FAMILIES}
+        (cal := manifest.gate_calibration.get(fam)) is not None and cal.default_threshold is not None)],
+        "capped_p95": {str(k): 1.0 for k in caps}} for fam in THRESHOLD_FAMILIES}
     return policy_specs(stand_in, manifest.dims.n_action_steps, intervals, sweep, refine, caps, manifest.default_gate)
 
 
@@ -150,17 +170,23 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     out = Path(out)
     kinds = tuple(dict.fromkeys(kinds))  # a repeated kind would run (and pair) the same episodes twice
     if quick:
-        episodes, calibration_episodes, intervals, sweep = min(episodes, 2), min(calibration_episodes, 1), (), ("p95",)
+        episodes, calibration_episodes, intervals, sweep = min(episodes, 2), min(calibration_episodes, 1), (), ()
         refine = ("pixel:p95",)
+    # p95 always runs: without it the matched-rate random gates (and the default --refine names) silently vanish
+    sweep = tuple(dict.fromkeys([BASELINE_LABEL, *sweep]))
     env = BenchEnv(slack=slack)
     seeds = episode_seeds(seed, episodes * len(kinds), "bench")
     by_kind = {k: seeds[i * episodes:(i + 1) * episodes] for i, k in enumerate(kinds)}
     cal_seeds = episode_seeds(seed, calibration_episodes * len(kinds), "bench_calibration")
     cal_eps = [(s, kinds[i // calibration_episodes]) for i, s in enumerate(cal_seeds)]
 
-    first = EdgePolicy(artifacts, gate="always", backend_options={"intra_op_threads": threads}, seed=seed)
+    try:
+        first = EdgePolicy(artifacts, gate="always", backend_options={"intra_op_threads": threads}, seed=seed)
+    except (ManifestError, OSError) as exc:  # the folder is not an artifact folder: say which flag named it
+        raise ValueError(f"--artifacts {artifacts}: {exc}") from None
     manifest, backend = first.manifest, first.backend
     caps = sorted({int(k) for k in caps if k < manifest.dims.n_action_steps})  # K >= chunk never binds: not run
+    intervals = sorted({int(k) for k in intervals if k <= manifest.dims.n_action_steps})  # likewise K > chunk
     if quick:
         caps = caps[:1]
     try:
@@ -181,10 +207,13 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     for fam in THRESHOLD_FAMILIES:
         cal = manifest.gate_calibration.get(fam)
         calibration[fam] = summarize_family(record_distances(make_policy, env, fam, cal_eps, bar),
-                                            cal.default_threshold if cal is not None else None, family=fam)
+                                            cal.default_threshold if cal is not None else None, family=fam,
+                                            caps=caps)
     if bar is not None:
         bar.close()
     missing = missing_labels(calibration, [*sweep, *(CAP_LABELS if caps else ())], MANIFEST_THRESHOLD_GATES)
+    missing += [f"{fam}+cap:{BASELINE_LABEL}/{k}" for fam in CAP_FAMILIES for k in caps
+                if str(k) not in calibration[fam]["capped_p95"]]
     if missing:
         print(f"warning: no calibrated threshold for {', '.join(missing)}: those policies are not run", file=sys.stderr)
 
@@ -227,10 +256,11 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
     for spec in specs:
         run(spec)
     for fam in ("drift", "pixel"):  # random gates at the rates the calibrated p95 gates fired (matched budget)
-        ref = next((r for r in results if r["family"] == fam and r["label"] == "p95" and not r["refine"]), None)
+        ref = next((r for r in results if r["family"] == fam and r["label"] == BASELINE_LABEL and not r["refine"]),
+                   None)
         rate = ref["all"]["fire_rate"] if ref else None
         if rate:
-            run(BenchSpec("random", f"random:{rate:.4g}", f"{rate:.3g} (={fam})", rate))
+            run(random_spec(fam, rate))
     if bar is not None:
         bar.close()
     backend.close()
@@ -238,6 +268,8 @@ def run_gate_bench(artifacts: str | Path, out: str | Path, episodes: int = 40, c
         "config": {"artifacts": str(artifacts), "episodes_per_kind": episodes, "kinds": list(kinds),
                    "calibration_episodes_per_kind": calibration_episodes, "seed": seed, "slack": slack,
                    "caps": list(caps),  # the caps actually run (K < n_action_steps)
+                   "sweep": list(sweep),  # the labels run (p95 always)
+                   "intervals": intervals,  # the interval:K asked for and run (K <= n_action_steps; chunk and caps too)
                    "settle": env.settle, "quick": quick, "threads": threads, "host": platform.node() or "?",
                    "chunk_size": manifest.dims.chunk_size, "n_action_steps": manifest.dims.n_action_steps,
                    "num_steps": manifest.dims.num_steps, "seeds": by_kind, "task": env.config.to_dict()},
@@ -302,15 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", nargs="+", default=list(EPISODE_KINDS), choices=list(EPISODE_KINDS),
                    help="episode kinds (a repeated one runs once)")
     p.add_argument("--slack", type=non_negative_int, default=5, help="ticks added to the scripted expert's time for the deadline")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed of the episode streams")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="base seed of the episode streams")
     p.add_argument("--threads", type=non_negative_int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--intervals", type=positive_int, nargs="*", default=[3, 5],
-                   help="interval:k gates (the chunk and every --caps K always added)")
+                   help="interval:k gates (the chunk and every --caps K always added; a k past the chunk is "
+                        "interval:chunk again: not run)")
     p.add_argument("--caps", type=positive_int, nargs="*", default=list(DEFAULT_CAPS),
                    help="plan-age caps K: drift/consistency/jump/pixel at p95 (and manifest) also run as "
                         "any:<gate>,interval:K")
     p.add_argument("--sweep", nargs="+", default=list(DEFAULT_SWEEP), choices=list(SWEEP_LABELS),
-                   help="calibrated thresholds to run per family")
+                   help="calibrated thresholds to run per family (p95, the default, always runs: the random "
+                        "baselines and the default --refine names key on it)")
     p.add_argument("--refine", nargs="*", default=list(DEFAULT_REFINE),
                    help="names of built policies also run with refinement (e.g. drift:p95, interval:chunk)")
     p.add_argument("--quick", action="store_true", help="CI mode: 2 episodes per kind, a few policies")

@@ -34,7 +34,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.cli_args import episode_max_steps, non_negative_int, output_dir, positive_int, read_json_file
+from evaluation.cli_args import (
+    MAX_SEED,
+    episode_max_steps,
+    int_in,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    read_json_file,
+)
 from evaluation.gate_headline import BUDGET_FRAC, SUCCESS_TOL, compute_headline
 from evaluation.gate_policies import (
     CLS_FAMILIES,
@@ -46,6 +54,7 @@ from evaluation.gate_policies import (
 )
 from evaluation.gate_report import fmt, timeline_panels, write_report
 from evaluation.gate_runner import evaluate_spec, pick_timeline_episode
+from runtime.manifest import ManifestError
 from runtime.policy import EdgePolicy
 
 
@@ -77,7 +86,6 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
 
     t_start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if quick:
         episodes = min(episodes, 2)
         unperturbed = 1 if unperturbed is None else min(unperturbed, 1)
@@ -92,7 +100,11 @@ def run_gate_eval(artifacts: str | Path, out: str | Path, episodes: int = 30, un
     options: dict[str, Any] = {}
     if backend == "onnxruntime":
         options["intra_op_threads"] = threads
-    first = EdgePolicy(artifacts, backend=backend, gate="always", device=device, backend_options=options, seed=seed)
+    try:
+        first = EdgePolicy(artifacts, backend=backend, gate="always", device=device, backend_options=options, seed=seed)
+    except (ManifestError, OSError) as exc:  # the folder is not an artifact folder: say which flag named it
+        raise ValueError(f"--artifacts {artifacts}: {exc}") from None
+    out.mkdir(parents=True, exist_ok=True)  # only once the artifacts load: a refused run leaves no empty folder
     manifest, shared_backend = first.manifest, first.backend
     if timeline_episode < 0:
         timeline_episode = pick_timeline_episode(env, pert_seeds, chunk=manifest.dims.n_action_steps)
@@ -198,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=positive_int, default=30, help="perturbed episodes per policy")
     p.add_argument("--unperturbed", type=non_negative_int, default=None,
                    help="unperturbed episodes per policy (default episodes//3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="base seed of the episode streams")
     p.add_argument("--quick", action="store_true", help="CI mode: a few policies, 2 perturbed + 1 unperturbed episode")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from evaluation.gate_policies import CLS_FAMILIES
-from evaluation.gate_stats import interp_curve, paired_comparison
+from evaluation.gate_stats import interp_curve, paired_comparison, wilson
 
 SUCCESS_TOL = 0.05
 BUDGET_FRAC = 0.40
@@ -38,7 +37,8 @@ def compute_headline(results: Sequence[dict], success_tol: float = SUCCESS_TOL,
                      f"always - {success_tol:.2f} and resamples/episode <= {budget_frac:.0%} of always",
         "always": {"success_rate": a_s, "resamples_per_episode": a_r,
                    "unperturbed_success_rate": always.get("unperturbed", {}).get("success_rate"),
-                   "ms_per_tick": always["perturbed"]["ms_per_tick"]},
+                   "ms_per_tick": always["perturbed"]["ms_per_tick"],
+                   "n_episodes": always["perturbed"].get("n_episodes")},
         "budget_resamples_per_episode": budget,
         "qualifying": [r["name"] for r in sorted(qualifying, key=key, reverse=True)],
         "n_cls_configs": len(cls),
@@ -87,7 +87,8 @@ def compute_headline(results: Sequence[dict], success_tol: float = SUCCESS_TOL,
     out["latency_at_matched_budget"] = {"gate": p["perturb_to_resample_ticks"],
                                         "interval": interp_curve(lat_iv, x)[0], "random": interp_curve(lat_rd, x)[0]}
     n_ep = always["perturbed"].get("n_episodes") or 0
-    out["success_standard_error"] = (math.sqrt(max(a_s * (1 - a_s), 1e-12) / n_ep) if n_ep else None)
+    # how well n episodes pin always's success down (its binomial SE is 0 at 0/n and n/n: no help there)
+    out["always_success_ci"] = wilson(round(a_s * n_ep), n_ep) if n_ep else None
     out["delta_vs_random"] = None if rd_s is None else p["success_rate"] - rd_s
     # paired per-episode comparisons: always, and the interval runs bracketing the gate's budget
     paired = [paired_comparison(pick, always)]

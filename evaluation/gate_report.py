@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.gate_policies import CLS_FAMILIES
+from evaluation.gate_stats import fmt_p
 
 
 def fmt(v: Any, nd: int = 2) -> str:
@@ -63,17 +64,17 @@ def markdown_report(report: dict) -> str:
         for pr in h.get("paired", []):
             lines.append(f"- paired vs `{pr['vs']}` ({pr['n']} episodes): both succeed {pr['both']}, only the gate "
                          f"{pr['only_this']}, only `{pr['vs']}` {pr['only_other']}, neither {pr['neither']} "
-                         f"(exact McNemar p = {pr.get('mcnemar_p', float('nan')):.2f}).")
+                         f"(exact McNemar p = {fmt_p(pr.get('mcnemar_p'))}).")
             rec = pr.get("recovery")
             if rec and rec["n"]:
                 lines.append(f"  - recovery (jump → success) where both succeed ({rec['n']} episodes): gate faster in "
                              f"{rec['faster']}, slower in {rec['slower']}, equal in {rec['equal']}; mean "
                              f"{fmt(rec['mean_this'], 1)} vs {fmt(rec['mean_other'], 1)} ticks "
                              f"(exact sign test p = {rec['sign_test_p']:.3g}).")
-        se = h.get("success_standard_error")
-        if se:
-            lines.append(f"- sampling noise: one success rate near always's has a standard error of ≈ {se:.3f} "
-                         f"(95 % ≈ ±{1.96 * se:.2f}); the headline is the best of "
+        ci = h.get("always_success_ci")
+        if ci:
+            lines.append(f"- sampling noise: {h['always'].get('n_episodes', '?')} episodes pin always's success down only to "
+                         f"{ci[0]:.3f}–{ci[1]:.3f} (95 % Wilson), a gate's likewise; the headline is the best of "
                          f"{h.get('n_cls_configs', '?')} CLS configurations on the same episodes, so its margin is "
                          "optimistic (winner's curse) — trust the paired counts and p-values.")
     else:

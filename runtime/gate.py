@@ -278,8 +278,12 @@ class PixelGate(_ThresholdGate):
         return self._fire(d)
 
 
+RANDOM_GATE_STREAM = 0x6A7E  # salts the gate's seed: EdgePolicy seeds its noise generator with the same number
+
+
 class RandomGate(Gate):
-    """Fires with probability p per check: the matched-budget baseline for any learned gate."""
+    """Fires with probability p per check: the matched-budget baseline for any learned gate. Its draws come from
+    their own stream of `seed`, not the policy's noise stream of the same seed (else they follow the plan's noise)."""
 
     name = "random"
 
@@ -288,7 +292,7 @@ class RandomGate(Gate):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"random gate p must be in [0, 1], got {p}")
         self.p = float(p)
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng([seed, RANDOM_GATE_STREAM])
 
     @property
     def spec(self) -> str:
@@ -296,7 +300,7 @@ class RandomGate(Gate):
 
     def reset(self, seed: int | None = None) -> None:
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            self._rng = np.random.default_rng([seed, RANDOM_GATE_STREAM])
 
     def _decide(self, inp: GateInputs) -> GateDecision:
         return GateDecision(bool(self._rng.random() < self.p), True, None, self.p, "random")

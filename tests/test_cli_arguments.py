@@ -84,7 +84,8 @@ def test_soak_library_refuses_no_time(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ gate_eval
 @pytest.mark.parametrize("argv, flag", [(["--check-every", "1", "0"], "--check-every"), (["--threads", "-1"], "--threads"),
-                                        (["--episodes", "0"], "--episodes"), (["--max-steps", "0"], "--max-steps")])
+                                        (["--episodes", "0"], "--episodes"), (["--max-steps", "0"], "--max-steps"),
+                                        (["--seed", "-1"], "--seed"), (["--seed", str(2**63)], "--seed")])
 def test_gate_eval_flags_before_any_gate(argv, flag, tmp_path, capsys, monkeypatch):
     from evaluation import gate_eval
 
@@ -116,13 +117,28 @@ def test_rerender_of_a_bad_file_is_one_line(tool, content, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ gate_bench
 @pytest.mark.parametrize("argv, flag", [(["--slack", "-5"], "--slack"), (["--threads", "-1"], "--threads"),
                                         (["--caps", "0"], "--caps"), (["--intervals", "0"], "--intervals"),
-                                        (["--calibration-episodes", "0"], "--calibration-episodes")])
+                                        (["--calibration-episodes", "0"], "--calibration-episodes"),
+                                        (["--seed", str(2**63)], "--seed")])
 def test_gate_bench_flags(argv, flag, tmp_path, capsys, monkeypatch):
     from evaluation import gate_bench
 
     monkeypatch.setattr(gate_bench, "run_gate_bench", _never)
     err = _refused(capsys, gate_bench.main, ["--out", str(tmp_path / "r"), *argv], flag)
     assert "BenchEnv" not in err
+
+
+@pytest.mark.parametrize("tool", ["gate_eval", "gate_bench"])
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_a_folder_without_artifacts_is_one_line_naming_the_flag(tool, folder, tmp_path, capsys):
+    """Exit status 2, one line naming --artifacts, and no empty report folder left behind."""
+    import importlib
+
+    (tmp_path / "empty").mkdir()
+    main = importlib.import_module(f"evaluation.{tool}").main
+    rc = main(["--artifacts", str(tmp_path / folder), "--out", str(tmp_path / "r"), "--quick", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: --artifacts {tmp_path / folder}: "), err
+    assert not (tmp_path / "r").exists()
 
 
 # ------------------------------------------------------------------------------------------------ latency

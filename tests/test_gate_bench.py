@@ -202,11 +202,14 @@ def test_per_tick_labels_for_the_jump_gate():
 
 
 def test_capped_specs_and_their_intervals():
-    cal = {"drift": {"sweep": [("p90", 0.5), ("p95", 0.7), ("manifest", 0.9)]}, "pixel": {"sweep": [("p95", 1.7)]},
-           "jump": {"sweep": [("p95", 0.25), ("p99", 0.6)]}, "consistency": {"sweep": []}}
+    cal = {"drift": {"sweep": [("p90", 0.5), ("p95", 0.7), ("manifest", 0.9)], "capped_p95": {"6": 0.6, "8": 0.65}},
+           "pixel": {"sweep": [("p95", 1.7)], "capped_p95": {"6": 1.6}},
+           "jump": {"sweep": [("p95", 0.25), ("p99", 0.6)], "capped_p95": {"6": 0.2, "8": 0.25}},
+           "consistency": {"sweep": []}}
     specs = policy_specs(cal, chunk=10, intervals=[3], sweep=["p95"], refine=[], caps=[6, 8])
     by_name = {s.name: s for s in specs}
-    assert by_name["drift+cap:p95/6"].spec == "any:drift:0.7,interval:6"
+    # the capped copies use the p95 of the plan ages they decide on, the uncapped gate the all-ages one
+    assert by_name["drift+cap:p95/6"].spec == "any:drift:0.6,interval:6" and by_name["drift:p95"].spec == "drift:0.7"
     assert by_name["drift+cap:manifest/8"].spec == "any:drift:0.9,interval:8"
     assert by_name["jump+cap:p95/8"].spec == "any:jump:0.25,interval:8" and "jump:p95" in by_name
     assert by_name["pixel+cap:p95/6"].param == 6.0 and not any(n.startswith("consistency+cap") for n in by_name)
@@ -302,8 +305,9 @@ def test_tied_quantiles_keep_every_label(tied, tail, manifest):
     from evaluation.bench_calibration import SWEEP_LABELS, missing_labels
 
     quiet = [1.0] * tied + tail
-    cal = {f: summarize_family({"quiet": quiet, "irrelevant": [2.0], "relevant": [3.0], "moving": []},
-                               manifest if f == "drift" else None)
+    dist = {"quiet": quiet, "irrelevant": [2.0], "relevant": [3.0], "moving": [],
+            "ages": {"quiet": [1 + i % 9 for i in range(len(quiet))]}}
+    cal = {f: summarize_family(dist, manifest if f == "drift" else None, caps=(6,))
            for f in ("drift", "consistency", "jump", "pixel", "state")}
     for fam, c in cal.items():
         labels = [lb for lb, _ in c["sweep"]]
@@ -354,3 +358,84 @@ def test_timeline_of_an_any_gate_keeps_each_parts_threshold():
     assert by["consistency"]["values"] == [0.5]
     one, scaled = timeline_series([t for t in ticks if t["reason"] != "consistency"])
     assert not scaled and one[0]["values"] == [0.25, 1.0] and one[0]["threshold"] == 0.5  # one part: raw distance
+
+
+@settings(max_examples=60, deadline=None)
+@given(thr=st.floats(0.0, 2.0, exclude_max=True), manifest=st.floats(0.0, 2.0, exclude_max=True))
+def test_benchmarked_thresholds_are_the_calibrated_ones_exactly(thr, manifest):
+    """The gate run under `<family>:manifest` must be the shipped one: the manifest's threshold to the last bit,
+    not rounded into the spec string (1.066712039852871 ran as 1.06671; 1.9999999 as 2, which make_gate refuses)."""
+    from runtime.gate import make_gate
+
+    cal = {fam: {"sweep": [("p95", thr), ("manifest", manifest)], "capped_p95": {"5": thr}}
+           for fam in ("drift", "consistency", "jump", "pixel", "state")}
+    specs = [s for s in policy_specs(cal, 10, (3,), ["p95", "manifest"], [], (5,)) if s.label.startswith(("p95", "man"))]
+    assert len(specs) == 5 * 2 + 2 + 4 * 2  # every family at both labels, drift+consistency at both, the capped ones
+    for s in specs:
+        gate = make_gate(s.spec)
+        got = {p.threshold for p in getattr(gate, "parts", [gate]) if hasattr(p, "threshold")}
+        assert got == {thr if s.label.startswith("p95") else manifest}, s
+
+
+def test_random_gate_runs_at_the_measured_rate_exactly():
+    from evaluation.gate_bench import random_spec
+    from runtime.gate import make_gate
+
+    for rate in (0.123456789, 1 / 3, 1e-7):
+        assert make_gate(random_spec("drift", rate).spec).p == rate
+
+
+def test_an_interval_past_the_chunk_is_not_run_twice():
+    """interval:K with K > the executed chunk never fires before the queue runs out: it is interval:chunk under
+    another name (a duplicate policy, and a second point on the interval curve), so like a cap it is not run."""
+    specs = policy_specs({}, 10, (3, 10, 20, 99), ["p95"], [], (5, 12))
+    assert [s.spec for s in specs if s.family == "interval"] == ["interval:3", "interval:5", "interval:10"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(20, 200), growth=st.floats(0.01, 0.2), cap=st.integers(2, 9))
+def test_a_capped_gate_is_calibrated_on_the_plan_ages_it_decides_on(n, growth, cap):
+    """`+cap:p95/K` fires on the clock from plan age K on, so its change part only decides on ages < K: its p95 is
+    that of the quiet distances at those ages (the export's horizon rule), not of every age up to the chunk —
+    quiet distances grow with age, and the all-ages p95 fired on 1.9 % (consistency) vs 3.6 % (pixel) of the
+    quiet ticks a cap-5 gate decides on (export (c) of docs/11, 8 held-out episodes per kind)."""
+    ages = [1 + i % 9 for i in range(n)]
+    quiet = [growth * a + 0.001 * (i % 7) for i, a in enumerate(ages)]
+    dist = {"quiet": quiet, "irrelevant": [0.5], "relevant": [1.5], "moving": [],
+            "ages": {"quiet": ages, "irrelevant": [1], "relevant": [1], "moving": []}}
+    cal = {fam: summarize_family(dist, None, family=fam, caps=(cap,)) for fam in ("drift", "pixel")}
+    young = [d for d, a in zip(quiet, ages) if a < cap]
+    for fam in ("drift", "pixel"):
+        assert cal[fam]["capped_p95"] == {str(cap): float(np.percentile(young, 95))}
+    capped = {s.family: s for s in policy_specs(cal, 10, (), ["p95"], [], (cap,)) if s.family.endswith("+cap")}
+    for fam in ("drift", "pixel"):
+        thr = float(capped[f"{fam}+cap"].spec.split(":")[2].split(",")[0])
+        assert thr == cal[fam]["capped_p95"][str(cap)] <= cal[fam]["default_threshold"]
+
+
+def test_the_quick_run_calibrates_its_capped_gates_on_young_plans(quick):
+    from runtime.gate import make_gate
+
+    report, _ = quick
+    for r in report["policies"]:
+        if r["family"].endswith("+cap") and r["label"].startswith("p95/"):
+            fam, k = r["family"].removesuffix("+cap"), r["label"].split("/")[1]
+            assert make_gate(r["spec"]).parts[0].threshold == report["calibration"][fam]["capped_p95"][k]
+
+
+def test_a_suite_that_was_not_run_is_not_blamed_on_always():
+    """`--kinds jump`: the `mixed` headline must say the suite did not run, not that `always` did not."""
+    rs = [_res("always", "always", 1.0, 30), _res("drift:p95", "drift", 0.975, 6)]
+    for r in rs:
+        r["per_kind"], r["episodes"] = {"jump": r["per_kind"]["mixed"]}, {"jump": r["episodes"]["mixed"]}
+    err = compute_bench_headline(rs)["error"]
+    assert "not run" in err and "--kinds" in err and "always" not in err
+    assert compute_bench_headline(rs, "jump").get("error") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 500), frac=st.floats(0.0, 1.0))
+def test_wilson_contains_its_estimate(n, frac):
+    k = round(frac * n)
+    lo, hi = wilson(k, n)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0 and hi > lo

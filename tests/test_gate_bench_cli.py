@@ -110,3 +110,21 @@ def test_a_refine_name_calibration_drops_is_warned_and_skipped(tmp_path, capsys,
     assert rc == 0 and "--refine drift:3xp99: not built after calibration" in err, err
     names = {p["name"] for p in json.loads((tmp_path / "r" / "gate_bench.json").read_text())["policies"]}
     assert "drift:p95+refine" in names and not any(n.startswith("drift:3xp99") for n in names)
+
+
+def test_a_sweep_without_p95_still_runs_the_baselines_keyed_on_it(tmp_path, capsys):
+    """`--sweep p90` alone: the default --refine names and the matched-rate random gates are keyed on p95, so p95
+    (the default threshold) always runs — not a refusal naming a --refine the user never gave, nor a benchmark
+    that silently lost its random baseline."""
+    rc = gate_bench.main(["--artifacts", str(cached_fake_artifacts()), "--out", str(tmp_path / "r"), "--no-progress",
+                          "--kinds", "jump", "--episodes", "1", "--calibration-episodes", "1", "--no-plots",
+                          "--caps", "99", "--sweep", "p90"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    policies = json.loads((tmp_path / "r" / "gate_bench.json").read_text())["policies"]
+    names = {p["name"] for p in policies}
+    assert {"drift:p90", "drift:p95", "pixel:p95", "drift:p95+refine"} <= names
+    matched = {p["label"].split(" ")[-1] for p in policies if p["family"] == "random"}
+    for fam in ("drift", "pixel"):  # a random gate at rate 0 would be interval:chunk again: not run
+        rate = next(p for p in policies if p["name"] == f"{fam}:p95")["all"]["fire_rate"]
+        assert (f"(={fam})" in matched) == bool(rate)

@@ -209,3 +209,35 @@ def test_max_steps_option_is_validated(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --max-steps" in err and "TaskConfig" not in err
+
+
+def test_a_small_mcnemar_p_is_not_printed_as_zero(quick_report):
+    """gate_eval.md printed p to two decimals: p = 0.004 read 'p = 0.00'. Three significant digits, as gate_bench."""
+    import copy
+
+    from evaluation.gate_report import markdown_report
+
+    report = copy.deepcopy(quick_report[0])
+    assert report["headline"]["paired"], "the quick run has a paired comparison"
+    report["headline"]["paired"][0]["mcnemar_p"] = 0.004
+    md = markdown_report(report)
+    assert "McNemar p = 0.00400)" in md and "McNemar p = 0.00)" not in md
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), k_frac=st.floats(0.0, 1.0))
+def test_the_sampling_noise_line_never_claims_zero_uncertainty(n, k_frac, quick_report):
+    """always at 30/30 (or 0/n) printed 'a standard error of ≈ 0.000 (95 % ≈ ±0.00)': the binomial SE at p = 1
+    is 0, but n episodes cannot pin a rate down. The line gives always's 95 % Wilson interval instead."""
+    from evaluation.gate_report import markdown_report
+
+    k = round(k_frac * n)
+    results = [_result("always", "always", k / n, 50.0, per_ep=[i < k for i in range(n)]),
+               _result("drift:a", "drift", k / n, 15.0, per_ep=[i < k for i in range(n)])]
+    results[0]["perturbed"]["n_episodes"] = n
+    h = compute_headline(results)
+    lo, hi = h["always_success_ci"]
+    assert lo <= k / n <= hi and hi - lo > 0.02
+    report = {**quick_report[0], "headline": h}
+    line = next(ln for ln in markdown_report(report).splitlines() if "sampling noise" in ln)
+    assert f"{lo:.3f}–{hi:.3f}" in line and "±0.00" not in line

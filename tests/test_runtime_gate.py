@@ -127,6 +127,25 @@ def test_random_gate_rate_and_reseed():
     assert not any(RandomGate(0.0).decide(_inputs()).resample for _ in range(100))
 
 
+def test_random_gate_draws_are_independent_of_the_policys_noise():
+    """EdgePolicy seeds its noise generator and the gate with the same episode seed; the random gate must not
+    replay that stream, or its firing ticks follow the first plan's noise (the matched-budget baseline would not
+    be random). Fired vs not fired: the mean |noise| of the value drawn from the same bits must agree."""
+    for make in (lambda s: RandomGate(0.1, seed=s), lambda s: _reseeded(RandomGate(0.1, seed=12345), s)):
+        fired, kept = [], []
+        for seed in range(400):
+            noise = np.random.default_rng(seed).standard_normal(320, dtype=np.float32)  # EdgePolicy's first plan
+            g = make(seed)
+            for j in range(60):
+                (fired if g.decide(_inputs()).resample else kept).append(abs(float(noise[2 * j + 1])))
+        assert abs(np.mean(fired) - np.mean(kept)) < 0.1, (np.mean(fired), np.mean(kept))
+
+
+def _reseeded(gate, seed):
+    gate.reset(seed)
+    return gate
+
+
 def test_default_thresholds_come_from_calibration():
     assert make_gate("drift", CAL).threshold == 0.05
     assert make_gate("consistency", CAL).threshold == 0.1

@@ -334,7 +334,8 @@ def auroc_se(a: float, n_changed: int, n_unchanged: int) -> float:
 def auto_gate(gate: dict) -> str:
     """`--default-gate auto`: consistency — the gate the benchmark supports (it ignores irrelevant changes, docs/11)
     — unless drift's calibration AUROC is higher by more than twice the standard error of the difference; drift
-    when consistency has no calibration. A higher AUROC within the noise (27 target moves: SE ≈ 0.03) decides nothing."""
+    when consistency has no calibration. A higher AUROC within the noise (27 changed pairs from 12 target jumps:
+    SE ≈ 0.03, optimistic since a jump's pairs are not independent) decides nothing."""
     d, c = gate["drift"], gate["consistency"]
     if c.get("auroc") is None:
         return AUTO_GATES[0]
