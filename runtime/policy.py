@@ -46,7 +46,7 @@ from runtime.manifest import Manifest
 from runtime.noise import draw_noise
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.plan_inputs import delta_input, plan_encoder_input
-from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
+from runtime.preprocess import ActionUnnormalizer, ImagePreprocessor, StateNormalizer
 from runtime.robot_interface import RobotInterface
 from runtime.safety import ActionGuard
 from runtime.stage_times import resample_cost_ms, update_ema
@@ -122,6 +122,7 @@ class EdgePolicy:
         self._rng = np.random.default_rng(seed)
         self._noise_shape = m.plan_shape
         self._images = np.zeros((1, len(m.cameras), 3, m.image.height, m.image.width), dtype=np.float32)
+        self._preprocess_image = ImagePreprocessor(m.image)  # work buffers kept per camera size
         self._ema: dict[str, float] = {}
         self.counters = Counters()
         self.episode_counters = Counters()
@@ -321,7 +322,7 @@ class EdgePolicy:
         """Image preprocessing + prefix graph (called at most once per tick); None on a backend fault."""
         t0 = time.perf_counter()
         for i, img in enumerate(obs.images):
-            resize_pad(to_chw_float(img), self.manifest.image, out=self._images[0, i])
+            self._preprocess_image(img, self._images[0, i])
         state = self.state_norm(obs.state)
         info.preprocess_ms += self._stage_ms("images", t0)
         return self._run_prefix(obs, state, info)

@@ -1,0 +1,87 @@
+"""Per-tick work outside the graphs: done once where it can be, no full-frame allocations per tick, nothing that
+grows with run length, and outputs bit-identical to the plain formulas."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+try:
+    from tests.fake_artifacts import CAMERA_KEY, cached_fake_artifacts, make_observation
+except ImportError:
+    from fake_artifacts import CAMERA_KEY, cached_fake_artifacts, make_observation
+
+from runtime.manifest import ImageSpec
+from runtime.policy import EdgePolicy
+from runtime.preprocess import ImagePreprocessor, resize_pad, to_chw_float
+
+
+def _policy(**kw) -> EdgePolicy:
+    kw.setdefault("backend_options", {"intra_op_threads": 1})
+    return EdgePolicy(cached_fake_artifacts(), **kw)
+
+
+def _frame(shape: tuple[int, int], kind: str, seed: int) -> np.ndarray:
+    img = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    if kind == "uint8":
+        return img
+    return (img.transpose(2, 0, 1) / 255.0).astype(kind)
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), H=st.integers(4, 40), W=st.integers(4, 40),
+       kind=st.sampled_from(["uint8", "float32", "float64", "float16"]),
+       side=st.sampled_from(["left_top", "right_bottom"]), pad=st.sampled_from([0.0, -1.0]), seed=st.integers(0, 9))
+def test_image_preprocessor_is_bit_identical_to_resize_pad(h, w, H, W, kind, side, pad, seed):
+    spec = ImageSpec(H, W, "keep_aspect_pad", side, pad)
+    prep = ImagePreprocessor(spec)
+    img = _frame((h, w), kind, seed)
+    want = resize_pad(to_chw_float(img), spec, out=np.empty((3, H, W), np.float32))
+    for _ in range(2):  # the second call runs on the kept work buffers: same bits again
+        out = np.full((3, H, W), np.nan, np.float32)
+        assert prep(img, out) is out
+        assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
+def test_image_preprocessor_keeps_a_bounded_number_of_sizes():
+    spec = ImageSpec(8, 8, "keep_aspect_pad", "left_top", 0.0)
+    prep = ImagePreprocessor(spec, max_sizes=3)
+    out = np.empty((3, 8, 8), np.float32)
+    for h in range(10, 30):
+        prep(_frame((h, 12), "uint8", h), out)
+    assert prep.cached_sizes() <= 3
+
+
+def test_tick_allocates_no_full_frame_for_a_large_camera():
+    """A 480x640 camera into the model's image: after the first tick, a tick allocates far less than one float32
+    copy of the frame (before: the CHW float copy and the resize temporaries, ~4 frames' worth per camera)."""
+    p = _policy(gate="always")
+    obs = make_observation(0, size=(480, 640))
+    frame_bytes = 3 * 480 * 640 * 4
+    p.step(obs)
+    p.step(obs)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        p.step(obs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert p.last_info.resampled and p.last_info.prefix_ran
+    assert peak < frame_bytes // 4, f"a tick allocated {peak} bytes at its peak (one float frame: {frame_bytes})"
+
+
+def test_large_camera_actions_equal_the_plain_formulas():
+    """The policy's images are those of resize_pad(to_chw_float(frame)): the same plan, bit for bit."""
+    p = _policy(gate="always")
+    obs = make_observation(3, size=(120, 200))
+    seen = []
+    run_prefix = p.backend.run_prefix
+    p.backend.run_prefix = lambda images, *a: (seen.append(images.copy()), run_prefix(images, *a))[1]
+    p.step(obs)
+    spec = p.manifest.image
+    want = resize_pad(to_chw_float(obs[CAMERA_KEY]), spec, out=np.empty((3, spec.height, spec.width), np.float32))
+    assert np.array_equal(seen[0][0, 0].view(np.uint32), want.view(np.uint32))
