@@ -85,3 +85,31 @@ def test_large_camera_actions_equal_the_plain_formulas():
     spec = p.manifest.image
     want = resize_pad(to_chw_float(obs[CAMERA_KEY]), spec, out=np.empty((3, spec.height, spec.width), np.float32))
     assert np.array_equal(seen[0][0, 0].view(np.uint32), want.view(np.uint32))
+
+
+def test_each_cls_output_is_embedded_once(monkeypatch):
+    """Each CLS output of a graph (obs-CLS of a prefix pass, act-CLS of a delta / plan-encoder pass) is reduced to
+    its unit embedding once per tick (before: the boundary check, the gate and the plan each embedded it again)."""
+    import runtime.backend_outputs as outputs
+    import runtime.policy as policy_module
+
+    calls = [0]
+    real = outputs.embed
+
+    def counting(cls_tokens):
+        calls[0] += 1
+        return real(cls_tokens)
+
+    monkeypatch.setattr(outputs, "embed", counting)
+    monkeypatch.setattr(policy_module, "embed", counting, raising=False)  # should the policy embed again itself
+    for wiring in ("seed", "plan_only"):
+        for gate in ("always", "consistency", "any:drift,consistency", "jump:0.01"):
+            p = EdgePolicy(cached_fake_artifacts(act_cls_wiring=wiring), gate=gate, refine=True,
+                           backend_options={"intra_op_threads": 1})
+            for i in range(12):
+                calls[0] = 0
+                before = p.counters.as_dict()
+                p.step(make_observation(i // 4))
+                after = p.counters.as_dict()
+                outputs_made = sum(after[k] - before[k] for k in ("prefix_passes", "delta_passes", "plan_encoder_passes"))
+                assert calls[0] == outputs_made, (wiring, gate, i, calls[0], outputs_made)
