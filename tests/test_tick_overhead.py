@@ -113,3 +113,35 @@ def test_each_cls_output_is_embedded_once(monkeypatch):
                 after = p.counters.as_dict()
                 outputs_made = sum(after[k] - before[k] for k in ("prefix_passes", "delta_passes", "plan_encoder_passes"))
                 assert calls[0] == outputs_made, (wiring, gate, i, calls[0], outputs_made)
+
+
+def test_robot_loop_report_stays_bounded_over_a_long_run(monkeypatch):
+    """The loop's report keeps the last PERIOD_WINDOW tick periods, not one per tick for ever (a robot left running
+    for a day at 30 Hz appended 2.6 million floats); rate and max still cover every tick, p95 the window."""
+    import runtime.robot_loop as loop
+    from robot_adapters.sim_reach import SimReachRobot, SimReachSettings
+    from runtime.pacing import Pacer
+    from runtime.robot_interface import RobotInterface
+    from tests.serve_fixtures import ACTION_BOUND, robot_artifacts
+
+    class CountingPacer(Pacer):  # no sleeping: the k-th tick's period is k ms
+        def __init__(self, period_s: float):
+            super().__init__(period_s, sleep=lambda s: None)
+            self.k = 0
+
+        def wait(self) -> float:
+            self.k += 1
+            return float(self.k)
+
+    monkeypatch.setattr(loop, "Pacer", CountingPacer)
+    monkeypatch.setattr(loop, "PERIOD_WINDOW", 20)
+    policy = EdgePolicy(robot_artifacts(), gate="never", backend_options={"intra_op_threads": 1})
+    iface = RobotInterface.from_manifest(policy.manifest)
+    robot = SimReachRobot(SimReachSettings(episodes=1000, action_bound=ACTION_BOUND))
+    n = 120
+    rep = loop.run_robot(robot, loop.SyncSource(policy, iface), iface, policy.guard.stop_action, fps=1000.0,
+                         max_ticks=n)
+    periods = np.arange(1, n + 1, dtype=np.float64)
+    assert rep.ticks == n and list(rep.periods_ms) == periods[-20:].tolist()
+    assert rep.rate_hz == n / (periods.sum() / 1e3) and rep.max_period_ms == float(n)
+    assert rep.p95_period_ms == float(np.percentile(periods[-20:], 95))
