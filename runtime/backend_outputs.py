@@ -24,7 +24,7 @@ def checked(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise BackendError(f"backend output '{name}' has shape {value.shape}, expected {shape}")
     if value.dtype.kind != "f":
         raise BackendError(f"backend output '{name}' has dtype {value.dtype}, expected float32")
-    if not np.all(np.isfinite(value)):
+    if not np.isfinite(value).all():
         raise BackendError(f"backend output '{name}' is non-finite")
     return value if value.dtype == np.float32 else value.astype(np.float32)
 

@@ -126,12 +126,12 @@ class ImagePreprocessor:
         else:  # resize_bilinear's formula, each product and sum into a kept buffer; the indices are in range, so
             # take's mode="clip" changes nothing (its default "raise" would copy through a temporary buffer)
             a, b = ws.rows_a, ws.rows_b
-            np.multiply(np.take(chw, ws.y0, axis=1, out=a, mode="clip"), ws.wy0, out=a)
-            np.multiply(np.take(chw, ws.y1, axis=1, out=b, mode="clip"), ws.wy1, out=b)
+            np.multiply(chw.take(ws.y0, axis=1, out=a, mode="clip"), ws.wy0, out=a)
+            np.multiply(chw.take(ws.y1, axis=1, out=b, mode="clip"), ws.wy1, out=b)
             rows = np.add(a, b, out=a)
             ca, cb = ws.cols_a, ws.cols_b
-            np.multiply(np.take(rows, ws.x0, axis=2, out=ca, mode="clip"), ws.wx0, out=ca)
-            np.multiply(np.take(rows, ws.x1, axis=2, out=cb, mode="clip"), ws.wx1, out=cb)
+            np.multiply(rows.take(ws.x0, axis=2, out=ca, mode="clip"), ws.wx0, out=ca)
+            np.multiply(rows.take(ws.x1, axis=2, out=cb, mode="clip"), ws.wx1, out=cb)
             np.add(ca, cb, out=dest)
         _fill_padding(out, spec.pad_value, top, left, rh, rw)
         return out

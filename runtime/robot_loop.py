@@ -279,12 +279,12 @@ class _ActionVet:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if self.size is not None and a.size != self.size:
             return None, f"action has {a.size} values, the robot takes {self.size}: not sent"
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             return None, "non-finite action: not sent"
         if self.bounds is None:
             return a, ""
         low, high = self.bounds
-        if np.any(a < low) or np.any(a > high):
+        if (a < low).any() or (a > high).any():
             return np.clip(a, low, high), "action outside the action bounds: clipped"
         return a, ""
 
