@@ -255,7 +255,9 @@ def mean_abs_pixel_change(images: list[np.ndarray], plan_images: list[np.ndarray
     for now, then in zip(images, plan_images):
         a, b = np.asarray(now), np.asarray(then)
         if a.dtype == b.dtype == np.uint8 and a.shape == b.shape:  # exact integer levels (the common case)
-            total += float(np.abs(a.astype(np.int16) - b.astype(np.int16)).sum())
+            diff = np.maximum(a, b)  # |a - b| = max - min, in uint8 (no overflow, two frame-size temporaries)
+            diff -= np.minimum(a, b)
+            total += float(diff.sum(dtype=np.int64))
         else:
             a, b = to_chw_float(a), to_chw_float(b)
             if a.shape != b.shape:
