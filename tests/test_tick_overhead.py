@@ -206,3 +206,14 @@ def test_pixel_change_equals_the_int16_formula_and_allocates_little(h, w, seed):
     finally:
         tracemalloc.stop()
     assert peak <= 2 * big[0].nbytes + 4096
+
+
+def test_tick_overhead_script_measures_only_the_runtime():
+    """scripts/tick_overhead.py (docs/06d) runs on a folder whose manifest it rewrites to a larger model image."""
+    from pathlib import Path
+
+    from scripts.tick_overhead import _resized_copy, measure
+
+    folder = _resized_copy(Path(cached_fake_artifacts()), 48)
+    out = measure(folder, "instant", "always", ticks=5, camera=(60, 80), scene_every=2)
+    assert out["resamples"] == 5 and out["median_us"] > 0 and out["p99_us"] >= out["median_us"]
