@@ -386,8 +386,7 @@ class EdgePolicy:
         return decision, delta
 
     def _run_delta(self, plan: np.ndarray, prefix: PrefixState, info: TickInfo) -> tuple[np.ndarray, np.ndarray] | None:
-        """(delta [1,T,A], unit act-CLS embedding) of one delta-expert step on `plan`; None on a fault."""
-        return self._small_graph(info, "delta_expert", "delta", "delta_passes", lambda: checked_delta(
+        return self._small_graph(info, "delta_expert", "delta", "delta_passes", lambda: checked_delta(  # (delta, act_emb)
             self.backend.run_delta_expert(delta_input(plan, self.manifest.dims.chunk_size), prefix),
             self._noise_shape, self._act_cls_shape))
 
