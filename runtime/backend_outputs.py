@@ -24,29 +24,36 @@ def checked(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
         raise BackendError(f"backend output '{name}' has shape {value.shape}, expected {shape}")
     if value.dtype.kind != "f":
         raise BackendError(f"backend output '{name}' has dtype {value.dtype}, expected float32")
-    if not np.all(np.isfinite(value)):
+    if not np.isfinite(value).all():
         raise BackendError(f"backend output '{name}' is non-finite")
     return value if value.dtype == np.float32 else value.astype(np.float32)
 
 
-def checked_cls(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """`checked`, and the CLS tokens must have a direction (`gate.embed`); BackendError naming `name` otherwise."""
+def checked_embedding(name: str, value: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """`checked` CLS tokens and their unit embedding (`gate.embed`), computed once: the check needs it (the tokens
+    must have a direction) and the gate uses it; BackendError naming `name` when it has none."""
     out = checked(name, value, shape)
     try:
-        embed(out)
+        return out, embed(out)
     except ValueError as exc:
         raise BackendError(f"backend output '{name}': {exc}") from None
-    return out
 
 
-def checked_prefix(prefix: Any, obs_cls_shape: tuple[int, ...]) -> PrefixState:
+def checked_cls(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """`checked`, and the CLS tokens must have a direction (`gate.embed`); BackendError naming `name` otherwise."""
+    return checked_embedding(name, value, shape)[0]
+
+
+def checked_prefix(prefix: Any, obs_cls_shape: tuple[int, ...]) -> tuple[PrefixState, np.ndarray]:
+    """The prefix pass checked, and the unit embedding of its obs-CLS."""
     if not isinstance(prefix, PrefixState):
         raise BackendError(f"backend run_prefix must return a PrefixState, got {type(prefix).__name__}")
-    prefix.obs_cls = checked_cls("obs_cls", prefix.obs_cls, obs_cls_shape)
-    return prefix
+    prefix.obs_cls, obs_emb = checked_embedding("obs_cls", prefix.obs_cls, obs_cls_shape)
+    return prefix, obs_emb
 
 
 def checked_delta(out: Any, plan_shape: tuple[int, ...], act_cls_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(delta, unit embedding of act_cls) of a delta-expert pass, checked."""
     if not isinstance(out, tuple) or len(out) != 2:
         raise BackendError(f"backend run_delta_expert must return (delta, act_cls), got {type(out).__name__}")
-    return checked("delta", out[0], plan_shape), checked_cls("act_cls", out[1], act_cls_shape)
+    return checked("delta", out[0], plan_shape), checked_embedding("act_cls", out[1], act_cls_shape)[1]

@@ -42,8 +42,9 @@ EMBED_MIN_NORM = 1e-12  # a mean CLS vector this short has no direction: every c
 def embed(cls_tokens: np.ndarray) -> np.ndarray:
     """[1, N, E] CLS tokens → unit vector [E] (mean over tokens, then L2-normalised; contract rule). ValueError
     when the mean has (almost) no length: a silent backend would otherwise read as a constant distance of 1."""
-    v = np.asarray(cls_tokens, dtype=np.float64).reshape(-1, cls_tokens.shape[-1]).mean(axis=0)
-    n = np.linalg.norm(v)
+    flat = np.asarray(cls_tokens, dtype=np.float64).reshape(-1, cls_tokens.shape[-1])
+    v = flat.sum(axis=0) / flat.shape[0]  # the mean and the L2 norm as numpy computes them, without its Python layers
+    n = math.sqrt(v.dot(v))
     if not n > EMBED_MIN_NORM:  # NaN fails too
         raise ValueError(f"degenerate CLS embedding: its mean vector has norm {n:.3g} (<= {EMBED_MIN_NORM:g})")
     return v / n
@@ -254,7 +255,9 @@ def mean_abs_pixel_change(images: list[np.ndarray], plan_images: list[np.ndarray
     for now, then in zip(images, plan_images):
         a, b = np.asarray(now), np.asarray(then)
         if a.dtype == b.dtype == np.uint8 and a.shape == b.shape:  # exact integer levels (the common case)
-            total += float(np.abs(a.astype(np.int16) - b.astype(np.int16)).sum())
+            diff = np.maximum(a, b)  # |a - b| = max - min, in uint8 (no overflow, two frame-size temporaries)
+            diff -= np.minimum(a, b)
+            total += float(diff.sum(dtype=np.int64))
         else:
             a, b = to_chw_float(a), to_chw_float(b)
             if a.shape != b.shape:

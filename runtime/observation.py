@@ -17,6 +17,7 @@ from runtime.tokenizer import InstructionTokenizer
 
 MAX_IMAGE_SIDE = 8192  # anything larger is a driver bug, not a camera frame
 _FLOAT_RANGE_TOL = 1e-3  # float images may overshoot [0,1] by rounding noise, not by a 0..255 scale
+_REAL_KINDS = ("f", "i", "u")  # dtype kinds of a numeric state: float, signed, unsigned (not bool, complex)
 
 
 def _refuse_masked(key: str, value: object) -> None:
@@ -125,14 +126,14 @@ class ObservationValidator:
             arr = np.asarray(raw)
         except (ValueError, TypeError) as exc:
             raise ObservationError(key, f"not convertible to a numeric array ({exc})") from None
-        if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        if arr.dtype.kind not in _REAL_KINDS:
             raise ObservationError(key, f"expected a real numeric dtype, got {arr.dtype}")
         if arr.shape not in ((self.state_dim,), (1, self.state_dim)):
             raise ObservationError(key, f"expected shape ({self.state_dim},) or (1, {self.state_dim}), got {arr.shape}")
         arr = arr.reshape(self.state_dim).astype(np.float32)
-        if not np.all(np.isfinite(arr)):
+        if not np.isfinite(arr).all():
             raise ObservationError(key, "contains non-finite values (NaN or inf)")
-        if self._state_lo is not None and (np.any(arr < self._state_lo) or np.any(arr > self._state_hi)):
+        if self._state_lo is not None and ((arr < self._state_lo).any() or (arr > self._state_hi).any()):
             raise ObservationError(key, f"value {arr.tolist()} is far outside the training range "
                                         f"[{self.manifest.state_bounds.low.tolist()}, {self.manifest.state_bounds.high.tolist()}]")
         return arr

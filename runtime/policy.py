@@ -40,13 +40,13 @@ import numpy as np
 from runtime import policy_arguments as args
 from runtime.backend import Backend, PrefixState
 from runtime.backend_factory import make_backend
-from runtime.backend_outputs import checked, checked_cls, checked_delta, checked_prefix
-from runtime.gate import Gate, GateDecision, GateInputs, embed, jump_lag_mismatch
+from runtime.backend_outputs import checked, checked_delta, checked_embedding, checked_prefix
+from runtime.gate import Gate, GateDecision, GateInputs, jump_lag_mismatch
 from runtime.manifest import Manifest
 from runtime.noise import draw_noise
 from runtime.observation import ObservationError, ObservationValidator, ValidatedObservation
 from runtime.plan_inputs import delta_input, plan_encoder_input
-from runtime.preprocess import ActionUnnormalizer, StateNormalizer, resize_pad, to_chw_float
+from runtime.preprocess import ActionUnnormalizer, ImagePreprocessor, StateNormalizer
 from runtime.robot_interface import RobotInterface
 from runtime.safety import ActionGuard
 from runtime.stage_times import resample_cost_ms, update_ema
@@ -122,6 +122,7 @@ class EdgePolicy:
         self._rng = np.random.default_rng(seed)
         self._noise_shape = m.plan_shape
         self._images = np.zeros((1, len(m.cameras), 3, m.image.height, m.image.width), dtype=np.float32)
+        self._preprocess_image = ImagePreprocessor(m.image)  # work buffers kept per camera size
         self._ema: dict[str, float] = {}
         self.counters = Counters()
         self.episode_counters = Counters()
@@ -321,7 +322,7 @@ class EdgePolicy:
         """Image preprocessing + prefix graph (called at most once per tick); None on a backend fault."""
         t0 = time.perf_counter()
         for i, img in enumerate(obs.images):
-            resize_pad(to_chw_float(img), self.manifest.image, out=self._images[0, i])
+            self._preprocess_image(img, self._images[0, i])
         state = self.state_norm(obs.state)
         info.preprocess_ms += self._stage_ms("images", t0)
         return self._run_prefix(obs, state, info)
@@ -329,8 +330,8 @@ class EdgePolicy:
     def _run_prefix(self, obs: ValidatedObservation, state: np.ndarray, info: TickInfo) -> PrefixState | None:
         t0 = time.perf_counter()
         try:
-            prefix = checked_prefix(self.backend.run_prefix(self._images, obs.lang_tokens, obs.lang_mask, state),
-                                    self._obs_cls_shape)
+            prefix, obs_emb = checked_prefix(self.backend.run_prefix(self._images, obs.lang_tokens, obs.lang_mask,
+                                                                     state), self._obs_cls_shape)
         except Exception as exc:  # noqa: BLE001 — any backend failure becomes a reported fault
             self._fault(info, f"prefix: {exc}")
             return None
@@ -338,7 +339,7 @@ class EdgePolicy:
             info.prefix_ms = self._stage_ms("prefix", t0)
         info.prefix_ran = True
         self._count("prefix_passes")
-        self._last_obs_emb = embed(prefix.obs_cls)
+        self._last_obs_emb = obs_emb  # this tick's: a resample plans from it
         return prefix
 
     def _check_gate(self, obs: ValidatedObservation, prefix: PrefixState | None,
@@ -351,17 +352,16 @@ class EdgePolicy:
         if g.needs_act_cls and self.manifest.act_cls_wiring == "plan_only":
             if self._plan is None:  # cannot happen: checks imply a queued plan
                 return None, None
-            act_cls = self._run_plan_encoder(self._plan[: self._queue_left] if rows is None else rows, info)
-            if act_cls is None:
+            act_emb = self._run_plan_encoder(self._plan[: self._queue_left] if rows is None else rows, info)
+            if act_emb is None:
                 return None, None
-            act_emb = embed(act_cls)
         elif g.needs_act_cls:  # seed wiring: the delta expert's act-CLS over the current K/V
             if prefix is None or self._plan is None:  # cannot happen: checks imply a queued plan and a prefix
                 return None, None
             delta = self._run_delta(self._plan if rows is None else rows, prefix, info)
             if delta is None:
                 return None, None
-            act_emb = embed(delta[1])
+            act_emb = delta[1]
             delta = delta if rows is None else None  # of other rows than the queue: refinement computes its own
         t0 = time.perf_counter()
         inputs = GateInputs(
@@ -386,15 +386,15 @@ class EdgePolicy:
         return decision, delta
 
     def _run_delta(self, plan: np.ndarray, prefix: PrefixState, info: TickInfo) -> tuple[np.ndarray, np.ndarray] | None:
-        return self._small_graph(info, "delta_expert", "delta", "delta_passes", lambda: checked_delta(
+        return self._small_graph(info, "delta_expert", "delta", "delta_passes", lambda: checked_delta(  # (delta, act_emb)
             self.backend.run_delta_expert(delta_input(plan, self.manifest.dims.chunk_size), prefix),
             self._noise_shape, self._act_cls_shape))
 
     def _run_plan_encoder(self, remaining: np.ndarray, info: TickInfo) -> np.ndarray | None:
-        """act-CLS of the rows the robot will still execute, from the plan alone (plan_only wiring)."""
+        """Unit act-CLS embedding of the rows the robot will still execute, from the plan alone (plan_only wiring)."""
         def run() -> np.ndarray:
             plan, valid = plan_encoder_input(remaining, self.manifest.dims.chunk_size)
-            return checked_cls("act_cls", self.backend.run_plan_encoder(plan, valid), self._act_cls_shape)
+            return checked_embedding("act_cls", self.backend.run_plan_encoder(plan, valid), self._act_cls_shape)[1]
 
         return self._small_graph(info, "plan_encoder", "plan_encoder", "plan_encoder_passes", run)
 
@@ -434,7 +434,7 @@ class EdgePolicy:
         self._queue_left = self.manifest.dims.n_action_steps
         self._ticks_since_plan = self._ticks_since_check = 0
         self._gate_plan = None  # a fresh plan: the gate encodes the queue until the next sync_plan
-        self._plan_obs_emb = embed(prefix.obs_cls)
+        self._plan_obs_emb = self._last_obs_emb  # set by this tick's prefix pass (the one given here)
         self._prev_obs_emb = self._plan_obs_emb
         self._plan_state = obs.state.copy()
         if self.gate.needs_image:  # copies: a caller may reuse its image buffers

@@ -3,10 +3,13 @@
 The image path reproduces LeRobot's `resize_with_pad` (bilinear, align_corners=False, no antialias,
 size = int(side / ratio), pad on the left/top) so exported graphs see the pixels they were trained on.
 Resize index/weight tables are cached per input size; same-size images take an identity fast path.
+`ImagePreprocessor` (the policy's per-tick path) computes the same pixels, bit for bit, in work buffers kept per
+input size, so a tick allocates no full-frame temporaries (a 480x640 frame is ~3.7 MB as float32).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -71,6 +74,93 @@ def resize_pad(chw: np.ndarray, spec: ImageSpec, out: np.ndarray | None = None) 
     else:
         out[:, :rh, :rw] = resized
     return out
+
+
+class _Workspace:
+    """Work buffers and weights for one input size (h, w) → resized (rh, rw): allocated once, reused every tick."""
+
+    def __init__(self, h: int, w: int, rh: int, rw: int):
+        self.chw = np.empty((3, h, w), np.float32)
+        self.y0, self.y1, wy = _axis_table(h, rh)
+        self.x0, self.x1, wx = _axis_table(w, rw)
+        self.wy0, self.wy1 = (1.0 - wy)[None, :, None], wy[None, :, None]  # the factors resize_bilinear uses
+        self.wx0, self.wx1 = (1.0 - wx)[None, None, :], wx[None, None, :]
+        self.rows_a, self.rows_b = np.empty((3, rh, w), np.float32), np.empty((3, rh, w), np.float32)
+        self.cols_a, self.cols_b = np.empty((3, rh, rw), np.float32), np.empty((3, rh, rw), np.float32)
+
+
+class ImagePreprocessor:
+    """`resize_pad(to_chw_float(image), spec)` written into `out`, bit for bit, without per-call full-frame
+    allocations: each input size keeps its work buffers (at most `max_sizes` sizes, least recently used
+    dropped). Not thread-safe: one per policy, whose lock serialises the calls."""
+
+    def __init__(self, spec: ImageSpec, max_sizes: int = 4):
+        self.spec = spec
+        self.max_sizes = max_sizes
+        self._spaces: OrderedDict[tuple[int, int], _Workspace] = OrderedDict()
+
+    def cached_sizes(self) -> int:
+        return len(self._spaces)
+
+    def __call__(self, image: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """uint8 HWC [h,w,3] or float CHW [3,h,w] → float32 [3,H,W] in `out` (returned)."""
+        spec = self.spec
+        H, W = spec.height, spec.width
+        u8 = image.dtype == np.uint8
+        h, w = image.shape[:2] if u8 else image.shape[1:]
+        if (h, w) == (H, W):  # identity: convert straight into `out`
+            _chw_into(image, out)
+            return out
+        if spec.resize == "none":
+            raise ValueError(f"image is {h}x{w} but the manifest expects {H}x{W} and allows no resize")
+        rh, rw = resized_size(h, w, H, W)
+        ws = self._workspace(h, w, rh, rw)
+        if u8 or image.dtype != np.float32:
+            chw = _chw_into(image, ws.chw)
+        else:
+            chw = image
+        top, left = (H - rh, W - rw) if spec.pad_side == "left_top" else (0, 0)
+        dest = out[:, top:top + rh, left:left + rw]
+        if (rh, rw) == (h, w):  # padding only (resize_bilinear's identity)
+            dest[...] = chw
+        else:  # resize_bilinear's formula, each product and sum into a kept buffer; the indices are in range, so
+            # take's mode="clip" changes nothing (its default "raise" would copy through a temporary buffer)
+            a, b = ws.rows_a, ws.rows_b
+            np.multiply(chw.take(ws.y0, axis=1, out=a, mode="clip"), ws.wy0, out=a)
+            np.multiply(chw.take(ws.y1, axis=1, out=b, mode="clip"), ws.wy1, out=b)
+            rows = np.add(a, b, out=a)
+            ca, cb = ws.cols_a, ws.cols_b
+            np.multiply(rows.take(ws.x0, axis=2, out=ca, mode="clip"), ws.wx0, out=ca)
+            np.multiply(rows.take(ws.x1, axis=2, out=cb, mode="clip"), ws.wx1, out=cb)
+            np.add(ca, cb, out=dest)
+        _fill_padding(out, spec.pad_value, top, left, rh, rw)
+        return out
+
+    def _workspace(self, h: int, w: int, rh: int, rw: int) -> _Workspace:
+        ws = self._spaces.get((h, w))
+        if ws is None:
+            ws = self._spaces[(h, w)] = _Workspace(h, w, rh, rw)
+            while len(self._spaces) > self.max_sizes:  # bounded: a stream of odd sizes cannot grow memory
+                self._spaces.popitem(last=False)
+        else:
+            self._spaces.move_to_end((h, w))
+        return ws
+
+
+def _chw_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`to_chw_float(image)` written into `out`: the same float32 values (uint8 * float32(1/255); a float cast)."""
+    if image.dtype == np.uint8:
+        return np.multiply(image.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out)
+    np.copyto(out, image, casting="unsafe")
+    return out
+
+
+def _fill_padding(out: np.ndarray, value: float, top: int, left: int, rh: int, rw: int) -> None:
+    """`value` everywhere in `out` [3,H,W] but the content block [top:top+rh, left:left+rw]."""
+    out[:, :top, :] = value
+    out[:, top + rh:, :] = value
+    out[:, top:top + rh, :left] = value
+    out[:, top:top + rh, left + rw:] = value
 
 
 class StateNormalizer:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ from runtime.safety import NO_ACTION, hold_or_stop
 log = logging.getLogger("runtime.robot")
 ON_STOP = ("auto", "stop", "hold")
 STARTUP_GRACE = 5  # before the first action the watchdog allows 5x max_starved (first inference, CUDA warm-up)
+PERIOD_WINDOW = 65_536  # tick periods the loop report keeps (p95): ~36 min at 30 Hz, ~2 MB; totals cover the whole run
 
 
 @dataclass
@@ -158,20 +160,38 @@ class LoopReport:
     repeated_frames: int = 0  # camera frames with the content of the tick before (no new frame yet)
     disconnect_error: str = ""  # the robot's disconnect failed (logged; the report is still returned)
     overruns: int = 0  # ticks that overran (a stall; the schedule re-based instead of catching up, runtime.pacing)
-    periods_ms: list[float] = field(default_factory=list, repr=False)  # tick start to the next tick's start
+    # tick start to the next tick's start: the last PERIOD_WINDOW kept (a run may last days), totals over all
+    _periods: deque[float] = field(default_factory=lambda: deque(maxlen=PERIOD_WINDOW), repr=False)
+    _period_count: int = field(default=0, repr=False)
+    _period_sum_ms: float = field(default=0.0, repr=False)
+    _period_max_ms: float = field(default=0.0, repr=False)
+
+    def add_period(self, ms: float) -> None:
+        """One tick's period (start to the next start), in milliseconds."""
+        self._periods.append(ms)
+        self._period_count += 1
+        self._period_sum_ms += ms
+        self._period_max_ms = max(self._period_max_ms, ms)
+
+    @property
+    def periods_ms(self) -> list[float]:
+        """The periods of the last PERIOD_WINDOW ticks, oldest first."""
+        return list(self._periods)
 
     @property
     def rate_hz(self) -> float:
-        """Ticks per second really run (stalls included: the schedule never catches up on them)."""
-        return (len(self.periods_ms) / (sum(self.periods_ms) / 1e3)) if self.periods_ms else 0.0
+        """Ticks per second really run, over the whole run (stalls included: the schedule never catches up on them)."""
+        return (self._period_count / (self._period_sum_ms / 1e3)) if self._period_count else 0.0
 
     @property
     def max_period_ms(self) -> float:
-        return max(self.periods_ms, default=0.0)
+        """The longest period of the whole run."""
+        return self._period_max_ms
 
     @property
     def p95_period_ms(self) -> float:
-        return float(np.percentile(self.periods_ms, 95)) if self.periods_ms else 0.0
+        """95th percentile of the last PERIOD_WINDOW periods."""
+        return float(np.percentile(self._periods, 95)) if self._periods else 0.0
 
 
 def run_robot(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, *,
@@ -262,12 +282,12 @@ class _ActionVet:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if self.size is not None and a.size != self.size:
             return None, f"action has {a.size} values, the robot takes {self.size}: not sent"
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             return None, "non-finite action: not sent"
         if self.bounds is None:
             return a, ""
         low, high = self.bounds
-        if np.any(a < low) or np.any(a > high):
+        if (a < low).any() or (a > high).any():
             return np.clip(a, low, high), "action outside the action bounds: clipped"
         return a, ""
 
@@ -348,7 +368,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 on_tick(tick, sa, (time.perf_counter() - pacer.tick_start) * 1e3)
             log.debug("tick %d: gate %s resampled=%s inference %.1f ms", tick, sa.gate_reason, sa.resampled, sa.latency_ms)
             rep.ticks += 1
-            rep.periods_ms.append(pacer.wait())
+            rep.add_period(pacer.wait())
     except KeyboardInterrupt:
         rep.stop_reason = "interrupted (Ctrl-C)"
     except BaseException as exc:  # a hook (should_stop, on_tick) or a driver's SystemExit: the safe stop runs

@@ -82,9 +82,9 @@ class ActionGuard:
         a = np.asarray(action, dtype=np.float32).reshape(-1)
         if a.shape != self.low.shape:
             return GuardResult(self.fallback_action(), False, True, f"action has shape {a.shape}, expected {self.low.shape}")
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():  # ndarray methods: this runs every tick
             return GuardResult(self.fallback_action(), False, True, "non-finite action")
-        if np.any(a < self.low) or np.any(a > self.high):
+        if (a < self.low).any() or (a > self.high).any():
             if self.out_of_bounds == "fallback":
                 return GuardResult(self.fallback_action(), False, True, "action outside action_bounds")
             clipped = np.clip(a, self.low, self.high).astype(np.float32)

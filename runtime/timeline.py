@@ -224,7 +224,7 @@ class ActionEmitter:
             return None
         planned = None if taken.row is None else self.unnormalize(taken.row)
         if planned is not None and self.slew is not None and self.guard.out_of_bounds == "clip" \
-                and np.all(np.isfinite(planned)):
+                and np.isfinite(planned).all():
             planned = np.clip(planned, self.guard.low, self.guard.high)  # the guard would clip it: limit what goes out
         wanted, catching_up = planned, False
         if planned is not None and taken.chunk is not None and self.slew is not None:
@@ -275,7 +275,7 @@ class ActionEmitter:
 
     def _valid(self, planned: np.ndarray) -> bool:
         """A finite row inside the bounds: the only kind re-anchoring or the slew limit may change."""
-        return bool(np.all(np.isfinite(planned)) and np.all((planned >= self.guard.low) & (planned <= self.guard.high)))
+        return bool(np.isfinite(planned).all() and ((planned >= self.guard.low) & (planned <= self.guard.high)).all())
 
     def _learn_step(self, chunk: np.ndarray) -> None:
         """Add this chunk's row-to-row steps to the episode's scale: finite rows only, clipped into the bounds
