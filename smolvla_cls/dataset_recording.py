@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic_folder import AtomicFolderError, atomic_folder
+from runtime.atomic_folder import AtomicFolderError, atomic_folder, remove_stale_partials
 from simtask import (
     ACTION_DIM,
     ACTION_KEY,
@@ -192,6 +192,7 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
     if cfg.root.exists() and not cfg.force:
         ok, why = _existing_matches(cfg)
         if ok:
+            remove_stale_partials(cfg.root)  # killed recorders' folders go on a reuse too (`make train` reuses)
             info = json.loads((cfg.root / "meta/info.json").read_text())
             side = read_sidecar(cfg.root) or {}
             return RecordingSummary(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -110,6 +114,24 @@ def test_rerun_is_idempotent_and_mismatch_is_refused(recorded, capsys):
             RecordingConfig(root=cfg.root, repo_id=REPO_ID, episodes=5, seed=4, perturb_fraction=0.4), progress=False
         )
 
+
+def test_a_reused_recording_still_sweeps_killed_recorders_folders(recorded):
+    """`make train` re-runs `make dataset` every time: the reuse must clean up too, not only a re-record."""
+    cfg, _ = recorded
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    legacy = cfg.root.with_name(f".{cfg.root.name}.partial-{dead.pid}")  # the recorder before atomic_folder
+    (legacy / "meta").mkdir(parents=True)
+    (legacy / "meta" / "info.json").write_text("{}")
+    then = time.time() - 2 * 24 * 3600
+    for p in (legacy / "meta" / "info.json", legacy / "meta", legacy):
+        os.utime(p, (then, then))
+    lock = cfg.root.with_name(f".{cfg.root.name}.killed2.lock")  # a current recorder, killed
+    lock.write_text("")
+    lock.with_suffix(".partial").mkdir()
+    assert record_dataset(cfg, progress=False).reused
+    assert not legacy.exists() and not lock.exists() and not lock.with_suffix(".partial").exists()
+    assert (cfg.root / SIDECAR).is_file()
 
 def test_default_recording_identity_has_no_hold_key(recorded):
     cfg, _ = recorded
