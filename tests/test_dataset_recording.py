@@ -17,7 +17,7 @@ from simtask import IMAGE_KEY, STATE_KEY, ReachEnv, TaskConfig
 from smolvla_cls.dataset_recording import (
     SIDECAR,
     RecordingConfig,
-    _remove_dataset_dir,
+    _replace_problem,
     main,
     perturb_flags,
     record_dataset,
@@ -172,10 +172,69 @@ def test_force_rerecords(tmp_path):
     assert not s.reused and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 3
 
 
+def test_an_interrupted_force_rerecord_keeps_the_old_recording(tmp_path, monkeypatch):
+    """--force replaces the recording only once the new one is complete (the atomic swap), never deletes first."""
+    import smolvla_cls.dataset_recording as rec
+
+    root = tmp_path / "ds"
+    record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=2, seed=0), progress=False)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rec, "_record_episodes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=3, seed=0, force=True), progress=False)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
+    assert json.loads((root / "meta/info.json").read_text())["total_episodes"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+def _existing_root(root, kind: str) -> None:
+    """A --root that already exists, of one `kind`."""
+    root.mkdir()
+    if kind == "notes":
+        (root / "notes.txt").write_text("keep me")
+    if kind in ("sidecar only", "other recording", "corrupt info"):
+        (root / "meta").mkdir()
+        (root / SIDECAR).write_text(json.dumps({"version": 1, "identity": {"seed": 99}}))
+    if kind == "corrupt sidecar":
+        (root / "meta").mkdir()
+        (root / SIDECAR).write_text("{not json")
+        (root / "meta/info.json").write_text("{}")
+    if kind == "corrupt info":
+        (root / SIDECAR).write_text(json.dumps({"version": 1, "identity": RecordingConfig(
+            root=root, repo_id=REPO_ID, episodes=1, seed=0).identity()}))
+        (root / "meta/info.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("kind", ["empty", "notes", "sidecar only", "other recording", "corrupt sidecar",
+                                  "corrupt info"])
+def test_an_existing_root_gets_advice_that_works(tmp_path, capsys, kind):
+    """Refused without --force: one line naming the root; it suggests --force only where --force then records
+    (before: it suggested --force for a folder of other files, which --force then refused). An empty folder
+    is recorded into, no --force needed."""
+    root = tmp_path / "ds"
+    _existing_root(root, kind)
+    argv = ["--root", str(root), "--repo-id", REPO_ID, "--episodes", "1", "--seed", "0", "--quiet"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    if kind == "empty":
+        assert code == 0 and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 1
+        return
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(root) in err, err
+    forced = main([*argv, "--force"])
+    forced_err = capsys.readouterr().err
+    if "--force" in err:
+        assert forced == 0 and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 1
+    else:
+        assert forced == 2 and "--root" in forced_err and (root / "notes.txt").read_text() == "keep me"
+
 def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
+    assert "refusing" in _replace_problem(tmp_path)
     with pytest.raises(ValueError, match="refusing"):
-        _remove_dataset_dir(tmp_path)
+        record_dataset(RecordingConfig(root=tmp_path, repo_id=REPO_ID, episodes=1, force=True), progress=False)
     assert (tmp_path / "precious.txt").exists()
 
 
