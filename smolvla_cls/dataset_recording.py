@@ -44,6 +44,7 @@ from simtask import (
 
 SIDECAR = "meta/simtask_recording.json"
 SIDECAR_VERSION = 1
+MAX_EPISODES = 1_000_000  # per-episode seeds and flags are built up front
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ class RecordingConfig:
         def fail(name: str, why: str) -> None:
             raise ValueError(f"RecordingConfig.{name}: {why} (got {getattr(self, name)!r})")
 
-        if not isinstance(self.episodes, int) or self.episodes < 1:
-            fail("episodes", "must be an int >= 1")
+        if not isinstance(self.episodes, int) or not 1 <= self.episodes <= MAX_EPISODES:
+            fail("episodes", f"must be an int in [1, {MAX_EPISODES}]")
         if not isinstance(self.seed, int) or self.seed < 0:
             fail("seed", "must be an int >= 0")
         if not isinstance(self.perturb_fraction, (int, float)) or not 0.0 <= self.perturb_fraction <= 1.0:

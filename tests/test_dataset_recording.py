@@ -246,6 +246,8 @@ def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
         ("--image-size", "8", "--image-size"),
         ("--repo-id", "noslash", "--repo-id"),
         ("--hold-after-success", "-1", "--hold-after-success"),
+        ("--image-size", "100000", "--image-size"),  # was a 74.5 GiB MemoryError traceback
+        ("--episodes", "99999999999999999999", "--episodes"),  # was "Maximum allowed dimension exceeded"
     ],
 )
 def test_cli_bad_args_name_the_field(tmp_path, capsys, flag, value, name):
