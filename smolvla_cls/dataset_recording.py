@@ -273,7 +273,11 @@ def _record_episodes(dataset: Any, cfg: RecordingConfig, bar: Any) -> tuple[list
     for index in range(cfg.episodes):
         perturb = bool(flags[index])
         while True:
-            seed = next(candidates)
+            seed = next(candidates, None)
+            if seed is None:  # more than half the rollouts failed: the task or the noise leaves the expert no chance
+                raise ValueError(f"RecordingConfig.task / noise_std: the scripted expert failed {skipped} of "
+                                 f"{skipped + index} rollouts (max_steps={cfg.task.max_steps}, noise_std="
+                                 f"{cfg.noise_std}); give it more steps or less noise")
             ep = run_expert_episode(env, expert, seed=seed, perturb=perturb, hold_after_success=cfg.hold_after_success)
             if ep.success:
                 break

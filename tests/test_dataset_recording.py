@@ -230,6 +230,13 @@ def test_an_existing_root_gets_advice_that_works(tmp_path, capsys, kind):
     else:
         assert forced == 2 and "--root" in forced_err and (root / "notes.txt").read_text() == "keep me"
 
+def test_a_task_the_expert_cannot_finish_is_one_error_naming_it(tmp_path):
+    """Every rollout failing used to end in a bare StopIteration from the seed list; nothing is left behind."""
+    task = TaskConfig(max_steps=3, perturb_window=(1, 2))  # 3 steps: the expert never reaches a disc
+    with pytest.raises(ValueError, match="max_steps=3"):
+        record_dataset(RecordingConfig(root=tmp_path / "ds", repo_id=REPO_ID, episodes=2, task=task), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
 def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     assert "refusing" in _replace_problem(tmp_path)
