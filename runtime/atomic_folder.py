@@ -12,8 +12,10 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,11 +124,17 @@ def _scratch(lock: Path) -> tuple[Path, Path]:
     return lock.with_suffix(".partial"), lock.with_suffix(".old")
 
 
-def remove_stale_partials(dst: Path) -> list[Path]:
+def remove_stale_partials(dst: Path, legacy: Sequence[str] = ()) -> list[Path]:
     """Delete the `.partial` / `.old` folders that killed writers to `dst` left (their lock file is no longer
-    locked); a live writer's are never touched. Returns the lock files of the writers cleaned up."""
+    locked), then those of earlier versions' writers (`remove_legacy_partials`, plus the caller's own `legacy`
+    name patterns); a live writer's are never touched. Returns the lock files and legacy folders cleaned up."""
     if fcntl is None:
         return []
+    return [*_remove_unlocked(dst), *remove_legacy_partials(dst, legacy)]
+
+
+def _remove_unlocked(dst: Path) -> list[Path]:
+    """The lock-file sweep of `remove_stale_partials`: the lock files of the killed writers cleaned up."""
     pattern = re.compile(rf"\.{re.escape(dst.name)}\.[A-Za-z0-9_]+\.lock")
     try:
         locks = sorted(p for p in dst.parent.iterdir() if pattern.fullmatch(p.name))
@@ -155,6 +163,93 @@ def remove_stale_partials(dst: Path) -> list[Path]:
             continue
         finally:
             os.close(fd)
+    return cleaned
+
+
+# Scratch names earlier versions used next to a destination `<name>`, none with a lock file: the recorder's
+# `.<name>.partial-<pid>`, the first export's `.<name>.partial`, and the unlocked `.<name>.<random>.partial|old`
+LEGACY_QUIET_S = 24 * 3600.0  # untouched this long: no live writer (each wrote at least every few minutes)
+_RANDOM = "[a-z0-9_]{8}"  # tempfile's random part
+
+
+def _legacy_pattern(name: str) -> re.Pattern[str]:
+    n = re.escape(name)
+    return re.compile(rf"\.{n}\.partial(?:-(?P<pid>[1-9][0-9]{{0,9}}))?|\.{n}\.(?P<rand>{_RANDOM})\.(?P<kind>partial|old)")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists here (POSIX kill 0: nothing is sent); unknown counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):  # PermissionError: another account's live process
+        return True
+    return True
+
+
+def _quiet_since(folder: Path) -> float:
+    """The newest modification time of `folder` and of everything in it (links not followed)."""
+    newest = folder.lstat().st_mtime
+    for base, dirs, files in os.walk(folder):
+        for entry in (*dirs, *files):
+            newest = max(newest, os.lstat(os.path.join(base, entry)).st_mtime)
+    return newest
+
+
+def _ours_and_idle(folder: Path, now: float) -> bool:
+    """A real folder (not a link) of this account, nothing in it modified for `LEGACY_QUIET_S`."""
+    try:
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        return now - _quiet_since(folder) > LEGACY_QUIET_S
+    except OSError:  # vanished or unreadable meanwhile: not ours to judge
+        return False
+
+
+def remove_legacy_partials(dst: Path, legacy: Sequence[str] = ()) -> list[Path]:
+    """Delete the scratch folders that writers of earlier versions (no lock file) left next to `dst`, and those
+    matching the caller's `legacy` patterns: only a folder of this account with exactly such a name, untouched
+    for `LEGACY_QUIET_S`, whose writer's pid (where the name has one) is gone. With `dst` missing, a sole
+    legacy `.old` (the folder a killed writer moved aside) goes back to `dst`; several are all kept.
+    Returns the folders deleted or restored."""
+    if fcntl is None:  # no POSIX kill 0 to ask whether a writer lives
+        return []
+    dst = Path(dst)
+    pattern = _legacy_pattern(dst.name)
+    extra = [re.compile(p) for p in legacy]
+    try:
+        names = sorted(p.name for p in dst.parent.iterdir())
+    except OSError:
+        return []
+    now = time.time()
+    found: list[Path] = []  # to delete
+    olds: list[Path] = []  # legacy `.old` folders: deleted, or one restored where `dst` is missing
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None and not any(x.fullmatch(name) for x in extra):
+            continue
+        folder = dst.parent / name
+        if m is not None and m["rand"] and (dst.parent / f".{dst.name}.{m['rand']}.lock").exists():
+            continue  # a current writer's (lock-file sweep's business)
+        if m is not None and m["pid"] and _pid_alive(int(m["pid"])):
+            continue
+        if _ours_and_idle(folder, now):
+            (olds if m is not None and m["kind"] == "old" else found).append(folder)
+    cleaned = []
+    if olds and not dst.exists():  # `dst` missing (or a dangling link): an `.old` may be its only copy
+        if len(olds) == 1 and not dst.is_symlink():
+            try:
+                olds[0].rename(dst)
+                cleaned.append(olds[0])
+            except OSError:
+                pass
+        olds = []  # several: which one held `dst` is unknown, so every one is kept
+    for folder in [*found, *olds]:
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            cleaned.append(folder)
     return cleaned
 
 

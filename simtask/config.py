@@ -15,6 +15,7 @@ STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 STATE_DIM = 2
 ACTION_DIM = 2
+MAX_IMAGE_SIZE = 1024  # the renderer holds a few float64 [size, size] arrays per frame
 
 # Saturated colours only: after SmolVLA's [-1, 1] scaling each one sits at a corner of the RGB cube,
 # far from the mid-grey background (which maps to ~0).
@@ -66,8 +67,8 @@ class TaskConfig:
         def fail(field: str, why: str) -> None:
             raise ValueError(f"TaskConfig.{field}: {why} (got {getattr(self, field)!r})")
 
-        if not isinstance(self.image_size, int) or self.image_size < 16:
-            fail("image_size", "must be an int >= 16")
+        if not isinstance(self.image_size, int) or not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            fail("image_size", f"must be an int in [16, {MAX_IMAGE_SIZE}]")
         if not isinstance(self.max_steps, int) or self.max_steps < 1:
             fail("max_steps", "must be an int >= 1")
         if not isinstance(self.fps, int) or self.fps < 1:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.atomic_folder import AtomicFolderError, atomic_folder
+from runtime.atomic_folder import AtomicFolderError, atomic_folder, remove_stale_partials
 from simtask import (
     ACTION_DIM,
     ACTION_KEY,
@@ -44,6 +44,7 @@ from simtask import (
 
 SIDECAR = "meta/simtask_recording.json"
 SIDECAR_VERSION = 1
+MAX_EPISODES = 1_000_000  # per-episode seeds and flags are built up front
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ class RecordingConfig:
         def fail(name: str, why: str) -> None:
             raise ValueError(f"RecordingConfig.{name}: {why} (got {getattr(self, name)!r})")
 
-        if not isinstance(self.episodes, int) or self.episodes < 1:
-            fail("episodes", "must be an int >= 1")
+        if not isinstance(self.episodes, int) or not 1 <= self.episodes <= MAX_EPISODES:
+            fail("episodes", f"must be an int in [1, {MAX_EPISODES}]")
         if not isinstance(self.seed, int) or self.seed < 0:
             fail("seed", "must be an int >= 0")
         if not isinstance(self.perturb_fraction, (int, float)) or not 0.0 <= self.perturb_fraction <= 1.0:
@@ -151,37 +152,49 @@ def read_sidecar(root: Path) -> dict[str, Any] | None:
 
 
 def _existing_matches(cfg: RecordingConfig) -> tuple[bool, str]:
-    """Whether ``cfg.root`` already holds exactly this recording; the string says why not and what to do."""
+    """Whether ``cfg.root`` already holds exactly this recording; the string says why not and what to do
+    (--force only where --force would be allowed: `_replace_problem`)."""
     side = read_sidecar(cfg.root)
     if side is None and (cfg.root / "meta" / "info.json").is_file():  # e.g. the user's own robot recording
         return False, (f"{cfg.root} is a LeRobotDataset not recorded by simtask (no {SIDECAR}): train on it as it "
                        f"is (`make train DATASET_ROOT={cfg.root}` records nothing there) or pick another --root; "
                        "--force would delete it")
+    problem = _replace_problem(cfg.root)
+    if problem:
+        return False, problem
     force = "; pass --force to overwrite"
-    if side is None:
-        return False, f"{cfg.root} exists but has no {SIDECAR} (not a simtask recording){force}"
-    old, new = side.get("identity", {}), cfg.identity()
+    if not isinstance(side, dict) or not isinstance(side.get("identity"), dict):
+        return False, f"{cfg.root / SIDECAR} is missing or unreadable (not a complete simtask recording){force}"
+    old, new = side["identity"], cfg.identity()
     diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diffs:
         return False, f"{cfg.root} holds a different recording; differing field(s): {diffs}{force}"
     try:
         info = json.loads((cfg.root / "meta/info.json").read_text())
-    except FileNotFoundError:
-        return False, f"{cfg.root} has no meta/info.json{force}"
-    if info.get("total_episodes") != cfg.episodes:
-        return False, f"{cfg.root} has {info.get('total_episodes')} episodes, expected {cfg.episodes}{force}"
+    except (OSError, ValueError) as exc:  # missing, unreadable, not JSON / not UTF-8
+        return False, f"{cfg.root / 'meta/info.json'} is missing or unreadable ({type(exc).__name__}){force}"
+    if not isinstance(info, dict) or info.get("total_episodes") != cfg.episodes:
+        got = info.get("total_episodes") if isinstance(info, dict) else None
+        return False, f"{cfg.root} has {got} episodes, expected {cfg.episodes}{force}"
     return True, ""
 
 
-def _remove_dataset_dir(root: Path) -> None:
-    """Delete ``root`` only if it is empty or looks like a dataset (guards --force against typos)."""
+def _replace_problem(root: Path) -> str | None:
+    """Why --force must not replace ``root`` (one line naming --root), or None: only an empty folder or one that
+    looks like a dataset (meta/info.json or our sidecar) may be replaced, which guards against typos. The swap
+    happens once the new recording is complete, so an interrupted re-record keeps the old one."""
     if not root.exists():
-        return
+        return None
     if not root.is_dir():
-        raise ValueError(f"--root: {root} exists and is not a directory")
-    if any(root.iterdir()) and not (root / "meta/info.json").exists():
-        raise ValueError(f"--root: refusing to delete {root}: it is not empty and holds no meta/info.json")
-    shutil.rmtree(root)
+        return f"--root: {root} exists and is not a directory"
+    if any(root.iterdir()) and not (root / "meta/info.json").exists() and not (root / SIDECAR).exists():
+        return (f"--root: refusing to replace {root}: it is not empty and holds no meta/info.json (not a "
+                "dataset); pick another --root")
+    return None
+
+
+def _is_empty_dir(root: Path) -> bool:
+    return root.is_dir() and not any(root.iterdir())
 
 
 def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSummary:
@@ -189,9 +202,10 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
     from lerobot.datasets.lerobot_dataset import LeRobotDataset  # type: ignore[import-untyped]  # heavy imports, only when recording
     from lerobot.utils.utils import SuppressProgressBars  # type: ignore[import-untyped]
 
-    if cfg.root.exists() and not cfg.force:
+    if cfg.root.exists() and not cfg.force and not _is_empty_dir(cfg.root):  # an empty folder: record into it
         ok, why = _existing_matches(cfg)
         if ok:
+            remove_stale_partials(cfg.root)  # killed recorders' folders go on a reuse too (`make train` reuses)
             info = json.loads((cfg.root / "meta/info.json").read_text())
             side = read_sidecar(cfg.root) or {}
             return RecordingSummary(
@@ -205,8 +219,9 @@ def record_dataset(cfg: RecordingConfig, progress: bool = True) -> RecordingSumm
                 reused=True,
             )
         raise FileExistsError(why)
-    if cfg.force:
-        _remove_dataset_dir(cfg.root)
+    problem = _replace_problem(cfg.root) if cfg.force else None
+    if problem:
+        raise ValueError(problem)
 
     cfg.root.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -258,7 +273,11 @@ def _record_episodes(dataset: Any, cfg: RecordingConfig, bar: Any) -> tuple[list
     for index in range(cfg.episodes):
         perturb = bool(flags[index])
         while True:
-            seed = next(candidates)
+            seed = next(candidates, None)
+            if seed is None:  # more than half the rollouts failed: the task or the noise leaves the expert no chance
+                raise ValueError(f"RecordingConfig.task / noise_std: the scripted expert failed {skipped} of "
+                                 f"{skipped + index} rollouts (max_steps={cfg.task.max_steps}, noise_std="
+                                 f"{cfg.noise_std}); give it more steps or less noise")
             ep = run_expert_episode(env, expert, seed=seed, perturb=perturb, hold_after_success=cfg.hold_after_success)
             if ep.success:
                 break

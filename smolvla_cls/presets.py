@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
-from runtime.atomic_folder import atomic_folder
+from runtime.atomic_folder import atomic_folder, remove_stale_partials
 
 PRESET_VERSION = 1
 MARKER = "smolvla_cls_preset.json"  # written last: a folder without it is incomplete
@@ -123,6 +124,8 @@ def materialize_preset(preset: str) -> Path:
     """Return the preset's local folder, writing it atomically on first use (idempotent). A folder there without
     the marker file (interrupted, emptied, or from a writer without the swap) is rebuilt whole."""
     target = preset_dir(preset)
+    # the scratch folders of killed writers from before atomic_folder (`.<preset>-<random>`) go too
+    remove_stale_partials(target, legacy=[rf"\.{re.escape(preset)}-[a-z0-9_]{{8}}"])
     if (target / MARKER).is_file():
         return target
     # atomic_folder gives it a normal folder's mode under the umask (another account sharing SMOLVLA_CLS_CACHE can

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from simtask import IMAGE_KEY, STATE_KEY, ReachEnv, TaskConfig
 from smolvla_cls.dataset_recording import (
     SIDECAR,
     RecordingConfig,
-    _remove_dataset_dir,
+    _replace_problem,
     main,
     perturb_flags,
     record_dataset,
@@ -111,6 +115,24 @@ def test_rerun_is_idempotent_and_mismatch_is_refused(recorded, capsys):
         )
 
 
+def test_a_reused_recording_still_sweeps_killed_recorders_folders(recorded):
+    """`make train` re-runs `make dataset` every time: the reuse must clean up too, not only a re-record."""
+    cfg, _ = recorded
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    legacy = cfg.root.with_name(f".{cfg.root.name}.partial-{dead.pid}")  # the recorder before atomic_folder
+    (legacy / "meta").mkdir(parents=True)
+    (legacy / "meta" / "info.json").write_text("{}")
+    then = time.time() - 2 * 24 * 3600
+    for p in (legacy / "meta" / "info.json", legacy / "meta", legacy):
+        os.utime(p, (then, then))
+    lock = cfg.root.with_name(f".{cfg.root.name}.killed2.lock")  # a current recorder, killed
+    lock.write_text("")
+    lock.with_suffix(".partial").mkdir()
+    assert record_dataset(cfg, progress=False).reused
+    assert not legacy.exists() and not lock.exists() and not lock.with_suffix(".partial").exists()
+    assert (cfg.root / SIDECAR).is_file()
+
 def test_default_recording_identity_has_no_hold_key(recorded):
     cfg, _ = recorded
     side = json.loads((cfg.root / SIDECAR).read_text())
@@ -150,10 +172,76 @@ def test_force_rerecords(tmp_path):
     assert not s.reused and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 3
 
 
+def test_an_interrupted_force_rerecord_keeps_the_old_recording(tmp_path, monkeypatch):
+    """--force replaces the recording only once the new one is complete (the atomic swap), never deletes first."""
+    import smolvla_cls.dataset_recording as rec
+
+    root = tmp_path / "ds"
+    record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=2, seed=0), progress=False)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rec, "_record_episodes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        record_dataset(RecordingConfig(root=root, repo_id=REPO_ID, episodes=3, seed=0, force=True), progress=False)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
+    assert json.loads((root / "meta/info.json").read_text())["total_episodes"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+def _existing_root(root, kind: str) -> None:
+    """A --root that already exists, of one `kind`."""
+    root.mkdir()
+    if kind == "notes":
+        (root / "notes.txt").write_text("keep me")
+    if kind in ("sidecar only", "other recording", "corrupt info"):
+        (root / "meta").mkdir()
+        (root / SIDECAR).write_text(json.dumps({"version": 1, "identity": {"seed": 99}}))
+    if kind == "corrupt sidecar":
+        (root / "meta").mkdir()
+        (root / SIDECAR).write_text("{not json")
+        (root / "meta/info.json").write_text("{}")
+    if kind == "corrupt info":
+        (root / SIDECAR).write_text(json.dumps({"version": 1, "identity": RecordingConfig(
+            root=root, repo_id=REPO_ID, episodes=1, seed=0).identity()}))
+        (root / "meta/info.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("kind", ["empty", "notes", "sidecar only", "other recording", "corrupt sidecar",
+                                  "corrupt info"])
+def test_an_existing_root_gets_advice_that_works(tmp_path, capsys, kind):
+    """Refused without --force: one line naming the root; it suggests --force only where --force then records
+    (before: it suggested --force for a folder of other files, which --force then refused). An empty folder
+    is recorded into, no --force needed."""
+    root = tmp_path / "ds"
+    _existing_root(root, kind)
+    argv = ["--root", str(root), "--repo-id", REPO_ID, "--episodes", "1", "--seed", "0", "--quiet"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    if kind == "empty":
+        assert code == 0 and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 1
+        return
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(root) in err, err
+    forced = main([*argv, "--force"])
+    forced_err = capsys.readouterr().err
+    if "--force" in err:
+        assert forced == 0 and json.loads((root / "meta/info.json").read_text())["total_episodes"] == 1
+    else:
+        assert forced == 2 and "--root" in forced_err and (root / "notes.txt").read_text() == "keep me"
+
+def test_a_task_the_expert_cannot_finish_is_one_error_naming_it(tmp_path):
+    """Every rollout failing used to end in a bare StopIteration from the seed list; nothing is left behind."""
+    task = TaskConfig(max_steps=3, perturb_window=(1, 2))  # 3 steps: the expert never reaches a disc
+    with pytest.raises(ValueError, match="max_steps=3"):
+        record_dataset(RecordingConfig(root=tmp_path / "ds", repo_id=REPO_ID, episodes=2, task=task), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
 def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
+    assert "refusing" in _replace_problem(tmp_path)
     with pytest.raises(ValueError, match="refusing"):
-        _remove_dataset_dir(tmp_path)
+        record_dataset(RecordingConfig(root=tmp_path, repo_id=REPO_ID, episodes=1, force=True), progress=False)
     assert (tmp_path / "precious.txt").exists()
 
 
@@ -165,6 +253,8 @@ def test_force_refuses_to_delete_a_non_dataset_folder(tmp_path):
         ("--image-size", "8", "--image-size"),
         ("--repo-id", "noslash", "--repo-id"),
         ("--hold-after-success", "-1", "--hold-after-success"),
+        ("--image-size", "100000", "--image-size"),  # was a 74.5 GiB MemoryError traceback
+        ("--episodes", "99999999999999999999", "--episodes"),  # was "Maximum allowed dimension exceeded"
     ],
 )
 def test_cli_bad_args_name_the_field(tmp_path, capsys, flag, value, name):

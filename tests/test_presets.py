@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,28 @@ def test_a_folder_without_the_marker_is_rebuilt_whole(incomplete, tmp_path, monk
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no scratch folder left
     inode = target.stat().st_ino
     assert presets.materialize_preset("tiny") == target and target.stat().st_ino == inode  # complete: reused
+
+
+def test_scratch_folders_of_the_writer_before_atomic_folder_are_swept(tmp_path, monkeypatch):
+    """`.<preset>-<random>` (mkdtemp of the first preset writer, no lock file) of a killed writer went unswept;
+    now it goes once idle a day, on a build or a reuse; a recent one and any other name stay."""
+    monkeypatch.setenv("SMOLVLA_CLS_CACHE", str(tmp_path))
+    vlm = presets.preset_dir("tiny").parent
+    vlm.mkdir(parents=True)
+    then = time.time() - 2 * 24 * 3600
+
+    def scratch(name: str, idle: bool) -> Path:
+        folder = vlm / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{")
+        if idle:
+            for p in (folder / "config.json", folder):
+                os.utime(p, (then, then))
+        return folder
+
+    stale, recent = scratch(".tiny-k3x_9a0q", True), scratch(".tiny-zz99yy88", False)
+    other = [scratch(".full-k3x_9a0q", True), scratch(".tiny-k3x9a0q", True), scratch("tiny-k3x_9a0q", True)]
+    target = presets.materialize_preset("tiny")
+    assert _complete(target) and not stale.exists() and recent.exists() and all(o.exists() for o in other)
+    again = scratch(".tiny-ab12cd34", True)
+    assert presets.materialize_preset("tiny") == target and not again.exists()  # the reuse sweeps too

@@ -17,10 +17,16 @@ def test_the_client_wrapper_registers_third_party_plugins_first(monkeypatch):
     from robot_adapters import robot_client
 
     calls = []
+
+    def parse(*args, **kwargs):
+        calls.append("parse")
+        raise SystemExit(2)
+
     monkeypatch.setattr(robot_client, "register_third_party_plugins", lambda: calls.append("plugins"))
-    monkeypatch.setattr(robot_client, "async_client", lambda: calls.append("client"))
-    robot_client.main()
-    assert calls == ["plugins", "client"]  # a lerobot_robot_* package's robot type parses, as with the stock client
+    monkeypatch.setattr(robot_client.draccus, "parse", parse)
+    with pytest.raises(SystemExit):
+        robot_client.main([])
+    assert calls == ["plugins", "parse"]  # a lerobot_robot_* package's robot type parses, as with the stock client
 
 
 def test_compare_releases_the_server_when_the_served_run_fails(monkeypatch):
