@@ -24,7 +24,9 @@ robots stand still) — never a repeat of the last action, which for displacemen
 robot with velocity dimensions (`x.vel`), which nothing sent leaves running at its last command, gets the stop
 action on its moving dimensions once (`starved_stop`) when such a run of ticks begins after an action was sent.
 `max_starved` such ticks in a row (a hung or stalled backend; before the first action STARTUP_GRACE times as
-many, for the first inference) end in the safe stop.
+many, for the first inference) end in the safe stop, with the source's account of why (`starved_reason`: chunks
+that came stale); a source that cannot go on (`SourceAction.end`: no chunk can cover the planning delay) ends the
+run at once, watchdog or not.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class SourceAction:
     latency_ms: float = 0.0
     fault: str = ""  # an inference fault reported with this tick (the action is then the safe fallback)
     news: bool = True  # this tick carries a new inference result (a fault or a healthy job)
+    end: str = ""  # the source cannot go on (no chunk can cover the planning delay): the run ends, safe stop
 
 
 class ActionSource(Protocol):
@@ -68,8 +71,10 @@ class ActionSource(Protocol):
 
     def close(self) -> None: ...
 
-    # optional: `delivered(tick, action)` — what the robot really got for the tick's action (None: nothing, the
-    # send failed or the loop's last check refused it; else the array sent, which that check may have clipped)
+    # optional: `delivered(tick, action)` — what the robot really got for the tick (None: nothing, the send failed
+    # or the loop's last check refused it; else the array sent: the one that check may have clipped, or the stop a
+    # velocity robot got on a tick without an action); `starved_reason()` — why no action is ready, for the stall
+    # watchdog's message (None: not known)
 
 
 class SyncSource:
@@ -130,7 +135,12 @@ class AsyncSource:
         if self._seen[1:] != seen[1:]:
             fault = fault or "inference fault"
         return SourceAction(action, job.gate_reason if job else "", bool(job and job.resampled),
-                            job.total_ms if job else 0.0, fault=fault, news=self._seen != seen)
+                            job.total_ms if job else 0.0, fault=fault, news=self._seen != seen,
+                            end=ex.coverage_error() or "")
+
+    def starved_reason(self) -> str | None:
+        """Chunks that came but landed stale, when that is why no action is ready (`AsyncEdgePolicy`)."""
+        return self.executor.starved_reason()
 
     def delivered(self, tick: int, action: np.ndarray | None) -> None:
         self.executor.delivered(tick, action)  # re-anchoring and the slew limit count what the robot really got
@@ -293,6 +303,9 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 obs = robot.get_observation()
                 rep.repeated_frames += frames.count(obs)
                 sa = source.next_action(tick, obs)
+                if sa.end:  # the source cannot go on (no chunk can cover the planning delay): the safe stop
+                    rep.stop_reason = sa.end
+                    break
                 proposed = sa.action
                 action, why = (None, "") if sa.action is None else vet(sa.action)
                 if sa.action is None:  # nothing ready: the robot holds; neither a fault nor a recovery
@@ -300,8 +313,9 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                     starved_run += 1
                     limit = None if max_starved is None else max_starved * (1 if sent_any else STARTUP_GRACE)
                     if limit is not None and starved_run >= limit:
-                        rep.stop_reason = (f"no action for {starved_run} ticks in a row "
-                                           f"({'inference stalled?' if sent_any else 'the first plan never came'})")
+                        why = _starved_reason(source) or \
+                            ("inference stalled?" if sent_any else "the first plan never came")
+                        rep.stop_reason = f"no action for {starved_run} ticks in a row ({why})"
                         break
                     last = last_sent[0] if last_sent else None
                     command = None if braked else starved_stop(interface, stop_action, last)
@@ -361,6 +375,16 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     if interrupt is not None:  # a second Ctrl-C / SIGTERM during the shutdown: honoured now that it is done
         raise interrupt
     return rep
+
+
+def _starved_reason(source: ActionSource) -> str | None:
+    """The source's account of why no action is ready (chunks that came too late), or None."""
+    ask = getattr(source, "starved_reason", None)
+    try:
+        return ask() if ask is not None else None
+    except Exception as exc:  # noqa: BLE001 — a message only: the watchdog's stop stands
+        log.warning("the source could not say why no action is ready: %s", exc)
+        return None
 
 
 def _report_delivered(source: ActionSource, tick: int, delivered: np.ndarray | None) -> None:
