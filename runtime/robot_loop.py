@@ -322,7 +322,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                     if command is not None:  # a velocity robot would drive on at its last command: stop it once
                         pacer.sending()
                         robot.send_action(interface.action_dict(command))
-                        braked = True
+                        delivered, braked = command, True  # the source learns it: the slew limit starts from it
                         rep.starved_stops += 1
                 elif action is None:  # the source's action failed the last check: a fault, nothing sent
                     raise UnsentAction(why)
@@ -356,7 +356,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 if consecutive >= max_faults:
                     rep.stop_reason = f"{consecutive} consecutive faults ({exc})"
                     break
-            if proposed is not None:
+            if proposed is not None or delivered is not None:
                 _report_delivered(source, tick, delivered)
             if on_tick is not None:
                 on_tick(tick, sa, (time.perf_counter() - pacer.tick_start) * 1e3)
