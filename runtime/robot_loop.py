@@ -10,7 +10,8 @@ Safe stop: on Ctrl-C, after `max_faults` consecutive faults, and when anything e
 from a hook or a driver, a SystemExit: re-raised after) the loop sends the safe stop once — `on_stop="auto"`: the
 manifest's stop action on displacement / velocity dimensions and the last target sent on position ones (a stop
 pose of zeros must not yank a joint-position arm across its workspace); `"stop"`: the stop action everywhere —
-or sends nothing more (`"hold"`: the arm keeps its last target), then disconnects, then
+or sends nothing more (`"hold"`: the arm keeps its last target; a robot with velocity dimensions still gets
+`auto`'s stop, `runtime.stop_commands`), then disconnects, then
 closes the source (last: a worker stuck in a hung graph call must not delay the torque-off) — each of the
 three steps runs even when the one before failed or a second Ctrl-C arrived (that interrupt is re-raised
 after), and a failing disconnect is logged and noted in the report, never lost with it. Each tick is logged
@@ -46,7 +47,8 @@ from runtime.manifest import Bounds
 from runtime.pacing import Pacer
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
-from runtime.safety import NO_ACTION, hold_or_stop
+from runtime.safety import NO_ACTION
+from runtime.stop_commands import starved_stop, stop_command
 
 log = logging.getLogger("runtime.robot")
 ON_STOP = ("auto", "stop", "hold")
@@ -430,32 +432,6 @@ class _RepeatedFrames:
         return n
 
 
-def starved_stop(interface: RobotInterface, stop_action: np.ndarray, last_sent: np.ndarray | None) -> np.ndarray | None:
-    """What a tick with no action sends (None: nothing). Position targets hold and displacements stand still
-    without a command, but a velocity motor runs on at its last one until a driver or stall watchdog stops it:
-    a robot with velocity dimensions that was already commanded gets the stop action on its moving (velocity /
-    displacement) dimensions and the last target sent on the others — a whole action, as every robot takes."""
-    moving = getattr(interface, "moving_dims", None)
-    if last_sent is None or moving is None or not getattr(interface, "has_velocity", False):
-        return None
-    return hold_or_stop(np.asarray(stop_action, dtype=np.float32).reshape(-1), last_sent, moving)
-
-
-def stop_command(on_stop: str, stop_action: np.ndarray, last_sent: np.ndarray | None,
-                 moving: np.ndarray | None) -> np.ndarray | None:
-    """The action the safe stop sends (None: nothing). `auto`: the stop action on the `moving` (displacement /
-    velocity) dimensions, the last action sent on the others — nothing when no dimension moves on or nothing was
-    sent; without action names (`moving` None) every dimension counts as moving."""
-    stop = np.asarray(stop_action, dtype=np.float32).reshape(-1)
-    if on_stop == "hold":
-        return None
-    if on_stop == "stop" or moving is None:
-        return stop
-    if not np.any(moving):
-        return None  # position targets only: the arm keeps its last target
-    return hold_or_stop(stop, last_sent, moving)  # the guard's per-dimension rule (None: never commanded)
-
-
 def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, on_stop: str,
                rep: LoopReport, last_sent: np.ndarray | None = None) -> BaseException | None:
     """The safe stop (if one is due), disconnecting the robot, closing the source: each step runs whatever the
@@ -478,7 +454,8 @@ def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop
 
     def send_stop() -> None:
         if rep.stop_reason:
-            command = stop_command(on_stop, stop_action, last_sent, getattr(interface, "moving_dims", None))
+            command = stop_command(on_stop, stop_action, last_sent, getattr(interface, "moving_dims", None),
+                                   velocity=bool(getattr(interface, "has_velocity", False)))
             log.warning("safe stop: %s → %s%s", rep.stop_reason, on_stop, "" if command is not None else " (nothing sent)")
             if command is not None:
                 robot.send_action(interface.action_dict(command))

@@ -194,3 +194,30 @@ def test_the_slew_limit_starts_from_the_stall_stop_the_robot_got(speed, stall, s
     steps = np.linalg.norm(np.diff(got[4:], axis=0), axis=1)
     assert np.all(steps <= limit * (1 + 1e-4)), (steps, limit)  # from the stop, at most one limit a tick
     assert np.allclose(got[-1], speed, atol=1e-6)  # and back to the plan's speed within a few ticks
+
+
+class FailsAfter(Scripted):
+    """Scripted actions, then every tick raises (a camera unplugged): `max_faults` in a row end in the safe stop."""
+
+    def next_action(self, tick, robot_obs):
+        if tick >= len(self.actions):
+            raise RuntimeError("camera unplugged")
+        return super().next_action(tick, robot_obs)
+
+
+@pytest.mark.parametrize("on_stop", ["auto", "stop", "hold"])
+@pytest.mark.parametrize("names", [("x.vel", "theta.vel"), ("arm.pos", "x.vel")])
+def test_no_safe_stop_leaves_a_velocity_robot_driving(on_stop, names):
+    """`--on-stop hold` means "send nothing more": for a velocity motor that is "drive on at the last command"
+    until the disconnect (for ever when the disconnect fails). Holding a velocity is never a stop: `hold` keeps
+    position targets and stops velocities, as `auto`."""
+    iface, stop = _interface(names)
+    base = Base(names)
+    base.disconnect = lambda: None  # a driver whose disconnect neither stops the motors nor returns an error
+    rep = run_robot(base, FailsAfter([[0.05, 0.05]] * 3), iface, stop, fps=1000, max_ticks=20, on_stop=on_stop)
+    assert rep.stop_reason.startswith("3 consecutive faults") and rep.stops_sent == 1
+    moving = np.array([moves_on(n) for n in names])
+    final = np.array([base.command[n] for n in names], np.float32)
+    assert np.allclose(final[moving], stop[moving])  # the base stands
+    if on_stop != "stop":
+        assert np.allclose(final[~moving], 0.05)  # position targets held
