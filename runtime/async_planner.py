@@ -8,7 +8,9 @@ run out during inference forces a resample in time — `margin` rows early: the 
 the plan has at most delay + margin rows left, so it lands with `margin` rows of the old plan still to run
 (room for the seam to fade, slack for a delay estimate that was too short); two such refills in a row mean
 every job refills (the plan is too short for the delay): a warning says the gate is never consulted. A fresh
-chunk is returned pinned to the observation's tick; the seam mode decides how it continues the executing plan
+chunk is returned pinned to the observation's tick, with n_action_steps rows — or, when those cannot last until
+the next chunk lands, the rows of the model's chunk that bridge the delay (`rows_to_run`; the gate and the queue
+still see the first n_action_steps rows only); the seam mode decides how it continues the executing plan
 (`runtime.seam`) — narrowed to the rows that execute during inference plus `react_width` soft rows when the resample reacts to
 a change (`reactive`, learned from the policy's gate decision just before the denoise via
 `EdgePolicy.before_resample`). With refinement on, a kept plan that the policy refined is returned too, as a
@@ -48,6 +50,14 @@ def check_margin(margin: object, n_action_steps: int) -> None:
                          "(margin >= n_action_steps would resample on every job and never consult the gate)")
 
 
+def rows_to_run(n_action_steps: int, chunk_size: int, delay: int, margin: int) -> int:
+    """Rows of a fresh chunk to execute: n_action_steps, or — when planning takes so long that they cannot last
+    until the next chunk lands (2·delay + margin > n: this chunk lands `delay` ticks late and its successor takes
+    as long again) — up to 2·delay + margin of the chunk_size rows the model produced, so the robot runs on rows
+    it planned instead of standing still (LeRobot's async client runs its whole chunk). Never more than that."""
+    return max(n_action_steps, min(chunk_size, 2 * max(delay, 0) + margin))
+
+
 def horizon_mismatch(policy: EdgePolicy, delay: int, margin: int) -> str | None:
     """Why the gate's manifest threshold is too high for this delay, or None.
 
@@ -84,6 +94,7 @@ class AsyncChunkPlanner:
         self._warned_margin = False
         self._refills = 0  # jobs in a row that had to refill the plan (`_note_refill`)
         self._warned_horizon = False
+        self._warned_rows = False
         self.react_width = int(react_width)  # soft rows after the delay on a chunk that reacts to a change
         self.margin = int(margin)
         self._due_change = False  # a change-triggered resample was deferred or failed: its retry still reacts
@@ -123,13 +134,17 @@ class AsyncChunkPlanner:
             if why is not None:
                 self._warned_horizon = True
                 log.warning("%s", why)
-        left = None if executing is None else executing[delay:]
+        n = self.policy.manifest.dims.n_action_steps
+        # the plan proper: the executing chunk's rows before n_action_steps (rows after them only bridge a long
+        # delay, `rows_to_run`): the gate and the policy's queue see what they were calibrated on, never more
+        plan = None if executing is None or ran >= n else executing[: n - ran]
+        left = None if plan is None else plan[delay:]
         if left is not None and len(left) <= self.margin:
             left = None  # the plan runs out within `margin` ticks of a chunk planned now landing: refill now
         # queue = rows after the delay; the consistency gate encodes the rows from the observation's tick (as
         # calibrated); plan age ran + delay (interval:k lands its chunk at age k); check_every counts real ticks
         since_check = ran if self._last_check is None else max(tick - self._last_check, 0)
-        self.policy.sync_plan(left, ran + delay, gate_plan=executing if delay else None, ticks_since_check=since_check)
+        self.policy.sync_plan(left, ran + delay, gate_plan=plan if delay else None, ticks_since_check=since_check)
         backend = self.policy.backend
         if isinstance(backend, InpaintingBackend):
             backend.set_prior(executing if self.seam == "inpaint" else None, delay, self.seam_width)
@@ -150,14 +165,27 @@ class AsyncChunkPlanner:
         if not info.resampled or chunk is None:
             if world_changed(info.gate_reason, info.gate_distance, info.gate_threshold) or self.last_reacted:
                 self._due_change = True  # deferred or failed: the retry ("pending") still reacts
-            if info.refined and left is not None and executing is not None:
-                return PlanResult(self._refined(tick, executing, delay), info)
+            if info.refined and left is not None and plan is not None:
+                return PlanResult(self._refined(tick, plan, delay), info)
             return PlanResult(None, info)
         self._due_change = False
-        chunk = chunk[: self.policy.manifest.dims.n_action_steps]  # the same horizon as the synchronous queue
+        # the synchronous queue's n_action_steps rows, or more when they cannot bridge the delay (`rows_to_run`)
+        chunk = chunk[: self._rows_to_run(delay)]
         if self.seam == "blend" and executing is not None and delay >= 1:
             chunk = blend(chunk, executing, delay, self.react_width if self.last_reacted else self.seam_width)
         return PlanResult(TimedChunk(tick, np.array(chunk, dtype=np.float32), next(self._ids)), info)
+
+    def _rows_to_run(self, delay: int) -> int:
+        """`rows_to_run` for this policy; warns once when even the whole chunk cannot last until the next lands."""
+        d = self.policy.manifest.dims
+        rows = rows_to_run(d.n_action_steps, d.chunk_size, delay, self.margin)
+        if rows > d.n_action_steps and not self._warned_rows:
+            self._warned_rows = True
+            log.warning("planning takes %d ticks: n_action_steps %d rows cannot last until the next chunk lands, so up "
+                        "to %d rows of each chunk run (chunk_size %d)%s", delay, d.n_action_steps, rows, d.chunk_size,
+                        "" if rows >= 2 * delay + self.margin else ": still too few, the robot pauses between chunks "
+                        "(lower the rate, use a faster backend or a model with a longer chunk)")
+        return rows
 
     def _note_refill(self, forced: bool, delay: int) -> None:
         """Count jobs in a row that had to refill the plan (it had <= delay + margin rows left, or none), so the

@@ -14,7 +14,8 @@ observation raises `ObservationError` from `submit` (checked on the caller's thr
 worker; `submit` copies the observation's arrays, so a driver that refills one frame buffer in place cannot
 change what a job pinned to a tick plans from; an unexpected worker error is counted and the worker keeps
 going; one that ends the thread (SystemExit from a backend) makes `submit` raise `WorkerDied` naming it;
-`close()` stops and joins it. A worker stuck in a hung graph call is waited for at most
+`close()` stops and joins it. Chunks that land stale are tracked: `starved_reason()` says so, and
+`coverage_error()` names the delay when no chunk can cover it (the robot loop then ends the run). A worker stuck in a hung graph call is waited for at most
 `_JOIN_TIMEOUT_S` by `close()` and `reset()`, which then raise `WorkerHung`; after such a `close()` the policy
 is not released (its lock is the stuck call's: `hung` tells the owner not to wait on it).
 """
@@ -34,6 +35,8 @@ from runtime.timeline import ActionEmitter, ActionTimeline, TimelineCounters
 from runtime.tokenizer import InstructionTokenizer
 
 _JOIN_TIMEOUT_S = 30.0  # longer than any single graph call we expect; a hung backend is reported, not awaited
+HOPELESS_STALE = 3  # fresh chunks in a row stale after >= chunk_size ticks each: no chunk can cover the delay
+# (not one: a first inference, CUDA warm-up, may take that long once)
 
 
 class WorkerHung(RuntimeError):
@@ -103,6 +106,8 @@ class AsyncEdgePolicy:
         self._validator = policy.validator.with_tokenizer(tokenizer)
         self._fixed_delay = delay_ticks
         self._delays: list[int] = []
+        self._stale_run = 0  # fresh chunks in a row that landed with every row elapsed (since one installed)
+        self._stale_last: list[tuple[int, int]] = []  # (measured delay, rows) of the last HOPELESS_STALE of them
         self._cond = threading.Condition()
         self._pending: tuple[dict, int] | None = None
         self._busy = False
@@ -169,6 +174,7 @@ class AsyncEdgePolicy:
             self.timeline.reset()
             self.emitter.reset()
             self._tick = 0
+            self._stale_run, self._stale_last = 0, []
             self._mirror()
 
     # ------------------------------------------------------------ control side
@@ -277,11 +283,45 @@ class AsyncEdgePolicy:
         if result.chunk is None:
             return
         self.counters.resamples += result.info.resampled  # else the kept plan, refined
-        self.timeline.install(result.chunk)
+        installed = self.timeline.install(result.chunk)
         if result.info.resampled:  # the delay a fresh chunk takes; a refinement alone is faster
             measured = self.timeline.next_tick - tick
             job_ticks = math.ceil((time.perf_counter() - t0) * self.tick_hz)
-            self._delays = [*self._delays[-4:], max(measured, job_ticks)]
+            delay = max(measured, job_ticks)
+            self._delays = [*self._delays[-4:], delay]
+            with self._cond:
+                self._stale_run = 0 if installed else self._stale_run + 1
+                self._stale_last = [] if installed else \
+                    [*self._stale_last[1 - HOPELESS_STALE:], (delay, len(result.chunk.actions))]
+        elif installed:
+            with self._cond:
+                self._stale_run, self._stale_last = 0, []
+
+    def starved_reason(self) -> str | None:
+        """Why no row is queued when chunks did come but every one since the last installed landed stale
+        (all its rows elapsed); None otherwise (none came: a slow or hung backend)."""
+        with self._cond:
+            run, last = self._stale_run, list(self._stale_last)
+        if not run:
+            return None
+        d = self.policy.manifest.dims
+        delay, rows = last[-1]
+        return (f"{run} chunk{'s' * (run != 1)} arrived, all stale: planning takes {delay} ticks, a chunk holds "
+                f"{rows} rows (n_action_steps {d.n_action_steps}, chunk_size {d.chunk_size})")
+
+    def coverage_error(self) -> str | None:
+        """A one-line reason to end the run when no chunk can cover the planning delay — the last
+        HOPELESS_STALE fresh chunks all landed stale, each >= chunk_size ticks after its observation — else None."""
+        with self._cond:
+            last = list(self._stale_last)
+        d = self.policy.manifest.dims
+        if len(last) < HOPELESS_STALE or min(delay for delay, _ in last) < d.chunk_size:
+            return None
+        delay, hz = min(delay for delay, _ in last), self.tick_hz
+        return (f"no chunk can cover the planning delay: planning takes {delay} ticks (~{delay / hz * 1e3:.0f} ms at "
+                f"{hz:g} Hz) but a chunk holds {d.chunk_size} rows (n_action_steps {d.n_action_steps}, chunk_size "
+                f"{d.chunk_size}), so the last {len(last)} chunks arrived with every row elapsed: lower the rate below "
+                f"{hz * (d.chunk_size - 1) / delay:.3g} Hz (--fps), use a faster backend, or a model with a longer chunk")
 
     def job_report(self) -> tuple[int, int, int, object, BaseException | None]:
         """(jobs, job faults, worker errors, last job's TickInfo, last worker exception), read together."""

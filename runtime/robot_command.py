@@ -65,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="on Ctrl-C / repeated faults / a stall: auto = per dimension, the manifest's stop action on "
                         "displacement / velocity dimensions (dx, x.vel, *delta*) and the last target sent on position "
                         "dimensions (never a jump to the stop pose); stop = the stop action on every dimension; hold = "
-                        "send nothing more")
+                        "send nothing more (a robot with velocity dimensions still gets auto: a held velocity keeps "
+                        "driving)")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive faults before the safe stop")
     p.add_argument("--fallback", choices=["auto", "hold", "stop"], default="auto",
                    help="the action sent in place of a bad one: hold = the last safe action (position targets), "

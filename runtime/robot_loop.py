@@ -10,7 +10,8 @@ Safe stop: on Ctrl-C, after `max_faults` consecutive faults, and when anything e
 from a hook or a driver, a SystemExit: re-raised after) the loop sends the safe stop once — `on_stop="auto"`: the
 manifest's stop action on displacement / velocity dimensions and the last target sent on position ones (a stop
 pose of zeros must not yank a joint-position arm across its workspace); `"stop"`: the stop action everywhere —
-or sends nothing more (`"hold"`: the arm keeps its last target), then disconnects, then
+or sends nothing more (`"hold"`: the arm keeps its last target; a robot with velocity dimensions still gets
+`auto`'s stop, `runtime.stop_commands`), then disconnects, then
 closes the source (last: a worker stuck in a hung graph call must not delay the torque-off) — each of the
 three steps runs even when the one before failed or a second Ctrl-C arrived (that interrupt is re-raised
 after), and a failing disconnect is logged and noted in the report, never lost with it. Each tick is logged
@@ -24,7 +25,9 @@ robots stand still) — never a repeat of the last action, which for displacemen
 robot with velocity dimensions (`x.vel`), which nothing sent leaves running at its last command, gets the stop
 action on its moving dimensions once (`starved_stop`) when such a run of ticks begins after an action was sent.
 `max_starved` such ticks in a row (a hung or stalled backend; before the first action STARTUP_GRACE times as
-many, for the first inference) end in the safe stop.
+many, for the first inference) end in the safe stop, with the source's account of why (`starved_reason`: chunks
+that came stale); a source that cannot go on (`SourceAction.end`: no chunk can cover the planning delay) ends the
+run at once, watchdog or not.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from runtime.manifest import Bounds
 from runtime.pacing import Pacer
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
-from runtime.safety import NO_ACTION, hold_or_stop
+from runtime.safety import NO_ACTION
+from runtime.stop_commands import starved_stop, stop_command
 
 log = logging.getLogger("runtime.robot")
 ON_STOP = ("auto", "stop", "hold")
@@ -61,6 +65,7 @@ class SourceAction:
     latency_ms: float = 0.0
     fault: str = ""  # an inference fault reported with this tick (the action is then the safe fallback)
     news: bool = True  # this tick carries a new inference result (a fault or a healthy job)
+    end: str = ""  # the source cannot go on (no chunk can cover the planning delay): the run ends, safe stop
 
 
 class ActionSource(Protocol):
@@ -70,8 +75,10 @@ class ActionSource(Protocol):
 
     def close(self) -> None: ...
 
-    # optional: `delivered(tick, action)` — what the robot really got for the tick's action (None: nothing, the
-    # send failed or the loop's last check refused it; else the array sent, which that check may have clipped)
+    # optional: `delivered(tick, action)` — what the robot really got for the tick (None: nothing, the send failed
+    # or the loop's last check refused it; else the array sent: the one that check may have clipped, or the stop a
+    # velocity robot got on a tick without an action); `starved_reason()` — why no action is ready, for the stall
+    # watchdog's message (None: not known)
 
 
 class SyncSource:
@@ -132,7 +139,12 @@ class AsyncSource:
         if self._seen[1:] != seen[1:]:
             fault = fault or "inference fault"
         return SourceAction(action, job.gate_reason if job else "", bool(job and job.resampled),
-                            job.total_ms if job else 0.0, fault=fault, news=self._seen != seen)
+                            job.total_ms if job else 0.0, fault=fault, news=self._seen != seen,
+                            end=ex.coverage_error() or "")
+
+    def starved_reason(self) -> str | None:
+        """Chunks that came but landed stale, when that is why no action is ready (`AsyncEdgePolicy`)."""
+        return self.executor.starved_reason()
 
     def delivered(self, tick: int, action: np.ndarray | None) -> None:
         self.executor.delivered(tick, action)  # re-anchoring and the slew limit count what the robot really got
@@ -313,6 +325,9 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 obs = robot.get_observation()
                 rep.repeated_frames += frames.count(obs)
                 sa = source.next_action(tick, obs)
+                if sa.end:  # the source cannot go on (no chunk can cover the planning delay): the safe stop
+                    rep.stop_reason = sa.end
+                    break
                 proposed = sa.action
                 action, why = (None, "") if sa.action is None else vet(sa.action)
                 if sa.action is None:  # nothing ready: the robot holds; neither a fault nor a recovery
@@ -320,15 +335,16 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                     starved_run += 1
                     limit = None if max_starved is None else max_starved * (1 if sent_any else STARTUP_GRACE)
                     if limit is not None and starved_run >= limit:
-                        rep.stop_reason = (f"no action for {starved_run} ticks in a row "
-                                           f"({'inference stalled?' if sent_any else 'the first plan never came'})")
+                        why = _starved_reason(source) or \
+                            ("inference stalled?" if sent_any else "the first plan never came")
+                        rep.stop_reason = f"no action for {starved_run} ticks in a row ({why})"
                         break
                     last = last_sent[0] if last_sent else None
                     command = None if braked else starved_stop(interface, stop_action, last)
                     if command is not None:  # a velocity robot would drive on at its last command: stop it once
                         pacer.sending()
                         robot.send_action(interface.action_dict(command))
-                        braked = True
+                        delivered, braked = command, True  # the source learns it: the slew limit starts from it
                         rep.starved_stops += 1
                 elif action is None:  # the source's action failed the last check: a fault, nothing sent
                     raise UnsentAction(why)
@@ -362,7 +378,7 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
                 if consecutive >= max_faults:
                     rep.stop_reason = f"{consecutive} consecutive faults ({exc})"
                     break
-            if proposed is not None:
+            if proposed is not None or delivered is not None:
                 _report_delivered(source, tick, delivered)
             if on_tick is not None:
                 on_tick(tick, sa, (time.perf_counter() - pacer.tick_start) * 1e3)
@@ -381,6 +397,16 @@ def _paced_loop(robot, source, interface, stop_action, fps, max_ticks, max_fault
     if interrupt is not None:  # a second Ctrl-C / SIGTERM during the shutdown: honoured now that it is done
         raise interrupt
     return rep
+
+
+def _starved_reason(source: ActionSource) -> str | None:
+    """The source's account of why no action is ready (chunks that came too late), or None."""
+    ask = getattr(source, "starved_reason", None)
+    try:
+        return ask() if ask is not None else None
+    except Exception as exc:  # noqa: BLE001 — a message only: the watchdog's stop stands
+        log.warning("the source could not say why no action is ready: %s", exc)
+        return None
 
 
 def _report_delivered(source: ActionSource, tick: int, delivered: np.ndarray | None) -> None:
@@ -426,32 +452,6 @@ class _RepeatedFrames:
         return n
 
 
-def starved_stop(interface: RobotInterface, stop_action: np.ndarray, last_sent: np.ndarray | None) -> np.ndarray | None:
-    """What a tick with no action sends (None: nothing). Position targets hold and displacements stand still
-    without a command, but a velocity motor runs on at its last one until a driver or stall watchdog stops it:
-    a robot with velocity dimensions that was already commanded gets the stop action on its moving (velocity /
-    displacement) dimensions and the last target sent on the others — a whole action, as every robot takes."""
-    moving = getattr(interface, "moving_dims", None)
-    if last_sent is None or moving is None or not getattr(interface, "has_velocity", False):
-        return None
-    return hold_or_stop(np.asarray(stop_action, dtype=np.float32).reshape(-1), last_sent, moving)
-
-
-def stop_command(on_stop: str, stop_action: np.ndarray, last_sent: np.ndarray | None,
-                 moving: np.ndarray | None) -> np.ndarray | None:
-    """The action the safe stop sends (None: nothing). `auto`: the stop action on the `moving` (displacement /
-    velocity) dimensions, the last action sent on the others — nothing when no dimension moves on or nothing was
-    sent; without action names (`moving` None) every dimension counts as moving."""
-    stop = np.asarray(stop_action, dtype=np.float32).reshape(-1)
-    if on_stop == "hold":
-        return None
-    if on_stop == "stop" or moving is None:
-        return stop
-    if not np.any(moving):
-        return None  # position targets only: the arm keeps its last target
-    return hold_or_stop(stop, last_sent, moving)  # the guard's per-dimension rule (None: never commanded)
-
-
 def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop_action: np.ndarray, on_stop: str,
                rep: LoopReport, last_sent: np.ndarray | None = None) -> BaseException | None:
     """The safe stop (if one is due), disconnecting the robot, closing the source: each step runs whatever the
@@ -474,7 +474,8 @@ def _shut_down(robot: Any, source: ActionSource, interface: RobotInterface, stop
 
     def send_stop() -> None:
         if rep.stop_reason:
-            command = stop_command(on_stop, stop_action, last_sent, getattr(interface, "moving_dims", None))
+            command = stop_command(on_stop, stop_action, last_sent, getattr(interface, "moving_dims", None),
+                                   velocity=bool(getattr(interface, "has_velocity", False)))
             log.warning("safe stop: %s → %s%s", rep.stop_reason, on_stop, "" if command is not None else " (nothing sent)")
             if command is not None:
                 robot.send_action(interface.action_dict(command))

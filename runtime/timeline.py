@@ -257,8 +257,15 @@ class ActionEmitter:
 
     def delivered(self, tick: int, action: np.ndarray | None) -> None:
         """What the robot really got for `tick`, when it differs from what `emit` returned: None (the send
-        failed or a later check refused it) or the action a later check clipped. Re-anchoring and the slew limit
-        then count the robot's real motion, not the plan's."""
+        failed or a later check refused it), the action a later check clipped, or — on a tick `emit` answered
+        None — what the caller sent instead (the stop a velocity robot gets when its plan runs dry). Re-anchoring
+        and the slew limit then count the robot's real motion, not the plan's."""
+        if action is not None and self.last is not None and self.last.tick == tick and \
+                (not self._sent or self._sent[-1][0] != tick):  # `emit` sent nothing for this tick: the caller did
+            a = np.asarray(action, dtype=self.guard.low.dtype).reshape(self.guard.low.shape)
+            if np.all(np.isfinite(a)):
+                self._sent.append((tick, a.copy()))
+            return
         if not self._sent or self._sent[-1][0] != tick:
             return  # nothing was recorded for this tick (`hold_empty`), or it is not the last one emitted
         if action is None:

@@ -302,7 +302,7 @@ def test_async_fault_reports_name_their_own_cause():
     source.executor.close()
     counters = SimpleNamespace(jobs=0, faults=0, worker_errors=0)
     fake = SimpleNamespace(counters=counters, last_error=None, last_job=None,  # no plan row: the fallback, or None
-                           submit=lambda obs, tick: None, close=lambda: None,
+                           submit=lambda obs, tick: None, close=lambda: None, coverage_error=lambda: None,
                            action_for_tick=lambda tick, hold_empty=False: None if hold_empty else np.zeros(2, np.float32))
     fake.job_report = lambda: (counters.jobs, counters.faults, counters.worker_errors, fake.last_job, fake.last_error)
     source.executor = fake

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from runtime.manifest import Bounds
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface
-from runtime.robot_loop import SyncSource, _ActionVet, run_robot, stop_command
+from runtime.robot_loop import SyncSource, _ActionVet, run_robot
 from runtime.safety import ActionGuard
+from runtime.stop_commands import stop_command
 from tests.fake_artifacts import cached_fake_artifacts, make_observation
 
 NAMES = st.sampled_from(["shoulder_pan.pos", "gripper.pos", "elbow", "x.vel", "theta.vel", "dx", "dz", "base_delta"])
@@ -39,8 +40,14 @@ def test_auto_stop_holds_positions_and_stops_motion(names, data):
     else:
         assert np.array_equal(out[~moving], last[~moving]) and np.array_equal(out[moving], stop[moving])
     assert stop_command("hold", stop, last, moving) is None
+    held = stop_command("hold", stop, last, moving, velocity=iface_velocity(names))  # a held velocity drives on:
+    assert (held is None and (out is None or not iface_velocity(names))) or np.array_equal(held, out)  # = auto
     assert np.array_equal(stop_command("stop", stop, last, moving), stop)
     assert np.array_equal(stop_command("auto", stop, last, None), stop)  # names unknown: every dimension moves
+
+
+def iface_velocity(names) -> bool:
+    return RobotInterface(None, tuple(names), tuple(names), {}, "observation.state", len(names), len(names)).has_velocity
 
 
 def _artifacts(action_names):

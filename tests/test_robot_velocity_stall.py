@@ -142,3 +142,82 @@ def test_a_robot_without_velocity_dimensions_is_sent_nothing_when_starved(names)
     base = Base(names)
     rep = run_robot(base, Scripted([[0.01, 0.02], None, None]), iface, stop, fps=1000, max_ticks=3)
     assert len(base.sent) == 1 and rep.starved == 2 and rep.starved_stops == 0
+
+
+class HandDriven:
+    """AsyncSource's control side with its worker closed: the test installs chunks on the timeline itself."""
+
+    def __init__(self, policy, iface, chunks: dict, slew: float):
+        from runtime.timeline import TimedChunk
+
+        self.inner = AsyncSource(policy, iface, task="reach the red target", fps=1000, seam="none", slew=slew)
+        self.inner.executor.close()
+        self.chunks, self.make = chunks, TimedChunk
+
+    def reset(self):
+        self.inner.reset()
+
+    def next_action(self, tick, robot_obs):
+        if tick in self.chunks:  # a chunk planned at this tick lands now (its row 0 runs now)
+            self.inner.executor.timeline.install(self.make(tick, self.chunks[tick], tick))
+        return self.inner.next_action(tick, robot_obs)
+
+    def delivered(self, tick, action):
+        self.inner.delivered(tick, action)
+
+    def close(self):
+        self.inner.close()
+
+
+@settings(max_examples=10, deadline=None)
+@given(speed=st.floats(0.4, 1.0), stall=st.integers(1, 4), slew=st.floats(0.5, 3.0))
+def test_the_slew_limit_starts_from_the_stall_stop_the_robot_got(speed, stall, slew):
+    """--slew on a velocity robot: the plan runs dry, the base is sent its stop; the next chunk's first row must
+    ramp up from that stop, not from the last plan row (before: the stop was not recorded as delivered, so the
+    limit let the velocity jump from 0 back to full speed in one tick)."""
+    from runtime.timeline import SLEW_FLOOR
+
+    names = ("x.vel", "theta.vel")
+    policy = EdgePolicy(_artifacts(names), gate="never")
+    iface = RobotInterface.from_manifest(policy.manifest)
+    u, speed = policy.unnormalize, speed * float(policy.guard.high.min())  # a fraction of full speed
+    row = ((np.full(2, speed, np.float32) - u._add) / u._mul).astype(np.float32)
+    rows = np.tile(np.pad(row, (0, policy.manifest.dims.max_action_dim - 2)), (8, 1)).astype(np.float32)
+    source = HandDriven(policy, iface, {0: rows[:4], 4 + stall: rows}, slew)  # ticks 0-3, then `stall` without
+    base = Base(names)
+    rep = run_robot(base, source, iface, policy.guard.stop_action, fps=1000, max_ticks=12 + stall,
+                    bounds=policy.manifest.action_bounds)
+    assert rep.starved_stops == 1 and rep.starved == stall
+    got = np.array([[a[n] for n in names] for a in base.sent], np.float32)
+    limit = SLEW_FLOOR * float(np.linalg.norm(policy.guard.high - policy.guard.low))  # constant rows: the floor
+    assert np.allclose(got[4], policy.guard.stop_action)  # the stall stop
+    steps = np.linalg.norm(np.diff(got[4:], axis=0), axis=1)
+    assert np.all(steps <= limit * (1 + 1e-4)), (steps, limit)  # from the stop, at most one limit a tick
+    assert np.allclose(got[-1], speed, atol=1e-6)  # and back to the plan's speed within a few ticks
+
+
+class FailsAfter(Scripted):
+    """Scripted actions, then every tick raises (a camera unplugged): `max_faults` in a row end in the safe stop."""
+
+    def next_action(self, tick, robot_obs):
+        if tick >= len(self.actions):
+            raise RuntimeError("camera unplugged")
+        return super().next_action(tick, robot_obs)
+
+
+@pytest.mark.parametrize("on_stop", ["auto", "stop", "hold"])
+@pytest.mark.parametrize("names", [("x.vel", "theta.vel"), ("arm.pos", "x.vel")])
+def test_no_safe_stop_leaves_a_velocity_robot_driving(on_stop, names):
+    """`--on-stop hold` means "send nothing more": for a velocity motor that is "drive on at the last command"
+    until the disconnect (for ever when the disconnect fails). Holding a velocity is never a stop: `hold` keeps
+    position targets and stops velocities, as `auto`."""
+    iface, stop = _interface(names)
+    base = Base(names)
+    base.disconnect = lambda: None  # a driver whose disconnect neither stops the motors nor returns an error
+    rep = run_robot(base, FailsAfter([[0.05, 0.05]] * 3), iface, stop, fps=1000, max_ticks=20, on_stop=on_stop)
+    assert rep.stop_reason.startswith("3 consecutive faults") and rep.stops_sent == 1
+    moving = np.array([moves_on(n) for n in names])
+    final = np.array([base.command[n] for n in names], np.float32)
+    assert np.allclose(final[moving], stop[moving])  # the base stands
+    if on_stop != "stop":
+        assert np.allclose(final[~moving], 0.05)  # position targets held
