@@ -56,23 +56,32 @@ def generate_keypair(stem: str | Path) -> tuple[Path, Path]:
     for p in (private, public):
         if p.exists():
             raise SigningError(f"--out {stem}: {p} exists; refusing to overwrite a key")
-    stem.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+    except OSError as exc:
+        raise SigningError(f"--out {stem}: cannot write the key pair there ({exc.strerror}: "
+                           f"{exc.filename}); choose a path in a folder you can write") from None
     return private, public
 
 
 def write_manifest(folder: Path, raw: dict[str, Any]) -> None:
-    """manifest.json written under a temporary name and renamed (a half-written manifest never exists)."""
+    """manifest.json written under a temporary name and renamed (a half-written manifest never exists);
+    SigningError naming --artifacts when the folder cannot take it (the old manifest then stays)."""
     tmp = folder / "manifest.json.tmp"
-    tmp.write_text(strict_dumps(raw, indent=2))
-    tmp.replace(folder / "manifest.json")
+    try:
+        tmp.write_text(strict_dumps(raw, indent=2))
+        tmp.replace(folder / "manifest.json")
+    except OSError as exc:
+        raise SigningError(f"--artifacts {folder}: cannot write the signed manifest.json ({exc.strerror}: "
+                           f"{exc.filename}); nothing changed") from None
 
 
 def sign_folder(folder: str | Path, key_path: str | Path) -> str:
@@ -115,7 +124,11 @@ def sign_engines(engines: str | Path, artifacts: str | Path, key_path: str | Pat
         except (FingerprintError, FingerprintMismatch, ArtifactFileError, OSError) as exc:
             raise SigningError(f"--engines {engines}: {exc}") from None
         checked[g] = raw
-    return write_engine_record(engines, manifest.digest, built, key, checked)
+    try:
+        return write_engine_record(engines, manifest.digest, built, key, checked)
+    except OSError as exc:
+        raise SigningError(f"--engines {engines}: cannot write the signed engine record ({exc.strerror}: "
+                           f"{exc.filename})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Load, verify and expose the artifact folder's manifest.json (docs/10-artifact-contract.md, format 2).
+"""Load, verify and expose the artifact folder's manifest.json (docs/10-artifact-contract.md, format 3).
 
 The manifest is the runtime's only source of truth: dims, cameras, normalisation, bounds, gate calibration and
 graph I/O specs. Loading refuses anything that does not match the contract with one line naming the key path or

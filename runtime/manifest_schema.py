@@ -2,7 +2,7 @@
 
 This module is the contract's source of truth: `python -m runtime.manifest_schema` prints the JSON Schema that
 docs/manifest.schema.json holds (a test keeps the two equal). Cross-field rules that need several sections at
-once (vector lengths against dims, graph shapes against dims) live in `runtime.manifest_rules`.
+once (vector lengths against dims, graph shapes against dims) live in `runtime.manifest` (`Manifest._parse`).
 """
 
 from __future__ import annotations

@@ -371,3 +371,19 @@ def test_a_folder_where_a_file_should_be_is_refused_naming_it(folder, name):
     with pytest.raises(ManifestError) as exc:
         Manifest.load(folder)
     _one_line_naming(exc, name)
+
+
+def test_signing_write_failures_are_one_line_naming_the_option(folder, tmp_path, capsys):
+    """An --out under a file (keygen) or a folder that cannot take a new manifest.json (sign) died in a
+    FileExistsError / IsADirectoryError traceback."""
+    (tmp_path / "plain").write_text("")
+    assert signing_main(["keygen", "--out", str(tmp_path / "plain" / "export")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "Traceback" not in err[0], err
+    private, _ = generate_keypair(tmp_path / "k")
+    (folder / "manifest.json.tmp").mkdir()  # where the new manifest is staged: cannot be written
+    before = (folder / "manifest.json").read_bytes()
+    assert signing_main(["sign", "--artifacts", str(folder), "--key", str(private)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--artifacts" in err[0] and "manifest.json" in err[0], err
+    assert (folder / "manifest.json").read_bytes() == before

@@ -253,3 +253,33 @@ def test_the_report_shows_a_failing_row_even_after_a_good_one():
 
     ok, bad = Comparison("prefix", "obs_cls", 1.0, 0.0, 0.999), Comparison("prefix", "obs_cls", float("nan"), 0.0, 0.999)
     assert "FAIL" in report([ok, bad]) and "FAIL" in report([bad, ok])
+
+
+def _ignoring_plan_valid(src: Path, out: Path) -> Path:
+    """The plan encoder with `plan_valid` forced all-True inside (padding rows of a remainder become visible)."""
+    model = onnx.load(str(src))
+    uses = [(n, i) for n in model.graph.node for i, name in enumerate(n.input) if name == "plan_valid"]
+    everything = onnx.helper.make_tensor("all_true", TensorProto.BOOL, [1, 1], [True])
+    model.graph.initializer.append(everything)
+    model.graph.node.insert(0, onnx.helper.make_node("Or", ["plan_valid", "all_true"], ["plan_valid_all"]))
+    for node, i in uses:
+        node.input[i] = "plan_valid_all"
+    onnx.save_model(model, str(out))
+    return out
+
+
+def test_validation_feeds_the_plan_encoder_remainders_and_catches_visible_padding(tmp_path: Path,
+                                                                                  folders: tuple[Path, Path, dict]) -> None:
+    """The runtime encodes remainders (rows past R invisible); the lowering was validated on full plans only,
+    so a lowered plan encoder that ignored plan_valid passed every gate. Now its rows fail, the intact one's pass."""
+    from export.precision.mixed_precision import validate
+
+    src, _, _ = folders
+    raw = json.loads((src / "manifest.json").read_text())
+    ref = {g: src / raw["graphs"][g]["file"] for g in GRAPH_NAMES}
+    broken = {**ref, "plan_encoder": _ignoring_plan_valid(ref["plan_encoder"], tmp_path / "plan_encoder.onnx")}
+    vocab = vocab_size(src, raw)
+    rows = validate(ref, broken, raw, "fp16", trials=3, seed=1, vocab=vocab)
+    failed = {(r.graph, r.tensor) for r in rows if not r.passed}
+    assert failed == {("plan_encoder", "act_cls")}, failed
+    assert all(r.passed for r in validate(ref, ref, raw, "fp16", trials=3, seed=1, vocab=vocab))

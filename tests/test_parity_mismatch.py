@@ -61,3 +61,51 @@ def test_the_cli_names_it_in_one_line(tmp_path, capsys, monkeypatch):
     assert main(["--checkpoint", str(tmp_path / "ckpt"), "--artifacts", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was not exported from" in err[0] and "Traceback" not in err[0]
+
+
+def _cli_with_folder(tmp_path, monkeypatch, folder):
+    """Run the parity CLI on `folder` with a stand-in checkpoint whose shapes pass `artifact_mismatch`."""
+    import export.graphs.checkpoint_loading as loading
+    from export.graphs import parity
+    from export.graphs.checkpoint_loading import LoadedPolicy
+
+    stats = {k: {s: torch.zeros(2).numpy() + (1 if s in ("std", "max") else 0) for s in ("mean", "std", "min", "max")}
+             for k in ("observation.state", "action")}
+    monkeypatch.setattr(loading, "load_checkpoint",
+                        lambda path: LoadedPolicy(tiny_policy(chunk=6), str(path), "tiny", stats))
+    monkeypatch.setattr(parity, "artifact_mismatch", lambda model, artifacts: None)
+    return main(["--checkpoint", str(tmp_path / "ckpt"), "--artifacts", str(folder)])
+
+
+def _damaged(tmp_path, how):
+    """A copy of a contract-valid folder with prefix.onnx damaged: 'truncated' (hashes now wrong), 'restamped'
+    (garbage whose hash the manifest records: onnxruntime cannot load it) or 'derived' (an int8 folder)."""
+    import shutil
+
+    from export.int8.quantization import quantize_artifacts
+    from runtime.fingerprint import file_records
+    from tests.fake_artifacts import cached_fake_artifacts, load_manifest_dict, write_manifest_dict
+
+    folder = tmp_path / "art"
+    if how == "derived":
+        quantize_artifacts(cached_fake_artifacts(), folder, progress=False)
+        return folder
+    shutil.copytree(cached_fake_artifacts(), folder)
+    graph = folder / "prefix.onnx"
+    graph.write_bytes(graph.read_bytes()[:500])
+    if how == "restamped":
+        manifest = load_manifest_dict(folder)
+        manifest["files"] = {k: v for k, v in file_records(folder).items() if k != "manifest.json"}
+        write_manifest_dict(folder, manifest)
+    return folder
+
+
+@pytest.mark.parametrize("how, named", [("truncated", "prefix.onnx"), ("restamped", "prefix"),
+                                        ("derived", "quantiz")])
+def test_a_damaged_or_derived_folder_is_named_in_one_line(tmp_path, capsys, monkeypatch, how, named):
+    """Before: a damaged graph died in an onnxruntime INVALID_PROTOBUF traceback, and a folder whose files no
+    longer match its manifest (which the runtime refuses) was compared anyway."""
+    folder = _damaged(tmp_path, how)
+    assert _cli_with_folder(tmp_path, monkeypatch, folder) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "--artifacts" in err[0], err

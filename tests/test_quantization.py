@@ -328,3 +328,14 @@ def test_graph_optimization_names_a_file_that_is_not_onnx(tmp_path: Path) -> Non
     bad.write_text("hello")
     out = _run("-m", "export.int8.graph_optimization", str(bad))
     assert out.returncode == 2 and "x.onnx" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("pattern", [".*", "^"])
+def test_an_exclude_that_keeps_every_weight_float_names_exclude_not_ops(folders: tuple[Path, Path, dict],
+                                                                         tmp_path: Path, pattern: str) -> None:
+    """Every quantizable node excluded: the refusal blamed --ops ('MatMul, the default, covers every graph')."""
+    src, _, _ = folders
+    with pytest.raises(QuantizationInputError) as err:
+        quantize_artifacts(src, tmp_path / "q", exclude=[pattern], progress=False)
+    assert str(err.value).startswith("--exclude") and pattern in str(err.value)
+    assert not (tmp_path / "q").exists()

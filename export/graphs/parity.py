@@ -52,6 +52,10 @@ def compare(what: str, got: np.ndarray, want: np.ndarray, atol: float, min_cos: 
     return Comparison(what, max_abs, cosine, ok)
 
 
+class GraphLoadError(ValueError):
+    """A graph of the folder does not load in onnxruntime; the message names the file."""
+
+
 class OrtRunner:
     """The four graphs in onnxruntime (CPU, fp32 — the reference TensorRT is compared against too)."""
 
@@ -60,9 +64,13 @@ class OrtRunner:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.sessions = {n: ort.InferenceSession(str(Path(artifacts) / f"{n}.onnx"), opts,
-                                                 providers=["CPUExecutionProvider"])
-                         for n in GRAPH_NAMES}
+        self.sessions = {}
+        for n in GRAPH_NAMES:
+            path = Path(artifacts) / f"{n}.onnx"
+            try:
+                self.sessions[n] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 — onnxruntime's errors share no base class but Exception
+                raise GraphLoadError(f"{path.name} does not load in onnxruntime ({str(exc).strip()[:200]})") from None
 
     def run(self, graph: str, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         sess = self.sessions[graph]
@@ -140,6 +148,25 @@ def run_parity(model, artifacts: Path, action_std: np.ndarray, trials: int = 2, 
     return {"ok": all(r.ok for r in results), "results": [asdict(r) for r in results]}
 
 
+def folder_problem(artifacts: Path) -> str | None:
+    """Why `artifacts` is not an intact fp32 export parity can compare (hashes, digest, a derived int8 / fp16
+    folder), or None. Parity of a folder whose files differ from its manifest would vouch for graphs the runtime
+    refuses; a derived (int8, fp16/bf16) folder is not meant to meet PyTorch fp32's 1e-4."""
+    from export.derived_artifacts import derivation_of
+    from runtime.manifest import Manifest, ManifestError
+
+    try:
+        manifest = Manifest.load(artifacts, verify_hashes=True)
+    except ManifestError as exc:
+        return f"is not an intact artifact folder: {exc}"
+    derived = derivation_of(manifest.raw)
+    if derived:
+        key, record = derived
+        return (f"is a derived folder ({key}: {record.get('mode', '?')}), not an fp32 export: parity holds graphs to "
+                f"PyTorch fp32 within {GRAPH_ATOL:g}; run it on the fp32 export it came from ({record.get('source', '?')})")
+    return None
+
+
 def artifact_mismatch(model, artifacts: Path) -> str | None:
     """Why the folder's graphs cannot have been exported from `model` (another checkpoint's shapes, CLS counts or
     a missing graph), or None; compared before any graph runs, so parity names it instead of an onnxruntime error."""
@@ -210,7 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parity: {args.artifacts} was not exported from {loaded.source}: {mismatch}; export it from this "
               "checkpoint (`make export CHECKPOINT=...`) or pass the checkpoint it came from", file=sys.stderr)
         return 2
-    report = run_parity(loaded.policy.model, args.artifacts, action_scale, args.trials)
+    problem = folder_problem(args.artifacts)
+    if problem:
+        print(f"parity: --artifacts {args.artifacts} {problem}", file=sys.stderr)
+        return 2
+    try:
+        report = run_parity(loaded.policy.model, args.artifacts, action_scale, args.trials)
+    except GraphLoadError as exc:
+        print(f"parity: --artifacts {args.artifacts}: {exc}", file=sys.stderr)
+        return 2
     print(f"{'comparison':42s} {'max|Δ|':>10s} {'cosine':>10s}  ok")
     for r in report["results"]:
         print(f"{r['what']:42s} {r['max_abs']:10.2e} {r['cosine']:10.7f}  {'yes' if r['ok'] else 'NO'}")

@@ -178,6 +178,11 @@ def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, 
     candidates = quantizable_nodes(model, ops)
     patterns = [re.compile(p) for p in exclude]
     excluded = [n for n in candidates if any(p.search(node_scope(n)) for p in patterns)]
+    if candidates and len(excluded) == len(candidates):  # the --ops check below would blame the wrong flag
+        hits = sorted({p.pattern for n in excluded for p in patterns if p.search(node_scope(n))})
+        raise QuantizationInputError(f"--exclude {', '.join(map(repr, hits))}: keeps all {len(candidates)} "
+                                     f"{'/'.join(ops)} weight nodes of {src_file.name} float32, so nothing would be "
+                                     "quantized; exclude module scopes, e.g. 'model.action_out_proj'")
     # quantize_dynamic takes a path; it writes a shape-inferred copy next to it (in `work`, not in --src)
     staged = work / src_file.name
     onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,

@@ -102,6 +102,7 @@ class _Draw:
     t: np.ndarray
     plan: np.ndarray  # delta expert input, in isolation
     noise: np.ndarray  # whole-chunk starting noise
+    plan_valid: np.ndarray  # plan encoder: a remainder of the plan (rows past it are padding, must stay invisible)
 
 
 KV = dict[str, np.ndarray]
@@ -113,7 +114,8 @@ def _draws(manifest: dict[str, Any], trials: int, seed: int, vocab: int) -> list
     rng = np.random.default_rng(seed)
     return [_Draw(random_inputs(manifest, rng, vocab), rng.standard_normal(shape).astype(np.float32),
                   np.array([rng.uniform(0.05, 1.0)], np.float32), rng.standard_normal(shape).astype(np.float32),
-                  rng.standard_normal(shape).astype(np.float32)) for _ in range(trials)]
+                  rng.standard_normal(shape).astype(np.float32),
+                  np.arange(shape[1])[None] < rng.integers(1, shape[1] + 1)) for _ in range(trials)]
 
 
 def _prefix_rows(want_run: Runner, got_run: Runner, draws: list[_Draw], manifest: dict[str, Any],
@@ -157,8 +159,9 @@ def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[_Dra
             a = euler_chunk(int(dims["num_steps"]), kg, d.noise, got_run)
             b = euler_chunk(int(dims["num_steps"]), kw, d.noise, want_run)
             rows.append(compare(CHUNK, "actions", a[..., :action_dim], b[..., :action_dim], precision))
-        elif graph == "plan_encoder":  # no K/V: the plan alone, every row valid
-            feeds = {"plan": d.plan, "plan_valid": np.ones(d.plan.shape[:2], dtype=bool)}
+        elif graph == "plan_encoder":  # no K/V: a remainder of the plan, as the runtime feeds it (rows past it
+            # are non-zero here: padding the lowering made visible must change the output)
+            feeds = {"plan": d.plan, "plan_valid": d.plan_valid}
             rows.append(compare(graph, "act_cls", got_run(feeds)["act_cls"], want_run(feeds)["act_cls"], precision))
         else:
             feeds = {"actions": d.plan, **kw}
