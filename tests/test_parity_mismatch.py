@@ -109,3 +109,13 @@ def test_a_damaged_or_derived_folder_is_named_in_one_line(tmp_path, capsys, monk
     assert _cli_with_folder(tmp_path, monkeypatch, folder) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0] and "--artifacts" in err[0], err
+
+
+def test_parity_inputs_with_a_partial_plan_never_draw_a_full_one():
+    """Parity's first trial must feed the plan encoder a remainder shorter than the chunk: with a full plan a
+    plan encoder that lets padding rows into act_cls passes (before, ~1 % of default runs drew two full plans)."""
+    model = tiny_policy().model
+    for seed in range(64):
+        _, valid = example_inputs(model, len(model.config.image_features), torch.Generator().manual_seed(seed),
+                                  partial_plan=True)["plan_encoder"]
+        assert 1 <= int(valid.sum()) < model.config.chunk_size

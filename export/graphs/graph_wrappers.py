@@ -87,8 +87,9 @@ class PlanEncoderGraph(nn.Module):
 
 
 def example_inputs(model: VLAFlowMatchingCLS, num_cameras: int, generator: torch.Generator | None = None,
-                   lang_valid: int | None = None) -> dict[str, tuple[Tensor, ...]]:
-    """Random batch-1 inputs of every graph with the exported static shapes."""
+                   lang_valid: int | None = None, partial_plan: bool = False) -> dict[str, tuple[Tensor, ...]]:
+    """Random batch-1 inputs of every graph with the exported static shapes; `partial_plan`: the plan encoder's
+    remainder is shorter than the chunk (as the runtime feeds it), so a graph that sees padding rows differs."""
     cfg = model.config
     h, w = cfg.resize_imgs_with_padding
     length = cfg.tokenizer_max_length
@@ -103,7 +104,8 @@ def example_inputs(model: VLAFlowMatchingCLS, num_cameras: int, generator: torch
     x_t = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g)
     t = torch.rand(1, generator=g)
     actions = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=g)
-    remaining = int(torch.randint(1, cfg.chunk_size + 1, (1,), generator=g))
+    longest = cfg.chunk_size - 1 if partial_plan and cfg.chunk_size > 1 else cfg.chunk_size
+    remaining = int(torch.randint(1, longest + 1, (1,), generator=g))
     plan_valid = torch.arange(cfg.chunk_size)[None] < remaining
     return {"prefix": (images, tokens, mask, state), "main_expert": (x_t, t, k, v, pad),
             "delta_expert": (actions, k, v, pad), "plan_encoder": (actions * plan_valid[..., None], plan_valid)}
