@@ -9,6 +9,7 @@ from evaluation.plots import _STYLE, _pyplot
 
 FAMILIES = ("always", "default", "interval", "random", "state", "pixel", "drift", "consistency", "jump", "drift+consistency",
             "pixel+cap", "drift+cap", "consistency+cap", "jump+cap")
+RESAMPLE_TICKS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 40, 60)  # labelled x ticks of the symlog resamples axis
 _OWN_STYLE = {"pixel": ("tab:red", "P"), "jump": ("tab:olive", "d"), "default": ("magenta", "X")}  # families evaluation.plots has no style for
 
 
@@ -23,6 +24,8 @@ def success_vs_resamples(report: dict, path: str | Path) -> str | None:
     plt = _pyplot()
     if plt is None:
         return None
+    from matplotlib.ticker import NullFormatter  # matplotlib is there once _pyplot() returned it
+
     kinds = report["config"]["kinds"]
     cols = 4
     rows = (len(kinds) + cols - 1) // cols
@@ -42,6 +45,11 @@ def success_vs_resamples(report: dict, path: str | Path) -> str | None:
                         label=fam + (" +refine" if refine else ""), markersize=10 if fam in ("always", "default") else 6)
         ax.set_title(kind, fontsize=10)
         ax.set_xscale("symlog", linthresh=1.0)
+        lo, hi = ax.get_xlim()  # label the ticks inside the data's range: most gates sit between 2 and 20
+        ticks = [t for t in RESAMPLE_TICKS if lo <= t <= hi]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         lows = [r["per_kind"][kind]["success_rate"] for r in report["policies"] if kind in r["per_kind"]]
         ax.set_ylim(max(-0.03, min(lows, default=0.0) - 0.05), 1.02)  # zoomed on the spread: differences show
         ax.grid(True, alpha=0.3)
