@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = draccus.parse(RobotClientConfig, args=argv)
     client = RobotClient(cfg)
     robot = client.robot
-    if not client.start():
+    if not client.start():  # the robot is connected already (RobotClient connects it when built): disconnect it
+        client.stop()
         print(f"error: --server_address {cfg.server_address}: no policy server answered", file=sys.stderr)
         return 1
     receiver = threading.Thread(target=client.receive_actions, daemon=True)

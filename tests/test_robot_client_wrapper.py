@@ -45,3 +45,23 @@ def test_the_sim_client_ends_after_its_episodes_and_reports_them(episodes):
 def test_no_server_is_one_line_naming_the_address():
     done = _client(1, "--robot.episodes=1")  # port 1: nothing listens
     assert done.returncode == 1 and "--server_address 127.0.0.1:1" in done.stderr
+
+
+def test_no_server_leaves_the_robot_disconnected(monkeypatch, capsys):
+    """lerobot's RobotClient connects the robot when it is built, before any server answers: a client that cannot
+    start must disconnect it again (a real arm would otherwise stay connected, torque on, as the process exits)."""
+    from robot_adapters import robot_client
+
+    built = []
+
+    class Recorded(robot_client.RobotClient):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            built.append(self)
+
+    monkeypatch.setattr(robot_client, "RobotClient", Recorded)
+    code = robot_client.main(["--robot.type=sim_reach", "--robot.episodes=1", "--task=reach the red target",
+                              "--server_address=127.0.0.1:1", "--policy_type=smolvla",
+                              "--pretrained_name_or_path=served-by-runtime", "--actions_per_chunk=10"])
+    assert code == 1 and "--server_address 127.0.0.1:1" in capsys.readouterr().err
+    assert len(built) == 1 and not built[0].robot.is_connected

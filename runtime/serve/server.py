@@ -252,8 +252,8 @@ class InferenceServicer:
             self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"artifacts {self.cfg.artifacts} changed since the server started: {exc}")
             return wire.Empty()
-        session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk), self.fps,
-                               self.budget)
+        session = ServeSession(ChunkPlanner(policy, self.interface, state_names, setup.actions_per_chunk, self.fps),
+                               self.fps, self.budget)
         with self._sessions_lock:
             now = time.monotonic()
             stale = [p for p, s in self.sessions.items() if p == peer or now - s.last_seen > self.cfg.session_idle_s]
