@@ -2,8 +2,8 @@
 
 Checked by text only (no imports, so it stays fast): repository paths and test files in code spans and
 code blocks, `tests/x.py::test_y` ids and `pytest … -k word` selections, `python -m pkg.mod` modules and the
-long flags their commands pass, dotted names like `runtime.strict_json.loads`, `make` targets, and
-relative markdown links with their `#anchor`s.
+long flags their commands pass, dotted names like `runtime.strict_json.loads` and `EdgePolicy.step`, bare
+module files like `masks.py`, `make` targets, and relative markdown links with their `#anchor`s.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ FOREIGN_FLAGS = {"--abi", "--atol", "--dest", "--find-links", "--implementation"
                  "--onnxrt", "--platform", "--propagation", "--python-version", "--restore", "--rtol",
                  "--system-site-packages", "--trt", "--no-deps", "--no-index", "--target",
                  "--help", "--bogus"}  # argparse's own; the example of a flag no command reads
+QUALIFIED = re.compile(r"^(\w+)\.(\w+)(?:\(.*\))?$")  # `EdgePolicy.step`, `timeline.slew_step`
+BARE_FILE = re.compile(r"^(\w+\.py)$")  # `masks.py`: a module named by its file alone
+FOREIGN_FILES = {"lerobot_record.py"}  # lerobot's own scripts the docs compare with
+INHERITED = {"from_pretrained"}  # lerobot's, not defined in this repository
+# `gate.default`, `safety.stop_action`: manifest keys that share a name with a module, not code
+MANIFEST_SECTIONS = {"gate", "manifest", "config", "tokenizer", "safety", "dims", "robot"}
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -61,6 +67,11 @@ def _refs() -> list[tuple[str, str, str]]:
                 out += [("flag", f"{mod} {flag}", name) for flag in FLAG.findall(args)]
             out += [("any flag", flag, name) for flag in FLAG.findall(code)]
             out += [("dotted", d, name) for d in DOTTED.findall(code.strip())]
+            out += [("qualified", ".".join(q), name) for q in QUALIFIED.findall(code.strip())
+                    if q[0] in _owners() and q[0] not in (*PACKAGES, *MANIFEST_SECTIONS)
+                    and q[1] not in (*INHERITED, "py", "json", "md")]
+            out += [("bare file", f, name) for f in BARE_FILE.findall(code.strip())
+                    if not f.startswith("test_") and f not in FOREIGN_FILES]
             for targets in MAKE.findall(code):
                 out += [("make", t, name) for t in targets.split() if not t.startswith("-") and "=" not in t]
         out += [("link", link, name) for link in LINK.findall(FENCE.sub("", text))]
@@ -91,6 +102,18 @@ def _package_sources(module: str) -> str:
 def _all_sources() -> str:
     """Every Python source of the repository, for flags the docs name outside a command."""
     return "\n".join(_text(p) for top in PACKAGES for p in sorted((ROOT / top).rglob("*.py")))
+
+
+@cache
+def _owners() -> dict[str, list[Path]]:
+    """Module file stems and class names of the repository's packages, each with the files defining it."""
+    owners: dict[str, list[Path]] = {}
+    for top in PACKAGES:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            owners.setdefault(path.stem, []).append(path)
+            for cls in re.findall(r"^class (\w+)", _text(path), re.MULTILINE):
+                owners.setdefault(cls, []).append(path)
+    return owners
 
 
 def _anchors(doc: Path) -> set[str]:
@@ -140,6 +163,13 @@ def _check(kind: str, ref: str, doc: str) -> str | None:
             if not re.search(rf"^{top}(?:def|class|async def) {attr}\b|^{top}{attr}\s*[:=]", text, re.MULTILINE):
                 return f"{attr} is not defined in {source.relative_to(ROOT)}"
         return None
+    if kind == "qualified":
+        owner, attr = ref.split(".")
+        pattern = rf"^\s*(?:def|class|async def) {attr}\b|^\s*{attr}\s*[:=]|self\.{attr}\s*[:=]"
+        ok = any(re.search(pattern, _text(f), re.MULTILINE) for f in _owners().get(owner, []))
+        return None if ok else f"{attr} is defined in no file of {owner}"
+    if kind == "bare file":
+        return None if any(ROOT.glob(f"*/**/{ref}")) else "no file of that name in the repository"
     if kind == "make":
         ok = re.search(rf"^{re.escape(ref)}\s*:", _text(ROOT / "Makefile"), re.MULTILINE)
         return None if ok else "no such make target"
@@ -157,7 +187,8 @@ def _check(kind: str, ref: str, doc: str) -> str | None:
 
 
 REFS = _refs()
-KINDS = ("path", "test file", "test id", "-k", "module", "flag", "any flag", "dotted", "make", "link")
+KINDS = ("path", "test file", "test id", "-k", "module", "flag", "any flag", "dotted", "qualified", "bare file", "make",
+         "link")
 
 
 def test_the_docs_cite_something():
@@ -179,7 +210,7 @@ def test_every_reference_resolves(kind):
     ("path", "runtime/no_such_module.py"), ("test file", "test_no_such.py"),
     ("test id", "tests/test_runtime_imports.py::test_no_such"), ("-k", "tests/test_runtime_imports.py -k zzz"),
     ("module", "runtime.no_such"), ("flag", "runtime --no-such-flag"), ("any flag", "--no-such-flag"),
-    ("dotted", "runtime.policy.NoSuch"),
+    ("dotted", "runtime.policy.NoSuch"), ("qualified", "EdgePolicy.no_such"), ("bare file", "no_such.py"),
     ("make", "no-such-target"), ("link", "docs/06-runtime.md#no-such-heading"),
 ])
 def test_a_stale_reference_is_caught(kind, ref):
@@ -190,6 +221,7 @@ def test_a_stale_reference_is_caught(kind, ref):
 @pytest.mark.parametrize(("kind", "ref"), [
     ("path", "runtime/policy.py"), ("test id", "tests/test_runtime_imports.py::test_import_graph_is_clean"),
     ("module", "runtime"), ("dotted", "runtime.policy.EdgePolicy.step"), ("make", "test"),
+    ("qualified", "timeline.slew_step"), ("bare file", "masks.py"),
     ("link", "docs/06-runtime.md#gates"),
 ])
 def test_a_live_reference_resolves(kind, ref):
