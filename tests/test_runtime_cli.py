@@ -65,6 +65,17 @@ def test_info_names_the_default_gate_and_the_robot_section(tmp_path, capsys, def
         assert "15" in robot_line[0] and "dx" in robot_line[0] and "x" in robot_line[0]
 
 
+def test_evaluation_run_gate_help_names_every_gate(capsys):
+    """The --gate help lists the spec grammar; a gate the runtime has (jump was missing) must be in it."""
+    from runtime.gate import GATE_NAMES
+
+    with pytest.raises(SystemExit):
+        run_main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    part = text[text.index("--gate GATE default"):text.index("--check-every CHECK_EVERY consult")]
+    assert [g for g in GATE_NAMES if g not in part] == [], part
+
+
 def test_bad_artifacts_give_a_clear_error(tmp_path, capsys):
     assert main(["info", "--artifacts", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
