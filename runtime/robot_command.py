@@ -136,8 +136,11 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
 def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, sources: list[ActionSource]) -> int:
     """`run` once the policy is loaded: build and check the robot, then the loop and its report."""
     log = logging.getLogger("runtime.robot")
-    if args.margin is not None:  # refused before the robot is connected
-        check_margin(args.margin, policy.manifest.dims.n_action_steps)
+    if args.margin is not None:  # refused before the robot is connected, naming the flag
+        try:
+            check_margin(args.margin, policy.manifest.dims.n_action_steps)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
     slew = reanchor_slew(args.slew, args.reanchor)
     iface = RobotInterface.from_manifest(policy.manifest)
     if iface.state_names is None:

@@ -68,7 +68,7 @@ def test_runtime_robot_margin_is_bounded_and_ignored_inline_with_a_warning():
             "--robot.episodes=1", "--fps", "60", "--max-ticks", "3"]
     out = subprocess.run([*base, "--margin", "99"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
                          check=False)
-    assert out.returncode == 2 and "margin must be an integer in [0, n_action_steps=" in out.stderr
+    assert out.returncode == 2 and "error: --margin must be an integer in [0, n_action_steps=" in out.stderr  # the flag
     out = subprocess.run([*base, "--inference", "inline", "--margin", "2"], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
