@@ -124,7 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="TensorRT engine folder (default: <artifacts>/../engines)")
     p.add_argument("--gate", default="default",
                      help="default (the manifest's gate.default) | always | never | interval:k | drift[:thr] | "
-                          "consistency[:thr] | random:p | state:thr | pixel[:thr] | any:SPEC,SPEC")
+                          "consistency[:thr] | jump[:thr] | random:p | state:thr | pixel[:thr] | any:SPEC,SPEC")
     p.add_argument("--check-every", type=positive_int, default=1, help="consult the gate every m ticks")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
                      help="one delta-expert step on the plan at resample and on kept ticks")

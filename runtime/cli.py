@@ -42,7 +42,21 @@ def _info(args: argparse.Namespace) -> int:
         print("precision: float32 graphs")
     for metric, cal in m.gate_calibration.items():
         print(f"gate {metric}: default threshold {cal.default_threshold}, stats {dict(cal.stats)}")
+    written = m.raw.get("gate", {}).get("default") is not None
+    origin = "the export's recommendation" if written else "gate.default absent: drift"
+    print(f"gate default: {m.default_gate} ({origin}; what --gate default and EdgePolicy use)")
+    print(_robot_line(m))
     return 0
+
+
+def _robot_line(m: Manifest) -> str:
+    """The robot section in one line, or why `runtime robot` will refuse this folder (docs/07: check it first)."""
+    r = m.robot
+    if r is None:
+        return ("robot: none (no motor names: `runtime robot` refuses this folder, `runtime serve` checks counts only; "
+                "re-export with --dataset-root)")
+    cams = ", ".join(f"{k} {c.height}x{c.width}" for k, c in r.cameras.items())
+    return f"robot: {r.fps} fps; actions {list(r.action_names)}; state {list(r.state_names)}; cameras {cams}"
 
 
 def build_parser() -> argparse.ArgumentParser:

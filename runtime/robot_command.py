@@ -136,8 +136,11 @@ def run(args: argparse.Namespace, robot_args: list[str]) -> int:
 def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, sources: list[ActionSource]) -> int:
     """`run` once the policy is loaded: build and check the robot, then the loop and its report."""
     log = logging.getLogger("runtime.robot")
-    if args.margin is not None:  # refused before the robot is connected
-        check_margin(args.margin, policy.manifest.dims.n_action_steps)
+    if args.margin is not None:  # refused before the robot is connected, naming the flag
+        try:
+            check_margin(args.margin, policy.manifest.dims.n_action_steps)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
     slew = reanchor_slew(args.slew, args.reanchor)
     iface = RobotInterface.from_manifest(policy.manifest)
     if iface.state_names is None:
@@ -187,10 +190,12 @@ def _drive(args: argparse.Namespace, robot_args: list[str], policy: EdgePolicy, 
 
     previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
-    def on_tick(tick: int, sa: SourceAction, period_ms: float) -> None:
+    def on_tick(tick: int, sa: SourceAction, work_ms: float) -> None:
+        """Log one tick in --log-every: its own work (read, inference, send) against the grid's period."""
         if tick % max(1, args.log_every) == 0:
-            log.info("tick %d: period %.1f ms, gate %s, resampled %s, inference %.1f ms%s", tick, period_ms,
-                     sa.gate_reason or "-", sa.resampled, sa.latency_ms, "" if sa.action is not None else ", no action (held)")
+            log.info("tick %d: work %.1f ms of a %.1f ms period, gate %s, resampled %s, inference %.1f ms%s", tick,
+                     work_ms, 1e3 / fps, sa.gate_reason or "-", sa.resampled, sa.latency_ms,
+                     "" if sa.action is not None else ", no action (held)")
 
     finished = getattr(robot, "finished", None)  # a robot that ends on its own (sim_reach: its episodes are done)
     should_stop = finished.is_set if callable(getattr(finished, "is_set", None)) else None

@@ -248,3 +248,6 @@ def test_contract_page_names_every_schema_key():
     assert "manifest.schema.json" in page
     for key in json_schema()["properties"]:
         assert f'"{key}"' in page, f"docs/10 does not document manifest key {key!r}"
+    for model, spec in json_schema()["$defs"].items():  # and every key inside a section
+        for key in spec.get("properties", {}):
+            assert f'"{key}"' in page or f"`{key}`" in page, f"docs/10 does not document {model}.{key}"

@@ -253,6 +253,18 @@ def test_default_gate_rule_follows_calibration_auroc_and_accepts_overrides():
             with_default_gate(cal(0.9, 0.9), *bad)
 
 
+def test_default_gate_help_states_the_rule_auto_applies(capsys):
+    """`--help` described auto as "the higher calibration AUROC" after the rule became consistency unless drift
+    wins beyond the noise (docs/03): a user reading the help would expect drift on a 0.957 vs 0.954 export."""
+    from export.graphs.onnx_export import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    part = text[text.index("--default-gate DEFAULT_GATE the"):text.index("--default-cap auto|K|0 plan-age")]
+    assert "consistency unless drift" in part and "standard error" in part and "uncalibrated" in part, part
+
+
 def test_auroc_standard_error_matches_a_resampled_auroc():
     """Hanley & McNeil's SE against the spread of AUROCs of fresh samples from two normal distributions: close, and
     on the cautious side where it errs (it assumes exponential scores; high AUROCs of normal ones spread less)."""

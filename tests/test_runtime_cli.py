@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 try:
-    from tests.fake_artifacts import cached_fake_artifacts
+    from tests.fake_artifacts import build_fake_artifacts, cached_fake_artifacts
 except ImportError:
-    from fake_artifacts import cached_fake_artifacts
+    from fake_artifacts import build_fake_artifacts, cached_fake_artifacts
 
 from evaluation.episodes import main as run_main
 from runtime.cli import main
@@ -40,6 +40,40 @@ def test_module_entry_point_and_info():
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert "verified" in out.stdout and "chunk 6" in out.stdout
+
+
+@pytest.mark.parametrize("default", [None, "any:consistency,interval:3"])
+def test_info_names_the_default_gate_and_the_robot_section(tmp_path, capsys, default):
+    """docs/03 and docs/07 send users to `info` to read the recommended gate and to see whether the folder can
+    drive a robot (`runtime robot` refuses one without a `robot` section): both must be in its output."""
+    def edit(m):
+        if default is not None:
+            m["gate"]["default"] = default
+            m["robot"] = {"fps": 15, "action_names": ["dx", "dy"], "state_names": ["x", "y"],
+                          "cameras": {m["cameras"][0]["key"]: {"height": 64, "width": 64, "channels": 3}}}
+    art = build_fake_artifacts(tmp_path / "a", edit_manifest=edit)
+    assert main(["info", "--artifacts", str(art)]) == 0
+    out = capsys.readouterr().out
+    gate_line = [line for line in out.splitlines() if line.startswith("gate default")]
+    robot_line = [line for line in out.splitlines() if line.startswith("robot")]
+    assert len(gate_line) == 1 and len(robot_line) == 1, out
+    if default is None:  # a folder without gate.default means drift; without a robot section only `serve` drives
+        assert "drift" in gate_line[0] and "absent" in gate_line[0]
+        assert "none" in robot_line[0] and "runtime robot" in robot_line[0]
+    else:
+        assert default in gate_line[0] and "interval:3" in gate_line[0]
+        assert "15" in robot_line[0] and "dx" in robot_line[0] and "x" in robot_line[0]
+
+
+def test_evaluation_run_gate_help_names_every_gate(capsys):
+    """The --gate help lists the spec grammar; a gate the runtime has (jump was missing) must be in it."""
+    from runtime.gate import GATE_NAMES
+
+    with pytest.raises(SystemExit):
+        run_main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    part = text[text.index("--gate GATE default"):text.index("--check-every CHECK_EVERY consult")]
+    assert [g for g in GATE_NAMES if g not in part] == [], part
 
 
 def test_bad_artifacts_give_a_clear_error(tmp_path, capsys):

@@ -286,7 +286,7 @@ def _expert_plans(graphs: _Graphs, task_cfg, seed: int, perturb: bool, horizon: 
     return outs, chunks, jump
 
 
-AUTO_GATES = ("drift", "consistency")  # what `--default-gate auto` chooses between, by calibration AUROC
+AUTO_GATES = ("drift", "consistency")  # what `--default-gate auto` chooses between (auto_gate: the rule)
 # auto cap = round(0.5 × n_action_steps): on the gate benchmark with reach-by deadlines (n = 10 only, docs/11) the
 # cap of 6 missed the rule on `mixed` on two fresh seeds, the cap of 5 met it on both suites (docs/11)
 CAP_RATIO = 0.5

@@ -23,7 +23,6 @@ import torch
 from export.graphs.checkpoint_loading import ExportInputError, LoadedPolicy, load_checkpoint, load_preset
 from export.graphs.export_checks import check_dataset_stats, check_vocab
 from export.graphs.gate_calibration import (
-    AUTO_GATES,
     calibrate_on_simtask,
     capped_horizon,
     check_horizon,
@@ -324,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-root", type=Path, default=None,
                         help="LeRobotDataset for the manifest's robot section (default: the checkpoint's train_config)")
     parser.add_argument("--default-gate", default="auto",
-                        help="the manifest's recommended gate (gate.default): auto = the CLS gate with the higher "
-                             f"calibration AUROC ({' | '.join(AUTO_GATES)}), or a spec: drift | consistency "
+                        help="the manifest's recommended gate (gate.default): auto = consistency unless drift's "
+                             "calibration AUROC is higher by more than twice the standard error of the difference "
+                             "(drift when consistency is uncalibrated; docs/03), or a spec: drift | consistency "
                              "| jump or any: of those, optionally with one interval:k, e.g. any:drift,interval:6")
     parser.add_argument("--default-cap", default="auto", metavar="auto|K|0",
                         help="plan-age cap added to gate.default as interval:K (unless the spec has one): auto = "
