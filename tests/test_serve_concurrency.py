@@ -46,7 +46,7 @@ def test_counters_lose_no_update_when_workers_race(servicer, call):
             def bump(barrier=barrier):
                 barrier.wait()
                 try:
-                    getattr(servicer, call)(*((None, ctx) if call == "Ready" else (ctx, None, "x")))
+                    getattr(servicer, call)(*((None, ctx) if call == "Ready" else (ctx, grpc.StatusCode.INVALID_ARGUMENT, "x")))
                 except RuntimeError:
                     pass
 
