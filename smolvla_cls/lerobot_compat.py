@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,23 @@ def dataset_info(root: Path) -> dict:
         from lerobot.datasets.utils import load_info  # 0.4.4
     info = load_info(Path(root))
     return info if isinstance(info, dict) else info.to_dict()
+
+
+def unknown_config_fields(config_file: Path, config_cls: type) -> str | None:
+    """One line naming the fields of a saved `config.json` of `config_cls`'s type that the class lacks under this
+    lerobot (a checkpoint saved by a newer lerobot or smolvla_cls), else None. lerobot's parser would refuse
+    the whole file from deep inside draccus instead."""
+    import lerobot
+
+    try:
+        saved = json.loads(Path(config_file).read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: the caller's own parse reports it
+    if not isinstance(saved, dict) or saved.get("type") != config_cls.get_choice_name(config_cls):
+        return None  # another policy type: the caller names it
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(config_cls)} - {"type"})
+    if not unknown:
+        return None
+    return (f"{config_file}: field(s) {', '.join(unknown)} unknown to {config_cls.__name__} under lerobot "
+            f"{lerobot.__version__}: the checkpoint was saved by another lerobot or smolvla_cls release; load it "
+            "with that release, or remove the field(s) if their defaults are what was trained")

@@ -42,10 +42,14 @@ class TorchPolicy:
         from lerobot.policies.factory import make_pre_post_processors
 
         from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
+        from smolvla_cls.lerobot_compat import unknown_config_fields
         from smolvla_cls.modeling_smolvla_cls import SmolVLACLSPolicy
 
         self.checkpoint_dir = Path(checkpoint_dir)
         _require_checkpoint(self.checkpoint_dir)
+        problem = unknown_config_fields(self.checkpoint_dir / "config.json", SmolVLACLSConfig)
+        if problem:
+            raise SystemExit(f"TorchPolicy: {problem}")
         config = PreTrainedConfig.from_pretrained(self.checkpoint_dir)  # dispatches on the saved "type"
         if not isinstance(config, SmolVLACLSConfig):
             raise SystemExit(f"TorchPolicy: {self.checkpoint_dir} holds a {config.type!r} policy, not smolvla_cls")
