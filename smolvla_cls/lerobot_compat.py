@@ -7,6 +7,8 @@ docs/12-lerobot-versions.md):
 - `load_info` moved to `datasets.io_utils` and returns a `DatasetInfo` instead of a dict (0.6);
 - dataset reading: `_query_hf_dataset`, `delta_indices` and the absolute->row index map live on the
   dataset (0.4.4) or on its `DatasetReader` (`dataset.reader`, 0.6);
+- processor factory: 0.4.4 gives every `SmolVLAConfig` subclass SmolVLA's own pipelines (an isinstance chain),
+  0.6 looks up `make_<type>_pre_post_processors` in the plugin's processor module by name;
 - the prefix K/V cache contract of `SmolVLMWithExpertModel.forward` changed too, but we do not adapt to
   it: `smolvla_cls/layer_pass.py` computes the passes itself on every version.
 """
@@ -97,3 +99,23 @@ def unknown_config_fields(config_file: Path, config_cls: type) -> str | None:
     return (f"{config_file}: field(s) {', '.join(unknown)} unknown to {config_cls.__name__} under lerobot "
             f"{lerobot.__version__}: the checkpoint was saved by another lerobot or smolvla_cls release; load it "
             "with that release, or remove the field(s) if their defaults are what was trained")
+
+
+def route_smolvla_processors(config_cls: type, factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Make lerobot build `config_cls`'s pre/post processors with `factory` on every release, and return SmolVLA's
+    own factory for `factory` to call. 0.6 finds `factory` by name already; 0.4.4 calls
+    `processor_smolvla.make_smolvla_pre_post_processors` for any SmolVLAConfig subclass, so there that name is
+    wrapped to send `config_cls` instances (only) to `factory`. Idempotent."""
+    from lerobot.policies.smolvla import processor_smolvla
+
+    current = processor_smolvla.make_smolvla_pre_post_processors
+    original = getattr(current, "smolvla_original", current)
+
+    def routed(config, dataset_stats=None, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(config, config_cls):
+            return factory(config, dataset_stats=dataset_stats, **kwargs)
+        return original(config, dataset_stats=dataset_stats, **kwargs)
+
+    routed.smolvla_original = original  # type: ignore[attr-defined]
+    processor_smolvla.make_smolvla_pre_post_processors = routed
+    return original

@@ -4,6 +4,7 @@ and the other supported lerobot release (0.4.4 <-> 0.6.x). Runs in both environm
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from tests.model_fixtures import tiny_config
 
 pytest.importorskip("lerobot.policies.factory")
+TASK = "reach the red target"
 STATS = {"observation.state": {"mean": np.full(2, 0.5, np.float32), "std": np.full(2, 0.25, np.float32)},
          "action": {"mean": np.zeros(2, np.float32), "std": np.full(2, 0.04, np.float32)}}
 
@@ -28,6 +30,62 @@ def _save(out, *, processors=None):
     for pipeline in (processors or make_pre_post_processors)(cfg, dataset_stats=STATS):
         pipeline.save_pretrained(out)
     return out
+
+
+def _tokens(preprocessor) -> list[int]:
+    batch = preprocessor({"observation.state": torch.zeros(1, 2), "observation.images.top": torch.zeros(1, 3, 64, 64),
+                          "task": [TASK]})
+    return batch["observation.language.tokens"][0].tolist()
+
+
+@pytest.fixture
+def other_machine(tmp_path, monkeypatch):
+    """Save a checkpoint with one preset cache, then stand on a machine whose cache is elsewhere (the
+    first one gone), as when a checkpoint is copied to another computer, account or lerobot environment."""
+    def move(save_with=None):
+        monkeypatch.setenv("SMOLVLA_CLS_CACHE", str(tmp_path / "cache_where_trained"))
+        ckpt = _save(tmp_path / "pretrained_model", processors=save_with)
+        shutil.rmtree(tmp_path / "cache_where_trained")
+        monkeypatch.setenv("SMOLVLA_CLS_CACHE", str(tmp_path / "cache_here"))
+        return ckpt
+    return move
+
+
+def test_saved_preprocessor_names_the_preset_not_this_machines_cache(other_machine):
+    ckpt = other_machine()
+    saved = json.dumps(json.loads((ckpt / "policy_preprocessor.json").read_text()))
+    assert "cache_where_trained" not in saved and '"vlm_preset": "tiny"' in saved
+
+
+def test_lerobots_processor_factory_loads_a_checkpoint_moved_to_another_machine(other_machine):
+    """What `lerobot-train --policy.path=...`, `lerobot-eval` and our TorchPolicy call: the tokenizer step found
+    the training machine's absolute preset path (a hub-id error deep in huggingface_hub) before."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from smolvla_cls.presets import build_tokenizer
+
+    ckpt = other_machine()
+    cfg = PreTrainedConfig.from_pretrained(ckpt)
+    pre, _ = make_pre_post_processors(cfg, pretrained_path=str(ckpt))
+    want = build_tokenizer()(TASK + "\n", padding="max_length", max_length=cfg.tokenizer_max_length)["input_ids"]
+    assert _tokens(pre) == want
+
+
+def test_torch_policy_loads_an_older_checkpoint_that_saved_a_machine_path(other_machine):
+    """Checkpoints saved before the fix hold lerobot's own tokenizer step with the absolute path: TorchPolicy
+    (closed-loop evaluation, training report) points it at this machine's preset folder."""
+    from lerobot.policies.smolvla import processor_smolvla
+
+    from smolvla_cls.torch_policy import TorchPolicy
+
+    smolvla = processor_smolvla.make_smolvla_pre_post_processors
+    ckpt = other_machine(save_with=getattr(smolvla, "smolvla_original", smolvla))  # SmolVLA's own, unrouted
+    assert "cache_where_trained" in (ckpt / "policy_preprocessor.json").read_text()  # the old format
+    policy = TorchPolicy(ckpt)
+    obs = {"observation.images.top": np.zeros((64, 64, 3), np.uint8), "observation.state": np.zeros(2, np.float32),
+           "task": TASK}
+    assert np.all(np.isfinite(policy.act(obs)))
 
 
 @pytest.mark.parametrize("revision", [None, "main"])
