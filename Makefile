@@ -32,14 +32,16 @@ GATE ?= default
 REPORT ?= reports
 
 # lerobot 0.6.x (Python 3.13, transformers 5) in a cached Debian 13 root (scripts/lerobot06_env.sh): the same
-# test files as the main environment for model, training, torch policy, export and parity, then a checkpoint trained
+# test files as the main environment for model, training, torch policy, export and parity, robot factory and
+# lerobot's own async robot client against `runtime serve`, then a checkpoint trained
 # and exported there whose artifact folder must run in this environment's runtime.
 LEROBOT06 := HOST_PY=$(PY) bash scripts/lerobot06_env.sh
 LEROBOT06_OUT ?= outputs/lerobot06
 LEROBOT06_TESTS := tests/test_layer_pass.py tests/test_lerobot_compat.py tests/test_model.py tests/test_masks.py \
   tests/test_vicreg.py tests/test_time_embedding.py tests/test_policy_contract.py tests/test_torch_policy.py \
   tests/test_train_smoke.py tests/test_dataset_recording.py tests/test_symmetry.py tests/test_robot_section.py \
-  tests/test_export.py tests/test_plan_only_wiring.py tests/test_instruction_length.py
+  tests/test_export.py tests/test_plan_only_wiring.py tests/test_instruction_length.py tests/test_checkpoint_portability.py \
+  tests/test_robot_factory.py tests/test_robot_client_wrapper.py tests/test_serve_lerobot_client.py
 
 .PHONY: install test test-lerobot-0.6 lerobot06-steps test-all lint typecheck dataset train train-quick export quantize mixed-precision parity engine eval gate-eval gate-bench demo bench soak export-full parity-full clean
 

@@ -150,6 +150,8 @@ def build_robot(config: Any, robot_type: str) -> Any:
         how = f"pip install 'lerobot[{extra}]'" if extra else "install the lerobot extra for this robot"
         raise ImportError(f"--robot.type={robot_type} needs the Python module '{module}', which is not "
                           f"installed: {how}") from None
+    except ImportError as exc:  # lerobot 0.6 checks driver SDKs itself: its one line already names the extra
+        raise ImportError(f"--robot.type={robot_type}: {_first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 — a driver's constructor: one line naming the robot type
         raise RobotFlagError(f"--robot.type={robot_type}: cannot build the robot: {_first_line(exc)}") from None
 

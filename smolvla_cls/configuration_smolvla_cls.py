@@ -77,6 +77,9 @@ class SmolVLACLSConfig(SmolVLAConfig):
     train_main_expert: bool = False
     # Offline VLM preset ("tiny" | "full"); when set, `vlm_model_name` is materialised locally (no hub).
     vlm_preset: str | None = None
+    # lerobot 0.6 saves the hub revision of `pretrained_path` in config.json; declared here as 0.6 does, so a
+    # checkpoint saved under 0.6 also parses under 0.4.4 (whose base class lacks it and never reads it).
+    pretrained_revision: str | None = None
 
     def __post_init__(self):
         if self.vlm_preset is not None:

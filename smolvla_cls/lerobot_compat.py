@@ -7,6 +7,8 @@ docs/12-lerobot-versions.md):
 - `load_info` moved to `datasets.io_utils` and returns a `DatasetInfo` instead of a dict (0.6);
 - dataset reading: `_query_hf_dataset`, `delta_indices` and the absolute->row index map live on the
   dataset (0.4.4) or on its `DatasetReader` (`dataset.reader`, 0.6);
+- processor factory: 0.4.4 gives every `SmolVLAConfig` subclass SmolVLA's own pipelines (an isinstance chain),
+  0.6 looks up `make_<type>_pre_post_processors` in the plugin's processor module by name;
 - the prefix K/V cache contract of `SmolVLMWithExpertModel.forward` changed too, but we do not adapt to
   it: `smolvla_cls/layer_pass.py` computes the passes itself on every version.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,3 +79,43 @@ def dataset_info(root: Path) -> dict:
         from lerobot.datasets.utils import load_info  # 0.4.4
     info = load_info(Path(root))
     return info if isinstance(info, dict) else info.to_dict()
+
+
+def unknown_config_fields(config_file: Path, config_cls: type) -> str | None:
+    """One line naming the fields of a saved `config.json` of `config_cls`'s type that the class lacks under this
+    lerobot (a checkpoint saved by a newer lerobot or smolvla_cls), else None. lerobot's parser would refuse
+    the whole file from deep inside draccus instead."""
+    import lerobot
+
+    try:
+        saved = json.loads(Path(config_file).read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: the caller's own parse reports it
+    if not isinstance(saved, dict) or saved.get("type") != config_cls.get_choice_name(config_cls):
+        return None  # another policy type: the caller names it
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(config_cls)} - {"type"})
+    if not unknown:
+        return None
+    return (f"{config_file}: field(s) {', '.join(unknown)} unknown to {config_cls.__name__} under lerobot "
+            f"{lerobot.__version__}: the checkpoint was saved by another lerobot or smolvla_cls release; load it "
+            "with that release, or remove the field(s) if their defaults are what was trained")
+
+
+def route_smolvla_processors(config_cls: type, factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Make lerobot build `config_cls`'s pre/post processors with `factory` on every release, and return SmolVLA's
+    own factory for `factory` to call. 0.6 finds `factory` by name already; 0.4.4 calls
+    `processor_smolvla.make_smolvla_pre_post_processors` for any SmolVLAConfig subclass, so there that name is
+    wrapped to send `config_cls` instances (only) to `factory`. Idempotent."""
+    from lerobot.policies.smolvla import processor_smolvla
+
+    current = processor_smolvla.make_smolvla_pre_post_processors
+    original = getattr(current, "smolvla_original", current)
+
+    def routed(config, dataset_stats=None, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(config, config_cls):
+            return factory(config, dataset_stats=dataset_stats, **kwargs)
+        return original(config, dataset_stats=dataset_stats, **kwargs)
+
+    routed.smolvla_original = original  # type: ignore[attr-defined]
+    processor_smolvla.make_smolvla_pre_post_processors = routed
+    return original

@@ -24,6 +24,7 @@ from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
 from smolvla_cls.layer_pass import LayerPass
 from smolvla_cls.masks import make_att_2d_masks_with_cls, position_ids_with_cls
 from smolvla_cls.plan_pass import empty_prefix, remainder_mask, sample_remainders
+from smolvla_cls.processor_smolvla_cls import make_smolvla_cls_pre_post_processors  # noqa: F401  (routes lerobot 0.4.4)
 from smolvla_cls.vicreg import vicreg_loss
 
 # t is split as t_hi + t_lo with t_hi = k / 2**12 (k an integer) and each frequency f = f_hi + f_lo with f_hi

@@ -42,10 +42,15 @@ class TorchPolicy:
         from lerobot.policies.factory import make_pre_post_processors
 
         from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
+        from smolvla_cls.lerobot_compat import unknown_config_fields
         from smolvla_cls.modeling_smolvla_cls import SmolVLACLSPolicy
+        from smolvla_cls.processor_smolvla_cls import preset_tokenizer_overrides
 
         self.checkpoint_dir = Path(checkpoint_dir)
         _require_checkpoint(self.checkpoint_dir)
+        problem = unknown_config_fields(self.checkpoint_dir / "config.json", SmolVLACLSConfig)
+        if problem:
+            raise SystemExit(f"TorchPolicy: {problem}")
         config = PreTrainedConfig.from_pretrained(self.checkpoint_dir)  # dispatches on the saved "type"
         if not isinstance(config, SmolVLACLSConfig):
             raise SystemExit(f"TorchPolicy: {self.checkpoint_dir} holds a {config.type!r} policy, not smolvla_cls")
@@ -63,7 +68,8 @@ class TorchPolicy:
         self.config = self.policy.config
         self.preprocessor, self.postprocessor = make_pre_post_processors(
             self.config, pretrained_path=str(self.checkpoint_dir),
-            preprocessor_overrides={"device_processor": {"device": device}},
+            preprocessor_overrides={"device_processor": {"device": device},
+                                    **preset_tokenizer_overrides(self.checkpoint_dir, config.vlm_preset)},
             postprocessor_overrides={"device_processor": {"device": "cpu"}},
         )
         self.device = device

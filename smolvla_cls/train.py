@@ -263,7 +263,7 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
         # lerobot's own resume: the saved train_config.json (optimizer, scheduler, step budget) + the
         # checkpoint's optimizer/scheduler state; validate() reads --config_path from the CLI args.
         saved = stage_dir / "checkpoints" / "last" / "pretrained_model"
-        cfg = TrainPipelineConfig.from_pretrained(str(saved))
+        cfg = saved_train_config(saved)
         cfg.resume = True
         cfg.output_dir = stage_dir  # the run folder may have been moved since it was saved
         cfg.num_workers, cfg.policy.device = args.num_workers, policy.device  # how fast, not what: this run's
@@ -291,6 +291,22 @@ def run_stage(plan: StagePlan, args, out_dir: Path, init_from: Path | None, info
                                                 "steps": plan.steps, "resumed_from_step": first if resume else None}))
     print(f"[train] stage {plan.name}: {plan.steps} steps in {took:.0f} s" + (f" (+{before:.0f} s before)" * resume))
     return last
+
+
+def saved_train_config(saved: Path):  # -> TrainPipelineConfig
+    """lerobot's saved train config of a stage to resume; one `train: --resume:` line when this lerobot cannot
+    parse it (a stage started under another release: 0.4.4 and 0.6 save different fields)."""
+    import draccus.utils
+    import lerobot
+    from lerobot.configs.train import TrainPipelineConfig
+
+    try:
+        return TrainPipelineConfig.from_pretrained(str(saved))
+    except draccus.utils.DecodingError as exc:
+        problem = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise SystemExit(f"train: --resume: {saved / 'train_config.json'} does not parse under lerobot "
+                         f"{lerobot.__version__} ({problem}): the stage was started under another lerobot release; "
+                         "resume it with that release, or retrain the stage (without --resume)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""LeRobot 0.4.4's real RobotClient (imported from the installed lerobot) drives `runtime serve` over loopback
-with the simulated reach robot; compared with the direct runtime (the same EdgePolicy, gate and artifacts
-in `runtime robot`'s loop) on the same perturbed episodes."""
+"""LeRobot's real RobotClient (the installed lerobot: 0.4.4 here, 0.6.1 in `make test-lerobot-0.6`) drives
+`runtime serve` over loopback with the simulated reach robot; compared with the direct runtime (the same
+EdgePolicy, gate and artifacts in `runtime robot`'s loop) on the same perturbed episodes."""
 
 from __future__ import annotations
 

@@ -82,3 +82,20 @@ def test_resume_applies_this_runs_workers_and_device(dataset, tmp_path, monkeypa
     with pytest.raises(Seen):
         train.main([*argv, "--resume", "--device", "cuda"])
     assert seen == [(2, "cuda", True)]
+
+
+def test_resuming_a_stage_started_under_the_other_lerobot_release_is_one_line(dataset, tmp_path, monkeypatch):
+    """lerobot 0.4.4 saves `eval_freq`, 0.6 `env_eval_freq` (and more): resuming after an upgrade raised draccus's
+    DecodingError from deep inside lerobot's config loader."""
+    out = tmp_path / "out"
+    argv = _interrupted(dataset, out, monkeypatch, after=4)
+    saved = out / "stage_main" / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    config = json.loads(saved.read_text())
+    this, other = ("eval_freq", "env_eval_freq") if "eval_freq" in config else ("env_eval_freq", "eval_freq")
+    config[other] = config.pop(this)  # as the other release wrote it
+    saved.write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exc:
+        train.main([*argv, "--resume"])
+    message = str(exc.value.code)
+    assert message.startswith("train: --resume: ") and "\n" not in message, message
+    assert str(saved) in message and other in message and "lerobot" in message

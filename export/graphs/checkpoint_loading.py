@@ -78,8 +78,13 @@ def load_checkpoint(checkpoint: Path) -> LoadedPolicy:
         raise ExportInputError(f"checkpoint {config_file} is not valid JSON ({exc.msg})") from exc
     if policy_type != "smolvla_cls":
         raise ExportInputError(f"checkpoint {checkpoint} is a {policy_type!r} policy; export needs 'smolvla_cls'")
+    from smolvla_cls.configuration_smolvla_cls import SmolVLACLSConfig
+    from smolvla_cls.lerobot_compat import unknown_config_fields
     from smolvla_cls.modeling_smolvla_cls import SmolVLACLSPolicy
 
+    problem = unknown_config_fields(config_file, SmolVLACLSConfig)
+    if problem:
+        raise ExportInputError(problem)
     try:
         policy = SmolVLACLSPolicy.from_pretrained(str(checkpoint))
     except Exception as exc:  # corrupt safetensors, shape mismatch, ...
