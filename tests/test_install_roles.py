@@ -72,3 +72,26 @@ def test_lerobot06_requirements_pin_everything_the_project_needs():
     wanted = _names(project["dependencies"]) | {"pytest", "hypothesis"}
     assert wanted <= set(pins), f"not pinned for lerobot 0.6: {sorted(wanted - set(pins))}"
     assert pins["lerobot"].startswith("0.6.") and pins["transformers"].startswith("5.")
+
+
+@pytest.mark.parametrize("python", ["3.10", "3.11", "3.12", "3.13"])
+def test_pyproject_installs_one_pin_per_package_and_beside_lerobot06_its_pins(python):
+    """Each Python sees one exact pin per dependency; from 3.12 on they are requirements-lerobot06.txt's, so
+    `pip install` of the project (or the plugin, which depends on it) beside lerobot 0.6.1 keeps the user's lerobot
+    (before: lerobot==0.4.4 for every Python, unresolvable on 3.12+ and a downgrade where it resolved)."""
+    from packaging.requirements import Requirement
+
+    env = {"python_version": python, "python_full_version": f"{python}.0"}
+    reqs = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    applies = [r for r in reqs if r.marker is None or r.marker.evaluate(env)]
+    names = [r.name.lower() for r in applies]
+    assert len(names) == len(set(names)), f"Python {python}: more than one pin for {sorted(n for n in names if names.count(n) > 1)}"
+    pins = {r.name.lower(): str(r.specifier) for r in applies}
+    assert all(p.startswith("==") for p in pins.values()), pins
+    if python < "3.12":
+        assert pins["lerobot"] == "==0.4.4" and pins["transformers"].startswith("==4.")
+    else:
+        lines = [ln.split("#", 1)[0].strip() for ln in (ROOT / "requirements-lerobot06.txt").read_text().splitlines()]
+        lerobot06 = dict(ln.split("==", 1) for ln in lines if ln)
+        differ = {n: (p, lerobot06.get(n)) for n, p in pins.items() if p != f"=={lerobot06.get(n)}"}
+        assert not differ, f"Python {python}: pyproject pin vs requirements-lerobot06.txt: {differ}"
