@@ -305,3 +305,18 @@ def externalize_weights(folder: str | Path, graph: str, scale: float = 1.0) -> P
     raw_manifest["files"][path.name], raw_manifest["files"][data.name] = _sha(path), _sha(data)
     write_manifest_dict(folder, raw_manifest)
     return data
+
+
+_ROBOT_CACHE: dict[tuple, Path] = {}
+
+
+def robot_fake_artifacts(action_names, state_names=("s1", "s2"), *, chunk_size: int, n_action_steps: int,
+                         fps: int = 30) -> Path:
+    """A cached fake folder whose manifest has a `robot` section with these motor names (one 64² camera)."""
+    key = (tuple(action_names), tuple(state_names), chunk_size, n_action_steps, fps)
+    if key not in _ROBOT_CACHE or not (_ROBOT_CACHE[key] / "manifest.json").is_file():
+        section = {"fps": fps, "action_names": list(action_names), "state_names": list(state_names),
+                   "cameras": {"observation.images.top": {"height": 64, "width": 64, "channels": 3}}}
+        _ROBOT_CACHE[key] = cached_fake_artifacts(edit_manifest=lambda m: m.__setitem__("robot", section),
+                                                  chunk_size=chunk_size, n_action_steps=n_action_steps)
+    return _ROBOT_CACHE[key]

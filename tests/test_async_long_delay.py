@@ -17,7 +17,8 @@ from evaluation.latency_loop import LatencyLoop
 from runtime.async_planner import AsyncChunkPlanner, rows_to_run
 from runtime.backend import Backend
 from runtime.policy import EdgePolicy
-from tests.fake_artifacts import cached_fake_artifacts, make_observation
+from tests.backend_wrappers import Delegating
+from tests.fake_artifacts import cached_fake_artifacts, make_observation, robot_fake_artifacts
 
 CHUNK, N = 8, 4
 
@@ -86,30 +87,19 @@ NAMES = ("x.vel", "theta.vel")
 
 
 def _robot_artifacts(chunk: int):
-    section = {"fps": 30, "action_names": list(NAMES), "state_names": ["s1", "s2"],
-               "cameras": {"observation.images.top": {"height": 64, "width": 64, "channels": 3}}}
-    return cached_fake_artifacts(edit_manifest=lambda m: m.__setitem__("robot", section), chunk_size=chunk,
-                                 n_action_steps=N)
+    return robot_fake_artifacts(NAMES, chunk_size=chunk, n_action_steps=N)
 
 
-class TickGated(Backend):
+class TickGated(Delegating):
     """Delegates; a denoise returns only once the robot has taken `ticks` more observations than when it was
     called (or is disconnected): planning takes at least that many ticks, whatever the machine's speed."""
 
     name = "tick-gated"
 
     def __init__(self, inner: Backend, robot, ticks: int, jobs: int | None = None):
-        self.inner, self.robot, self.ticks, self.jobs = inner, robot, ticks, jobs  # after `jobs` denoises: hung
+        super().__init__(inner)
+        self.robot, self.ticks, self.jobs = robot, ticks, jobs  # after `jobs` denoises: hung
         self.stop = threading.Event()
-
-    def run_prefix(self, *a):
-        return self.inner.run_prefix(*a)
-
-    def run_main_expert(self, *a):
-        return self.inner.run_main_expert(*a)
-
-    def run_delta_expert(self, *a):
-        return self.inner.run_delta_expert(*a)
 
     def denoise(self, *a):
         until = len(self.robot.moving_ticks) + self.ticks

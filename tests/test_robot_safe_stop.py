@@ -15,7 +15,7 @@ from runtime.robot_interface import RobotInterface
 from runtime.robot_loop import SyncSource, _ActionVet, run_robot
 from runtime.safety import ActionGuard
 from runtime.stop_commands import stop_command
-from tests.fake_artifacts import cached_fake_artifacts, make_observation
+from tests.fake_artifacts import make_observation, robot_fake_artifacts
 
 NAMES = st.sampled_from(["shoulder_pan.pos", "gripper.pos", "elbow", "x.vel", "theta.vel", "dx", "dz", "base_delta"])
 MOVING = {"x.vel", "theta.vel", "dx", "dz", "base_delta"}
@@ -51,10 +51,7 @@ def iface_velocity(names) -> bool:
 
 
 def _artifacts(action_names):
-    section = {"fps": 30, "action_names": list(action_names), "state_names": ["s1.pos", "s2.pos"],
-               "cameras": {"observation.images.top": {"height": 64, "width": 64, "channels": 3}}}
-    return cached_fake_artifacts(edit_manifest=lambda m: m.__setitem__("robot", section), chunk_size=10,
-                                 n_action_steps=10)
+    return robot_fake_artifacts(action_names, ("s1.pos", "s2.pos"), chunk_size=10, n_action_steps=10)
 
 
 class Arm:

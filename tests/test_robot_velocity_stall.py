@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from runtime.policy import EdgePolicy
 from runtime.robot_interface import RobotInterface, moves_on
 from runtime.robot_loop import AsyncSource, SourceAction, run_robot
-from tests.fake_artifacts import cached_fake_artifacts
+from tests.fake_artifacts import robot_fake_artifacts
 
 NAME_SETS = [("x.vel", "theta.vel"), ("arm.pos", "x.vel"), ("dx", "x.vel"), ("arm.pos", "gripper.pos"), ("dx", "dy")]
 
@@ -30,10 +30,7 @@ def _interface(names) -> tuple[RobotInterface, np.ndarray]:
 
 
 def _artifacts(names):
-    section = {"fps": 30, "action_names": list(names), "state_names": ["s1", "s2"],
-               "cameras": {"observation.images.top": {"height": 64, "width": 64, "channels": 3}}}
-    return cached_fake_artifacts(edit_manifest=lambda m: m.__setitem__("robot", section), chunk_size=8,
-                                 n_action_steps=4)
+    return robot_fake_artifacts(names, chunk_size=8, n_action_steps=4)
 
 
 class Base:

@@ -18,6 +18,7 @@ from runtime.policy import EdgePolicy
 from simtask import ReachEnv, TaskConfig, evaluate_policy
 from simtask.bench_env import BenchEnv
 from simtask.reach_env import clip_action
+from tests.backend_wrappers import Delegating
 from tests.fake_artifacts import cached_fake_artifacts
 
 POSITION_ROBOT = {"fps": 30, "action_names": ["x.pos", "y.pos"], "state_names": ["x", "y"],
@@ -28,22 +29,14 @@ def _position_robot(m: dict) -> None:
     m["robot"] = POSITION_ROBOT
 
 
-class FailFirst(Backend):
+class FailFirst(Delegating):
     """Delegates; the first `fail` resamples raise (a fault before the first plan: the guard has no target)."""
 
     name = "fail-first"
 
     def __init__(self, inner: Backend, fail: int):
-        self.inner, self.fail = inner, fail
-
-    def run_prefix(self, *a):
-        return self.inner.run_prefix(*a)
-
-    def run_main_expert(self, *a):
-        return self.inner.run_main_expert(*a)
-
-    def run_delta_expert(self, *a):
-        return self.inner.run_delta_expert(*a)
+        super().__init__(inner)
+        self.fail = fail
 
     def denoise(self, *a):
         if self.fail > 0:
