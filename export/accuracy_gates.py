@@ -1,5 +1,11 @@
-"""Accuracy gates shared by the fp16/bf16 lowering and the TensorRT engine check: cosine gates per precision,
-fresh random prefix inputs, and the Euler chunk — so a lowered folder and an engine are judged the same way."""
+"""Accuracy gates shared by the derived folders (fp16/bf16 lowering, int8 quantization) and the TensorRT engine
+check: cosine gates per precision, fresh random validation inputs, the Euler chunk, and the bound on how far a
+derivation may move the embeddings the run-time gates read — so every derived folder is judged the same way.
+
+A derived folder keeps the fp32 export's calibrated gate thresholds (manifest `gate`). They stay valid only while
+the embeddings they compare barely move: obs-CLS (read by drift, jump and consistency) and the plan encoder's
+act-CLS (read by consistency). Each may move (cosine distance of the embedding, `runtime.gate.embed`) by at most
+`EMBEDDING_SHARE` of the smallest calibrated threshold among the gates that read it."""
 
 from __future__ import annotations
 
@@ -12,7 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from runtime.gate import MAX_COSINE_DISTANCE, cosine_distance, embed
+
 CHUNK = "chunk"
+EMBEDDING_SHARE = 0.1  # a gate embedding may move by at most this share of the smallest threshold reading it
+# gate embedding row name -> (graph, output it is made from, label, the calibrated gates that read it)
+GATE_EMBEDDINGS = {"obs_emb": ("prefix", "obs_cls", "obs-CLS", ("drift", "jump", "consistency")),
+                   "act_emb": ("plan_encoder", "act_cls", "act-CLS", ("consistency",))}
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class AccuracyGateError(RuntimeError):
+    """A derived folder misses an accuracy gate; the message says which (CLI: exit 1, nothing written)."""
 
 
 @dataclass(frozen=True)
@@ -144,3 +161,108 @@ def euler_chunk(num_steps: int, kv: dict[str, np.ndarray], noise: np.ndarray,
         v = run({"x_t": x, "t": np.array([1.0 - i / num_steps], np.float32), **kv})["v_t"]
         x = (x - np.float32(1.0 / num_steps) * v).astype(np.float32)
     return x
+
+
+def ort_runner(path: Path) -> Runner:
+    """One graph as `feeds -> {output name: array}` on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(names, feeds)))
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One validation observation and the random expert inputs that go with it."""
+
+    feeds: dict[str, np.ndarray]  # prefix inputs
+    x: np.ndarray  # main expert x_t, in isolation
+    t: np.ndarray
+    plan: np.ndarray  # delta expert input, in isolation
+    noise: np.ndarray  # whole-chunk starting noise
+    plan_valid: np.ndarray  # plan encoder: a remainder of the plan (rows past it are padding, must stay invisible)
+
+
+def validation_draws(manifest: dict[str, Any], trials: int, seed: int, vocab: int) -> list[Draw]:
+    """`trials` fresh validation draws from `seed`: the same inputs for every derivation checked with that seed."""
+    dims = manifest["dims"]
+    shape = (1, int(dims["chunk_size"]), int(dims["max_action_dim"]))
+    rng = np.random.default_rng(seed)
+    return [Draw(random_inputs(manifest, rng, vocab), rng.standard_normal(shape).astype(np.float32),
+                 np.array([rng.uniform(0.05, 1.0)], np.float32), rng.standard_normal(shape).astype(np.float32),
+                 rng.standard_normal(shape).astype(np.float32),
+                 np.arange(shape[1])[None] < rng.integers(1, shape[1] + 1)) for _ in range(trials)]
+
+
+def embedding_shift(got: np.ndarray, want: np.ndarray) -> float:
+    """The gates' view of a derivation: cosine distance of the two embeddings of CLS tokens; a degenerate
+    (zero / NaN) derived embedding is the largest shift, a failing row rather than a crash."""
+    try:
+        return cosine_distance(embed(got), embed(want))
+    except ValueError:
+        return MAX_COSINE_DISTANCE
+
+
+def embedding_bound(manifest: dict[str, Any], row: str) -> tuple[float, str] | None:
+    """(allowed shift, why) for gate embedding `row` ("obs_emb" / "act_emb"): `EMBEDDING_SHARE` of the smallest
+    calibrated threshold among the gates reading it; None when the manifest calibrated none of them."""
+    gate = manifest.get("gate") or {}
+    thresholds = {}
+    for name in GATE_EMBEDDINGS[row][3]:
+        entry = gate.get(name)
+        value = entry.get("default_threshold") if isinstance(entry, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            thresholds[name] = float(value)
+    if not thresholds:
+        return None
+    name = min(thresholds, key=lambda k: thresholds[k])
+    return EMBEDDING_SHARE * thresholds[name], f"{EMBEDDING_SHARE:g} x the {name} threshold {thresholds[name]:.4g}"
+
+
+def embedding_row(manifest: dict[str, Any], row: str, got: np.ndarray, want: np.ndarray) -> Comparison | None:
+    """The check both derivations run: how far `got` (derived) moved gate embedding `row` from `want` (fp32),
+    as a Comparison (cosine = 1 - shift, max_abs = shift, gate = 1 - bound); None when no gate bounds it."""
+    bound = embedding_bound(manifest, row)
+    if bound is None:
+        return None
+    shift = embedding_shift(got, want)
+    return Comparison(GATE_EMBEDDINGS[row][0], row, 1.0 - shift, shift, 1.0 - bound[0])
+
+
+def embedding_rows(want: dict[str, Runner], got: dict[str, Runner], manifest: dict[str, Any],
+                   draws: list[Draw]) -> list[Comparison]:
+    """`embedding_row` for obs-CLS (prefix) and the plan encoder's act-CLS on every draw (fp32 `want` vs derived
+    `got` runners, keyed by graph): for a derivation that has no cosine gate of its own (int8)."""
+    rows: list[Comparison] = []
+    for d in draws:
+        plan_feeds = {"plan": d.plan, "plan_valid": d.plan_valid}
+        for row, (graph, output, _, _) in GATE_EMBEDDINGS.items():
+            feeds = d.feeds if graph == "prefix" else plan_feeds
+            checked = embedding_row(manifest, row, got[graph](feeds)[output], want[graph](feeds)[output])
+            if checked is not None:
+                rows.append(checked)
+    return rows
+
+
+def embedding_refusal(rows: list[Comparison], manifest: dict[str, Any]) -> str | None:
+    """One line naming the graph and the worst gate-embedding shift over its bound, or None when all hold."""
+    failed = [r for r in rows if r.tensor in GATE_EMBEDDINGS and not r.passed]
+    if not failed:
+        return None
+    worst = min(failed, key=lambda r: r.rank())
+    graph, _, label, _ = GATE_EMBEDDINGS[worst.tensor]
+    bound, why = embedding_bound(manifest, worst.tensor) or (0.0, "?")
+    return (f"{graph} {label} embedding moved {worst.max_abs:.4g} (cosine distance) > allowed {bound:.4g} "
+            f"({why}): the fp32 gate thresholds would no longer hold; nothing written")
+
+
+def worst_rows(rows: list[Comparison]) -> dict[str, dict[str, float]]:
+    """The manifest's `validation.worst`: per `graph.tensor`, the worst row's cosine, max |err| and gate."""
+    worst: dict[str, Comparison] = {}
+    for r in rows:
+        key = f"{r.graph}.{r.tensor}"
+        if key not in worst or r.rank() < worst[key].rank():
+            worst[key] = r
+    return {k: {"cosine": round(r.cosine, 7), "max_abs": float(f"{r.max_abs:.4g}"), "gate": r.gate}
+            for k, r in worst.items()}

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 try:
-    from tests.fake_artifacts import cached_fake_artifacts
+    from tests.fake_artifacts import INT8_DRIFT_THRESHOLD, cached_fake_artifacts
 except ImportError:
-    from fake_artifacts import cached_fake_artifacts
+    from fake_artifacts import INT8_DRIFT_THRESHOLD, cached_fake_artifacts
 
 from runtime import atomic_folder as atomic_module
 from runtime.atomic_folder import AtomicFolderError, atomic_folder, process_umask
@@ -62,7 +62,7 @@ def test_a_quantized_folder_respects_the_umask(tmp_path, restore_umask):
 
     os.umask(0o027)
     dst = tmp_path / "onnx-int8"
-    quantize_artifacts(cached_fake_artifacts(), dst, progress=False, check_load=False)
+    quantize_artifacts(cached_fake_artifacts(drift_threshold=INT8_DRIFT_THRESHOLD), dst, progress=False, check_load=False)
     assert _mode(dst) == 0o750
     assert {_mode(p) for p in dst.iterdir()} == {0o640}
 

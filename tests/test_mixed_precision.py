@@ -23,7 +23,7 @@ from export.trt.engine_precision import check_strongly_typed_dtypes
 from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest
 from runtime.policy import EdgePolicy
-from tests.fake_artifacts import build_fake_artifacts, make_observation
+from tests.fake_artifacts import INT8_DRIFT_THRESHOLD, build_fake_artifacts, cached_fake_artifacts, make_observation
 
 ROOT = Path(__file__).resolve().parents[1]
 _TRT_DTYPE = {TensorProto.FLOAT16: "HALF", TensorProto.BFLOAT16: "BF16", TensorProto.FLOAT: "FLOAT"}
@@ -109,7 +109,7 @@ def test_accuracy_gate_refuses_and_leaves_nothing(tmp_path: Path, folders: tuple
 def test_bad_input_is_named(tmp_path: Path, folders: tuple[Path, Path, dict]) -> None:
     src, dst, _ = folders
     int8 = tmp_path / "int8"
-    quantize_artifacts(src, int8, progress=False)
+    quantize_artifacts(cached_fake_artifacts(drift_threshold=INT8_DRIFT_THRESHOLD), int8, progress=False)
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
@@ -228,11 +228,11 @@ def test_lowering_is_byte_reproducible_across_processes(tmp_path: Path, folders:
 def test_a_degenerate_lowered_embedding_is_the_largest_shift_not_a_crash(bad):
     """A lowering whose obs-CLS collapses (overflow to NaN, or zeros) fails the drift row instead of stopping
     the whole validation with a traceback (the runtime's `embed` refuses such an embedding)."""
-    from export.precision.mixed_precision import _embedding_shift
+    from export.accuracy_gates import embedding_shift
 
     want = np.random.default_rng(0).standard_normal((1, 2, 4))
-    assert _embedding_shift(bad, want) == 2.0
-    assert _embedding_shift(want, want) == pytest.approx(0.0, abs=1e-12)
+    assert embedding_shift(bad, want) == 2.0
+    assert embedding_shift(want, want) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("scale", [3.0, 0.5, 1.2, -1.0])
@@ -281,5 +281,20 @@ def test_validation_feeds_the_plan_encoder_remainders_and_catches_visible_paddin
     vocab = vocab_size(src, raw)
     rows = validate(ref, broken, raw, "fp16", trials=3, seed=1, vocab=vocab)
     failed = {(r.graph, r.tensor) for r in rows if not r.passed}
-    assert failed == {("plan_encoder", "act_cls")}, failed
+    assert ("plan_encoder", "act_cls") in failed and failed <= {("plan_encoder", "act_cls"), ("plan_encoder", "act_emb")}
     assert all(r.passed for r in validate(ref, ref, raw, "fp16", trials=3, seed=1, vocab=vocab))
+
+
+def test_validation_bounds_both_embeddings_the_default_consistency_gate_reads(folders: tuple[Path, Path, dict]) -> None:
+    """The default gate is consistency: obs-CLS against the plan encoder's act-CLS. Both embeddings are bounded,
+    each by a tenth of the smallest calibrated threshold of the gates that read it (not only obs-CLS vs drift)."""
+    from export.precision.mixed_precision import validate
+
+    src, _, _ = folders
+    raw = json.loads((src / "manifest.json").read_text())
+    ref = {g: src / raw["graphs"][g]["file"] for g in GRAPH_NAMES}
+    rows = validate(ref, ref, raw, "fp16", trials=2, seed=1, vocab=vocab_size(src, raw))
+    gates = {(r.graph, r.tensor): r.gate for r in rows}
+    thr = {k: raw["gate"][k]["default_threshold"] for k in ("drift", "consistency")}
+    assert gates[("prefix", "obs_emb")] == pytest.approx(1.0 - 0.1 * min(thr.values()))
+    assert gates[("plan_encoder", "act_emb")] == pytest.approx(1.0 - 0.1 * thr["consistency"])

@@ -84,11 +84,16 @@ def _damaged(tmp_path, how):
 
     from export.int8.quantization import quantize_artifacts
     from runtime.fingerprint import file_records
-    from tests.fake_artifacts import cached_fake_artifacts, load_manifest_dict, write_manifest_dict
+    from tests.fake_artifacts import (
+        INT8_DRIFT_THRESHOLD,
+        cached_fake_artifacts,
+        load_manifest_dict,
+        write_manifest_dict,
+    )
 
     folder = tmp_path / "art"
     if how == "derived":
-        quantize_artifacts(cached_fake_artifacts(), folder, progress=False)
+        quantize_artifacts(cached_fake_artifacts(drift_threshold=INT8_DRIFT_THRESHOLD), folder, progress=False)
         return folder
     shutil.copytree(cached_fake_artifacts(), folder)
     graph = folder / "prefix.onnx"

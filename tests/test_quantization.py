@@ -31,7 +31,7 @@ from export.trt.engine_plan import BuildOptions, PlanError, load_manifest, plan_
 from runtime.fingerprint import sha256_file
 from runtime.manifest import GRAPH_NAMES, Manifest
 from runtime.policy import EdgePolicy, delta_input
-from tests.fake_artifacts import build_fake_artifacts, make_observation
+from tests.fake_artifacts import INT8_DRIFT_THRESHOLD, build_fake_artifacts, make_observation
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -46,7 +46,7 @@ CHUNK_MEAN_ABS = 0.03
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("quant")
-    src = build_fake_artifacts(root / "onnx")
+    src = build_fake_artifacts(root / "onnx", drift_threshold=INT8_DRIFT_THRESHOLD)
     manifest = quantize_artifacts(src, root / "onnx-int8", progress=False)
     return src, root / "onnx-int8", manifest
 
@@ -339,3 +339,37 @@ def test_an_exclude_that_keeps_every_weight_float_names_exclude_not_ops(folders:
         quantize_artifacts(src, tmp_path / "q", exclude=[pattern], progress=False)
     assert str(err.value).startswith("--exclude") and pattern in str(err.value)
     assert not (tmp_path / "q").exists()
+
+
+# ------------------------------------------------------------------- the gate's embeddings (obs-CLS, act-CLS)
+def _tenth(gate: dict, *names: str) -> float:
+    return 0.1 * min(gate[n]["default_threshold"] for n in names if n in gate)
+
+
+def test_int8_records_how_far_it_moves_the_gate_embeddings(folders: tuple[Path, Path, dict]) -> None:
+    """The int8 folder keeps the fp32 gate thresholds, so it must show (as the fp16 lowering does) that the
+    embeddings the gates read barely move: obs-CLS (drift / jump / consistency) and the plan encoder's act-CLS
+    (consistency), each within a tenth of the smallest threshold of the gates reading it."""
+    _, _, manifest = folders
+    worst = manifest["quantization"]["validation"]["worst"]
+    gate = manifest["gate"]
+    assert worst["prefix.obs_emb"]["gate"] == pytest.approx(1.0 - _tenth(gate, "drift", "jump", "consistency"))
+    assert worst["plan_encoder.act_emb"]["gate"] == pytest.approx(1.0 - _tenth(gate, "consistency"))
+    for key in ("prefix.obs_emb", "plan_encoder.act_emb"):
+        shift = worst[key]["max_abs"]  # the cosine distance the embedding moved
+        assert 0.0 < shift <= 1.0 - worst[key]["gate"], (key, shift)
+
+
+def test_int8_that_moves_an_embedding_past_its_bound_is_refused(tmp_path: Path, folders: tuple[Path, Path, dict],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import export.accuracy_gates as accuracy
+    from export.int8.quantization import main
+
+    src, _, _ = folders
+    monkeypatch.setattr(accuracy, "EMBEDDING_SHARE", 1e-12)  # any real int8 shift exceeds this bound
+    assert main(["--src", str(src), "--dst", str(tmp_path / "int8")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("quantization: "), err
+    assert ("prefix obs-CLS" in err or "plan_encoder act-CLS" in err) and "nothing written" in err, err
+    assert list(tmp_path.iterdir()) == []

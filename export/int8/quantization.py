@@ -21,14 +21,20 @@ tower's all-zero attention-mask Add is dropped, the rotary embeddings' ScatterND
 the decomposed tanh-GELU becomes `com.microsoft.FastGelu`, and the unmasked vision attention becomes
 `com.microsoft.MultiHeadAttention` (a tiled kernel that never materialises the [12,1024,1024] scores).
 
+The folder keeps the fp32 export's calibrated gate thresholds (manifest `gate`), so before anything is written
+the int8 graphs are run against the fp32 ones on the fp16 lowering's validation draws (`--trials`, `--seed`)
+with the same check (`export.accuracy_gates.embedding_rows`): obs-CLS and the plan encoder's act-CLS (the
+consistency gate's inputs) may each move by at most a tenth of the smallest threshold of the gates reading
+them. A folder that moves one further is refused (exit 1, one line naming the graph, the shift and the bound).
+
 The new manifest.json keeps everything of the source except the graph files, `files` (fresh SHA-256s),
 `producer` / `created_utc`, and a `quantization` record (mode, options, source manifest SHA-256, per-graph
-node counts), so `python -m runtime info <dst>` verifies it and the runtime runs it unchanged. The
+node counts, the embedding `validation` recorded like the fp16 folder's), so `python -m runtime info <dst>` verifies it and the runtime runs it unchanged. The
 folder is written under a temporary name and renamed into place only when complete. The result is for
 onnxruntime only: `export.trt.build_engines` refuses it (TensorRT takes the fp32 export or explicit Q/DQ).
 
 Bad input (missing folder, not an artifact folder, an already-quantized source, a --dst that is some
-other folder) stops with one line and exit code 2.
+other folder) stops with one line and exit code 2; a gate embedding moved past its bound, exit code 1.
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ import onnx
 from onnx import numpy_helper
 
 from export import derived_artifacts as derived
+from export.accuracy_gates import (
+    AccuracyGateError,
+    embedding_refusal,
+    embedding_rows,
+    ort_runner,
+    report,
+    validation_draws,
+    vocab_size,
+    worst_rows,
+)
 from export.graphs.node_scope import node_scope
 from export.int8.graph_editing import replace_uses, subgraph_reads
 from export.int8.graph_optimization import ORT_REWRITES, REWRITES, op_counts, optimize_file
@@ -214,15 +230,18 @@ def _quantize_graph(src_file: Path, out_file: Path, work: Path, external: bool, 
 
 def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_channel: bool = False,
                        ops: Sequence[str] = DEFAULT_OPS, exclude: Iterable[str] = DEFAULT_EXCLUDE,
-                       rewrites: Sequence[str] = DEFAULT_REWRITES, check_load: bool = True,
-                       progress: bool = True) -> dict[str, Any]:
-    """Quantize the artifact folder `src` into `dst` (written atomically); returns the new manifest."""
+                       rewrites: Sequence[str] = DEFAULT_REWRITES, check_load: bool = True, trials: int = 3,
+                       seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Quantize the artifact folder `src` into `dst` (written atomically, only when the gate embeddings hold:
+    `AccuracyGateError` otherwise); returns the new manifest."""
     import onnxruntime
 
     started = time.time()
     src, dst = Path(src), Path(dst)
     ops, exclude, rewrites = tuple(ops), tuple(exclude), tuple(rewrites)
     _check_options(weight_type, ops, exclude, rewrites)
+    if trials < 1:
+        raise QuantizationInputError(f"--trials {trials}: expected at least 1 validation observation")
     manifest = derived.check_source(src)
     derived.check_destination(src, dst)
     with atomic_folder(dst) as tmp:
@@ -240,6 +259,11 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
             raw["graphs"][g]["data_file"] = data.name if data.is_file() else None
             raw["graphs"][g]["nodes"] = per_graph[g]["nodes"]
         work.rmdir()
+        try:
+            validation = _check_embeddings(src, tmp, raw, trials, seed, progress)
+        except AccuracyGateError:
+            derived.source_unchanged(src, manifest)  # a --src swapped half way is the real cause: say that
+            raise
         derived.copy_unchanged(src, tmp, manifest)
         raw.setdefault("versions", {})["onnxruntime_quantization"] = onnxruntime.__version__
         record = {
@@ -248,7 +272,7 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
                        f"{'symmetric' if weight_type == 'int8' else 'asymmetric'}",
             "activations": "uint8, per tensor, dynamic (computed at run time)",
             "weight_type": weight_type, "per_channel": per_channel, "ops": list(ops), "exclude": list(exclude),
-            "graph_rewrites": list(rewrites),
+            "graph_rewrites": list(rewrites), "validation": validation,
             "source": str(src), "source_manifest_sha256": derived.source_unchanged(src, manifest),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
@@ -256,6 +280,24 @@ def quantize_artifacts(src: Path, dst: Path, *, weight_type: str = "int8", per_c
         if check_load:
             derived.check_loads(tmp, new_manifest)
     return raw
+
+
+def _check_embeddings(src: Path, tmp: Path, raw: dict[str, Any], trials: int, seed: int,
+                      progress: bool) -> dict[str, Any]:
+    """int8 vs fp32 gate embeddings on the fp16 lowering's validation draws (seed + 1); the `validation` record,
+    or AccuracyGateError (one line) when one moved past its bound: the fp32 gate thresholds would not hold."""
+    if progress:
+        print(f"[quantize] checking the gate embeddings against fp32 on {trials} fresh observation(s) ...", flush=True)
+    graphs = ("prefix", "plan_encoder")
+    want = {g: ort_runner(src / raw["graphs"][g]["file"]) for g in graphs}
+    got = {g: ort_runner(tmp / raw["graphs"][g]["file"]) for g in graphs}
+    rows = embedding_rows(want, got, raw, validation_draws(raw, trials, seed + 1, vocab_size(src, raw)))
+    del want, got
+    refusal = embedding_refusal(rows, raw)
+    if refusal:
+        raise AccuracyGateError(refusal)
+    return {"trials": trials, "seed": seed + 1, "by": "onnxruntime CPU, int8 vs fp32 graphs",
+            "worst": worst_rows(rows), "table": report(rows).splitlines() if rows else []}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rewrites", default=",".join(DEFAULT_REWRITES),
                    help=f"comma list of export.int8.graph_optimization rewrites (default {','.join(DEFAULT_REWRITES)})")
     p.add_argument("--no-graph-optimization", action="store_true", help="quantize only; no graph rewrites")
+    p.add_argument("--trials", type=int, default=3, help="validation observations for the gate-embedding check (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="validation draws use seed + 1, as the fp16 lowering's do")
     args = p.parse_args(argv)
     dst = args.dst or args.src.with_name(args.src.name + "-int8")
     exclude = ([] if args.no_default_exclude else list(DEFAULT_EXCLUDE)) + list(args.exclude)
@@ -279,10 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     rewrites = [] if args.no_graph_optimization else [r.strip() for r in args.rewrites.split(",") if r.strip()]
     try:
         manifest = quantize_artifacts(args.src, dst, weight_type=args.weight_type, per_channel=args.per_channel,
-                                      ops=ops, exclude=exclude, rewrites=rewrites)
+                                      ops=ops, exclude=exclude, rewrites=rewrites, trials=args.trials, seed=args.seed)
     except (QuantizationInputError, AtomicFolderError) as exc:
         print(f"quantization: {exc}", file=sys.stderr)
         return 2
+    except AccuracyGateError as exc:
+        print(f"quantization: {exc}", file=sys.stderr)
+        return 1
     q = manifest["quantization"]
     done = ", ".join(f"{g} {v['quantized_nodes']}/{v['weight_nodes']}" for g, v in q["graphs"].items())
     size = sum(v["bytes"] for v in manifest["files"].values()) / 1e6

@@ -9,8 +9,9 @@ One job: read an intact fp32 export, measure every activation's range on chained
 Casts (`export.precision.precision_lowering`), then check the result against the fp32 folder on fresh inputs before
 writing anything: every graph in isolation (same K/V into both), the whole chunk, and the obs-CLS embedding
 the gate reads — with the same cosine gates the TensorRT engines must later meet (`export.trt.engine_accuracy`),
-plus one more: the embedding may move by at most a tenth of the drift gate's threshold, so a precision
-change never fires the gate. The check runs the plan emulated in fp32 with every low tensor rounded through
+plus the gate-embedding bound the int8 folder meets too (`export.accuracy_gates.embedding_row`): obs-CLS and
+the plan encoder's act-CLS may each move by at most a tenth of the smallest calibrated threshold of the gates
+reading them, so a precision change never flips a gate decision the fp32 thresholds were calibrated for. The check runs the plan emulated in fp32 with every low tensor rounded through
 fp16/bf16, as TensorRT stores it (onnxruntime's CPU provider computes fp16 nodes in fp32, and has no bf16
 kernels). On a miss, the module section whose fp32 island helps most is kept fp32 and the folder lowered
 and checked again (`--fallback-rounds`), the choice confirmed on held-out observations.
@@ -32,14 +33,27 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from export.accuracy_gates import CHUNK, Comparison, compare, euler_chunk, random_inputs, report, vocab_size
+from export.accuracy_gates import (
+    CHUNK,
+    AccuracyGateError,
+    Comparison,
+    Draw,
+    Runner,
+    compare,
+    embedding_row,
+    euler_chunk,
+    ort_runner,
+    report,
+    validation_draws,
+    vocab_size,
+    worst_rows,
+)
 from export.derived_artifacts import (
     DerivationInputError,
     check_destination,
@@ -62,18 +76,11 @@ from export.precision.precision_lowering import (
 from export.precision.tensor_ranges import KV_NAMES, calibrate, float_tensor_types
 from runtime.atomic_folder import AtomicFolderError, atomic_folder
 from runtime.fingerprint import sha256_file
-from runtime.gate import MAX_COSINE_DISTANCE, cosine_distance, embed
 from runtime.manifest import GRAPH_NAMES, Manifest, ManifestError
 
 PROG = "mixed precision"
 HELD_OUT_SEED = 1001  # offset of the confirmation draws' seed
 DEFAULT_FALLBACK_ROUNDS = 6  # module groups kept fp32 automatically before a missed gate is final
-EMBEDDING_SHARE = 0.1  # the lowered obs-CLS embedding may move by at most this share of the drift threshold
-Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-class AccuracyGateError(RuntimeError):
-    """The lowered graphs miss a gate; the message carries the comparison table."""
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -85,67 +92,26 @@ def name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-def _session(path: Path) -> Runner:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return lambda feeds: dict(zip(names, session.run(names, feeds)))
-
-
-@dataclass(frozen=True)
-class _Draw:
-    """One validation observation and the random expert inputs that go with it."""
-
-    feeds: dict[str, np.ndarray]  # prefix inputs
-    x: np.ndarray  # main expert x_t, in isolation
-    t: np.ndarray
-    plan: np.ndarray  # delta expert input, in isolation
-    noise: np.ndarray  # whole-chunk starting noise
-    plan_valid: np.ndarray  # plan encoder: a remainder of the plan (rows past it are padding, must stay invisible)
-
-
 KV = dict[str, np.ndarray]
 
 
-def _draws(manifest: dict[str, Any], trials: int, seed: int, vocab: int) -> list[_Draw]:
-    dims = manifest["dims"]
-    shape = (1, int(dims["chunk_size"]), int(dims["max_action_dim"]))
-    rng = np.random.default_rng(seed)
-    return [_Draw(random_inputs(manifest, rng, vocab), rng.standard_normal(shape).astype(np.float32),
-                  np.array([rng.uniform(0.05, 1.0)], np.float32), rng.standard_normal(shape).astype(np.float32),
-                  rng.standard_normal(shape).astype(np.float32),
-                  np.arange(shape[1])[None] < rng.integers(1, shape[1] + 1)) for _ in range(trials)]
-
-
-def _prefix_rows(want_run: Runner, got_run: Runner, draws: list[_Draw], manifest: dict[str, Any],
+def _prefix_rows(want_run: Runner, got_run: Runner, draws: list[Draw], manifest: dict[str, Any],
                  precision: str) -> tuple[list[Comparison], list[KV], list[KV]]:
-    """Prefix outputs and the gate's embedding; also each side's K/V for the experts."""
-    drift = float(manifest.get("gate", {}).get("drift", {}).get("default_threshold", 0.0) or 0.0)
+    """Prefix outputs and the gate's obs-CLS embedding; also each side's K/V for the experts."""
     rows: list[Comparison] = []
     kv_want, kv_got = [], []
     for d in draws:
         want, got = want_run(d.feeds), got_run(d.feeds)
         for name in ("obs_cls", *KV_NAMES):
             rows.append(compare("prefix", name, got[name], want[name], precision))
-        if drift > 0:
-            shift = _embedding_shift(got["obs_cls"], want["obs_cls"])
-            rows.append(Comparison("prefix", "obs_emb", 1.0 - shift, shift, 1.0 - EMBEDDING_SHARE * drift))
+        emb = embedding_row(manifest, "obs_emb", got["obs_cls"], want["obs_cls"])
+        rows += [emb] if emb else []
         kv_want.append({n: want[n] for n in KV_NAMES})
         kv_got.append({n: got[n] for n in KV_NAMES})
     return rows, kv_want, kv_got
 
 
-def _embedding_shift(got: np.ndarray, want: np.ndarray) -> float:
-    """The drift gate's view of the lowering: cosine distance of the two obs-CLS embeddings; a degenerate
-    (zero / NaN) lowered embedding is the largest shift, a failing row rather than a crash."""
-    try:
-        return cosine_distance(embed(got), embed(want))
-    except ValueError:
-        return MAX_COSINE_DISTANCE
-
-
-def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[_Draw], kv_want: list[KV],
+def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[Draw], kv_want: list[KV],
                  kv_got: list[KV], manifest: dict[str, Any], precision: str) -> list[Comparison]:
     """An expert in isolation (both sides read the reference K/V); for the main expert also the whole chunk
     (each side its own K/V and Euler loop, same noise)."""
@@ -162,7 +128,10 @@ def _expert_rows(graph: str, want_run: Runner, got_run: Runner, draws: list[_Dra
         elif graph == "plan_encoder":  # no K/V: a remainder of the plan, as the runtime feeds it (rows past it
             # are non-zero here: padding the lowering made visible must change the output)
             feeds = {"plan": d.plan, "plan_valid": d.plan_valid}
-            rows.append(compare(graph, "act_cls", got_run(feeds)["act_cls"], want_run(feeds)["act_cls"], precision))
+            got, want = got_run(feeds)["act_cls"], want_run(feeds)["act_cls"]
+            rows.append(compare(graph, "act_cls", got, want, precision))
+            emb = embedding_row(manifest, "act_emb", got, want)  # the consistency gate's other input
+            rows += [emb] if emb else []
         else:
             feeds = {"actions": d.plan, **kw}
             want, got = want_run(feeds), got_run(feeds)
@@ -175,10 +144,10 @@ def validate(ref: dict[str, Path], low: dict[str, Path], manifest: dict[str, Any
              trials: int, seed: int, vocab: int) -> list[Comparison]:
     """Lowered vs fp32 graphs (file per graph) on fresh random observations: each graph in isolation, the
     whole chunk, and the gate's embedding. One graph pair is loaded at a time."""
-    draws = _draws(manifest, trials, seed, vocab)
-    rows, kv_want, kv_got = _prefix_rows(_session(ref["prefix"]), _session(low["prefix"]), draws, manifest, precision)
+    draws = validation_draws(manifest, trials, seed, vocab)
+    rows, kv_want, kv_got = _prefix_rows(ort_runner(ref["prefix"]), ort_runner(low["prefix"]), draws, manifest, precision)
     for graph in ("main_expert", "delta_expert", "plan_encoder"):
-        rows += _expert_rows(graph, _session(ref[graph]), _session(low[graph]), draws, kv_want, kv_got, manifest,
+        rows += _expert_rows(graph, ort_runner(ref[graph]), ort_runner(low[graph]), draws, kv_want, kv_got, manifest,
                              precision)
     return rows
 
@@ -344,7 +313,7 @@ def lower_artifacts(src: Path, dst: Path, *, precision: str = "fp16", data_max: 
             "fallback_rounds": fallback_rounds, "auto_kept_fp32": auto,
             "calibration": {"samples": samples, "seed": seed, "inputs": "chained random observations"},
             "validation": {"trials": trials, "seed": seed + 1, "by": f"onnxruntime CPU, {precision} storage emulated",
-                           "worst": _worst(rows), "table": table.splitlines()},
+                           "worst": worst_rows(rows), "table": table.splitlines()},
             "source": str(src), "source_manifest_sha256": source_unchanged(src, manifest),
             "seconds": round(time.time() - started, 2), "graphs": per_graph,
         }
@@ -376,11 +345,11 @@ def _fallback_section(graph: str, src: Path, manifest: dict[str, Any], ranges: d
     (a text layer, when the drift comes from the whole vision tower); trying sections measures the effect on
     exactly the rows that failed."""
     spec = manifest["graphs"][graph]
-    draws = _draws(manifest, trials, seed, vocab)
-    want_run = _session(src / spec["file"])
+    draws = validation_draws(manifest, trials, seed, vocab)
+    want_run = ort_runner(src / spec["file"])
     kv_want: list[KV] = []
     if graph != "prefix":
-        prefix = _session(src / manifest["graphs"]["prefix"]["file"])
+        prefix = ort_runner(src / manifest["graphs"]["prefix"]["file"])
         kv_want = [{n: out[n] for n in KV_NAMES} for out in (prefix(d.feeds) for d in draws)]
     external = bool(spec.get("data_file"))
 
@@ -389,7 +358,7 @@ def _fallback_section(graph: str, src: Path, manifest: dict[str, Any], ranges: d
         path = work / f"candidate-{spec['file']}"
         _save(model, path, external)
         del model
-        got_run = _session(path)
+        got_run = ort_runner(path)
         if graph == "prefix":
             rows = _prefix_rows(want_run, got_run, draws, manifest, precision)[0]
         else:
@@ -397,16 +366,6 @@ def _fallback_section(graph: str, src: Path, manifest: dict[str, Any], ranges: d
         return _margin(rows)
 
     return best_section(candidates, margin_with)
-
-
-def _worst(rows: list[Comparison]) -> dict[str, dict[str, float]]:
-    worst: dict[str, Comparison] = {}
-    for r in rows:
-        key = f"{r.graph}.{r.tensor}"
-        if key not in worst or r.rank() < worst[key].rank():
-            worst[key] = r
-    return {k: {"cosine": round(r.cosine, 7), "max_abs": float(f"{r.max_abs:.4g}"), "gate": r.gate}
-            for k, r in worst.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
