@@ -20,8 +20,20 @@ from smolvla_cls.presets import materialize_preset, preset_dir
 PRESET_TOKENIZER = "smolvla_cls_preset_tokenizer"
 
 
+def _register_step(name: str) -> Any:
+    """lerobot's registration decorator, that replaces this module's own earlier class under `name` (a reloaded
+    module: lerobot refused it as "already registered") and still refuses another package's step of that name."""
+    def decorator(step_class: type) -> type:
+        if name in ProcessorStepRegistry.list():
+            earlier = ProcessorStepRegistry.get(name)
+            if (earlier.__module__, earlier.__qualname__) == (step_class.__module__, step_class.__qualname__):
+                ProcessorStepRegistry.unregister(name)
+        return ProcessorStepRegistry.register(name=name)(step_class)
+    return decorator
+
+
 @dataclass
-@ProcessorStepRegistry.register(name=PRESET_TOKENIZER)
+@_register_step(PRESET_TOKENIZER)
 class PresetTokenizerProcessorStep(TokenizerProcessorStep):
     """lerobot's tokenizer step over an offline VLM preset: saved as the preset's name (`vlm_preset`), loaded from
     wherever this machine keeps that preset (lerobot's own step saved the training machine's absolute path)."""

@@ -121,3 +121,57 @@ def test_config_fields_unknown_to_this_release_are_named_on_one_line(tmp_path):
     for message in (str(exc.value.code), str(export_exc.value)):
         assert "frobnicate_steps" in message and "zeta_mode" in message and "\n" not in message, message
         assert "config.json" in message and "lerobot" in message
+
+
+def _fresh_python(code: str, tmp_path) -> str:
+    """`code` in a new interpreter (import order and module reloads are process-wide); returns its stdout."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "SMOLVLA_CLS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+_TOKENIZER_STEPS = """
+from lerobot.policies.factory import make_pre_post_processors
+from tests.model_fixtures import tiny_config
+pre, _ = make_pre_post_processors(tiny_config(), dataset_stats=None)
+print([type(s).__name__ for s in pre.steps if 'Tokenizer' in type(s).__name__])
+"""
+
+
+@pytest.mark.parametrize("first", ["import lerobot.policies.factory", ""])
+def test_lerobots_factory_builds_our_processors_after_importing_only_the_config(tmp_path, first):
+    """lerobot 0.6 finds our factory from the config class alone; 0.4.4 was routed only once something imported
+    `modeling_smolvla_cls`, so a script that imported just `SmolVLACLSConfig` saved the training machine's path."""
+    out = _fresh_python(f"{first}\nfrom smolvla_cls import SmolVLACLSConfig\n{_TOKENIZER_STEPS}", tmp_path)
+    assert out.strip().splitlines()[-1] == "['PresetTokenizerProcessorStep']", out
+
+
+def test_processor_module_reloads_and_routes_once(tmp_path):
+    """Reloading the processor module (notebooks, importlib.reload) raised "already registered"; the 0.4.4 route
+    must still wrap lerobot's own factory, never itself, and plain SmolVLA keeps its own pipelines."""
+    out = _fresh_python("""
+import importlib
+import smolvla_cls.processor_smolvla_cls as ours
+from lerobot.policies.smolvla import processor_smolvla
+from lerobot.processor import ProcessorStepRegistry
+importlib.reload(ours)
+importlib.reload(ours)
+routed = processor_smolvla.make_smolvla_pre_post_processors
+original = getattr(routed, 'smolvla_original', routed)
+assert not hasattr(original, 'smolvla_original'), 'the route wraps itself'
+assert ProcessorStepRegistry.get(ours.PRESET_TOKENIZER) is ours.PresetTokenizerProcessorStep
+from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+from lerobot.policies.factory import make_pre_post_processors
+from smolvla_cls.presets import materialize_preset
+plain, _ = make_pre_post_processors(SmolVLAConfig(vlm_model_name=str(materialize_preset('tiny'))), dataset_stats=None)
+print([type(s).__name__ for s in plain.steps if 'Tokenizer' in type(s).__name__])
+""" + _TOKENIZER_STEPS, tmp_path)
+    assert out.strip().splitlines()[-2:] == ["['TokenizerProcessorStep']", "['PresetTokenizerProcessorStep']"], out
