@@ -39,11 +39,6 @@ def checked_embedding(name: str, value: Any, shape: tuple[int, ...]) -> tuple[np
         raise BackendError(f"backend output '{name}': {exc}") from None
 
 
-def checked_cls(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """`checked`, and the CLS tokens must have a direction (`gate.embed`); BackendError naming `name` otherwise."""
-    return checked_embedding(name, value, shape)[0]
-
-
 def checked_prefix(prefix: Any, obs_cls_shape: tuple[int, ...]) -> tuple[PrefixState, np.ndarray]:
     """The prefix pass checked, and the unit embedding of its obs-CLS."""
     if not isinstance(prefix, PrefixState):
